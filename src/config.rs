@@ -1,0 +1,267 @@
+//! Configuration from Worker vars, parsed without the runtime so it can be
+//! tested natively: subscription plans (`PLANS`) and the tuning knobs.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Limits of one subscription plan (CONTRACT.md section 7). `None` means
+/// unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Sustained API requests per minute.
+    pub api_per_min: u64,
+    /// API burst: requests that may be made at once from a full bucket.
+    pub api_burst: u64,
+    /// Sessions created per UTC month.
+    pub sessions_per_month: Option<u64>,
+    /// Points recorded per UTC day.
+    pub points_per_day: Option<u64>,
+    /// Live connections per session.
+    pub participants_per_session: u64,
+}
+
+impl Plan {
+    const FREE: Plan = Plan {
+        api_per_min: 60,
+        api_burst: 20,
+        sessions_per_month: Some(30),
+        points_per_day: Some(10_000),
+        participants_per_session: 5,
+    };
+    const PRO: Plan = Plan {
+        api_per_min: 600,
+        api_burst: 100,
+        sessions_per_month: Some(1_000),
+        points_per_day: Some(1_000_000),
+        participants_per_session: 25,
+    };
+    const ENTERPRISE: Plan = Plan {
+        api_per_min: 6_000,
+        api_burst: 1_000,
+        sessions_per_month: None,
+        points_per_day: None,
+        participants_per_session: 100,
+    };
+}
+
+/// The plan table, looked up by a token's `plan` claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plans(BTreeMap<String, Plan>);
+
+/// One plan as written in `PLANS`: every field optional, falling back to the
+/// default plan of the same name (or `free` for a new name). `null` in a
+/// counter field means unlimited. Field names match the bench's reference
+/// implementation so one `PLANS` value configures both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanPatch {
+    api_per_min: Option<u64>,
+    api_burst: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    sessions: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    points: Option<Option<u64>>,
+    participants: Option<u64>,
+}
+
+// Distinguishes an absent field (keep the default) from `null` (unlimited).
+fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+impl Default for Plans {
+    fn default() -> Self {
+        Plans(BTreeMap::from([
+            ("free".to_owned(), Plan::FREE),
+            ("pro".to_owned(), Plan::PRO),
+            ("enterprise".to_owned(), Plan::ENTERPRISE),
+        ]))
+    }
+}
+
+impl Plans {
+    /// Parses a `PLANS` value over the defaults. An empty or absent value
+    /// gives the defaults. Errors are one line for the operator's log.
+    pub fn parse(src: Option<&str>) -> Result<Plans, String> {
+        let mut plans = Plans::default();
+        let Some(src) = src.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(plans);
+        };
+        let patches: BTreeMap<String, PlanPatch> =
+            serde_json::from_str(src).map_err(|e| format!("PLANS is not valid: {e}"))?;
+        for (name, p) in patches {
+            let base = plans.0.get(&name).copied().unwrap_or(Plan::FREE);
+            let plan = Plan {
+                api_per_min: p.api_per_min.unwrap_or(base.api_per_min),
+                api_burst: p.api_burst.unwrap_or(base.api_burst),
+                sessions_per_month: p.sessions.unwrap_or(base.sessions_per_month),
+                points_per_day: p.points.unwrap_or(base.points_per_day),
+                participants_per_session: p.participants.unwrap_or(base.participants_per_session),
+            };
+            if plan.api_per_min == 0 || plan.api_burst == 0 || plan.participants_per_session == 0 {
+                return Err(format!(
+                    "PLANS: plan {name:?} needs api_per_min, api_burst and participants >= 1"
+                ));
+            }
+            plans.0.insert(name, plan);
+        }
+        Ok(plans)
+    }
+
+    /// The plan of that name, if configured.
+    pub fn get(&self, name: &str) -> Option<&Plan> {
+        self.0.get(name)
+    }
+}
+
+/// Tuning knobs from vars, with the contract's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Flush to D1 once this many points are pending.
+    pub flush_batch: u32,
+    /// Flush to D1 this long after the first pending point.
+    pub flush_interval_ms: u64,
+    /// A user with no connection and no heartbeat for this long is offline.
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            flush_batch: 10,
+            flush_interval_ms: 2_000,
+            presence_ttl_ms: 60_000,
+        }
+    }
+}
+
+impl Tuning {
+    /// Builds the knobs from a var lookup; a missing var takes the default,
+    /// a malformed one is an error naming it.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Tuning, String> {
+        let d = Tuning::default();
+        Ok(Tuning {
+            flush_batch: positive(&var, "FLUSH_BATCH", u64::from(d.flush_batch))?
+                .try_into()
+                .map_err(|_| "FLUSH_BATCH is too large".to_owned())?,
+            flush_interval_ms: positive(&var, "FLUSH_INTERVAL_MS", d.flush_interval_ms)?,
+            presence_ttl_ms: positive(&var, "PRESENCE_TTL_MS", d.presence_ttl_ms)?,
+        })
+    }
+}
+
+fn positive(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u64,
+) -> Result<u64, String> {
+    match var(name) {
+        None => Ok(default),
+        Some(s) => match s.trim().parse::<u64>() {
+            Ok(v) if v >= 1 => Ok(v),
+            _ => Err(format!("{name} must be a positive integer")),
+        },
+    }
+}
+
+/// The `ALLOWED_ORIGINS` var: a comma-separated list of origins, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AllowedOrigins {
+    list: Option<Vec<String>>,
+}
+
+impl AllowedOrigins {
+    /// Parses the var; absent or blank means "not configured".
+    pub fn parse(src: Option<&str>) -> AllowedOrigins {
+        let list = src.map(str::trim).filter(|s| !s.is_empty()).map(|s| {
+            s.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect()
+        });
+        AllowedOrigins { list }
+    }
+
+    /// Whether the var is set at all.
+    pub fn is_configured(&self) -> bool {
+        self.list.is_some()
+    }
+
+    /// Whether a browser `Origin` may call the API cross-origin.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.list
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract_table() {
+        let p = Plans::parse(None).unwrap();
+        assert_eq!(p.get("free"), Some(&Plan::FREE));
+        assert_eq!(p.get("free").unwrap().api_burst, 20);
+        assert_eq!(p.get("pro").unwrap().participants_per_session, 25);
+        assert_eq!(p.get("enterprise").unwrap().points_per_day, None);
+        assert_eq!(p.get("gold"), None);
+        assert_eq!(Plans::parse(Some("  ")), Ok(Plans::default()));
+    }
+
+    #[test]
+    fn plans_patch_over_defaults() {
+        let p = Plans::parse(Some(
+            r#"{"free":{"api_burst":3,"points":null},"gold":{"api_per_min":120}}"#,
+        ))
+        .unwrap();
+        let free = p.get("free").unwrap();
+        assert_eq!(free.api_burst, 3);
+        assert_eq!(free.api_per_min, 60);
+        assert_eq!(free.points_per_day, None);
+        assert_eq!(free.sessions_per_month, Some(30));
+        let gold = p.get("gold").unwrap();
+        assert_eq!(gold.api_per_min, 120);
+        assert_eq!(gold.api_burst, 20);
+        assert!(p.get("pro").is_some());
+    }
+
+    #[test]
+    fn malformed_plans_are_errors_not_defaults() {
+        for bad in [
+            "{",
+            "[]",
+            r#"{"free":{"api_per_minute":1}}"#,
+            r#"{"free":{"api_burst":-1}}"#,
+            r#"{"free":{"api_burst":0}}"#,
+            r#"{"free":"x"}"#,
+        ] {
+            assert!(Plans::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tuning_from_vars() {
+        let t = Tuning::from_vars(|_| None).unwrap();
+        assert_eq!(t, Tuning::default());
+        let t = Tuning::from_vars(|k| (k == "PRESENCE_TTL_MS").then(|| "1500".to_owned())).unwrap();
+        assert_eq!(t.presence_ttl_ms, 1500);
+        let e = Tuning::from_vars(|k| (k == "FLUSH_BATCH").then(|| "0".to_owned())).unwrap_err();
+        assert!(e.contains("FLUSH_BATCH"));
+        assert!(Tuning::from_vars(|_| Some("ten".to_owned())).is_err());
+    }
+
+    #[test]
+    fn allowed_origins() {
+        let a = AllowedOrigins::parse(Some("https://app.example.com, http://localhost:3000/"));
+        assert!(a.is_configured());
+        assert!(a.allows("https://app.example.com"));
+        assert!(a.allows("http://localhost:3000"));
+        assert!(!a.allows("https://evil.example.com"));
+        let none = AllowedOrigins::parse(None);
+        assert!(!none.is_configured() && !none.allows("https://app.example.com"));
+        assert!(AllowedOrigins::parse(Some("*")).allows("https://any.example"));
+    }
+}

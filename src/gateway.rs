@@ -1,0 +1,402 @@
+//! The Worker's fetch handler: request id, CORS, routing, authentication,
+//! then one hop to the Durable Object that owns the request's id.
+
+use futures_util::future::join_all;
+use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
+use sesh_protocol::{Health, Presence, PresenceBatch};
+use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
+
+use crate::auth::{self, AuthError, Claims};
+use crate::config::{AllowedOrigins, Plans};
+use crate::error::ApiError;
+use crate::http::{self, internal, Caller, H_REQUEST_ID};
+use crate::ids;
+use crate::route::{self, Route};
+use crate::time::now_ms;
+
+/// Headers a browser may send cross-origin, and those it may read.
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
+const CORS_EXPOSE_HEADERS: &str = "x-request-id, ratelimit, ratelimit-policy, retry-after";
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let started = now_ms();
+    let request_id = req
+        .headers()
+        .get(H_REQUEST_ID)
+        .ok()
+        .flatten()
+        .filter(|v| ids::is_acceptable_request_id(v))
+        .unwrap_or_else(ids::new_random_id);
+    let method = req.method().to_string();
+    let origin = req.headers().get("origin").ok().flatten();
+    let origins = AllowedOrigins::parse(var(&env, "ALLOWED_ORIGINS").as_deref());
+
+    let mut g = Gateway {
+        env: &env,
+        request_id: &request_id,
+        origin: origin.as_deref(),
+        origins: &origins,
+        pattern: "-",
+        user: None,
+    };
+    let result = g.handle(req).await;
+    let (pattern, user) = (g.pattern, g.user.take());
+    let status_err = result
+        .as_ref()
+        .err()
+        .map(|e| (e.status(), e.log_detail().map(str::to_owned)));
+    let resp = http::respond(result);
+    let status = status_err.as_ref().map_or(resp.status_code(), |(s, _)| *s);
+
+    let headers = resp.headers().clone();
+    let _ = headers.set(H_REQUEST_ID, &request_id);
+    if let Some(o) = origin.as_deref().filter(|o| origins.allows(o)) {
+        let _ = headers.set("access-control-allow-origin", o);
+        let _ = headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
+        let _ = headers.append("vary", "Origin");
+    }
+    // One structured line per request; never the token.
+    let mut line = serde_json::json!({
+        "level": if status >= 500 { "error" } else { "info" },
+        "requestId": request_id,
+        "method": method,
+        "route": pattern,
+        "status": status,
+        "durationMs": now_ms() - started,
+    });
+    if let Some(u) = user {
+        line["user"] = u.into();
+    }
+    if let Some((_, Some(detail))) = status_err {
+        line["error"] = detail.into();
+    }
+    worker::console_log!("{line}");
+    Ok(resp.with_headers(headers))
+}
+
+struct Gateway<'a> {
+    env: &'a Env,
+    request_id: &'a str,
+    origin: Option<&'a str>,
+    origins: &'a AllowedOrigins,
+    pattern: &'static str,
+    user: Option<String>,
+}
+
+impl Gateway<'_> {
+    async fn handle(&mut self, mut req: Request) -> Result<Response, ApiError> {
+        let method = req.method();
+        if method == Method::Options {
+            return self.preflight(&req);
+        }
+        let url = req.url().map_err(internal)?;
+        let route = route::route(method.as_ref(), url.path())?;
+        self.pattern = route.pattern();
+
+        if let Route::Health = route {
+            return http::json(
+                200,
+                &Health {
+                    status: "ok".into(),
+                },
+            );
+        }
+        if matches!(route, Route::SessionSocket(_)) {
+            self.check_socket_origin()?;
+        }
+        let claims = self.authenticate(&req, &url, &route)?;
+        self.user = Some(claims.sub.clone());
+        let plans = Plans::parse(var(self.env, "PLANS").as_deref())
+            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
+        if plans.get(&claims.plan).is_none() {
+            return Err(AuthError::InvalidClaim("plan").into());
+        }
+        let caller = Caller {
+            user: claims.sub,
+            plan: claims.plan,
+            service: claims.service,
+        };
+
+        match route {
+            Route::Health => unreachable_route(),
+            Route::CreateSession => {
+                let id = ids::new_session_id(now_ms());
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                let q = format!("sessionId={id}");
+                self.forward(
+                    "ACTIVE_SESSION",
+                    &id,
+                    "/create",
+                    Method::Post,
+                    Some(body),
+                    &caller,
+                    Some(&q),
+                )
+                .await
+            }
+            Route::GetSession(id) => {
+                self.forward(
+                    "ACTIVE_SESSION",
+                    &id,
+                    "/get",
+                    Method::Get,
+                    None,
+                    &caller,
+                    None,
+                )
+                .await
+            }
+            Route::SessionSocket(id) => {
+                let op = format!("/ws?sessionId={id}");
+                self.forward_upgrade("ACTIVE_SESSION", &id, &op, &req, &caller)
+                    .await
+            }
+            Route::AppendPoints(id) => {
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                self.forward(
+                    "ACTIVE_SESSION",
+                    &id,
+                    "/points",
+                    Method::Post,
+                    Some(body),
+                    &caller,
+                    None,
+                )
+                .await
+            }
+            Route::ReadPoints(id) => {
+                self.forward(
+                    "ACTIVE_SESSION",
+                    &id,
+                    "/points",
+                    Method::Get,
+                    None,
+                    &caller,
+                    url.query(),
+                )
+                .await
+            }
+            Route::EndSession(id) => {
+                self.forward(
+                    "ACTIVE_SESSION",
+                    &id,
+                    "/end",
+                    Method::Post,
+                    None,
+                    &caller,
+                    None,
+                )
+                .await
+            }
+            Route::Heartbeat => {
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                let user = caller.user.clone();
+                self.forward(
+                    "PRESENCE",
+                    &user,
+                    "/heartbeat",
+                    Method::Post,
+                    Some(body),
+                    &caller,
+                    None,
+                )
+                .await
+            }
+            Route::GetPresence(user) => self.presence_of(&user, &caller).await,
+            Route::BatchPresence => self.batch_presence(&url, &caller).await,
+            Route::GetQuota => {
+                let user = caller.user.clone();
+                self.forward(
+                    "QUOTA",
+                    &user,
+                    "/overview",
+                    Method::Get,
+                    None,
+                    &caller,
+                    None,
+                )
+                .await
+            }
+            Route::CheckQuota | Route::RefundQuota => {
+                if !caller.service {
+                    return Err(ApiError::Forbidden("a service token is required".into()));
+                }
+                Err(ApiError::Unavailable(
+                    "quota checks are not enabled yet".into(),
+                ))
+            }
+        }
+    }
+
+    fn preflight(&self, req: &Request) -> Result<Response, ApiError> {
+        let origin = self
+            .origin
+            .ok_or_else(|| ApiError::BadRequest("CORS preflight without Origin".into()))?;
+        if !self.origins.allows(origin) {
+            return Err(ApiError::Forbidden("origin not allowed".into()));
+        }
+        let headers = Headers::new();
+        let _ = headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
+        let asked = req
+            .headers()
+            .get("access-control-request-headers")
+            .ok()
+            .flatten();
+        let _ = headers.set(
+            "access-control-allow-headers",
+            asked.as_deref().unwrap_or(CORS_ALLOW_HEADERS),
+        );
+        let _ = headers.set("access-control-max-age", "600");
+        Ok(Response::empty()
+            .map_err(internal)?
+            .with_status(204)
+            .with_headers(headers))
+    }
+
+    /// A browser opening a socket from a page not on the list is refused,
+    /// when the list is configured. Clients that send no `Origin` (native
+    /// apps, servers) are not browsers and are not subject to it.
+    fn check_socket_origin(&self) -> Result<(), ApiError> {
+        match self.origin {
+            Some(o) if self.origins.is_configured() && !self.origins.allows(o) => {
+                Err(ApiError::Forbidden("origin not allowed".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn authenticate(&self, req: &Request, url: &Url, route: &Route) -> Result<Claims, ApiError> {
+        let header = req.headers().get("authorization").ok().flatten();
+        let token = match header.as_deref() {
+            Some(h) => auth::bearer(h).ok_or(AuthError::Malformed)?.to_owned(),
+            None if matches!(route, Route::SessionSocket(_)) => url
+                .query_pairs()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+                .ok_or(AuthError::Missing)?,
+            None => return Err(AuthError::Missing.into()),
+        };
+        let secret = var(self.env, "AUTH_SECRET")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::Internal("AUTH_SECRET is not configured".into()))?;
+        Ok(auth::verify(&token, secret.as_bytes(), now_ms() / 1000)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        binding: &str,
+        name: &str,
+        op: &str,
+        method: Method,
+        body: Option<Vec<u8>>,
+        caller: &Caller,
+        query: Option<&str>,
+    ) -> Result<Response, ApiError> {
+        let url = match query {
+            Some(q) => format!("https://object{op}?{q}"),
+            None => format!("https://object{op}"),
+        };
+        let headers = Headers::new();
+        caller.write(&headers).map_err(internal)?;
+        let _ = headers.set(H_REQUEST_ID, self.request_id);
+        let mut init = RequestInit::new();
+        init.with_method(method).with_headers(headers);
+        if let Some(b) = body {
+            init.with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
+        }
+        let inner = Request::new_with_init(&url, &init).map_err(internal)?;
+        self.stub(binding, name)?
+            .fetch_with_request(inner)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
+    }
+
+    async fn forward_upgrade(
+        &self,
+        binding: &str,
+        name: &str,
+        op: &str,
+        req: &Request,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let headers = req.headers().clone();
+        // The token has done its job here; objects never see it.
+        let _ = headers.delete("authorization");
+        caller.write(&headers).map_err(internal)?;
+        let _ = headers.set(H_REQUEST_ID, self.request_id);
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get).with_headers(headers);
+        let inner =
+            Request::new_with_init(&format!("https://object{op}"), &init).map_err(internal)?;
+        self.stub(binding, name)?
+            .fetch_with_request(inner)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
+    }
+
+    fn stub(&self, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
+        self.env
+            .durable_object(binding)
+            .and_then(|ns| ns.id_from_name(name)?.get_stub())
+            .map_err(|e| ApiError::Internal(format!("binding {binding}: {e}")))
+    }
+
+    async fn presence_of(&self, user: &str, caller: &Caller) -> Result<Response, ApiError> {
+        let q = format!("userId={user}");
+        self.forward(
+            "PRESENCE",
+            user,
+            "/get",
+            Method::Get,
+            None,
+            caller,
+            Some(&q),
+        )
+        .await
+    }
+
+    /// `GET /v1/presence?users=a,b,c`: one request per user, all in flight
+    /// at once, answers in the order asked.
+    async fn batch_presence(&self, url: &Url, caller: &Caller) -> Result<Response, ApiError> {
+        let users = url
+            .query_pairs()
+            .find(|(k, _)| k == "users")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| ApiError::BadRequest("query parameter `users` is required".into()))?;
+        let ids: Vec<String> = users
+            .split(',')
+            .map(|u| route::user_id(u.trim()))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() || ids.len() > MAX_PRESENCE_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
+            )));
+        }
+        let calls = ids.iter().map(|u| self.presence_of(u, caller));
+        let mut users = Vec::with_capacity(ids.len());
+        for r in join_all(calls).await {
+            let mut resp = r?;
+            if resp.status_code() != 200 {
+                return Err(ApiError::Internal(format!(
+                    "presence answered {}",
+                    resp.status_code()
+                )));
+            }
+            let p: Presence = resp.json().await.map_err(internal)?;
+            users.push(p);
+        }
+        http::json(200, &PresenceBatch { users })
+    }
+}
+
+fn unreachable_route() -> Result<Response, ApiError> {
+    Err(ApiError::Internal("health handled above".into()))
+}
+
+/// A var or secret as a string (`.dev.vars` and `wrangler secret` values
+/// arrive as plain strings either way).
+fn var(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string())
+}

@@ -1,0 +1,133 @@
+//! Small HTTP helpers shared by the gateway and the objects: JSON answers,
+//! error answers, bounded body reads, and the identity headers the gateway
+//! passes to objects.
+
+use serde::Serialize;
+use worker::{Headers, Request, Response, ResponseBuilder};
+
+use crate::error::ApiError;
+
+/// Header carrying the verified caller's user id from the gateway to an
+/// object. Objects are reachable only through the gateway, so it is trusted.
+pub const H_USER: &str = "x-sesh-user";
+/// Header carrying the verified caller's plan name.
+pub const H_PLAN: &str = "x-sesh-plan";
+/// Header set to `1` when the caller used a service token.
+pub const H_SERVICE: &str = "x-sesh-service";
+/// The request id, echoed to clients and passed to objects for their logs.
+pub const H_REQUEST_ID: &str = "x-request-id";
+
+/// The verified caller, as an object sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User id (`sub`).
+    pub user: String,
+    /// Plan name.
+    pub plan: String,
+    /// Service token.
+    pub service: bool,
+}
+
+impl Caller {
+    /// Writes the caller into headers for an internal request.
+    pub fn write(&self, h: &Headers) -> worker::Result<()> {
+        h.set(H_USER, &self.user)?;
+        h.set(H_PLAN, &self.plan)?;
+        if self.service {
+            h.set(H_SERVICE, "1")?;
+        }
+        Ok(())
+    }
+
+    /// Reads the caller from an internal request. A missing header means the
+    /// request did not come through the gateway: a bug, hence `Internal`.
+    pub fn read(req: &Request) -> Result<Caller, ApiError> {
+        let h = req.headers();
+        let user = h
+            .get(H_USER)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ApiError::Internal("object request without caller".into()))?;
+        let plan = h
+            .get(H_PLAN)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "free".into());
+        let service = h.get(H_SERVICE).ok().flatten().is_some_and(|v| v == "1");
+        Ok(Caller {
+            user,
+            plan,
+            service,
+        })
+    }
+}
+
+/// A JSON answer with the given status.
+pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response, ApiError> {
+    let text = serde_json::to_string(body).map_err(internal)?;
+    Ok(json_text(status, text))
+}
+
+/// A JSON answer from already serialized text.
+pub fn json_text(status: u16, text: String) -> Response {
+    let headers = Headers::new();
+    // Setting a valid header name and value on a fresh Headers cannot fail.
+    let _ = headers.set("content-type", "application/json");
+    ResponseBuilder::new()
+        .with_status(status)
+        .with_headers(headers)
+        .fixed(text.into_bytes())
+}
+
+/// The JSON error answer for `e`, with `Allow` and `Retry-After` where they
+/// apply. Infallible: an answer must always go out.
+pub fn error_response(e: &ApiError) -> Response {
+    let text = serde_json::to_string(&e.body()).unwrap_or_else(|_| {
+        r#"{"error":{"code":"internal","message":"internal error"}}"#.to_owned()
+    });
+    let resp = json_text(e.status(), text);
+    let headers = resp.headers();
+    if let ApiError::MethodNotAllowed { allow } = e {
+        let _ = headers.set("allow", &allow.join(", "));
+    }
+    if let Some(s) = e.retry_after_secs() {
+        let _ = headers.set("retry-after", &s.to_string());
+    }
+    resp
+}
+
+/// Turns a handler result into a response.
+pub fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(|e| {
+        if let Some(d) = e.log_detail() {
+            worker::console_error!("{}", serde_json::json!({"level": "error", "error": d}));
+        }
+        error_response(&e)
+    })
+}
+
+/// Reads a request body of at most `limit` bytes: 413 beyond it, checked
+/// against `Content-Length` first so large bodies are not read at all.
+pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit };
+    if let Ok(Some(len)) = req.headers().get("content-length") {
+        match len.trim().parse::<usize>() {
+            Ok(n) if n > limit => return Err(too_large),
+            Ok(_) => {}
+            Err(_) => return Err(ApiError::BadRequest("invalid Content-Length".into())),
+        }
+    }
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+    if bytes.len() > limit {
+        return Err(too_large);
+    }
+    Ok(bytes)
+}
+
+/// Maps a runtime error to an internal error (detail kept for the log).
+pub fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}

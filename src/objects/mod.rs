@@ -1,0 +1,23 @@
+//! The Durable Object adapters. Each carries out what its core decides:
+//! storage, sockets, alarms. They exist only on wasm32.
+
+mod presence;
+mod quota;
+mod session;
+
+use worker::Request;
+
+use crate::error::ApiError;
+
+/// The operation an internal request asks for (`https://object/<op>`).
+pub(crate) fn op(req: &Request) -> Result<(String, worker::Url), ApiError> {
+    let url = req.url().map_err(crate::http::internal)?;
+    Ok((url.path().to_owned(), url))
+}
+
+/// A query parameter of an internal request.
+pub(crate) fn query(url: &worker::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

@@ -1,0 +1,294 @@
+//! Pure request routing: method + path to a [`Route`], with path ids
+//! validated before any Durable Object is touched.
+
+use sesh_protocol::{is_valid_user_id, parse_session_id};
+
+use crate::error::ApiError;
+
+/// Where a request goes, with its ids already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /health`.
+    Health,
+    /// `POST /v1/sessions`.
+    CreateSession,
+    /// `GET /v1/sessions/{id}`.
+    GetSession(String),
+    /// `GET /v1/sessions/{id}/ws`: WebSocket upgrade.
+    SessionSocket(String),
+    /// `POST /v1/sessions/{id}/points`.
+    AppendPoints(String),
+    /// `GET /v1/sessions/{id}/points`.
+    ReadPoints(String),
+    /// `POST /v1/sessions/{id}/end`.
+    EndSession(String),
+    /// `POST /v1/presence/heartbeat`.
+    Heartbeat,
+    /// `GET /v1/presence/{userId}`.
+    GetPresence(String),
+    /// `GET /v1/presence?users=...`.
+    BatchPresence,
+    /// `GET /v1/quota`.
+    GetQuota,
+    /// `POST /v1/quota/check`.
+    CheckQuota,
+    /// `POST /v1/quota/refund`.
+    RefundQuota,
+}
+
+impl Route {
+    /// The route pattern, for logs (ids are not logged as part of it).
+    pub fn pattern(&self) -> &'static str {
+        match self {
+            Self::Health => "/health",
+            Self::CreateSession => "/v1/sessions",
+            Self::GetSession(_) => "/v1/sessions/{id}",
+            Self::SessionSocket(_) => "/v1/sessions/{id}/ws",
+            Self::AppendPoints(_) | Self::ReadPoints(_) => "/v1/sessions/{id}/points",
+            Self::EndSession(_) => "/v1/sessions/{id}/end",
+            Self::Heartbeat => "/v1/presence/heartbeat",
+            Self::GetPresence(_) => "/v1/presence/{userId}",
+            Self::BatchPresence => "/v1/presence",
+            Self::GetQuota => "/v1/quota",
+            Self::CheckQuota => "/v1/quota/check",
+            Self::RefundQuota => "/v1/quota/refund",
+        }
+    }
+
+    /// Whether the route needs a token (everything under `/v1`).
+    pub fn needs_auth(&self) -> bool {
+        !matches!(self, Self::Health)
+    }
+}
+
+const GET: &[&str] = &["GET"];
+const POST: &[&str] = &["POST"];
+const GET_POST: &[&str] = &["GET", "POST"];
+
+/// Routes a request. Unknown paths are 404, known paths with another method
+/// 405 (with the allowed methods), malformed ids 400.
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = match path.strip_prefix('/') {
+        Some(rest) => rest.split('/').collect(),
+        None => return Err(not_found()),
+    };
+    // Empty segments (`/v1/sessions/`, `//`) name nothing.
+    if segs.iter().any(|s| s.is_empty()) {
+        return Err(not_found());
+    }
+    // HEAD is answered like GET by HTTP convention; the body is dropped by
+    // the runtime.
+    let m = if method == "HEAD" { "GET" } else { method };
+    let pick = |allow: &'static [&'static str], r: Route| -> Result<Route, ApiError> {
+        if allow.contains(&m) {
+            Ok(r)
+        } else {
+            Err(ApiError::MethodNotAllowed { allow })
+        }
+    };
+    match segs.as_slice() {
+        ["health"] => pick(GET, Route::Health),
+        ["v1", "sessions"] => pick(POST, Route::CreateSession),
+        ["v1", "sessions", id] => {
+            let id = session_id(id)?;
+            pick(GET, Route::GetSession(id))
+        }
+        ["v1", "sessions", id, "ws"] => {
+            let id = session_id(id)?;
+            pick(GET, Route::SessionSocket(id))
+        }
+        ["v1", "sessions", id, "points"] => {
+            let id = session_id(id)?;
+            match m {
+                "GET" => Ok(Route::ReadPoints(id)),
+                "POST" => Ok(Route::AppendPoints(id)),
+                _ => Err(ApiError::MethodNotAllowed { allow: GET_POST }),
+            }
+        }
+        ["v1", "sessions", id, "end"] => {
+            let id = session_id(id)?;
+            pick(POST, Route::EndSession(id))
+        }
+        ["v1", "presence"] => pick(GET, Route::BatchPresence),
+        ["v1", "presence", "heartbeat"] => pick(POST, Route::Heartbeat),
+        ["v1", "presence", user] => {
+            let user = user_id(user)?;
+            pick(GET, Route::GetPresence(user))
+        }
+        ["v1", "quota"] => pick(GET, Route::GetQuota),
+        ["v1", "quota", "check"] => pick(POST, Route::CheckQuota),
+        ["v1", "quota", "refund"] => pick(POST, Route::RefundQuota),
+        _ => Err(not_found()),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+fn session_id(seg: &str) -> Result<String, ApiError> {
+    parse_session_id(seg).ok_or_else(|| ApiError::BadRequest("session id must be a UUID".into()))
+}
+
+/// A user id path segment; clients may percent-encode `@` and `:`.
+pub fn user_id(seg: &str) -> Result<String, ApiError> {
+    let decoded = percent_decode(seg)
+        .filter(|s| is_valid_user_id(s))
+        .ok_or_else(|| {
+            ApiError::BadRequest("user id must be 1-128 characters of [A-Za-z0-9_.:@-]".into())
+        })?;
+    Ok(decoded)
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or non-UTF-8 result.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SID: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
+
+    #[test]
+    fn routes_every_contract_path() {
+        let s = SID.to_owned();
+        let cases = [
+            ("GET", "/health".to_owned(), Route::Health),
+            ("POST", "/v1/sessions".to_owned(), Route::CreateSession),
+            (
+                "GET",
+                format!("/v1/sessions/{SID}"),
+                Route::GetSession(s.clone()),
+            ),
+            (
+                "GET",
+                format!("/v1/sessions/{SID}/ws"),
+                Route::SessionSocket(s.clone()),
+            ),
+            (
+                "POST",
+                format!("/v1/sessions/{SID}/points"),
+                Route::AppendPoints(s.clone()),
+            ),
+            (
+                "GET",
+                format!("/v1/sessions/{SID}/points"),
+                Route::ReadPoints(s.clone()),
+            ),
+            (
+                "POST",
+                format!("/v1/sessions/{SID}/end"),
+                Route::EndSession(s.clone()),
+            ),
+            (
+                "POST",
+                "/v1/presence/heartbeat".to_owned(),
+                Route::Heartbeat,
+            ),
+            (
+                "GET",
+                "/v1/presence/bob".to_owned(),
+                Route::GetPresence("bob".into()),
+            ),
+            ("GET", "/v1/presence".to_owned(), Route::BatchPresence),
+            ("GET", "/v1/quota".to_owned(), Route::GetQuota),
+            ("POST", "/v1/quota/check".to_owned(), Route::CheckQuota),
+            ("POST", "/v1/quota/refund".to_owned(), Route::RefundQuota),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(route(m, &p), Ok(want), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn session_ids_are_canonicalised_to_lower_case() {
+        let upper = SID.to_uppercase();
+        assert_eq!(
+            route("GET", &format!("/v1/sessions/{upper}")),
+            Ok(Route::GetSession(SID.to_owned()))
+        );
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for p in [
+            "/",
+            "",
+            "/v1",
+            "/v2/sessions",
+            "/v1/sessions/",
+            "/health/x",
+            "/v1/quota/x/y",
+            "/v1//sessions",
+        ] {
+            assert_eq!(route("GET", p).map_err(|e| e.status()), Err(404), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_methods_are_405_with_allow() {
+        assert_eq!(
+            route("DELETE", "/v1/sessions"),
+            Err(ApiError::MethodNotAllowed { allow: POST })
+        );
+        assert_eq!(
+            route("PUT", &format!("/v1/sessions/{SID}/points")),
+            Err(ApiError::MethodNotAllowed { allow: GET_POST })
+        );
+        assert_eq!(route("POST", "/health").map_err(|e| e.status()), Err(405));
+        assert_eq!(route("HEAD", "/health"), Ok(Route::Health));
+    }
+
+    #[test]
+    fn malformed_ids_are_400_before_method_checks() {
+        for p in [
+            "/v1/sessions/nope",
+            "/v1/sessions/nope/ws",
+            "/v1/sessions/123/points",
+            "/v1/presence/a%2Fb",
+            "/v1/presence/a%zz",
+        ] {
+            assert_eq!(route("GET", p).map_err(|e| e.status()), Err(400), "{p}");
+        }
+        let long = "u".repeat(129);
+        assert_eq!(
+            route("GET", &format!("/v1/presence/{long}")).map_err(|e| e.status()),
+            Err(400)
+        );
+    }
+
+    #[test]
+    fn user_ids_may_be_percent_encoded() {
+        assert_eq!(
+            route("GET", "/v1/presence/ann%40example.com"),
+            Ok(Route::GetPresence("ann@example.com".into()))
+        );
+    }
+
+    #[test]
+    fn patterns_hide_ids() {
+        let r = route("GET", &format!("/v1/sessions/{SID}/ws")).unwrap();
+        assert_eq!(r.pattern(), "/v1/sessions/{id}/ws");
+        assert!(!Route::Health.needs_auth());
+        assert!(r.needs_auth());
+    }
+}

@@ -1,0 +1,216 @@
+//! Idempotent setup: each tool is checked at its required version and
+//! installed only when missing or wrong, with a line saying so.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::run;
+
+/// The worker-build release the project builds with.
+const WORKER_BUILD_VERSION: &str = "0.8.7";
+/// The wrangler release pinned in package.json (4.87+ needs Node 22).
+const WRANGLER_VERSION: &str = "4.86.0";
+
+/// Paths of the tools the other commands use.
+pub struct Tools {
+    /// The `worker-build` binary.
+    pub worker_build: PathBuf,
+    /// The `wasm-bindgen` binary matching Cargo.lock.
+    pub wasm_bindgen: PathBuf,
+}
+
+impl Tools {
+    /// The folder holding `wasm-bindgen` and `wasm-bindgen-test-runner`.
+    pub fn wasm_bindgen_dir(&self) -> PathBuf {
+        self.wasm_bindgen
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// The project's own wrangler, from node_modules.
+    pub fn wrangler_bin(&self, root: &Path) -> PathBuf {
+        root.join("node_modules/.bin/wrangler")
+    }
+
+    /// A command running the project's wrangler in `root`.
+    pub fn wrangler(&self, root: &Path) -> Command {
+        let mut c = Command::new(self.wrangler_bin(root));
+        c.current_dir(root);
+        c
+    }
+}
+
+/// Checks and installs everything; returns where the tools are.
+pub fn all(root: &Path) -> Result<Tools, String> {
+    check_node()?;
+    wasm_target()?;
+    let bin = cargo_bin();
+    let worker_build = bin.join("worker-build");
+    if version_of(&worker_build, "--version").as_deref() != Some(WORKER_BUILD_VERSION) {
+        install_crate("worker-build", WORKER_BUILD_VERSION)?;
+    }
+    let wb_version = wasm_bindgen_version(root)?;
+    let wasm_bindgen = bin.join("wasm-bindgen");
+    let have = version_of(&wasm_bindgen, "--version");
+    let runner_present = bin.join("wasm-bindgen-test-runner").exists();
+    if have.as_deref() != Some(&format!("wasm-bindgen {wb_version}")) || !runner_present {
+        install_crate("wasm-bindgen-cli", &wb_version)?;
+    }
+    npm_packages(root)?;
+    dev_vars(root)?;
+    Ok(Tools {
+        worker_build,
+        wasm_bindgen,
+    })
+}
+
+fn check_node() -> Result<(), String> {
+    let v = version_of(Path::new("node"), "--version")
+        .ok_or("node is not installed; Sesh needs Node.js >= 20 and npm")?;
+    let major: u32 = v
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 20 {
+        return Err(format!("Node.js {v} is too old; Sesh needs >= 20"));
+    }
+    Ok(())
+}
+
+fn wasm_target() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed: {e}"))?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-unknown-unknown")
+    {
+        println!("setup: installing the wasm32-unknown-unknown target");
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    Ok(())
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin")
+}
+
+/// `PATH` with `dir` in front.
+pub fn path_with(dir: &Path) -> OsString {
+    let mut paths = vec![dir.to_path_buf()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+/// The trimmed first line a tool prints for `flag`, if it runs.
+fn version_of(bin: &Path, flag: &str) -> Option<String> {
+    let out = Command::new(bin).arg(flag).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_owned())
+}
+
+fn install_crate(name: &str, version: &str) -> Result<(), String> {
+    println!("setup: installing {name} {version} from crates.io (a few minutes, once)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let locked = run(Command::new(&cargo).args([
+        "install",
+        name,
+        "--version",
+        version,
+        "--locked",
+        "--force",
+    ]));
+    if locked.is_ok() {
+        return Ok(());
+    }
+    // A crate's lock file can name a dependency version the registry no
+    // longer serves (yanked); resolving afresh is then the only way.
+    println!("setup: locked install of {name} failed; retrying with fresh resolution");
+    run(Command::new(&cargo).args(["install", name, "--version", version, "--force"]))
+}
+
+/// The `wasm-bindgen` version in Cargo.lock: the CLI must match it exactly.
+fn wasm_bindgen_version(root: &Path) -> Result<String, String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock"))
+        .map_err(|e| format!("reading Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "name = \"wasm-bindgen\"" {
+            if let Some(v) = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = \""))
+            {
+                return Ok(v.trim_end_matches('"').to_owned());
+            }
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen entry".into())
+}
+
+fn npm_packages(root: &Path) -> Result<(), String> {
+    let installed = std::fs::read_to_string(root.join("node_modules/wrangler/package.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+    if installed.as_deref() != Some(WRANGLER_VERSION) {
+        println!("setup: installing npm packages (wrangler {WRANGLER_VERSION}) with npm ci");
+        run(Command::new("npm")
+            .current_dir(root)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    Ok(())
+}
+
+/// Creates `.dev.vars` with a random `AUTH_SECRET` unless it exists.
+pub fn dev_vars(root: &Path) -> Result<(), String> {
+    let path = root.join(".dev.vars");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    let mut f = std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?;
+    std::io::Read::read_exact(&mut f, &mut bytes).map_err(|e| format!("/dev/urandom: {e}"))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, format!("AUTH_SECRET=\"{secret}\"\n"))
+        .map_err(|e| format!("writing .dev.vars: {e}"))?;
+    println!("setup: created .dev.vars with a random AUTH_SECRET");
+    Ok(())
+}
+
+/// Applies the D1 migrations to the local database under `persist`.
+pub fn migrate(root: &Path, persist: &Path) -> Result<(), String> {
+    println!("setup: applying D1 migrations locally");
+    run(Command::new(root.join("node_modules/.bin/wrangler"))
+        .current_dir(root)
+        .args(["d1", "migrations", "apply", "DB", "--local"])
+        .arg("--persist-to")
+        .arg(persist)
+        .env("CI", "true"))
+}
+
+/// Reads `AUTH_SECRET` from `.dev.vars`.
+pub fn auth_secret(root: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(root.join(".dev.vars")).map_err(|_| {
+        "no .dev.vars; run `cargo xtask dev` or `cargo xtask setup` first".to_owned()
+    })?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("AUTH_SECRET="))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| "AUTH_SECRET is missing from .dev.vars".to_owned())
+}
