@@ -79,9 +79,10 @@ impl Answer {
     }
 }
 
-fn client() -> &'static reqwest::Client {
-    static C: OnceLock<reqwest::Client> = OnceLock::new();
-    C.get_or_init(reqwest::Client::new)
+// A client per call: pooled connections belong to the runtime that opened
+// them, and every test runs on its own runtime.
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
 }
 
 /// Sends a request to `path` on the shared server.
