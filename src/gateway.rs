@@ -91,6 +91,16 @@ impl Gateway<'_> {
             return self.preflight(&req);
         }
         let url = req.url().map_err(internal)?;
+        #[cfg(feature = "test-faults")]
+        if url.path() == "/__test/faults" {
+            let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
+            crate::faults::set_d1_failing(on);
+            return http::json(200, &serde_json::json!({"d1Failing": on}));
+        }
+        #[cfg(feature = "test-faults")]
+        if url.path() == "/__test/d1" {
+            return self.test_d1_query(&mut req).await;
+        }
         let route = route::route(method.as_ref(), url.path())?;
         self.pattern = route.pattern();
 
@@ -227,6 +237,17 @@ impl Gateway<'_> {
                 ))
             }
         }
+    }
+
+    /// Test builds only: runs one SQL statement on D1 and answers its rows,
+    /// so integration tests can see what reached D1.
+    #[cfg(feature = "test-faults")]
+    async fn test_d1_query(&self, req: &mut Request) -> Result<Response, ApiError> {
+        let sql = req.text().await.map_err(internal)?;
+        let db = self.env.d1("DB").map_err(internal)?;
+        let result = db.prepare(sql).all().await.map_err(internal)?;
+        let rows: Vec<serde_json::Value> = result.results().map_err(internal)?;
+        http::json(200, &serde_json::json!({"rows": rows}))
     }
 
     fn preflight(&self, req: &Request) -> Result<Response, ApiError> {

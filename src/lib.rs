@@ -7,7 +7,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod core;
 pub mod error;
+#[cfg(feature = "test-faults")]
+pub mod faults;
 pub mod ids;
 pub mod route;
 pub mod time;

@@ -67,7 +67,9 @@ fn ids_are_random_and_well_formed() {
 
 #[wasm_bindgen_test]
 fn protocol_parsing_matches_native() {
-    match ClientFrame::parse(r#"{"type":"point","id":"p1","kind":"hr","value":72.5,"ts":1}"#) {
+    match ClientFrame::parse(
+        r#"{"type":"point","id":"p1","kind":"hr","value":72.5,"ts":1730000000000}"#,
+    ) {
         Ok(ClientFrame::Point(p)) => {
             assert_eq!(p.kind, "hr");
             assert_eq!(p.value, Some(72.5));

@@ -594,9 +594,9 @@ mod tests {
     #[test]
     fn field_order_and_whitespace_do_not_matter() {
         assert_eq!(
-            ClientFrame::parse(" {\"kind\":\"k\",\n\"ts\":5, \"type\":\"point\"} "),
+            ClientFrame::parse(" {\"kind\":\"k\",\n\"ts\":1730000000000, \"type\":\"point\"} "),
             Ok(ClientFrame::Point(NewPoint {
-                ts: Some(5),
+                ts: Some(1_730_000_000_000),
                 ..NewPoint::new("k")
             }))
         );

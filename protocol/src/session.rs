@@ -7,7 +7,7 @@ use crate::error::Validate;
 use crate::ids::is_valid_user_id;
 use crate::limits::{
     char_len, json_size, MAX_DATA_BYTES, MAX_KIND_CHARS, MAX_MEMBERS, MAX_METADATA_BYTES,
-    MAX_POINTS_PER_BATCH, MAX_POINT_ID_CHARS, MAX_TITLE_CHARS,
+    MAX_POINTS_PER_BATCH, MAX_POINT_ID_CHARS, MAX_POINT_TS, MAX_TITLE_CHARS, MIN_POINT_TS,
 };
 
 /// Body of `POST /v1/sessions`. Every field is optional.
@@ -197,8 +197,11 @@ impl Validate for NewPoint {
             }
         }
         if let Some(ts) = self.ts {
-            if ts < 0 {
-                return Err("ts must be milliseconds since the Unix epoch, not negative".to_owned());
+            if !(MIN_POINT_TS..MAX_POINT_TS).contains(&ts) {
+                return Err(
+                    "ts must be milliseconds since the Unix epoch, between the years 2000 and 2100"
+                        .to_owned(),
+                );
             }
         }
         Ok(())
@@ -486,6 +489,14 @@ mod tests {
         p.ts = Some(-1);
         check(p.clone(), "ts");
         p.ts = Some(0);
+        check(p.clone(), "ts");
+        p.ts = Some(MIN_POINT_TS - 1);
+        check(p.clone(), "ts");
+        p.ts = Some(MAX_POINT_TS);
+        check(p.clone(), "ts");
+        p.ts = Some(MIN_POINT_TS);
+        assert_eq!(p.validate(), Ok(()));
+        p.ts = Some(MAX_POINT_TS - 1);
         assert_eq!(p.validate(), Ok(()));
         let mut p = NewPoint::new("k");
         p.value = Some(f64::NAN);

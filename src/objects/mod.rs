@@ -21,3 +21,22 @@ pub(crate) fn query(url: &worker::Url, name: &str) -> Option<String> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
+
+thread_local! {
+    // D1 partitions this isolate has created or seen created, so a flush
+    // issues `CREATE TABLE IF NOT EXISTS` only the first time.
+    static PARTITIONS: std::cell::RefCell<std::collections::HashSet<String>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Whether this isolate already made sure the D1 table exists.
+pub(crate) fn partition_known(table: &str) -> bool {
+    PARTITIONS.with(|p| p.borrow().contains(table))
+}
+
+/// Notes that the D1 table exists.
+pub(crate) fn remember_partition(table: String) {
+    PARTITIONS.with(|p| {
+        p.borrow_mut().insert(table);
+    });
+}

@@ -1,177 +1,699 @@
-//! `ActiveSessionDO`: one object per session id.
+//! `ActiveSessionDO`: one object per session id. Carries out what
+//! [`SessionCore`] decides: SQLite write-ahead, socket sends, alarms, and
+//! the D1 flush.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
-use serde::Deserialize;
-use sesh_protocol::{parse_body, CreateSession, Session, SessionStatus};
-use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
+use serde::{Deserialize, Serialize};
+use sesh_protocol::{
+    parse_body, CreateSession, PointsAccepted, PointsBatch, ServerFrame, SessionStatus, StoredPoint,
+};
+use wasm_bindgen::JsValue;
+use worker::{
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
+};
 
+use crate::config::{Plans, Tuning};
+use crate::core::d1;
+use crate::core::session::{
+    parse_read_query, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin, Restored,
+    SessionCore,
+};
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller};
-use crate::time::{now_ms, rfc3339};
+use crate::ids;
+use crate::time::{month_suffix, now_ms, rfc3339, Millis};
+
+/// What a socket carries across hibernation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attachment {
+    conn_id: ConnId,
+    user_id: String,
+    joined_at: Millis,
+}
 
 /// A live, multi-participant session (CONTRACT.md section 5).
 #[durable_object]
 pub struct ActiveSessionDO {
+    state: State,
+    env: Env,
     sql: SqlStorage,
-    // Loaded on first use; `Some(None)` means "known not to exist".
-    meta: RefCell<Option<Option<Meta>>>,
+    cfg: Config,
+    // `None` until loaded; `Some(None)` when no session exists here.
+    core: RefCell<Option<Option<SessionCore>>>,
+    sockets: RefCell<HashMap<ConnId, WebSocket>>,
+    alarm_at: Cell<Option<Millis>>,
+    flushing: Cell<bool>,
 }
 
-/// The session's own row, as stored in the object's SQLite.
-#[derive(Debug, Clone, Deserialize)]
-struct Meta {
-    id: String,
-    owner_id: String,
-    title: Option<String>,
-    members: String,
-    metadata: String,
-    status: String,
-    started_at: i64,
-    ended_at: Option<i64>,
+const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS session (\
+  k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
+  flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS points (\
+  seq INTEGER PRIMARY KEY, client_id TEXT UNIQUE, ts INTEGER NOT NULL, body TEXT NOT NULL);";
+
+#[derive(Deserialize)]
+struct SessionRow {
+    meta: String,
+    meta_version: i64,
+    flushed_meta_version: i64,
+    flushed_seq: i64,
 }
 
-impl Meta {
-    fn members(&self) -> Vec<String> {
-        serde_json::from_str(&self.members).unwrap_or_default()
-    }
+#[derive(Deserialize)]
+struct IdRow {
+    client_id: String,
+    seq: i64,
+}
 
-    fn is_member(&self, user: &str) -> bool {
-        self.owner_id == user || self.members().iter().any(|m| m == user)
-    }
+#[derive(Deserialize)]
+struct BodyRow {
+    ts: i64,
+    body: String,
+}
 
-    fn to_wire(&self) -> Session {
-        Session {
-            id: self.id.clone(),
-            owner_id: self.owner_id.clone(),
-            title: self.title.clone(),
-            members: self.members(),
-            metadata: serde_json::from_str(&self.metadata).unwrap_or_default(),
-            status: if self.status == "ended" {
-                SessionStatus::Ended
-            } else {
-                SessionStatus::Active
-            },
-            started_at: rfc3339(self.started_at),
-            ended_at: self.ended_at.map(rfc3339),
-            point_count: 0,
-            last_seq: 0,
-            participants: Vec::new(),
-        }
-    }
+#[derive(Deserialize)]
+struct MaxRow {
+    m: Option<i64>,
 }
 
 impl DurableObject for ActiveSessionDO {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
+        let tuning =
+            Tuning::from_vars(|k| env.var(k).ok().map(|v| v.to_string())).unwrap_or_else(|e| {
+                worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
+                Tuning::default()
+            });
+        let cfg = Config {
+            flush_batch: tuning.flush_batch,
+            flush_interval_ms: tuning.flush_interval_ms,
+            ..Config::default()
+        };
         Self {
+            state,
+            env,
             sql,
-            meta: RefCell::new(None),
+            cfg,
+            core: RefCell::new(None),
+            sockets: RefCell::new(HashMap::new()),
+            alarm_at: Cell::new(None),
+            flushing: Cell::new(false),
         }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        Ok(http::respond(self.handle(req).await))
+        let r = self.handle(req).await;
+        Ok(http::respond(r))
     }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        if let Err(e) = self.on_message(&ws, message).await {
+            log_error(&e);
+            let _ = ws.close(Some(e.close_code()), Some("server error"));
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> worker::Result<()> {
+        self.on_gone(&ws).await;
+        // Complete the closing handshake; the socket may already be closed.
+        let _ = ws.close(Some(1000), Some("closed"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> worker::Result<()> {
+        self.on_gone(&ws).await;
+        Ok(())
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_at.set(None);
+        if let Err(e) = self.on_alarm().await {
+            log_error(&e);
+        }
+        Response::ok("")
+    }
+}
+
+fn log_error(e: &ApiError) {
+    worker::console_error!(
+        "{}",
+        serde_json::json!({"level": "error", "object": "ActiveSessionDO", "error": e.log_detail().unwrap_or(&e.to_string())})
+    );
 }
 
 impl ActiveSessionDO {
     async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
         let (op, url) = super::op(&req)?;
         let caller = Caller::read(&req)?;
+        let method = req.method();
         if op == "/create" {
             let body = req.bytes().await.map_err(internal)?;
             let create: CreateSession = parse_body(&body)?;
-            return self.create(&caller, create, super::query(&url, "sessionId"));
+            let id = super::query(&url, "sessionId")
+                .ok_or_else(|| ApiError::Internal("create without sessionId".into()))?;
+            return self.create(&caller, create, id).await;
         }
-        let meta = self
-            .load()?
-            .ok_or_else(|| ApiError::NotFound("no such session".into()))?;
-        if !meta.is_member(&caller.user) {
-            return Err(ApiError::Forbidden("not a member of this session".into()));
-        }
-        match op.as_str() {
-            "/get" => http::json(200, &meta.to_wire()),
-            _ => Err(ApiError::Unavailable(
-                "live session operations are not enabled yet".into(),
-            )),
+        self.load()?;
+        self.with_core(|c| c.check_member(&caller.user))?;
+        match (op.as_str(), method) {
+            ("/get", _) => http::json(200, &self.with_core(|c| Ok(c.view()))?),
+            ("/ws", _) => self.upgrade(&req, &caller).await,
+            ("/points", worker::Method::Post) => {
+                let body = req.bytes().await.map_err(internal)?;
+                let batch: PointsBatch = parse_body(&body)?;
+                self.append(&caller, batch).await
+            }
+            ("/points", _) => {
+                let (after, limit) = parse_read_query(
+                    super::query(&url, "afterSeq").as_deref(),
+                    super::query(&url, "limit").as_deref(),
+                )?;
+                self.read_points(after, limit)
+            }
+            ("/end", _) => {
+                self.with_core(|c| c.end(&caller.user, now_ms()))?;
+                self.run().await?;
+                // Everything pending goes to D1 before the answer; if D1 is
+                // down the alarm keeps retrying.
+                self.flush_due().await;
+                self.run().await?;
+                http::json(200, &self.with_core(|c| Ok(c.view()))?)
+            }
+            _ => Err(ApiError::Internal(format!(
+                "unknown session operation {op}"
+            ))),
         }
     }
 
-    fn create(
+    /// Runs `f` on the loaded core; a missing session is a 404.
+    fn with_core<T>(
+        &self,
+        f: impl FnOnce(&mut SessionCore) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.core.borrow_mut();
+        match guard.as_mut() {
+            Some(Some(core)) => f(core),
+            _ => Err(ApiError::NotFound("no such session".into())),
+        }
+    }
+
+    async fn create(
         &self,
         caller: &Caller,
         create: CreateSession,
-        id: Option<String>,
+        id: String,
     ) -> Result<Response, ApiError> {
-        let id = id.ok_or_else(|| ApiError::Internal("create without sessionId".into()))?;
-        if self.load()?.is_some() {
+        self.load()?;
+        if matches!(&*self.core.borrow(), Some(Some(_))) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
-        let members =
-            serde_json::to_string(&create.members.unwrap_or_default()).map_err(internal)?;
-        let metadata =
-            serde_json::to_string(&create.metadata.unwrap_or_default()).map_err(internal)?;
-        let started_at = now_ms();
-        self.ensure_schema()?;
-        self.sql
-            .exec(
-                "INSERT INTO session (id, owner_id, owner_plan, title, members, metadata, status, started_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'active', ?)",
-                vec![
-                    id.clone().into(),
-                    caller.user.clone().into(),
-                    caller.plan.clone().into(),
-                    create.title.clone().into(),
-                    members.clone().into(),
-                    metadata.clone().into(),
-                    started_at.into(),
-                ],
-            )
-            .map_err(internal)?;
+        let plans = Plans::parse(self.env.var("PLANS").ok().map(|v| v.to_string()).as_deref())
+            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
+        let max_participants = plans
+            .get(&caller.plan)
+            .map(|p| p.participants_per_session)
+            .ok_or_else(|| ApiError::Internal(format!("unknown plan {}", caller.plan)))?;
         let meta = Meta {
             id,
             owner_id: caller.user.clone(),
             title: create.title,
-            members,
-            metadata,
-            status: "active".into(),
-            started_at,
+            members: create.members.unwrap_or_default(),
+            metadata: create.metadata.unwrap_or_default(),
+            status: SessionStatus::Active,
+            started_at: now_ms(),
             ended_at: None,
+            max_participants,
         };
-        let wire = meta.to_wire();
-        *self.meta.borrow_mut() = Some(Some(meta));
-        http::json(201, &wire)
+        let core = SessionCore::create(meta, self.cfg, now_ms());
+        let view = core.view();
+        *self.core.borrow_mut() = Some(Some(core));
+        self.run().await?;
+        http::json(201, &view)
     }
 
-    fn ensure_schema(&self) -> Result<(), ApiError> {
+    /// Loads the session from storage once per object lifetime (also after
+    /// hibernation, when the sockets are still there).
+    fn load(&self) -> Result<(), ApiError> {
+        if self.core.borrow().is_some() {
+            return Ok(());
+        }
+        self.sql.exec(SCHEMA, None).map_err(internal)?;
+        let rows: Vec<SessionRow> = self
+            .sql
+            .exec(
+                "SELECT meta, meta_version, flushed_meta_version, flushed_seq FROM session WHERE k = 0",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let Some(row) = rows.into_iter().next() else {
+            *self.core.borrow_mut() = Some(None);
+            return Ok(());
+        };
+        let meta: Meta = serde_json::from_str(&row.meta).map_err(internal)?;
+        let last: Vec<MaxRow> = self
+            .sql
+            .exec("SELECT MAX(seq) AS m FROM points", None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let ids: Vec<IdRow> = self
+            .sql
+            .exec(
+                "SELECT client_id, seq FROM points WHERE client_id IS NOT NULL",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let mut sockets = HashMap::new();
+        let mut conns = Vec::new();
+        for ws in self.state.get_websockets() {
+            match ws.deserialize_attachment::<Attachment>() {
+                Ok(Some(a)) => {
+                    conns.push((a.conn_id.clone(), a.user_id, a.joined_at));
+                    sockets.insert(a.conn_id, ws);
+                }
+                _ => {
+                    let _ = ws.close(Some(1011), Some("lost connection state"));
+                }
+            }
+        }
+        let restored = Restored {
+            last_seq: last.first().and_then(|r| r.m).unwrap_or(0) as u64,
+            flushed_seq: row.flushed_seq as u64,
+            ids: ids
+                .into_iter()
+                .map(|r| (r.client_id, r.seq as u64))
+                .collect(),
+            conns,
+            meta_version: row.meta_version as u64,
+            flushed_meta_version: row.flushed_meta_version as u64,
+        };
+        let core = SessionCore::restore(meta, self.cfg, restored, now_ms());
+        *self.sockets.borrow_mut() = sockets;
+        *self.core.borrow_mut() = Some(Some(core));
+        Ok(())
+    }
+
+    async fn upgrade(&self, req: &Request, caller: &Caller) -> Result<Response, ApiError> {
+        self.with_core(|c| c.admit(&caller.user))?;
+        let upgrade = req.headers().get("upgrade").ok().flatten();
+        if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+            return Err(ApiError::BadRequest(
+                "this route takes a WebSocket upgrade".into(),
+            ));
+        }
+        let pair = WebSocketPair::new().map_err(internal)?;
+        let now = now_ms();
+        let conn = ids::new_random_id();
+        self.state.accept_web_socket(&pair.server);
+        pair.server
+            .serialize_attachment(Attachment {
+                conn_id: conn.clone(),
+                user_id: caller.user.clone(),
+                joined_at: now,
+            })
+            .map_err(internal)?;
+        self.sockets.borrow_mut().insert(conn.clone(), pair.server);
+        self.with_core(|c| {
+            c.join(&conn, &caller.user, now);
+            Ok(())
+        })?;
+        self.run().await?;
+        Response::from_websocket(pair.client).map_err(internal)
+    }
+
+    async fn on_message(
+        &self,
+        ws: &WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<(), ApiError> {
+        self.load()?;
+        let Some(conn) = conn_of(ws) else {
+            let _ = ws.close(Some(1011), Some("lost connection state"));
+            return Ok(());
+        };
+        let now = now_ms();
+        let stored = self.with_core(|c| {
+            Ok(match &message {
+                WebSocketIncomingMessage::String(text) => c.on_text(&conn, text, now),
+                WebSocketIncomingMessage::Binary(b) => {
+                    c.on_binary(&conn, b.len(), now);
+                    None
+                }
+            })
+        })?;
+        if let Some(p) = stored {
+            self.write_ahead(Origin::Socket(&conn), &p, now)?;
+        }
+        self.run().await
+    }
+
+    /// Stores a numbered point, then commits it in the core (which queues
+    /// the ack and the broadcast); a failed write gives the seq back.
+    fn write_ahead(&self, from: Origin<'_>, p: &StoredPoint, now: Millis) -> Result<(), ApiError> {
+        let body = serde_json::to_string(p).map_err(internal)?;
+        let stored = self.sql.exec(
+            "INSERT INTO points (seq, client_id, ts, body) VALUES (?, ?, ?, ?)",
+            vec![
+                (p.seq as i64).into(),
+                p.id.clone().into(),
+                p.ts.into(),
+                body.into(),
+            ],
+        );
+        self.with_core(|c| {
+            match &stored {
+                Ok(_) => c.commit(from, p, now),
+                Err(_) => c.abort(p),
+            }
+            Ok(())
+        })?;
+        stored.map(|_| ()).map_err(internal)
+    }
+
+    async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
+        let now = now_ms();
+        let mut seqs = Vec::with_capacity(batch.points.len());
+        for p in batch.points {
+            let accepted = self.with_core(|c| c.accept(Origin::Http(&caller.user), p, now));
+            match accepted {
+                Ok(Accepted::Duplicate { seq, .. }) => seqs.push(seq),
+                Ok(Accepted::New(stored)) => {
+                    self.write_ahead(Origin::Http(&caller.user), &stored, now)?;
+                    seqs.push(stored.seq);
+                }
+                Err(e) => {
+                    // Points before this one are stored and answered on a
+                    // retry (same ids, same seqs); send what is queued.
+                    self.run().await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.run().await?;
+        http::json(200, &PointsAccepted { seqs })
+    }
+
+    fn read_points(&self, after: u64, limit: u64) -> Result<Response, ApiError> {
+        let last_seq = self.with_core(|c| Ok(c.last_seq()))?;
+        let rows: Vec<BodyRow> = self
+            .sql
+            .exec(
+                "SELECT ts, body FROM points WHERE seq > ? ORDER BY seq LIMIT ?",
+                vec![(after as i64).into(), (limit as i64).into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        // The stored bodies are already the wire form: no re-serialization.
+        let mut text =
+            String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 32);
+        text.push_str("{\"points\":[");
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&r.body);
+        }
+        text.push_str(&format!("],\"lastSeq\":{last_seq}}}"));
+        Ok(http::json_text(200, text))
+    }
+
+    async fn on_gone(&self, ws: &WebSocket) {
+        if self.load().is_err() {
+            return;
+        }
+        if let Some(conn) = conn_of(ws) {
+            self.sockets.borrow_mut().remove(&conn);
+            let _ = self.with_core(|c| {
+                c.leave(&conn);
+                Ok(())
+            });
+            if let Err(e) = self.run().await {
+                log_error(&e);
+            }
+        }
+    }
+
+    async fn on_alarm(&self) -> Result<(), ApiError> {
+        self.load()?;
+        self.flush_due().await;
+        self.run().await
+    }
+
+    /// Carries out the core's queued decisions, in order.
+    async fn run(&self) -> Result<(), ApiError> {
+        let mut wake: Option<Millis> = None;
+        loop {
+            let action = {
+                let mut guard = self.core.borrow_mut();
+                match guard.as_mut() {
+                    Some(Some(c)) => c.poll_action(),
+                    _ => None,
+                }
+            };
+            let Some(action) = action else { break };
+            match action {
+                Action::Send { to, text } => {
+                    if let Some(ws) = self.sockets.borrow().get(&to) {
+                        let _ = ws.send_with_str(&*text);
+                    }
+                }
+                Action::Broadcast { except, text } => {
+                    for (id, ws) in self.sockets.borrow().iter() {
+                        if except.as_deref() != Some(id.as_str()) {
+                            let _ = ws.send_with_str(&*text);
+                        }
+                    }
+                }
+                Action::Close { conn, code, reason } => {
+                    if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
+                        let _ = ws.close(Some(code), Some(reason));
+                    }
+                }
+                Action::Replay {
+                    conn,
+                    after_seq,
+                    last_seq,
+                } => self.replay(&conn, after_seq, last_seq)?,
+                Action::SaveMeta => self.save_meta()?,
+                Action::WakeAt(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+            }
+        }
+        if let Some(at) = wake {
+            if self.alarm_at.get().is_none_or(|cur| at < cur) {
+                // An i64 would be an offset from now; the alarm is a moment.
+                let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
+                self.state
+                    .storage()
+                    .set_alarm(moment)
+                    .await
+                    .map_err(internal)?;
+                self.alarm_at.set(Some(at));
+            }
+        }
+        Ok(())
+    }
+
+    fn replay(&self, conn: &str, after_seq: u64, last_seq: u64) -> Result<(), ApiError> {
+        let sockets = self.sockets.borrow();
+        let Some(ws) = sockets.get(conn) else {
+            return Ok(());
+        };
+        let mut from = after_seq;
+        while from < last_seq {
+            let rows: Vec<BodyRow> = self
+                .sql
+                .exec(
+                    "SELECT ts, body FROM points WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 500",
+                    vec![(from as i64).into(), (last_seq as i64).into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            if rows.is_empty() {
+                break;
+            }
+            from += rows.len() as u64;
+            for r in rows {
+                let _ = ws.send_with_str(point_frame(&r.body));
+            }
+        }
+        let _ = ws.send_with_str(ServerFrame::Resumed { last_seq }.to_json());
+        Ok(())
+    }
+
+    fn save_meta(&self) -> Result<(), ApiError> {
+        let (meta, version) = self.with_core(|c| Ok((c.meta().clone(), c.meta_version())))?;
+        let text = serde_json::to_string(&meta).map_err(internal)?;
         self.sql
             .exec(
-                "CREATE TABLE IF NOT EXISTS session (\
-                   id TEXT PRIMARY KEY, owner_id TEXT NOT NULL, owner_plan TEXT NOT NULL, \
-                   title TEXT, members TEXT NOT NULL, metadata TEXT NOT NULL, \
-                   status TEXT NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER)",
-                None,
+                "INSERT INTO session (k, meta, meta_version) VALUES (0, ?, ?) \
+                 ON CONFLICT(k) DO UPDATE SET meta = excluded.meta, meta_version = excluded.meta_version",
+                vec![text.into(), (version as i64).into()],
             )
             .map_err(internal)?;
         Ok(())
     }
 
-    fn load(&self) -> Result<Option<Meta>, ApiError> {
-        if let Some(m) = self.meta.borrow().as_ref() {
-            return Ok(m.clone());
+    /// Writes every due batch to D1, one at a time, until none is due or a
+    /// write fails (the core then schedules the retry).
+    async fn flush_due(&self) {
+        if self.flushing.replace(true) {
+            return;
         }
-        self.ensure_schema()?;
-        let rows: Vec<Meta> = self
-            .sql
-            .exec(
-                "SELECT id, owner_id, title, members, metadata, status, started_at, ended_at FROM session LIMIT 1",
-                None,
-            )
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let m = rows.into_iter().next();
-        *self.meta.borrow_mut() = Some(m.clone());
-        Ok(m)
+        loop {
+            let batch = self
+                .with_core(|c| Ok(c.poll_flush(now_ms())))
+                .ok()
+                .flatten();
+            let Some(batch) = batch else { break };
+            let result = self.write_d1(batch).await;
+            let ok = match result {
+                Ok(()) => self
+                    .sql
+                    .exec(
+                        "UPDATE session SET flushed_seq = max(flushed_seq, ?), \
+                         flushed_meta_version = max(flushed_meta_version, ?) WHERE k = 0",
+                        vec![(batch.to as i64).into(), (batch.meta_version as i64).into()],
+                    )
+                    .map(|_| true)
+                    .unwrap_or(false),
+                Err(e) => {
+                    log_error(&e);
+                    false
+                }
+            };
+            let _ = self.with_core(|c| {
+                c.flush_done(batch, ok, now_ms());
+                Ok(())
+            });
+            if !ok {
+                break;
+            }
+        }
+        self.flushing.set(false);
     }
+
+    /// One D1 `batch()`: the partitions it needs, the points (as JSON
+    /// arrays expanded in SQL) and the session row.
+    async fn write_d1(&self, batch: FlushBatch) -> Result<(), ApiError> {
+        #[cfg(feature = "test-faults")]
+        if crate::faults::d1_failing() {
+            return Err(ApiError::Unavailable(
+                "D1 failure injected for tests".into(),
+            ));
+        }
+        let (meta, count) =
+            self.with_core(|c| Ok((c.meta().clone(), batch.to.max(c.flushed_seq()))))?;
+        let rows: Vec<BodyRow> = if batch.from <= batch.to {
+            self.sql
+                .exec(
+                    "SELECT ts, body FROM points WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                    vec![(batch.from as i64).into(), (batch.to as i64).into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?
+        } else {
+            Vec::new()
+        };
+        let db = self.env.d1("DB").map_err(internal)?;
+        let now = rfc3339(now_ms());
+        let mut stmts = Vec::new();
+        let session_month = month_suffix(meta.started_at);
+        let mut months = vec![(
+            session_month.clone(),
+            d1::create_sessions(&session_month),
+            d1::sessions_table(&session_month),
+        )];
+        let points: Vec<(Millis, String)> = rows.into_iter().map(|r| (r.ts, r.body)).collect();
+        let chunks = d1::chunk_by_month(&points);
+        for (m, _) in &chunks {
+            if !months.iter().any(|(_, _, t)| *t == d1::points_table(m)) {
+                months.push((m.clone(), d1::create_points(m), d1::points_table(m)));
+            }
+        }
+        for (_, create, table) in &months {
+            if !super::partition_known(table) {
+                stmts.push(db.prepare(create.clone()));
+                stmts.push(
+                    db.prepare(d1::RECORD_PARTITION)
+                        .bind(&[JsValue::from_str(table), JsValue::from_str(&now)])
+                        .map_err(internal)?,
+                );
+            }
+        }
+        for (m, arr) in &chunks {
+            stmts.push(
+                db.prepare(d1::insert_points(m))
+                    .bind(&[JsValue::from_str(&meta.id), JsValue::from_str(arr)])
+                    .map_err(internal)?,
+            );
+        }
+        let members = serde_json::to_string(&meta.members).map_err(internal)?;
+        let metadata = serde_json::to_string(&meta.metadata).map_err(internal)?;
+        let status = match meta.status {
+            SessionStatus::Active => "active",
+            SessionStatus::Ended => "ended",
+        };
+        stmts.push(
+            db.prepare(d1::upsert_session(&session_month))
+                .bind(&[
+                    JsValue::from_str(&meta.id),
+                    JsValue::from_str(&meta.owner_id),
+                    meta.title
+                        .as_deref()
+                        .map_or(JsValue::NULL, JsValue::from_str),
+                    JsValue::from_str(&members),
+                    JsValue::from_str(&metadata),
+                    JsValue::from_str(status),
+                    JsValue::from_str(&rfc3339(meta.started_at)),
+                    meta.ended_at
+                        .map_or(JsValue::NULL, |t| JsValue::from_str(&rfc3339(t))),
+                    JsValue::from_f64(count as f64),
+                ])
+                .map_err(internal)?,
+        );
+        let results = db
+            .batch(stmts)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("D1 batch failed: {e}")))?;
+        if let Some(r) = results.iter().find(|r| !r.success()) {
+            return Err(ApiError::Unavailable(format!(
+                "D1 statement failed: {}",
+                r.error().unwrap_or_default()
+            )));
+        }
+        for (_, _, table) in months {
+            super::remember_partition(table);
+        }
+        Ok(())
+    }
+}
+
+/// `{"type":"point", ...stored point}` from a stored point's JSON.
+fn point_frame(body: &str) -> String {
+    let rest = body.strip_prefix('{').unwrap_or(body);
+    format!("{{\"type\":\"point\",{rest}")
+}
+
+fn conn_of(ws: &WebSocket) -> Option<ConnId> {
+    ws.deserialize_attachment::<Attachment>()
+        .ok()
+        .flatten()
+        .map(|a| a.conn_id)
 }

@@ -149,3 +149,158 @@ pub async fn post(path: &str, token: &str, body: &Value) -> Answer {
     )
     .await
 }
+
+/// Creates a session owned by the token's user; returns its id.
+pub async fn create_session_at(base: &str, token: &str, members: &[&str]) -> String {
+    let body = serde_json::json!({ "members": members })
+        .to_string()
+        .into_bytes();
+    let a = call_at(base, "POST", "/v1/sessions", Some(token), Some(body), &[]).await;
+    assert_eq!(a.status, 201, "create: {}", a.text);
+    a.body["id"].as_str().expect("session id").to_owned()
+}
+
+/// Runs one SQL statement on local D1 through the test-build route.
+pub async fn d1_at(base: &str, sql: &str) -> Vec<Value> {
+    let a = call_at(
+        base,
+        "POST",
+        "/__test/d1",
+        None,
+        Some(sql.as_bytes().to_vec()),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "d1 query: {}", a.text);
+    a.body["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// Turns the test-build D1 fault switch on or off.
+pub async fn set_d1_failing_at(base: &str, failing: bool) {
+    let q = if failing { "fail" } else { "ok" };
+    let a = call_at(
+        base,
+        "POST",
+        &format!("/__test/faults?d1={q}"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "fault switch: {}", a.text);
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket participant.
+pub struct Ws {
+    inner: WsStream,
+}
+
+/// What the server sent next.
+#[derive(Debug)]
+pub enum Next {
+    /// A JSON text frame.
+    Frame(Value),
+    /// The server closed with this code.
+    Closed(u16),
+}
+
+impl Ws {
+    /// Joins a session (token in the query, as a browser would).
+    pub async fn join_at(base: &str, session: &str, token: &str) -> Ws {
+        Self::try_join_at(base, session, token)
+            .await
+            .unwrap_or_else(|status| panic!("join refused with {status}"))
+    }
+
+    /// Joins, or returns the HTTP status of the refusal.
+    pub async fn try_join_at(base: &str, session: &str, token: &str) -> Result<Ws, u16> {
+        let url = format!(
+            "{}/v1/sessions/{session}/ws?token={token}",
+            base.replacen("http", "ws", 1)
+        );
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((inner, _)) => Ok(Ws { inner }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("WebSocket connect failed: {e}"),
+        }
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, t: &str) {
+        use futures_util::SinkExt;
+        self.inner
+            .send(tokio_tungstenite::tungstenite::Message::text(t))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.inner
+            .send(tokio_tungstenite::tungstenite::Message::binary(b))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next frame or close, within 10 s.
+    pub async fn next(&mut self) -> Next {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), self.inner.next())
+                .await
+                .expect("a frame within 10 s");
+            match m {
+                Some(Ok(Message::Text(t))) => {
+                    return Next::Frame(serde_json::from_str(&t).expect("JSON frame"))
+                }
+                Some(Ok(Message::Close(c))) => {
+                    return Next::Closed(c.map(|c| u16::from(c.code)).unwrap_or(1005))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => return Next::Closed(1006),
+            }
+        }
+    }
+
+    /// The next frame, which must be JSON text.
+    pub async fn frame(&mut self) -> Value {
+        match self.next().await {
+            Next::Frame(v) => v,
+            Next::Closed(c) => panic!("closed with {c}, expected a frame"),
+        }
+    }
+
+    /// Frames until one of type `ty` (returned); the others are returned too.
+    pub async fn until(&mut self, ty: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let f = self.frame().await;
+            if f["type"] == ty {
+                return (f, skipped);
+            }
+            skipped.push(f);
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+    }
+}
+
+/// A user id no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}

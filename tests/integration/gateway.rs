@@ -4,12 +4,8 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
-use crate::client::{base, call, get, post};
+use crate::client::{base, call, get, post, unique};
 use crate::harness::{now_secs, service_token, token, user_token, ALLOWED_ORIGIN, SECRET};
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
 
 const UNKNOWN_SESSION: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
 

@@ -159,6 +159,13 @@ impl Server {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Kills the runtime at once (SIGKILL to the whole group), as a crash,
+    /// and starts it again on the same state folder (on a new port).
+    pub fn crash_and_restart(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.spawn();
+    }
+
     fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
             let pgid = c.id() as i32;

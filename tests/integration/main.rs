@@ -9,9 +9,13 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod client;
 #[cfg(not(target_arch = "wasm32"))]
+mod faults;
+#[cfg(not(target_arch = "wasm32"))]
 mod gateway;
 #[cfg(not(target_arch = "wasm32"))]
 mod harness;
+#[cfg(not(target_arch = "wasm32"))]
+mod sessions;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
@@ -19,7 +23,8 @@ fn main() -> std::process::ExitCode {
 
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
-    for (name, test) in gateway::TESTS {
+    let all = [gateway::TESTS, sessions::TESTS, faults::TESTS];
+    for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {
             client::block_on(test());
             Ok(())

@@ -1,0 +1,7 @@
+//! The objects' logic as plain Rust: events in, decisions out, time passed
+//! in as a value. Nothing here imports `worker`; the adapters in
+//! `crate::objects` carry the decisions out.
+
+pub mod clock;
+pub mod d1;
+pub mod session;

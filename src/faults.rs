@@ -1,0 +1,18 @@
+//! Fault switches for tests, compiled only with the `test-faults` feature
+//! (the xtask enables it for the integration run; deployed builds never
+//! have it). The switch is per isolate, which under `wrangler dev` is the
+//! whole Worker, objects included.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static D1_FAILING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every D1 write fail (`true`) or work again (`false`).
+pub fn set_d1_failing(on: bool) {
+    D1_FAILING.store(on, Ordering::SeqCst);
+}
+
+/// Whether D1 writes are to fail now.
+pub fn d1_failing() -> bool {
+    D1_FAILING.load(Ordering::SeqCst)
+}
