@@ -69,6 +69,13 @@ impl io::Write for ByteCounter {
     }
 }
 
+/// Earliest point `ts` accepted: 2000-01-01T00:00:00Z. Points land in
+/// monthly partitions by `ts`; a bound keeps a stray value (seconds instead
+/// of milliseconds, a zero) from creating partitions decades away.
+pub const MIN_POINT_TS: i64 = 946_684_800_000;
+/// First point `ts` refused: 2100-01-01T00:00:00Z.
+pub const MAX_POINT_TS: i64 = 4_102_444_800_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,10 +110,3 @@ mod tests {
         );
     }
 }
-
-/// Earliest point `ts` accepted: 2000-01-01T00:00:00Z. Points land in
-/// monthly partitions by `ts`; a bound keeps a stray value (seconds instead
-/// of milliseconds, a zero) from creating partitions decades away.
-pub const MIN_POINT_TS: i64 = 946_684_800_000;
-/// First point `ts` refused: 2100-01-01T00:00:00Z.
-pub const MAX_POINT_TS: i64 = 4_102_444_800_000;

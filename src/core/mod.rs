@@ -4,4 +4,5 @@
 
 pub mod clock;
 pub mod d1;
+pub mod presence;
 pub mod session;

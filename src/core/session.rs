@@ -150,6 +150,15 @@ pub enum Action {
     },
     /// Persist the session record (it changed).
     SaveMeta,
+    /// Tell the user's presence that a connection came or went.
+    Presence {
+        /// Whose presence.
+        user: String,
+        /// The connection.
+        conn: ConnId,
+        /// Joined (`true`) or gone (`false`).
+        online: bool,
+    },
     /// Make sure the object wakes (alarm) no later than this.
     WakeAt(Millis),
 }
@@ -407,6 +416,11 @@ impl SessionCore {
         };
         self.send(conn, &welcome);
         self.broadcast(Some(conn), &ServerFrame::Joined(p));
+        self.out.push_back(Action::Presence {
+            user: user.to_owned(),
+            conn: conn.to_owned(),
+            online: true,
+        });
     }
 
     /// A socket closed or failed: `left` to the others. Unknown connections
@@ -418,9 +432,14 @@ impl SessionCore {
                     None,
                     &ServerFrame::Left {
                         conn_id: conn.to_owned(),
-                        user_id: c.user_id,
+                        user_id: c.user_id.clone(),
                     },
                 );
+                self.out.push_back(Action::Presence {
+                    user: c.user_id,
+                    conn: conn.to_owned(),
+                    online: false,
+                });
                 true
             }
             None => false,
@@ -637,9 +656,13 @@ impl SessionCore {
                 last_seq: self.last_seq,
             },
         );
-        let conns: Vec<ConnId> = self.conns.keys().cloned().collect();
-        self.conns.clear();
-        for conn in conns {
+        let conns = std::mem::take(&mut self.conns);
+        for (conn, c) in conns {
+            self.out.push_back(Action::Presence {
+                user: c.user_id,
+                conn: conn.clone(),
+                online: false,
+            });
             self.out.push_back(Action::Close {
                 conn,
                 code: 1000,

@@ -11,8 +11,8 @@ use sesh_protocol::{
 };
 use wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response,
+    SqlStorage, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
 use crate::config::{Plans, Tuning};
@@ -24,6 +24,7 @@ use crate::core::session::{
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller};
 use crate::ids;
+use crate::objects::presence::ConnUpdate;
 use crate::time::{month_suffix, now_ms, rfc3339, Millis};
 
 /// What a socket carries across hibernation.
@@ -47,6 +48,7 @@ pub struct ActiveSessionDO {
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     alarm_at: Cell<Option<Millis>>,
     flushing: Cell<bool>,
+    delivering: Cell<bool>,
 }
 
 const SCHEMA: &str = "\
@@ -54,7 +56,12 @@ CREATE TABLE IF NOT EXISTS session (\
   k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
   flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS points (\
-  seq INTEGER PRIMARY KEY, client_id TEXT UNIQUE, ts INTEGER NOT NULL, body TEXT NOT NULL);";
+  seq INTEGER PRIMARY KEY, client_id TEXT UNIQUE, ts INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS presence_outbox (\
+  id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);";
+
+/// How long before an undelivered presence update is tried again.
+const PRESENCE_RETRY_MS: Millis = 2_000;
 
 #[derive(Deserialize)]
 struct SessionRow {
@@ -74,6 +81,14 @@ struct IdRow {
 struct BodyRow {
     ts: i64,
     body: String,
+}
+
+#[derive(Deserialize)]
+struct OutboxRow {
+    id: i64,
+    user_id: String,
+    conn_id: String,
+    online: i64,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +118,7 @@ impl DurableObject for ActiveSessionDO {
             sockets: RefCell::new(HashMap::new()),
             alarm_at: Cell::new(None),
             flushing: Cell::new(false),
+            delivering: Cell::new(false),
         }
     }
 
@@ -170,11 +186,17 @@ impl ActiveSessionDO {
             return self.create(&caller, create, id).await;
         }
         self.load()?;
+        if op == "/has-conn" {
+            // From a PresenceDO checking a connection it was told about.
+            let conn = super::query(&url, "connId").unwrap_or_default();
+            let live = self.with_core(|c| Ok(c.has_conn(&conn)))?;
+            return http::json(200, &serde_json::json!({ "live": live }));
+        }
         self.with_core(|c| c.check_member(&caller.user))?;
         match (op.as_str(), method) {
             ("/get", _) => http::json(200, &self.with_core(|c| Ok(c.view()))?),
             ("/ws", _) => self.upgrade(&req, &caller).await,
-            ("/points", worker::Method::Post) => {
+            ("/points", Method::Post) => {
                 let body = req.bytes().await.map_err(internal)?;
                 let batch: PointsBatch = parse_body(&body)?;
                 self.append(&caller, batch).await
@@ -452,13 +474,111 @@ impl ActiveSessionDO {
 
     async fn on_alarm(&self) -> Result<(), ApiError> {
         self.load()?;
+        self.deliver_presence().await?;
         self.flush_due().await;
         self.run().await
+    }
+
+    /// Tells users' presence objects about sockets that came and went, in
+    /// order, from the outbox. An unreachable presence object does not hold
+    /// the session up: the rest waits in the outbox for the alarm.
+    async fn deliver_presence(&self) -> Result<(), ApiError> {
+        if self.delivering.replace(true) {
+            return Ok(());
+        }
+        let result = self.deliver_outbox().await;
+        self.delivering.set(false);
+        if !result? {
+            self.ensure_alarm(now_ms() + PRESENCE_RETRY_MS).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_outbox(&self) -> Result<bool, ApiError> {
+        let session_id = self.with_core(|c| Ok(c.meta().id.clone()))?;
+        loop {
+            let rows: Vec<OutboxRow> = self
+                .sql
+                .exec(
+                    "SELECT id, user_id, conn_id, online FROM presence_outbox ORDER BY id LIMIT 50",
+                    None,
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            if rows.is_empty() {
+                return Ok(true);
+            }
+            for r in rows {
+                let update = ConnUpdate {
+                    user_id: r.user_id,
+                    conn_id: r.conn_id,
+                    session_id: session_id.clone(),
+                    online: r.online != 0,
+                };
+                if !self.tell_presence(&update).await {
+                    return Ok(false);
+                }
+                self.sql
+                    .exec(
+                        "DELETE FROM presence_outbox WHERE id = ?",
+                        vec![r.id.into()],
+                    )
+                    .map_err(internal)?;
+            }
+        }
+    }
+
+    async fn tell_presence(&self, u: &ConnUpdate) -> bool {
+        let Ok(body) = serde_json::to_string(u) else {
+            return false;
+        };
+        let headers = Headers::new();
+        let caller = Caller {
+            user: u.user_id.clone(),
+            plan: "free".into(),
+            service: true,
+        };
+        if caller.write(&headers).is_err() {
+            return false;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from_str(&body)));
+        let Ok(req) = Request::new_with_init("https://object/conn", &init) else {
+            return false;
+        };
+        let stub = self
+            .env
+            .durable_object("PRESENCE")
+            .and_then(|ns| ns.id_from_name(&u.user_id)?.get_stub());
+        match stub {
+            Ok(stub) => {
+                matches!(stub.fetch_with_request(req).await, Ok(r) if r.status_code() == 200)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Makes sure the alarm fires no later than `at`.
+    async fn ensure_alarm(&self, at: Millis) -> Result<(), ApiError> {
+        if self.alarm_at.get().is_none_or(|cur| at < cur) {
+            // An i64 would be an offset from now; the alarm is a moment.
+            let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
+            self.state
+                .storage()
+                .set_alarm(moment)
+                .await
+                .map_err(internal)?;
+            self.alarm_at.set(Some(at));
+        }
+        Ok(())
     }
 
     /// Carries out the core's queued decisions, in order.
     async fn run(&self) -> Result<(), ApiError> {
         let mut wake: Option<Millis> = None;
+        let mut presence = false;
         loop {
             let action = {
                 let mut guard = self.core.borrow_mut();
@@ -493,19 +613,22 @@ impl ActiveSessionDO {
                 } => self.replay(&conn, after_seq, last_seq)?,
                 Action::SaveMeta => self.save_meta()?,
                 Action::WakeAt(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+                Action::Presence { user, conn, online } => {
+                    self.sql
+                        .exec(
+                            "INSERT INTO presence_outbox (user_id, conn_id, online) VALUES (?, ?, ?)",
+                            vec![user.into(), conn.into(), i64::from(online).into()],
+                        )
+                        .map_err(internal)?;
+                    presence = true;
+                }
             }
         }
         if let Some(at) = wake {
-            if self.alarm_at.get().is_none_or(|cur| at < cur) {
-                // An i64 would be an offset from now; the alarm is a moment.
-                let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
-                self.state
-                    .storage()
-                    .set_alarm(moment)
-                    .await
-                    .map_err(internal)?;
-                self.alarm_at.set(Some(at));
-            }
+            self.ensure_alarm(at).await?;
+        }
+        if presence {
+            self.deliver_presence().await?;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ async fn d1_table_exists(base: &str) -> bool {
 crate::async_tests! { "faults";
 
 async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
-    let mut server = tokio::task::spawn_blocking(|| Server::start(&[])).await.unwrap();
+    let mut server = tokio::task::spawn_blocking(|| Server::start(&[("PRESENCE_TTL_MS", "1500")])).await.unwrap();
     let a = unique("a");
     let t = user_token(&a, "pro");
     let id = create_session_at(&server.base, &t, &[]).await;
@@ -72,6 +72,19 @@ async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
     assert_eq!(ws.frame().await, json!({"type": "ack", "id": "k7", "seq": 8}));
     ws.send(&json!({"type": "point", "id": "next", "kind": "k"})).await;
     assert_eq!(ws.frame().await, json!({"type": "ack", "id": "next", "seq": 41}));
+    // The socket that died with the runtime is dropped from presence once
+    // its TTL is up (the session no longer has it); the new one stays.
+    let viewer = user_token(&unique("viewer"), "free");
+    let mut conns = None;
+    for _ in 0..60 {
+        let p = call_at(&base, "GET", &format!("/v1/presence/{a}"), Some(&viewer), None, &[]).await;
+        conns = p.body["connections"].as_u64();
+        if conns == Some(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(conns, Some(1), "the dead socket is dropped, the live one kept");
     // And D1 holds each point exactly once after the end flush.
     let r = call_at(&base, "POST", &format!("/v1/sessions/{id}/end"), Some(&t), None, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);

@@ -15,6 +15,8 @@ mod gateway;
 #[cfg(not(target_arch = "wasm32"))]
 mod harness;
 #[cfg(not(target_arch = "wasm32"))]
+mod presence;
+#[cfg(not(target_arch = "wasm32"))]
 mod sessions;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -23,7 +25,12 @@ fn main() -> std::process::ExitCode {
 
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
-    let all = [gateway::TESTS, sessions::TESTS, faults::TESTS];
+    let all = [
+        gateway::TESTS,
+        sessions::TESTS,
+        presence::TESTS,
+        faults::TESTS,
+    ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {
             client::block_on(test());
@@ -35,7 +42,8 @@ fn main() -> std::process::ExitCode {
         .any(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)));
     // Start the shared server only when some test will run (`--list` and
     // filters that match nothing need none).
-    let server = (wanted && !args.list).then(|| harness::Server::start(&[]));
+    let server =
+        (wanted && !args.list).then(|| harness::Server::start(&[("PRESENCE_TTL_MS", "2000")]));
     if let Some(s) = &server {
         client::set_base(&s.base);
     }

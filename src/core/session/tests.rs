@@ -85,6 +85,36 @@ fn join_sends_welcome_to_the_joiner_and_joined_to_the_others() {
 }
 
 #[test]
+fn presence_hears_of_every_join_and_leave() {
+    let mut c = core();
+    c.join("c1", "bob", T0);
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Presence {
+        user: "bob".into(),
+        conn: "c1".into(),
+        online: true
+    }));
+    c.leave("c1");
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Presence {
+        user: "bob".into(),
+        conn: "c1".into(),
+        online: false
+    }));
+    assert!(!c.leave("c1"));
+    assert!(drain(&mut c).is_empty(), "a second leave says nothing");
+    c.join("c2", "carol", T0);
+    drain(&mut c);
+    c.end("owner", T0).unwrap();
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Presence {
+        user: "carol".into(),
+        conn: "c2".into(),
+        online: false
+    }));
+}
+
+#[test]
 fn admit_refuses_strangers_ended_and_full_sessions() {
     let mut c = SessionCore::create(meta(2), Config::default(), T0);
     assert_eq!(c.admit("mallory").unwrap_err().status(), 403);
@@ -541,6 +571,7 @@ struct World {
     joined_at_seq: HashMap<String, u64>,
     now: Millis,
     next_conn: u32,
+    presence: HashMap<String, i32>,
 }
 
 impl World {
@@ -558,6 +589,7 @@ impl World {
             joined_at_seq: HashMap::new(),
             now: T0,
             next_conn: 0,
+            presence: HashMap::new(),
         }
     }
 
@@ -573,6 +605,11 @@ impl World {
                     }
                 }
                 Action::Close { conn, .. } => self.live.retain(|c| *c != conn),
+                Action::Presence { conn, online, .. } => {
+                    let n = self.presence.entry(conn).or_insert(0);
+                    *n += if online { 1 } else { -1 };
+                    assert!((0..=1).contains(n), "presence count of a connection");
+                }
                 Action::Replay { .. } | Action::SaveMeta | Action::WakeAt(_) => {}
             }
         }
@@ -730,6 +767,12 @@ fn random_interleavings_keep_the_invariants() {
             w.flush(true);
         }
         assert_eq!(w.d1, (1..=last).collect::<BTreeSet<_>>(), "seed {seed}");
+        // Every connection the session announced it also took back.
+        assert!(
+            w.presence.values().all(|n| *n == 0),
+            "seed {seed}: {:?}",
+            w.presence
+        );
         assert_eq!(
             w.core.next_flush_at(),
             None,

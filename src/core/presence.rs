@@ -1,0 +1,377 @@
+//! The presence core of one user: live connections (each with its session),
+//! the last heartbeat, and the status derived from them on a clock passed
+//! in.
+//!
+//! - A user is present while a connection is live, within the grace period
+//!   after their last connection closed (a reconnect does not flap the
+//!   status), or within `ttl` of their last heartbeat. Present users show the
+//!   status they last chose (`online` if they never chose), absent ones
+//!   `offline`.
+//! - A connection is trusted for `ttl`; then the object asks the session
+//!   whether it still has it ([`PresenceCore::due_checks`]), so a session
+//!   that died without saying goodbye cannot keep a user online forever.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sesh_protocol::{HeartbeatStatus, Presence, PresenceStatus};
+
+use crate::time::{rfc3339, Millis};
+
+/// How long a user stays present after their last connection closed.
+pub fn grace_ms(ttl_ms: u64) -> u64 {
+    (ttl_ms / 2).min(5_000)
+}
+
+/// A live connection as presence knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conn {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// When it joined.
+    pub joined_at: Millis,
+    /// When it was last known to be live (joined or confirmed).
+    pub confirmed_at: Millis,
+    /// A check with its session is under way.
+    #[serde(default)]
+    pub checking: bool,
+}
+
+/// The last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Beat {
+    /// The status the user chose.
+    pub status: HeartbeatStatus,
+    /// What they are doing, if they said.
+    pub activity: Option<String>,
+    /// When it arrived.
+    pub at: Millis,
+}
+
+/// The whole state of one user's presence; persisted as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceCore {
+    conns: BTreeMap<String, Conn>,
+    beat: Option<Beat>,
+    /// The user's chosen status, kept while present.
+    chosen: Option<HeartbeatStatus>,
+    /// Present until then after the last connection closed.
+    grace_until: Option<Millis>,
+    last_seen: Option<Millis>,
+    /// The status as of the last event or tick (what the alarm maintains).
+    status: Option<PresenceStatus>,
+}
+
+impl PresenceCore {
+    /// A socket of this user joined `session_id`.
+    pub fn connect(&mut self, conn: &str, session_id: &str, now: Millis, ttl: u64) {
+        self.conns.insert(
+            conn.to_owned(),
+            Conn {
+                session_id: session_id.to_owned(),
+                joined_at: now,
+                confirmed_at: now,
+                checking: false,
+            },
+        );
+        self.grace_until = None;
+        self.seen(now);
+        self.tick(now, ttl);
+    }
+
+    /// A socket closed (or its session no longer has it).
+    pub fn disconnect(&mut self, conn: &str, now: Millis, ttl: u64) {
+        if self.conns.remove(conn).is_some() {
+            self.seen(now);
+            if self.conns.is_empty() {
+                self.grace_until = Some(now + grace_ms(ttl) as Millis);
+            }
+        }
+        self.tick(now, ttl);
+    }
+
+    /// A heartbeat: the status and activity the user reports.
+    pub fn heartbeat(
+        &mut self,
+        status: Option<HeartbeatStatus>,
+        activity: Option<String>,
+        now: Millis,
+        ttl: u64,
+    ) {
+        let status = status.unwrap_or(HeartbeatStatus::Online);
+        self.chosen = Some(status);
+        self.beat = Some(Beat {
+            status,
+            activity,
+            at: now,
+        });
+        self.seen(now);
+        self.tick(now, ttl);
+    }
+
+    fn seen(&mut self, now: Millis) {
+        self.last_seen = Some(self.last_seen.map_or(now, |s| s.max(now)));
+    }
+
+    fn beat_fresh(&self, now: Millis, ttl: u64) -> bool {
+        self.beat
+            .as_ref()
+            .is_some_and(|b| now - b.at < ttl as Millis)
+    }
+
+    fn present(&self, now: Millis, ttl: u64) -> bool {
+        !self.conns.is_empty()
+            || self.grace_until.is_some_and(|g| now < g)
+            || self.beat_fresh(now, ttl)
+    }
+
+    /// Brings the derived state up to `now`: expired grace and heartbeats
+    /// are dropped. Returns whether the status changed.
+    pub fn tick(&mut self, now: Millis, ttl: u64) -> bool {
+        if self.grace_until.is_some_and(|g| now >= g) {
+            self.grace_until = None;
+        }
+        if !self.beat_fresh(now, ttl) {
+            if let Some(b) = self.beat.take() {
+                // Absence is measured from the later of the last heartbeat
+                // and the last connection.
+                self.seen(b.at);
+            }
+        }
+        let status = if self.present(now, ttl) {
+            self.chosen
+                .map_or(PresenceStatus::Online, PresenceStatus::from)
+        } else {
+            self.chosen = None;
+            PresenceStatus::Offline
+        };
+        let changed = self.status != Some(status);
+        self.status = Some(status);
+        changed
+    }
+
+    /// The presence object of `user_id` at `now`.
+    pub fn view(&self, user_id: &str, now: Millis, ttl: u64) -> Presence {
+        let present = self.present(now, ttl);
+        let status = if present {
+            self.chosen
+                .map_or(PresenceStatus::Online, PresenceStatus::from)
+        } else {
+            PresenceStatus::Offline
+        };
+        let last_seen = if self.conns.is_empty() {
+            self.last_seen
+        } else {
+            Some(now)
+        };
+        Presence {
+            user_id: user_id.to_owned(),
+            status,
+            last_seen: last_seen.map(rfc3339),
+            activity: if present {
+                self.beat.as_ref().and_then(|b| b.activity.clone())
+            } else {
+                None
+            },
+            connections: u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Connections whose `ttl` ran out unconfirmed: ask their session.
+    /// Each is returned once until [`confirmed`](Self::confirmed) answers.
+    pub fn due_checks(&mut self, now: Millis, ttl: u64) -> Vec<(String, String)> {
+        let mut due = Vec::new();
+        for (id, c) in &mut self.conns {
+            if !c.checking && now - c.confirmed_at >= ttl as Millis {
+                c.checking = true;
+                due.push((id.clone(), c.session_id.clone()));
+            }
+        }
+        due
+    }
+
+    /// The session's answer about `conn`: still live (trust it for another
+    /// `ttl`), or gone (drop it, as a close). `None`: the session could not
+    /// be asked; a later check asks again.
+    pub fn confirmed(&mut self, conn: &str, live: Option<bool>, now: Millis, ttl: u64) {
+        match live {
+            Some(true) => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.confirmed_at = now;
+                    c.checking = false;
+                }
+            }
+            Some(false) => self.disconnect(conn, now, ttl),
+            None => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.checking = false;
+                    // Retry after a short wait, not a whole ttl.
+                    c.confirmed_at = now - ttl as Millis + 1_000;
+                }
+            }
+        }
+    }
+
+    /// The next moment something can change without a request: a heartbeat
+    /// or grace running out, or a connection due for a check.
+    pub fn next_wake(&self, ttl: u64) -> Option<Millis> {
+        let ttl = ttl as Millis;
+        let beat = self.beat.as_ref().map(|b| b.at + ttl);
+        let conns = self
+            .conns
+            .values()
+            .filter(|c| !c.checking)
+            .map(|c| c.confirmed_at + ttl)
+            .min();
+        [beat, self.grace_until, conns].into_iter().flatten().min()
+    }
+
+    /// The number of live connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The status as of the last event or tick.
+    pub fn status(&self) -> Option<PresenceStatus> {
+        self.status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = 1_764_000_000_000;
+    const TTL: u64 = 60_000;
+
+    fn status(p: &PresenceCore, now: Millis) -> PresenceStatus {
+        p.view("u", now, TTL).status
+    }
+
+    #[test]
+    fn a_stranger_is_offline_with_nothing_else() {
+        let p = PresenceCore::default();
+        let v = p.view("ann", T0, TTL);
+        assert_eq!(v.status, PresenceStatus::Offline);
+        assert_eq!((v.connections, v.last_seen, v.activity), (0, None, None));
+        assert_eq!(p.next_wake(TTL), None);
+    }
+
+    #[test]
+    fn heartbeats_set_status_and_activity_until_the_ttl() {
+        let mut p = PresenceCore::default();
+        p.heartbeat(Some(HeartbeatStatus::Busy), Some("running".into()), T0, TTL);
+        let v = p.view("u", T0 + 1, TTL);
+        assert_eq!(v.status, PresenceStatus::Busy);
+        assert_eq!(v.activity.as_deref(), Some("running"));
+        assert_eq!(v.last_seen, Some(rfc3339(T0)));
+        assert_eq!(p.next_wake(TTL), Some(T0 + 60_000));
+        assert_eq!(status(&p, T0 + 59_999), PresenceStatus::Busy);
+        assert_eq!(status(&p, T0 + 60_000), PresenceStatus::Offline);
+        assert!(
+            p.tick(T0 + 60_000, TTL),
+            "the alarm's tick changes the status"
+        );
+        assert_eq!(p.status(), Some(PresenceStatus::Offline));
+        assert_eq!(p.view("u", T0 + 60_000, TTL).activity, None);
+        assert_eq!(p.view("u", T0 + 60_000, TTL).last_seen, Some(rfc3339(T0)));
+        assert_eq!(p.next_wake(TTL), None, "nothing left to expire");
+        p.heartbeat(None, None, T0 + 70_000, TTL);
+        assert_eq!(
+            status(&p, T0 + 70_000),
+            PresenceStatus::Online,
+            "default online"
+        );
+    }
+
+    #[test]
+    fn a_live_connection_keeps_the_user_present_past_the_ttl() {
+        let mut p = PresenceCore::default();
+        p.heartbeat(Some(HeartbeatStatus::Away), None, T0, TTL);
+        p.connect("c1", "s1", T0, TTL);
+        assert_eq!(p.view("u", T0, TTL).connections, 1);
+        assert_eq!(
+            status(&p, T0 + 120_000),
+            PresenceStatus::Away,
+            "the chosen status sticks"
+        );
+        assert_eq!(
+            p.view("u", T0 + 120_000, TTL).last_seen,
+            Some(rfc3339(T0 + 120_000))
+        );
+    }
+
+    #[test]
+    fn a_quick_reconnect_does_not_flap_but_a_leave_becomes_final() {
+        let mut p = PresenceCore::default();
+        p.connect("c1", "s1", T0, TTL);
+        p.disconnect("c1", T0 + 1_000, TTL);
+        assert_eq!(p.view("u", T0 + 1_000, TTL).connections, 0);
+        assert_eq!(
+            status(&p, T0 + 3_000),
+            PresenceStatus::Online,
+            "within grace"
+        );
+        p.connect("c2", "s1", T0 + 3_000, TTL);
+        assert!(
+            !p.tick(T0 + 3_000, TTL),
+            "no status change across the reconnect"
+        );
+        p.disconnect("c2", T0 + 10_000, TTL);
+        assert_eq!(p.next_wake(TTL), Some(T0 + 15_000));
+        assert_eq!(status(&p, T0 + 14_999), PresenceStatus::Online);
+        assert_eq!(status(&p, T0 + 15_000), PresenceStatus::Offline);
+        assert_eq!(
+            p.view("u", T0 + 15_000, TTL).last_seen,
+            Some(rfc3339(T0 + 10_000))
+        );
+    }
+
+    #[test]
+    fn counts_never_go_below_zero() {
+        let mut p = PresenceCore::default();
+        p.disconnect("ghost", T0, TTL);
+        p.connect("c1", "s1", T0, TTL);
+        p.disconnect("c1", T0, TTL);
+        p.disconnect("c1", T0, TTL);
+        assert_eq!(p.connections(), 0);
+    }
+
+    #[test]
+    fn connections_are_checked_with_their_session_after_the_ttl() {
+        let mut p = PresenceCore::default();
+        p.connect("c1", "s1", T0, TTL);
+        p.connect("c2", "s2", T0 + 10, TTL);
+        assert_eq!(p.due_checks(T0 + 59_999, TTL), vec![]);
+        assert_eq!(
+            p.due_checks(T0 + 60_000, TTL),
+            vec![("c1".into(), "s1".into())]
+        );
+        assert_eq!(p.due_checks(T0 + 60_000, TTL), vec![], "asked once");
+        p.confirmed("c1", Some(true), T0 + 60_005, TTL);
+        assert_eq!(p.next_wake(TTL), Some(T0 + 60_010), "c2 is next");
+        let due = p.due_checks(T0 + 60_010, TTL);
+        assert_eq!(due, vec![("c2".into(), "s2".into())]);
+        p.confirmed("c2", Some(false), T0 + 60_020, TTL);
+        assert_eq!(p.connections(), 1, "the session no longer has c2");
+        // A session that cannot be asked is asked again soon.
+        let due = p.due_checks(T0 + 120_005, TTL);
+        assert_eq!(due, vec![("c1".into(), "s1".into())]);
+        p.confirmed("c1", None, T0 + 120_005, TTL);
+        assert_eq!(p.connections(), 1);
+        assert_eq!(p.next_wake(TTL), Some(T0 + 121_005));
+    }
+
+    #[test]
+    fn state_round_trips_through_storage() {
+        let mut p = PresenceCore::default();
+        p.connect("c1", "s1", T0, TTL);
+        p.heartbeat(Some(HeartbeatStatus::Busy), Some("x".into()), T0, TTL);
+        let text = serde_json::to_string(&p).unwrap();
+        let back: PresenceCore = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, p);
+    }
+}
