@@ -3,7 +3,10 @@
 
 use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
-use sesh_protocol::{Health, Presence, PresenceBatch};
+use sesh_protocol::{
+    parse_body, CreateSession, Health, Presence, PresenceBatch, QuotaCheck, QuotaDecision,
+    QuotaRefund, Resource,
+};
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
 use crate::auth::{self, AuthError, Claims};
@@ -11,6 +14,7 @@ use crate::config::{AllowedOrigins, Plans};
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller, H_REQUEST_ID};
 use crate::ids;
+use crate::objects::quota::Charge;
 use crate::route::{self, Route};
 use crate::time::now_ms;
 
@@ -39,9 +43,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         origins: &origins,
         pattern: "-",
         user: None,
+        rate: None,
     };
     let result = g.handle(req).await;
-    let (pattern, user) = (g.pattern, g.user.take());
+    let (pattern, user, rate) = (g.pattern, g.user.take(), g.rate.take());
     let status_err = result
         .as_ref()
         .err()
@@ -51,6 +56,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 
     let headers = resp.headers().clone();
     let _ = headers.set(H_REQUEST_ID, &request_id);
+    if let Some(c) = rate {
+        let _ = headers.set("ratelimit-policy", &c.policy);
+        let _ = headers.set("ratelimit", &c.limit);
+    }
     if let Some(o) = origin.as_deref().filter(|o| origins.allows(o)) {
         let _ = headers.set("access-control-allow-origin", o);
         let _ = headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
@@ -82,6 +91,8 @@ struct Gateway<'a> {
     origins: &'a AllowedOrigins,
     pattern: &'static str,
     user: Option<String>,
+    // The caller's `api` policy after the charge, for the answer's headers.
+    rate: Option<Charge>,
 }
 
 impl Gateway<'_> {
@@ -101,10 +112,11 @@ impl Gateway<'_> {
         if url.path() == "/__test/d1" {
             return self.test_d1_query(&mut req).await;
         }
-        let route = route::route(method.as_ref(), url.path())?;
-        self.pattern = route.pattern();
-
-        if let Route::Health = route {
+        let path = url.path();
+        if !route::is_api_path(path) {
+            // Outside /v1 there is only the health check.
+            let route = route::route(method.as_ref(), path)?;
+            self.pattern = route.pattern();
             return http::json(
                 200,
                 &Health {
@@ -112,10 +124,9 @@ impl Gateway<'_> {
                 },
             );
         }
-        if matches!(route, Route::SessionSocket(_)) {
-            self.check_socket_origin()?;
-        }
-        let claims = self.authenticate(&req, &url, &route)?;
+        // Every /v1 request is authenticated and charged before any other
+        // work, routing included.
+        let claims = self.authenticate(&req, &url, route::is_socket_path(path))?;
         self.user = Some(claims.sub.clone());
         let plans = Plans::parse(var(self.env, "PLANS").as_deref())
             .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
@@ -127,23 +138,40 @@ impl Gateway<'_> {
             plan: claims.plan,
             service: claims.service,
         };
+        if !caller.service {
+            self.charge(&caller).await?;
+        }
+        let route = route::route(method.as_ref(), path)?;
+        self.pattern = route.pattern();
+        if matches!(route, Route::SessionSocket(_)) {
+            self.check_socket_origin()?;
+        }
 
         match route {
-            Route::Health => unreachable_route(),
+            Route::Health => Err(ApiError::NotFound("no such route".into())),
             Route::CreateSession => {
                 let id = ids::new_session_id(now_ms());
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                // Only a valid request is charged a session.
+                parse_body::<CreateSession>(&body)?;
+                self.charge_session(&caller).await?;
                 let q = format!("sessionId={id}");
-                self.forward(
-                    "ACTIVE_SESSION",
-                    &id,
-                    "/create",
-                    Method::Post,
-                    Some(body),
-                    &caller,
-                    Some(&q),
-                )
-                .await
+                let created = self
+                    .forward(
+                        "ACTIVE_SESSION",
+                        &id,
+                        "/create",
+                        Method::Post,
+                        Some(body),
+                        &caller,
+                        Some(&q),
+                    )
+                    .await;
+                if !matches!(&created, Ok(r) if r.status_code() == 201) {
+                    // Not created: the session unit goes back.
+                    self.refund_session(&caller).await;
+                }
+                created
             }
             Route::GetSession(id) => {
                 self.forward(
@@ -232,9 +260,23 @@ impl Gateway<'_> {
                 if !caller.service {
                     return Err(ApiError::Forbidden("a service token is required".into()));
                 }
-                Err(ApiError::Unavailable(
-                    "quota checks are not enabled yet".into(),
-                ))
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                // Validated here: the subject names the object to ask.
+                let (subject, op) = if route == Route::CheckQuota {
+                    (parse_body::<QuotaCheck>(&body)?.subject, "/check")
+                } else {
+                    (parse_body::<QuotaRefund>(&body)?.subject, "/refund")
+                };
+                self.forward(
+                    "QUOTA",
+                    &subject,
+                    op,
+                    Method::Post,
+                    Some(body),
+                    &caller,
+                    None,
+                )
+                .await
             }
         }
     }
@@ -248,6 +290,93 @@ impl Gateway<'_> {
         let result = db.prepare(sql).all().await.map_err(internal)?;
         let rows: Vec<serde_json::Value> = result.results().map_err(internal)?;
         http::json(200, &serde_json::json!({"rows": rows}))
+    }
+
+    /// Charges the caller's `api` unit for this request: 429 when denied,
+    /// with nothing else done for it.
+    async fn charge(&mut self, caller: &Caller) -> Result<(), ApiError> {
+        let q = format!("plan={}", caller.plan);
+        let mut resp = self
+            .forward(
+                "QUOTA",
+                &caller.user,
+                "/charge",
+                Method::Post,
+                None,
+                caller,
+                Some(&q),
+            )
+            .await?;
+        if resp.status_code() != 200 {
+            return Err(ApiError::Unavailable(format!(
+                "quota charge answered {}",
+                resp.status_code()
+            )));
+        }
+        let c: Charge = resp.json().await.map_err(internal)?;
+        let (allowed, retry_after_ms) = (c.allowed, c.retry_after_ms);
+        self.rate = Some(c);
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::RateLimited { retry_after_ms })
+        }
+    }
+
+    /// Takes one `sessions` unit of the caller's plan.
+    async fn charge_session(&self, caller: &Caller) -> Result<(), ApiError> {
+        let check = QuotaCheck {
+            subject: caller.user.clone(),
+            plan: Some(caller.plan.clone()),
+            resource: Resource::Sessions,
+            cost: Some(1),
+        };
+        let body = serde_json::to_vec(&check).map_err(internal)?;
+        let mut resp = self
+            .forward(
+                "QUOTA",
+                &caller.user,
+                "/check",
+                Method::Post,
+                Some(body),
+                caller,
+                None,
+            )
+            .await?;
+        match resp.status_code() {
+            200 => Ok(()),
+            429 => {
+                let d: QuotaDecision = resp.json().await.map_err(internal)?;
+                Err(ApiError::QuotaExceeded {
+                    message: "monthly sessions quota exceeded".into(),
+                    retry_after_ms: d.retry_after_ms,
+                })
+            }
+            s => Err(ApiError::Unavailable(format!(
+                "sessions quota answered {s}"
+            ))),
+        }
+    }
+
+    async fn refund_session(&self, caller: &Caller) {
+        let refund = QuotaRefund {
+            subject: caller.user.clone(),
+            resource: Resource::Sessions,
+            cost: 1,
+        };
+        if let Ok(body) = serde_json::to_vec(&refund) {
+            let _ = self
+                .forward(
+                    "QUOTA",
+                    &caller.user,
+                    "/refund",
+                    Method::Post,
+                    Some(body),
+                    caller,
+                    None,
+                )
+                .await;
+        }
     }
 
     fn preflight(&self, req: &Request) -> Result<Response, ApiError> {
@@ -287,11 +416,11 @@ impl Gateway<'_> {
         }
     }
 
-    fn authenticate(&self, req: &Request, url: &Url, route: &Route) -> Result<Claims, ApiError> {
+    fn authenticate(&self, req: &Request, url: &Url, socket: bool) -> Result<Claims, ApiError> {
         let header = req.headers().get("authorization").ok().flatten();
         let token = match header.as_deref() {
             Some(h) => auth::bearer(h).ok_or(AuthError::Malformed)?.to_owned(),
-            None if matches!(route, Route::SessionSocket(_)) => url
+            None if socket => url
                 .query_pairs()
                 .find(|(k, _)| k == "token")
                 .map(|(_, v)| v.into_owned())
@@ -410,10 +539,6 @@ impl Gateway<'_> {
         }
         http::json(200, &PresenceBatch { users })
     }
-}
-
-fn unreachable_route() -> Result<Response, ApiError> {
-    Err(ApiError::Internal("health handled above".into()))
 }
 
 /// A var or secret as a string (`.dev.vars` and `wrangler secret` values

@@ -122,6 +122,17 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// Whether `path` is under the authenticated API (`/v1`).
+pub fn is_api_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Whether `path` is a session's WebSocket route (the only one that takes
+/// `?token=`, since browsers cannot set headers on a WebSocket).
+pub fn is_socket_path(path: &str) -> bool {
+    path.starts_with("/v1/sessions/") && path.ends_with("/ws")
+}
+
 fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
@@ -282,6 +293,14 @@ mod tests {
             route("GET", "/v1/presence/ann%40example.com"),
             Ok(Route::GetPresence("ann@example.com".into()))
         );
+    }
+
+    #[test]
+    fn api_and_socket_paths() {
+        assert!(is_api_path("/v1") && is_api_path("/v1/quota") && is_api_path("/v1/"));
+        assert!(!is_api_path("/v10") && !is_api_path("/health") && !is_api_path("/"));
+        assert!(is_socket_path(&format!("/v1/sessions/{SID}/ws")));
+        assert!(!is_socket_path(&format!("/v1/sessions/{SID}/points")));
     }
 
     #[test]

@@ -5,4 +5,5 @@
 pub mod clock;
 pub mod d1;
 pub mod presence;
+pub mod quota;
 pub mod session;

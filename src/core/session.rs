@@ -48,6 +48,8 @@ pub struct Meta {
     pub ended_at: Option<Millis>,
     /// Live connections allowed at once (the owner's plan).
     pub max_participants: u64,
+    /// The owner's plan, whose daily points the session's points use.
+    pub owner_plan: String,
 }
 
 impl Meta {
@@ -73,6 +75,8 @@ pub struct Config {
     /// Refused frames, each within a second of the previous refusal, after
     /// which the connection is closed (1008).
     pub flood_close_after: u32,
+    /// Points units reserved from the owner's quota at a time.
+    pub reserve_block: u64,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             flood_per_sec: 1_000,
             flood_burst: 1_000,
             flood_close_after: 100,
+            reserve_block: 200,
         }
     }
 }
@@ -161,6 +166,13 @@ pub enum Action {
     },
     /// Make sure the object wakes (alarm) no later than this.
     WakeAt(Millis),
+    /// Reserve up to this many points units from the owner's quota, then
+    /// report with [`SessionCore::granted`] or [`SessionCore::reserve_failed`].
+    Reserve(u64),
+    /// Give this many unused points units back to the owner's quota.
+    Refund(u64),
+    /// Persist the units held ([`SessionCore::units`]).
+    SaveUnits,
 }
 
 /// A contiguous range of points to write to D1, with the session row.
@@ -218,6 +230,12 @@ pub struct SessionCore {
     flush: FlushState,
     clock: VirtualClock,
     out: VecDeque<Action>,
+    // Points units taken from the owner's quota, net of refunds; every
+    // stored point used one, so `units - last_seq` are still in hand.
+    units: u64,
+    reserving: bool,
+    // Socket points that arrived while no unit was in hand, in order.
+    waiting: VecDeque<(ConnId, NewPoint)>,
 }
 
 /// What the adapter knows after a wake-up, to rebuild a core.
@@ -235,6 +253,8 @@ pub struct Restored {
     pub meta_version: u64,
     /// Version of the session record already in D1.
     pub flushed_meta_version: u64,
+    /// Points units held (see [`SessionCore::units`]).
+    pub units: u64,
 }
 
 /// Exponential backoff for D1 retries: 1 s, 2 s, 4 s ... at most 60 s.
@@ -286,6 +306,7 @@ impl SessionCore {
         core.flush.flushed_seq = r.flushed_seq.min(r.last_seq);
         core.meta_version = r.meta_version;
         core.flush.flushed_meta_version = r.flushed_meta_version;
+        core.units = r.units.max(core.last_seq);
         for (conn, user, joined_at) in r.conns {
             let c = core.new_conn(user, joined_at);
             core.conns.insert(conn, c);
@@ -310,6 +331,9 @@ impl SessionCore {
             flush: FlushState::default(),
             clock,
             out: VecDeque::new(),
+            units: 0,
+            reserving: false,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -440,6 +464,10 @@ impl SessionCore {
                     conn: conn.to_owned(),
                     online: false,
                 });
+                if self.conns.is_empty() && self.waiting.is_empty() {
+                    // Idle: units in hand go back to the owner.
+                    self.refund_units();
+                }
                 true
             }
             None => false,
@@ -473,6 +501,15 @@ impl SessionCore {
         match frame {
             ClientFrame::Point(p) => {
                 let reference = p.id.clone();
+                let known = p.id.as_ref().and_then(|id| self.ids.get(id)).is_some();
+                let active = self.meta.status == SessionStatus::Active;
+                if active && !known && (!self.waiting.is_empty() || self.budget() == 0) {
+                    // No unit in hand: the point waits (in order) for a
+                    // reservation from the owner's quota.
+                    self.waiting.push_back((conn.to_owned(), p));
+                    self.request_units();
+                    return None;
+                }
                 match self.accept(Origin::Socket(conn), p, now) {
                     Ok(Accepted::New(stored)) => return Some(stored),
                     Ok(Accepted::Duplicate { seq, id }) => {
@@ -591,6 +628,9 @@ impl SessionCore {
                 });
             }
         }
+        if self.budget() == 0 {
+            return Err(points_exhausted());
+        }
         self.last_seq += 1;
         let seq = self.last_seq;
         if let Some(id) = &p.id {
@@ -631,7 +671,103 @@ impl SessionCore {
         if self.flush.pending_since.is_none() {
             self.flush.pending_since = Some(now);
         }
+        if self.budget() < self.cfg.reserve_block / 2 {
+            // Top up before running dry, so points rarely wait.
+            self.request_units();
+        }
         self.schedule();
+    }
+
+    /// How many of `points` would be new (not repeats of a known or an
+    /// earlier id in the same batch): the units a batch needs.
+    pub fn new_points(&self, points: &[NewPoint]) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        points
+            .iter()
+            .filter(|p| match &p.id {
+                Some(id) => !self.ids.contains_key(id) && seen.insert(id.as_str()),
+                None => true,
+            })
+            .count() as u64
+    }
+
+    /// Points units still in hand.
+    pub fn budget(&self) -> u64 {
+        self.units.saturating_sub(self.last_seq)
+    }
+
+    /// Points units held, net of refunds (persisted by the adapter).
+    pub fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn request_units(&mut self) {
+        if !self.reserving && self.meta.status == SessionStatus::Active {
+            self.reserving = true;
+            self.out.push_back(Action::Reserve(self.cfg.reserve_block));
+        }
+    }
+
+    /// Units added outside a [`Action::Reserve`] (an HTTP batch that
+    /// reserved what it needs).
+    pub fn add_units(&mut self, n: u64) {
+        if n > 0 {
+            self.units += n;
+            self.out.push_back(Action::SaveUnits);
+        }
+    }
+
+    /// A reservation came back with `n` units. Waiting points are numbered
+    /// now, in order, and returned for storage; those beyond the quota get
+    /// `quota_exceeded` error frames.
+    pub fn granted(&mut self, n: u64, now: Millis) -> Vec<(ConnId, StoredPoint)> {
+        self.clock.set(now);
+        self.reserving = false;
+        self.add_units(n);
+        if self.meta.status == SessionStatus::Ended {
+            // Too late: the session ended while the reservation was out.
+            self.refund_units();
+        }
+        let mut ready = Vec::new();
+        while let Some((conn, p)) = self.waiting.pop_front() {
+            if !self.conns.contains_key(&conn) {
+                continue;
+            }
+            let reference = p.id.clone();
+            match self.accept(Origin::Socket(&conn), p, now) {
+                Ok(Accepted::New(stored)) => ready.push((conn, stored)),
+                Ok(Accepted::Duplicate { seq, id }) => {
+                    self.send(&conn, &ServerFrame::Ack { id, seq })
+                }
+                Err(e) => self.send_error(&conn, &e, reference),
+            }
+        }
+        ready
+    }
+
+    /// The owner's quota could not be asked: waiting points get an
+    /// `unavailable` error frame (never a silent drop); the client resends.
+    pub fn reserve_failed(&mut self) {
+        self.reserving = false;
+        let e = ApiError::Unavailable("could not reserve points quota".into());
+        while let Some((conn, p)) = self.waiting.pop_front() {
+            let frame = ServerFrame::Error {
+                code: e.code(),
+                message: "the points quota could not be checked; send the point again".into(),
+                r#ref: p.id,
+                retry_after_ms: Some(1_000),
+            };
+            self.send(&conn, &frame);
+        }
+    }
+
+    fn refund_units(&mut self) {
+        let spare = self.budget();
+        if spare > 0 {
+            self.units -= spare;
+            self.out.push_back(Action::Refund(spare));
+            self.out.push_back(Action::SaveUnits);
+        }
     }
 
     /// Ends the session (owner only): `ended` to everyone, every socket
@@ -669,6 +805,8 @@ impl SessionCore {
                 reason: "session ended",
             });
         }
+        self.waiting.clear();
+        self.refund_units();
         // Everything goes to D1 now, not after the interval.
         self.flush.pending_since = Some(now - self.cfg.flush_interval_ms as Millis);
         self.flush.retry_at = None;
@@ -781,6 +919,13 @@ impl SessionCore {
                 text: frame.to_json().into(),
             });
         }
+    }
+}
+
+fn points_exhausted() -> ApiError {
+    ApiError::QuotaExceeded {
+        message: "the session owner's daily points quota is used up".into(),
+        retry_after_ms: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! storage, sockets, alarms. They exist only on wasm32.
 
 mod presence;
-mod quota;
+pub(crate) mod quota;
 mod session;
 
 use worker::Request;

@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::http::{self, internal, Caller};
 use crate::ids;
 use crate::objects::presence::ConnUpdate;
+use crate::objects::quota::{GiveBack, Reserve};
 use crate::time::{month_suffix, now_ms, rfc3339, Millis};
 
 /// What a socket carries across hibernation.
@@ -54,7 +55,8 @@ pub struct ActiveSessionDO {
 const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS session (\
   k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
-  flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0);
+  flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0, \
+  units INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS points (\
   seq INTEGER PRIMARY KEY, client_id TEXT UNIQUE, ts INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS presence_outbox (\
@@ -69,6 +71,7 @@ struct SessionRow {
     meta_version: i64,
     flushed_meta_version: i64,
     flushed_seq: i64,
+    units: i64,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +264,7 @@ impl ActiveSessionDO {
             started_at: now_ms(),
             ended_at: None,
             max_participants,
+            owner_plan: caller.plan.clone(),
         };
         let core = SessionCore::create(meta, self.cfg, now_ms());
         let view = core.view();
@@ -279,7 +283,7 @@ impl ActiveSessionDO {
         let rows: Vec<SessionRow> = self
             .sql
             .exec(
-                "SELECT meta, meta_version, flushed_meta_version, flushed_seq FROM session WHERE k = 0",
+                "SELECT meta, meta_version, flushed_meta_version, flushed_seq, units FROM session WHERE k = 0",
                 None,
             )
             .and_then(|c| c.to_array())
@@ -325,6 +329,7 @@ impl ActiveSessionDO {
             conns,
             meta_version: row.meta_version as u64,
             flushed_meta_version: row.flushed_meta_version as u64,
+            units: row.units as u64,
         };
         let core = SessionCore::restore(meta, self.cfg, restored, now_ms());
         *self.sockets.borrow_mut() = sockets;
@@ -410,6 +415,28 @@ impl ActiveSessionDO {
     }
 
     async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
+        // All or nothing: the units for every new point are in hand before
+        // the first is numbered.
+        let (need, budget) = self.with_core(|c| Ok((c.new_points(&batch.points), c.budget())))?;
+        if need > budget {
+            let block = self.cfg.reserve_block.max(need - budget);
+            let got = self
+                .ask_units(block)
+                .await
+                .ok_or_else(|| ApiError::Unavailable("could not reserve points quota".into()))?;
+            let short = self.with_core(|c| {
+                c.add_units(got);
+                Ok(c.budget() < need)
+            })?;
+            if short {
+                // Keep what was granted for later points; refuse this batch.
+                self.run().await?;
+                return Err(ApiError::QuotaExceeded {
+                    message: "the session owner's daily points quota is used up".into(),
+                    retry_after_ms: None,
+                });
+            }
+        }
         let now = now_ms();
         let mut seqs = Vec::with_capacity(batch.points.len());
         for p in batch.points {
@@ -577,8 +604,33 @@ impl ActiveSessionDO {
 
     /// Carries out the core's queued decisions, in order.
     async fn run(&self) -> Result<(), ApiError> {
-        let mut wake: Option<Millis> = None;
-        let mut presence = false;
+        // Sends happen at once; the awaited work (quota, alarm, presence)
+        // after them, so an ack never waits on another object.
+        loop {
+            let later = self.run_sync()?;
+            if let Some(n) = later.reserve {
+                self.reserve_units(n).await?;
+            }
+            if later.refund > 0 {
+                self.give_back(later.refund).await;
+            }
+            if let Some(at) = later.wake {
+                self.ensure_alarm(at).await?;
+            }
+            if later.presence {
+                self.deliver_presence().await?;
+            }
+            if later.reserve.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Carries out the queued decisions that need no waiting; returns the
+    /// rest.
+    fn run_sync(&self) -> Result<Later, ApiError> {
+        let mut later = Later::default();
+        let (wake, presence) = (&mut later.wake, &mut later.presence);
         loop {
             let action = {
                 let mut guard = self.core.borrow_mut();
@@ -612,7 +664,7 @@ impl ActiveSessionDO {
                     last_seq,
                 } => self.replay(&conn, after_seq, last_seq)?,
                 Action::SaveMeta => self.save_meta()?,
-                Action::WakeAt(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+                Action::WakeAt(at) => *wake = Some(wake.map_or(at, |w| w.min(at))),
                 Action::Presence { user, conn, online } => {
                     self.sql
                         .exec(
@@ -620,17 +672,94 @@ impl ActiveSessionDO {
                             vec![user.into(), conn.into(), i64::from(online).into()],
                         )
                         .map_err(internal)?;
-                    presence = true;
+                    *presence = true;
+                }
+                Action::Reserve(n) => later.reserve = Some(n),
+                Action::Refund(n) => later.refund += n,
+                Action::SaveUnits => {
+                    let units = self.with_core(|c| Ok(c.units()))?;
+                    self.sql
+                        .exec(
+                            "UPDATE session SET units = ? WHERE k = 0",
+                            vec![(units as i64).into()],
+                        )
+                        .map_err(internal)?;
                 }
             }
         }
-        if let Some(at) = wake {
-            self.ensure_alarm(at).await?;
-        }
-        if presence {
-            self.deliver_presence().await?;
+        Ok(later)
+    }
+
+    /// Reserves points units of the owner and numbers the points that
+    /// waited for them.
+    async fn reserve_units(&self, want: u64) -> Result<(), ApiError> {
+        let got = self.ask_units(want).await;
+        let now = now_ms();
+        let ready = self.with_core(|c| {
+            Ok(match got {
+                Some(n) => c.granted(n, now),
+                None => {
+                    c.reserve_failed();
+                    Vec::new()
+                }
+            })
+        })?;
+        for (conn, p) in ready {
+            self.write_ahead(Origin::Socket(&conn), &p, now)?;
         }
         Ok(())
+    }
+
+    /// Asks the owner's quota object for up to `want` points units.
+    async fn ask_units(&self, want: u64) -> Option<u64> {
+        let (owner, plan) = self
+            .with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
+            .ok()?;
+        let body = serde_json::to_string(&Reserve { plan, want }).ok()?;
+        let mut resp = self.quota_call(&owner, "/reserve", body).await?;
+        let v: serde_json::Value = resp.json().await.ok()?;
+        v["granted"].as_u64()
+    }
+
+    /// Gives unused points units back to the owner's quota. If the quota
+    /// object cannot be reached the units stay charged (the owner loses at
+    /// most one block); this is logged.
+    async fn give_back(&self, units: u64) {
+        let Ok((owner, plan)) =
+            self.with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
+        else {
+            return;
+        };
+        let Ok(body) = serde_json::to_string(&GiveBack { plan, units }) else {
+            return;
+        };
+        if self.quota_call(&owner, "/give-back", body).await.is_none() {
+            log_error(&ApiError::Unavailable(format!(
+                "could not give {units} points units back to {owner}"
+            )));
+        }
+    }
+
+    async fn quota_call(&self, subject: &str, op: &str, body: String) -> Option<Response> {
+        let headers = Headers::new();
+        let caller = Caller {
+            user: subject.to_owned(),
+            plan: "free".into(),
+            service: true,
+        };
+        caller.write(&headers).ok()?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from_str(&body)));
+        let req = Request::new_with_init(&format!("https://object{op}"), &init).ok()?;
+        let stub = self
+            .env
+            .durable_object("QUOTA")
+            .and_then(|ns| ns.id_from_name(subject)?.get_stub())
+            .ok()?;
+        let resp = stub.fetch_with_request(req).await.ok()?;
+        (resp.status_code() == 200).then_some(resp)
     }
 
     fn replay(&self, conn: &str, after_seq: u64, last_seq: u64) -> Result<(), ApiError> {
@@ -806,6 +935,15 @@ impl ActiveSessionDO {
         }
         Ok(())
     }
+}
+
+/// Decisions that wait on something, carried out after the sends.
+#[derive(Default)]
+struct Later {
+    wake: Option<Millis>,
+    presence: bool,
+    reserve: Option<u64>,
+    refund: u64,
 }
 
 /// `{"type":"point", ...stored point}` from a stored point's JSON.

@@ -33,12 +33,16 @@ async fn request_id_is_echoed_or_generated() {
 }
 
 async fn unknown_routes_are_json_404() {
-    for p in ["/", "/nope", "/v1", "/v1/sessions/", "/v2/sessions"] {
+    for p in ["/", "/nope", "/v2/sessions", "/health/x"] {
         call("GET", p, None, None, &[]).await.assert_error(404, "not_found");
     }
-    // Unknown /v1 routes are 404 even with a valid token.
+    // Under /v1 the token comes first (and the request is charged), then
+    // the route.
+    call("GET", "/v1/whatever", None, None, &[]).await.assert_error(401, "unauthorized");
     let t = user_token(&unique("u"), "free");
-    get("/v1/whatever", &t).await.assert_error(404, "not_found");
+    for p in ["/v1", "/v1/whatever", "/v1/sessions/", "/v1//sessions"] {
+        get(p, &t).await.assert_error(404, "not_found");
+    }
 }
 
 async fn wrong_methods_are_json_405_with_allow() {

@@ -17,6 +17,8 @@ mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 mod presence;
 #[cfg(not(target_arch = "wasm32"))]
+mod quota;
+#[cfg(not(target_arch = "wasm32"))]
 mod sessions;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
         gateway::TESTS,
         sessions::TESTS,
         presence::TESTS,
+        quota::TESTS,
         faults::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {

@@ -19,11 +19,17 @@ fn meta(max: u64) -> Meta {
         started_at: T0,
         ended_at: None,
         max_participants: max,
+        owner_plan: "pro".into(),
     }
 }
 
 fn core() -> SessionCore {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    funded(SessionCore::create(meta(5), Config::default(), T0))
+}
+
+/// A core with plenty of points units in hand.
+fn funded(mut c: SessionCore) -> SessionCore {
+    c.add_units(1_000_000);
     drain(&mut c);
     c
 }
@@ -115,8 +121,57 @@ fn presence_hears_of_every_join_and_leave() {
 }
 
 #[test]
+fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    assert!(c
+        .on_text("c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0)
+        .is_none());
+    assert!(c
+        .on_text("c1", r#"{"type":"point","id":"b","kind":"k"}"#, T0)
+        .is_none());
+    assert_eq!(
+        drain(&mut c),
+        vec![Action::Reserve(200)],
+        "one reservation for both"
+    );
+    // The owner has one point left today.
+    let ready = c.granted(1, T0);
+    assert_eq!(ready.len(), 1);
+    assert_eq!((ready[0].1.seq, ready[0].1.id.as_deref()), (1, Some("a")));
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(got["c1"][0]["code"], "quota_exceeded");
+    assert_eq!(got["c1"][0]["ref"], "b", "never a silent drop");
+    // A failed reservation is an error frame too.
+    c.on_text("c1", r#"{"type":"point","id":"c","kind":"k"}"#, T0);
+    drain(&mut c);
+    c.reserve_failed();
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(
+        (got["c1"][0]["code"].as_str(), got["c1"][0]["ref"].as_str()),
+        (Some("unavailable"), Some("c"))
+    );
+}
+
+#[test]
+fn spare_units_go_back_when_idle_or_ended() {
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    c.join("c1", "owner", T0);
+    c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0);
+    drain(&mut c);
+    let ready = c.granted(200, T0);
+    c.commit(Origin::Socket("c1"), &ready[0].1, T0);
+    drain(&mut c);
+    assert_eq!(c.budget(), 199);
+    c.leave("c1");
+    assert!(drain(&mut c).contains(&Action::Refund(199)));
+    assert_eq!((c.budget(), c.units()), (0, 1));
+}
+
+#[test]
 fn admit_refuses_strangers_ended_and_full_sessions() {
-    let mut c = SessionCore::create(meta(2), Config::default(), T0);
+    let mut c = funded(SessionCore::create(meta(2), Config::default(), T0));
     assert_eq!(c.admit("mallory").unwrap_err().status(), 403);
     c.join("a", "owner", T0);
     c.join("b", "bob", T0);
@@ -301,7 +356,7 @@ fn flooding_gets_rate_limited_then_closed_1008_and_others_are_not_slowed() {
         flood_close_after: 3,
         ..Config::default()
     };
-    let mut c = SessionCore::create(meta(5), cfg, T0);
+    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
     c.join("flood", "owner", T0);
     c.join("calm", "bob", T0);
     drain(&mut c);
@@ -349,7 +404,7 @@ fn a_second_without_refusals_forgives_earlier_ones() {
         flood_close_after: 2,
         ..Config::default()
     };
-    let mut c = SessionCore::create(meta(5), cfg, T0);
+    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
     c.join("x", "owner", T0);
     let mut t = T0;
     for _ in 0..5 {
@@ -492,6 +547,7 @@ fn restore_continues_from_storage() {
         conns: vec![("c1".into(), "bob".into(), T0)],
         meta_version: 1,
         flushed_meta_version: 1,
+        units: 1_000,
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);
     assert!(
@@ -541,6 +597,13 @@ fn backoff_is_capped() {
     assert_eq!(retry_backoff_ms(100), 60_000);
 }
 
+fn world_cfg() -> Config {
+    Config {
+        reserve_block: 5,
+        ..Config::default()
+    }
+}
+
 /// A tiny deterministic PRNG (xorshift64*), so the random interleavings are
 /// reproducible from the seed printed on failure.
 struct Rng(u64);
@@ -572,11 +635,14 @@ struct World {
     now: Millis,
     next_conn: u32,
     presence: HashMap<String, i32>,
+    reservations: Vec<u64>,
+    granted: u64,
+    refunded: u64,
 }
 
 impl World {
     fn new() -> World {
-        let mut core = SessionCore::create(meta(100), Config::default(), T0);
+        let mut core = SessionCore::create(meta(100), world_cfg(), T0);
         drain(&mut core);
         World {
             core,
@@ -590,6 +656,9 @@ impl World {
             now: T0,
             next_conn: 0,
             presence: HashMap::new(),
+            reservations: Vec::new(),
+            granted: 0,
+            refunded: 0,
         }
     }
 
@@ -610,7 +679,12 @@ impl World {
                     *n += if online { 1 } else { -1 };
                     assert!((0..=1).contains(n), "presence count of a connection");
                 }
-                Action::Replay { .. } | Action::SaveMeta | Action::WakeAt(_) => {}
+                Action::Reserve(n) => self.reservations.push(n),
+                Action::Refund(n) => self.refunded += n,
+                Action::Replay { .. }
+                | Action::SaveMeta
+                | Action::WakeAt(_)
+                | Action::SaveUnits => {}
             }
         }
     }
@@ -639,8 +713,38 @@ impl World {
         }
     }
 
+    fn store_and_commit(&mut self, conn: &str, p: StoredPoint) {
+        self.storage.insert(p.seq, p.clone());
+        self.sent_by.insert(p.seq, conn.to_owned());
+        self.core.commit(Origin::Socket(conn), &p, self.now);
+    }
+
+    /// Answers the oldest reservation: in full, in part, none left, or the
+    /// quota object unreachable.
+    fn answer_reservation(&mut self, rng: &mut Rng) {
+        if self.reservations.is_empty() {
+            return;
+        }
+        let want = self.reservations.remove(0);
+        match rng.below(6) {
+            0 => self.core.reserve_failed(),
+            k => {
+                let n = [want, want, want, want / 2, 0][(k - 1) as usize];
+                self.granted += n;
+                for (conn, p) in self.core.granted(n, self.now) {
+                    self.store_and_commit(&conn, p);
+                }
+            }
+        }
+    }
+
     fn step(&mut self, rng: &mut Rng) {
         self.now += rng.below(300) as Millis;
+        if rng.below(3) == 0 {
+            self.answer_reservation(rng);
+            // The adapter carries decisions out before the next event.
+            self.run_actions();
+        }
         match rng.below(10) {
             0 if self.live.len() < 6 => {
                 self.next_conn += 1;
@@ -671,16 +775,23 @@ impl World {
             }
             6 => {
                 let n = 1 + rng.below(3);
+                // The adapter reserves what an HTTP batch needs first.
+                if rng.below(2) == 0 {
+                    self.granted += n;
+                    self.core.add_units(n);
+                }
                 for _ in 0..n {
                     let p = NewPoint {
                         id: Some(format!("h{}", rng.below(40))),
                         ..NewPoint::new("k")
                     };
-                    if let Accepted::New(p) =
-                        self.core.accept(Origin::Http("bob"), p, self.now).unwrap()
-                    {
-                        self.storage.insert(p.seq, p.clone());
-                        self.core.commit(Origin::Http("bob"), &p, self.now);
+                    match self.core.accept(Origin::Http("bob"), p, self.now) {
+                        Ok(Accepted::New(p)) => {
+                            self.storage.insert(p.seq, p.clone());
+                            self.core.commit(Origin::Http("bob"), &p, self.now);
+                        }
+                        Ok(Accepted::Duplicate { .. }) => {}
+                        Err(e) => assert_eq!(e.code(), ErrorCode::QuotaExceeded),
                     }
                 }
             }
@@ -724,8 +835,10 @@ impl World {
                 .collect(),
             meta_version: self.core.meta_version(),
             flushed_meta_version: self.core.meta_version(),
+            units: self.core.units(),
         };
-        self.core = SessionCore::restore(self.core.meta().clone(), Config::default(), r, self.now);
+        self.reservations.clear();
+        self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
     }
 }
 
@@ -762,11 +875,29 @@ fn random_interleavings_keep_the_invariants() {
         // Every stored point eventually reaches D1 exactly once.
         w.core.end("owner", w.now).unwrap();
         w.run_actions();
+        while !w.reservations.is_empty() {
+            // Late answers to reservations made before the end.
+            let n = w.reservations.remove(0);
+            w.granted += n;
+            assert!(w.core.granted(n, w.now).is_empty());
+            w.run_actions();
+        }
         for _ in 0..20 {
             w.now = w.core.next_flush_at().unwrap_or(w.now).max(w.now);
             w.flush(true);
         }
         assert_eq!(w.d1, (1..=last).collect::<BTreeSet<_>>(), "seed {seed}");
+        // Units: never a point without one, and what was not used went back.
+        assert!(
+            w.granted >= w.refunded + last,
+            "seed {seed}: units overdrawn"
+        );
+        assert_eq!(
+            w.core.budget(),
+            0,
+            "seed {seed}: spare units refunded at end"
+        );
+        assert_eq!(w.granted - w.refunded, w.core.units(), "seed {seed}");
         // Every connection the session announced it also took back.
         assert!(
             w.presence.values().all(|n| *n == 0),

@@ -1,0 +1,171 @@
+//! Native tests of the quota core on a virtual clock.
+
+use super::*;
+use crate::config::Plans;
+
+/// 2025-11-30T23:59:00Z: a minute before both a month and a day roll over.
+const T0: Millis = 1_764_547_140_000;
+const DEC_1: Millis = 1_764_547_200_000;
+
+fn plan(name: &str) -> Plan {
+    *Plans::default().get(name).unwrap()
+}
+
+#[test]
+fn api_burst_then_one_per_emission_interval() {
+    let free = plan("free"); // 60/min, burst 20: one unit a second.
+    let mut s = QuotaState::default();
+    for i in 0..20 {
+        let d = s.check(&free, Resource::Api, 1, T0);
+        assert!(d.allowed, "call {i}");
+        assert_eq!(d.remaining, Some(19 - i));
+    }
+    let before = s;
+    let d = s.check(&free, Resource::Api, 1, T0);
+    assert!(!d.allowed);
+    assert_eq!(
+        (d.limit, d.remaining, d.retry_after_ms),
+        (Some(60), Some(0), Some(1_000))
+    );
+    assert_eq!(d.reset_ms, Some(20_000), "the burst is whole again in 20 s");
+    assert_eq!(s, before, "a denied check changes nothing");
+    assert!(!s.check(&free, Resource::Api, 1, T0 + 999).allowed);
+    let d = s.check(&free, Resource::Api, 1, T0 + 1_000);
+    assert!(d.allowed, "refilled after one emission interval");
+    assert_eq!(d.remaining, Some(0));
+}
+
+#[test]
+fn api_headers_follow_the_ietf_draft() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    let h = s.api_headers(&free, T0);
+    assert_eq!((h.available, h.full_in_secs), (20, 0));
+    assert_eq!(h.policy(), "\"api\";q=60;w=60");
+    for _ in 0..5 {
+        s.check(&free, Resource::Api, 1, T0);
+    }
+    let h = s.api_headers(&free, T0);
+    assert_eq!(h.limit(), "\"api\";r=15;t=5");
+    let h = s.api_headers(&free, T0 + 2_500);
+    assert_eq!((h.available, h.full_in_secs), (17, 3));
+}
+
+#[test]
+fn cost_weighted_checks_and_cost_above_the_burst() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    let d = s.check(&free, Resource::Api, 5, T0);
+    assert_eq!((d.allowed, d.remaining), (true, Some(15)));
+    let d = s.check(&free, Resource::Api, 16, T0);
+    assert!(!d.allowed);
+    assert_eq!(
+        d.retry_after_ms,
+        Some(1_000),
+        "16 fit after one more unit refills"
+    );
+    let before = s;
+    let d = s.check(&free, Resource::Api, 21, T0 + 60_000);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ms, None, "no wait makes 21 fit a burst of 20");
+    assert_eq!(s, before);
+}
+
+#[test]
+fn api_refund_gives_units_back() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    for _ in 0..20 {
+        s.check(&free, Resource::Api, 1, T0);
+    }
+    let d = s.refund(&free, Resource::Api, 3, T0);
+    assert_eq!(d.remaining, Some(3));
+    let d = s.refund(&free, Resource::Api, 100, T0);
+    assert_eq!(d.remaining, Some(20), "never more than the burst");
+}
+
+#[test]
+fn sessions_per_month_roll_over_at_the_utc_month() {
+    let free = plan("free"); // 30 sessions a month.
+    let mut s = QuotaState::default();
+    for _ in 0..30 {
+        assert!(s.check(&free, Resource::Sessions, 1, T0).allowed);
+    }
+    let d = s.check(&free, Resource::Sessions, 1, T0);
+    assert!(!d.allowed);
+    assert_eq!((d.limit, d.remaining), (Some(30), Some(0)));
+    assert_eq!(d.reset_ms, Some(60_000), "a minute to December");
+    assert_eq!(d.retry_after_ms, Some(60_000));
+    let d = s.check(&free, Resource::Sessions, 1, DEC_1);
+    assert_eq!((d.allowed, d.remaining), (true, Some(29)));
+    let d = s.peek(&free, Resource::Sessions, DEC_1);
+    assert_eq!(d.reset_ms, Some(31 * 86_400_000), "December has 31 days");
+}
+
+#[test]
+fn points_per_day_roll_over_at_utc_midnight() {
+    let free = plan("free"); // 10,000 points a day.
+    let mut s = QuotaState::default();
+    assert!(s.check(&free, Resource::Points, 10_000, T0).allowed);
+    let d = s.check(&free, Resource::Points, 1, T0 + 59_999);
+    assert_eq!((d.allowed, d.reset_ms), (false, Some(1)));
+    let d = s.check(&free, Resource::Points, 10_001, DEC_1);
+    assert_eq!(
+        (d.allowed, d.retry_after_ms),
+        (false, None),
+        "more than a day's worth"
+    );
+    assert!(s.check(&free, Resource::Points, 1, DEC_1).allowed);
+}
+
+#[test]
+fn unlimited_plans_answer_null_but_still_count() {
+    let ent = plan("enterprise");
+    let mut s = QuotaState::default();
+    let d = s.check(&ent, Resource::Points, 1_000_000, T0);
+    assert!(d.allowed);
+    assert_eq!((d.limit, d.remaining, d.reset_ms), (None, None, None));
+    let u = s.usage(&ent, Resource::Points, T0);
+    assert_eq!((u.used, u.limit, u.remaining), (1_000_000, None, None));
+}
+
+#[test]
+fn refund_and_reserve_of_counters() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    assert_eq!(s.reserve(&free, Resource::Points, 9_990, T0), 9_990);
+    assert_eq!(
+        s.reserve(&free, Resource::Points, 100, T0),
+        10,
+        "what remains"
+    );
+    assert_eq!(s.reserve(&free, Resource::Points, 100, T0), 0);
+    let d = s.refund(&free, Resource::Points, 40, T0);
+    assert_eq!(d.remaining, Some(40));
+    let d = s.refund(&free, Resource::Points, 1_000_000, T0);
+    assert_eq!(d.remaining, Some(10_000), "never below zero use");
+}
+
+#[test]
+fn exactly_r_of_2r_checks_are_admitted() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    s.check(&free, Resource::Points, 10_000 - 7, T0);
+    let admitted: Vec<u64> = (0..14)
+        .map(|_| s.check(&free, Resource::Points, 1, T0))
+        .filter(|d| d.allowed)
+        .map(|d| d.remaining.unwrap())
+        .collect();
+    assert_eq!(admitted, vec![6, 5, 4, 3, 2, 1, 0]);
+}
+
+#[test]
+fn state_survives_storage() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    s.check(&free, Resource::Api, 3, T0);
+    s.check(&free, Resource::Points, 3, T0);
+    let back: QuotaState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.api_headers(&free, T0).available, 17);
+}
