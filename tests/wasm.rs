@@ -87,3 +87,65 @@ fn protocol_parsing_matches_native() {
     let ack = ServerFrame::Ack { id: None, seq: 7 }.to_json();
     assert_eq!(ack, r#"{"type":"ack","seq":7}"#);
 }
+
+#[wasm_bindgen_test]
+fn quota_gcra_and_calendar_counters_match_native() {
+    use sesh::config::Plans;
+    use sesh::core::quota::QuotaState;
+    use sesh_protocol::Resource;
+
+    let plans = Plans::default();
+    let free = plans.get("free").expect("free plan");
+    let now = time::now_ms();
+    let mut s = QuotaState::default();
+    for _ in 0..20 {
+        assert!(s.check(free, Resource::Api, 1, now).allowed);
+    }
+    let d = s.check(free, Resource::Api, 1, now);
+    assert_eq!((d.allowed, d.retry_after_ms), (false, Some(1_000)));
+    assert!(s.check(free, Resource::Api, 1, now + 1_000).allowed);
+    let d = s.check(free, Resource::Points, 10_001, now);
+    assert!(!d.allowed && d.remaining == Some(10_000));
+    // The state is stored as JSON and must read back the same on wasm32.
+    let text = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<QuotaState>(&text).unwrap(), s);
+}
+
+#[wasm_bindgen_test]
+fn session_flood_limit_runs_on_the_virtual_clock() {
+    use sesh::core::session::{Action, Config, Meta, SessionCore};
+    use sesh_protocol::SessionStatus;
+
+    let now = time::now_ms();
+    let meta = Meta {
+        id: ids::new_session_id(now),
+        owner_id: "o".into(),
+        title: None,
+        members: vec![],
+        metadata: Default::default(),
+        status: SessionStatus::Active,
+        started_at: now,
+        ended_at: None,
+        max_participants: 5,
+        owner_plan: "free".into(),
+    };
+    let cfg = Config {
+        flood_per_sec: 10,
+        flood_burst: 2,
+        ..Config::default()
+    };
+    let mut c = SessionCore::create(meta, cfg, now);
+    c.join("c", "o", now);
+    while c.poll_action().is_some() {}
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        c.on_text("c", r#"{"type":"ping"}"#, now);
+    }
+    while let Some(a) = c.poll_action() {
+        if let Action::Send { text, .. } = a {
+            frames.push(text.to_string());
+        }
+    }
+    assert_eq!(frames[0], r#"{"type":"pong"}"#);
+    assert!(frames[2].contains("rate_limited"), "{frames:?}");
+}
