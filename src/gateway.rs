@@ -128,9 +128,8 @@ impl Gateway<'_> {
         // work, routing included.
         let claims = self.authenticate(&req, &url, route::is_socket_path(path))?;
         self.user = Some(claims.sub.clone());
-        let plans = Plans::parse(var(self.env, "PLANS").as_deref())
-            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
-        if plans.get(&claims.plan).is_none() {
+        let known_plan = with_plans(self.env, |plans| plans.get(&claims.plan).is_some())?;
+        if !known_plan {
             return Err(AuthError::InvalidClaim("plan").into());
         }
         let caller = Caller {
@@ -444,23 +443,21 @@ impl Gateway<'_> {
         caller: &Caller,
         query: Option<&str>,
     ) -> Result<Response, ApiError> {
-        let url = match query {
-            Some(q) => format!("https://object{op}?{q}"),
-            None => format!("https://object{op}"),
+        let path = match query {
+            Some(q) => format!("{op}?{q}"),
+            None => op.to_owned(),
         };
-        let headers = Headers::new();
-        caller.write(&headers).map_err(internal)?;
-        let _ = headers.set(H_REQUEST_ID, self.request_id);
-        let mut init = RequestInit::new();
-        init.with_method(method).with_headers(headers);
-        if let Some(b) = body {
-            init.with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
-        }
-        let inner = Request::new_with_init(&url, &init).map_err(internal)?;
-        self.stub(binding, name)?
-            .fetch_with_request(inner)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
+        http::call_object(
+            self.env,
+            binding,
+            name,
+            &path,
+            method,
+            body.as_deref(),
+            caller,
+            Some(self.request_id),
+        )
+        .await
     }
 
     async fn forward_upgrade(
@@ -487,10 +484,7 @@ impl Gateway<'_> {
     }
 
     fn stub(&self, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
-        self.env
-            .durable_object(binding)
-            .and_then(|ns| ns.id_from_name(name)?.get_stub())
-            .map_err(|e| ApiError::Internal(format!("binding {binding}: {e}")))
+        http::stub(self.env, binding, name)
     }
 
     async fn presence_of(&self, user: &str, caller: &Caller) -> Result<Response, ApiError> {
@@ -539,6 +533,30 @@ impl Gateway<'_> {
         }
         http::json(200, &PresenceBatch { users })
     }
+}
+
+thread_local! {
+    // The parsed plan table, by the `PLANS` text it came from: parsed once
+    // per isolate, not per request.
+    static PLANS: std::cell::RefCell<Option<(String, Result<Plans, String>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on the configured plans; a malformed `PLANS` is a 500 that logs why.
+fn with_plans<T>(env: &Env, f: impl FnOnce(&Plans) -> T) -> Result<T, ApiError> {
+    let src = var(env, "PLANS").unwrap_or_default();
+    PLANS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if cache.as_ref().is_none_or(|(s, _)| *s != src) {
+            let parsed = Plans::parse(Some(&src));
+            *cache = Some((src, parsed));
+        }
+        match cache.as_ref().map(|(_, p)| p) {
+            Some(Ok(plans)) => Ok(f(plans)),
+            Some(Err(e)) => Err(ApiError::Internal(format!("configuration: {e}"))),
+            None => Err(ApiError::Internal("configuration: PLANS not loaded".into())),
+        }
+    })
 }
 
 /// A var or secret as a string (`.dev.vars` and `wrangler secret` values

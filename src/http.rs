@@ -3,7 +3,9 @@
 //! passes to objects.
 
 use serde::Serialize;
-use worker::{Headers, Request, Response, ResponseBuilder};
+use worker::{Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, State};
+
+use crate::time::Millis;
 
 use crate::error::ApiError;
 
@@ -29,6 +31,16 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller of a request one object makes to another on `user`'s
+    /// behalf (trusted, like a service token).
+    pub fn internal(user: &str) -> Caller {
+        Caller {
+            user: user.to_owned(),
+            plan: "free".into(),
+            service: true,
+        }
+    }
+
     /// Writes the caller into headers for an internal request.
     pub fn write(&self, h: &Headers) -> worker::Result<()> {
         h.set(H_USER, &self.user)?;
@@ -130,4 +142,50 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiEr
 /// Maps a runtime error to an internal error (detail kept for the log).
 pub fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
+}
+
+/// Sends an internal request to the object `name` of `binding` (the
+/// gateway forwarding, or one object asking another): `path` is the
+/// operation with its query, `caller` whom it is for, `request_id` passed on
+/// for the object's logs. A transport failure is `Unavailable`.
+#[allow(clippy::too_many_arguments)]
+pub async fn call_object(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    path: &str,
+    method: Method,
+    body: Option<&[u8]>,
+    caller: &Caller,
+    request_id: Option<&str>,
+) -> Result<Response, ApiError> {
+    let headers = Headers::new();
+    caller.write(&headers).map_err(internal)?;
+    if let Some(id) = request_id {
+        let _ = headers.set(H_REQUEST_ID, id);
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(b) = body {
+        init.with_body(Some(js_sys::Uint8Array::from(b).into()));
+    }
+    let req = Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
+    stub(env, binding, name)?
+        .fetch_with_request(req)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
+}
+
+/// The stub of the object `name` of `binding`.
+pub fn stub(env: &Env, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
+    env.durable_object(binding)
+        .and_then(|ns| ns.id_from_name(name)?.get_stub())
+        .map_err(|e| ApiError::Internal(format!("binding {binding}: {e}")))
+}
+
+/// Sets the object's alarm to the moment `at` (ms since the epoch). The
+/// runtime's `setAlarm` also takes offsets; this always passes a moment.
+pub async fn set_alarm(state: &State, at: Millis) -> Result<(), ApiError> {
+    let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
+    state.storage().set_alarm(moment).await.map_err(internal)
 }

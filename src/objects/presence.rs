@@ -6,10 +6,7 @@ use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{parse_body, Heartbeat};
-use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response,
-    SqlStorage, State,
-};
+use worker::{durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State};
 
 use crate::config::Tuning;
 use crate::core::presence::PresenceCore;
@@ -180,12 +177,7 @@ impl PresenceDO {
             .and_then(|(_, c)| c.next_wake(self.ttl));
         if let Some(at) = next {
             if self.alarm_at.get() != Some(at) {
-                let moment = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
-                self.state
-                    .storage()
-                    .set_alarm(moment)
-                    .await
-                    .map_err(internal)?;
+                http::set_alarm(&self.state, at).await?;
                 self.alarm_at.set(Some(at));
             }
         }
@@ -221,23 +213,19 @@ impl PresenceDO {
 
     /// Whether `session` still has `conn`; `None` when it cannot be asked.
     async fn ask_session(&self, user: &str, session: &str, conn: &str) -> Option<bool> {
-        let headers = Headers::new();
-        let caller = Caller {
-            user: user.to_owned(),
-            plan: "free".into(),
-            service: true,
-        };
-        caller.write(&headers).ok()?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Get).with_headers(headers);
-        let req = Request::new_with_init(&format!("https://object/has-conn?connId={conn}"), &init)
-            .ok()?;
-        let stub = self
-            .env
-            .durable_object("ACTIVE_SESSION")
-            .and_then(|ns| ns.id_from_name(session)?.get_stub())
-            .ok()?;
-        let mut resp = stub.fetch_with_request(req).await.ok()?;
+        let caller = Caller::internal(user);
+        let mut resp = http::call_object(
+            &self.env,
+            "ACTIVE_SESSION",
+            session,
+            &format!("/has-conn?connId={conn}"),
+            Method::Get,
+            None,
+            &caller,
+            None,
+        )
+        .await
+        .ok()?;
         if resp.status_code() == 404 {
             return Some(false);
         }

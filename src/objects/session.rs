@@ -11,8 +11,8 @@ use sesh_protocol::{
 };
 use wasm_bindgen::JsValue;
 use worker::{
-    durable_object, DurableObject, Env, Headers, Method, Request, RequestInit, Response,
-    SqlStorage, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair,
 };
 
 use crate::config::{Plans, Tuning};
@@ -556,47 +556,28 @@ impl ActiveSessionDO {
     }
 
     async fn tell_presence(&self, u: &ConnUpdate) -> bool {
-        let Ok(body) = serde_json::to_string(u) else {
+        let Ok(body) = serde_json::to_vec(u) else {
             return false;
         };
-        let headers = Headers::new();
-        let caller = Caller {
-            user: u.user_id.clone(),
-            plan: "free".into(),
-            service: true,
-        };
-        if caller.write(&headers).is_err() {
-            return false;
-        }
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(JsValue::from_str(&body)));
-        let Ok(req) = Request::new_with_init("https://object/conn", &init) else {
-            return false;
-        };
-        let stub = self
-            .env
-            .durable_object("PRESENCE")
-            .and_then(|ns| ns.id_from_name(&u.user_id)?.get_stub());
-        match stub {
-            Ok(stub) => {
-                matches!(stub.fetch_with_request(req).await, Ok(r) if r.status_code() == 200)
-            }
-            Err(_) => false,
-        }
+        let caller = Caller::internal(&u.user_id);
+        let sent = http::call_object(
+            &self.env,
+            "PRESENCE",
+            &u.user_id,
+            "/conn",
+            Method::Post,
+            Some(&body),
+            &caller,
+            None,
+        )
+        .await;
+        matches!(sent, Ok(r) if r.status_code() == 200)
     }
 
     /// Makes sure the alarm fires no later than `at`.
     async fn ensure_alarm(&self, at: Millis) -> Result<(), ApiError> {
         if self.alarm_at.get().is_none_or(|cur| at < cur) {
-            // An i64 would be an offset from now; the alarm is a moment.
-            let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
-            self.state
-                .storage()
-                .set_alarm(moment)
-                .await
-                .map_err(internal)?;
+            http::set_alarm(&self.state, at).await?;
             self.alarm_at.set(Some(at));
         }
         Ok(())
@@ -741,24 +722,19 @@ impl ActiveSessionDO {
     }
 
     async fn quota_call(&self, subject: &str, op: &str, body: String) -> Option<Response> {
-        let headers = Headers::new();
-        let caller = Caller {
-            user: subject.to_owned(),
-            plan: "free".into(),
-            service: true,
-        };
-        caller.write(&headers).ok()?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_body(Some(JsValue::from_str(&body)));
-        let req = Request::new_with_init(&format!("https://object{op}"), &init).ok()?;
-        let stub = self
-            .env
-            .durable_object("QUOTA")
-            .and_then(|ns| ns.id_from_name(subject)?.get_stub())
-            .ok()?;
-        let resp = stub.fetch_with_request(req).await.ok()?;
+        let caller = Caller::internal(subject);
+        let resp = http::call_object(
+            &self.env,
+            "QUOTA",
+            subject,
+            op,
+            Method::Post,
+            Some(body.as_bytes()),
+            &caller,
+            None,
+        )
+        .await
+        .ok()?;
         (resp.status_code() == 200).then_some(resp)
     }
 
