@@ -652,6 +652,14 @@ impl SessionCore {
     /// A stored point: ack to its sender (if a socket), the point to every
     /// other participant, and the flush decision.
     pub fn commit(&mut self, from: Origin<'_>, p: &StoredPoint, now: Millis) {
+        let json = serde_json::to_string(p).unwrap_or_default();
+        self.commit_json(from, p, &json, now);
+    }
+
+    /// [`commit`](Self::commit) for a point whose JSON (as stored) the
+    /// adapter already has: the broadcast frame is built from it rather
+    /// than serialized again.
+    pub fn commit_json(&mut self, from: Origin<'_>, p: &StoredPoint, json: &str, now: Millis) {
         let except = match from {
             Origin::Socket(conn) => {
                 self.send(
@@ -666,7 +674,10 @@ impl SessionCore {
             Origin::Http(_) => None,
         };
         if self.conns.len() > usize::from(except.is_some()) {
-            self.broadcast(except.as_deref(), &ServerFrame::Point(p.clone()));
+            self.out.push_back(Action::Broadcast {
+                except,
+                text: point_frame(json).into(),
+            });
         }
         if self.flush.pending_since.is_none() {
             self.flush.pending_since = Some(now);
@@ -920,6 +931,15 @@ impl SessionCore {
             });
         }
     }
+}
+
+/// `{"type":"point", ...stored point}` from a stored point's JSON object.
+pub fn point_frame(json: &str) -> String {
+    let rest = json.strip_prefix('{').unwrap_or(json);
+    if rest.trim_start().starts_with('}') {
+        return r#"{"type":"point"}"#.to_owned();
+    }
+    format!("{{\"type\":\"point\",{rest}")
 }
 
 fn points_exhausted() -> ApiError {

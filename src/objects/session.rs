@@ -18,8 +18,8 @@ use worker::{
 use crate::config::{Plans, Tuning};
 use crate::core::d1;
 use crate::core::session::{
-    parse_read_query, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin, Restored,
-    SessionCore,
+    parse_read_query, point_frame, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin,
+    Restored, SessionCore,
 };
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller};
@@ -401,12 +401,12 @@ impl ActiveSessionDO {
                 (p.seq as i64).into(),
                 p.id.clone().into(),
                 p.ts.into(),
-                body.into(),
+                body.as_str().into(),
             ],
         );
         self.with_core(|c| {
             match &stored {
-                Ok(_) => c.commit(from, p, now),
+                Ok(_) => c.commit_json(from, p, &body, now),
                 Err(_) => c.abort(p),
             }
             Ok(())
@@ -920,12 +920,6 @@ struct Later {
     presence: bool,
     reserve: Option<u64>,
     refund: u64,
-}
-
-/// `{"type":"point", ...stored point}` from a stored point's JSON.
-fn point_frame(body: &str) -> String {
-    let rest = body.strip_prefix('{').unwrap_or(body);
-    format!("{{\"type\":\"point\",{rest}")
 }
 
 fn conn_of(ws: &WebSocket) -> Option<ConnId> {

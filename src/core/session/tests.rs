@@ -911,3 +911,16 @@ fn random_interleavings_keep_the_invariants() {
         );
     }
 }
+
+#[test]
+fn point_frames_built_from_stored_json_are_the_wire_point_frame() {
+    let p = NewPoint {
+        id: Some("x".into()),
+        value: Some(2.5),
+        ..NewPoint::new("hr")
+    }
+    .into_stored(7, "bob", T0);
+    let text = point_frame(&serde_json::to_string(&p).unwrap());
+    let parsed: ServerFrame = serde_json::from_str(&text).unwrap();
+    assert_eq!(parsed, ServerFrame::Point(p));
+}
