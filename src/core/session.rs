@@ -352,6 +352,11 @@ impl SessionCore {
         }
     }
 
+    /// Whether decisions are waiting to be carried out.
+    pub fn has_actions(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// The next decision to carry out, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.out.pop_front()

@@ -50,6 +50,7 @@ pub struct ActiveSessionDO {
     alarm_at: Cell<Option<Millis>>,
     flushing: Cell<bool>,
     delivering: Cell<bool>,
+    conn_ids: js_sys::WeakMap,
 }
 
 const SCHEMA: &str = "\
@@ -122,6 +123,7 @@ impl DurableObject for ActiveSessionDO {
             alarm_at: Cell::new(None),
             flushing: Cell::new(false),
             delivering: Cell::new(false),
+            conn_ids: js_sys::WeakMap::new(),
         }
     }
 
@@ -224,6 +226,19 @@ impl ActiveSessionDO {
                 "unknown session operation {op}"
             ))),
         }
+    }
+
+    /// The connection id of a socket. Read from the attachment once per
+    /// socket and object lifetime, then from a weak map keyed by the socket
+    /// (the attachment is a structured clone: costly on every frame).
+    fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
+        let key: &js_sys::Object = ws.as_ref().as_ref();
+        if let Some(id) = self.conn_ids.get(key).as_string() {
+            return Some(id);
+        }
+        let id = attachment_conn(ws)?;
+        self.conn_ids.set(key, &JsValue::from_str(&id));
+        Some(id)
     }
 
     /// Runs `f` on the loaded core; a missing session is a 404.
@@ -356,6 +371,8 @@ impl ActiveSessionDO {
                 joined_at: now,
             })
             .map_err(internal)?;
+        let key: &js_sys::Object = pair.server.as_ref().as_ref();
+        self.conn_ids.set(key, &JsValue::from_str(&conn));
         self.sockets.borrow_mut().insert(conn.clone(), pair.server);
         self.with_core(|c| {
             c.join(&conn, &caller.user, now);
@@ -371,7 +388,7 @@ impl ActiveSessionDO {
         message: WebSocketIncomingMessage,
     ) -> Result<(), ApiError> {
         self.load()?;
-        let Some(conn) = conn_of(ws) else {
+        let Some(conn) = self.conn_of(ws) else {
             let _ = ws.close(Some(1011), Some("lost connection state"));
             return Ok(());
         };
@@ -487,7 +504,7 @@ impl ActiveSessionDO {
         if self.load().is_err() {
             return;
         }
-        if let Some(conn) = conn_of(ws) {
+        if let Some(conn) = self.conn_of(ws) {
             self.sockets.borrow_mut().remove(&conn);
             let _ = self.with_core(|c| {
                 c.leave(&conn);
@@ -503,7 +520,25 @@ impl ActiveSessionDO {
         self.load()?;
         self.deliver_presence().await?;
         self.flush_due().await;
-        self.run().await
+        self.run().await?;
+        // This alarm is spent: arm the next one for whatever is still
+        // pending (its time may have moved since the alarm was set).
+        if let Some(at) = self.with_core(|c| Ok(c.next_flush_at()))? {
+            self.ensure_alarm(at).await?;
+        }
+        if self.has_outbox()? {
+            self.ensure_alarm(now_ms() + PRESENCE_RETRY_MS).await?;
+        }
+        Ok(())
+    }
+
+    fn has_outbox(&self) -> Result<bool, ApiError> {
+        let rows: Vec<MaxRow> = self
+            .sql
+            .exec("SELECT MAX(id) AS m FROM presence_outbox", None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        Ok(rows.first().and_then(|r| r.m).is_some())
     }
 
     /// Tells users' presence objects about sockets that came and went, in
@@ -596,12 +631,18 @@ impl ActiveSessionDO {
                 self.give_back(later.refund).await;
             }
             if let Some(at) = later.wake {
-                self.ensure_alarm(at).await?;
+                if at <= now_ms() {
+                    // Due now (a full batch): flush here, as the alarm
+                    // would, without the round trip through it.
+                    self.flush_due().await;
+                } else {
+                    self.ensure_alarm(at).await?;
+                }
             }
             if later.presence {
                 self.deliver_presence().await?;
             }
-            if later.reserve.is_none() {
+            if !self.with_core(|c| Ok(c.has_actions()))? {
                 return Ok(());
             }
         }
@@ -922,7 +963,7 @@ struct Later {
     refund: u64,
 }
 
-fn conn_of(ws: &WebSocket) -> Option<ConnId> {
+fn attachment_conn(ws: &WebSocket) -> Option<ConnId> {
     ws.deserialize_attachment::<Attachment>()
         .ok()
         .flatten()

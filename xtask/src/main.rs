@@ -4,6 +4,7 @@
 //! right version, installing what is missing and saying so, so that a
 //! machine with only rustup, cargo, node and npm can run the project.
 
+mod bench;
 mod setup;
 mod token;
 
@@ -23,6 +24,9 @@ usage: cargo xtask <command>
                        print a token signed with AUTH_SECRET from .dev.vars
   build [--features F] build the Worker bundle into build/ (wrangler runs this)
   setup                only install what is missing
+  bench sessions [--targets \"rust js-ref party-ref\"] [--rounds N] [generator options]
+                       session WebSocket benchmark against the JS references
+                       (`cargo xtask bench --help` for the options)
 ";
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         Some("token") => token::run(&args[1..]),
         Some("build") => build_cmd(&args[1..]),
         Some("setup") => setup::all(&root()).map(|_| ()),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())

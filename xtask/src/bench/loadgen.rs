@@ -1,0 +1,1473 @@
+//! Session WebSocket load generator and correctness checker: the job of
+//! `../shared/bench/loadgen.mjs`, in Rust, run in-process by `cargo xtask
+//! bench`.
+//!
+//! S sessions x P participants join `/v1/sessions/{id}/ws`; for T seconds
+//! each participant keeps K points in flight (closed loop) or sends R
+//! points a second (open loop, still at most K in flight). Every frame is
+//! checked as it arrives, exactly as loadgen.mjs does:
+//!
+//! - per session all welcomes agree on `lastSeq`;
+//! - acked seqs are unique and exactly `lastSeq+1 ..= lastSeq+N`;
+//! - each acked point reaches every other participant exactly once, never
+//!   its sender, with the acked seq and the sender's `userId`;
+//! - no ack is left unanswered after the drain (up to `drain_seconds`);
+//! - no error frames, unexpected closes or failed upgrades.
+//!
+//! One thread (a current-thread tokio runtime) drives every connection, so
+//! the generator takes as little as it can of the cores it shares with the
+//! server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{oneshot, watch};
+use tokio::time::sleep_until;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::http;
+
+/// What to run (see `cargo xtask bench --help`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// `http://host:port` of the server.
+    pub url: String,
+    pub sessions: usize,
+    pub participants: usize,
+    pub seconds: f64,
+    /// Points in flight per participant.
+    pub window: usize,
+    /// Points per second per participant; 0 = closed loop.
+    pub rate: f64,
+    /// `POST /v1/sessions` first (owner = participant 0, members = the rest).
+    pub create_sessions: bool,
+    /// Seconds to wait for each participant's upgrade and welcome.
+    pub connect_timeout: f64,
+    /// Seconds to wait for acks, then again for deliveries, after the window.
+    pub drain_seconds: f64,
+    /// User ids are `<prefix>-s<S>-p<P>`; default `bench-<random hex>`.
+    pub user_prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            url: "http://127.0.0.1:8787".into(),
+            sessions: 4,
+            participants: 5,
+            seconds: 10.0,
+            window: 8,
+            rate: 0.0,
+            create_sessions: false,
+            connect_timeout: 20.0,
+            drain_seconds: 10.0,
+            user_prefix: None,
+        }
+    }
+}
+
+/// How participants identify themselves.
+pub enum Auth {
+    /// `?user=<id>` (the references).
+    UserParam,
+    /// `?token=<HS256 JWT>` minted with this secret, plan enterprise.
+    Secret(String),
+}
+
+/// The result of one run: loadgen.mjs' JSON line.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub acks_per_s: u64,
+    pub deliveries_per_s: u64,
+    pub ack_p50_ms: Option<f64>,
+    pub ack_p99_ms: Option<f64>,
+    pub ack_max_ms: Option<f64>,
+    pub delivery_p50_ms: Option<f64>,
+    pub delivery_p99_ms: Option<f64>,
+    pub errors: u64,
+    pub sessions: usize,
+    pub participants: usize,
+    pub seconds: f64,
+    pub window: usize,
+    pub rate: f64,
+    pub ack_share_min: Option<f64>,
+    pub acks_total: usize,
+    pub deliveries_total: usize,
+    pub error_detail: BTreeMap<String, u64>,
+    /// CPU over the send window, 100 = one core: per process name of the
+    /// watched PIDs (`workerd`, `workerd_proxy`, `node`, ...) and `loadgen`.
+    pub cpu_pct: BTreeMap<String, f64>,
+}
+
+impl Report {
+    /// One JSON line, keys in loadgen.mjs' order.
+    pub fn to_json(&self) -> String {
+        use serde_json::{json, Value};
+        let fields: Vec<(&str, Value)> = vec![
+            ("acks_per_s", json!(self.acks_per_s)),
+            ("deliveries_per_s", json!(self.deliveries_per_s)),
+            ("ack_p50_ms", json!(self.ack_p50_ms)),
+            ("ack_p99_ms", json!(self.ack_p99_ms)),
+            ("ack_max_ms", json!(self.ack_max_ms)),
+            ("delivery_p50_ms", json!(self.delivery_p50_ms)),
+            ("delivery_p99_ms", json!(self.delivery_p99_ms)),
+            ("errors", json!(self.errors)),
+            ("sessions", json!(self.sessions)),
+            ("participants", json!(self.participants)),
+            ("seconds", json!(self.seconds)),
+            ("window", json!(self.window)),
+            ("rate", json!(self.rate)),
+            ("ack_share_min", json!(self.ack_share_min)),
+            ("acks_total", json!(self.acks_total)),
+            ("deliveries_total", json!(self.deliveries_total)),
+            ("error_detail", json!(self.error_detail)),
+            ("cpu_pct", json!(self.cpu_pct)),
+            ("generator", json!("xtask")),
+        ];
+        ordered_object(&fields)
+    }
+}
+
+/// A JSON object with its keys in the given order.
+pub fn ordered_object(fields: &[(&str, serde_json::Value)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::Value::from(*k), v))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// The `p`th percentile (nearest rank, as loadgen.mjs) of ascending
+/// `sorted`, rounded to 0.01.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as i64 - 1;
+    let i = rank.clamp(0, sorted.len() as i64 - 1) as usize;
+    Some(round_to(sorted[i], 2))
+}
+
+/// `x` rounded to `digits` decimals.
+pub fn round_to(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The acked seqs of one session: duplicates are refused as they come, and
+/// at the end they must be exactly `last_seq+1 ..= last_seq+N`.
+#[derive(Debug, Default)]
+pub struct SeqChecker {
+    seen: HashSet<i64>,
+}
+
+impl SeqChecker {
+    /// Records `seq`; false when it was acked before (a duplicate).
+    pub fn record(&mut self, seq: i64) -> bool {
+        self.seen.insert(seq)
+    }
+
+    /// Distinct seqs recorded.
+    pub fn count(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// How many recorded seqs fall outside `last_seq+1 ..= last_seq+N`
+    /// (N = distinct seqs): each one is a gap in the range.
+    pub fn out_of_range(&self, last_seq: i64) -> usize {
+        let n = self.seen.len() as i64;
+        let in_range = self
+            .seen
+            .iter()
+            .filter(|&&q| q > last_seq && q <= last_seq + n)
+            .count();
+        self.seen.len() - in_range
+    }
+}
+
+/// A point id: `<tag>-<session>-<participant>-<n>`.
+pub fn point_id(tag: &str, s: usize, p: usize, n: usize) -> String {
+    format!("{tag}-{s}-{p}-{n}")
+}
+
+/// `(session, participant, n)` of a point id of this run (`tag`).
+pub fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
+    let mut it = id.rsplitn(4, '-');
+    let n = it.next()?.parse().ok()?;
+    let p = it.next()?.parse().ok()?;
+    let s = it.next()?.parse().ok()?;
+    (it.next()? == tag).then_some((s, p, n))
+}
+
+/// Random bytes from the kernel.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random UUIDv7 (the references accept any session id).
+pub fn uuid_v7() -> String {
+    let mut b: [u8; 16] = random_bytes();
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// An HS256 token for `user` on the enterprise plan, valid for an hour.
+pub fn mint_token(secret: &str, user: &str) -> Result<String, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": user, "plan": "enterprise", "iat": now, "exp": now + 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("signing a token failed: {e}"))
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---- run state ---------------------------------------------------------
+
+/// Milliseconds since the run started, and the wall clock at that start.
+struct Clock {
+    start: Instant,
+    wall0_ms: f64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall0_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0;
+        Clock {
+            start: Instant::now(),
+            wall0_ms,
+        }
+    }
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+    fn instant(&self, ms: f64) -> tokio::time::Instant {
+        (self.start + Duration::from_secs_f64(ms.max(0.0) / 1000.0)).into()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Join,
+    Send,
+    Stop,
+    Close,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Seqs {
+    /// The seq the ack gave.
+    ack: Option<i64>,
+    /// The seq the first delivery carried, while no ack has come.
+    delivered: Option<i64>,
+}
+
+struct Participant {
+    user_id: String,
+    token: Option<String>,
+    /// `(n, sent at)` of the points in flight.
+    inflight: Vec<(usize, f64)>,
+    /// Per point sent (index n).
+    points: Vec<Seqs>,
+    ack_count: usize,
+    ack_in_window: u64,
+    max_ack: f64,
+    welcome: bool,
+    /// `[from participant][n]`: delivered here.
+    received: Vec<Vec<bool>>,
+    received_count: usize,
+    closed: bool,
+}
+
+struct Session {
+    id: String,
+    last_seq: Option<i64>,
+    seqs: SeqChecker,
+    /// `(participant, n)` of each acked point.
+    acked: Vec<(usize, usize)>,
+    parts: Vec<Participant>,
+    errors: BTreeMap<String, u64>,
+    ack_lat: Vec<f64>,
+    del_lat: Vec<f64>,
+    acks_in_window: u64,
+    deliveries_in_window: u64,
+    /// Acks per 0.5 s from the window's start (`LOADGEN_DEBUG`).
+    hist: Vec<u32>,
+}
+
+impl Session {
+    fn fail(&mut self, code: &str) {
+        self.fail_n(code, 1);
+    }
+    fn fail_n(&mut self, code: &str, n: u64) {
+        if n > 0 {
+            *self.errors.entry(code.to_owned()).or_default() += n;
+        }
+    }
+}
+
+struct Shared {
+    opts: Options,
+    clock: Clock,
+    tag: String,
+    sending: AtomicBool,
+    /// `(start, end)` of the send window, in clock ms.
+    window: OnceLock<(f64, f64)>,
+    sessions: Vec<Mutex<Session>>,
+}
+
+impl Shared {
+    fn session(&self, s: usize) -> MutexGuard<'_, Session> {
+        self.sessions[s].lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn in_window(&self, t: f64) -> bool {
+        self.window.get().is_some_and(|&(a, b)| t >= a && t <= b)
+    }
+}
+
+/// A frame from the server; fields that do not matter here are skipped.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    #[serde(default)]
+    id: Option<&'a str>,
+    #[serde(default)]
+    seq: Option<serde_json::Value>,
+    #[serde(default, rename = "lastSeq")]
+    last_seq: Option<serde_json::Value>,
+    #[serde(default, rename = "userId")]
+    user_id: Option<&'a str>,
+    #[serde(default)]
+    code: Option<&'a str>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+fn integer(v: &Option<serde_json::Value>) -> Option<i64> {
+    let v = v.as_ref()?;
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
+/// Checks one text frame for participant `p` of session `s`; true when it
+/// was an ack (so a slot in the window is free).
+fn on_frame(sh: &Shared, s: usize, p: usize, raw: &str) -> bool {
+    let t = sh.clock.now();
+    let mut sess = sh.session(s);
+    let m: Frame = match serde_json::from_str(raw) {
+        Ok(m) => m,
+        Err(_) => {
+            sess.fail("bad_frame_json");
+            return false;
+        }
+    };
+    match m.ty {
+        "welcome" => {
+            if sess.parts[p].welcome {
+                sess.fail("second_welcome");
+                return false;
+            }
+            let Some(last) = integer(&m.last_seq) else {
+                sess.fail("welcome_without_lastSeq");
+                return false;
+            };
+            sess.parts[p].welcome = true;
+            match sess.last_seq {
+                None => sess.last_seq = Some(last),
+                Some(l) if l != last => sess.fail("welcome_lastSeq_mismatch"),
+                Some(_) => {}
+            }
+            false
+        }
+        "ack" => {
+            let n =
+                m.id.and_then(|id| parse_point_id(&sh.tag, id))
+                    .filter(|&(ms, mp, _)| ms == s && mp == p)
+                    .map(|(_, _, n)| n);
+            let slot = n.and_then(|n| sess.parts[p].inflight.iter().position(|x| x.0 == n));
+            let Some(slot) = slot else {
+                sess.fail("unexpected_ack");
+                return false;
+            };
+            let (n, t0) = sess.parts[p].inflight.swap_remove(slot);
+            sess.ack_lat.push(t - t0);
+            let max = &mut sess.parts[p].max_ack;
+            *max = max.max(t - t0);
+            if let Some(&(start, _)) = sh.window.get() {
+                let bucket = ((t - start) / 500.0).max(0.0) as usize;
+                if sess.hist.len() <= bucket {
+                    sess.hist.resize(bucket + 1, 0);
+                }
+                sess.hist[bucket] += 1;
+            }
+            if sh.in_window(t) {
+                sess.acks_in_window += 1;
+                sess.parts[p].ack_in_window += 1;
+            }
+            sess.parts[p].ack_count += 1;
+            match integer(&m.seq) {
+                None => sess.fail("ack_without_seq"),
+                Some(q) => {
+                    if !sess.seqs.record(q) {
+                        sess.fail("duplicate_seq");
+                    }
+                    let info = &mut sess.parts[p].points[n];
+                    info.ack = Some(q);
+                    let differs = info.delivered.is_some_and(|d| d != q);
+                    if differs {
+                        sess.fail("delivered_seq_differs_from_ack");
+                    }
+                }
+            }
+            sess.acked.push((p, n));
+            true
+        }
+        "point" => {
+            let Some((fs, fp, n)) = m.id.and_then(|id| parse_point_id(&sh.tag, id)) else {
+                sess.fail("unknown_point_delivered");
+                return false;
+            };
+            if fs != s {
+                sess.fail(if fs < sh.sessions.len() {
+                    "point_from_other_session"
+                } else {
+                    "unknown_point_delivered"
+                });
+                return false;
+            }
+            if fp >= sess.parts.len() || n >= sess.parts[fp].points.len() {
+                sess.fail("unknown_point_delivered");
+                return false;
+            }
+            if fp == p {
+                sess.fail("own_point_echoed");
+                return false;
+            }
+            {
+                let got = &mut sess.parts[p].received[fp];
+                if got.len() <= n {
+                    got.resize(n + 1, false);
+                }
+                if got[n] {
+                    sess.fail("duplicate_delivery");
+                    return false;
+                }
+                got[n] = true;
+            }
+            sess.parts[p].received_count += 1;
+            if m.user_id != Some(sess.parts[fp].user_id.as_str()) {
+                sess.fail("wrong_userId");
+            }
+            let dseq = integer(&m.seq);
+            let info = sess.parts[fp].points[n];
+            if let Some(a) = info.ack {
+                if dseq != Some(a) {
+                    sess.fail("delivered_seq_differs_from_ack");
+                }
+            } else if info.delivered.is_none() {
+                sess.parts[fp].points[n].delivered = dseq;
+            } else if info.delivered != dseq {
+                sess.fail("delivered_seq_differs");
+            }
+            let sent_at = m
+                .data
+                .as_ref()
+                .and_then(|d| d.get("t"))
+                .and_then(serde_json::Value::as_f64);
+            match sent_at {
+                None => sess.fail("delivery_without_send_time"),
+                Some(sent) => sess.del_lat.push(sh.clock.wall0_ms + t - sent),
+            }
+            if sh.in_window(t) {
+                sess.deliveries_in_window += 1;
+            }
+            false
+        }
+        "error" => {
+            let code = format!("server_error_{}", m.code.unwrap_or("undefined"));
+            sess.fail(&code);
+            false
+        }
+        "joined" | "left" | "pong" => false,
+        _ => {
+            sess.fail("unknown_frame_type");
+            false
+        }
+    }
+}
+
+/// A small xorshift generator for the open loop's start jitter.
+fn jitter(seed: u64) -> f64 {
+    let mut x = seed | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One participant's connection, from the upgrade to the close.
+struct Conn {
+    sh: Arc<Shared>,
+    s: usize,
+    p: usize,
+    /// Open loop: when the next point is due (clock ms).
+    next_at: f64,
+}
+
+impl Conn {
+    /// Sends as many points as the window (and the rate) allow.
+    async fn pump(&mut self, ws: &mut Ws) {
+        let sh = Arc::clone(&self.sh);
+        let opts = &sh.opts;
+        let mut frames = Vec::new();
+        {
+            let mut sess = sh.session(self.s);
+            let part = &mut sess.parts[self.p];
+            while sh.sending.load(Ordering::Relaxed)
+                && part.inflight.len() < opts.window
+                && !part.closed
+            {
+                let t = sh.clock.now();
+                if opts.rate > 0.0 {
+                    if t < self.next_at {
+                        break;
+                    }
+                    self.next_at += 1000.0 / opts.rate;
+                }
+                let n = part.points.len();
+                part.points.push(Seqs::default());
+                part.inflight.push((n, t));
+                let wall = sh.clock.wall0_ms + t;
+                frames.push(format!(
+                    r#"{{"type":"point","id":"{}","kind":"bench","value":{n},"ts":{},"data":{{"t":{wall:.3}}}}}"#,
+                    point_id(&sh.tag, self.s, self.p, n),
+                    wall as u64,
+                ));
+            }
+        }
+        let count = frames.len();
+        for f in frames {
+            if ws.feed(Message::text(f)).await.is_err() {
+                return; // the reading side sees the close
+            }
+        }
+        if count > 0 {
+            let _ = ws.flush().await;
+        }
+    }
+
+    fn fail(&self, code: &str) {
+        self.sh.session(self.s).fail(code);
+    }
+
+    fn inflight(&self) -> usize {
+        self.sh.session(self.s).parts[self.p].inflight.len()
+    }
+
+    async fn run(
+        mut self,
+        url: String,
+        mut phase: watch::Receiver<Phase>,
+        joined: oneshot::Sender<bool>,
+    ) {
+        let sh = Arc::clone(&self.sh);
+        let join_by =
+            tokio::time::Instant::now() + Duration::from_secs_f64(sh.opts.connect_timeout.max(0.0));
+        let mut joined = Some(joined);
+        let conn = tokio::time::timeout_at(
+            join_by,
+            // Frames here are ~200 bytes; tungstenite zeroes its whole read
+            // buffer (128 KiB by default) before each read, which was a
+            // fifth of the generator's CPU.
+            tokio_tungstenite::connect_async_with_config(
+                url,
+                Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
+                true,
+            ),
+        )
+        .await;
+        let mut ws = match conn {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(tungstenite::Error::Http(res))) => {
+                self.fail(&format!("upgrade_http_{}", res.status().as_u16()));
+                self.finish(joined);
+                return;
+            }
+            Ok(Err(e)) => {
+                self.fail(&format!("ws_error_{}", error_code(&e)));
+                self.finish(joined);
+                return;
+            }
+            Err(_) => {
+                self.fail("join_timeout");
+                self.finish(joined);
+                return;
+            }
+        };
+
+        let mut closing = false;
+        let mut close_by = tokio::time::Instant::now();
+        let mut phase_open = true;
+        loop {
+            let timer_on = sh.opts.rate > 0.0
+                && sh.sending.load(Ordering::Relaxed)
+                && self.inflight() < sh.opts.window;
+            let due = sh.clock.instant(self.next_at);
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if on_frame(&sh, self.s, self.p, text.as_str()) {
+                            self.pump(&mut ws).await;
+                        }
+                        if joined.is_some() && sh.session(self.s).parts[self.p].welcome {
+                            let _ = joined.take().map(|j| j.send(true));
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => self.fail("binary_frame"),
+                    Some(Ok(Message::Close(frame))) => {
+                        if !closing {
+                            let code = frame.map_or(1005, |f| u16::from(f.code));
+                            self.fail(&format!("closed_by_server_{code}"));
+                        }
+                        closing = true;
+                        self.mark_closed();
+                        close_by = tokio::time::Instant::now() + Duration::from_secs(2);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        if !closing {
+                            self.fail(&format!("ws_error_{}", error_code(&e)));
+                            self.fail("closed_by_server_1006");
+                        }
+                        break;
+                    }
+                    None => {
+                        if !closing {
+                            self.fail("closed_by_server_1006");
+                        }
+                        break;
+                    }
+                },
+                _ = sleep_until(join_by), if joined.is_some() => {
+                    self.fail("join_timeout");
+                    let _ = joined.take().map(|j| j.send(false));
+                }
+                changed = phase.changed(), if phase_open => {
+                    if changed.is_err() {
+                        phase_open = false;
+                        continue;
+                    }
+                    let now = *phase.borrow_and_update();
+                    match now {
+                        Phase::Send => {
+                            let (start, _) = sh.window.get().copied().unwrap_or_default();
+                            if sh.opts.rate > 0.0 {
+                                let seed = u64::from_le_bytes(random_bytes());
+                                self.next_at = start + jitter(seed) * 1000.0 / sh.opts.rate;
+                            }
+                            self.pump(&mut ws).await;
+                        }
+                        Phase::Close if !closing => {
+                            closing = true;
+                            close_by = tokio::time::Instant::now() + Duration::from_secs(2);
+                            let _ = ws
+                                .close(Some(CloseFrame {
+                                    code: CloseCode::Normal,
+                                    reason: "bench done".into(),
+                                }))
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
+                _ = sleep_until(due), if timer_on => self.pump(&mut ws).await,
+                _ = sleep_until(close_by), if closing => break,
+            }
+        }
+        self.finish(joined);
+    }
+
+    fn mark_closed(&self) {
+        self.sh.session(self.s).parts[self.p].closed = true;
+    }
+
+    fn finish(&self, joined: Option<oneshot::Sender<bool>>) {
+        self.mark_closed();
+        if let Some(j) = joined {
+            let _ = j.send(false);
+        }
+    }
+}
+
+/// A short name for a WebSocket error, as in `ws_error_<name>`.
+fn error_code(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
+        tungstenite::Error::ConnectionClosed => "ConnectionClosed".into(),
+        tungstenite::Error::AlreadyClosed => "AlreadyClosed".into(),
+        tungstenite::Error::Protocol(_) => "Protocol".into(),
+        tungstenite::Error::Capacity(_) => "Capacity".into(),
+        tungstenite::Error::Url(_) => "Url".into(),
+        _ => "other".into(),
+    }
+}
+
+// ---- CPU (/proc) ---------------------------------------------------------
+
+const CLK_TCK: f64 = 100.0;
+
+/// `(name, utime + stime ticks)` of a process.
+fn proc_cpu(pid: u32, port: u16) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let mut comm = s[open + 1..close].to_owned();
+    let f: Vec<&str> = s.get(close + 2..)?.split(' ').collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    if comm == "workerd" {
+        // wrangler runs two: a proxy on the public port and the runtime.
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = format!("entry=127.0.0.1:{port}");
+        if String::from_utf8_lossy(&args).contains(&needle) {
+            comm = "workerd_proxy".into();
+        }
+    }
+    Some((comm, ticks))
+}
+
+struct CpuSnapshot {
+    at: Instant,
+    procs: BTreeMap<u32, (String, u64)>,
+    own: u64,
+}
+
+fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
+    let procs = pids
+        .iter()
+        .filter_map(|&p| proc_cpu(p, port).map(|c| (p, c)))
+        .collect();
+    let own = proc_cpu(std::process::id(), 0).map_or(0, |c| c.1);
+    CpuSnapshot {
+        at: Instant::now(),
+        procs,
+        own,
+    }
+}
+
+fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot) -> BTreeMap<String, f64> {
+    let secs = (b.at - a.at).as_secs_f64().max(1e-9);
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (pid, (comm, t1)) in &b.procs {
+        if let Some((_, t0)) = a.procs.get(pid) {
+            let pct = t1.saturating_sub(*t0) as f64 / CLK_TCK / secs * 100.0;
+            *out.entry(comm.clone()).or_default() += pct;
+        }
+    }
+    for v in out.values_mut() {
+        *v = round_to(*v, 1);
+    }
+    let own = b.own.saturating_sub(a.own) as f64 / CLK_TCK / secs * 100.0;
+    out.insert("loadgen".into(), round_to(own, 1));
+    out
+}
+
+// ---- run -----------------------------------------------------------------
+
+/// Runs the generator against `opts.url` and checks what comes back.
+/// `watch_pids` are the server's processes whose CPU is reported.
+pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, String> {
+    let (host, port) = http::host_port(&opts.url)?;
+    let tag = hex(&random_bytes::<3>());
+    let prefix = opts
+        .user_prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench-{tag}"));
+    let mut sessions = Vec::new();
+    for s in 0..opts.sessions {
+        let mut parts = Vec::new();
+        for p in 0..opts.participants {
+            let user_id = format!("{prefix}-s{s}-p{p}");
+            let token = match auth {
+                Auth::UserParam => None,
+                Auth::Secret(secret) => Some(mint_token(secret, &user_id)?),
+            };
+            parts.push(Participant {
+                user_id,
+                token,
+                inflight: Vec::with_capacity(opts.window),
+                points: Vec::new(),
+                ack_count: 0,
+                ack_in_window: 0,
+                max_ack: 0.0,
+                welcome: false,
+                received: vec![Vec::new(); opts.participants],
+                received_count: 0,
+                closed: false,
+            });
+        }
+        let id = if opts.create_sessions {
+            create_session(&host, port, s, &parts)?
+        } else {
+            uuid_v7()
+        };
+        sessions.push(Session {
+            id,
+            last_seq: None,
+            seqs: SeqChecker::default(),
+            acked: Vec::new(),
+            parts,
+            errors: BTreeMap::new(),
+            ack_lat: Vec::new(),
+            del_lat: Vec::new(),
+            acks_in_window: 0,
+            deliveries_in_window: 0,
+            hist: Vec::new(),
+        });
+    }
+    let urls: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|sess| {
+            sess.parts
+                .iter()
+                .map(|pt| {
+                    let q = match &pt.token {
+                        Some(t) => format!("token={}", url_encode(t)),
+                        None => format!("user={}", url_encode(&pt.user_id)),
+                    };
+                    format!(
+                        "ws://{host}:{port}/v1/sessions/{}/ws?{q}",
+                        url_encode(&sess.id)
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let sh = Arc::new(Shared {
+        opts: opts.clone(),
+        clock: Clock::new(),
+        tag,
+        sending: AtomicBool::new(false),
+        window: OnceLock::new(),
+        sessions: sessions.into_iter().map(Mutex::new).collect(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let cpu = rt.block_on(drive(Arc::clone(&sh), urls, watch_pids, port));
+    drop(rt);
+    let sh = Arc::try_unwrap(sh).map_err(|_| "connections still running".to_owned())?;
+    Ok(verify(sh, cpu))
+}
+
+fn create_session(
+    host: &str,
+    port: u16,
+    s: usize,
+    parts: &[Participant],
+) -> Result<String, String> {
+    let owner = &parts[0];
+    let members: Vec<&str> = parts[1..].iter().map(|p| p.user_id.as_str()).collect();
+    let body = serde_json::json!({ "title": format!("bench {s}"), "members": members }).to_string();
+    let auth = format!("Bearer {}", owner.token.as_deref().unwrap_or_default());
+    let (status, body) = http::request(
+        host,
+        port,
+        "POST",
+        "/v1/sessions",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    let text = String::from_utf8_lossy(&body);
+    if status != 201 {
+        let head: String = text.chars().take(300).collect();
+        return Err(format!("POST /v1/sessions: {status} {head}"));
+    }
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| format!("POST /v1/sessions answered without an id: {text}"))
+}
+
+async fn drive(
+    sh: Arc<Shared>,
+    urls: Vec<Vec<String>>,
+    watch_pids: &[u32],
+    port: u16,
+) -> Option<BTreeMap<String, f64>> {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Join);
+    let mut tasks = Vec::new();
+    let mut joins = Vec::new();
+    for (s, row) in urls.into_iter().enumerate() {
+        for (p, url) in row.into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            joins.push(rx);
+            let conn = Conn {
+                sh: Arc::clone(&sh),
+                s,
+                p,
+                next_at: 0.0,
+            };
+            tasks.push(tokio::spawn(conn.run(url, phase_rx.clone(), tx)));
+        }
+    }
+    let mut all_joined = true;
+    for j in joins {
+        all_joined &= j.await.unwrap_or(false);
+    }
+    let mut cpu = None;
+    if all_joined {
+        let c0 = cpu_snapshot(watch_pids, port);
+        let start = sh.clock.now();
+        let _ = sh.window.set((start, start + sh.opts.seconds * 1000.0));
+        sh.sending.store(true, Ordering::Relaxed);
+        let _ = phase_tx.send(Phase::Send);
+        sleep_until(sh.clock.instant(start + sh.opts.seconds * 1000.0)).await;
+        sh.sending.store(false, Ordering::Relaxed);
+        let _ = phase_tx.send(Phase::Stop);
+        cpu = Some(cpu_report(&c0, &cpu_snapshot(watch_pids, port)));
+        // Drain: every sent point acked, then every acked point delivered.
+        let drain = Duration::from_secs_f64(sh.opts.drain_seconds.max(0.0));
+        wait_for(drain, || {
+            (0..sh.sessions.len()).all(|s| {
+                let sess = sh.session(s);
+                sess.parts
+                    .iter()
+                    .all(|pt| pt.inflight.is_empty() || pt.closed)
+            })
+        })
+        .await;
+        wait_for(drain, || {
+            (0..sh.sessions.len()).all(|s| {
+                let sess = sh.session(s);
+                let total: usize = sess.parts.iter().map(|pt| pt.ack_count).sum();
+                sess.parts
+                    .iter()
+                    .all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
+            })
+        })
+        .await;
+    }
+    let _ = phase_tx.send(Phase::Close);
+    for t in tasks {
+        let _ = t.await;
+    }
+    cpu
+}
+
+async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// The end-of-run checks and the figures.
+fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> Report {
+    let opts = sh.opts;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ack_lat = Vec::new();
+    let mut del_lat = Vec::new();
+    let (mut acks_in_window, mut deliveries_in_window) = (0u64, 0u64);
+    let mut per_participant = Vec::new();
+    let debug = std::env::var_os("LOADGEN_DEBUG").is_some();
+    for (i, sess) in sh.sessions.into_iter().enumerate() {
+        let mut sess = sess.into_inner().unwrap_or_else(|e| e.into_inner());
+        let unacked: usize = sess.parts.iter().map(|pt| pt.inflight.len()).sum();
+        sess.fail_n("unacked_at_end", unacked as u64);
+        if let Some(last) = sess.last_seq {
+            let bad = sess.seqs.out_of_range(last);
+            sess.fail_n("seq_gap_or_out_of_range", bad as u64);
+            let mut missing = 0u64;
+            for &(from, n) in &sess.acked {
+                for (r, pt) in sess.parts.iter().enumerate() {
+                    if r != from && !pt.received[from].get(n).copied().unwrap_or(false) {
+                        missing += 1;
+                    }
+                }
+            }
+            sess.fail_n("missing_delivery", missing);
+        }
+        if debug {
+            let per: Vec<String> = sess
+                .parts
+                .iter()
+                .map(|pt| format!("{}/max {:.0}ms", pt.ack_count, pt.max_ack))
+                .collect();
+            let hist: Vec<String> = sess.hist.iter().map(u32::to_string).collect();
+            eprintln!(
+                "session {i} lastSeq={} acks={} per-participant {} acks per 0.5 s: {}",
+                sess.last_seq.map_or("-".into(), |l| l.to_string()),
+                sess.seqs.count(),
+                per.join(" "),
+                hist.join(",")
+            );
+        }
+        for (k, v) in sess.errors {
+            *errors.entry(k).or_default() += v;
+        }
+        ack_lat.extend(sess.ack_lat);
+        del_lat.extend(sess.del_lat);
+        acks_in_window += sess.acks_in_window;
+        deliveries_in_window += sess.deliveries_in_window;
+        per_participant.extend(sess.parts.iter().map(|pt| pt.ack_in_window));
+    }
+    ack_lat.sort_by(f64::total_cmp);
+    del_lat.sort_by(f64::total_cmp);
+    let mean = acks_in_window as f64 / per_participant.len().max(1) as f64;
+    let share_min = (mean > 0.0).then(|| {
+        let min = per_participant.iter().copied().min().unwrap_or(0) as f64;
+        round_to(min / mean, 3)
+    });
+    Report {
+        acks_per_s: (acks_in_window as f64 / opts.seconds).round() as u64,
+        deliveries_per_s: (deliveries_in_window as f64 / opts.seconds).round() as u64,
+        ack_p50_ms: percentile(&ack_lat, 50.0),
+        ack_p99_ms: percentile(&ack_lat, 99.0),
+        ack_max_ms: ack_lat.last().map(|x| round_to(*x, 1)),
+        delivery_p50_ms: percentile(&del_lat, 50.0),
+        delivery_p99_ms: percentile(&del_lat, 99.0),
+        errors: errors.values().sum(),
+        sessions: opts.sessions,
+        participants: opts.participants,
+        seconds: opts.seconds,
+        window: opts.window,
+        rate: opts.rate,
+        ack_share_min: share_min,
+        acks_total: ack_lat.len(),
+        deliveries_total: del_lat.len(),
+        error_detail: errors,
+        cpu_pct: cpu.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&xs, 50.0), Some(50.0));
+        assert_eq!(percentile(&xs, 99.0), Some(99.0));
+        assert_eq!(percentile(&xs, 100.0), Some(100.0));
+        assert_eq!(percentile(&xs, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
+        // 3 values: p50 is the 2nd, p99 the 3rd (ceil(0.99 * 3) = 3)
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), Some(2.0));
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 99.0), Some(3.0));
+        // 10 values: p50 = ceil(5) = 5th
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 50.0), Some(5.0));
+        assert_eq!(percentile(&ten, 99.0), Some(10.0));
+    }
+
+    #[test]
+    fn seqs_must_be_unique_and_gap_free_after_last_seq() {
+        let mut c = SeqChecker::default();
+        for q in [6, 8, 7] {
+            assert!(c.record(q));
+        }
+        assert!(!c.record(7), "a repeated seq is a duplicate");
+        assert_eq!(c.count(), 3);
+        assert_eq!(c.out_of_range(5), 0, "6..=8 after lastSeq 5");
+        assert_eq!(c.out_of_range(0), 3, "none of 6..=8 is in 1..=3");
+        assert_eq!(c.out_of_range(6), 1, "7..=9 expected, 6 is out");
+
+        let mut gap = SeqChecker::default();
+        for q in [1, 2, 4] {
+            gap.record(q);
+        }
+        assert_eq!(gap.out_of_range(0), 1, "3 missing: 4 is out of 1..=3");
+
+        let empty = SeqChecker::default();
+        assert_eq!(empty.count(), 0);
+        assert_eq!(empty.out_of_range(10), 0);
+    }
+
+    #[test]
+    fn point_ids_round_trip_and_reject_other_runs() {
+        let id = point_id("a1b2c3", 3, 4, 1234);
+        assert_eq!(id, "a1b2c3-3-4-1234");
+        assert_eq!(parse_point_id("a1b2c3", &id), Some((3, 4, 1234)));
+        assert_eq!(parse_point_id("ffffff", &id), None);
+        assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-4"), None);
+        assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-x-1"), None);
+        assert_eq!(parse_point_id("a1b2c3", "x-a1b2c3-3-4-1"), None);
+    }
+
+    #[test]
+    fn uuid_v7_has_version_and_variant() {
+        let u = uuid_v7();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "7");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn frames_are_checked_like_loadgen_mjs() {
+        let opts = Options {
+            sessions: 1,
+            participants: 2,
+            ..Options::default()
+        };
+        let parts = (0..2)
+            .map(|p| Participant {
+                user_id: format!("u{p}"),
+                token: None,
+                inflight: Vec::new(),
+                points: Vec::new(),
+                ack_count: 0,
+                ack_in_window: 0,
+                max_ack: 0.0,
+                welcome: false,
+                received: vec![Vec::new(); 2],
+                received_count: 0,
+                closed: false,
+            })
+            .collect();
+        let sh = Shared {
+            opts,
+            clock: Clock::new(),
+            tag: "abc".into(),
+            sending: AtomicBool::new(false),
+            window: OnceLock::new(),
+            sessions: vec![Mutex::new(Session {
+                id: "s".into(),
+                last_seq: None,
+                seqs: SeqChecker::default(),
+                acked: Vec::new(),
+                parts,
+                errors: BTreeMap::new(),
+                ack_lat: Vec::new(),
+                del_lat: Vec::new(),
+                acks_in_window: 0,
+                deliveries_in_window: 0,
+                hist: Vec::new(),
+            })],
+        };
+        let welcome = r#"{"type":"welcome","lastSeq":5,"participants":[{"userId":"u0"}]}"#;
+        assert!(!on_frame(&sh, 0, 0, welcome));
+        assert!(!on_frame(&sh, 0, 1, r#"{"type":"welcome","lastSeq":6}"#));
+        {
+            let mut sess = sh.session(0);
+            sess.parts[0].points.push(Seqs::default());
+            sess.parts[0].inflight.push((0, 0.0));
+        }
+        let point = r#"{"type":"point","id":"abc-0-0-0","seq":6,"userId":"u0","data":{"t":1}}"#;
+        assert!(!on_frame(&sh, 0, 1, point));
+        assert!(on_frame(
+            &sh,
+            0,
+            0,
+            r#"{"type":"ack","id":"abc-0-0-0","seq":6}"#
+        ));
+        assert!(!on_frame(
+            &sh,
+            0,
+            0,
+            r#"{"type":"ack","id":"abc-0-0-0","seq":6}"#
+        ));
+        assert!(!on_frame(&sh, 0, 1, point));
+        assert!(!on_frame(&sh, 0, 0, point));
+        assert!(!on_frame(
+            &sh,
+            0,
+            1,
+            r#"{"type":"error","code":"rate_limited"}"#
+        ));
+        assert!(!on_frame(&sh, 0, 1, "not json"));
+        assert!(!on_frame(&sh, 0, 1, r#"{"type":"joined","userId":"u0"}"#));
+        let sess = sh.session(0);
+        let got: Vec<(&str, u64)> = sess.errors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("bad_frame_json", 1),
+                ("duplicate_delivery", 1),
+                ("own_point_echoed", 1),
+                ("server_error_rate_limited", 1),
+                ("unexpected_ack", 1),
+                ("welcome_lastSeq_mismatch", 1),
+            ]
+        );
+        assert_eq!(sess.parts[1].received_count, 1);
+        assert_eq!(sess.parts[0].points[0].ack, Some(6));
+        assert_eq!(sess.acked, vec![(0, 0)]);
+    }
+
+    #[test]
+    fn report_line_keeps_loadgen_key_order() {
+        let r = Report {
+            acks_per_s: 10,
+            ..Report::default()
+        };
+        let line = r.to_json();
+        assert!(
+            line.starts_with(r#"{"acks_per_s":10,"deliveries_per_s":0,"#),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["errors"], 0);
+        assert!(v["ack_p99_ms"].is_null());
+    }
+
+    /// A fake session server speaking the frames the generator needs,
+    /// correct or with one fault, on a thread and runtime of its own.
+    mod fake {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::sync::mpsc;
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::Message;
+
+        #[derive(Clone, Copy, PartialEq)]
+        pub enum Fault {
+            None,
+            /// The 5th point of a session gets seq+2: a gap.
+            SkipSeq,
+            /// The 5th point of a session reuses the 4th's seq.
+            ReuseSeq,
+            /// The 5th point of a session misses one receiver.
+            DropDelivery,
+            /// Points go back to their sender too.
+            EchoOwn,
+            /// Each connection's 3rd point is never acked.
+            LoseAck,
+        }
+
+        #[derive(Default)]
+        struct Room {
+            seq: i64,
+            points: u64,
+            peers: Vec<(u64, mpsc::UnboundedSender<String>)>,
+        }
+
+        type Rooms = Arc<Mutex<HashMap<String, Room>>>;
+
+        /// Starts the server; returns its port.
+        pub fn start(fault: Fault) -> u16 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    tx.send(l.local_addr().unwrap().port()).unwrap();
+                    let rooms: Rooms = Arc::default();
+                    let mut conn = 0u64;
+                    loop {
+                        let (sock, _) = l.accept().await.unwrap();
+                        conn += 1;
+                        tokio::spawn(serve(sock, conn, Arc::clone(&rooms), fault));
+                    }
+                });
+            });
+            rx.recv().unwrap()
+        }
+
+        async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, fault: Fault) {
+            let mut uri = String::new();
+            // The error type is tungstenite's (`Callback`), not ours to box.
+            #[allow(clippy::result_large_err)]
+            let callback = |req: &Request, res: Response| {
+                uri = req.uri().to_string();
+                Ok(res)
+            };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await else {
+                return;
+            };
+            // /v1/sessions/{id}/ws?user=U
+            let session = uri.split('/').nth(3).unwrap_or_default().to_owned();
+            let user = uri.split("user=").nth(1).unwrap_or_default().to_owned();
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            {
+                let mut rooms = rooms.lock().unwrap();
+                let room = rooms.entry(session.clone()).or_default();
+                room.peers.push((conn, tx.clone()));
+                let welcome = format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.seq);
+                tx.send(welcome).unwrap();
+            }
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.send(Message::text(m)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut mine = 0u64;
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                mine += 1;
+                let mut rooms = rooms.lock().unwrap();
+                let room = rooms.get_mut(&session).unwrap();
+                room.points += 1;
+                let fifth = room.points == 5;
+                room.seq += match fault {
+                    Fault::SkipSeq if fifth => 2,
+                    Fault::ReuseSeq if fifth => 0,
+                    _ => 1,
+                };
+                let seq = room.seq;
+                let id = v["id"].as_str().unwrap();
+                if !(fault == Fault::LoseAck && mine == 3) {
+                    let _ = tx.send(format!(r#"{{"type":"ack","id":"{id}","seq":{seq}}}"#));
+                }
+                let point = serde_json::json!({
+                    "type": "point", "id": id, "kind": "bench", "seq": seq,
+                    "userId": user, "data": v["data"],
+                })
+                .to_string();
+                let mut dropped = false;
+                for (c, peer) in &room.peers {
+                    if *c == conn && fault != Fault::EchoOwn {
+                        continue;
+                    }
+                    if fault == Fault::DropDelivery && fifth && *c != conn && !dropped {
+                        dropped = true;
+                        continue;
+                    }
+                    let _ = peer.send(point.clone());
+                }
+            }
+            let mut rooms = rooms.lock().unwrap();
+            if let Some(room) = rooms.get_mut(&session) {
+                room.peers.retain(|(c, _)| *c != conn);
+            }
+        }
+    }
+
+    fn run_against(fault: fake::Fault, rate: f64) -> Report {
+        let port = fake::start(fault);
+        let opts = Options {
+            url: format!("http://127.0.0.1:{port}"),
+            sessions: 2,
+            participants: 3,
+            seconds: 0.4,
+            window: 4,
+            rate,
+            drain_seconds: 1.0,
+            ..Options::default()
+        };
+        run(&opts, &Auth::UserParam, &[]).unwrap()
+    }
+
+    fn detail(r: &Report) -> Vec<(&str, u64)> {
+        r.error_detail
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect()
+    }
+
+    #[test]
+    fn a_correct_server_passes() {
+        let r = run_against(fake::Fault::None, 0.0);
+        assert_eq!(r.errors, 0, "{}", r.to_json());
+        assert!(r.acks_total > 20, "{}", r.to_json());
+        assert_eq!(r.deliveries_total, 2 * r.acks_total, "{}", r.to_json());
+        assert!(r.ack_p50_ms.is_some() && r.delivery_p99_ms.is_some());
+        assert!(r.cpu_pct.contains_key("loadgen"));
+    }
+
+    #[test]
+    fn the_open_loop_keeps_its_rate() {
+        // 6 participants x 100 points/s x 0.4 s = 240 points
+        let r = run_against(fake::Fault::None, 100.0);
+        assert_eq!(r.errors, 0, "{}", r.to_json());
+        assert!((160..=260).contains(&r.acks_total), "{}", r.to_json());
+    }
+
+    #[test]
+    fn faults_are_reported() {
+        let r = run_against(fake::Fault::SkipSeq, 0.0);
+        assert_eq!(detail(&r), vec![("seq_gap_or_out_of_range", 2)]);
+        let r = run_against(fake::Fault::ReuseSeq, 0.0);
+        assert_eq!(detail(&r), vec![("duplicate_seq", 2)]);
+        let r = run_against(fake::Fault::DropDelivery, 0.0);
+        assert_eq!(detail(&r), vec![("missing_delivery", 2)]);
+        let r = run_against(fake::Fault::LoseAck, 0.0);
+        // each connection's lost ack also leaves its seq out of the acked range
+        assert_eq!(
+            detail(&r),
+            vec![("seq_gap_or_out_of_range", 6), ("unacked_at_end", 6)]
+        );
+        let r = run_against(fake::Fault::EchoOwn, 0.0);
+        let echoed = r.error_detail.get("own_point_echoed").copied();
+        assert_eq!(echoed, Some(r.acks_total as u64), "{}", r.to_json());
+        assert_eq!(r.errors, r.acks_total as u64);
+    }
+}
