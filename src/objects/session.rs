@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sesh_protocol::{
     parse_body, CreateSession, PointsAccepted, PointsBatch, ServerFrame, SessionStatus, StoredPoint,
 };
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::{
     durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair,
@@ -51,15 +51,19 @@ pub struct ActiveSessionDO {
     flushing: Cell<bool>,
     delivering: Cell<bool>,
     conn_ids: js_sys::WeakMap,
+    send_fn: RefCell<Option<js_sys::Function>>,
 }
 
+// `points.client_id` has no index: the core keeps every id in memory
+// (reloaded with one scan on wake) and is the one place that decides
+// repeats; an index would only make every write-ahead insert dearer.
 const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS session (\
   k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
   flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0, \
   units INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS points (\
-  seq INTEGER PRIMARY KEY, client_id TEXT UNIQUE, ts INTEGER NOT NULL, body TEXT NOT NULL);
+  seq INTEGER PRIMARY KEY, client_id TEXT, ts INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS presence_outbox (\
   id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);";
 
@@ -124,6 +128,7 @@ impl DurableObject for ActiveSessionDO {
             flushing: Cell::new(false),
             delivering: Cell::new(false),
             conn_ids: js_sys::WeakMap::new(),
+            send_fn: RefCell::new(None),
         }
     }
 
@@ -239,6 +244,21 @@ impl ActiveSessionDO {
         let id = attachment_conn(ws)?;
         self.conn_ids.set(key, &JsValue::from_str(&id));
         Some(id)
+    }
+
+    /// Sends an already converted JS string (`WebSocket.prototype.send`,
+    /// looked up once). A socket that closed meanwhile is skipped.
+    fn send_js(&self, ws: &WebSocket, text: &JsValue) {
+        let target: &JsValue = ws.as_ref().as_ref();
+        let mut cached = self.send_fn.borrow_mut();
+        if cached.is_none() {
+            *cached = js_sys::Reflect::get(target, &JsValue::from_str("send"))
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        }
+        if let Some(send) = cached.as_ref() {
+            let _ = send.call1(target, text);
+        }
     }
 
     /// Runs `f` on the loaded core; a missing session is a 404.
@@ -669,9 +689,11 @@ impl ActiveSessionDO {
                     }
                 }
                 Action::Broadcast { except, text } => {
+                    // One JS string for every recipient, not one each.
+                    let js = JsValue::from_str(&text);
                     for (id, ws) in self.sockets.borrow().iter() {
                         if except.as_deref() != Some(id.as_str()) {
-                            let _ = ws.send_with_str(&*text);
+                            self.send_js(ws, &js);
                         }
                     }
                 }
