@@ -75,7 +75,9 @@ pub struct Config {
     /// Refused frames, each within a second of the previous refusal, after
     /// which the connection is closed (1008).
     pub flood_close_after: u32,
-    /// Points units reserved from the owner's quota at a time.
+    /// Points units reserved from the owner's quota at a time, at first;
+    /// a busy session's blocks double (to 16 times this) while they are
+    /// granted in full, so a fast session asks its quota rarely.
     pub reserve_block: u64,
 }
 
@@ -234,6 +236,8 @@ pub struct SessionCore {
     // stored point used one, so `units - last_seq` are still in hand.
     units: u64,
     reserving: bool,
+    // The size of the next reservation (see `Config::reserve_block`).
+    block: u64,
     // Socket points that arrived while no unit was in hand, in order.
     waiting: VecDeque<(ConnId, NewPoint)>,
 }
@@ -333,6 +337,7 @@ impl SessionCore {
             out: VecDeque::new(),
             units: 0,
             reserving: false,
+            block: cfg.reserve_block,
             waiting: VecDeque::new(),
         }
     }
@@ -687,7 +692,7 @@ impl SessionCore {
         if self.flush.pending_since.is_none() {
             self.flush.pending_since = Some(now);
         }
-        if self.budget() < self.cfg.reserve_block / 2 {
+        if self.budget() < self.block / 2 {
             // Top up before running dry, so points rarely wait.
             self.request_units();
         }
@@ -720,7 +725,7 @@ impl SessionCore {
     fn request_units(&mut self) {
         if !self.reserving && self.meta.status == SessionStatus::Active {
             self.reserving = true;
-            self.out.push_back(Action::Reserve(self.cfg.reserve_block));
+            self.out.push_back(Action::Reserve(self.block));
         }
     }
 
@@ -739,6 +744,11 @@ impl SessionCore {
     pub fn granted(&mut self, n: u64, now: Millis) -> Vec<(ConnId, StoredPoint)> {
         self.clock.set(now);
         self.reserving = false;
+        self.block = if n >= self.block {
+            (self.block * 2).min(self.cfg.reserve_block * 16)
+        } else {
+            self.cfg.reserve_block
+        };
         self.add_units(n);
         if self.meta.status == SessionStatus::Ended {
             // Too late: the session ended while the reservation was out.

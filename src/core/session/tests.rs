@@ -155,6 +155,36 @@ fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
 }
 
 #[test]
+fn busy_sessions_reserve_bigger_blocks() {
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    let mut asked = Vec::new();
+    for i in 0..8_000 {
+        let text = format!(r#"{{"type":"point","id":"p{i}","kind":"k"}}"#);
+        // One frame a millisecond: within the flood limit.
+        let now = T0 + i;
+        if let Some(p) = c.on_text("c1", &text, now) {
+            c.commit(Origin::Socket("c1"), &p, now);
+        }
+        for a in drain(&mut c) {
+            if let Action::Reserve(n) = a {
+                asked.push(n);
+                for (conn, p) in c.granted(n, T0) {
+                    c.commit(Origin::Socket(&conn), &p, T0);
+                }
+            }
+        }
+    }
+    assert_eq!(c.last_seq(), 8_000);
+    assert_eq!(&asked[..6], &[200, 400, 800, 1_600, 3_200, 3_200]);
+    // A partial grant (the quota running out) starts small again.
+    c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0);
+    let _ = c.granted(1, T0);
+    assert!(asked.len() < 10, "few round trips: {asked:?}");
+}
+
+#[test]
 fn spare_units_go_back_when_idle_or_ended() {
     let mut c = SessionCore::create(meta(5), Config::default(), T0);
     c.join("c1", "owner", T0);
