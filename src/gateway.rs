@@ -4,8 +4,7 @@
 use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
-    parse_body, CreateSession, Health, Presence, PresenceBatch, QuotaCheck, QuotaDecision,
-    QuotaRefund, Resource,
+    parse_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund, Resource,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
@@ -14,7 +13,7 @@ use crate::config::{AllowedOrigins, Plans};
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller, H_REQUEST_ID};
 use crate::ids;
-use crate::objects::quota::Charge;
+use crate::objects::quota::H_RETRY_AFTER_MS;
 use crate::route::{self, Route};
 use crate::time::now_ms;
 
@@ -56,9 +55,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 
     let headers = resp.headers().clone();
     let _ = headers.set(H_REQUEST_ID, &request_id);
-    if let Some(c) = rate {
-        let _ = headers.set("ratelimit-policy", &c.policy);
-        let _ = headers.set("ratelimit", &c.limit);
+    if let Some((policy, limit)) = rate {
+        let _ = headers.set("ratelimit-policy", &policy);
+        let _ = headers.set("ratelimit", &limit);
     }
     if let Some(o) = origin.as_deref().filter(|o| origins.allows(o)) {
         let _ = headers.set("access-control-allow-origin", o);
@@ -91,8 +90,9 @@ struct Gateway<'a> {
     origins: &'a AllowedOrigins,
     pattern: &'static str,
     user: Option<String>,
-    // The caller's `api` policy after the charge, for the answer's headers.
-    rate: Option<Charge>,
+    // The caller's `api` policy after the charge (`RateLimit-Policy`,
+    // `RateLimit`), for the answer's headers.
+    rate: Option<(String, String)>,
 }
 
 impl Gateway<'_> {
@@ -260,22 +260,19 @@ impl Gateway<'_> {
                     return Err(ApiError::Forbidden("a service token is required".into()));
                 }
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                // Validated here: the subject names the object to ask.
-                let (subject, op) = if route == Route::CheckQuota {
-                    (parse_body::<QuotaCheck>(&body)?.subject, "/check")
+                // Validated here: the subject names the object to ask, and
+                // the rest goes in the query (no body to read there).
+                let (subject, op, q) = if route == Route::CheckQuota {
+                    let c = parse_body::<QuotaCheck>(&body)?;
+                    let q = check_query(c.resource, c.cost.unwrap_or(1), c.plan.as_deref());
+                    (c.subject, "/check", q)
                 } else {
-                    (parse_body::<QuotaRefund>(&body)?.subject, "/refund")
+                    let r = parse_body::<QuotaRefund>(&body)?;
+                    let q = check_query(r.resource, r.cost, None);
+                    (r.subject, "/refund", q)
                 };
-                self.forward(
-                    "QUOTA",
-                    &subject,
-                    op,
-                    Method::Post,
-                    Some(body),
-                    &caller,
-                    None,
-                )
-                .await
+                self.forward("QUOTA", &subject, op, Method::Get, None, &caller, Some(&q))
+                    .await
             }
         }
     }
@@ -295,51 +292,41 @@ impl Gateway<'_> {
     /// with nothing else done for it.
     async fn charge(&mut self, caller: &Caller) -> Result<(), ApiError> {
         let q = format!("plan={}", caller.plan);
-        let mut resp = self
+        let resp = self
             .forward(
                 "QUOTA",
                 &caller.user,
                 "/charge",
-                Method::Post,
+                Method::Get,
                 None,
                 caller,
                 Some(&q),
             )
             .await?;
-        if resp.status_code() != 200 {
-            return Err(ApiError::Unavailable(format!(
-                "quota charge answered {}",
-                resp.status_code()
-            )));
-        }
-        let c: Charge = resp.json().await.map_err(internal)?;
-        let (allowed, retry_after_ms) = (c.allowed, c.retry_after_ms);
-        self.rate = Some(c);
-        if allowed {
-            Ok(())
-        } else {
-            Err(ApiError::RateLimited { retry_after_ms })
+        let h = resp.headers();
+        let header = |name: &str| h.get(name).ok().flatten();
+        self.rate = header("ratelimit-policy").zip(header("ratelimit"));
+        match resp.status_code() {
+            204 => Ok(()),
+            429 => Err(ApiError::RateLimited {
+                retry_after_ms: header(H_RETRY_AFTER_MS).and_then(|v| v.parse().ok()),
+            }),
+            s => Err(ApiError::Unavailable(format!("quota charge answered {s}"))),
         }
     }
 
     /// Takes one `sessions` unit of the caller's plan.
     async fn charge_session(&self, caller: &Caller) -> Result<(), ApiError> {
-        let check = QuotaCheck {
-            subject: caller.user.clone(),
-            plan: Some(caller.plan.clone()),
-            resource: Resource::Sessions,
-            cost: Some(1),
-        };
-        let body = serde_json::to_vec(&check).map_err(internal)?;
+        let q = check_query(Resource::Sessions, 1, Some(&caller.plan));
         let mut resp = self
             .forward(
                 "QUOTA",
                 &caller.user,
                 "/check",
-                Method::Post,
-                Some(body),
-                caller,
+                Method::Get,
                 None,
+                caller,
+                Some(&q),
             )
             .await?;
         match resp.status_code() {
@@ -358,24 +345,18 @@ impl Gateway<'_> {
     }
 
     async fn refund_session(&self, caller: &Caller) {
-        let refund = QuotaRefund {
-            subject: caller.user.clone(),
-            resource: Resource::Sessions,
-            cost: 1,
-        };
-        if let Ok(body) = serde_json::to_vec(&refund) {
-            let _ = self
-                .forward(
-                    "QUOTA",
-                    &caller.user,
-                    "/refund",
-                    Method::Post,
-                    Some(body),
-                    caller,
-                    None,
-                )
-                .await;
-        }
+        let q = check_query(Resource::Sessions, 1, None);
+        let _ = self
+            .forward(
+                "QUOTA",
+                &caller.user,
+                "/refund",
+                Method::Get,
+                None,
+                caller,
+                Some(&q),
+            )
+            .await;
     }
 
     fn preflight(&self, req: &Request) -> Result<Response, ApiError> {
@@ -518,20 +499,35 @@ impl Gateway<'_> {
                 "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
             )));
         }
-        let calls = ids.iter().map(|u| self.presence_of(u, caller));
-        let mut users = Vec::with_capacity(ids.len());
-        for r in join_all(calls).await {
-            let mut resp = r?;
+        let calls = ids.iter().map(|u| async move {
+            let mut resp = self.presence_of(u, caller).await?;
             if resp.status_code() != 200 {
                 return Err(ApiError::Internal(format!(
                     "presence answered {}",
                     resp.status_code()
                 )));
             }
-            let p: Presence = resp.json().await.map_err(internal)?;
-            users.push(p);
+            resp.text().await.map_err(internal)
+        });
+        // Each object answers a presence object as JSON already: the batch
+        // is their texts in the order asked, not parsed and written again.
+        let mut text = String::from("{\"users\":[");
+        for (i, r) in join_all(calls).await.into_iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&r?);
         }
-        http::json(200, &PresenceBatch { users })
+        text.push_str("]}");
+        Ok(http::json_text(200, text))
+    }
+}
+
+/// The query of an internal quota check or refund.
+fn check_query(resource: Resource, cost: u64, plan: Option<&str>) -> String {
+    match plan {
+        Some(p) => format!("resource={}&cost={cost}&plan={p}", resource.as_str()),
+        None => format!("resource={}&cost={cost}", resource.as_str()),
     }
 }
 

@@ -40,6 +40,7 @@ pub struct PresenceDO {
     // `None` until loaded; then the user id (once known) and the state.
     core: RefCell<Option<(Option<String>, PresenceCore)>>,
     alarm_at: Cell<Option<Millis>>,
+    table_ready: Cell<bool>,
 }
 
 impl DurableObject for PresenceDO {
@@ -55,6 +56,7 @@ impl DurableObject for PresenceDO {
             ttl,
             core: RefCell::new(None),
             alarm_at: Cell::new(None),
+            table_ready: Cell::new(false),
         }
     }
 
@@ -123,17 +125,12 @@ impl PresenceDO {
         if self.core.borrow().is_some() {
             return Ok(());
         }
-        self.sql
-            .exec(
-                "CREATE TABLE IF NOT EXISTS presence (k INTEGER PRIMARY KEY CHECK (k = 0), user_id TEXT NOT NULL, state TEXT NOT NULL)",
-                None,
-            )
-            .map_err(internal)?;
+        // A user never written has no table: reading them writes nothing.
         let rows: Vec<Row> = self
             .sql
             .exec("SELECT user_id, state FROM presence WHERE k = 0", None)
             .and_then(|c| c.to_array())
-            .map_err(internal)?;
+            .unwrap_or_default();
         let loaded = match rows.into_iter().next() {
             Some(r) => (
                 Some(r.user_id),
@@ -158,6 +155,14 @@ impl PresenceDO {
         f(core);
         *id = Some(user.to_owned());
         let text = serde_json::to_string(core).map_err(internal)?;
+        if !self.table_ready.replace(true) {
+            self.sql
+                .exec(
+                    "CREATE TABLE IF NOT EXISTS presence (k INTEGER PRIMARY KEY CHECK (k = 0), user_id TEXT NOT NULL, state TEXT NOT NULL)",
+                    None,
+                )
+                .map_err(internal)?;
+        }
         self.sql
             .exec(
                 "INSERT INTO presence (k, user_id, state) VALUES (0, ?, ?) \
@@ -176,7 +181,9 @@ impl PresenceDO {
             .as_ref()
             .and_then(|(_, c)| c.next_wake(self.ttl));
         if let Some(at) = next {
-            if self.alarm_at.get() != Some(at) {
+            // Only ever earlier: a later wake (every heartbeat moves it) is
+            // left to the alarm already set, which re-arms when it fires.
+            if self.alarm_at.get().is_none_or(|cur| at < cur) {
                 http::set_alarm(&self.state, at).await?;
                 self.alarm_at.set(Some(at));
             }

@@ -7,10 +7,7 @@
 use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
-use sesh_protocol::{
-    parse_body, ErrorCode, ErrorDetail, QuotaCheck, QuotaDecision, QuotaOverview, QuotaRefund,
-    Resource,
-};
+use sesh_protocol::{ErrorCode, ErrorDetail, QuotaDecision, QuotaOverview, Resource};
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
 use crate::config::{Plan, Plans};
@@ -19,14 +16,23 @@ use crate::error::ApiError;
 use crate::http::{self, internal, Caller};
 use crate::time::now_ms;
 
-/// Answer of the gateway's per-request charge (internal).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Charge {
-    pub allowed: bool,
-    pub retry_after_ms: Option<u64>,
-    pub policy: String,
-    pub limit: String,
+/// Header of a refused charge: the wait in milliseconds (internal).
+pub(crate) const H_RETRY_AFTER_MS: &str = "x-sesh-retry-after-ms";
+
+/// `resource` and `cost` of an internal check or refund (the gateway has
+/// validated the client's body and passes them in the query).
+fn resource_and_cost(url: &worker::Url) -> Result<(Resource, u64), ApiError> {
+    let resource = match super::query(url, "resource").as_deref() {
+        Some("api") => Resource::Api,
+        Some("sessions") => Resource::Sessions,
+        Some("points") => Resource::Points,
+        other => return Err(ApiError::Internal(format!("bad resource {other:?}"))),
+    };
+    let cost = super::query(url, "cost")
+        .and_then(|c| c.parse().ok())
+        .filter(|c: &u64| *c >= 1)
+        .ok_or_else(|| ApiError::Internal("bad cost".into()))?;
+    Ok((resource, cost))
 }
 
 /// A session reserving points units of its owner (internal).
@@ -96,27 +102,30 @@ impl QuotaDO {
 
     /// Everything here is synchronous: no other request runs in between.
     fn handle(&self, req: &Request, body: &[u8]) -> Result<Response, ApiError> {
-        let (op, _) = super::op(req)?;
+        let (op, url) = super::op(req)?;
         let caller = Caller::read(req)?;
         let now = now_ms();
         let mut s = self.load()?;
         match op.as_str() {
             "/charge" => {
+                // The answer is all headers: the gateway reads no body on
+                // the path every request takes.
                 let plan = self.plan(&caller.plan)?;
                 let d = s.check(&plan, Resource::Api, 1, now);
                 if d.allowed {
                     self.save(&s, &caller.plan)?;
                 }
                 let h = s.api_headers(&plan, now);
-                http::json(
-                    200,
-                    &Charge {
-                        allowed: d.allowed,
-                        retry_after_ms: d.retry_after_ms,
-                        policy: h.policy(),
-                        limit: h.limit(),
-                    },
-                )
+                let resp = Response::empty()
+                    .map_err(internal)?
+                    .with_status(if d.allowed { 204 } else { 429 });
+                let headers = resp.headers();
+                let _ = headers.set("ratelimit-policy", &h.policy());
+                let _ = headers.set("ratelimit", &h.limit());
+                if let Some(ms) = d.retry_after_ms {
+                    let _ = headers.set(H_RETRY_AFTER_MS, &ms.to_string());
+                }
+                Ok(resp)
             }
             "/overview" => {
                 let plan = self.plan(&caller.plan)?;
@@ -130,16 +139,20 @@ impl QuotaDO {
                 http::json(200, &view)
             }
             "/check" => {
-                let c: QuotaCheck = parse_body(body)?;
-                let plan_name = c.plan.as_deref().unwrap_or("free");
+                // Validated by the gateway, passed in the query: no body to
+                // read or parse here.
+                let (resource, cost) = resource_and_cost(&url)?;
+                let plan_name = super::query(&url, "plan").unwrap_or_else(|| "free".into());
+                let plan_name = plan_name.as_str();
                 let plan = self.plan(plan_name)?;
-                let mut d = s.check(&plan, c.resource, c.cost.unwrap_or(1), now);
+                let c_resource = resource;
+                let mut d = s.check(&plan, resource, cost, now);
                 if d.allowed {
                     self.save(&s, plan_name)?;
                 }
                 let status = if d.allowed { 200 } else { 429 };
                 if !d.allowed {
-                    d.error = Some(refusal(c.resource));
+                    d.error = Some(refusal(c_resource));
                 }
                 Ok(with_api_headers(
                     http::json(status, &d)?,
@@ -148,14 +161,14 @@ impl QuotaDO {
                 ))
             }
             "/refund" => {
-                let r: QuotaRefund = parse_body(body)?;
+                let (resource, cost) = resource_and_cost(&url)?;
                 let plan_name = self
                     .last_plan
                     .borrow()
                     .clone()
                     .unwrap_or_else(|| "free".into());
                 let plan = self.plan(&plan_name)?;
-                let d = s.refund(&plan, r.resource, r.cost, now);
+                let d = s.refund(&plan, resource, cost, now);
                 self.save(&s, &plan_name)?;
                 Ok(with_api_headers(
                     http::json(200, &d)?,

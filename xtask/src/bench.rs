@@ -1,25 +1,59 @@
-//! `cargo xtask bench`: the session WebSocket benchmark of
-//! `../shared/bench` (compare.sh + run.sh + loadgen.mjs) with the load
-//! generator in Rust, run against the Rust worker and the JS references
-//! alternately, each served the same way (`serve.mjs`, inspector off).
+//! `cargo xtask bench`: the benchmarks of `../shared/bench` with their
+//! generators in Rust, each target served the same way (`serve.mjs`,
+//! inspector off) on a free port with a throw-away state folder:
+//!
+//! - `sessions`: session WebSockets (compare.sh + run.sh + loadgen.mjs),
+//!   the Rust worker beside the JS references, alternately;
+//! - `quota`: `POST /v1/quota/check` (quotagen.mjs), the Rust worker beside
+//!   `quota-ref`, alternately;
+//! - `presence`: presence reads and heartbeats, the Rust worker alone.
+//!
+//! `loadgen`, `quotagen` and `presencegen` run a generator alone against a
+//! server already running (`--url`).
 
+mod cpu;
+mod drive;
 mod http;
 mod loadgen;
+mod presence;
+mod quota;
+mod serve;
+mod summary;
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
 
-use loadgen::{Auth, Options, Report};
+use serve::Target;
+use summary::{Figures, Summary};
 
 const HELP: &str = "\
-usage: cargo xtask bench sessions [options]   servers + generator, side by side
-       cargo xtask bench loadgen --url URL [options]   generator only
+usage: cargo xtask bench sessions [options]   session WebSockets: rust beside the JS references
+       cargo xtask bench quota [options]      quota checks: rust beside quota-ref
+       cargo xtask bench presence [options]   presence reads and heartbeats: rust alone
+       cargo xtask bench loadgen|quotagen|presencegen --url URL [options]
+                                              one generator against a running server
 
-Generator options (both):
+Servers (sessions, quota, presence):
+  --rounds N           rounds, targets alternately in each (default 1)
+  --state-root DIR     where the throw-away state folders go (default /dev/shm, else /tmp)
+  --targets \"A B\"      what to serve (sessions: default \"rust js-ref\", also party-ref;
+                       quota: default \"rust quota-ref\"); rust = this workspace (bundle
+                       built first, tokens minted with .dev.vars' AUTH_SECRET), or a
+                       directory with a wrangler config
+  Each prints `<target> {json}` per run (presence: per phase), then a summary
+  table on stderr and one JSON summary line (medians, min, max, ratios of
+  rust to each other target). Exits non-zero when any run had correctness
+  errors or did not run.
+
+Generator alone (loadgen, quotagen, presencegen):
+  --url http://127.0.0.1:8787   the server
+  --watch-pids 1,2     report these processes' CPU over the window
+  --tokens             (loadgen, quotagen) mint tokens with .dev.vars' AUTH_SECRET:
+                       loadgen ?token= (plan enterprise) instead of ?user=,
+                       quotagen service tokens instead of no Authorization header
+
+bench sessions / loadgen:
   --sessions S         sessions (default 4)
   --participants P     participants per session (default 5)
   --seconds T          send window in seconds (default 10)
@@ -28,52 +62,101 @@ Generator options (both):
   --connect-timeout S  seconds for each upgrade + welcome (default 20)
   --drain-seconds S    after the window, wait up to S for acks, then for deliveries (default 10)
   --user-prefix X      user ids are X-s<S>-p<P> (default bench-<random>)
+  --create-sessions    (loadgen) POST /v1/sessions first (implies --tokens); bench
+                       sessions does so for the rust target
+  The references get ?user=, the rust target enterprise tokens.
 
-bench sessions:
-  --targets \"rust js-ref party-ref\"   what to serve, run alternately (default \"rust js-ref\");
-                       rust = this workspace, js-ref/party-ref = the references,
-                       or a directory with a wrangler config
-  --rounds N           rounds (default 1)
-  --state-root DIR     where the throw-away state folders go (default /dev/shm, else /tmp)
-  The rust target gets enterprise tokens minted with .dev.vars' AUTH_SECRET and
-  its sessions created with POST /v1/sessions; the references get ?user=.
-  Prints `<target> {json}` per run, then one JSON summary line (medians,
-  min, max, and ratios of rust to each other target). Exits non-zero when
-  any run had correctness errors or did not run.
+bench quota / quotagen (the job and checks of quotagen.mjs):
+  --subjects S         fresh subjects, round-robin (default 100; 1 = one hot subject)
+  --concurrency C      checks in flight, one keep-alive connection each (default 16)
+  --seconds T          window (default 10)
+  --plan P             the checks' plan (default enterprise; free with --exact)
+  --resource R         api | sessions | points (default api; points with --exact)
+  --cost N             units per check (default 1)
+  --callers K          caller tokens to rotate (default 1)
+  --exact R            exactness instead of load: bring a fresh subject to
+                       remaining == R, fire 2R cost-1 checks at once over 2R
+                       connections, then one more; exact_ok needs exactly R
+                       admitted (remaining R-1..0 once each), R denied and a
+                       final 429 with remaining 0
+  --drain-seconds S    wait for checks in flight after the window (default 10)
+  --subject-prefix X   subjects are X-<i> (default qg-<random>)
+  The rust target (and quota-ref beside it, which ignores it) gets service
+  tokens (role service, plan enterprise: not charged).
 
-bench loadgen:
-  --url http://127.0.0.1:8787   the server
-  --tokens             ?token= minted with .dev.vars' AUTH_SECRET (plan enterprise)
-                       instead of ?user=
-  --create-sessions    POST /v1/sessions first (implies --tokens)
-  --watch-pids 1,2     report these processes' CPU over the send window
+bench presence / presencegen:
+  --users N            users, each heartbeats first with its own token (default 200)
+  --seconds T          length of each phase: single reads, batch reads,
+                       heartbeats (default 10)
+  --concurrency C      requests in flight, one keep-alive connection each (default 16)
+  --batch B            ids per batch read, at most 100 (default 100)
+  --callers K          caller tokens reads rotate over (default N: the users);
+                       every request is charged to its caller (enterprise: 100/s
+                       after a burst of 1000), see max_caller_req_per_s
+  --drain-seconds S    wait for requests in flight after each phase (default 10)
+  --user-prefix X      user ids are X-u<i> (default pres-<random>)
+  The summary line has batch_p50_over_single_p50 (goal: <= 3).
 
 Run through `cargo xtask` (a debug build), the bench first builds the xtask
 optimised into target/xtask-bench and runs that, so that the generator takes
 less of the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this.
 ";
 
+/// The bench commands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Which {
+    Sessions,
+    Quota,
+    Presence,
+}
+
+/// Servers and generator, or the generator alone (`--url`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Bench,
+    Gen,
+}
+
 /// Runs `cargo xtask bench ...`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let optimised = !cfg!(debug_assertions) || std::env::var_os("SESH_BENCH_DEBUG").is_some();
-    match args.first().map(String::as_str) {
-        Some("sessions") if optimised => sessions(&args[1..]),
-        Some("loadgen") if optimised => loadgen_only(&args[1..]),
-        Some(cmd @ ("sessions" | "loadgen")) => {
-            let mode = if cmd == "sessions" {
-                Mode::Sessions
-            } else {
-                Mode::Loadgen
-            };
-            parse_args(&args[1..], mode)?; // a typo fails before any build
-            exec_optimised(args)
-        }
+    let (cmd, mode) = match args.first().map(String::as_str) {
+        Some("sessions") => (Which::Sessions, Mode::Bench),
+        Some("loadgen") => (Which::Sessions, Mode::Gen),
+        Some("quota") => (Which::Quota, Mode::Bench),
+        Some("quotagen") => (Which::Quota, Mode::Gen),
+        Some("presence") => (Which::Presence, Mode::Bench),
+        Some("presencegen") => (Which::Presence, Mode::Gen),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
-            Ok(())
+            return Ok(());
         }
-        Some(other) => Err(format!("unknown bench command {other}\n\n{HELP}")),
+        Some(other) => return Err(format!("unknown bench command {other}\n\n{HELP}")),
+    };
+    let rest = &args[1..];
+    // A typo fails before any build.
+    let parsed = match cmd {
+        Which::Sessions => parse_sessions(rest, mode).map(Parsed::Sessions),
+        Which::Quota => parse_quota(rest, mode).map(Parsed::Quota),
+        Which::Presence => parse_presence(rest, mode).map(Parsed::Presence),
+    }?;
+    if !optimised {
+        return exec_optimised(args);
     }
+    match (parsed, mode) {
+        (Parsed::Sessions(a), Mode::Bench) => sessions(a),
+        (Parsed::Sessions(a), Mode::Gen) => loadgen_only(a),
+        (Parsed::Quota(a), Mode::Bench) => quota_bench(a),
+        (Parsed::Quota(a), Mode::Gen) => quotagen_only(a),
+        (Parsed::Presence(a), Mode::Bench) => presence_bench(a),
+        (Parsed::Presence(a), Mode::Gen) => presencegen_only(a),
+    }
+}
+
+enum Parsed {
+    Sessions(Args<loadgen::Options>),
+    Quota(Args<quota::Options>),
+    Presence(Args<presence::Options>),
 }
 
 /// The generator shares two cores with the server it measures, and a
@@ -114,23 +197,122 @@ fn exec_optimised(args: &[String]) -> Result<(), String> {
 
 // ---- arguments -----------------------------------------------------------
 
-/// What `bench sessions` or `bench loadgen` was asked for.
+/// What a bench command was asked for: the generator's options and the
+/// options common to the commands.
 #[derive(Debug, PartialEq)]
-pub struct Args {
-    pub gen: Options,
+pub struct Args<G> {
+    pub gen: G,
     pub targets: Vec<String>,
     pub rounds: usize,
     pub state_root: Option<PathBuf>,
-    /// `bench loadgen`: mint tokens.
+    /// Generator alone: mint tokens.
     pub tokens: bool,
-    /// `bench loadgen`: processes to report CPU for.
+    /// Generator alone: processes to report CPU for.
     pub watch_pids: Vec<u32>,
+    /// Generator alone: the server.
+    pub url: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
-    Sessions,
-    Loadgen,
+impl<G: Default> Args<G> {
+    fn new(targets: &[&str]) -> Args<G> {
+        Args {
+            gen: G::default(),
+            targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+            rounds: 1,
+            state_root: None,
+            tokens: false,
+            watch_pids: Vec::new(),
+            url: None,
+        }
+    }
+}
+
+impl<G> Args<G> {
+    /// Takes `name` when it is one of the common options in `mode`
+    /// (`targets`: whether `--targets` is one; `tokens`: `--tokens`).
+    fn common(
+        &mut self,
+        name: &str,
+        v: &str,
+        mode: Mode,
+        (targets, tokens): (bool, bool),
+    ) -> Result<bool, String> {
+        match (name, mode) {
+            ("--targets", Mode::Bench) if targets => {
+                self.targets = v
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if self.targets.is_empty() {
+                    return Err("--targets names no target".into());
+                }
+            }
+            ("--rounds", Mode::Bench) => self.rounds = positive_int(name, v)?,
+            ("--state-root", Mode::Bench) => self.state_root = Some(PathBuf::from(v)),
+            ("--url", Mode::Bench) => {
+                return Err("this bench starts its own servers; --url is for the generator alone (loadgen, quotagen, presencegen)".into())
+            }
+            ("--url", Mode::Gen) => {
+                http::host_port(v)?;
+                self.url = Some(v.trim_end_matches('/').to_owned());
+            }
+            ("--tokens", Mode::Gen) if tokens => self.tokens = true,
+            ("--watch-pids", Mode::Gen) => {
+                self.watch_pids = v
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse()
+                            .map_err(|_| format!("bad pid {p:?} in --watch-pids"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The generator alone needs `--url`.
+    fn finish(self, mode: Mode) -> Result<Self, String> {
+        if mode == Mode::Gen && self.url.is_none() {
+            return Err("the generator alone needs --url http://host:port".into());
+        }
+        Ok(self)
+    }
+}
+
+/// `--name value` and `--name=value` options and value-less `flags`, in
+/// order, as `(name, value)` (`""` for a flag).
+pub fn options(args: &[String], flags: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        let value = if flags.contains(&name) {
+            if inline.is_some() {
+                return Err(format!("{name} takes no value"));
+            }
+            String::new()
+        } else {
+            match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("missing value for {name}"))?
+                }
+            }
+        };
+        out.push((name.to_owned(), value));
+        i += 1;
+    }
+    Ok(out)
 }
 
 fn positive_int(flag: &str, v: &str) -> Result<usize, String> {
@@ -150,42 +332,25 @@ fn number(flag: &str, v: &str, min_exclusive: bool) -> Result<f64, String> {
     }
 }
 
+fn non_empty(flag: &str, v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        return Err(format!("{flag} must not be empty"));
+    }
+    Ok(v.to_owned())
+}
+
+fn unknown(name: &str) -> String {
+    format!("unknown option {name}\n\n{HELP}")
+}
+
 /// Parses the options of `bench sessions` / `bench loadgen`.
-pub fn parse_args(args: &[String], mode: Mode) -> Result<Args, String> {
-    let mut a = Args {
-        gen: Options::default(),
-        targets: vec!["rust".into(), "js-ref".into()],
-        rounds: 1,
-        state_root: None,
-        tokens: false,
-        watch_pids: Vec::new(),
-    };
-    let mut url_given = false;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (arg, None),
-        };
-        let takes_value = !matches!(name, "--create-sessions" | "--tokens");
-        let value = if takes_value {
-            match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| format!("missing value for {name}"))?
-                }
-            }
-        } else {
-            if inline.is_some() {
-                return Err(format!("{name} takes no value"));
-            }
-            String::new()
-        };
-        let v = value.as_str();
+pub fn parse_sessions(args: &[String], mode: Mode) -> Result<Args<loadgen::Options>, String> {
+    let mut a: Args<loadgen::Options> = Args::new(&["rust", "js-ref"]);
+    for (name, v) in options(args, &["--create-sessions", "--tokens"])? {
+        let (name, v) = (name.as_str(), v.as_str());
+        if a.common(name, v, mode, (true, true))? {
+            continue;
+        }
         let g = &mut a.gen;
         match (name, mode) {
             ("--sessions", _) => g.sessions = positive_int(name, v)?,
@@ -195,142 +360,174 @@ pub fn parse_args(args: &[String], mode: Mode) -> Result<Args, String> {
             ("--rate", _) => g.rate = number(name, v, false)?,
             ("--connect-timeout", _) => g.connect_timeout = number(name, v, true)?,
             ("--drain-seconds", _) => g.drain_seconds = number(name, v, false)?,
-            ("--user-prefix", _) => {
-                if v.is_empty() {
-                    return Err("--user-prefix must not be empty".into());
-                }
-                g.user_prefix = Some(v.to_owned());
-            }
+            ("--user-prefix", _) => g.user_prefix = Some(non_empty(name, v)?),
             // Per target in `bench sessions` (only the rust target needs it).
-            ("--create-sessions", Mode::Sessions) => {}
-            ("--create-sessions", Mode::Loadgen) => {
+            ("--create-sessions", Mode::Bench) => {}
+            ("--create-sessions", Mode::Gen) => {
                 g.create_sessions = true;
                 a.tokens = true;
             }
-            ("--targets", Mode::Sessions) => {
-                a.targets = v
-                    .split(|c: char| c.is_whitespace() || c == ',')
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if a.targets.is_empty() {
-                    return Err("--targets names no target".into());
-                }
-            }
-            ("--rounds", Mode::Sessions) => a.rounds = positive_int(name, v)?,
-            ("--state-root", Mode::Sessions) => a.state_root = Some(PathBuf::from(v)),
-            ("--url", Mode::Loadgen) => {
-                http::host_port(v)?;
-                g.url = v.trim_end_matches('/').to_owned();
-                url_given = true;
-            }
-            ("--tokens", Mode::Loadgen) => a.tokens = true,
-            ("--watch-pids", Mode::Loadgen) => {
-                a.watch_pids = v
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        p.parse()
-                            .map_err(|_| format!("bad pid {p:?} in --watch-pids"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            ("--url", Mode::Sessions) => {
-                return Err(
-                    "bench sessions starts its own servers; --url is for bench loadgen".into(),
-                )
-            }
-            _ => return Err(format!("unknown option {name}\n\n{HELP}")),
+            _ => return Err(unknown(name)),
         }
-        i += 1;
     }
-    if mode == Mode::Loadgen && !url_given {
-        return Err("bench loadgen needs --url http://host:port".into());
+    if let Some(url) = &a.url {
+        a.gen.url = url.clone();
     }
-    Ok(a)
+    a.finish(mode)
 }
 
-// ---- bench loadgen -------------------------------------------------------
+/// Parses the options of `bench quota` / `bench quotagen`.
+pub fn parse_quota(args: &[String], mode: Mode) -> Result<Args<quota::Options>, String> {
+    let mut a: Args<quota::Options> = Args::new(&["rust", "quota-ref"]);
+    for (name, v) in options(args, &["--tokens"])? {
+        let (name, v) = (name.as_str(), v.as_str());
+        if a.common(name, v, mode, (true, true))? {
+            continue;
+        }
+        let g = &mut a.gen;
+        match name {
+            "--subjects" => g.subjects = positive_int(name, v)?,
+            "--concurrency" => g.concurrency = positive_int(name, v)?,
+            "--seconds" => g.seconds = number(name, v, true)?,
+            "--plan" => g.plan = Some(non_empty(name, v)?),
+            "--resource" => {
+                g.resource = Some(
+                    quota::Resource::parse(v)
+                        .ok_or("--resource must be api, sessions or points")?,
+                );
+            }
+            "--cost" => g.cost = positive_int(name, v)? as u64,
+            "--callers" => g.callers = positive_int(name, v)?,
+            "--exact" => g.exact = positive_int(name, v)?,
+            "--drain-seconds" => g.drain_seconds = number(name, v, false)?,
+            "--subject-prefix" => g.subject_prefix = Some(non_empty(name, v)?),
+            _ => return Err(unknown(name)),
+        }
+    }
+    a.gen.validate()?;
+    if let Some(url) = &a.url {
+        a.gen.url = url.clone();
+    }
+    a.finish(mode)
+}
 
-fn loadgen_only(args: &[String]) -> Result<(), String> {
-    let a = parse_args(args, Mode::Loadgen)?;
-    let auth = if a.tokens {
+/// Parses the options of `bench presence` / `bench presencegen`.
+pub fn parse_presence(args: &[String], mode: Mode) -> Result<Args<presence::Options>, String> {
+    let mut a: Args<presence::Options> = Args::new(&["rust"]);
+    for (name, v) in options(args, &[])? {
+        let (name, v) = (name.as_str(), v.as_str());
+        if a.common(name, v, mode, (false, false))? {
+            continue;
+        }
+        let g = &mut a.gen;
+        match name {
+            "--users" => g.users = positive_int(name, v)?,
+            "--seconds" => g.seconds = number(name, v, true)?,
+            "--concurrency" => g.concurrency = positive_int(name, v)?,
+            "--batch" => g.batch = positive_int(name, v)?,
+            "--callers" => g.callers = Some(positive_int(name, v)?),
+            "--drain-seconds" => g.drain_seconds = number(name, v, false)?,
+            "--user-prefix" => g.user_prefix = Some(non_empty(name, v)?),
+            _ => return Err(unknown(name)),
+        }
+    }
+    a.gen.validate()?;
+    if let Some(url) = &a.url {
+        a.gen.url = url.clone();
+    }
+    a.finish(mode)
+}
+
+// ---- running -------------------------------------------------------------
+
+/// What every bench with servers prepares once.
+struct Bench {
+    bench: PathBuf,
+    targets: Vec<Target>,
+    /// `.dev.vars`' `AUTH_SECRET`, when a target is the rust worker.
+    secret: Option<String>,
+    state_root: PathBuf,
+}
+
+impl Bench {
+    /// Copies the shared bench (npm ci when needed), resolves the targets,
+    /// builds the Worker bundle when `rust` is one of them, and installs the
+    /// signal thread that stops a running server on Ctrl-C.
+    fn prepare<G>(a: &Args<G>) -> Result<Bench, String> {
         let root = crate::root();
-        crate::setup::dev_vars(&root)?;
-        Auth::Secret(crate::setup::auth_secret(&root)?)
-    } else {
-        Auth::UserParam
-    };
-    let report = loadgen::run(&a.gen, &auth, &a.watch_pids)?;
-    println!("{}", report.to_json());
-    if report.errors > 0 {
-        return Err(format!("{} correctness errors", report.errors));
+        let bench = serve::prepare_bench(&root)?;
+        let targets: Vec<Target> = a
+            .targets
+            .iter()
+            .map(|t| Target::resolve(t, &root, &bench))
+            .collect::<Result<_, _>>()?;
+        let secret = if targets.iter().any(|t| t.rust) {
+            Some(serve::prepare_rust(&root)?)
+        } else {
+            None
+        };
+        serve::install_signal_thread();
+        let state_root = serve::state_root(a.state_root.as_deref());
+        Ok(Bench {
+            bench,
+            targets,
+            secret,
+            state_root,
+        })
     }
-    Ok(())
-}
 
-// ---- bench sessions ------------------------------------------------------
-
-fn sessions(args: &[String]) -> Result<(), String> {
-    let a = parse_args(args, Mode::Sessions)?;
-    let root = crate::root();
-    let bench = prepare_bench(&root)?;
-    let targets: Vec<Target> = a
-        .targets
-        .iter()
-        .map(|t| Target::resolve(t, &root, &bench))
-        .collect::<Result<_, _>>()?;
-    let secret = if targets.iter().any(|t| t.rust) {
-        let tools = crate::setup::all(&root)?;
-        eprintln!("bench: building the Worker bundle");
-        crate::build(&root, &tools, &[])?;
-        Some(crate::setup::auth_secret(&root)?)
-    } else {
-        None
-    };
-    install_signal_thread();
-    let state_root = state_root(a.state_root.as_deref());
-    eprintln!(
-        "# bench sessions: targets={} rounds={} sessions={} participants={} seconds={} window={} rate={} state under {}",
-        a.targets.join(","),
-        a.rounds,
-        a.gen.sessions,
-        a.gen.participants,
-        a.gen.seconds,
-        a.gen.window,
-        a.gen.rate,
-        state_root.display()
-    );
-    let mut runs: Vec<(String, Report)> = Vec::new();
-    let mut problems = Vec::new();
-    for round in 1..=a.rounds {
-        for t in &targets {
-            let auth = match (&secret, t.rust) {
-                (Some(s), true) => Auth::Secret(s.clone()),
-                _ => Auth::UserParam,
-            };
-            match run_target(t, &bench, &state_root, &a.gen, &auth) {
-                Ok(r) => {
-                    println!("{} {}", t.name, r.to_json());
-                    if r.errors > 0 {
-                        problems.push(format!(
-                            "{} round {round}: {} correctness errors {}",
-                            t.name,
-                            r.errors,
-                            serde_json::json!(r.error_detail)
-                        ));
+    /// `rounds` rounds, each target once per round in the order given:
+    /// serves it, runs `gen(target, port, server pids)`, prints its lines
+    /// (`<target> <json>`), and collects the results and the problems
+    /// (correctness errors, runs that did not run).
+    fn alternate<R: Figures>(
+        &self,
+        rounds: usize,
+        mut gen: impl FnMut(&Target, u16, &[u32]) -> Result<R, String>,
+    ) -> (Vec<(String, R)>, Vec<String>) {
+        let mut runs = Vec::new();
+        let mut problems = Vec::new();
+        for round in 1..=rounds {
+            for t in &self.targets {
+                let result = serve::with_server(
+                    t,
+                    &self.bench,
+                    &self.state_root,
+                    |port, pids| gen(t, port, pids),
+                    |r: &R| r.ok(),
+                );
+                match result {
+                    Ok(r) => {
+                        for line in r.lines() {
+                            println!("{} {line}", t.name);
+                        }
+                        if !r.ok() {
+                            problems.push(format!(
+                                "{} round {round}: {} correctness errors {}",
+                                t.name,
+                                r.errors(),
+                                serde_json::json!(r.error_detail())
+                            ));
+                        }
+                        runs.push((t.name.clone(), r));
                     }
-                    runs.push((t.name.clone(), r));
-                }
-                Err(e) => {
-                    eprintln!("bench: {} round {round}: {e}", t.name);
-                    problems.push(format!("{} round {round}: did not run: {e}", t.name));
+                    Err(e) => {
+                        eprintln!("bench: {} round {round}: {e}", t.name);
+                        problems.push(format!("{} round {round}: did not run: {e}", t.name));
+                    }
                 }
             }
         }
+        (runs, problems)
     }
-    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    let summary = summarize(&names, &runs, &a.gen, &problems);
+
+    fn names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+/// Prints the summary; an error lists the problems.
+fn conclude(summary: &Summary, problems: &[String]) -> Result<(), String> {
     eprint!("{}", summary.table);
     println!("{}", summary.json);
     if problems.is_empty() {
@@ -343,512 +540,16 @@ fn sessions(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Copies `../shared/bench` to `target/bench` (files that differ only) and
-/// runs `npm ci` there when its packages are missing or changed.
-fn prepare_bench(root: &Path) -> Result<PathBuf, String> {
-    let src = root.join("../shared/bench");
-    let src = src
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", src.display()))?;
-    let dest = root.join("target/bench");
-    let changed = sync_tree(&src, &dest)?;
-    if !changed.is_empty() {
-        eprintln!(
-            "bench: copied {} file(s) from {} to {}",
-            changed.len(),
-            src.display(),
-            dest.display()
-        );
-    }
-    let lock_changed = changed
-        .iter()
-        .any(|p| p == Path::new("package-lock.json") || p == Path::new("package.json"));
-    if lock_changed
-        || !dest.join("node_modules/.bin/wrangler").exists()
-        || !dest.join("node_modules/.package-lock.json").exists()
-    {
-        eprintln!("bench: npm ci in {}", dest.display());
-        crate::run(
-            Command::new("npm")
-                .current_dir(&dest)
-                .args(["ci", "--no-audit", "--no-fund"]),
-        )?;
-    }
-    Ok(dest)
+/// `.dev.vars`' `AUTH_SECRET` (the file is created when missing).
+fn dev_secret() -> Result<String, String> {
+    let root = crate::root();
+    crate::setup::dev_vars(&root)?;
+    crate::setup::auth_secret(&root)
 }
 
-/// Makes `dest` hold `src`'s files (except `node_modules`), writing only
-/// those that are missing or differ; returns their relative paths.
-pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
-    fn walk(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-        let here = src.join(rel);
-        fs::create_dir_all(dest.join(rel)).map_err(|e| format!("{}: {e}", dest.display()))?;
-        let mut entries: Vec<_> = fs::read_dir(&here)
-            .map_err(|e| format!("{}: {e}", here.display()))?
-            .filter_map(Result::ok)
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            if name == "node_modules" {
-                continue;
-            }
-            let r = rel.join(&name);
-            let meta = fs::metadata(e.path()).map_err(|err| format!("{}: {err}", r.display()))?;
-            if meta.is_dir() {
-                walk(src, dest, &r, out)?;
-                continue;
-            }
-            let bytes = fs::read(e.path()).map_err(|err| format!("{}: {err}", r.display()))?;
-            let to = dest.join(&r);
-            if fs::read(&to).ok().as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
-            let _ = fs::remove_file(&to); // a read-only copy cannot be overwritten
-            fs::write(&to, &bytes).map_err(|err| format!("{}: {err}", to.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            let mode = if exec { 0o755 } else { 0o644 };
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .map_err(|err| format!("{}: {err}", to.display()))?;
-            out.push(r);
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(src, dest, Path::new(""), &mut out)?;
-    Ok(out)
-}
+// ---- bench sessions / loadgen --------------------------------------------
 
-/// A server to benchmark.
-struct Target {
-    name: String,
-    dir: PathBuf,
-    config: PathBuf,
-    /// This workspace's worker: tokens, created sessions, prebuilt bundle.
-    rust: bool,
-}
-
-impl Target {
-    fn resolve(name: &str, root: &Path, bench: &Path) -> Result<Target, String> {
-        let (label, dir, rust) = match name {
-            "rust" => ("rust".to_owned(), root.to_path_buf(), true),
-            "js-ref" | "party-ref" => (name.to_owned(), bench.join(name), false),
-            path => {
-                let dir = Path::new(path)
-                    .canonicalize()
-                    .map_err(|e| format!("target {path}: {e}"))?;
-                let label = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.to_owned());
-                (label, dir, false)
-            }
-        };
-        let config = ["wrangler.toml", "wrangler.jsonc", "wrangler.json"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.is_file())
-            .ok_or_else(|| format!("target {name}: no wrangler config in {}", dir.display()))?;
-        Ok(Target {
-            name: label,
-            dir,
-            config,
-            rust,
-        })
-    }
-}
-
-fn state_root(given: Option<&Path>) -> PathBuf {
-    let candidates: Vec<PathBuf> = match given {
-        Some(p) => vec![p.to_path_buf()],
-        None => vec![PathBuf::from("/dev/shm"), std::env::temp_dir()],
-    };
-    for c in &candidates {
-        let probe = c.join(format!(".sesh-bench-probe-{}", std::process::id()));
-        if fs::create_dir(&probe).is_ok() {
-            let _ = fs::remove_dir(&probe);
-            return c.clone();
-        }
-    }
-    std::env::temp_dir()
-}
-
-/// A throw-away state folder, removed on drop (or on a signal).
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(root: &Path, name: &str) -> Result<StateDir, String> {
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        for _ in 0..10 {
-            let rand = loadgen::hex(&loadgen::random_bytes::<4>());
-            let p = root.join(format!("sesh-bench-{safe}.{rand}"));
-            if fs::create_dir(&p).is_ok() {
-                *lock(&RUNNING_STATE) = Some(p.clone());
-                return Ok(StateDir(p));
-            }
-        }
-        Err(format!(
-            "could not create a state folder in {}",
-            root.display()
-        ))
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-        let mut running = lock(&RUNNING_STATE);
-        if running.as_ref() == Some(&self.0) {
-            *running = None;
-        }
-    }
-}
-
-/// The server running now and its state folder, for the signal thread.
-static RUNNING_SERVER: Mutex<Option<u32>> = Mutex::new(None);
-static RUNNING_STATE: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The signals a terminal or a supervisor stops the bench with.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set they are given.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
-/// Servers run in process groups of their own, so Ctrl-C (or TERM/HUP)
-/// does not reach them: these signals are blocked in the xtask and a
-/// thread waits for them, stops the running server, removes its state
-/// folder and exits. Children get the signals unblocked again
-/// ([`unblocked_signals`]).
-fn install_signal_thread() {
-    let set = stop_signals();
-    // SAFETY: blocks the signals in this thread and the threads it starts.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    std::thread::spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: waits for one of the blocked signals.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            return;
-        }
-        eprintln!("bench: signal {sig}: stopping the server");
-        if let Some(pid) = lock(&RUNNING_SERVER).take() {
-            stop_group(pid, || {
-                // SAFETY: reaps our own child if it has exited.
-                unsafe {
-                    libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
-                }
-            });
-        }
-        if let Some(state) = lock(&RUNNING_STATE).take() {
-            let _ = fs::remove_dir_all(state);
-        }
-        std::process::exit(128 + sig);
-    });
-}
-
-/// Undoes [`install_signal_thread`]'s blocking in a child before it runs.
-fn unblocked_signals(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: sigprocmask is async-signal-safe, as pre_exec requires.
-    unsafe {
-        cmd.pre_exec(|| {
-            let set = stop_signals();
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-}
-
-/// TERM to the process group `pid` leads and to every process under `pid`;
-/// KILL to those still there after 10 s. `reap` collects our own child.
-fn stop_group(pid: u32, mut reap: impl FnMut()) {
-    let group = pid as i32;
-    let pids = process_tree(pid);
-    // SAFETY: signals only our own child's group and its descendants.
-    unsafe {
-        libc::kill(-group, libc::SIGTERM);
-        for &p in &pids {
-            libc::kill(p as i32, libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut alive = pids;
-    while !alive.is_empty() && Instant::now() < deadline {
-        reap();
-        alive.retain(|&p| is_alive(p));
-        if !alive.is_empty() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    if !alive.is_empty() {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-group, libc::SIGKILL);
-            for &p in &alive {
-                libc::kill(p as i32, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// A server in its own process group; the group and every process under
-/// it are stopped when this is dropped (also on error or panic).
-struct Server {
-    child: Child,
-    stopped: bool,
-    /// Dropped after the processes are gone.
-    _state: StateDir,
-}
-
-impl Server {
-    fn start(mut cmd: Command, state: StateDir) -> Result<Server, String> {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        unblocked_signals(&mut cmd);
-        let shown = format!("{cmd:?}");
-        let mut running = lock(&RUNNING_SERVER);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("could not start {shown}: {e}"))?;
-        *running = Some(child.id());
-        Ok(Server {
-            child,
-            stopped: false,
-            _state: state,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        let pid = self.pid();
-        let child = &mut self.child;
-        stop_group(pid, || {
-            let _ = child.try_wait();
-        });
-        let _ = self.child.wait();
-        let mut running = lock(&RUNNING_SERVER);
-        if *running == Some(pid) {
-            *running = None;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `(parent pid, state)` of a process from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(u32, char)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    let mut f = rest.split(' ');
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-fn is_alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(_, state)| state != 'Z' && state != 'X')
-}
-
-/// `root` and all its descendants.
-fn process_tree(root: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for e in dir.filter_map(Result::ok) {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, _)) = proc_stat(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        if let Some(kids) = children.get(&out[i]) {
-            out.extend(kids);
-        }
-        i += 1;
-    }
-    out
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("free port: {e}"))
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// One run: fresh port and state, migrations, serve, /health, generator.
-fn run_target(
-    t: &Target,
-    bench: &Path,
-    state_root: &Path,
-    gen: &Options,
-    auth: &Auth,
-) -> Result<Report, String> {
-    let port = free_port()?;
-    let state = StateDir::new(state_root, &t.name)?;
-    let log_path = std::env::temp_dir().join(format!("sesh-bench-{}-{port}.log", t.name));
-    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let wrangler = bench.join("node_modules/.bin/wrangler");
-    if t.dir.join("migrations").is_dir() {
-        let out = log.try_clone().map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&wrangler);
-        unblocked_signals(&mut cmd);
-        let status = cmd
-            .current_dir(&t.dir)
-            .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
-            .arg(&state.0)
-            .arg("--config")
-            .arg(&t.config)
-            .env("CI", "true")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .map_err(|e| format!("wrangler d1 migrations apply: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "D1 migrations failed ({status}); log {}:\n{}",
-                log_path.display(),
-                tail(&log_path, 30)
-            ));
-        }
-    }
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&t.dir)
-        .arg(bench.join("serve.mjs"))
-        .arg("--config")
-        .arg(&t.config)
-        .args(["--port", &port.to_string(), "--persist-to"])
-        .arg(&state.0)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    if t.rust {
-        // The xtask has just built the bundle: wrangler's [build] step skips.
-        cmd.env("SESH_PREBUILT", "1");
-    }
-    eprintln!(
-        "bench: {} on http://127.0.0.1:{port} (state {}, log {})",
-        t.name,
-        state.0.display(),
-        log_path.display()
-    );
-    let mut server = Server::start(cmd, state)?;
-    let started = Instant::now();
-    loop {
-        let health = http::request(
-            "127.0.0.1",
-            port,
-            "GET",
-            "/health",
-            &[],
-            b"",
-            Duration::from_secs(2),
-        );
-        if matches!(health, Ok((200, _))) {
-            break;
-        }
-        if server.exited() || started.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
-                "{} did not become healthy on port {port}; last lines of {}:\n{}",
-                t.name,
-                log_path.display(),
-                tail(&log_path, 30)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let pids = process_tree(server.pid());
-    let mut opts = gen.clone();
-    opts.url = format!("http://127.0.0.1:{port}");
-    opts.create_sessions = t.rust;
-    let report = loadgen::run(&opts, auth, &pids);
-    server.stop();
-    match &report {
-        Ok(r) if r.errors == 0 => {
-            let _ = fs::remove_file(&log_path);
-        }
-        _ => eprintln!("bench: server log kept: {}", log_path.display()),
-    }
-    report
-}
-
-// ---- summary -------------------------------------------------------------
-
-/// The per-run figures summarised (as summarize.mjs).
-fn metric(name: &str, r: &Report) -> Option<f64> {
-    let cpu = |k: &str| r.cpu_pct.get(k).copied();
-    match name {
-        "acks_per_s" => Some(r.acks_per_s as f64),
-        "deliveries_per_s" => Some(r.deliveries_per_s as f64),
-        "ack_p50_ms" => r.ack_p50_ms,
-        "ack_p99_ms" => r.ack_p99_ms,
-        "delivery_p50_ms" => r.delivery_p50_ms,
-        "delivery_p99_ms" => r.delivery_p99_ms,
-        "ack_max_ms" => r.ack_max_ms,
-        "ack_share_min" => r.ack_share_min,
-        "errors" => Some(r.errors as f64),
-        "cpu_workerd_pct" => cpu("workerd"),
-        "cpu_proxy_pct" => cpu("workerd_proxy"),
-        "cpu_node_pct" => cpu("node"),
-        "cpu_loadgen_pct" => cpu("loadgen"),
-        "workerd_cpu_us_per_ack" => match (cpu("workerd"), r.acks_per_s) {
-            (Some(w), a) if a > 0 && w > 0.0 => Some(w * 1e4 / a as f64),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-const METRICS: [&str; 14] = [
+const SESSION_METRICS: [&str; 14] = [
     "acks_per_s",
     "deliveries_per_s",
     "ack_p50_ms",
@@ -865,174 +566,238 @@ const METRICS: [&str; 14] = [
     "workerd_cpu_us_per_ack",
 ];
 
-/// The median of `xs` (mean of the middle two when even).
-pub fn median(xs: &[f64]) -> Option<f64> {
-    let mut s = xs.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    match s.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(s[m]),
-        _ => Some((s[m - 1] + s[m]) / 2.0),
+impl Figures for loadgen::Report {
+    /// The per-run figures summarised (as summarize.mjs).
+    fn metric(&self, name: &str) -> Option<f64> {
+        let cpu = |k: &str| self.cpu_pct.get(k).copied();
+        match name {
+            "acks_per_s" => Some(self.acks_per_s as f64),
+            "deliveries_per_s" => Some(self.deliveries_per_s as f64),
+            "ack_p50_ms" => self.ack_p50_ms,
+            "ack_p99_ms" => self.ack_p99_ms,
+            "delivery_p50_ms" => self.delivery_p50_ms,
+            "delivery_p99_ms" => self.delivery_p99_ms,
+            "ack_max_ms" => self.ack_max_ms,
+            "ack_share_min" => self.ack_share_min,
+            "errors" => Some(self.errors as f64),
+            "cpu_workerd_pct" => cpu("workerd"),
+            "cpu_proxy_pct" => cpu("workerd_proxy"),
+            "cpu_node_pct" => cpu("node"),
+            "cpu_loadgen_pct" => cpu("loadgen"),
+            "workerd_cpu_us_per_ack" => match (cpu("workerd"), self.acks_per_s) {
+                (Some(w), a) if a > 0 && w > 0.0 => Some(w * 1e4 / a as f64),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+    fn error_detail(&self) -> BTreeMap<String, u64> {
+        self.error_detail.clone()
+    }
+    fn lines(&self) -> Vec<String> {
+        vec![self.to_json()]
     }
 }
 
-struct Summary {
-    table: String,
-    json: String,
-}
-
-type Stats = BTreeMap<String, BTreeMap<String, f64>>;
-
-fn summarize(
-    names: &[String],
-    runs: &[(String, Report)],
-    gen: &Options,
-    problems: &[String],
-) -> Summary {
-    let mut median_of: Stats = BTreeMap::new();
-    let mut min_of: Stats = BTreeMap::new();
-    let mut max_of: Stats = BTreeMap::new();
-    let mut rounds: BTreeMap<String, usize> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut error_detail: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for n in names {
-        let mine: Vec<&Report> = runs
-            .iter()
-            .filter(|(t, _)| t == n)
-            .map(|(_, r)| r)
-            .collect();
-        rounds.insert(n.clone(), mine.len());
-        errors.insert(n.clone(), mine.iter().map(|r| r.errors).sum());
-        let detail = error_detail.entry(n.clone()).or_default();
-        for r in &mine {
-            for (k, v) in &r.error_detail {
-                *detail.entry(k.clone()).or_default() += v;
-            }
-        }
-        for m in METRICS {
-            let xs: Vec<f64> = mine.iter().filter_map(|r| metric(m, r)).collect();
-            if let Some(med) = median(&xs) {
-                let round3 = |x: f64| loadgen::round_to(x, 3);
-                median_of
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(m.into(), round3(med));
-                let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                min_of
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(m.into(), round3(lo));
-                max_of
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(m.into(), round3(hi));
-            }
-        }
-    }
-    // Ratios: rust to each other target (or the first target to the rest).
-    let base = names
-        .iter()
-        .find(|n| *n == "rust")
-        .or(names.first())
-        .cloned()
-        .unwrap_or_default();
-    let mut ratios: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-    for other in names.iter().filter(|n| **n != base) {
-        let mut r = BTreeMap::new();
-        for m in METRICS {
-            let a = median_of.get(&base).and_then(|x| x.get(m));
-            let b = median_of.get(other).and_then(|x| x.get(m));
-            if let (Some(a), Some(b)) = (a, b) {
-                if *b != 0.0 {
-                    r.insert(m.to_owned(), loadgen::round_to(a / b, 3));
-                }
-            }
-        }
-        ratios.insert(format!("{base}/{other}"), r);
-    }
-    use serde_json::json;
-    let json = loadgen::ordered_object(&[
-        ("summary", json!("bench sessions")),
-        (
-            "shape",
-            json!({
-                "sessions": gen.sessions, "participants": gen.participants,
-                "seconds": gen.seconds, "window": gen.window, "rate": gen.rate,
-            }),
-        ),
-        ("rounds", json!(rounds)),
-        ("median", json!(median_of)),
-        ("min", json!(min_of)),
-        ("max", json!(max_of)),
-        ("ratio", json!(ratios)),
-        ("errors", json!(errors)),
-        ("error_detail", json!(error_detail)),
-        ("ok", json!(problems.is_empty())),
-    ]);
-
-    // The table, as summarize.mjs prints it.
-    let fmt = |x: f64| {
-        if x.fract() == 0.0 {
-            format!("{x}")
-        } else {
-            format!("{x:.2}")
-        }
+fn loadgen_only(a: Args<loadgen::Options>) -> Result<(), String> {
+    let auth = if a.tokens {
+        loadgen::Auth::Secret(dev_secret()?)
+    } else {
+        loadgen::Auth::UserParam
     };
-    let others: Vec<&String> = names.iter().filter(|n| **n != base).collect();
-    let mut header = vec!["metric".to_owned()];
-    header.extend(names.iter().cloned());
-    header.extend(others.iter().map(|o| format!("{base}/{o}")));
-    let mut rows = vec![header];
-    for m in METRICS {
-        let mut row = vec![m.to_owned()];
-        for n in names {
-            let cell = match (
-                median_of.get(n).and_then(|x| x.get(m)),
-                min_of.get(n).and_then(|x| x.get(m)),
-                max_of.get(n).and_then(|x| x.get(m)),
-            ) {
-                (Some(a), Some(lo), Some(hi)) => {
-                    format!("{} [{}..{}]", fmt(*a), fmt(*lo), fmt(*hi))
-                }
-                _ => "-".into(),
-            };
-            row.push(cell);
-        }
-        for o in &others {
-            let key = format!("{base}/{o}");
-            row.push(
-                ratios
-                    .get(&key)
-                    .and_then(|r| r.get(m))
-                    .map_or("-".into(), |x| fmt(*x)),
-            );
-        }
-        rows.push(row);
+    let report = loadgen::run(&a.gen, &auth, &a.watch_pids)?;
+    println!("{}", report.to_json());
+    if report.errors > 0 {
+        return Err(format!("{} correctness errors", report.errors));
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut table = format!(
-        "\nsessions={} participants={} seconds={} window={} rate={}; median [min..max] over rounds {}\n",
-        gen.sessions,
-        gen.participants,
-        gen.seconds,
-        gen.window,
-        gen.rate,
-        json!(rounds)
+    Ok(())
+}
+
+fn sessions(a: Args<loadgen::Options>) -> Result<(), String> {
+    let b = Bench::prepare(&a)?;
+    let g = &a.gen;
+    eprintln!(
+        "# bench sessions: targets={} rounds={} sessions={} participants={} seconds={} window={} rate={} state under {}",
+        a.targets.join(","),
+        a.rounds,
+        g.sessions,
+        g.participants,
+        g.seconds,
+        g.window,
+        g.rate,
+        b.state_root.display()
     );
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        table.push_str(cells.join("  ").trim_end());
-        table.push('\n');
+    let (runs, problems) = b.alternate(a.rounds, |t, port, pids| {
+        let auth = match (&b.secret, t.rust) {
+            (Some(s), true) => loadgen::Auth::Secret(s.clone()),
+            _ => loadgen::Auth::UserParam,
+        };
+        let mut opts = g.clone();
+        opts.url = format!("http://127.0.0.1:{port}");
+        opts.create_sessions = t.rust;
+        loadgen::run(&opts, &auth, pids)
+    });
+    let shape = serde_json::json!({
+        "sessions": g.sessions, "participants": g.participants,
+        "seconds": g.seconds, "window": g.window, "rate": g.rate,
+    });
+    let heading = format!(
+        "sessions={} participants={} seconds={} window={} rate={}",
+        g.sessions, g.participants, g.seconds, g.window, g.rate
+    );
+    let summary = summary::compare(
+        "bench sessions",
+        shape,
+        &heading,
+        &b.names(),
+        &runs,
+        &SESSION_METRICS,
+        &problems,
+    );
+    conclude(&summary, &problems)
+}
+
+// ---- bench quota / quotagen ----------------------------------------------
+
+fn quotagen_only(a: Args<quota::Options>) -> Result<(), String> {
+    let auth = if a.tokens {
+        quota::Auth::Service(dev_secret()?)
+    } else {
+        quota::Auth::None
+    };
+    let report = quota::run(&a.gen, &auth, &a.watch_pids);
+    println!("{}", report.to_json());
+    if !report.ok() {
+        return Err(format!(
+            "{} correctness errors{}",
+            report.errors,
+            if report.exact_ok == Some(false) {
+                ", exact_ok false"
+            } else {
+                ""
+            }
+        ));
     }
-    Summary { table, json }
+    Ok(())
+}
+
+fn quota_bench(a: Args<quota::Options>) -> Result<(), String> {
+    let b = Bench::prepare(&a)?;
+    let g = &a.gen;
+    let shape = if g.exact > 0 {
+        serde_json::json!({
+            "exact_R": g.exact, "fired": 2 * g.exact, "plan": g.plan(),
+            "resource": g.resource().name(),
+        })
+    } else {
+        serde_json::json!({
+            "subjects": g.subjects, "concurrency": g.concurrency, "seconds": g.seconds,
+            "plan": g.plan(), "resource": g.resource().name(), "cost": g.cost,
+            "callers": g.callers,
+        })
+    };
+    let heading = if g.exact > 0 {
+        format!(
+            "quota exact R={} ({} concurrent checks) plan={} resource={}",
+            g.exact,
+            2 * g.exact,
+            g.plan(),
+            g.resource().name()
+        )
+    } else {
+        format!(
+            "quota subjects={} concurrency={} seconds={} plan={} resource={} cost={}",
+            g.subjects,
+            g.concurrency,
+            g.seconds,
+            g.plan(),
+            g.resource().name(),
+            g.cost
+        )
+    };
+    eprintln!(
+        "# bench quota: targets={} rounds={} {heading}; state under {}",
+        a.targets.join(","),
+        a.rounds,
+        b.state_root.display()
+    );
+    let (runs, problems) = b.alternate(a.rounds, |_t, port, pids| {
+        // The same service tokens for every target: the rust worker needs
+        // them, quota-ref ignores them.
+        let auth = match &b.secret {
+            Some(s) => quota::Auth::Service(s.clone()),
+            None => quota::Auth::None,
+        };
+        let mut opts = g.clone();
+        opts.url = format!("http://127.0.0.1:{port}");
+        Ok(quota::run(&opts, &auth, pids))
+    });
+    let metrics: &[&str] = if g.exact > 0 {
+        &quota::EXACT_METRICS
+    } else {
+        &quota::LOAD_METRICS
+    };
+    let summary = summary::compare(
+        "bench quota",
+        shape,
+        &heading,
+        &b.names(),
+        &runs,
+        metrics,
+        &problems,
+    );
+    conclude(&summary, &problems)
+}
+
+// ---- bench presence / presencegen ----------------------------------------
+
+fn presencegen_only(a: Args<presence::Options>) -> Result<(), String> {
+    let report = presence::run(&a.gen, &dev_secret()?, &a.watch_pids);
+    let problems: Vec<String> = if report.ok() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{} correctness errors {}",
+            report.errors(),
+            serde_json::json!(report.error_detail())
+        )]
+    };
+    for line in report.lines() {
+        println!("{line}");
+    }
+    conclude(
+        &presence::summarize(&a.gen, &[report], &problems),
+        &problems,
+    )
+}
+
+fn presence_bench(a: Args<presence::Options>) -> Result<(), String> {
+    let b = Bench::prepare(&a)?;
+    let secret = b
+        .secret
+        .clone()
+        .ok_or("bench presence needs the rust target")?;
+    let g = &a.gen;
+    eprintln!(
+        "# bench presence: rounds={} users={} concurrency={} seconds={} batch={} callers={}; state under {}",
+        a.rounds,
+        g.users,
+        g.concurrency,
+        g.seconds,
+        g.batch,
+        g.callers(),
+        b.state_root.display()
+    );
+    let (runs, problems) = b.alternate(a.rounds, |_t, port, pids| {
+        let mut opts = g.clone();
+        opts.url = format!("http://127.0.0.1:{port}");
+        Ok(presence::run(&opts, &secret, pids))
+    });
+    let reports: Vec<presence::Report> = runs.into_iter().map(|(_, r)| r).collect();
+    conclude(&presence::summarize(g, &reports, &problems), &problems)
 }
 
 #[cfg(test)]
@@ -1044,8 +809,30 @@ mod tests {
     }
 
     #[test]
+    fn option_splitting() {
+        let got = options(&args("--a 1 --b=2 --flag --c= --d=x=y"), &["--flag"]).unwrap();
+        let want: Vec<(String, String)> = [
+            ("--a", "1"),
+            ("--b", "2"),
+            ("--flag", ""),
+            ("--c", ""),
+            ("--d", "x=y"),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(options(&args("--flag=1"), &["--flag"]).is_err());
+        assert!(options(&args("--a"), &[]).is_err(), "a missing value");
+        assert!(
+            options(&args("x"), &[]).is_err(),
+            "a bare word takes the next as its value"
+        );
+    }
+
+    #[test]
     fn bench_defaults() {
-        let a = parse_args(&[], Mode::Sessions).unwrap();
+        let a = parse_sessions(&[], Mode::Bench).unwrap();
         assert_eq!(a.targets, vec!["rust", "js-ref"]);
         assert_eq!(a.rounds, 1);
         assert_eq!(a.gen.sessions, 4);
@@ -1062,7 +849,7 @@ mod tests {
             args("--sessions 1 --participants=10 --seconds 3 --window 2 --rate 50 --rounds 3");
         v.push("--targets".into());
         v.push("rust  js-ref,party-ref".into());
-        let a = parse_args(&v, Mode::Sessions).unwrap();
+        let a = parse_sessions(&v, Mode::Bench).unwrap();
         assert_eq!(a.gen.sessions, 1);
         assert_eq!(a.gen.participants, 10);
         assert_eq!(a.gen.seconds, 3.0);
@@ -1071,7 +858,7 @@ mod tests {
         assert_eq!(a.rounds, 3);
         assert_eq!(a.targets, vec!["rust", "js-ref", "party-ref"]);
         // --create-sessions is decided per target in bench sessions
-        let a = parse_args(&args("--create-sessions"), Mode::Sessions).unwrap();
+        let a = parse_sessions(&args("--create-sessions"), Mode::Bench).unwrap();
         assert!(!a.gen.create_sessions);
     }
 
@@ -1092,24 +879,24 @@ mod tests {
             "--tokens",
             "--create-sessions=yes",
         ] {
-            assert!(parse_args(&args(bad), Mode::Sessions).is_err(), "{bad}");
+            assert!(parse_sessions(&args(bad), Mode::Bench).is_err(), "{bad}");
         }
-        assert!(parse_args(&["--targets".into(), " ".into()], Mode::Sessions).is_err());
-        assert!(parse_args(&args("--rounds 2"), Mode::Loadgen).is_err());
+        assert!(parse_sessions(&["--targets".into(), " ".into()], Mode::Bench).is_err());
+        assert!(parse_sessions(&args("--rounds 2"), Mode::Gen).is_err());
         assert!(
-            parse_args(&args("--sessions 2"), Mode::Loadgen).is_err(),
+            parse_sessions(&args("--sessions 2"), Mode::Gen).is_err(),
             "no --url"
         );
-        assert!(parse_args(&args("--url ws://x:1"), Mode::Loadgen).is_err());
+        assert!(parse_sessions(&args("--url ws://x:1"), Mode::Gen).is_err());
     }
 
     #[test]
     fn loadgen_options() {
-        let a = parse_args(
+        let a = parse_sessions(
             &args(
                 "--url http://127.0.0.1:9000/ --create-sessions --watch-pids 1,22 --user-prefix u",
             ),
-            Mode::Loadgen,
+            Mode::Gen,
         )
         .unwrap();
         assert_eq!(a.gen.url, "http://127.0.0.1:9000");
@@ -1117,68 +904,105 @@ mod tests {
         assert!(a.tokens, "--create-sessions needs tokens");
         assert_eq!(a.watch_pids, vec![1, 22]);
         assert_eq!(a.gen.user_prefix.as_deref(), Some("u"));
-        assert!(parse_args(&args("--url http://x:1 --watch-pids 1,a"), Mode::Loadgen).is_err());
+        assert!(parse_sessions(&args("--url http://x:1 --watch-pids 1,a"), Mode::Gen).is_err());
     }
 
     #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn summary_ratios_are_rust_over_the_others() {
-        let rep = |acks: u64, p99: f64| Report {
-            acks_per_s: acks,
-            delivery_p99_ms: Some(p99),
-            ..Report::default()
-        };
-        let runs = vec![
-            ("rust".to_owned(), rep(100, 20.0)),
-            ("js-ref".to_owned(), rep(200, 10.0)),
-            ("rust".to_owned(), rep(300, 40.0)),
-            ("js-ref".to_owned(), rep(200, 10.0)),
-        ];
-        let names = vec!["rust".to_owned(), "js-ref".to_owned()];
-        let s = summarize(&names, &runs, &Options::default(), &[]);
-        let v: serde_json::Value = serde_json::from_str(&s.json).unwrap();
-        assert_eq!(v["median"]["rust"]["acks_per_s"], 200.0);
-        assert_eq!(v["min"]["rust"]["acks_per_s"], 100.0);
-        assert_eq!(v["max"]["rust"]["delivery_p99_ms"], 40.0);
-        assert_eq!(v["ratio"]["rust/js-ref"]["acks_per_s"], 1.0);
-        assert_eq!(v["ratio"]["rust/js-ref"]["delivery_p99_ms"], 3.0);
-        assert_eq!(v["rounds"]["rust"], 2);
-        assert_eq!(v["ok"], true);
-        assert!(s.table.contains("rust/js-ref"), "{}", s.table);
-    }
-
-    #[test]
-    fn sync_tree_copies_only_what_differs() {
-        let base = std::env::temp_dir().join(format!("xtask-sync-{}", std::process::id()));
-        let (src, dest) = (base.join("src"), base.join("dest"));
-        fs::create_dir_all(src.join("sub")).unwrap();
-        fs::create_dir_all(src.join("node_modules")).unwrap();
-        fs::write(src.join("a.txt"), "a").unwrap();
-        fs::write(src.join("sub/b.txt"), "b").unwrap();
-        fs::write(src.join("node_modules/x"), "x").unwrap();
-        let first = sync_tree(&src, &dest).unwrap();
+    fn quota_defaults_follow_the_mode() {
+        let a = parse_quota(&[], Mode::Bench).unwrap();
+        assert_eq!(a.targets, vec!["rust", "quota-ref"]);
+        assert_eq!(a.rounds, 1);
+        let g = &a.gen;
+        assert_eq!((g.subjects, g.concurrency, g.seconds), (100, 16, 10.0));
         assert_eq!(
-            first,
-            vec![PathBuf::from("a.txt"), PathBuf::from("sub/b.txt")]
+            (g.plan(), g.resource()),
+            ("enterprise", quota::Resource::Api)
         );
-        assert!(!dest.join("node_modules/x").exists());
+        assert_eq!((g.cost, g.callers, g.exact), (1, 1, 0));
+        // exact mode: free plan, points, unless given
+        let e = parse_quota(&args("--exact 50"), Mode::Bench).unwrap().gen;
+        assert_eq!(e.exact, 50);
+        assert_eq!((e.plan(), e.resource()), ("free", quota::Resource::Points));
+        let e = parse_quota(
+            &args("--exact 5 --plan pro --resource sessions"),
+            Mode::Bench,
+        )
+        .unwrap()
+        .gen;
+        assert_eq!((e.plan(), e.resource()), ("pro", quota::Resource::Sessions));
+    }
+
+    #[test]
+    fn quota_options() {
+        let a = parse_quota(
+            &args("--subjects 1 --concurrency=4 --seconds 2.5 --plan pro --resource points --cost 3 --callers 8 --rounds 2 --subject-prefix s"),
+            Mode::Bench,
+        )
+        .unwrap();
+        let g = &a.gen;
+        assert_eq!((g.subjects, g.concurrency, g.seconds), (1, 4, 2.5));
+        assert_eq!((g.plan(), g.resource()), ("pro", quota::Resource::Points));
+        assert_eq!((g.cost, g.callers, a.rounds), (3, 8, 2));
+        assert_eq!(g.subject_prefix.as_deref(), Some("s"));
+        let a = parse_quota(&args("--url http://127.0.0.1:5/ --tokens"), Mode::Gen).unwrap();
+        assert_eq!(a.gen.url, "http://127.0.0.1:5");
+        assert!(a.tokens);
+        for bad in [
+            "--subjects 0",
+            "--concurrency x",
+            "--exact -1",
+            "--exact 0",
+            "--exact 5 --resource api",
+            "--resource cpu",
+            "--plan",
+            "--cost 0",
+            "--tokens",
+            "--url http://127.0.0.1:1",
+            "--sessions 4",
+        ] {
+            assert!(parse_quota(&args(bad), Mode::Bench).is_err(), "{bad}");
+        }
         assert!(
-            sync_tree(&src, &dest).unwrap().is_empty(),
-            "same: nothing copied"
+            parse_quota(&args("--subjects 1"), Mode::Gen).is_err(),
+            "no --url"
         );
-        fs::write(src.join("sub/b.txt"), "b2").unwrap();
+    }
+
+    #[test]
+    fn presence_options() {
+        let a = parse_presence(&[], Mode::Bench).unwrap();
+        assert_eq!(a.targets, vec!["rust"]);
+        let g = &a.gen;
         assert_eq!(
-            sync_tree(&src, &dest).unwrap(),
-            vec![PathBuf::from("sub/b.txt")]
+            (g.users, g.seconds, g.concurrency, g.batch),
+            (200, 10.0, 16, 100)
         );
-        assert_eq!(fs::read_to_string(dest.join("sub/b.txt")).unwrap(), "b2");
-        let _ = fs::remove_dir_all(&base);
+        assert_eq!(g.callers(), 200, "the users are the callers by default");
+        let a = parse_presence(
+            &args("--users 150 --seconds 2 --concurrency 4 --batch 50 --callers 40 --rounds 2"),
+            Mode::Bench,
+        )
+        .unwrap();
+        let g = &a.gen;
+        assert_eq!(
+            (g.users, g.seconds, g.concurrency, g.batch),
+            (150, 2.0, 4, 50)
+        );
+        assert_eq!((g.callers(), a.rounds), (40, 2));
+        for bad in [
+            "--users 0",
+            "--batch 101",
+            "--users 50",
+            "--users 99 --batch 100",
+            "--targets rust",
+            "--tokens",
+            "--seconds -2",
+        ] {
+            assert!(parse_presence(&args(bad), Mode::Bench).is_err(), "{bad}");
+        }
+        let a =
+            parse_presence(&args("--url http://127.0.0.1:8787 --users 100"), Mode::Gen).unwrap();
+        assert_eq!(a.gen.url, "http://127.0.0.1:8787");
+        assert!(parse_presence(&[], Mode::Gen).is_err(), "no --url");
     }
 }

@@ -26,6 +26,10 @@ usage: cargo xtask <command>
   setup                only install what is missing
   bench sessions [--targets \"rust js-ref party-ref\"] [--rounds N] [generator options]
                        session WebSocket benchmark against the JS references
+  bench quota [--targets \"rust quota-ref\"] [--rounds N] [--exact R] [generator options]
+                       quota check benchmark beside quota-ref
+  bench presence [--users N] [--seconds T] [--concurrency C] [--callers K]
+                       presence reads (single, batch of 100) and heartbeats
                        (`cargo xtask bench --help` for the options)
 ";
 

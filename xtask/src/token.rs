@@ -22,6 +22,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let root = root();
     setup::dev_vars(&root)?;
     let secret = setup::auth_secret(&root)?;
+    println!("{}", mint(&secret, user, plan, role, ttl)?);
+    Ok(())
+}
+
+/// An HS256 token for `user` on `plan` (with `role` if given), valid for
+/// `ttl` seconds.
+pub fn mint(
+    secret: &str,
+    user: &str,
+    plan: &str,
+    role: Option<&str>,
+    ttl: u64,
+) -> Result<String, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
@@ -35,12 +48,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(r) = role {
         claims["role"] = r.into();
     }
-    let token = encode(
+    encode(
         &Header::default(),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-    .map_err(|e| format!("signing failed: {e}"))?;
-    println!("{token}");
-    Ok(())
+    .map_err(|e| format!("signing failed: {e}"))
 }

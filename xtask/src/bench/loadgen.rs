@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::cpu::{cpu_report, cpu_snapshot};
 use super::http;
 
 /// What to run (see `cargo xtask bench --help`).
@@ -242,19 +243,7 @@ pub fn uuid_v7() -> String {
 
 /// An HS256 token for `user` on the enterprise plan, valid for an hour.
 pub fn mint_token(secret: &str, user: &str) -> Result<String, String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs();
-    let claims = serde_json::json!({
-        "sub": user, "plan": "enterprise", "iat": now, "exp": now + 3600,
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| format!("signing a token failed: {e}"))
+    crate::token::mint(secret, user, "enterprise", None, 3600)
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters.
@@ -769,65 +758,6 @@ fn error_code(e: &tungstenite::Error) -> String {
         tungstenite::Error::Url(_) => "Url".into(),
         _ => "other".into(),
     }
-}
-
-// ---- CPU (/proc) ---------------------------------------------------------
-
-const CLK_TCK: f64 = 100.0;
-
-/// `(name, utime + stime ticks)` of a process.
-fn proc_cpu(pid: u32, port: u16) -> Option<(String, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let mut comm = s[open + 1..close].to_owned();
-    let f: Vec<&str> = s.get(close + 2..)?.split(' ').collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    if comm == "workerd" {
-        // wrangler runs two: a proxy on the public port and the runtime.
-        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let needle = format!("entry=127.0.0.1:{port}");
-        if String::from_utf8_lossy(&args).contains(&needle) {
-            comm = "workerd_proxy".into();
-        }
-    }
-    Some((comm, ticks))
-}
-
-struct CpuSnapshot {
-    at: Instant,
-    procs: BTreeMap<u32, (String, u64)>,
-    own: u64,
-}
-
-fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
-    let procs = pids
-        .iter()
-        .filter_map(|&p| proc_cpu(p, port).map(|c| (p, c)))
-        .collect();
-    let own = proc_cpu(std::process::id(), 0).map_or(0, |c| c.1);
-    CpuSnapshot {
-        at: Instant::now(),
-        procs,
-        own,
-    }
-}
-
-fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot) -> BTreeMap<String, f64> {
-    let secs = (b.at - a.at).as_secs_f64().max(1e-9);
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for (pid, (comm, t1)) in &b.procs {
-        if let Some((_, t0)) = a.procs.get(pid) {
-            let pct = t1.saturating_sub(*t0) as f64 / CLK_TCK / secs * 100.0;
-            *out.entry(comm.clone()).or_default() += pct;
-        }
-    }
-    for v in out.values_mut() {
-        *v = round_to(*v, 1);
-    }
-    let own = b.own.saturating_sub(a.own) as f64 / CLK_TCK / secs * 100.0;
-    out.insert("loadgen".into(), round_to(own, 1));
-    out
 }
 
 // ---- run -----------------------------------------------------------------

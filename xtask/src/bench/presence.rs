@@ -1,0 +1,1007 @@
+//! Presence load generator and checker, run in-process by `cargo xtask
+//! bench presence` against the Rust service (there is no reference).
+//!
+//! N users each heartbeat once with their own token (`setup`); then three
+//! phases of `seconds` each keep `concurrency` requests in flight over
+//! keep-alive connections: `single` (`GET /v1/presence/{id}`), `batch`
+//! (`GET /v1/presence?users=<batch ids>`) and `heartbeat` (`POST
+//! /v1/presence/heartbeat`, each user with its own token), each with its
+//! own figures. Reads rotate over `callers` caller tokens (by default the N
+//! users themselves), so that no caller comes near the enterprise plan's
+//! 100 requests/s: every request is charged to its caller.
+//!
+//! Errors (per phase): answers other than 200 (a 429 is also counted in
+//! `rate_limited`), bodies that are not JSON or not presence objects, a
+//! presence of another user than asked, a user shown without the status
+//! `online`, activity `bench` and a `lastSeen` while its last heartbeat is
+//! recent, batch answers not of the length asked, in another order, or
+//! with other users, transport errors, and requests still unanswered after
+//! the drain.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::drive::{closed_loop, open_all, Answer, Until};
+use super::http::{self, request_bytes, KeepAlive};
+use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
+use super::summary::Figures;
+
+/// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// A user is expected present while its last heartbeat (sent) is younger
+/// than the TTL minus this margin.
+const TTL_MARGIN: Duration = Duration::from_secs(10);
+/// `MAX_PRESENCE_BATCH`.
+pub const MAX_BATCH: usize = 100;
+const HEARTBEAT_BODY: &[u8] = br#"{"status":"online","activity":"bench"}"#;
+
+/// What to run (see `cargo xtask bench --help`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// `http://host:port` of the server.
+    pub url: String,
+    pub users: usize,
+    /// Length of each phase.
+    pub seconds: f64,
+    pub concurrency: usize,
+    /// Caller tokens reads rotate over; `None` = the users themselves.
+    pub callers: Option<usize>,
+    /// Ids per batch read.
+    pub batch: usize,
+    /// After each phase, seconds to wait for requests in flight.
+    pub drain_seconds: f64,
+    /// User ids are `<prefix>-u<i>`; default `pres-<random hex>`.
+    pub user_prefix: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            url: "http://127.0.0.1:8787".into(),
+            users: 200,
+            seconds: 10.0,
+            concurrency: 16,
+            callers: None,
+            batch: MAX_BATCH,
+            drain_seconds: 10.0,
+            user_prefix: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn callers(&self) -> usize {
+        self.callers.unwrap_or(self.users)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch > MAX_BATCH {
+            return Err(format!("--batch takes at most {MAX_BATCH} ids"));
+        }
+        if self.batch > self.users {
+            return Err(format!(
+                "--batch {} needs at least as many --users ({})",
+                self.batch, self.users
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Setup,
+    Single,
+    Batch,
+    Heartbeat,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Single => "single",
+            Phase::Batch => "batch",
+            Phase::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+// ---- checks --------------------------------------------------------------
+
+/// What a presence object is expected to show.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect<'a> {
+    pub user: &'a str,
+    /// The user's last heartbeat is recent: `online`, activity `bench`,
+    /// and a `lastSeen`.
+    pub present: bool,
+}
+
+/// Checks one presence object; the error code when it is wrong.
+pub fn check_presence(v: &Value, want: Expect<'_>) -> Result<(), &'static str> {
+    let Some(o) = v.as_object() else {
+        return Err("bad_presence");
+    };
+    let status = o.get("status").and_then(Value::as_str);
+    let shape_ok = o.get("userId").is_some_and(Value::is_string)
+        && matches!(status, Some("online" | "away" | "busy" | "offline"))
+        && o.get("connections").and_then(Value::as_u64).is_some()
+        && o.get("lastSeen").is_none_or(Value::is_string)
+        && o.get("activity").is_none_or(Value::is_string);
+    if !shape_ok {
+        return Err("bad_presence");
+    }
+    if o["userId"].as_str() != Some(want.user) {
+        return Err("wrong_userId");
+    }
+    if want.present
+        && (status != Some("online")
+            || o.get("activity").and_then(Value::as_str) != Some("bench")
+            || o.get("lastSeen").is_none())
+    {
+        return Err("stale_presence");
+    }
+    Ok(())
+}
+
+/// The order check of a batch answer: the ids answered must be the ids
+/// asked, in the order asked.
+pub fn order_check(asked: &[&str], got: &[&str]) -> Result<(), &'static str> {
+    if asked.len() != got.len() {
+        return Err("batch_wrong_length");
+    }
+    if asked == got {
+        return Ok(());
+    }
+    let (mut a, mut g) = (asked.to_vec(), got.to_vec());
+    a.sort_unstable();
+    g.sort_unstable();
+    Err(if a == g {
+        "batch_out_of_order"
+    } else {
+        "batch_wrong_users"
+    })
+}
+
+/// Checks a batch answer's body against the ids asked; the error codes
+/// (one per bad presence object, plus the order check's).
+pub fn check_batch(
+    v: &Value,
+    asked: &[&str],
+    present: impl Fn(usize) -> bool,
+) -> Vec<&'static str> {
+    let Some(users) = v.get("users").and_then(Value::as_array) else {
+        return vec!["batch_without_users"];
+    };
+    let got: Vec<&str> = users
+        .iter()
+        .map(|u| u.get("userId").and_then(Value::as_str).unwrap_or(""))
+        .collect();
+    let mut errors = Vec::new();
+    if let Err(e) = order_check(asked, &got) {
+        errors.push(e);
+    }
+    for (i, u) in users.iter().enumerate() {
+        // The id itself is the order check's business.
+        let user = got[i];
+        let present = asked.get(i) == Some(&user) && present(i);
+        if let Err(e) = check_presence(u, Expect { user, present }) {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// The ids of batch number `k`: `batch` consecutive users from a rotating
+/// start, reversed every other batch (so that a server that sorts shows).
+pub fn batch_ids(k: u64, users: usize, batch: usize) -> Vec<usize> {
+    let start = (k as usize).wrapping_mul(7) % users;
+    let mut ids: Vec<usize> = (0..batch).map(|j| (start + j) % users).collect();
+    if k % 2 == 1 {
+        ids.reverse();
+    }
+    ids
+}
+
+// ---- report --------------------------------------------------------------
+
+/// The figures of one phase: one JSON line.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub requests_per_s: u64,
+    /// Presence objects read per second (reads only).
+    pub reads_per_s: Option<u64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub errors: u64,
+    pub rate_limited: u64,
+    /// Answers in the window (all of them for `setup`).
+    pub requests: u64,
+    pub answers_total: u64,
+    pub seconds: f64,
+    pub concurrency: usize,
+    pub users: usize,
+    pub batch: Option<usize>,
+    pub callers: usize,
+    /// The busiest caller's requests per second (the enterprise plan allows
+    /// 100 after a burst of 1000).
+    pub max_caller_req_per_s: f64,
+    pub error_detail: BTreeMap<String, u64>,
+    pub cpu_pct: BTreeMap<String, f64>,
+}
+
+impl PhaseReport {
+    pub fn to_json(&self) -> String {
+        ordered_object(&[
+            ("phase", json!(self.phase)),
+            ("requests_per_s", json!(self.requests_per_s)),
+            ("reads_per_s", json!(self.reads_per_s)),
+            ("p50_ms", json!(self.p50_ms)),
+            ("p99_ms", json!(self.p99_ms)),
+            ("max_ms", json!(self.max_ms)),
+            ("errors", json!(self.errors)),
+            ("rate_limited", json!(self.rate_limited)),
+            ("requests", json!(self.requests)),
+            ("answers_total", json!(self.answers_total)),
+            ("seconds", json!(self.seconds)),
+            ("concurrency", json!(self.concurrency)),
+            ("users", json!(self.users)),
+            ("batch", json!(self.batch)),
+            ("callers", json!(self.callers)),
+            ("max_caller_req_per_s", json!(self.max_caller_req_per_s)),
+            ("error_detail", json!(self.error_detail)),
+            ("cpu_pct", json!(self.cpu_pct)),
+            ("generator", json!("xtask")),
+        ])
+    }
+}
+
+pub const METRICS: [&str; 11] = [
+    "requests_per_s",
+    "reads_per_s",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "rate_limited",
+    "max_caller_req_per_s",
+    "cpu_workerd_pct",
+    "cpu_proxy_pct",
+    "cpu_loadgen_pct",
+];
+
+impl Figures for PhaseReport {
+    fn metric(&self, name: &str) -> Option<f64> {
+        let cpu = |k: &str| self.cpu_pct.get(k).copied();
+        match name {
+            "requests_per_s" => Some(self.requests_per_s as f64),
+            "reads_per_s" => self.reads_per_s.map(|x| x as f64),
+            "p50_ms" => self.p50_ms,
+            "p99_ms" => self.p99_ms,
+            "max_ms" => self.max_ms,
+            "errors" => Some(self.errors as f64),
+            "rate_limited" => Some(self.rate_limited as f64),
+            "max_caller_req_per_s" => Some(self.max_caller_req_per_s),
+            "cpu_workerd_pct" => cpu("workerd"),
+            "cpu_proxy_pct" => cpu("workerd_proxy"),
+            "cpu_loadgen_pct" => cpu("loadgen"),
+            _ => None,
+        }
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+    fn error_detail(&self) -> BTreeMap<String, u64> {
+        self.error_detail.clone()
+    }
+    fn lines(&self) -> Vec<String> {
+        vec![self.to_json()]
+    }
+}
+
+/// One run: its phases, or why it stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub phases: Vec<PhaseReport>,
+    pub fatal: Option<String>,
+}
+
+impl Figures for Report {
+    fn metric(&self, _name: &str) -> Option<f64> {
+        None
+    }
+    fn errors(&self) -> u64 {
+        self.phases.iter().map(|p| p.errors).sum::<u64>() + u64::from(self.fatal.is_some())
+    }
+    fn error_detail(&self) -> BTreeMap<String, u64> {
+        let mut d = BTreeMap::new();
+        for p in &self.phases {
+            for (k, v) in &p.error_detail {
+                *d.entry(format!("{}:{k}", p.phase)).or_default() += v;
+            }
+        }
+        d
+    }
+    fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.phases.iter().map(PhaseReport::to_json).collect();
+        if let Some(f) = &self.fatal {
+            lines.push(ordered_object(&[
+                ("fatal", json!(f)),
+                ("generator", json!("xtask")),
+            ]));
+        }
+        lines
+    }
+}
+
+// ---- run -----------------------------------------------------------------
+
+struct User {
+    id: String,
+    auth: String,
+    /// When its last accepted heartbeat was sent.
+    heartbeat: Option<Instant>,
+}
+
+struct Run<'a> {
+    opts: &'a Options,
+    users: Vec<User>,
+    /// Caller authorization headers for reads.
+    callers: Vec<String>,
+}
+
+impl Run<'_> {
+    fn present(&self, user: usize, now: Instant) -> bool {
+        self.users[user]
+            .heartbeat
+            .is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
+    }
+}
+
+/// What one request was, for checking its answer.
+enum Job {
+    Single { caller: usize, user: usize },
+    Batch { caller: usize, ids: Vec<usize> },
+    Heartbeat { user: usize, sent: Instant },
+}
+
+/// Per-phase tallies.
+#[derive(Default)]
+struct Tally {
+    lat: Vec<f64>,
+    in_window: u64,
+    reads: u64,
+    total: u64,
+    rate_limited: u64,
+    per_caller: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn fail(&mut self, code: &str) {
+        *self.errors.entry(code.to_owned()).or_default() += 1;
+    }
+}
+
+/// Runs setup and the three phases against `opts.url`, with tokens minted
+/// with `secret` (plan enterprise).
+pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Report {
+    let mut report = Report::default();
+    if let Err(e) = run_inner(opts, secret, watch_pids, &mut report) {
+        report.fatal = Some(e);
+    }
+    report
+}
+
+fn run_inner(
+    opts: &Options,
+    secret: &str,
+    watch_pids: &[u32],
+    report: &mut Report,
+) -> Result<(), String> {
+    let (host, port) = http::host_port(&opts.url)?;
+    let prefix = opts
+        .user_prefix
+        .clone()
+        .unwrap_or_else(|| format!("pres-{}", hex(&random_bytes::<3>())));
+    let bearer = |id: &str| {
+        crate::token::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
+    };
+    let users = (0..opts.users)
+        .map(|i| {
+            let id = format!("{prefix}-u{i}");
+            Ok(User {
+                auth: bearer(&id)?,
+                id,
+                heartbeat: None,
+            })
+        })
+        .collect::<Result<Vec<User>, String>>()?;
+    // Callers are the users first, then readers of their own.
+    let callers = (0..opts.callers())
+        .map(|i| match users.get(i) {
+            Some(u) => Ok(u.auth.clone()),
+            None => bearer(&format!("{prefix}-c{i}")),
+        })
+        .collect::<Result<Vec<String>, String>>()?;
+    let mut run = Run {
+        opts,
+        users,
+        callers,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async {
+        let mut conns: Vec<KeepAlive> = (0..opts.concurrency)
+            .map(|_| KeepAlive::new(&host, port))
+            .collect();
+        open_all(&mut conns).await?;
+        for phase in [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat] {
+            let r = run_phase(&mut run, phase, &mut conns, (watch_pids, port)).await;
+            eprintln!("bench: presence {}: {}", phase.name(), summary_of(&r));
+            report.phases.push(r);
+        }
+        Ok(())
+    })
+}
+
+fn summary_of(r: &PhaseReport) -> String {
+    format!(
+        "{} req/s, p50 {} ms, p99 {} ms, {} errors",
+        r.requests_per_s,
+        r.p50_ms.map_or("-".into(), |x| x.to_string()),
+        r.p99_ms.map_or("-".into(), |x| x.to_string()),
+        r.errors
+    )
+}
+
+async fn run_phase(
+    run: &mut Run<'_>,
+    phase: Phase,
+    conns: &mut [KeepAlive],
+    watch: (&[u32], u16),
+) -> PhaseReport {
+    let opts = run.opts;
+    let n = opts.users as u64;
+    let k_callers = match phase {
+        Phase::Setup | Phase::Heartbeat => opts.users,
+        Phase::Single | Phase::Batch => run.callers.len(),
+    };
+    let until = match phase {
+        // Each user once, however long it takes (within reason).
+        Phase::Setup => Until {
+            seconds: 120.0,
+            requests: Some(n),
+            drain_seconds: opts.drain_seconds,
+        },
+        _ => Until {
+            seconds: opts.seconds,
+            requests: None,
+            drain_seconds: opts.drain_seconds,
+        },
+    };
+    let tally = RefCell::new(Tally {
+        per_caller: vec![0; k_callers],
+        ..Tally::default()
+    });
+    let run_cell = RefCell::new(&mut *run);
+    let outcome = closed_loop(
+        conns,
+        until,
+        watch,
+        |i, authority| {
+            let run = run_cell.borrow();
+            let ncall = run.callers.len() as u64;
+            match phase {
+                Phase::Setup | Phase::Heartbeat => {
+                    let user = (i % n) as usize;
+                    let u = &run.users[user];
+                    let req = request_bytes(
+                        "POST",
+                        "/v1/presence/heartbeat",
+                        authority,
+                        &[
+                            ("authorization", &u.auth),
+                            ("content-type", "application/json"),
+                        ],
+                        HEARTBEAT_BODY,
+                        false,
+                    );
+                    let sent = Instant::now();
+                    (req, Job::Heartbeat { user, sent })
+                }
+                Phase::Single => {
+                    let user = (i % n) as usize;
+                    let caller = ((i + ncall / 2) % ncall) as usize;
+                    let path = format!("/v1/presence/{}", run.users[user].id);
+                    let req = request_bytes(
+                        "GET",
+                        &path,
+                        authority,
+                        &[("authorization", &run.callers[caller])],
+                        b"",
+                        false,
+                    );
+                    (req, Job::Single { caller, user })
+                }
+                Phase::Batch => {
+                    let caller = (i % ncall) as usize;
+                    let ids = batch_ids(i, opts.users, opts.batch);
+                    let list: Vec<&str> = ids.iter().map(|&u| run.users[u].id.as_str()).collect();
+                    let path = format!("/v1/presence?users={}", list.join(","));
+                    let req = request_bytes(
+                        "GET",
+                        &path,
+                        authority,
+                        &[("authorization", &run.callers[caller])],
+                        b"",
+                        false,
+                    );
+                    (req, Job::Batch { caller, ids })
+                }
+            }
+        },
+        |job, a: Answer| {
+            let mut t = tally.borrow_mut();
+            let mut run = run_cell.borrow_mut();
+            t.total += 1;
+            let now = Instant::now();
+            let counted = a.in_window || phase == Phase::Setup;
+            if counted {
+                t.lat.push(a.ms);
+                t.in_window += 1;
+                let caller = match &job {
+                    Job::Single { caller, .. } | Job::Batch { caller, .. } => *caller,
+                    Job::Heartbeat { user, .. } => *user,
+                };
+                t.per_caller[caller] += 1;
+            }
+            let body = match answer_body(&a, &mut t) {
+                Some(b) => b,
+                None => return,
+            };
+            match job {
+                Job::Heartbeat { user, sent } => {
+                    let want = Expect {
+                        user: &run.users[user].id,
+                        present: true,
+                    };
+                    match check_presence(&body, want) {
+                        Ok(()) => {
+                            let hb = &mut run.users[user].heartbeat;
+                            *hb = Some(hb.map_or(sent, |h| h.max(sent)));
+                        }
+                        Err(e) => t.fail(e),
+                    }
+                }
+                Job::Single { user, .. } => {
+                    let want = Expect {
+                        user: &run.users[user].id,
+                        present: run.present(user, now),
+                    };
+                    match check_presence(&body, want) {
+                        Ok(()) => t.reads += u64::from(counted),
+                        Err(e) => t.fail(e),
+                    }
+                }
+                Job::Batch { ids, .. } => {
+                    let asked: Vec<&str> = ids.iter().map(|&u| run.users[u].id.as_str()).collect();
+                    let errors = check_batch(&body, &asked, |i| run.present(ids[i], now));
+                    if errors.is_empty() {
+                        t.reads += if counted { ids.len() as u64 } else { 0 };
+                    }
+                    for e in errors {
+                        t.fail(e);
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    let mut t = tally.into_inner();
+    for _ in 0..outcome.unanswered {
+        t.fail("unanswered_at_end");
+    }
+    t.lat.sort_by(f64::total_cmp);
+    let secs = match phase {
+        Phase::Setup => outcome.elapsed.as_secs_f64().max(1e-3),
+        _ => opts.seconds,
+    };
+    let per_s = |x: u64| (x as f64 / secs).round() as u64;
+    let max_caller = t.per_caller.iter().copied().max().unwrap_or(0);
+    PhaseReport {
+        phase: phase.name().into(),
+        requests_per_s: per_s(t.in_window),
+        reads_per_s: matches!(phase, Phase::Single | Phase::Batch).then(|| per_s(t.reads)),
+        p50_ms: percentile(&t.lat, 50.0),
+        p99_ms: percentile(&t.lat, 99.0),
+        max_ms: t.lat.last().map(|x| round_to(*x, 1)),
+        errors: t.errors.values().sum(),
+        rate_limited: t.rate_limited,
+        requests: t.in_window,
+        answers_total: t.total,
+        seconds: round_to(secs, 3),
+        concurrency: opts.concurrency,
+        users: opts.users,
+        batch: (phase == Phase::Batch).then_some(opts.batch),
+        callers: k_callers,
+        max_caller_req_per_s: round_to(max_caller as f64 / secs, 1),
+        error_detail: t.errors,
+        cpu_pct: outcome.cpu,
+    }
+}
+
+/// The JSON body of a 200 answer; anything else is counted and `None`.
+fn answer_body(a: &Answer, t: &mut Tally) -> Option<Value> {
+    let r = match &a.result {
+        Ok(r) => r,
+        Err(e) => {
+            t.fail(&format!("transport_{e}"));
+            return None;
+        }
+    };
+    if r.status != 200 {
+        let code = serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        match code {
+            Some(c) if r.status == 429 => {
+                if c == "rate_limited" {
+                    t.rate_limited += 1;
+                }
+                t.fail(&format!("http_429_{c}"));
+            }
+            _ => t.fail(&format!("http_{}", r.status)),
+        }
+        return None;
+    }
+    match serde_json::from_slice(&r.body) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            t.fail("bad_json");
+            None
+        }
+    }
+}
+
+/// The summary line of `bench presence`: per phase medians over the runs,
+/// and the issue's goal, a batch read of `batch` users costing no more than
+/// 3x a single read at p50.
+pub fn summarize(opts: &Options, runs: &[Report], problems: &[String]) -> super::summary::Summary {
+    use super::summary::Stats;
+    let mut by_phase: Vec<(String, PhaseReport)> = Vec::new();
+    for r in runs {
+        for p in &r.phases {
+            by_phase.push((p.phase.clone(), p.clone()));
+        }
+    }
+    let names: Vec<String> = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat]
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    let st = Stats::of(&names, &by_phase, &METRICS);
+    let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
+    let p50_ratio = ratio.get("p50_ms").copied();
+    let goal_met = p50_ratio.map(|x| x <= 3.0);
+    let json = ordered_object(&[
+        ("summary", json!("bench presence")),
+        (
+            "shape",
+            json!({
+                "users": opts.users, "concurrency": opts.concurrency,
+                "seconds": opts.seconds, "batch": opts.batch, "callers": opts.callers(),
+            }),
+        ),
+        ("rounds", json!(runs.len())),
+        ("median", json!(st.median)),
+        ("min", json!(st.min)),
+        ("max", json!(st.max)),
+        ("batch_p50_over_single_p50", json!(p50_ratio)),
+        ("batch_p99_over_single_p99", json!(ratio.get("p99_ms"))),
+        (
+            "goal",
+            json!(format!("batch of {} p50 <= 3x single p50", opts.batch)),
+        ),
+        ("goal_met", json!(goal_met)),
+        ("errors", json!(st.errors)),
+        ("error_detail", json!(st.error_detail)),
+        ("ok", json!(problems.is_empty())),
+    ]);
+    let heading = format!(
+        "presence users={} concurrency={} seconds={} batch={} callers={}",
+        opts.users,
+        opts.concurrency,
+        opts.seconds,
+        opts.batch,
+        opts.callers()
+    );
+    let table = st.table(
+        &heading,
+        &names,
+        &METRICS,
+        &[("batch/single".to_owned(), ratio)],
+    );
+    super::summary::Summary { table, json }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::bench::http::fake;
+
+    fn present(user: &str) -> Value {
+        json!({"userId": user, "status": "online", "lastSeen": "2025-01-01T00:00:00Z",
+               "activity": "bench", "connections": 0})
+    }
+
+    #[test]
+    fn presence_objects() {
+        let want = Expect {
+            user: "a",
+            present: true,
+        };
+        assert_eq!(check_presence(&present("a"), want), Ok(()));
+        assert_eq!(check_presence(&present("b"), want), Err("wrong_userId"));
+        let offline = json!({"userId": "a", "status": "offline", "connections": 0});
+        assert_eq!(check_presence(&offline, want), Err("stale_presence"));
+        let absent = Expect {
+            user: "a",
+            present: false,
+        };
+        assert_eq!(check_presence(&offline, absent), Ok(()), "old enough");
+        let mut busy = present("a");
+        busy["status"] = "busy".into();
+        assert_eq!(check_presence(&busy, want), Err("stale_presence"));
+        let mut no_seen = present("a");
+        no_seen.as_object_mut().unwrap().remove("lastSeen");
+        assert_eq!(check_presence(&no_seen, want), Err("stale_presence"));
+        for bad in [
+            json!([]),
+            json!({"status": "online", "connections": 0}),
+            json!({"userId": "a", "status": "gone", "connections": 0}),
+            json!({"userId": "a", "status": "online", "connections": -1}),
+            json!({"userId": "a", "status": "online", "connections": "1"}),
+            json!({"userId": "a", "status": "online", "connections": 0, "lastSeen": 5}),
+            json!({"userId": "a", "status": "online", "connections": 0, "activity": 1}),
+        ] {
+            assert_eq!(check_presence(&bad, absent), Err("bad_presence"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn batch_order() {
+        assert_eq!(order_check(&["a", "b", "c"], &["a", "b", "c"]), Ok(()));
+        assert_eq!(
+            order_check(&["a", "b", "c"], &["c", "b", "a"]),
+            Err("batch_out_of_order")
+        );
+        assert_eq!(
+            order_check(&["a", "b", "c"], &["a", "b"]),
+            Err("batch_wrong_length")
+        );
+        assert_eq!(
+            order_check(&["a", "b", "c"], &["a", "b", "d"]),
+            Err("batch_wrong_users")
+        );
+        assert_eq!(
+            order_check(&["a", "b", "b"], &["a", "b", "a"]),
+            Err("batch_wrong_users"),
+            "a multiset, not a set"
+        );
+    }
+
+    #[test]
+    fn batch_answers() {
+        let asked = ["a", "b", "c"];
+        let ok = json!({"users": [present("a"), present("b"), present("c")]});
+        assert!(check_batch(&ok, &asked, |_| true).is_empty());
+        let swapped = json!({"users": [present("b"), present("a"), present("c")]});
+        assert_eq!(
+            check_batch(&swapped, &asked, |_| true),
+            vec!["batch_out_of_order"]
+        );
+        let short = json!({"users": [present("a"), present("b")]});
+        assert_eq!(
+            check_batch(&short, &asked, |_| true),
+            vec!["batch_wrong_length"]
+        );
+        let offline = json!({"userId": "c", "status": "offline", "connections": 0});
+        let stale = json!({"users": [present("a"), present("b"), offline]});
+        assert_eq!(
+            check_batch(&stale, &asked, |_| true),
+            vec!["stale_presence"]
+        );
+        assert!(check_batch(&stale, &asked, |i| i < 2).is_empty());
+        assert_eq!(
+            check_batch(&json!({"user": []}), &asked, |_| true),
+            vec!["batch_without_users"]
+        );
+        let broken = json!({"users": [present("a"), {"userId": "b"}, present("c")]});
+        assert_eq!(check_batch(&broken, &asked, |_| true), vec!["bad_presence"]);
+    }
+
+    #[test]
+    fn batches_rotate_and_alternate_direction() {
+        let b0 = batch_ids(0, 200, 100);
+        assert_eq!(b0, (0..100).collect::<Vec<_>>());
+        let b1 = batch_ids(1, 200, 100);
+        assert_eq!(b1, (7..107).rev().collect::<Vec<_>>());
+        // wraps around, ids distinct
+        let b = batch_ids(28, 200, 100);
+        assert_eq!(b[0], 196);
+        assert_eq!(b[4], 0);
+        let mut d = b.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert_eq!(d.len(), 100);
+        assert_eq!(batch_ids(3, 5, 5).len(), 5);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        None,
+        /// Batch answers in reverse order.
+        ReverseBatch,
+        /// Heartbeats are answered but not recorded.
+        ForgetHeartbeats,
+        /// Every 5th single read is a 500.
+        Errors,
+    }
+
+    /// Presence as the contract has it, for the users whose tokens it sees.
+    fn fake_presence(fault: Fault) -> u16 {
+        let seen: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+        let reads = Arc::new(Mutex::new(0u64));
+        let object = |seen: &HashMap<String, bool>, u: &str| {
+            if seen.get(u).copied().unwrap_or(false) {
+                present(u)
+            } else {
+                json!({"userId": u, "status": "offline", "connections": 0})
+            }
+        };
+        fake::start(Arc::new(move |method, target, head, _body| {
+            if target == "/health" {
+                return (200, String::new(), "{}".into());
+            }
+            let mut seen = seen.lock().unwrap();
+            if method == "POST" && target == "/v1/presence/heartbeat" {
+                let token = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: Bearer "))
+                    .unwrap_or_default();
+                let key = jsonwebtoken::DecodingKey::from_secret(b"secret");
+                let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+                let Ok(d) = jsonwebtoken::decode::<Value>(token, &key, &v) else {
+                    return (
+                        401,
+                        String::new(),
+                        r#"{"error":{"code":"unauthorized"}}"#.into(),
+                    );
+                };
+                let user = d.claims["sub"].as_str().unwrap().to_owned();
+                if fault != Fault::ForgetHeartbeats {
+                    seen.insert(user.clone(), true);
+                }
+                return (200, String::new(), present(&user).to_string());
+            }
+            if let Some(list) = target.strip_prefix("/v1/presence?users=") {
+                let mut users: Vec<Value> = list.split(',').map(|u| object(&seen, u)).collect();
+                if fault == Fault::ReverseBatch {
+                    users.reverse();
+                }
+                return (200, String::new(), json!({ "users": users }).to_string());
+            }
+            if let Some(u) = target.strip_prefix("/v1/presence/") {
+                let mut n = reads.lock().unwrap();
+                *n += 1;
+                if fault == Fault::Errors && (*n).is_multiple_of(5) {
+                    return (
+                        500,
+                        String::new(),
+                        r#"{"error":{"code":"internal"}}"#.into(),
+                    );
+                }
+                return (200, String::new(), object(&seen, u).to_string());
+            }
+            (404, String::new(), "{}".into())
+        }))
+    }
+
+    fn run_against(fault: Fault) -> Report {
+        let port = fake_presence(fault);
+        let opts = Options {
+            url: format!("http://127.0.0.1:{port}"),
+            users: 20,
+            seconds: 0.3,
+            concurrency: 4,
+            batch: 10,
+            callers: Some(5),
+            drain_seconds: 2.0,
+            user_prefix: None,
+        };
+        run(&opts, "secret", &[])
+    }
+
+    fn phase<'a>(r: &'a Report, name: &str) -> &'a PhaseReport {
+        r.phases.iter().find(|p| p.phase == name).unwrap()
+    }
+
+    #[test]
+    fn a_correct_server_passes_every_phase() {
+        let r = run_against(Fault::None);
+        assert!(r.fatal.is_none(), "{:?}", r.fatal);
+        assert_eq!(r.errors(), 0, "{:?}", r.lines());
+        let names: Vec<&str> = r.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(names, vec!["setup", "single", "batch", "heartbeat"]);
+        assert_eq!(phase(&r, "setup").requests, 20, "each user once");
+        let single = phase(&r, "single");
+        assert!(single.requests > 10, "{}", single.to_json());
+        assert_eq!(single.reads_per_s, Some(single.requests_per_s));
+        assert_eq!(single.callers, 5);
+        let batch = phase(&r, "batch");
+        let reads = batch.reads_per_s.unwrap();
+        assert!(
+            reads > 0 && reads.abs_diff(10 * batch.requests_per_s) <= 10,
+            "{}",
+            batch.to_json()
+        );
+        assert_eq!(phase(&r, "heartbeat").reads_per_s, None);
+        assert_eq!(phase(&r, "heartbeat").callers, 20);
+        let s = summarize(&run_opts(), &[r], &[]);
+        let v: Value = serde_json::from_str(&s.json).unwrap();
+        assert!(v["batch_p50_over_single_p50"].is_number(), "{}", s.json);
+        assert!(v["median"]["batch"]["p50_ms"].is_number());
+        assert_eq!(v["ok"], true);
+        assert!(s.table.contains("batch/single"), "{}", s.table);
+    }
+
+    fn run_opts() -> Options {
+        Options {
+            users: 20,
+            batch: 10,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn faults_are_reported() {
+        let r = run_against(Fault::ReverseBatch);
+        let b = phase(&r, "batch");
+        assert!(b.errors > 0);
+        assert_eq!(
+            b.error_detail.keys().collect::<Vec<_>>(),
+            vec!["batch_out_of_order"]
+        );
+        assert_eq!(phase(&r, "single").errors, 0);
+
+        let r = run_against(Fault::ForgetHeartbeats);
+        assert!(phase(&r, "single")
+            .error_detail
+            .contains_key("stale_presence"));
+        assert!(phase(&r, "batch")
+            .error_detail
+            .contains_key("stale_presence"));
+        assert_eq!(phase(&r, "heartbeat").errors, 0, "its answers were right");
+
+        let r = run_against(Fault::Errors);
+        let s = phase(&r, "single");
+        assert!(
+            s.error_detail.get("http_500").is_some_and(|n| *n > 0),
+            "{}",
+            s.to_json()
+        );
+        assert!(!r.ok());
+        assert!(r.error_detail().contains_key("single:http_500"));
+    }
+}

@@ -1,0 +1,1203 @@
+//! Quota check load generator and checker: the job of
+//! `../shared/bench/quotagen.mjs`, in Rust, run in-process by `cargo xtask
+//! bench quota`.
+//!
+//! Load mode: `concurrency` checks (`POST /v1/quota/check`) in flight over
+//! keep-alive connections (opened with `GET /health` first), spread
+//! round-robin over `subjects` fresh subjects, for `seconds`. Answers in the
+//! window count; later ones are still checked.
+//!
+//! Exact mode (`exact` = R): a fresh subject's counter (`points`, or
+//! `sessions`) of a plan with a finite limit is brought to `remaining == R`
+//! (a cost-1 check, then one of cost `remaining - R`), 2R cost-1 checks go
+//! out at once over 2R connections, then one more. `exact_ok`: exactly R
+//! admitted with `remaining` values R-1..0 once each, R denied, and a final
+//! 429 with `remaining` 0.
+//!
+//! Errors, as quotagen.mjs counts them: statuses other than 200/429, bodies
+//! that are not JSON or lack `allowed`/`limit`/`remaining`/`resetMs`,
+//! `allowed` not matching the status, a 429 without `error`, missing or
+//! malformed `RateLimit`/`RateLimit-Policy` headers, a counter's
+//! `remaining` repeated among one subject's admitted answers
+//! (over-admission), transport errors; a 429 without `allowed` (a limit in
+//! front of the check) is `http_429_<code>`. One more than quotagen.mjs:
+//! checks still unanswered after the drain (`unanswered_at_end`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+use super::drive::{closed_loop, open_all, Answer, Until};
+use super::http::{self, request_bytes, KeepAlive, Response};
+use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
+use super::summary::Figures;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Api,
+    Sessions,
+    Points,
+}
+
+impl Resource {
+    pub fn parse(s: &str) -> Option<Resource> {
+        match s {
+            "api" => Some(Resource::Api),
+            "sessions" => Some(Resource::Sessions),
+            "points" => Some(Resource::Points),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Api => "api",
+            Resource::Sessions => "sessions",
+            Resource::Points => "points",
+        }
+    }
+}
+
+/// What to run (see `cargo xtask bench --help`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// `http://host:port` of the server.
+    pub url: String,
+    pub seconds: f64,
+    pub subjects: usize,
+    pub concurrency: usize,
+    /// Default: enterprise, or free with `exact`.
+    pub plan: Option<String>,
+    /// Default: api, or points with `exact`.
+    pub resource: Option<Resource>,
+    pub cost: u64,
+    /// Caller tokens to rotate (`quotagen`, or `quotagen-1..K`).
+    pub callers: usize,
+    /// Exact mode's R; 0 = load mode.
+    pub exact: usize,
+    /// Subjects are `<prefix>-<i>` (`<prefix>-exact`); default `qg-<random>`.
+    pub subject_prefix: Option<String>,
+    /// After the window, seconds to wait for checks in flight.
+    pub drain_seconds: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            url: "http://127.0.0.1:8787".into(),
+            seconds: 10.0,
+            subjects: 100,
+            concurrency: 16,
+            plan: None,
+            resource: None,
+            cost: 1,
+            callers: 1,
+            exact: 0,
+            subject_prefix: None,
+            drain_seconds: 10.0,
+        }
+    }
+}
+
+impl Options {
+    pub fn plan(&self) -> &str {
+        match &self.plan {
+            Some(p) => p,
+            None if self.exact > 0 => "free",
+            None => "enterprise",
+        }
+    }
+
+    pub fn resource(&self) -> Resource {
+        match self.resource {
+            Some(r) => r,
+            None if self.exact > 0 => Resource::Points,
+            None => Resource::Api,
+        }
+    }
+
+    /// The combinations quotagen.mjs refuses.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.exact > 0 && self.resource() == Resource::Api {
+            return Err("--exact needs a counter resource (points or sessions)".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the generator identifies itself.
+pub enum Auth {
+    /// No `Authorization` header (quota-ref accepts anything).
+    None,
+    /// Service tokens (plan enterprise, `role: service`) minted with this
+    /// secret, one per caller.
+    Service(String),
+}
+
+/// The caller ids: `quotagen`, or `quotagen-1..K`.
+pub fn caller_ids(callers: usize) -> Vec<String> {
+    if callers == 1 {
+        vec!["quotagen".into()]
+    } else {
+        (1..=callers).map(|i| format!("quotagen-{i}")).collect()
+    }
+}
+
+// ---- checks --------------------------------------------------------------
+
+/// `"api";k=v;k=v` as quotagen.mjs reads it: the first item, and each
+/// parameter as a number (JavaScript's `Number`: empty is 0, anything
+/// unparsable NaN).
+pub fn sf_params(v: &str) -> (String, BTreeMap<String, f64>) {
+    let mut parts = v.split(';').map(str::trim);
+    let name = parts.next().unwrap_or("").to_owned();
+    let mut params = BTreeMap::new();
+    for p in parts {
+        let mut kv = p.split('=');
+        let k = kv.next().unwrap_or("").to_owned();
+        let x = match kv.next().map(str::trim) {
+            None => f64::NAN,
+            Some("") => 0.0,
+            Some(x) => x.parse().unwrap_or(f64::NAN),
+        };
+        params.insert(k, x);
+    }
+    (name, params)
+}
+
+/// The `RateLimit-Policy` / `RateLimit` pair describes an `api` policy:
+/// `"api";q=<per min>;w=60` and `"api";r=<available, integer, 0..=q>;t=<0..=60>`.
+pub fn headers_ok(policy: Option<&str>, limit: Option<&str>) -> bool {
+    let (Some(policy), Some(limit)) = (policy, limit) else {
+        return false;
+    };
+    let (pn, p) = sf_params(policy);
+    let (sn, s) = sf_params(limit);
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let (q, w, r, t) = (get(&p, "q"), get(&p, "w"), get(&s, "r"), get(&s, "t"));
+    pn == "\"api\""
+        && sn == "\"api\""
+        && q > 0.0
+        && w == 60.0
+        && r.fract() == 0.0
+        && r >= 0.0
+        && r <= q
+        && (0.0..=60.0).contains(&t)
+}
+
+/// A JavaScript safe integer >= 0.
+fn count(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return (n < (1u64 << 53)).then_some(n);
+    }
+    let f = v.as_f64()?;
+    (f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_991.0).then_some(f as u64)
+}
+
+/// A well-formed check answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `None` when unlimited.
+    pub remaining: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+/// Checks answers as quotagen.mjs does and counts what is wrong.
+#[derive(Debug)]
+pub struct Checker {
+    resource: Resource,
+    /// Per subject: the `remaining` values of its admitted counter checks.
+    seen: HashMap<String, HashSet<u64>>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Checker {
+    pub fn new(resource: Resource) -> Checker {
+        Checker {
+            resource,
+            seen: HashMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    pub fn fail(&mut self, code: &str) {
+        *self.errors.entry(code.to_owned()).or_default() += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The decision when `answer` is a well-formed check answer (also when
+    /// it shows over-admission, so that what the server admitted counts).
+    pub fn check(&mut self, answer: &Result<Response, String>, subject: &str) -> Option<Decision> {
+        let r = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(&format!("transport_{e}"));
+                return None;
+            }
+        };
+        self.check_parts(
+            r.status,
+            r.header("ratelimit-policy"),
+            r.header("ratelimit"),
+            &r.body,
+            subject,
+        )
+    }
+
+    pub fn check_parts(
+        &mut self,
+        status: u16,
+        policy: Option<&str>,
+        limit: Option<&str>,
+        body: &[u8],
+        subject: &str,
+    ) -> Option<Decision> {
+        if status != 200 && status != 429 {
+            self.fail(&format!("http_{status}"));
+            return None;
+        }
+        let b: Value = match serde_json::from_slice(body) {
+            Ok(b @ (Value::Object(_) | Value::Array(_))) => b,
+            _ => {
+                self.fail("bad_json");
+                return None;
+            }
+        };
+        let Some(allowed) = b.get("allowed").and_then(Value::as_bool) else {
+            if status == 429 {
+                let code = b["error"]["code"].as_str().unwrap_or("without_allowed");
+                self.fail(&format!("http_429_{code}"));
+            } else {
+                self.fail("body_without_allowed");
+            }
+            return None;
+        };
+        if allowed != (status == 200) {
+            self.fail("allowed_status_mismatch");
+            return None;
+        }
+        let (lim, rem) = (b.get("limit"), b.get("remaining"));
+        let unlimited = matches!((lim, rem), (Some(Value::Null), Some(Value::Null)));
+        let (lim, rem) = (lim.and_then(count), rem.and_then(count));
+        if !unlimited && !matches!((lim, rem), (Some(l), Some(r)) if r <= l) {
+            self.fail("bad_limit_remaining");
+            return None;
+        }
+        if b.get("resetMs").and_then(count).is_none() {
+            self.fail("bad_resetMs");
+            return None;
+        }
+        if b.get("retryAfterMs").is_some_and(|v| count(v).is_none()) {
+            self.fail("bad_retryAfterMs");
+            return None;
+        }
+        if status == 429 && !b["error"]["code"].is_string() {
+            self.fail("429_without_error");
+            return None;
+        }
+        if !headers_ok(policy, limit) {
+            self.fail("bad_ratelimit_headers");
+            return None;
+        }
+        if allowed && !unlimited && self.resource != Resource::Api {
+            let r = rem.unwrap_or_default();
+            let seen = self.seen.entry(subject.to_owned()).or_default();
+            if !seen.insert(r) {
+                // Over-admission: still counted as admitted.
+                self.fail("duplicate_remaining");
+            }
+        }
+        Some(Decision {
+            allowed,
+            remaining: rem,
+            limit: lim,
+        })
+    }
+}
+
+/// What exact mode concludes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExactVerdict {
+    /// The admitted answers' `remaining` values are exactly R-1, ..., 0.
+    pub remaining_values_ok: bool,
+    /// The check after the burst was denied with `remaining` 0.
+    pub final_ok: bool,
+    pub exact_ok: bool,
+}
+
+/// Exact mode's verdict on 2R concurrent checks against `remaining == r`.
+pub fn exact_verdict(
+    r: u64,
+    allowed: u64,
+    denied: u64,
+    remainders: &[u64],
+    last: Option<&Decision>,
+    errors: u64,
+) -> ExactVerdict {
+    let mut sorted = remainders.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let remaining_values_ok = sorted.len() as u64 == r
+        && sorted
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x + 1 + i as u64 == r);
+    let final_ok = last.is_some_and(|d| !d.allowed && d.remaining == Some(0));
+    ExactVerdict {
+        remaining_values_ok,
+        final_ok,
+        exact_ok: allowed == r && denied == r && remaining_values_ok && final_ok && errors == 0,
+    }
+}
+
+// ---- report --------------------------------------------------------------
+
+/// The result of one run: quotagen.mjs' JSON line.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub exact: bool,
+    pub checks_per_s: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub errors: u64,
+    pub subjects: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub plan: String,
+    pub resource: String,
+    pub cost: u64,
+    pub callers: Option<usize>,
+    pub answers_total: u64,
+    pub error_detail: BTreeMap<String, u64>,
+    pub cpu_pct: BTreeMap<String, f64>,
+    // exact mode
+    pub exact_ok: Option<bool>,
+    pub exact_r: usize,
+    pub fired: usize,
+    pub remaining_values_ok: bool,
+    pub final_denied: Option<bool>,
+    pub final_remaining: Option<u64>,
+    /// The run could not be carried out.
+    pub fatal: Option<String>,
+}
+
+impl Report {
+    /// One JSON line, keys in quotagen.mjs' order.
+    pub fn to_json(&self) -> String {
+        let mode = if self.exact { "exact" } else { "load" };
+        let mut f: Vec<(&str, Value)> = Vec::new();
+        if let Some(fatal) = &self.fatal {
+            f.push(("mode", json!(mode)));
+            f.push(("fatal", json!(fatal)));
+            f.push(("errors", json!(self.errors)));
+            f.push(("error_detail", json!(self.error_detail)));
+            if self.exact {
+                f.push(("exact_ok", json!(false)));
+            }
+        } else if self.exact {
+            f.extend([
+                ("mode", json!(mode)),
+                ("exact_ok", json!(self.exact_ok)),
+                ("exact_R", json!(self.exact_r)),
+                ("fired", json!(self.fired)),
+                ("allowed", json!(self.allowed)),
+                ("denied", json!(self.denied)),
+                ("remaining_values_ok", json!(self.remaining_values_ok)),
+                ("final_denied", json!(self.final_denied)),
+                ("final_remaining", json!(self.final_remaining)),
+                ("p50_ms", json!(self.p50_ms)),
+                ("p99_ms", json!(self.p99_ms)),
+                ("max_ms", json!(self.max_ms)),
+                ("errors", json!(self.errors)),
+                ("plan", json!(self.plan)),
+                ("resource", json!(self.resource)),
+                ("error_detail", json!(self.error_detail)),
+            ]);
+        } else {
+            f.extend([
+                ("checks_per_s", json!(self.checks_per_s)),
+                ("allowed", json!(self.allowed)),
+                ("denied", json!(self.denied)),
+                ("p50_ms", json!(self.p50_ms)),
+                ("p99_ms", json!(self.p99_ms)),
+                ("max_ms", json!(self.max_ms)),
+                ("errors", json!(self.errors)),
+                ("subjects", json!(self.subjects)),
+                ("concurrency", json!(self.concurrency)),
+                ("seconds", json!(self.seconds)),
+                ("plan", json!(self.plan)),
+                ("resource", json!(self.resource)),
+                ("cost", json!(self.cost)),
+                ("callers", json!(self.callers)),
+                ("answers_total", json!(self.answers_total)),
+                ("error_detail", json!(self.error_detail)),
+                ("cpu_pct", json!(self.cpu_pct)),
+            ]);
+        }
+        f.push(("generator", json!("xtask")));
+        ordered_object(&f)
+    }
+}
+
+/// The figures summarised for load runs (as summarize.mjs).
+pub const LOAD_METRICS: [&str; 13] = [
+    "checks_per_s",
+    "allowed",
+    "denied",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "cpu_workerd_pct",
+    "cpu_proxy_pct",
+    "cpu_node_pct",
+    "cpu_loadgen_pct",
+    "cpu_machine_pct",
+    "workerd_cpu_us_per_check",
+];
+
+/// ... and for exact runs.
+pub const EXACT_METRICS: [&str; 7] = [
+    "exact_ok",
+    "allowed",
+    "denied",
+    "final_remaining",
+    "p50_ms",
+    "p99_ms",
+    "errors",
+];
+
+impl Figures for Report {
+    fn metric(&self, name: &str) -> Option<f64> {
+        if self.fatal.is_some() {
+            return (name == "errors").then_some(self.errors as f64);
+        }
+        let cpu = |k: &str| self.cpu_pct.get(k).copied();
+        match name {
+            "checks_per_s" if !self.exact => Some(self.checks_per_s as f64),
+            "allowed" => Some(self.allowed as f64),
+            "denied" => Some(self.denied as f64),
+            "p50_ms" => self.p50_ms,
+            "p99_ms" => self.p99_ms,
+            "max_ms" => self.max_ms,
+            "errors" => Some(self.errors as f64),
+            "exact_ok" => self.exact_ok.map(|ok| f64::from(u8::from(ok))),
+            "final_remaining" => self.final_remaining.map(|x| x as f64),
+            "cpu_workerd_pct" => cpu("workerd"),
+            "cpu_proxy_pct" => cpu("workerd_proxy"),
+            "cpu_node_pct" => cpu("node"),
+            "cpu_loadgen_pct" => cpu("loadgen"),
+            "cpu_machine_pct" => cpu("machine"),
+            "workerd_cpu_us_per_check" => match (cpu("workerd"), self.checks_per_s) {
+                (Some(w), c) if c > 0 && w > 0.0 => Some(w * 1e4 / c as f64),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+    fn error_detail(&self) -> BTreeMap<String, u64> {
+        self.error_detail.clone()
+    }
+    fn lines(&self) -> Vec<String> {
+        vec![self.to_json()]
+    }
+    fn ok(&self) -> bool {
+        self.errors == 0 && self.exact_ok != Some(false) && self.fatal.is_none()
+    }
+}
+
+// ---- run -----------------------------------------------------------------
+
+struct Gen<'a> {
+    opts: &'a Options,
+    auth: Vec<String>,
+    next_auth: usize,
+    checker: Checker,
+}
+
+impl Gen<'_> {
+    fn body(&self, subject: &str, cost: u64) -> Vec<u8> {
+        json!({
+            "subject": subject, "plan": self.opts.plan(),
+            "resource": self.opts.resource().name(), "cost": cost,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// A check request, with the next caller's token.
+    fn request(&mut self, authority: &str, body: &[u8]) -> Vec<u8> {
+        let mut headers = vec![("content-type", "application/json")];
+        let auth;
+        if !self.auth.is_empty() {
+            auth = self.auth[self.next_auth % self.auth.len()].clone();
+            self.next_auth += 1;
+            headers.push(("authorization", &auth));
+        }
+        request_bytes("POST", "/v1/quota/check", authority, &headers, body, false)
+    }
+}
+
+/// Runs the generator against `opts.url`; a run that cannot be carried out
+/// is a report with `fatal` set.
+pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Report {
+    let mut report = Report {
+        exact: opts.exact > 0,
+        plan: opts.plan().to_owned(),
+        resource: opts.resource().name().to_owned(),
+        ..Report::default()
+    };
+    let tokens = match auth {
+        Auth::None => Ok(Vec::new()),
+        Auth::Service(secret) => caller_ids(opts.callers)
+            .iter()
+            .map(|id| {
+                crate::token::mint(secret, id, "enterprise", Some("service"), 3600)
+                    .map(|t| format!("Bearer {t}"))
+            })
+            .collect(),
+    };
+    let mut gen = Gen {
+        opts,
+        auth: Vec::new(),
+        next_auth: 0,
+        checker: Checker::new(opts.resource()),
+    };
+    let result = tokens.and_then(|t| {
+        gen.auth = t;
+        let (host, port) = http::host_port(&opts.url)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        rt.block_on(async {
+            if opts.exact > 0 {
+                exact_mode(&mut gen, &host, port, &mut report).await
+            } else {
+                load_mode(&mut gen, &host, port, watch_pids, &mut report).await
+            }
+        })
+    });
+    if let Err(e) = result {
+        report.fatal = Some(e);
+        report.errors = gen.checker.count() + 1;
+        report.error_detail = gen.checker.errors;
+        return report;
+    }
+    report.errors = gen.checker.count();
+    report.error_detail = gen.checker.errors;
+    report
+}
+
+fn prefix(opts: &Options) -> String {
+    opts.subject_prefix
+        .clone()
+        .unwrap_or_else(|| format!("qg-{}", hex(&random_bytes::<4>())))
+}
+
+async fn load_mode(
+    gen: &mut Gen<'_>,
+    host: &str,
+    port: u16,
+    watch_pids: &[u32],
+    report: &mut Report,
+) -> Result<(), String> {
+    let opts = gen.opts;
+    let mut conns: Vec<KeepAlive> = (0..opts.concurrency)
+        .map(|_| KeepAlive::new(host, port))
+        .collect();
+    open_all(&mut conns).await?;
+    let prefix = prefix(opts);
+    let subjects: Vec<String> = (0..opts.subjects)
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
+    let bodies: Vec<Vec<u8>> = subjects.iter().map(|s| gen.body(s, opts.cost)).collect();
+    let mut lat = Vec::new();
+    let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
+    let gen_cell = std::cell::RefCell::new(gen);
+    let outcome = closed_loop(
+        &mut conns,
+        Until {
+            seconds: opts.seconds,
+            requests: None,
+            drain_seconds: opts.drain_seconds,
+        },
+        (watch_pids, port),
+        |i, authority| {
+            let s = (i % subjects.len() as u64) as usize;
+            let req = gen_cell.borrow_mut().request(authority, &bodies[s]);
+            (req, s)
+        },
+        |s, a: Answer| {
+            total += 1;
+            let d = gen_cell.borrow_mut().checker.check(&a.result, &subjects[s]);
+            if !a.in_window {
+                return;
+            }
+            lat.push(a.ms);
+            match d {
+                Some(d) if d.allowed => allowed += 1,
+                Some(_) => denied += 1,
+                None => {}
+            }
+        },
+    )
+    .await;
+    let gen = gen_cell.into_inner();
+    for _ in 0..outcome.unanswered {
+        gen.checker.fail("unanswered_at_end");
+    }
+    lat.sort_by(f64::total_cmp);
+    *report = Report {
+        checks_per_s: ((allowed + denied) as f64 / opts.seconds).round() as u64,
+        allowed,
+        denied,
+        p50_ms: percentile(&lat, 50.0),
+        p99_ms: percentile(&lat, 99.0),
+        max_ms: lat.last().map(|x| round_to(*x, 1)),
+        subjects: opts.subjects,
+        concurrency: opts.concurrency,
+        seconds: opts.seconds,
+        cost: opts.cost,
+        callers: (!gen.auth.is_empty()).then_some(gen.auth.len()),
+        answers_total: total,
+        cpu_pct: outcome.cpu,
+        ..std::mem::take(report)
+    };
+    Ok(())
+}
+
+async fn exact_mode(
+    gen: &mut Gen<'_>,
+    host: &str,
+    port: u16,
+    report: &mut Report,
+) -> Result<(), String> {
+    let opts = gen.opts;
+    let r = opts.exact as u64;
+    let subject = format!("{}-exact", prefix(opts));
+    let (plan, resource) = (opts.plan(), opts.resource().name());
+    let mut one = KeepAlive::new(host, port);
+    let authority = one.authority();
+    let mut b = step(gen, &mut one, &subject, 1, "first check (cost 1)").await?;
+    let Some(remaining) = b.remaining.filter(|_| b.allowed && b.limit.is_some()) else {
+        return Err(format!(
+            "plan {plan} has no finite {resource} limit or denied: {b:?}"
+        ));
+    };
+    if remaining < r {
+        return Err(format!(
+            "only {remaining} {resource} left after the first check; --exact {r} needs more"
+        ));
+    }
+    if remaining > r {
+        let cost = remaining - r;
+        b = step(
+            gen,
+            &mut one,
+            &subject,
+            cost,
+            &format!("check of cost {cost}"),
+        )
+        .await?;
+    }
+    if !b.allowed || b.remaining != Some(r) {
+        return Err(format!("could not bring remaining to {r}: {b:?}"));
+    }
+
+    let n = 2 * opts.exact;
+    let mut conns: Vec<KeepAlive> = (0..n).map(|_| KeepAlive::new(host, port)).collect();
+    open_all(&mut conns).await?;
+    let body = gen.body(&subject, 1);
+    let reqs: Vec<Vec<u8>> = (0..n).map(|_| gen.request(&authority, &body)).collect();
+    let answers =
+        futures_util::future::join_all(conns.iter_mut().zip(&reqs).map(|(c, req)| async move {
+            let t0 = std::time::Instant::now();
+            let a = c.send(req).await;
+            (a, t0.elapsed().as_secs_f64() * 1000.0)
+        }))
+        .await;
+    let (mut allowed, mut denied) = (0u64, 0u64);
+    let mut remainders = Vec::new();
+    for (a, _) in &answers {
+        match gen.checker.check(a, &subject) {
+            Some(d) if d.allowed => {
+                allowed += 1;
+                remainders.push(d.remaining.unwrap_or(u64::MAX));
+            }
+            Some(_) => denied += 1,
+            None => {}
+        }
+    }
+    let last_req = gen.request(&authority, &body);
+    let last_answer = conns[0].send(&last_req).await;
+    let last = gen.checker.check(&last_answer, &subject);
+    let v = exact_verdict(
+        r,
+        allowed,
+        denied,
+        &remainders,
+        last.as_ref(),
+        gen.checker.count(),
+    );
+    let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
+    lat.sort_by(f64::total_cmp);
+    report.exact_ok = Some(v.exact_ok);
+    report.exact_r = opts.exact;
+    report.fired = n;
+    report.allowed = allowed;
+    report.denied = denied;
+    report.remaining_values_ok = v.remaining_values_ok;
+    report.final_denied = last.as_ref().map(|d| !d.allowed);
+    report.final_remaining = last.as_ref().and_then(|d| d.remaining);
+    report.p50_ms = percentile(&lat, 50.0);
+    report.p99_ms = percentile(&lat, 99.0);
+    report.max_ms = lat.last().map(|x| round_to(*x, 1));
+    Ok(())
+}
+
+/// One check of exact mode's set-up over `conn`; an error says what
+/// failed.
+async fn step(
+    gen: &mut Gen<'_>,
+    conn: &mut KeepAlive,
+    subject: &str,
+    cost: u64,
+    what: &str,
+) -> Result<Decision, String> {
+    let body = gen.body(subject, cost);
+    let req = gen.request(&conn.authority(), &body);
+    let answer = conn.send(&req).await;
+    match gen.checker.check(&answer, subject) {
+        Some(d) => Ok(d),
+        None => Err(match answer {
+            Err(e) => format!("{what}: {e}"),
+            Ok(a) => {
+                let text = String::from_utf8_lossy(&a.body);
+                let head: String = text.chars().take(300).collect();
+                format!("{what}: {} {head}", a.status)
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::bench::http::fake;
+
+    const POLICY: &str = "\"api\";q=6000;w=60";
+    const LIMIT: &str = "\"api\";r=999;t=1";
+
+    #[test]
+    fn structured_field_params_read_like_javascript_numbers() {
+        let (name, p) = sf_params(" \"api\" ; q=6000;w=60");
+        assert_eq!(name, "\"api\"");
+        assert_eq!(p["q"], 6000.0);
+        assert_eq!(p["w"], 60.0);
+        let (_, p) = sf_params("\"api\";r=;t;x=1.5;y=abc");
+        assert_eq!(p["r"], 0.0, "Number(\"\") is 0");
+        assert!(p["t"].is_nan(), "no value: NaN");
+        assert_eq!(p["x"], 1.5);
+        assert!(p["y"].is_nan());
+    }
+
+    #[test]
+    fn ratelimit_headers_must_describe_the_api_policy() {
+        assert!(headers_ok(Some(POLICY), Some(LIMIT)));
+        assert!(headers_ok(
+            Some("\"api\";q=60;w=60"),
+            Some("\"api\";r=0;t=60")
+        ));
+        for (policy, limit) in [
+            (None, Some(LIMIT)),
+            (Some(POLICY), None),
+            (
+                Some("\"points\";q=10000;w=86400"),
+                Some("\"points\";r=5;t=1"),
+            ),
+            (Some("api;q=6000;w=60"), Some(LIMIT)),
+            (Some("\"api\";q=0;w=60"), Some("\"api\";r=0;t=1")),
+            (Some("\"api\";q=6000;w=30"), Some(LIMIT)),
+            (Some(POLICY), Some("\"api\";r=6001;t=1")),
+            (Some(POLICY), Some("\"api\";r=1.5;t=1")),
+            (Some(POLICY), Some("\"api\";r=-1;t=1")),
+            (Some(POLICY), Some("\"api\";r=1;t=61")),
+            (Some(POLICY), Some("\"api\";r=1")),
+            (Some(POLICY), Some("\"api\";t=1")),
+        ] {
+            assert!(!headers_ok(policy, limit), "{policy:?} {limit:?}");
+        }
+    }
+
+    fn checked(
+        c: &mut Checker,
+        status: u16,
+        body: &str,
+        headers: bool,
+    ) -> (Option<Decision>, Vec<String>) {
+        let before = c.errors.clone();
+        let (p, l) = if headers {
+            (Some(POLICY), Some(LIMIT))
+        } else {
+            (None, None)
+        };
+        let d = c.check_parts(status, p, l, body.as_bytes(), "s");
+        let new: Vec<String> = c
+            .errors
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        (d, new)
+    }
+
+    #[test]
+    fn answers_are_checked_like_quotagen() {
+        let mut c = Checker::new(Resource::Points);
+        let ok = r#"{"allowed":true,"limit":10,"remaining":4,"resetMs":100}"#;
+        let (d, e) = checked(&mut c, 200, ok, true);
+        assert_eq!(
+            d,
+            Some(Decision {
+                allowed: true,
+                remaining: Some(4),
+                limit: Some(10)
+            })
+        );
+        assert!(e.is_empty());
+        // the same remaining admitted twice on one subject: over-admission,
+        // still a decision (the server admitted it)
+        let (d, e) = checked(&mut c, 200, ok, true);
+        assert!(d.is_some());
+        assert_eq!(e, vec!["duplicate_remaining"]);
+        let denied = r#"{"allowed":false,"limit":10,"remaining":0,"resetMs":5,"retryAfterMs":5,"error":{"code":"quota_exceeded","message":"m"}}"#;
+        assert_eq!(checked(&mut c, 429, denied, true).1, Vec::<String>::new());
+        let unlimited = r#"{"allowed":true,"limit":null,"remaining":null,"resetMs":0}"#;
+        assert_eq!(
+            checked(&mut c, 200, unlimited, true).1,
+            Vec::<String>::new()
+        );
+        for (status, body, headers, code) in [
+            (500, "{}", true, "http_500"),
+            (200, "nope", true, "bad_json"),
+            (200, "3", true, "bad_json"),
+            (200, r#"{"limit":1}"#, true, "body_without_allowed"),
+            (
+                429,
+                r#"{"error":{"code":"rate_limited"}}"#,
+                true,
+                "http_429_rate_limited",
+            ),
+            (429, "{}", true, "http_429_without_allowed"),
+            (
+                200,
+                r#"{"allowed":false,"limit":1,"remaining":0,"resetMs":1}"#,
+                true,
+                "allowed_status_mismatch",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":1,"remaining":2,"resetMs":1}"#,
+                true,
+                "bad_limit_remaining",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":null,"remaining":2,"resetMs":1}"#,
+                true,
+                "bad_limit_remaining",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"remaining":2,"resetMs":1}"#,
+                true,
+                "bad_limit_remaining",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":5,"remaining":2}"#,
+                true,
+                "bad_resetMs",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":null}"#,
+                true,
+                "bad_resetMs",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":-1}"#,
+                true,
+                "bad_resetMs",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":1,"retryAfterMs":null}"#,
+                true,
+                "bad_retryAfterMs",
+            ),
+            (
+                429,
+                r#"{"allowed":false,"limit":5,"remaining":0,"resetMs":1}"#,
+                true,
+                "429_without_error",
+            ),
+            (
+                200,
+                r#"{"allowed":true,"limit":5,"remaining":3,"resetMs":1}"#,
+                false,
+                "bad_ratelimit_headers",
+            ),
+        ] {
+            let (d, e) = checked(&mut c, status, body, headers);
+            assert_eq!(d, None, "{body}");
+            assert_eq!(e, vec![code.to_owned()], "{body}");
+        }
+        let transport: Result<Response, String> = Err("ConnectionReset".into());
+        assert_eq!(c.check(&transport, "s"), None);
+        assert_eq!(c.errors.get("transport_ConnectionReset"), Some(&1));
+        // api checks never count as over-admission
+        let mut api = Checker::new(Resource::Api);
+        checked(&mut api, 200, ok, true);
+        assert!(checked(&mut api, 200, ok, true).1.is_empty());
+    }
+
+    #[test]
+    fn the_exactness_verdict() {
+        let denied0 = Decision {
+            allowed: false,
+            remaining: Some(0),
+            limit: Some(10),
+        };
+        let v = exact_verdict(3, 3, 3, &[0, 2, 1], Some(&denied0), 0);
+        assert_eq!(
+            v,
+            ExactVerdict {
+                remaining_values_ok: true,
+                final_ok: true,
+                exact_ok: true
+            }
+        );
+        // one admitted too many, with a repeated remaining
+        let v = exact_verdict(3, 4, 2, &[0, 2, 1, 1], Some(&denied0), 1);
+        assert!(!v.remaining_values_ok && !v.exact_ok);
+        // a gap: 2, 1, 1 (0 missing)
+        assert!(!exact_verdict(3, 3, 3, &[2, 1, 1], Some(&denied0), 0).remaining_values_ok);
+        // values right but counts wrong (one answer lost)
+        let v = exact_verdict(3, 3, 2, &[0, 1, 2], Some(&denied0), 0);
+        assert!(v.remaining_values_ok && !v.exact_ok);
+        // the final check admitted, or denied with units left, or missing
+        let admitted = Decision {
+            allowed: true,
+            ..denied0.clone()
+        };
+        assert!(!exact_verdict(3, 3, 3, &[0, 1, 2], Some(&admitted), 0).final_ok);
+        let left = Decision {
+            remaining: Some(1),
+            ..denied0.clone()
+        };
+        assert!(!exact_verdict(3, 3, 3, &[0, 1, 2], Some(&left), 0).exact_ok);
+        assert!(!exact_verdict(3, 3, 3, &[0, 1, 2], None, 0).exact_ok);
+        // errors elsewhere spoil it
+        assert!(!exact_verdict(3, 3, 3, &[0, 1, 2], Some(&denied0), 1).exact_ok);
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        None,
+        /// The check after the last unit is admitted too.
+        OverAdmit,
+        /// No RateLimit headers.
+        NoHeaders,
+    }
+
+    /// A counter per subject with `limit` units (points), exact (one lock).
+    fn fake_quota(fault: Fault, limit: u64) -> u16 {
+        let used: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let over = Arc::new(Mutex::new(false));
+        fake::start(Arc::new(move |method, target, _head, body| {
+            if method == "GET" && target == "/health" {
+                return (200, String::new(), r#"{"status":"ok"}"#.into());
+            }
+            let v: Value = serde_json::from_slice(body).unwrap();
+            let subject = v["subject"].as_str().unwrap().to_owned();
+            let cost = v["cost"].as_u64().unwrap();
+            let mut used = used.lock().unwrap();
+            let u = used.entry(subject).or_default();
+            let mut allowed = *u + cost <= limit;
+            if !allowed && fault == Fault::OverAdmit && !*over.lock().unwrap() {
+                *over.lock().unwrap() = true;
+                allowed = true;
+            }
+            if allowed {
+                *u = (*u + cost).min(limit);
+            }
+            let remaining = limit - *u;
+            let headers = if fault == Fault::NoHeaders {
+                String::new()
+            } else {
+                "ratelimit-policy: \"api\";q=60;w=60\r\nratelimit: \"api\";r=20;t=0\r\n".into()
+            };
+            let mut b = json!({"allowed": allowed, "limit": limit, "remaining": remaining, "resetMs": 1000});
+            if !allowed {
+                b["error"] = json!({"code": "quota_exceeded", "message": "no"});
+            }
+            (if allowed { 200 } else { 429 }, headers, b.to_string())
+        }))
+    }
+
+    fn opts(port: u16) -> Options {
+        Options {
+            url: format!("http://127.0.0.1:{port}"),
+            seconds: 0.3,
+            subjects: 3,
+            concurrency: 4,
+            drain_seconds: 2.0,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn exact_mode_passes_an_exact_server_and_catches_over_admission() {
+        let o = Options {
+            exact: 5,
+            ..opts(fake_quota(Fault::None, 100))
+        };
+        let r = run(&o, &Auth::None, &[]);
+        assert_eq!(r.exact_ok, Some(true), "{}", r.to_json());
+        assert_eq!((r.allowed, r.denied, r.fired), (5, 5, 10));
+        assert_eq!(r.final_remaining, Some(0));
+        assert!(r.ok());
+
+        let o = Options {
+            exact: 5,
+            ..opts(fake_quota(Fault::OverAdmit, 100))
+        };
+        let r = run(&o, &Auth::None, &[]);
+        assert_eq!(r.exact_ok, Some(false), "{}", r.to_json());
+        assert_eq!((r.allowed, r.denied), (6, 4));
+        assert_eq!(r.error_detail.get("duplicate_remaining"), Some(&1));
+        assert!(!r.ok());
+
+        // too few units for R (99 left after the first check): a fatal report
+        let o = Options {
+            exact: 100,
+            ..opts(fake_quota(Fault::None, 100))
+        };
+        let r = run(&o, &Auth::None, &[]);
+        assert!(
+            r.fatal.as_deref().unwrap().contains("needs more"),
+            "{}",
+            r.to_json()
+        );
+        assert!(!r.ok());
+        assert!(r.to_json().contains("\"exact_ok\":false"));
+    }
+
+    #[test]
+    fn load_mode_counts_answers_and_errors() {
+        // 3 subjects x 50 units: most checks are denied after a few ms
+        let o = Options {
+            resource: Some(Resource::Points),
+            ..opts(fake_quota(Fault::None, 50))
+        };
+        let r = run(&o, &Auth::None, &[]);
+        assert_eq!(r.errors, 0, "{}", r.to_json());
+        assert_eq!(r.allowed, 150, "{}", r.to_json());
+        assert!(r.denied > 0 && r.checks_per_s > 0, "{}", r.to_json());
+        assert!(r.p50_ms.is_some() && r.cpu_pct.contains_key("loadgen"));
+        let line: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(line["resource"], "points");
+        assert_eq!(line["plan"], "enterprise");
+
+        let r = run(&opts(fake_quota(Fault::NoHeaders, 1000)), &Auth::None, &[]);
+        assert!(r.errors > 0);
+        assert_eq!(
+            r.error_detail.keys().collect::<Vec<_>>(),
+            vec!["bad_ratelimit_headers"]
+        );
+        assert_eq!(r.allowed + r.denied, 0, "malformed answers do not count");
+
+        // nobody listening: fatal
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = run(&opts(port), &Auth::None, &[]);
+        assert!(
+            r.fatal.as_deref().unwrap().starts_with("GET /health"),
+            "{}",
+            r.to_json()
+        );
+    }
+
+    #[test]
+    fn service_tokens_rotate_over_the_callers() {
+        assert_eq!(caller_ids(1), vec!["quotagen"]);
+        assert_eq!(
+            caller_ids(3),
+            vec!["quotagen-1", "quotagen-2", "quotagen-3"]
+        );
+        let subs: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = Arc::clone(&subs);
+        let port = fake::start(Arc::new(move |method, _target, head, _body| {
+            if method == "GET" {
+                return (200, String::new(), "{}".into());
+            }
+            // the token's claims, unverified
+            let token = head
+                .lines()
+                .find_map(|l| l.strip_prefix("authorization: Bearer "))
+                .unwrap_or_default();
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            v.validate_exp = false;
+            v.required_spec_claims.clear();
+            let claims = jsonwebtoken::decode::<Value>(
+                token,
+                &jsonwebtoken::DecodingKey::from_secret(b"secret"),
+                &v,
+            )
+            .map(|d| d.claims)
+            .unwrap_or_default();
+            let who = format!("{} {} {}", claims["sub"], claims["role"], claims["plan"]);
+            seen.lock().unwrap().insert(who);
+            (
+                200,
+                "ratelimit-policy: \"api\";q=60;w=60\r\nratelimit: \"api\";r=20;t=0\r\n".into(),
+                r#"{"allowed":true,"limit":null,"remaining":null,"resetMs":0}"#.into(),
+            )
+        }));
+        let o = Options {
+            callers: 3,
+            ..opts(port)
+        };
+        let r = run(&o, &Auth::Service("secret".into()), &[]);
+        assert_eq!(r.errors, 0, "{}", r.to_json());
+        assert_eq!(r.callers, Some(3));
+        let mut who: Vec<String> = subs.lock().unwrap().iter().cloned().collect();
+        who.sort();
+        assert_eq!(
+            who,
+            vec![
+                r#""quotagen-1" "service" "enterprise""#,
+                r#""quotagen-2" "service" "enterprise""#,
+                r#""quotagen-3" "service" "enterprise""#,
+            ]
+        );
+    }
+}
