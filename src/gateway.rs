@@ -64,22 +64,29 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         let _ = headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
         let _ = headers.append("vary", "Origin");
     }
-    // One structured line per request; never the token.
-    let mut line = serde_json::json!({
-        "level": if status >= 500 { "error" } else { "info" },
-        "requestId": request_id,
-        "method": method,
-        "route": pattern,
-        "status": status,
-        "durationMs": now_ms() - started,
-    });
-    if let Some(u) = user {
-        line["user"] = u.into();
+    let log = match var(&env, "REQUEST_LOG").as_deref() {
+        Some("off") => status >= 500,
+        Some("errors") => status >= 400,
+        _ => true,
+    };
+    if log {
+        // One structured line per request; never the token.
+        let mut line = serde_json::json!({
+            "level": if status >= 500 { "error" } else { "info" },
+            "requestId": request_id,
+            "method": method,
+            "route": pattern,
+            "status": status,
+            "durationMs": now_ms() - started,
+        });
+        if let Some(u) = user {
+            line["user"] = u.into();
+        }
+        if let Some((_, Some(detail))) = status_err {
+            line["error"] = detail.into();
+        }
+        worker::console_log!("{line}");
     }
-    if let Some((_, Some(detail))) = status_err {
-        line["error"] = detail.into();
-    }
-    worker::console_log!("{line}");
     Ok(resp.with_headers(headers))
 }
 
