@@ -31,7 +31,8 @@ async fn every_v1_answer_carries_the_api_rate_limit_headers() {
         seen.push(a.header("ratelimit").unwrap().to_owned());
     }
     assert_eq!(seen[0], "\"api\";r=19;t=1", "one unit used of a burst of 20");
-    assert_eq!(seen[3], "\"api\";r=16;t=4");
+    // Three more units used (one may have refilled meanwhile on a slow run).
+    assert!(["\"api\";r=16;t=4", "\"api\";r=17;t=3"].contains(&seen[3].as_str()), "{}", seen[3]);
     let bad = post("/v1/sessions", &t, &json!({"nope": 1})).await;
     assert_eq!(bad.status, 422);
     assert!(bad.header("ratelimit").is_some(), "errors carry them too");
@@ -42,18 +43,28 @@ async fn every_v1_answer_carries_the_api_rate_limit_headers() {
 
 async fn a_burst_ends_in_429_and_recovers_after_the_wait() {
     let t = user_token(&unique("burst"), "free");
-    for i in 0..20 {
-        assert_eq!(get("/v1/quota", &t).await.status, 200, "request {i} within the burst");
-    }
-    let denied = post("/v1/sessions", &t, &json!({})).await;
+    // Free plan: a burst of 20, then one unit a second. Requests go until
+    // the first refusal (however fast this machine is, at least the burst
+    // passes first), each a valid session create.
+    let mut allowed = 0;
+    let denied = loop {
+        let a = post("/v1/sessions", &t, &json!({})).await;
+        if a.status == 429 {
+            break a;
+        }
+        assert_eq!(a.status, 201, "{}", a.text);
+        allowed += 1;
+        assert!(allowed < 29, "never refused");
+    };
+    assert!(allowed >= 20, "the burst of 20 passes: {allowed}");
     denied.assert_error(429, "rate_limited");
     assert_eq!(denied.header("retry-after"), Some("1"));
-    assert_eq!(denied.header("ratelimit"), Some("\"api\";r=0;t=20"));
+    assert!(denied.header("ratelimit").unwrap().starts_with("\"api\";r=0;"));
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let ok = get("/v1/quota", &t).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
-    // The refused create had no effect: no session was counted.
-    assert_eq!(ok.body["sessions"]["used"], 0, "{}", ok.text);
+    // The refused create had no effect: only the allowed ones were counted.
+    assert_eq!(ok.body["sessions"]["used"], allowed, "{}", ok.text);
 }
 
 async fn a_denied_check_consumes_nothing() {
