@@ -33,13 +33,15 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         .unwrap_or_else(ids::new_random_id);
     let method = req.method().to_string();
     let origin = req.headers().get("origin").ok().flatten();
-    let origins = AllowedOrigins::parse(var(&env, "ALLOWED_ORIGINS").as_deref());
+    let config = settings(&env);
+    let origins = &config.origins;
 
     let mut g = Gateway {
         env: &env,
         request_id: &request_id,
         origin: origin.as_deref(),
-        origins: &origins,
+        origins,
+        config: &config,
         pattern: "-",
         user: None,
         rate: None,
@@ -64,12 +66,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         let _ = headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
         let _ = headers.append("vary", "Origin");
     }
-    let log = match var(&env, "REQUEST_LOG").as_deref() {
-        Some("off") => status >= 500,
-        Some("errors") => status >= 400,
-        _ => true,
-    };
-    if log {
+    if config.log.logs(status) {
         // One structured line per request; never the token.
         let mut line = serde_json::json!({
             "level": if status >= 500 { "error" } else { "info" },
@@ -95,6 +92,7 @@ struct Gateway<'a> {
     request_id: &'a str,
     origin: Option<&'a str>,
     origins: &'a AllowedOrigins,
+    config: &'a Settings,
     pattern: &'static str,
     user: Option<String>,
     // The caller's `api` policy after the charge (`RateLimit-Policy`,
@@ -135,7 +133,10 @@ impl Gateway<'_> {
         // work, routing included.
         let claims = self.authenticate(&req, &url, route::is_socket_path(path))?;
         self.user = Some(claims.sub.clone());
-        let known_plan = with_plans(self.env, |plans| plans.get(&claims.plan).is_some())?;
+        let known_plan = match &self.config.plans {
+            Ok(plans) => plans.get(&claims.plan).is_some(),
+            Err(e) => return Err(ApiError::Internal(format!("configuration: {e}"))),
+        };
         if !known_plan {
             return Err(AuthError::InvalidClaim("plan").into());
         }
@@ -414,8 +415,10 @@ impl Gateway<'_> {
                 .ok_or(AuthError::Missing)?,
             None => return Err(AuthError::Missing.into()),
         };
-        let secret = var(self.env, "AUTH_SECRET")
-            .filter(|s| !s.is_empty())
+        let secret = self
+            .config
+            .secret
+            .as_deref()
             .ok_or_else(|| ApiError::Internal("AUTH_SECRET is not configured".into()))?;
         Ok(auth::verify(&token, secret.as_bytes(), now_ms() / 1000)?)
     }
@@ -538,27 +541,55 @@ fn check_query(resource: Resource, cost: u64, plan: Option<&str>) -> String {
     }
 }
 
+/// The gateway's configuration, read from the environment once per
+/// isolate (vars and secrets only change with a new deployment, which
+/// starts new isolates): reading a binding is a JS round trip each time.
+struct Settings {
+    secret: Option<String>,
+    origins: AllowedOrigins,
+    plans: Result<Plans, String>,
+    log: LogMode,
+}
+
+/// Which requests get a log line (`REQUEST_LOG`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogMode {
+    All,
+    Errors,
+    ServerErrors,
+}
+
+impl LogMode {
+    fn logs(self, status: u16) -> bool {
+        match self {
+            LogMode::All => true,
+            LogMode::Errors => status >= 400,
+            LogMode::ServerErrors => status >= 500,
+        }
+    }
+}
+
 thread_local! {
-    // The parsed plan table, by the `PLANS` text it came from: parsed once
-    // per isolate, not per request.
-    static PLANS: std::cell::RefCell<Option<(String, Result<Plans, String>)>> =
+    static SETTINGS: std::cell::RefCell<Option<std::rc::Rc<Settings>>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` on the configured plans; a malformed `PLANS` is a 500 that logs why.
-fn with_plans<T>(env: &Env, f: impl FnOnce(&Plans) -> T) -> Result<T, ApiError> {
-    let src = var(env, "PLANS").unwrap_or_default();
-    PLANS.with(|cell| {
-        let mut cache = cell.borrow_mut();
-        if cache.as_ref().is_none_or(|(s, _)| *s != src) {
-            let parsed = Plans::parse(Some(&src));
-            *cache = Some((src, parsed));
-        }
-        match cache.as_ref().map(|(_, p)| p) {
-            Some(Ok(plans)) => Ok(f(plans)),
-            Some(Err(e)) => Err(ApiError::Internal(format!("configuration: {e}"))),
-            None => Err(ApiError::Internal("configuration: PLANS not loaded".into())),
-        }
+fn settings(env: &Env) -> std::rc::Rc<Settings> {
+    SETTINGS.with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                std::rc::Rc::new(Settings {
+                    secret: var(env, "AUTH_SECRET").filter(|s| !s.is_empty()),
+                    origins: AllowedOrigins::parse(var(env, "ALLOWED_ORIGINS").as_deref()),
+                    plans: Plans::parse(var(env, "PLANS").as_deref()),
+                    log: match var(env, "REQUEST_LOG").as_deref() {
+                        Some("off") => LogMode::ServerErrors,
+                        Some("errors") => LogMode::Errors,
+                        _ => LogMode::All,
+                    },
+                })
+            })
+            .clone()
     })
 }
 

@@ -176,11 +176,25 @@ pub async fn call_object(
         .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
 }
 
+thread_local! {
+    // Durable Object namespaces by binding name, looked up once per isolate.
+    static NAMESPACES: std::cell::RefCell<std::collections::HashMap<String, worker::ObjectNamespace>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// The stub of the object `name` of `binding`.
 pub fn stub(env: &Env, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
-    env.durable_object(binding)
-        .and_then(|ns| ns.id_from_name(name)?.get_stub())
-        .map_err(|e| ApiError::Internal(format!("binding {binding}: {e}")))
+    let fail = |e: worker::Error| ApiError::Internal(format!("binding {binding}: {e}"));
+    let ns = NAMESPACES.with(|cell| {
+        if let Some(ns) = cell.borrow().get(binding) {
+            return Ok(ns.clone());
+        }
+        let ns = env.durable_object(binding)?;
+        cell.borrow_mut().insert(binding.to_owned(), ns.clone());
+        Ok(ns)
+    });
+    ns.and_then(|ns| ns.id_from_name(name)?.get_stub())
+        .map_err(fail)
 }
 
 /// Sets the object's alarm to the moment `at` (ms since the epoch). The
