@@ -20,7 +20,6 @@ mod quota;
 mod serve;
 mod summary;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -569,7 +568,6 @@ const SESSION_METRICS: [&str; 14] = [
 impl Figures for loadgen::Report {
     /// The per-run figures summarised (as summarize.mjs).
     fn metric(&self, name: &str) -> Option<f64> {
-        let cpu = |k: &str| self.cpu_pct.get(k).copied();
         match name {
             "acks_per_s" => Some(self.acks_per_s as f64),
             "deliveries_per_s" => Some(self.deliveries_per_s as f64),
@@ -580,26 +578,11 @@ impl Figures for loadgen::Report {
             "ack_max_ms" => self.ack_max_ms,
             "ack_share_min" => self.ack_share_min,
             "errors" => Some(self.errors as f64),
-            "cpu_workerd_pct" => cpu("workerd"),
-            "cpu_proxy_pct" => cpu("workerd_proxy"),
-            "cpu_node_pct" => cpu("node"),
-            "cpu_loadgen_pct" => cpu("loadgen"),
-            "workerd_cpu_us_per_ack" => match (cpu("workerd"), self.acks_per_s) {
-                (Some(w), a) if a > 0 && w > 0.0 => Some(w * 1e4 / a as f64),
-                _ => None,
-            },
-            _ => None,
+            "workerd_cpu_us_per_ack" => cpu::workerd_cpu_us_per(&self.cpu_pct, self.acks_per_s),
+            _ => cpu::cpu_metric(name, &self.cpu_pct),
         }
     }
-    fn errors(&self) -> u64 {
-        self.errors
-    }
-    fn error_detail(&self) -> BTreeMap<String, u64> {
-        self.error_detail.clone()
-    }
-    fn lines(&self) -> Vec<String> {
-        vec![self.to_json()]
-    }
+    summary::one_line_figures!();
 }
 
 fn loadgen_only(a: Args<loadgen::Options>) -> Result<(), String> {

@@ -337,6 +337,21 @@ struct Session {
 }
 
 impl Session {
+    fn new(id: String, parts: Vec<Participant>) -> Session {
+        Session {
+            id,
+            last_seq: None,
+            seqs: SeqChecker::default(),
+            acked: Vec::new(),
+            parts,
+            errors: BTreeMap::new(),
+            ack_lat: Vec::new(),
+            del_lat: Vec::new(),
+            acks_in_window: 0,
+            deliveries_in_window: 0,
+            hist: Vec::new(),
+        }
+    }
     fn fail(&mut self, code: &str) {
         self.fail_n(code, 1);
     }
@@ -799,19 +814,7 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, St
         } else {
             uuid_v7()
         };
-        sessions.push(Session {
-            id,
-            last_seq: None,
-            seqs: SeqChecker::default(),
-            acked: Vec::new(),
-            parts,
-            errors: BTreeMap::new(),
-            ack_lat: Vec::new(),
-            del_lat: Vec::new(),
-            acks_in_window: 0,
-            deliveries_in_window: 0,
-            hist: Vec::new(),
-        });
+        sessions.push(Session::new(id, parts));
     }
     let urls: Vec<Vec<String>> = sessions
         .iter()
@@ -1130,19 +1133,7 @@ mod tests {
             tag: "abc".into(),
             sending: AtomicBool::new(false),
             window: OnceLock::new(),
-            sessions: vec![Mutex::new(Session {
-                id: "s".into(),
-                last_seq: None,
-                seqs: SeqChecker::default(),
-                acked: Vec::new(),
-                parts,
-                errors: BTreeMap::new(),
-                ack_lat: Vec::new(),
-                del_lat: Vec::new(),
-                acks_in_window: 0,
-                deliveries_in_window: 0,
-                hist: Vec::new(),
-            })],
+            sessions: vec![Mutex::new(Session::new("s".into(), parts))],
         };
         let welcome = r#"{"type":"welcome","lastSeq":5,"participants":[{"userId":"u0"}]}"#;
         assert!(!on_frame(&sh, 0, 0, welcome));

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::cpu::cpu_metric;
 use super::drive::{closed_loop, open_all, Answer, Until};
 use super::http::{self, request_bytes, KeepAlive};
 use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
-use super::summary::Figures;
+use super::summary::{one_line_figures, Figures};
 
 /// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -278,7 +279,6 @@ pub const METRICS: [&str; 11] = [
 
 impl Figures for PhaseReport {
     fn metric(&self, name: &str) -> Option<f64> {
-        let cpu = |k: &str| self.cpu_pct.get(k).copied();
         match name {
             "requests_per_s" => Some(self.requests_per_s as f64),
             "reads_per_s" => self.reads_per_s.map(|x| x as f64),
@@ -288,21 +288,10 @@ impl Figures for PhaseReport {
             "errors" => Some(self.errors as f64),
             "rate_limited" => Some(self.rate_limited as f64),
             "max_caller_req_per_s" => Some(self.max_caller_req_per_s),
-            "cpu_workerd_pct" => cpu("workerd"),
-            "cpu_proxy_pct" => cpu("workerd_proxy"),
-            "cpu_loadgen_pct" => cpu("loadgen"),
-            _ => None,
+            _ => cpu_metric(name, &self.cpu_pct),
         }
     }
-    fn errors(&self) -> u64 {
-        self.errors
-    }
-    fn error_detail(&self) -> BTreeMap<String, u64> {
-        self.error_detail.clone()
-    }
-    fn lines(&self) -> Vec<String> {
-        vec![self.to_json()]
-    }
+    one_line_figures!();
 }
 
 /// One run: its phases, or why it stopped.
@@ -500,6 +489,10 @@ async fn run_phase(
         |i, authority| {
             let run = run_cell.borrow();
             let ncall = run.callers.len() as u64;
+            let get = |path: &str, caller: usize| {
+                let auth = [("authorization", run.callers[caller].as_str())];
+                request_bytes("GET", path, authority, &auth, b"", false)
+            };
             match phase {
                 Phase::Setup | Phase::Heartbeat => {
                     let user = (i % n) as usize;
@@ -522,30 +515,14 @@ async fn run_phase(
                     let user = (i % n) as usize;
                     let caller = ((i + ncall / 2) % ncall) as usize;
                     let path = format!("/v1/presence/{}", run.users[user].id);
-                    let req = request_bytes(
-                        "GET",
-                        &path,
-                        authority,
-                        &[("authorization", &run.callers[caller])],
-                        b"",
-                        false,
-                    );
-                    (req, Job::Single { caller, user })
+                    (get(&path, caller), Job::Single { caller, user })
                 }
                 Phase::Batch => {
                     let caller = (i % ncall) as usize;
                     let ids = batch_ids(i, opts.users, opts.batch);
                     let list: Vec<&str> = ids.iter().map(|&u| run.users[u].id.as_str()).collect();
                     let path = format!("/v1/presence?users={}", list.join(","));
-                    let req = request_bytes(
-                        "GET",
-                        &path,
-                        authority,
-                        &[("authorization", &run.callers[caller])],
-                        b"",
-                        false,
-                    );
-                    (req, Job::Batch { caller, ids })
+                    (get(&path, caller), Job::Batch { caller, ids })
                 }
             }
         },

@@ -27,10 +27,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Value};
 
+use super::cpu::{cpu_metric, workerd_cpu_us_per};
 use super::drive::{closed_loop, open_all, Answer, Until};
 use super::http::{self, request_bytes, KeepAlive, Response};
 use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
-use super::summary::Figures;
+use super::summary::{one_line_figures, Figures};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resource {
@@ -478,7 +479,6 @@ impl Figures for Report {
         if self.fatal.is_some() {
             return (name == "errors").then_some(self.errors as f64);
         }
-        let cpu = |k: &str| self.cpu_pct.get(k).copied();
         match name {
             "checks_per_s" if !self.exact => Some(self.checks_per_s as f64),
             "allowed" => Some(self.allowed as f64),
@@ -489,27 +489,11 @@ impl Figures for Report {
             "errors" => Some(self.errors as f64),
             "exact_ok" => self.exact_ok.map(|ok| f64::from(u8::from(ok))),
             "final_remaining" => self.final_remaining.map(|x| x as f64),
-            "cpu_workerd_pct" => cpu("workerd"),
-            "cpu_proxy_pct" => cpu("workerd_proxy"),
-            "cpu_node_pct" => cpu("node"),
-            "cpu_loadgen_pct" => cpu("loadgen"),
-            "cpu_machine_pct" => cpu("machine"),
-            "workerd_cpu_us_per_check" => match (cpu("workerd"), self.checks_per_s) {
-                (Some(w), c) if c > 0 && w > 0.0 => Some(w * 1e4 / c as f64),
-                _ => None,
-            },
-            _ => None,
+            "workerd_cpu_us_per_check" => workerd_cpu_us_per(&self.cpu_pct, self.checks_per_s),
+            _ => cpu_metric(name, &self.cpu_pct),
         }
     }
-    fn errors(&self) -> u64 {
-        self.errors
-    }
-    fn error_detail(&self) -> BTreeMap<String, u64> {
-        self.error_detail.clone()
-    }
-    fn lines(&self) -> Vec<String> {
-        vec![self.to_json()]
-    }
+    one_line_figures!();
     fn ok(&self) -> bool {
         self.errors == 0 && self.exact_ok != Some(false) && self.fatal.is_none()
     }

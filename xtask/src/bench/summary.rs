@@ -23,6 +23,24 @@ pub trait Figures {
     }
 }
 
+/// The `errors`, `error_detail` and `lines` of a `Figures` impl for a report
+/// with `errors` and `error_detail` fields that prints as one JSON line
+/// (its `to_json`).
+macro_rules! one_line_figures {
+    () => {
+        fn errors(&self) -> u64 {
+            self.errors
+        }
+        fn error_detail(&self) -> std::collections::BTreeMap<String, u64> {
+            self.error_detail.clone()
+        }
+        fn lines(&self) -> Vec<String> {
+            vec![self.to_json()]
+        }
+    };
+}
+pub(crate) use one_line_figures;
+
 /// The median of `xs` (mean of the middle two when even).
 pub fn median(xs: &[f64]) -> Option<f64> {
     let mut s = xs.to_vec();
