@@ -5,15 +5,17 @@ use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
     parse_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund, Resource,
+    DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
 use crate::auth::{self, AuthError, Claims};
+use crate::calls::{PresenceCall, QuotaCall, SessionCall};
 use crate::config::{AllowedOrigins, Plans};
+use crate::core::quota::H_RETRY_AFTER_MS;
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller, H_REQUEST_ID};
+use crate::http::{self, internal, Binding, Caller, Hop, H_REQUEST_ID};
 use crate::ids;
-use crate::objects::quota::H_RETRY_AFTER_MS;
 use crate::route::{self, Route};
 use crate::time::now_ms;
 
@@ -101,6 +103,8 @@ struct Gateway<'a> {
 }
 
 impl Gateway<'_> {
+    /// Preflight, health, then for `/v1`: token, `api` charge, route, and
+    /// the one hop to the object that owns the request's id.
     async fn handle(&mut self, mut req: Request) -> Result<Response, ApiError> {
         let method = req.method();
         if method == Method::Options {
@@ -108,36 +112,37 @@ impl Gateway<'_> {
         }
         let url = req.url().map_err(internal)?;
         #[cfg(feature = "test-faults")]
-        if url.path() == "/__test/faults" {
-            let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
-            crate::faults::set_d1_failing(on);
-            return http::json(200, &serde_json::json!({"d1Failing": on}));
-        }
-        #[cfg(feature = "test-faults")]
-        if url.path() == "/__test/d1" {
-            return self.test_d1_query(&mut req).await;
+        if let Some(answer) = self.test_hook(&mut req, &url).await {
+            return answer;
         }
         let path = url.path();
         if !route::is_api_path(path) {
             // Outside /v1 there is only the health check.
-            let route = route::route(method.as_ref(), path)?;
-            self.pattern = route.pattern();
-            return http::json(
-                200,
-                &Health {
-                    status: "ok".into(),
-                },
-            );
+            self.pattern = route::route(method.as_ref(), path)?.pattern();
+            let health = Health {
+                status: "ok".into(),
+            };
+            return http::json(200, &health);
         }
         // Every /v1 request is authenticated and charged before any other
-        // work, routing included.
-        let claims = self.authenticate(&req, &url, route::is_socket_path(path))?;
+        // work, routing included (CONTRACT.md section 7).
+        let caller = self.admit(&req, &url).await?;
+        let route = route::route(method.as_ref(), path)?;
+        self.pattern = route.pattern();
+        self.dispatch(route, req, &url, &caller).await
+    }
+
+    /// The caller of a `/v1` request: a verified token with a configured
+    /// plan, charged one `api` unit unless it is a service token.
+    async fn admit(&mut self, req: &Request, url: &Url) -> Result<Caller, ApiError> {
+        let claims = self.authenticate(req, url, route::is_socket_path(url.path()))?;
         self.user = Some(claims.sub.clone());
-        let known_plan = match &self.config.plans {
-            Ok(plans) => plans.get(&claims.plan).is_some(),
-            Err(e) => return Err(ApiError::Internal(format!("configuration: {e}"))),
-        };
-        if !known_plan {
+        let plans = self
+            .config
+            .plans
+            .as_ref()
+            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
+        if plans.get(&claims.plan).is_none() {
             return Err(AuthError::InvalidClaim("plan").into());
         }
         let caller = Caller {
@@ -148,145 +153,109 @@ impl Gateway<'_> {
         if !caller.service {
             self.charge(&caller).await?;
         }
-        let route = route::route(method.as_ref(), path)?;
-        self.pattern = route.pattern();
-        if matches!(route, Route::SessionSocket(_)) {
-            self.check_socket_origin()?;
-        }
+        Ok(caller)
+    }
 
+    /// The typed call for a route, sent to the object that owns its id.
+    async fn dispatch(
+        &self,
+        route: Route,
+        mut req: Request,
+        url: &Url,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let hop = self.hop(caller);
+        let me = caller.user.as_str();
         match route {
             Route::Health => Err(ApiError::NotFound("no such route".into())),
-            Route::CreateSession => {
-                let id = ids::new_session_id(now_ms());
-                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                // Only a valid request is charged a session.
-                parse_body::<CreateSession>(&body)?;
-                self.charge_session(&caller).await?;
-                let q = format!("sessionId={id}");
-                let created = self
-                    .forward(
-                        "ACTIVE_SESSION",
-                        &id,
-                        "/create",
-                        Method::Post,
-                        Some(body),
-                        &caller,
-                        Some(&q),
-                    )
-                    .await;
-                if !matches!(&created, Ok(r) if r.status_code() == 201) {
-                    // Not created: the session unit goes back.
-                    self.refund_session(&caller).await;
-                }
-                created
-            }
-            Route::GetSession(id) => {
-                self.forward(
-                    "ACTIVE_SESSION",
-                    &id,
-                    "/get",
-                    Method::Get,
-                    None,
-                    &caller,
-                    None,
-                )
-                .await
-            }
-            Route::SessionSocket(id) => {
-                let op = format!("/ws?sessionId={id}");
-                self.forward_upgrade("ACTIVE_SESSION", &id, &op, &req, &caller)
-                    .await
-            }
+            Route::CreateSession => self.create_session(&mut req, caller).await,
+            Route::GetSession(id) => hop.session(&id, SessionCall::Get).await,
+            Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
             Route::AppendPoints(id) => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                self.forward(
-                    "ACTIVE_SESSION",
-                    &id,
-                    "/points",
-                    Method::Post,
-                    Some(body),
-                    &caller,
-                    None,
-                )
-                .await
+                hop.session(&id, SessionCall::Append { body }).await
             }
             Route::ReadPoints(id) => {
-                self.forward(
-                    "ACTIVE_SESSION",
-                    &id,
-                    "/points",
-                    Method::Get,
-                    None,
-                    &caller,
-                    url.query(),
-                )
-                .await
+                let (after_seq, limit) = route::parse_read_query(
+                    query(url, "afterSeq").as_deref(),
+                    query(url, "limit").as_deref(),
+                )?;
+                let call = SessionCall::Read { after_seq, limit };
+                hop.session(&id, call).await
             }
-            Route::EndSession(id) => {
-                self.forward(
-                    "ACTIVE_SESSION",
-                    &id,
-                    "/end",
-                    Method::Post,
-                    None,
-                    &caller,
-                    None,
-                )
-                .await
-            }
+            Route::EndSession(id) => hop.session(&id, SessionCall::End).await,
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                let user = caller.user.clone();
-                self.forward(
-                    "PRESENCE",
-                    &user,
-                    "/heartbeat",
-                    Method::Post,
-                    Some(body),
-                    &caller,
-                    None,
-                )
-                .await
+                hop.presence(me, PresenceCall::Heartbeat { body }).await
             }
-            Route::GetPresence(user) => self.presence_of(&user, &caller).await,
-            Route::BatchPresence => self.batch_presence(&url, &caller).await,
+            Route::GetPresence(user) => hop.presence(&user, presence_get(&user)).await,
+            Route::BatchPresence => self.batch_presence(url, caller).await,
             Route::GetQuota => {
-                let user = caller.user.clone();
-                self.forward(
-                    "QUOTA",
-                    &user,
-                    "/overview",
-                    Method::Get,
-                    None,
-                    &caller,
-                    None,
-                )
-                .await
+                let plan = caller.plan.clone();
+                hop.quota(me, QuotaCall::Overview { plan }).await
             }
             Route::CheckQuota | Route::RefundQuota => {
                 if !caller.service {
                     return Err(ApiError::Forbidden("a service token is required".into()));
                 }
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                // Validated here: the subject names the object to ask, and
-                // the rest goes in the query (no body to read there).
-                let (subject, op, q) = if route == Route::CheckQuota {
-                    let c = parse_body::<QuotaCheck>(&body)?;
-                    let q = check_query(c.resource, c.cost.unwrap_or(1), c.plan.as_deref());
-                    (c.subject, "/check", q)
-                } else {
-                    let r = parse_body::<QuotaRefund>(&body)?;
-                    let q = check_query(r.resource, r.cost, None);
-                    (r.subject, "/refund", q)
-                };
-                self.forward("QUOTA", &subject, op, Method::Get, None, &caller, Some(&q))
-                    .await
+                let (subject, call) = quota_call(&route, &body)?;
+                hop.quota(&subject, call).await
             }
         }
     }
 
-    /// Test builds only: runs one SQL statement on D1 and answers its rows,
-    /// so integration tests can see what reached D1.
+    fn hop<'h>(&'h self, caller: &'h Caller) -> Hop<'h> {
+        Hop {
+            env: self.env,
+            caller,
+            request_id: Some(self.request_id),
+        }
+    }
+
+    /// `POST /v1/sessions`: a valid body takes one `sessions` unit, given
+    /// back when the session could not be created.
+    async fn create_session(
+        &self,
+        req: &mut Request,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let session_id = ids::new_session_id(now_ms());
+        let body = http::read_body(req, MAX_BODY_BYTES).await?;
+        parse_body::<CreateSession>(&body)?;
+        self.charge_session(caller).await?;
+        let created = self
+            .hop(caller)
+            .session(
+                &session_id.clone(),
+                SessionCall::Create { session_id, body },
+            )
+            .await;
+        if !matches!(&created, Ok(r) if r.status_code() == 201) {
+            let refund = QuotaCall::Refund {
+                resource: Resource::Sessions,
+                cost: 1,
+            };
+            let _ = self.hop(caller).quota(&caller.user, refund).await;
+        }
+        created
+    }
+
+    /// Test builds only: the D1 fault switch and a route that runs one SQL
+    /// statement on D1, so integration tests can see what reached D1.
+    #[cfg(feature = "test-faults")]
+    async fn test_hook(&self, req: &mut Request, url: &Url) -> Option<Result<Response, ApiError>> {
+        match url.path() {
+            "/__test/faults" => {
+                let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
+                crate::faults::set_d1_failing(on);
+                Some(http::json(200, &serde_json::json!({"d1Failing": on})))
+            }
+            "/__test/d1" => Some(self.test_d1_query(req).await),
+            _ => None,
+        }
+    }
+
     #[cfg(feature = "test-faults")]
     async fn test_d1_query(&self, req: &mut Request) -> Result<Response, ApiError> {
         let sql = req.text().await.map_err(internal)?;
@@ -299,17 +268,10 @@ impl Gateway<'_> {
     /// Charges the caller's `api` unit for this request: 429 when denied,
     /// with nothing else done for it.
     async fn charge(&mut self, caller: &Caller) -> Result<(), ApiError> {
-        let q = format!("plan={}", caller.plan);
+        let plan = caller.plan.clone();
         let resp = self
-            .forward(
-                "QUOTA",
-                &caller.user,
-                "/charge",
-                Method::Get,
-                None,
-                caller,
-                Some(&q),
-            )
+            .hop(caller)
+            .quota(&caller.user, QuotaCall::Charge { plan })
             .await?;
         let h = resp.headers();
         let header = |name: &str| h.get(name).ok().flatten();
@@ -325,18 +287,12 @@ impl Gateway<'_> {
 
     /// Takes one `sessions` unit of the caller's plan.
     async fn charge_session(&self, caller: &Caller) -> Result<(), ApiError> {
-        let q = check_query(Resource::Sessions, 1, Some(&caller.plan));
-        let mut resp = self
-            .forward(
-                "QUOTA",
-                &caller.user,
-                "/check",
-                Method::Get,
-                None,
-                caller,
-                Some(&q),
-            )
-            .await?;
+        let call = QuotaCall::Check {
+            resource: Resource::Sessions,
+            cost: 1,
+            plan: caller.plan.clone(),
+        };
+        let mut resp = self.hop(caller).quota(&caller.user, call).await?;
         match resp.status_code() {
             200 => Ok(()),
             429 => {
@@ -350,21 +306,6 @@ impl Gateway<'_> {
                 "sessions quota answered {s}"
             ))),
         }
-    }
-
-    async fn refund_session(&self, caller: &Caller) {
-        let q = check_query(Resource::Sessions, 1, None);
-        let _ = self
-            .forward(
-                "QUOTA",
-                &caller.user,
-                "/refund",
-                Method::Get,
-                None,
-                caller,
-                Some(&q),
-            )
-            .await;
     }
 
     fn preflight(&self, req: &Request) -> Result<Response, ApiError> {
@@ -392,27 +333,11 @@ impl Gateway<'_> {
             .with_headers(headers))
     }
 
-    /// A browser opening a socket from a page not on the list is refused,
-    /// when the list is configured. Clients that send no `Origin` (native
-    /// apps, servers) are not browsers and are not subject to it.
-    fn check_socket_origin(&self) -> Result<(), ApiError> {
-        match self.origin {
-            Some(o) if self.origins.is_configured() && !self.origins.allows(o) => {
-                Err(ApiError::Forbidden("origin not allowed".into()))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn authenticate(&self, req: &Request, url: &Url, socket: bool) -> Result<Claims, ApiError> {
         let header = req.headers().get("authorization").ok().flatten();
         let token = match header.as_deref() {
             Some(h) => auth::bearer(h).ok_or(AuthError::Malformed)?.to_owned(),
-            None if socket => url
-                .query_pairs()
-                .find(|(k, _)| k == "token")
-                .map(|(_, v)| v.into_owned())
-                .ok_or(AuthError::Missing)?,
+            None if socket => query(url, "token").ok_or(AuthError::Missing)?.into_owned(),
             None => return Err(AuthError::Missing.into()),
         };
         let secret = self
@@ -423,82 +348,41 @@ impl Gateway<'_> {
         Ok(auth::verify(&token, secret.as_bytes(), now_ms() / 1000)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    /// A WebSocket upgrade goes to the session with the client's upgrade
+    /// headers, less the token and anything posing as an internal header.
+    /// A browser on a page not on the origin list is refused when the list
+    /// is configured; clients that send no `Origin` are not browsers.
+    async fn upgrade(
         &self,
-        binding: &str,
-        name: &str,
-        op: &str,
-        method: Method,
-        body: Option<Vec<u8>>,
-        caller: &Caller,
-        query: Option<&str>,
-    ) -> Result<Response, ApiError> {
-        let path = match query {
-            Some(q) => format!("{op}?{q}"),
-            None => op.to_owned(),
-        };
-        http::call_object(
-            self.env,
-            binding,
-            name,
-            &path,
-            method,
-            body.as_deref(),
-            caller,
-            Some(self.request_id),
-        )
-        .await
-    }
-
-    async fn forward_upgrade(
-        &self,
-        binding: &str,
-        name: &str,
-        op: &str,
+        id: &str,
         req: &Request,
         caller: &Caller,
     ) -> Result<Response, ApiError> {
+        if let Some(o) = self.origin {
+            if self.origins.is_configured() && !self.origins.allows(o) {
+                return Err(ApiError::Forbidden("origin not allowed".into()));
+            }
+        }
         let headers = req.headers().clone();
-        // The token has done its job here; objects never see it.
         let _ = headers.delete("authorization");
+        http::strip_internal_headers(&headers);
         caller.write(&headers).map_err(internal)?;
         let _ = headers.set(H_REQUEST_ID, self.request_id);
         let mut init = RequestInit::new();
         init.with_method(Method::Get).with_headers(headers);
+        let path = SessionCall::Socket.into_wire().path();
         let inner =
-            Request::new_with_init(&format!("https://object{op}"), &init).map_err(internal)?;
-        self.stub(binding, name)?
+            Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
+        http::stub(self.env, Binding::Session, id)?
             .fetch_with_request(inner)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
-    }
-
-    fn stub(&self, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
-        http::stub(self.env, binding, name)
-    }
-
-    async fn presence_of(&self, user: &str, caller: &Caller) -> Result<Response, ApiError> {
-        let q = format!("userId={user}");
-        self.forward(
-            "PRESENCE",
-            user,
-            "/get",
-            Method::Get,
-            None,
-            caller,
-            Some(&q),
-        )
-        .await
+            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))
     }
 
     /// `GET /v1/presence?users=a,b,c`: one request per user, all in flight
     /// at once, answers in the order asked.
     async fn batch_presence(&self, url: &Url, caller: &Caller) -> Result<Response, ApiError> {
-        let users = url
-            .query_pairs()
-            .find(|(k, _)| k == "users")
-            .map(|(_, v)| v.into_owned())
+        let users = query(url, "users")
             .ok_or_else(|| ApiError::BadRequest("query parameter `users` is required".into()))?;
         let ids: Vec<String> = users
             .split(',')
@@ -509,15 +393,19 @@ impl Gateway<'_> {
                 "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
             )));
         }
-        let calls = ids.iter().map(|u| async move {
-            let mut resp = self.presence_of(u, caller).await?;
-            if resp.status_code() != 200 {
-                return Err(ApiError::Internal(format!(
-                    "presence answered {}",
-                    resp.status_code()
-                )));
+        let hop = self.hop(caller);
+        let calls = ids.iter().map(|u| {
+            let hop = &hop;
+            async move {
+                let mut resp = hop.presence(u, presence_get(u)).await?;
+                if resp.status_code() != 200 {
+                    return Err(ApiError::Internal(format!(
+                        "presence answered {}",
+                        resp.status_code()
+                    )));
+                }
+                resp.text().await.map_err(internal)
             }
-            resp.text().await.map_err(internal)
         });
         // Each object answers a presence object as JSON already: the batch
         // is their texts in the order asked, not parsed and written again.
@@ -533,12 +421,35 @@ impl Gateway<'_> {
     }
 }
 
-/// The query of an internal quota check or refund.
-fn check_query(resource: Resource, cost: u64, plan: Option<&str>) -> String {
-    match plan {
-        Some(p) => format!("resource={}&cost={cost}&plan={p}", resource.as_str()),
-        None => format!("resource={}&cost={cost}", resource.as_str()),
+fn presence_get(user: &str) -> PresenceCall {
+    PresenceCall::Get {
+        user_id: user.to_owned(),
     }
+}
+
+/// The subject and call of a validated `/v1/quota/check` or `/refund` body.
+fn quota_call(route: &Route, body: &[u8]) -> Result<(String, QuotaCall), ApiError> {
+    if *route == Route::CheckQuota {
+        let c = parse_body::<QuotaCheck>(body)?;
+        let call = QuotaCall::Check {
+            resource: c.resource,
+            cost: c.cost.unwrap_or(DEFAULT_COST),
+            plan: c.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned()),
+        };
+        Ok((c.subject, call))
+    } else {
+        let r = parse_body::<QuotaRefund>(body)?;
+        let call = QuotaCall::Refund {
+            resource: r.resource,
+            cost: r.cost,
+        };
+        Ok((r.subject, call))
+    }
+}
+
+/// A query parameter, decoded.
+fn query<'u>(url: &'u Url, name: &str) -> Option<std::borrow::Cow<'u, str>> {
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
 /// The gateway's configuration, read from the environment once per
@@ -579,10 +490,10 @@ fn settings(env: &Env) -> std::rc::Rc<Settings> {
         cell.borrow_mut()
             .get_or_insert_with(|| {
                 std::rc::Rc::new(Settings {
-                    secret: var(env, "AUTH_SECRET").filter(|s| !s.is_empty()),
-                    origins: AllowedOrigins::parse(var(env, "ALLOWED_ORIGINS").as_deref()),
-                    plans: Plans::parse(var(env, "PLANS").as_deref()),
-                    log: match var(env, "REQUEST_LOG").as_deref() {
+                    secret: http::var(env, "AUTH_SECRET").filter(|s| !s.is_empty()),
+                    origins: AllowedOrigins::parse(http::var(env, "ALLOWED_ORIGINS").as_deref()),
+                    plans: Plans::parse(http::var(env, "PLANS").as_deref()),
+                    log: match http::var(env, "REQUEST_LOG").as_deref() {
                         Some("off") => LogMode::ServerErrors,
                         Some("errors") => LogMode::Errors,
                         _ => LogMode::All,
@@ -591,10 +502,4 @@ fn settings(env: &Env) -> std::rc::Rc<Settings> {
             })
             .clone()
     })
-}
-
-/// A var or secret as a string (`.dev.vars` and `wrangler secret` values
-/// arrive as plain strings either way).
-fn var(env: &Env, name: &str) -> Option<String> {
-    env.var(name).ok().map(|v| v.to_string())
 }

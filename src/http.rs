@@ -5,9 +5,10 @@
 use serde::Serialize;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, State};
 
-use crate::time::Millis;
-
+use crate::calls::{PresenceCall, QuotaCall, SessionCall, Wire};
+use crate::config::Tuning;
 use crate::error::ApiError;
+use crate::time::Millis;
 
 /// Header carrying the verified caller's user id from the gateway to an
 /// object. Objects are reachable only through the gateway, so it is trusted.
@@ -91,6 +92,37 @@ pub fn json_text(status: u16, text: String) -> Response {
         .fixed(text.into_bytes())
 }
 
+/// An answer with no body.
+pub fn empty(status: u16) -> Response {
+    ResponseBuilder::new().with_status(status).empty()
+}
+
+/// A var or secret as a string, `None` when unset (`.dev.vars` and
+/// `wrangler secret` values arrive as plain strings either way). The one
+/// way configuration is read from the environment.
+pub fn var(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string())
+}
+
+/// The tuning knobs from the environment. A malformed var is logged and
+/// its default used: an object must come up even when misconfigured.
+pub fn tuning(env: &Env) -> Tuning {
+    Tuning::from_vars(|k| var(env, k)).unwrap_or_else(|e| {
+        worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
+        Tuning::default()
+    })
+}
+
+/// Logs an error of a Durable Object's own work (an alarm, a socket), one
+/// structured line; internal detail stays in the log.
+pub fn log_error(object: &str, e: &ApiError) {
+    let detail = e.log_detail().map_or_else(|| e.to_string(), str::to_owned);
+    worker::console_error!(
+        "{}",
+        serde_json::json!({"level": "error", "object": object, "error": detail})
+    );
+}
+
 /// The JSON error answer for `e`, with `Allow` and `Retry-After` where they
 /// apply. Infallible: an answer must always go out.
 pub fn error_response(e: &ApiError) -> Response {
@@ -111,16 +143,20 @@ pub fn error_response(e: &ApiError) -> Response {
 /// Turns a handler result into a response.
 pub fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(|e| {
-        if let Some(d) = e.log_detail() {
-            worker::console_error!("{}", serde_json::json!({"level": "error", "error": d}));
+        if e.log_detail().is_some() {
+            log_error("-", &e);
         }
         error_response(&e)
     })
 }
 
-/// Reads a request body of at most `limit` bytes: 413 beyond it, checked
-/// against `Content-Length` first so large bodies are not read at all.
+/// Reads a request body of at most `limit` bytes: 413 beyond it. A
+/// `Content-Length` over the limit is refused before anything is read; a
+/// body without one (chunked) is read as a stream and refused as soon as it
+/// passes the limit, so no oversized body is ever held whole.
 pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+
     let too_large = ApiError::PayloadTooLarge { limit };
     if let Ok(Some(len)) = req.headers().get("content-length") {
         match len.trim().parse::<usize>() {
@@ -129,14 +165,33 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiEr
             Err(_) => return Err(ApiError::BadRequest("invalid Content-Length".into())),
         }
     }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
-    if bytes.len() > limit {
-        return Err(too_large);
+    let mut stream = match req.stream() {
+        Ok(s) => s,
+        // No body at all.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
     }
-    Ok(bytes)
+    Ok(body)
+}
+
+/// Removes every `x-sesh-*` header: those are the gateway's word to the
+/// objects, and a client must never be able to speak it.
+pub fn strip_internal_headers(headers: &Headers) {
+    let names: Vec<String> = headers
+        .keys()
+        .filter(|k| k.to_ascii_lowercase().starts_with("x-sesh-"))
+        .collect();
+    for name in names {
+        let _ = headers.delete(&name);
+    }
 }
 
 /// Maps a runtime error to an internal error (detail kept for the log).
@@ -144,36 +199,91 @@ pub fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// Sends an internal request to the object `name` of `binding` (the
-/// gateway forwarding, or one object asking another): `path` is the
-/// operation with its query, `caller` whom it is for, `request_id` passed on
-/// for the object's logs. A transport failure is `Unavailable`.
-#[allow(clippy::too_many_arguments)]
-pub async fn call_object(
-    env: &Env,
-    binding: &str,
-    name: &str,
-    path: &str,
-    method: Method,
-    body: Option<&[u8]>,
-    caller: &Caller,
-    request_id: Option<&str>,
-) -> Result<Response, ApiError> {
-    let headers = Headers::new();
-    caller.write(&headers).map_err(internal)?;
-    if let Some(id) = request_id {
-        let _ = headers.set(H_REQUEST_ID, id);
+/// The Durable Object classes, by their binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// `ACTIVE_SESSION`: one object per session id.
+    Session,
+    /// `PRESENCE`: one object per user id.
+    Presence,
+    /// `QUOTA`: one object per subject.
+    Quota,
+}
+
+impl Binding {
+    /// The binding's name in `wrangler.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Binding::Session => "ACTIVE_SESSION",
+            Binding::Presence => "PRESENCE",
+            Binding::Quota => "QUOTA",
+        }
     }
-    let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers);
-    if let Some(b) = body {
-        init.with_body(Some(js_sys::Uint8Array::from(b).into()));
+}
+
+/// Whom an internal call is for and on whose behalf: the target object and
+/// the caller, plus the request id for the object's logs.
+pub struct Hop<'a> {
+    /// The environment holding the bindings.
+    pub env: &'a Env,
+    /// The verified caller.
+    pub caller: &'a Caller,
+    /// The request id of the client request, if any.
+    pub request_id: Option<&'a str>,
+}
+
+impl Hop<'_> {
+    /// Asks the session object `id`.
+    pub async fn session(&self, id: &str, call: SessionCall) -> Result<Response, ApiError> {
+        self.call(Binding::Session, id, call.into_wire()).await
     }
-    let req = Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
-    stub(env, binding, name)?
-        .fetch_with_request(req)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("{binding} unreachable: {e}")))
+
+    /// Asks the presence object of `user`.
+    pub async fn presence(&self, user: &str, call: PresenceCall) -> Result<Response, ApiError> {
+        self.call(Binding::Presence, user, call.into_wire()).await
+    }
+
+    /// Asks the quota object of `subject`.
+    pub async fn quota(&self, subject: &str, call: QuotaCall) -> Result<Response, ApiError> {
+        self.call(Binding::Quota, subject, call.into_wire()).await
+    }
+
+    /// Sends one internal request. A transport failure is `Unavailable`.
+    async fn call(&self, to: Binding, name: &str, wire: Wire) -> Result<Response, ApiError> {
+        let headers = Headers::new();
+        self.caller.write(&headers).map_err(internal)?;
+        if let Some(id) = self.request_id {
+            let _ = headers.set(H_REQUEST_ID, id);
+        }
+        let mut init = RequestInit::new();
+        init.with_headers(headers);
+        match &wire.body {
+            Some(b) => {
+                init.with_method(Method::Post)
+                    .with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
+            }
+            None => {
+                init.with_method(Method::Get);
+            }
+        }
+        let url = format!("https://object{}", wire.path());
+        let req = Request::new_with_init(&url, &init).map_err(internal)?;
+        stub(self.env, to, name)?
+            .fetch_with_request(req)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{} unreachable: {e}", to.name())))
+    }
+}
+
+/// The typed call an object received: operation and query from the URL,
+/// the body when the method carries one.
+pub async fn read_wire(req: &mut Request) -> Result<Wire, ApiError> {
+    let url = req.url().map_err(internal)?;
+    let mut wire = Wire::parse(url.path(), url.query());
+    if req.method() == Method::Post {
+        wire.body = Some(req.bytes().await.map_err(internal)?);
+    }
+    Ok(wire)
 }
 
 thread_local! {
@@ -183,7 +293,8 @@ thread_local! {
 }
 
 /// The stub of the object `name` of `binding`.
-pub fn stub(env: &Env, binding: &str, name: &str) -> Result<worker::Stub, ApiError> {
+pub fn stub(env: &Env, binding: Binding, name: &str) -> Result<worker::Stub, ApiError> {
+    let binding = binding.name();
     let fail = |e: worker::Error| ApiError::Internal(format!("binding {binding}: {e}"));
     let ns = NAMESPACES.with(|cell| {
         if let Some(ns) = cell.borrow().get(binding) {
@@ -195,6 +306,22 @@ pub fn stub(env: &Env, binding: &str, name: &str) -> Result<worker::Stub, ApiErr
     });
     ns.and_then(|ns| ns.id_from_name(name)?.get_stub())
         .map_err(fail)
+}
+
+/// Makes sure the object's alarm fires no later than `at`: only ever
+/// earlier, since a later wake is left to the alarm already set, which
+/// re-arms for what is still pending when it fires. `armed` is the object's
+/// note of the alarm it set (cleared when the alarm runs).
+pub async fn ensure_alarm(
+    state: &State,
+    armed: &std::cell::Cell<Option<Millis>>,
+    at: Millis,
+) -> Result<(), ApiError> {
+    if armed.get().is_none_or(|cur| at < cur) {
+        set_alarm(state, at).await?;
+        armed.set(Some(at));
+    }
+    Ok(())
 }
 
 /// Sets the object's alarm to the moment `at` (ms since the epoch). The

@@ -6,6 +6,7 @@
 //! `objects`, `http`) exist only on wasm32. See ARCHITECTURE.md.
 
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod core;
 pub mod error;

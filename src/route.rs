@@ -1,6 +1,7 @@
 //! Pure request routing: method + path to a [`Route`], with path ids
 //! validated before any Durable Object is touched.
 
+use sesh_protocol::limits::{DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
 use sesh_protocol::{is_valid_user_id, parse_session_id};
 
 use crate::error::ApiError;
@@ -131,6 +132,28 @@ pub fn is_api_path(path: &str) -> bool {
 /// `?token=`, since browsers cannot set headers on a WebSocket).
 pub fn is_socket_path(path: &str) -> bool {
     path.starts_with("/v1/sessions/") && path.ends_with("/ws")
+}
+
+/// Parses `afterSeq` and `limit` of `GET .../points`.
+pub fn parse_read_query(after: Option<&str>, limit: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let after = match after {
+        None => 0,
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest("afterSeq must be a non-negative integer".into()))?,
+    };
+    let limit = match limit {
+        None => DEFAULT_READ_LIMIT as u64,
+        Some(s) => match s.parse::<u64>() {
+            Ok(l) if (1..=MAX_READ_LIMIT as u64).contains(&l) => l,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be an integer from 1 to {MAX_READ_LIMIT}"
+                )))
+            }
+        },
+    };
+    Ok((after, limit))
 }
 
 fn not_found() -> ApiError {
@@ -301,6 +324,20 @@ mod tests {
         assert!(!is_api_path("/v10") && !is_api_path("/health") && !is_api_path("/"));
         assert!(is_socket_path(&format!("/v1/sessions/{SID}/ws")));
         assert!(!is_socket_path(&format!("/v1/sessions/{SID}/points")));
+    }
+
+    #[test]
+    fn read_query_parsing() {
+        assert_eq!(parse_read_query(None, None), Ok((0, 100)));
+        assert_eq!(parse_read_query(Some("5"), Some("1000")), Ok((5, 1000)));
+        for (a, l) in [
+            (Some("-1"), None),
+            (Some("x"), None),
+            (None, Some("0")),
+            (None, Some("1001")),
+        ] {
+            assert_eq!(parse_read_query(a, l).unwrap_err().status(), 400);
+        }
     }
 
     #[test]

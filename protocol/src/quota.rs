@@ -147,6 +147,10 @@ pub struct ResourceUsage {
     pub reset_ms: Option<u64>,
     /// When the window resets, RFC 3339 UTC; `null` when unlimited.
     pub resets_at: Option<String>,
+    /// `points` only: units held by live sessions and not yet used (they
+    /// count against `remaining` but not in `used`). Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u64>,
 }
 
 /// Answer to `GET /v1/quota`.
@@ -328,15 +332,20 @@ mod tests {
             remaining: limit.map(|l| l - used),
             reset_ms: limit.map(|_| 500),
             resets_at: limit.map(|_| "2024-11-01T00:00:00Z".to_owned()),
+            reserved: None,
         };
         let overview = QuotaOverview {
             subject: "alice".into(),
             plan: "enterprise".into(),
             api: usage(Some(6000), 1),
             sessions: usage(None, 4),
-            points: usage(None, 0),
+            points: ResourceUsage {
+                reserved: Some(200),
+                ..usage(None, 0)
+            },
         };
         let json = round_trip(&overview);
+        assert!(json.contains(r#""reserved":200"#), "{json}");
         assert!(json.contains(
             r#""sessions":{"limit":null,"used":4,"remaining":null,"resetMs":null,"resetsAt":null}"#
         ));

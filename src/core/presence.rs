@@ -36,6 +36,9 @@ pub struct Conn {
     /// A check with its session is under way.
     #[serde(default)]
     pub checking: bool,
+    /// Checks in a row that could not reach the session.
+    #[serde(default)]
+    pub failed_checks: u32,
 }
 
 /// The last heartbeat.
@@ -50,10 +53,15 @@ pub struct Beat {
     pub at: Millis,
 }
 
-/// The whole state of one user's presence; persisted as JSON.
+/// How many checks of a connection in a row may fail (the session cannot
+/// be asked) before the connection is dropped: a session that stays
+/// unreachable must not keep its user online forever.
+pub const MAX_FAILED_CHECKS: u32 = 5;
+
+/// The stored state of one user's presence; persisted as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PresenceCore {
+pub struct PresenceState {
     conns: BTreeMap<String, Conn>,
     beat: Option<Beat>,
     /// The user's chosen status, kept while present.
@@ -65,32 +73,51 @@ pub struct PresenceCore {
     status: Option<PresenceStatus>,
 }
 
+/// One user's presence: the configuration (the TTL) beside the stored
+/// state, as in every core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceCore {
+    ttl: u64,
+    state: PresenceState,
+}
+
 impl PresenceCore {
+    /// The core of a user with stored `state`, under a TTL of `ttl` ms.
+    pub fn new(ttl: u64, state: PresenceState) -> PresenceCore {
+        PresenceCore { ttl, state }
+    }
+
+    /// The state to store.
+    pub fn state(&self) -> &PresenceState {
+        &self.state
+    }
+
     /// A socket of this user joined `session_id`.
-    pub fn connect(&mut self, conn: &str, session_id: &str, now: Millis, ttl: u64) {
-        self.conns.insert(
+    pub fn connect(&mut self, conn: &str, session_id: &str, now: Millis) {
+        self.state.conns.insert(
             conn.to_owned(),
             Conn {
                 session_id: session_id.to_owned(),
                 joined_at: now,
                 confirmed_at: now,
                 checking: false,
+                failed_checks: 0,
             },
         );
-        self.grace_until = None;
+        self.state.grace_until = None;
         self.seen(now);
-        self.tick(now, ttl);
+        self.tick(now);
     }
 
     /// A socket closed (or its session no longer has it).
-    pub fn disconnect(&mut self, conn: &str, now: Millis, ttl: u64) {
-        if self.conns.remove(conn).is_some() {
+    pub fn disconnect(&mut self, conn: &str, now: Millis) {
+        if self.state.conns.remove(conn).is_some() {
             self.seen(now);
-            if self.conns.is_empty() {
-                self.grace_until = Some(now + grace_ms(ttl) as Millis);
+            if self.state.conns.is_empty() {
+                self.state.grace_until = Some(now + grace_ms(self.ttl) as Millis);
             }
         }
-        self.tick(now, ttl);
+        self.tick(now);
     }
 
     /// A heartbeat: the status and activity the user reports.
@@ -99,71 +126,73 @@ impl PresenceCore {
         status: Option<HeartbeatStatus>,
         activity: Option<String>,
         now: Millis,
-        ttl: u64,
     ) {
         let status = status.unwrap_or(HeartbeatStatus::Online);
-        self.chosen = Some(status);
-        self.beat = Some(Beat {
+        self.state.chosen = Some(status);
+        self.state.beat = Some(Beat {
             status,
             activity,
             at: now,
         });
         self.seen(now);
-        self.tick(now, ttl);
+        self.tick(now);
     }
 
     fn seen(&mut self, now: Millis) {
-        self.last_seen = Some(self.last_seen.map_or(now, |s| s.max(now)));
+        self.state.last_seen = Some(self.state.last_seen.map_or(now, |s| s.max(now)));
     }
 
-    fn beat_fresh(&self, now: Millis, ttl: u64) -> bool {
-        self.beat
+    fn beat_fresh(&self, now: Millis) -> bool {
+        self.state
+            .beat
             .as_ref()
-            .is_some_and(|b| now - b.at < ttl as Millis)
+            .is_some_and(|b| now - b.at < self.ttl as Millis)
     }
 
-    fn present(&self, now: Millis, ttl: u64) -> bool {
-        !self.conns.is_empty()
-            || self.grace_until.is_some_and(|g| now < g)
-            || self.beat_fresh(now, ttl)
+    fn present(&self, now: Millis) -> bool {
+        !self.state.conns.is_empty()
+            || self.state.grace_until.is_some_and(|g| now < g)
+            || self.beat_fresh(now)
     }
 
     /// Brings the derived state up to `now`: expired grace and heartbeats
     /// are dropped. Returns whether the status changed.
-    pub fn tick(&mut self, now: Millis, ttl: u64) -> bool {
-        if self.grace_until.is_some_and(|g| now >= g) {
-            self.grace_until = None;
+    pub fn tick(&mut self, now: Millis) -> bool {
+        if self.state.grace_until.is_some_and(|g| now >= g) {
+            self.state.grace_until = None;
         }
-        if !self.beat_fresh(now, ttl) {
-            if let Some(b) = self.beat.take() {
+        if !self.beat_fresh(now) {
+            if let Some(b) = self.state.beat.take() {
                 // Absence is measured from the later of the last heartbeat
                 // and the last connection.
                 self.seen(b.at);
             }
         }
-        let status = if self.present(now, ttl) {
-            self.chosen
+        let status = if self.present(now) {
+            self.state
+                .chosen
                 .map_or(PresenceStatus::Online, PresenceStatus::from)
         } else {
-            self.chosen = None;
+            self.state.chosen = None;
             PresenceStatus::Offline
         };
-        let changed = self.status != Some(status);
-        self.status = Some(status);
+        let changed = self.state.status != Some(status);
+        self.state.status = Some(status);
         changed
     }
 
     /// The presence object of `user_id` at `now`.
-    pub fn view(&self, user_id: &str, now: Millis, ttl: u64) -> Presence {
-        let present = self.present(now, ttl);
+    pub fn view(&self, user_id: &str, now: Millis) -> Presence {
+        let present = self.present(now);
         let status = if present {
-            self.chosen
+            self.state
+                .chosen
                 .map_or(PresenceStatus::Online, PresenceStatus::from)
         } else {
             PresenceStatus::Offline
         };
-        let last_seen = if self.conns.is_empty() {
-            self.last_seen
+        let last_seen = if self.state.conns.is_empty() {
+            self.state.last_seen
         } else {
             Some(now)
         };
@@ -172,20 +201,20 @@ impl PresenceCore {
             status,
             last_seen: last_seen.map(rfc3339),
             activity: if present {
-                self.beat.as_ref().and_then(|b| b.activity.clone())
+                self.state.beat.as_ref().and_then(|b| b.activity.clone())
             } else {
                 None
             },
-            connections: u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
+            connections: u32::try_from(self.state.conns.len()).unwrap_or(u32::MAX),
         }
     }
 
     /// Connections whose `ttl` ran out unconfirmed: ask their session.
     /// Each is returned once until [`confirmed`](Self::confirmed) answers.
-    pub fn due_checks(&mut self, now: Millis, ttl: u64) -> Vec<(String, String)> {
+    pub fn due_checks(&mut self, now: Millis) -> Vec<(String, String)> {
         let mut due = Vec::new();
-        for (id, c) in &mut self.conns {
-            if !c.checking && now - c.confirmed_at >= ttl as Millis {
+        for (id, c) in &mut self.state.conns {
+            if !c.checking && now - c.confirmed_at >= self.ttl as Millis {
                 c.checking = true;
                 due.push((id.clone(), c.session_id.clone()));
             }
@@ -196,20 +225,29 @@ impl PresenceCore {
     /// The session's answer about `conn`: still live (trust it for another
     /// `ttl`), or gone (drop it, as a close). `None`: the session could not
     /// be asked; a later check asks again.
-    pub fn confirmed(&mut self, conn: &str, live: Option<bool>, now: Millis, ttl: u64) {
+    pub fn confirmed(&mut self, conn: &str, live: Option<bool>, now: Millis) {
         match live {
             Some(true) => {
-                if let Some(c) = self.conns.get_mut(conn) {
+                if let Some(c) = self.state.conns.get_mut(conn) {
                     c.confirmed_at = now;
                     c.checking = false;
+                    c.failed_checks = 0;
                 }
             }
-            Some(false) => self.disconnect(conn, now, ttl),
+            Some(false) => self.disconnect(conn, now),
             None => {
-                if let Some(c) = self.conns.get_mut(conn) {
-                    c.checking = false;
-                    // Retry after a short wait, not a whole ttl.
-                    c.confirmed_at = now - ttl as Millis + 1_000;
+                let gave_up = match self.state.conns.get_mut(conn) {
+                    Some(c) => {
+                        c.checking = false;
+                        c.failed_checks += 1;
+                        // Retry after a short wait, not a whole ttl.
+                        c.confirmed_at = now - self.ttl as Millis + 1_000;
+                        c.failed_checks >= MAX_FAILED_CHECKS
+                    }
+                    None => false,
+                };
+                if gave_up {
+                    self.disconnect(conn, now);
                 }
             }
         }
@@ -217,26 +255,30 @@ impl PresenceCore {
 
     /// The next moment something can change without a request: a heartbeat
     /// or grace running out, or a connection due for a check.
-    pub fn next_wake(&self, ttl: u64) -> Option<Millis> {
-        let ttl = ttl as Millis;
-        let beat = self.beat.as_ref().map(|b| b.at + ttl);
+    pub fn next_wake(&self) -> Option<Millis> {
+        let ttl = self.ttl as Millis;
+        let beat = self.state.beat.as_ref().map(|b| b.at + ttl);
         let conns = self
+            .state
             .conns
             .values()
             .filter(|c| !c.checking)
             .map(|c| c.confirmed_at + ttl)
             .min();
-        [beat, self.grace_until, conns].into_iter().flatten().min()
+        [beat, self.state.grace_until, conns]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The number of live connections.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.state.conns.len()
     }
 
     /// The status as of the last event or tick.
     pub fn status(&self) -> Option<PresenceStatus> {
-        self.status
+        self.state.status
     }
 }
 
@@ -248,38 +290,35 @@ mod tests {
     const TTL: u64 = 60_000;
 
     fn status(p: &PresenceCore, now: Millis) -> PresenceStatus {
-        p.view("u", now, TTL).status
+        p.view("u", now).status
     }
 
     #[test]
     fn a_stranger_is_offline_with_nothing_else() {
-        let p = PresenceCore::default();
-        let v = p.view("ann", T0, TTL);
+        let p = PresenceCore::new(TTL, PresenceState::default());
+        let v = p.view("ann", T0);
         assert_eq!(v.status, PresenceStatus::Offline);
         assert_eq!((v.connections, v.last_seen, v.activity), (0, None, None));
-        assert_eq!(p.next_wake(TTL), None);
+        assert_eq!(p.next_wake(), None);
     }
 
     #[test]
     fn heartbeats_set_status_and_activity_until_the_ttl() {
-        let mut p = PresenceCore::default();
-        p.heartbeat(Some(HeartbeatStatus::Busy), Some("running".into()), T0, TTL);
-        let v = p.view("u", T0 + 1, TTL);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.heartbeat(Some(HeartbeatStatus::Busy), Some("running".into()), T0);
+        let v = p.view("u", T0 + 1);
         assert_eq!(v.status, PresenceStatus::Busy);
         assert_eq!(v.activity.as_deref(), Some("running"));
         assert_eq!(v.last_seen, Some(rfc3339(T0)));
-        assert_eq!(p.next_wake(TTL), Some(T0 + 60_000));
+        assert_eq!(p.next_wake(), Some(T0 + 60_000));
         assert_eq!(status(&p, T0 + 59_999), PresenceStatus::Busy);
         assert_eq!(status(&p, T0 + 60_000), PresenceStatus::Offline);
-        assert!(
-            p.tick(T0 + 60_000, TTL),
-            "the alarm's tick changes the status"
-        );
+        assert!(p.tick(T0 + 60_000), "the alarm's tick changes the status");
         assert_eq!(p.status(), Some(PresenceStatus::Offline));
-        assert_eq!(p.view("u", T0 + 60_000, TTL).activity, None);
-        assert_eq!(p.view("u", T0 + 60_000, TTL).last_seen, Some(rfc3339(T0)));
-        assert_eq!(p.next_wake(TTL), None, "nothing left to expire");
-        p.heartbeat(None, None, T0 + 70_000, TTL);
+        assert_eq!(p.view("u", T0 + 60_000).activity, None);
+        assert_eq!(p.view("u", T0 + 60_000).last_seen, Some(rfc3339(T0)));
+        assert_eq!(p.next_wake(), None, "nothing left to expire");
+        p.heartbeat(None, None, T0 + 70_000);
         assert_eq!(
             status(&p, T0 + 70_000),
             PresenceStatus::Online,
@@ -289,89 +328,125 @@ mod tests {
 
     #[test]
     fn a_live_connection_keeps_the_user_present_past_the_ttl() {
-        let mut p = PresenceCore::default();
-        p.heartbeat(Some(HeartbeatStatus::Away), None, T0, TTL);
-        p.connect("c1", "s1", T0, TTL);
-        assert_eq!(p.view("u", T0, TTL).connections, 1);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.heartbeat(Some(HeartbeatStatus::Away), None, T0);
+        p.connect("c1", "s1", T0);
+        assert_eq!(p.view("u", T0).connections, 1);
         assert_eq!(
             status(&p, T0 + 120_000),
             PresenceStatus::Away,
             "the chosen status sticks"
         );
         assert_eq!(
-            p.view("u", T0 + 120_000, TTL).last_seen,
+            p.view("u", T0 + 120_000).last_seen,
             Some(rfc3339(T0 + 120_000))
         );
     }
 
     #[test]
     fn a_quick_reconnect_does_not_flap_but_a_leave_becomes_final() {
-        let mut p = PresenceCore::default();
-        p.connect("c1", "s1", T0, TTL);
-        p.disconnect("c1", T0 + 1_000, TTL);
-        assert_eq!(p.view("u", T0 + 1_000, TTL).connections, 0);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        p.disconnect("c1", T0 + 1_000);
+        assert_eq!(p.view("u", T0 + 1_000).connections, 0);
         assert_eq!(
             status(&p, T0 + 3_000),
             PresenceStatus::Online,
             "within grace"
         );
-        p.connect("c2", "s1", T0 + 3_000, TTL);
-        assert!(
-            !p.tick(T0 + 3_000, TTL),
-            "no status change across the reconnect"
-        );
-        p.disconnect("c2", T0 + 10_000, TTL);
-        assert_eq!(p.next_wake(TTL), Some(T0 + 15_000));
+        p.connect("c2", "s1", T0 + 3_000);
+        assert!(!p.tick(T0 + 3_000), "no status change across the reconnect");
+        p.disconnect("c2", T0 + 10_000);
+        assert_eq!(p.next_wake(), Some(T0 + 15_000));
         assert_eq!(status(&p, T0 + 14_999), PresenceStatus::Online);
         assert_eq!(status(&p, T0 + 15_000), PresenceStatus::Offline);
         assert_eq!(
-            p.view("u", T0 + 15_000, TTL).last_seen,
+            p.view("u", T0 + 15_000).last_seen,
             Some(rfc3339(T0 + 10_000))
         );
     }
 
     #[test]
     fn counts_never_go_below_zero() {
-        let mut p = PresenceCore::default();
-        p.disconnect("ghost", T0, TTL);
-        p.connect("c1", "s1", T0, TTL);
-        p.disconnect("c1", T0, TTL);
-        p.disconnect("c1", T0, TTL);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.disconnect("ghost", T0);
+        p.connect("c1", "s1", T0);
+        p.disconnect("c1", T0);
+        p.disconnect("c1", T0);
         assert_eq!(p.connections(), 0);
     }
 
     #[test]
     fn connections_are_checked_with_their_session_after_the_ttl() {
-        let mut p = PresenceCore::default();
-        p.connect("c1", "s1", T0, TTL);
-        p.connect("c2", "s2", T0 + 10, TTL);
-        assert_eq!(p.due_checks(T0 + 59_999, TTL), vec![]);
-        assert_eq!(
-            p.due_checks(T0 + 60_000, TTL),
-            vec![("c1".into(), "s1".into())]
-        );
-        assert_eq!(p.due_checks(T0 + 60_000, TTL), vec![], "asked once");
-        p.confirmed("c1", Some(true), T0 + 60_005, TTL);
-        assert_eq!(p.next_wake(TTL), Some(T0 + 60_010), "c2 is next");
-        let due = p.due_checks(T0 + 60_010, TTL);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        p.connect("c2", "s2", T0 + 10);
+        assert_eq!(p.due_checks(T0 + 59_999), vec![]);
+        assert_eq!(p.due_checks(T0 + 60_000), vec![("c1".into(), "s1".into())]);
+        assert_eq!(p.due_checks(T0 + 60_000), vec![], "asked once");
+        p.confirmed("c1", Some(true), T0 + 60_005);
+        assert_eq!(p.next_wake(), Some(T0 + 60_010), "c2 is next");
+        let due = p.due_checks(T0 + 60_010);
         assert_eq!(due, vec![("c2".into(), "s2".into())]);
-        p.confirmed("c2", Some(false), T0 + 60_020, TTL);
+        p.confirmed("c2", Some(false), T0 + 60_020);
         assert_eq!(p.connections(), 1, "the session no longer has c2");
         // A session that cannot be asked is asked again soon.
-        let due = p.due_checks(T0 + 120_005, TTL);
+        let due = p.due_checks(T0 + 120_005);
         assert_eq!(due, vec![("c1".into(), "s1".into())]);
-        p.confirmed("c1", None, T0 + 120_005, TTL);
+        p.confirmed("c1", None, T0 + 120_005);
         assert_eq!(p.connections(), 1);
-        assert_eq!(p.next_wake(TTL), Some(T0 + 121_005));
+        assert_eq!(p.next_wake(), Some(T0 + 121_005));
     }
 
     #[test]
     fn state_round_trips_through_storage() {
-        let mut p = PresenceCore::default();
-        p.connect("c1", "s1", T0, TTL);
-        p.heartbeat(Some(HeartbeatStatus::Busy), Some("x".into()), T0, TTL);
-        let text = serde_json::to_string(&p).unwrap();
-        let back: PresenceCore = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, p);
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        p.heartbeat(Some(HeartbeatStatus::Busy), Some("x".into()), T0);
+        let text = serde_json::to_string(p.state()).unwrap();
+        let back: PresenceState = serde_json::from_str(&text).unwrap();
+        assert_eq!(&back, p.state());
+    }
+
+    #[test]
+    fn a_connection_whose_session_stays_unreachable_is_dropped() {
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        let mut now = T0 + TTL as Millis;
+        for i in 1..=MAX_FAILED_CHECKS {
+            assert_eq!(p.connections(), 1, "still trusted after {} failures", i - 1);
+            let due = p.next_wake().unwrap().max(now);
+            now = due;
+            assert_eq!(p.due_checks(now).len(), 1);
+            p.confirmed("c1", None, now);
+        }
+        assert_eq!(
+            p.connections(),
+            0,
+            "gave up after {MAX_FAILED_CHECKS} failed checks"
+        );
+        assert!(
+            p.view("u", now).status != PresenceStatus::Offline,
+            "grace first"
+        );
+        assert_eq!(p.view("u", now + 5_000).status, PresenceStatus::Offline);
+    }
+
+    #[test]
+    fn a_successful_check_forgives_earlier_failures() {
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        let mut now = T0 + TTL as Millis;
+        for _ in 1..MAX_FAILED_CHECKS {
+            p.due_checks(now);
+            p.confirmed("c1", None, now);
+            now = p.next_wake().unwrap();
+        }
+        p.due_checks(now);
+        p.confirmed("c1", Some(true), now);
+        now += TTL as Millis;
+        p.due_checks(now);
+        p.confirmed("c1", None, now);
+        assert_eq!(p.connections(), 1);
     }
 }

@@ -18,10 +18,14 @@ use governor::nanos::Nanos;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
-use sesh_protocol::{QuotaDecision, Resource, ResourceUsage};
+use sesh_protocol::{
+    ErrorCode, ErrorDetail, QuotaDecision, QuotaOverview, Resource, ResourceUsage, DEFAULT_PLAN,
+};
 
-use crate::config::Plan;
+use crate::calls::QuotaCall;
+use crate::config::{Plan, Plans};
 use crate::core::clock::VirtualClock;
+use crate::error::ApiError;
 use crate::time::{rfc3339, Millis};
 
 const NANOS_PER_MS: u64 = 1_000_000;
@@ -32,8 +36,11 @@ const NANOS_PER_MS: u64 = 1_000_000;
 pub struct Counter {
     /// Start of the period the count belongs to (ms).
     pub start: Millis,
-    /// Units used in that period.
+    /// Units taken in that period (used, or reserved by sessions).
     pub used: u64,
+    /// Of `used`, the units sessions reserved and have not settled yet.
+    #[serde(default)]
+    pub reserved: u64,
 }
 
 /// The stored state of one subject.
@@ -154,16 +161,32 @@ impl QuotaState {
         }
     }
 
-    /// Takes up to `want` units of `res` (as many as remain) and says how
-    /// many: a session reserves a block of points this way.
-    pub fn reserve(&mut self, plan: &Plan, res: Resource, want: u64, now: Millis) -> u64 {
-        let remaining = self.peek(plan, res, now).remaining;
+    /// Reserves up to `want` points units (as many as remain) for a
+    /// session, and says how many and from which UTC day (ms at its start).
+    pub fn reserve(&mut self, plan: &Plan, want: u64, now: Millis) -> (u64, Millis) {
+        let (day, _) = day_bounds(now);
+        let remaining = self.peek(plan, Resource::Points, now).remaining;
         let grant = remaining.map_or(want, |r| r.min(want));
-        if grant > 0 && self.check(plan, res, grant, now).allowed {
-            grant
+        if grant > 0 && self.check(plan, Resource::Points, grant, now).allowed {
+            self.points.reserved = self.points.reserved.saturating_add(grant);
+            (grant, day)
         } else {
-            0
+            (0, day)
         }
+    }
+
+    /// A session settles units it reserved on the UTC day starting at
+    /// `day`: `used` of them recorded points, `returned` go back. Units of a
+    /// day that has passed go back to that day, which no longer counts.
+    pub fn settle(&mut self, plan: &Plan, day: Millis, used: u64, returned: u64, now: Millis) {
+        let (_, bounds) = self.calendar(plan, Resource::Points, now);
+        roll(&mut self.points, bounds.0);
+        if self.points.start != day {
+            return;
+        }
+        let c = &mut self.points;
+        c.reserved = c.reserved.saturating_sub(used.saturating_add(returned));
+        c.used = c.used.saturating_sub(returned);
     }
 
     /// The state of `res` now, without taking anything.
@@ -223,6 +246,35 @@ impl QuotaState {
         }
     }
 
+    /// The IETF rate-limit headers (`RateLimit-Policy`, `RateLimit`) of
+    /// `res`, e.g. `"points";q=10000;w=86400`; `None` for an unlimited
+    /// counter, which has no policy to describe.
+    pub fn rate_headers(
+        &mut self,
+        plan: &Plan,
+        res: Resource,
+        now: Millis,
+    ) -> Option<(String, String)> {
+        if res == Resource::Api {
+            let h = self.api_headers(plan, now);
+            return Some((h.policy(), h.limit()));
+        }
+        let (limit, bounds) = self.calendar(plan, res, now);
+        let limit = limit?;
+        let counter = self.counter_mut(res);
+        roll(counter, bounds.0);
+        let name = res.as_str();
+        let window_s = (bounds.1 - bounds.0) / 1000;
+        let reset_s = ((bounds.1 - now).max(0) as u64).div_ceil(1000);
+        Some((
+            format!("\"{name}\";q={limit};w={window_s}"),
+            format!(
+                "\"{name}\";r={};t={reset_s}",
+                limit.saturating_sub(counter.used)
+            ),
+        ))
+    }
+
     /// What `GET /v1/quota` shows for `res`.
     pub fn usage(&mut self, plan: &Plan, res: Resource, now: Millis) -> ResourceUsage {
         match res {
@@ -235,6 +287,7 @@ impl QuotaState {
                     remaining: Some(h.available),
                     reset_ms: Some(reset_ms),
                     resets_at: Some(rfc3339(now + reset_ms as Millis)),
+                    reserved: None,
                 }
             }
             Resource::Sessions | Resource::Points => {
@@ -243,10 +296,11 @@ impl QuotaState {
                 roll(counter, bounds.0);
                 ResourceUsage {
                     limit,
-                    used: counter.used,
+                    used: counter.used.saturating_sub(counter.reserved),
                     remaining: limit.map(|l| l.saturating_sub(counter.used)),
                     reset_ms: limit.map(|_| (bounds.1 - now).max(0) as u64),
                     resets_at: limit.map(|_| rfc3339(bounds.1)),
+                    reserved: (res == Resource::Points).then_some(counter.reserved),
                 }
             }
         }
@@ -309,6 +363,191 @@ impl QuotaState {
     }
 }
 
+/// A subject's quota as the object keeps it: the counters and the plan the
+/// subject was last seen under (refunds name no plan, and a session asks
+/// for its owner's current plan).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaCore {
+    /// The counters, stored as JSON.
+    pub state: QuotaState,
+    /// The plan of the subject's last charge or check.
+    pub last_plan: Option<String>,
+}
+
+/// What the object answers to a call, and whether the state must be
+/// stored first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body; `None` for a headers-only answer.
+    pub body: Option<String>,
+    /// Headers to set.
+    pub headers: Vec<(&'static str, String)>,
+    /// The state changed: store it before the answer leaves.
+    pub changed: bool,
+}
+
+/// Header of a refused charge: the wait in milliseconds (internal, read by
+/// the gateway).
+pub const H_RETRY_AFTER_MS: &str = "x-sesh-retry-after-ms";
+
+impl QuotaCore {
+    fn plan(plans: &Plans, name: &str) -> Result<Plan, ApiError> {
+        plans
+            .get(name)
+            .copied()
+            .ok_or_else(|| ApiError::Validation(format!("unknown plan {name:?}")))
+    }
+
+    fn remember(&mut self, plan: &str) {
+        if self.last_plan.as_deref() != Some(plan) {
+            self.last_plan = Some(plan.to_owned());
+        }
+    }
+
+    /// Carries out one call for `subject` at `now`. Synchronous from read
+    /// to write, so concurrent calls cannot interleave.
+    pub fn apply(
+        &mut self,
+        subject: &str,
+        call: &QuotaCall,
+        plans: &Plans,
+        now: Millis,
+    ) -> Result<Reply, ApiError> {
+        let before = self.clone();
+        let mut reply = match call {
+            QuotaCall::Charge { plan: name } => {
+                let plan = Self::plan(plans, name)?;
+                let d = self.state.check(&plan, Resource::Api, 1, now);
+                if d.allowed {
+                    self.remember(name);
+                }
+                let h = self.state.api_headers(&plan, now);
+                let mut headers = vec![("ratelimit-policy", h.policy()), ("ratelimit", h.limit())];
+                if let Some(ms) = d.retry_after_ms {
+                    headers.push((H_RETRY_AFTER_MS, ms.to_string()));
+                }
+                let status = if d.allowed { 204 } else { 429 };
+                Reply::new(status, None, headers)
+            }
+            QuotaCall::Overview { plan: name } => {
+                let plan = Self::plan(plans, name)?;
+                let view = QuotaOverview {
+                    subject: subject.to_owned(),
+                    plan: name.clone(),
+                    api: self.state.usage(&plan, Resource::Api, now),
+                    sessions: self.state.usage(&plan, Resource::Sessions, now),
+                    points: self.state.usage(&plan, Resource::Points, now),
+                };
+                Reply::json(200, &view)?
+            }
+            QuotaCall::Check {
+                resource,
+                cost,
+                plan: name,
+            } => {
+                let plan = Self::plan(plans, name)?;
+                let mut d = self.state.check(&plan, *resource, *cost, now);
+                if d.allowed {
+                    self.remember(name);
+                } else {
+                    d.error = Some(refusal(*resource));
+                }
+                self.decision_reply(&plan, *resource, &d, now)?
+            }
+            QuotaCall::Refund { resource, cost } => {
+                let name = self.last_plan.clone();
+                let plan = Self::plan(plans, name.as_deref().unwrap_or(DEFAULT_PLAN))?;
+                let d = self.state.refund(&plan, *resource, *cost, now);
+                self.decision_reply(&plan, *resource, &d, now)?
+            }
+            QuotaCall::Reserve { plan: name, want } => {
+                let plan = Self::plan(plans, name)?;
+                let (granted, day) = self.state.reserve(&plan, *want, now);
+                Reply::json(200, &Reserved { granted, day })?
+            }
+            QuotaCall::Settle {
+                plan: name,
+                day,
+                used,
+                returned,
+            } => {
+                let plan = Self::plan(plans, name)?;
+                self.state.settle(&plan, *day, *used, *returned, now);
+                Reply::json(200, &serde_json::json!({}))?
+            }
+            QuotaCall::CurrentPlan => {
+                let plan = self.last_plan.as_deref().unwrap_or(DEFAULT_PLAN);
+                Reply::json(200, &serde_json::json!({ "plan": plan }))?
+            }
+        };
+        reply.changed = *self != before;
+        Ok(reply)
+    }
+
+    /// A check's or refund's answer, with the checked resource's own
+    /// rate-limit headers and `Retry-After` on a refusal where a wait helps.
+    fn decision_reply(
+        &mut self,
+        plan: &Plan,
+        res: Resource,
+        d: &QuotaDecision,
+        now: Millis,
+    ) -> Result<Reply, ApiError> {
+        let mut headers = Vec::new();
+        if let Some((policy, limit)) = self.state.rate_headers(plan, res, now) {
+            headers.push(("ratelimit-policy", policy));
+            headers.push(("ratelimit", limit));
+        }
+        if let Some(ms) = d.retry_after_ms.filter(|_| !d.allowed) {
+            headers.push(("retry-after", ms.div_ceil(1000).max(1).to_string()));
+        }
+        let mut reply = Reply::json(if d.allowed { 200 } else { 429 }, d)?;
+        reply.headers = headers;
+        Ok(reply)
+    }
+}
+
+impl Reply {
+    fn new(status: u16, body: Option<String>, headers: Vec<(&'static str, String)>) -> Reply {
+        Reply {
+            status,
+            body,
+            headers,
+            changed: false,
+        }
+    }
+
+    fn json<T: Serialize>(status: u16, body: &T) -> Result<Reply, ApiError> {
+        let text = serde_json::to_string(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Reply::new(status, Some(text), Vec::new()))
+    }
+}
+
+/// The answer to a points reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reserved {
+    /// Units granted (0 when none remain).
+    pub granted: u64,
+    /// The UTC day they were taken from (ms at its start).
+    pub day: Millis,
+}
+
+/// The error object of a refused check, by resource.
+fn refusal(res: Resource) -> ErrorDetail {
+    match res {
+        Resource::Api => ErrorDetail::new(ErrorCode::RateLimited, "api rate limit exceeded"),
+        Resource::Sessions => {
+            ErrorDetail::new(ErrorCode::QuotaExceeded, "monthly sessions quota exceeded")
+        }
+        Resource::Points => {
+            ErrorDetail::new(ErrorCode::QuotaExceeded, "daily points quota exceeded")
+        }
+    }
+}
+
 fn now_ns(now: Millis) -> u64 {
     (now.max(0) as u64).saturating_mul(NANOS_PER_MS)
 }
@@ -319,6 +558,7 @@ fn roll(counter: &mut Counter, period_start: Millis) {
         *counter = Counter {
             start: period_start,
             used: 0,
+            reserved: 0,
         };
     }
 }

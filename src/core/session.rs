@@ -14,7 +14,7 @@ use std::rc::Rc;
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sesh_protocol::limits::{DEFAULT_READ_LIMIT, MAX_FRAME_BYTES, MAX_READ_LIMIT};
+use sesh_protocol::limits::MAX_FRAME_BYTES;
 use sesh_protocol::{
     ClientFrame, ErrorCode, NewPoint, Participant, ServerFrame, Session, SessionStatus, StoredPoint,
 };
@@ -266,28 +266,6 @@ pub fn retry_backoff_ms(failures: u32) -> u64 {
     1_000u64
         .saturating_mul(1u64 << failures.saturating_sub(1).min(6))
         .min(60_000)
-}
-
-/// Parses `afterSeq` and `limit` of `GET .../points`.
-pub fn parse_read_query(after: Option<&str>, limit: Option<&str>) -> Result<(u64, u64), ApiError> {
-    let after = match after {
-        None => 0,
-        Some(s) => s
-            .parse::<u64>()
-            .map_err(|_| ApiError::BadRequest("afterSeq must be a non-negative integer".into()))?,
-    };
-    let limit = match limit {
-        None => DEFAULT_READ_LIMIT as u64,
-        Some(s) => match s.parse::<u64>() {
-            Ok(l) if (1..=MAX_READ_LIMIT as u64).contains(&l) => l,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit must be an integer from 1 to {MAX_READ_LIMIT}"
-                )))
-            }
-        },
-    };
-    Ok((after, limit))
 }
 
 impl SessionCore {

@@ -5,23 +5,6 @@ mod presence;
 pub(crate) mod quota;
 mod session;
 
-use worker::Request;
-
-use crate::error::ApiError;
-
-/// The operation an internal request asks for (`https://object/<op>`).
-pub(crate) fn op(req: &Request) -> Result<(String, worker::Url), ApiError> {
-    let url = req.url().map_err(crate::http::internal)?;
-    Ok((url.path().to_owned(), url))
-}
-
-/// A query parameter of an internal request.
-pub(crate) fn query(url: &worker::Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 thread_local! {
     // D1 partitions this isolate has created or seen created, so a flush
     // issues `CREATE TABLE IF NOT EXISTS` only the first time.

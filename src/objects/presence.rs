@@ -4,25 +4,15 @@
 
 use std::cell::{Cell, RefCell};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sesh_protocol::{parse_body, Heartbeat};
-use worker::{durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State};
+use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
-use crate::config::Tuning;
-use crate::core::presence::PresenceCore;
+use crate::calls::{PresenceCall, SessionCall};
+use crate::core::presence::{PresenceCore, PresenceState};
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller};
+use crate::http::{self, internal, Caller, Hop};
 use crate::time::{now_ms, Millis};
-
-/// What a session tells a user's presence about one of its sockets.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct ConnUpdate {
-    pub user_id: String,
-    pub conn_id: String,
-    pub session_id: String,
-    pub online: bool,
-}
 
 #[derive(Deserialize)]
 struct Row {
@@ -37,7 +27,7 @@ pub struct PresenceDO {
     env: Env,
     sql: SqlStorage,
     ttl: u64,
-    // `None` until loaded; then the user id (once known) and the state.
+    // `None` until loaded; then the user id (once known) and the core.
     core: RefCell<Option<(Option<String>, PresenceCore)>>,
     alarm_at: Cell<Option<Millis>>,
     table_ready: Cell<bool>,
@@ -46,9 +36,7 @@ pub struct PresenceDO {
 impl DurableObject for PresenceDO {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        let ttl = Tuning::from_vars(|k| env.var(k).ok().map(|v| v.to_string()))
-            .map(|t| t.presence_ttl_ms)
-            .unwrap_or_else(|_| Tuning::default().presence_ttl_ms);
+        let ttl = http::tuning(&env).presence_ttl_ms;
         Self {
             state,
             env,
@@ -67,10 +55,7 @@ impl DurableObject for PresenceDO {
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_at.set(None);
         if let Err(e) = self.on_alarm().await {
-            worker::console_error!(
-                "{}",
-                serde_json::json!({"level": "error", "object": "PresenceDO", "error": e.log_detail().unwrap_or(&e.to_string())})
-            );
+            http::log_error("PresenceDO", &e);
         }
         Response::ok("")
     }
@@ -78,47 +63,48 @@ impl DurableObject for PresenceDO {
 
 impl PresenceDO {
     async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
-        let (op, url) = super::op(&req)?;
+        let call = PresenceCall::from_wire(http::read_wire(&mut req).await?)?;
         self.load()?;
         let now = now_ms();
-        match op.as_str() {
-            "/get" => {
-                let user = super::query(&url, "userId")
-                    .ok_or_else(|| ApiError::Internal("presence read without userId".into()))?;
+        match call {
+            PresenceCall::Get { user_id } => {
                 let core = self.core.borrow();
-                let view = core
-                    .as_ref()
-                    .map(|(_, c)| c.view(&user, now, self.ttl))
-                    .unwrap_or_else(|| PresenceCore::default().view(&user, now, self.ttl));
+                let view = match core.as_ref() {
+                    Some((_, c)) => c.view(&user_id, now),
+                    None => self.fresh().view(&user_id, now),
+                };
                 http::json(200, &view)
             }
-            "/heartbeat" => {
+            PresenceCall::Heartbeat { body } => {
                 let caller = Caller::read(&req)?;
-                let body = req.bytes().await.map_err(internal)?;
                 let beat: Heartbeat = parse_body(&body)?;
                 let view = self.update(&caller.user, |c| {
-                    c.heartbeat(beat.status, beat.activity, now, self.ttl)
+                    c.heartbeat(beat.status, beat.activity, now)
                 })?;
                 self.schedule().await?;
                 http::json(200, &view)
             }
-            "/conn" => {
-                let body = req.bytes().await.map_err(internal)?;
-                let u: ConnUpdate = serde_json::from_slice(&body).map_err(internal)?;
-                let view = self.update(&u.user_id, |c| {
-                    if u.online {
-                        c.connect(&u.conn_id, &u.session_id, now, self.ttl);
+            PresenceCall::Conn {
+                user_id,
+                conn_id,
+                session_id,
+                online,
+            } => {
+                let view = self.update(&user_id, |c| {
+                    if online {
+                        c.connect(&conn_id, &session_id, now);
                     } else {
-                        c.disconnect(&u.conn_id, now, self.ttl);
+                        c.disconnect(&conn_id, now);
                     }
                 })?;
                 self.schedule().await?;
                 http::json(200, &view)
             }
-            _ => Err(ApiError::Internal(format!(
-                "unknown presence operation {op}"
-            ))),
         }
+    }
+
+    fn fresh(&self) -> PresenceCore {
+        PresenceCore::new(self.ttl, PresenceState::default())
     }
 
     fn load(&self) -> Result<(), ApiError> {
@@ -134,9 +120,9 @@ impl PresenceDO {
         let loaded = match rows.into_iter().next() {
             Some(r) => (
                 Some(r.user_id),
-                serde_json::from_str(&r.state).map_err(internal)?,
+                PresenceCore::new(self.ttl, serde_json::from_str(&r.state).map_err(internal)?),
             ),
-            None => (None, PresenceCore::default()),
+            None => (None, self.fresh()),
         };
         *self.core.borrow_mut() = Some(loaded);
         Ok(())
@@ -154,7 +140,7 @@ impl PresenceDO {
             .ok_or_else(|| ApiError::Internal("presence not loaded".into()))?;
         f(core);
         *id = Some(user.to_owned());
-        let text = serde_json::to_string(core).map_err(internal)?;
+        let text = serde_json::to_string(core.state()).map_err(internal)?;
         if !self.table_ready.replace(true) {
             self.sql
                 .exec(
@@ -170,25 +156,16 @@ impl PresenceDO {
                 vec![user.into(), text.into()],
             )
             .map_err(internal)?;
-        Ok(core.view(user, now_ms(), self.ttl))
+        Ok(core.view(user, now_ms()))
     }
 
     /// Sets the alarm to the next moment the status can change.
     async fn schedule(&self) -> Result<(), ApiError> {
-        let next = self
-            .core
-            .borrow()
-            .as_ref()
-            .and_then(|(_, c)| c.next_wake(self.ttl));
-        if let Some(at) = next {
-            // Only ever earlier: a later wake (every heartbeat moves it) is
-            // left to the alarm already set, which re-arms when it fires.
-            if self.alarm_at.get().is_none_or(|cur| at < cur) {
-                http::set_alarm(&self.state, at).await?;
-                self.alarm_at.set(Some(at));
-            }
+        let next = self.core.borrow().as_ref().and_then(|(_, c)| c.next_wake());
+        match next {
+            Some(at) => http::ensure_alarm(&self.state, &self.alarm_at, at).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Expires what ran out and asks sessions about connections whose
@@ -201,8 +178,8 @@ impl PresenceDO {
             let Some((Some(user), core)) = guard.as_mut() else {
                 return Ok(());
             };
-            core.tick(now, self.ttl);
-            (user.clone(), core.due_checks(now, self.ttl))
+            core.tick(now);
+            (user.clone(), core.due_checks(now))
         };
         let mut answers = Vec::with_capacity(checks.len());
         for (conn, session) in checks {
@@ -211,9 +188,9 @@ impl PresenceDO {
         let now = now_ms();
         self.update(&user, |c| {
             for (conn, live) in answers {
-                c.confirmed(&conn, live, now, self.ttl);
+                c.confirmed(&conn, live, now);
             }
-            c.tick(now, self.ttl);
+            c.tick(now);
         })?;
         self.schedule().await
     }
@@ -221,18 +198,15 @@ impl PresenceDO {
     /// Whether `session` still has `conn`; `None` when it cannot be asked.
     async fn ask_session(&self, user: &str, session: &str, conn: &str) -> Option<bool> {
         let caller = Caller::internal(user);
-        let mut resp = http::call_object(
-            &self.env,
-            "ACTIVE_SESSION",
-            session,
-            &format!("/has-conn?connId={conn}"),
-            Method::Get,
-            None,
-            &caller,
-            None,
-        )
-        .await
-        .ok()?;
+        let hop = Hop {
+            env: &self.env,
+            caller: &caller,
+            request_id: None,
+        };
+        let call = SessionCall::HasConn {
+            conn_id: conn.to_owned(),
+        };
+        let mut resp = hop.session(session, call).await.ok()?;
         if resp.status_code() == 404 {
             return Some(false);
         }

@@ -11,21 +11,20 @@ use sesh_protocol::{
 };
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    durable_object, DurableObject, Env, Method, Request, Response, SqlStorage, State, WebSocket,
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
     WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::config::{Plans, Tuning};
+use crate::calls::{PresenceCall, QuotaCall, SessionCall};
+use crate::config::Plans;
 use crate::core::d1;
+use crate::core::quota::Reserved;
 use crate::core::session::{
-    parse_read_query, point_frame, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin,
-    Restored, SessionCore,
+    point_frame, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin, Restored, SessionCore,
 };
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller};
+use crate::http::{self, internal, Caller, Hop};
 use crate::ids;
-use crate::objects::presence::ConnUpdate;
-use crate::objects::quota::{GiveBack, Reserve};
 use crate::time::{month_suffix, now_ms, rfc3339, Millis};
 
 /// What a socket carries across hibernation.
@@ -52,6 +51,8 @@ pub struct ActiveSessionDO {
     delivering: Cell<bool>,
     conn_ids: js_sys::WeakMap,
     send_fn: RefCell<Option<js_sys::Function>>,
+    // The UTC day of the points units in hand.
+    units_day: Cell<Millis>,
 }
 
 // `points.client_id` has no index: the core keeps every id in memory
@@ -107,11 +108,7 @@ struct MaxRow {
 impl DurableObject for ActiveSessionDO {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        let tuning =
-            Tuning::from_vars(|k| env.var(k).ok().map(|v| v.to_string())).unwrap_or_else(|e| {
-                worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
-                Tuning::default()
-            });
+        let tuning = http::tuning(&env);
         let cfg = Config {
             flush_batch: tuning.flush_batch,
             flush_interval_ms: tuning.flush_interval_ms,
@@ -129,6 +126,7 @@ impl DurableObject for ActiveSessionDO {
             delivering: Cell::new(false),
             conn_ids: js_sys::WeakMap::new(),
             send_fn: RefCell::new(None),
+            units_day: Cell::new(0),
         }
     }
 
@@ -177,48 +175,33 @@ impl DurableObject for ActiveSessionDO {
 }
 
 fn log_error(e: &ApiError) {
-    worker::console_error!(
-        "{}",
-        serde_json::json!({"level": "error", "object": "ActiveSessionDO", "error": e.log_detail().unwrap_or(&e.to_string())})
-    );
+    http::log_error("ActiveSessionDO", e);
 }
 
 impl ActiveSessionDO {
     async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
-        let (op, url) = super::op(&req)?;
+        let call = SessionCall::from_wire(http::read_wire(&mut req).await?)?;
         let caller = Caller::read(&req)?;
-        let method = req.method();
-        if op == "/create" {
-            let body = req.bytes().await.map_err(internal)?;
+        if let SessionCall::Create { session_id, body } = call {
             let create: CreateSession = parse_body(&body)?;
-            let id = super::query(&url, "sessionId")
-                .ok_or_else(|| ApiError::Internal("create without sessionId".into()))?;
-            return self.create(&caller, create, id).await;
+            return self.create(&caller, create, session_id).await;
         }
         self.load()?;
-        if op == "/has-conn" {
+        if let SessionCall::HasConn { conn_id } = &call {
             // From a PresenceDO checking a connection it was told about.
-            let conn = super::query(&url, "connId").unwrap_or_default();
-            let live = self.with_core(|c| Ok(c.has_conn(&conn)))?;
+            let live = self.with_core(|c| Ok(c.has_conn(conn_id)))?;
             return http::json(200, &serde_json::json!({ "live": live }));
         }
         self.with_core(|c| c.check_member(&caller.user))?;
-        match (op.as_str(), method) {
-            ("/get", _) => http::json(200, &self.with_core(|c| Ok(c.view()))?),
-            ("/ws", _) => self.upgrade(&req, &caller).await,
-            ("/points", Method::Post) => {
-                let body = req.bytes().await.map_err(internal)?;
+        match call {
+            SessionCall::Get => http::json(200, &self.with_core(|c| Ok(c.view()))?),
+            SessionCall::Socket => self.upgrade(&req, &caller).await,
+            SessionCall::Append { body } => {
                 let batch: PointsBatch = parse_body(&body)?;
                 self.append(&caller, batch).await
             }
-            ("/points", _) => {
-                let (after, limit) = parse_read_query(
-                    super::query(&url, "afterSeq").as_deref(),
-                    super::query(&url, "limit").as_deref(),
-                )?;
-                self.read_points(after, limit)
-            }
-            ("/end", _) => {
+            SessionCall::Read { after_seq, limit } => self.read_points(after_seq, limit),
+            SessionCall::End => {
                 self.with_core(|c| c.end(&caller.user, now_ms()))?;
                 self.run().await?;
                 // Everything pending goes to D1 before the answer; if D1 is
@@ -227,9 +210,9 @@ impl ActiveSessionDO {
                 self.run().await?;
                 http::json(200, &self.with_core(|c| Ok(c.view()))?)
             }
-            _ => Err(ApiError::Internal(format!(
-                "unknown session operation {op}"
-            ))),
+            SessionCall::Create { .. } | SessionCall::HasConn { .. } => {
+                Err(ApiError::Internal("session call handled above".into()))
+            }
         }
     }
 
@@ -283,7 +266,7 @@ impl ActiveSessionDO {
         if matches!(&*self.core.borrow(), Some(Some(_))) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
-        let plans = Plans::parse(self.env.var("PLANS").ok().map(|v| v.to_string()).as_deref())
+        let plans = Plans::parse(http::var(&self.env, "PLANS").as_deref())
             .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
         let max_participants = plans
             .get(&caller.plan)
@@ -591,13 +574,13 @@ impl ActiveSessionDO {
                 return Ok(true);
             }
             for r in rows {
-                let update = ConnUpdate {
+                let update = PresenceCall::Conn {
                     user_id: r.user_id,
                     conn_id: r.conn_id,
                     session_id: session_id.clone(),
                     online: r.online != 0,
                 };
-                if !self.tell_presence(&update).await {
+                if !self.tell_presence(update).await {
                     return Ok(false);
                 }
                 self.sql
@@ -610,32 +593,23 @@ impl ActiveSessionDO {
         }
     }
 
-    async fn tell_presence(&self, u: &ConnUpdate) -> bool {
-        let Ok(body) = serde_json::to_vec(u) else {
+    async fn tell_presence(&self, call: PresenceCall) -> bool {
+        let PresenceCall::Conn { user_id, .. } = &call else {
             return false;
         };
-        let caller = Caller::internal(&u.user_id);
-        let sent = http::call_object(
-            &self.env,
-            "PRESENCE",
-            &u.user_id,
-            "/conn",
-            Method::Post,
-            Some(&body),
-            &caller,
-            None,
-        )
-        .await;
+        let caller = Caller::internal(user_id);
+        let hop = Hop {
+            env: &self.env,
+            caller: &caller,
+            request_id: None,
+        };
+        let sent = hop.presence(&user_id.clone(), call).await;
         matches!(sent, Ok(r) if r.status_code() == 200)
     }
 
     /// Makes sure the alarm fires no later than `at`.
     async fn ensure_alarm(&self, at: Millis) -> Result<(), ApiError> {
-        if self.alarm_at.get().is_none_or(|cur| at < cur) {
-            http::set_alarm(&self.state, at).await?;
-            self.alarm_at.set(Some(at));
-        }
-        Ok(())
+        http::ensure_alarm(&self.state, &self.alarm_at, at).await
     }
 
     /// Carries out the core's queued decisions, in order.
@@ -754,50 +728,50 @@ impl ActiveSessionDO {
         Ok(())
     }
 
-    /// Asks the owner's quota object for up to `want` points units.
+    /// Asks the owner's quota object for up to `want` points units, and
+    /// notes the UTC day they come from.
     async fn ask_units(&self, want: u64) -> Option<u64> {
         let (owner, plan) = self
             .with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
             .ok()?;
-        let body = serde_json::to_string(&Reserve { plan, want }).ok()?;
-        let mut resp = self.quota_call(&owner, "/reserve", body).await?;
-        let v: serde_json::Value = resp.json().await.ok()?;
-        v["granted"].as_u64()
+        let mut resp = self
+            .quota_call(&owner, QuotaCall::Reserve { plan, want })
+            .await?;
+        let r: Reserved = resp.json().await.ok()?;
+        self.units_day.set(r.day);
+        Some(r.granted)
     }
 
-    /// Gives unused points units back to the owner's quota. If the quota
-    /// object cannot be reached the units stay charged (the owner loses at
-    /// most one block); this is logged.
+    /// Gives unused points units back to the owner's quota, to the day they
+    /// were reserved on. If the quota object cannot be reached the units
+    /// stay charged (the owner loses at most one block); this is logged.
     async fn give_back(&self, units: u64) {
         let Ok((owner, plan)) =
             self.with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
         else {
             return;
         };
-        let Ok(body) = serde_json::to_string(&GiveBack { plan, units }) else {
-            return;
+        let call = QuotaCall::Settle {
+            plan,
+            day: self.units_day.get(),
+            used: 0,
+            returned: units,
         };
-        if self.quota_call(&owner, "/give-back", body).await.is_none() {
+        if self.quota_call(&owner, call).await.is_none() {
             log_error(&ApiError::Unavailable(format!(
                 "could not give {units} points units back to {owner}"
             )));
         }
     }
 
-    async fn quota_call(&self, subject: &str, op: &str, body: String) -> Option<Response> {
+    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<Response> {
         let caller = Caller::internal(subject);
-        let resp = http::call_object(
-            &self.env,
-            "QUOTA",
-            subject,
-            op,
-            Method::Post,
-            Some(body.as_bytes()),
-            &caller,
-            None,
-        )
-        .await
-        .ok()?;
+        let hop = Hop {
+            env: &self.env,
+            caller: &caller,
+            request_id: None,
+        };
+        let resp = hop.quota(subject, call).await.ok()?;
         (resp.status_code() == 200).then_some(resp)
     }
 

@@ -133,17 +133,67 @@ fn unlimited_plans_answer_null_but_still_count() {
 fn refund_and_reserve_of_counters() {
     let free = plan("free");
     let mut s = QuotaState::default();
-    assert_eq!(s.reserve(&free, Resource::Points, 9_990, T0), 9_990);
-    assert_eq!(
-        s.reserve(&free, Resource::Points, 100, T0),
-        10,
-        "what remains"
-    );
-    assert_eq!(s.reserve(&free, Resource::Points, 100, T0), 0);
+    let day = DEC_1 - 86_400_000;
+    assert_eq!(s.reserve(&free, 9_990, T0), (9_990, day));
+    assert_eq!(s.reserve(&free, 100, T0), (10, day), "what remains");
+    assert_eq!(s.reserve(&free, 100, T0), (0, day));
+    s.settle(&free, day, 0, 10_000, T0);
+    let d = s.check(&free, Resource::Points, 9_960, T0);
+    assert!(d.allowed);
     let d = s.refund(&free, Resource::Points, 40, T0);
-    assert_eq!(d.remaining, Some(40));
+    assert_eq!(d.remaining, Some(80));
     let d = s.refund(&free, Resource::Points, 1_000_000, T0);
     assert_eq!(d.remaining, Some(10_000), "never below zero use");
+}
+
+#[test]
+fn reserved_units_are_shown_apart_and_settle_to_their_day() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    let day = DEC_1 - 86_400_000;
+    assert_eq!(s.reserve(&free, 200, T0).0, 200);
+    let u = s.usage(&free, Resource::Points, T0);
+    assert_eq!(
+        (u.used, u.reserved, u.remaining),
+        (0, Some(200), Some(9_800))
+    );
+    // 30 recorded, 170 back.
+    s.settle(&free, day, 30, 170, T0);
+    let u = s.usage(&free, Resource::Points, T0);
+    assert_eq!(
+        (u.used, u.reserved, u.remaining),
+        (30, Some(0), Some(9_970))
+    );
+    // Units of yesterday go back to yesterday: today's count is untouched.
+    assert_eq!(s.reserve(&free, 100, T0).0, 100);
+    s.check(&free, Resource::Points, 5, DEC_1);
+    s.settle(&free, day, 0, 100, DEC_1);
+    let u = s.usage(&free, Resource::Points, DEC_1);
+    assert_eq!((u.used, u.reserved), (5, Some(0)));
+    assert_eq!(s.usage(&free, Resource::Api, T0).reserved, None);
+}
+
+#[test]
+fn counters_describe_their_own_rate_limit_policy() {
+    let free = plan("free");
+    let mut s = QuotaState::default();
+    s.check(&free, Resource::Points, 4, T0);
+    assert_eq!(
+        s.rate_headers(&free, Resource::Points, T0),
+        Some((
+            "\"points\";q=10000;w=86400".to_owned(),
+            "\"points\";r=9996;t=60".to_owned()
+        ))
+    );
+    let (policy, _) = s.rate_headers(&free, Resource::Sessions, T0).unwrap();
+    assert_eq!(
+        policy, "\"sessions\";q=30;w=2592000",
+        "November has 30 days"
+    );
+    let ent = plan("enterprise");
+    assert_eq!(s.rate_headers(&ent, Resource::Points, T0), None);
+    let (policy, _) = s.rate_headers(&free, Resource::Api, T0).unwrap();
+    assert_eq!(policy, "\"api\";q=60;w=60");
 }
 
 #[test]

@@ -607,20 +607,6 @@ fn restore_continues_from_storage() {
 }
 
 #[test]
-fn read_query_parsing() {
-    assert_eq!(parse_read_query(None, None), Ok((0, 100)));
-    assert_eq!(parse_read_query(Some("5"), Some("1000")), Ok((5, 1000)));
-    for (a, l) in [
-        (Some("-1"), None),
-        (Some("x"), None),
-        (None, Some("0")),
-        (None, Some("1001")),
-    ] {
-        assert_eq!(parse_read_query(a, l).unwrap_err().status(), 400);
-    }
-}
-
-#[test]
 fn backoff_is_capped() {
     assert_eq!(retry_backoff_ms(1), 1_000);
     assert_eq!(retry_backoff_ms(3), 4_000);
