@@ -45,6 +45,50 @@ impl Plan {
     };
 }
 
+/// Bounds that keep the quota arithmetic exact: the `api` emission interval
+/// (60 s / `api_per_min`, in ns) never rounds to zero, a full burst of
+/// emission intervals fits a u64 of nanoseconds with the clock added, and
+/// counters stay below 2^53 so JSON clients read them exactly.
+const MAX_API_PER_MIN: u64 = 60_000_000;
+const MAX_API_BURST: u64 = 1_000_000_000;
+const MAX_BURST_SPAN_NS: u64 = 1_000_000_000_000_000_000;
+const MAX_COUNTER: u64 = 1 << 53;
+const MAX_PARTICIPANTS: u64 = 100_000;
+
+impl Plan {
+    /// Refuses values that would divide by zero or overflow later, with
+    /// the reason (for the operator's log).
+    fn check(&self) -> Result<(), String> {
+        let in_range = |name: &str, v: u64, max: u64| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be from 1 to {max}, not {v}"))
+            }
+        };
+        in_range("api_per_min", self.api_per_min, MAX_API_PER_MIN)?;
+        in_range("api_burst", self.api_burst, MAX_API_BURST)?;
+        in_range(
+            "participants",
+            self.participants_per_session,
+            MAX_PARTICIPANTS,
+        )?;
+        let emission_ns = 60_000_000_000 / self.api_per_min;
+        if self.api_burst.saturating_mul(emission_ns) > MAX_BURST_SPAN_NS {
+            return Err("api_burst / api_per_min spans more than 31 years".into());
+        }
+        for (name, v) in [
+            ("sessions", self.sessions_per_month),
+            ("points", self.points_per_day),
+        ] {
+            if v.is_some_and(|v| v > MAX_COUNTER) {
+                return Err(format!("{name} must be at most {MAX_COUNTER} (or null)"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The plan table, looked up by a token's `plan` claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plans(BTreeMap<String, Plan>);
@@ -99,11 +143,8 @@ impl Plans {
                 points_per_day: p.points.unwrap_or(base.points_per_day),
                 participants_per_session: p.participants.unwrap_or(base.participants_per_session),
             };
-            if plan.api_per_min == 0 || plan.api_burst == 0 || plan.participants_per_session == 0 {
-                return Err(format!(
-                    "PLANS: plan {name:?} needs api_per_min, api_burst and participants >= 1"
-                ));
-            }
+            plan.check()
+                .map_err(|why| format!("PLANS: plan {name:?}: {why}"))?;
             plans.0.insert(name, plan);
         }
         Ok(plans)
@@ -237,9 +278,21 @@ mod tests {
             r#"{"free":{"api_burst":-1}}"#,
             r#"{"free":{"api_burst":0}}"#,
             r#"{"free":"x"}"#,
+            r#"{"free":{"api_per_min":0}}"#,
+            r#"{"free":{"participants":0}}"#,
+            // Would make the emission interval 0 ns: a division by zero.
+            r#"{"free":{"api_per_min":100000000000}}"#,
+            // A burst whose span overflows the nanosecond clock.
+            r#"{"free":{"api_per_min":1,"api_burst":999999999}}"#,
+            r#"{"free":{"api_burst":18446744073709551615}}"#,
+            r#"{"free":{"points":18446744073709551615}}"#,
         ] {
-            assert!(Plans::parse(Some(bad)).is_err(), "{bad}");
+            let e = Plans::parse(Some(bad)).unwrap_err();
+            assert!(e.starts_with("PLANS"), "{bad}: {e}");
         }
+        // The edges themselves are fine.
+        let ok = r#"{"free":{"api_per_min":60000000,"api_burst":1000,"points":9007199254740992}}"#;
+        assert!(Plans::parse(Some(ok)).is_ok());
     }
 
     #[test]
