@@ -13,6 +13,17 @@
 //! 3. run every statement of [`ListQuery::statements`] in one D1 batch (none:
 //!    skip the batch, the answer is empty);
 //! 4. pass all their rows, in any order, to [`ListQuery::answer`] and send it.
+//!
+//! Flushing a session (one batch, as today): for each [`PartitionWrite`] of
+//! [`write_points`] and of [`write_session`], its `ensure.statements`
+//! (unless the isolate already created all of `ensure.tables`), then its
+//! `statements`. After success, remember `ensure.tables`.
+//!
+//! Reading an ended session whose object is gone:
+//! 1. one batch: `LIST_PARTITIONS` and [`point_months`];
+//! 2. one batch: [`find_session`] (`None`: 404) and [`read_points`] (`None`:
+//!    no points); [`parse_found_session`] (`None`: 404) gives the session,
+//!    [`points_page`] the page with the session's `last_seq`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
