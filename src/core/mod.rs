@@ -4,6 +4,9 @@
 
 pub mod clock;
 pub mod d1;
+pub mod history;
+pub mod partition;
 pub mod presence;
 pub mod quota;
+pub mod rollup;
 pub mod session;

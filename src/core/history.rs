@@ -1,0 +1,779 @@
+//! Sessions and points in D1 across partitions (CONTRACT.md sections 5 and
+//! 9): the list `GET /v1/sessions`, the writes of a flush (session row,
+//! member rows, points with their month and roll-up marks), and the read of
+//! a session and its points once its live object is gone.
+//!
+//! Each function gives [`Statement`]s to run and takes back the rows D1
+//! answered (JSON objects keyed by column name); nothing here runs SQL.
+//!
+//! Listing a user's sessions:
+//! 1. run [`LIST_PARTITIONS`](crate::core::partition::LIST_PARTITIONS) and
+//!    build an [`Existing`] from its rows;
+//! 2. [`ListQuery::parse`] the query string (errors are 400 `bad_request`);
+//! 3. run every statement of [`ListQuery::statements`] in one D1 batch (none:
+//!    skip the batch, the answer is empty);
+//! 4. pass all their rows, in any order, to [`ListQuery::answer`] and send it.
+//!
+//! Flushing a session (one batch, as today): for each [`PartitionWrite`] of
+//! [`write_points`] and of [`write_session`], its `ensure.statements`
+//! (unless the isolate already created all of `ensure.tables`), then its
+//! `statements`. After success, remember `ensure.tables`.
+//!
+//! Reading an ended session whose object is gone:
+//! 1. one batch: `LIST_PARTITIONS` and [`point_months`];
+//! 2. one batch: [`find_session`] (`None`: 404) and [`read_points`] (`None`:
+//!    no points); [`parse_found_session`] (`None`: 404) gives the session,
+//!    [`points_page`] the page with the session's `last_seq`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sesh_protocol::limits::MAX_READ_LIMIT;
+use sesh_protocol::{PointsPage, SessionStatus, StoredPoint};
+use thiserror::Error;
+
+use crate::core::d1::MAX_CHUNK_BYTES;
+use crate::core::partition::{
+    col_int, col_opt_f64, col_opt_str, col_str, ensure_points, ensure_sessions, plan,
+    write_partition, Ensure, Existing, Month, RowError, Span, Statement, TableKind, DAY_MS,
+};
+use crate::time::Millis;
+
+/// Sessions per page when `limit` is absent.
+pub const DEFAULT_LIMIT: u32 = 20;
+
+/// Largest `limit`.
+pub const MAX_LIMIT: u32 = 100;
+
+/// The window listed when `from` is absent: the 30 days before `to`.
+pub const DEFAULT_WINDOW_MS: Millis = 30 * DAY_MS;
+
+// Longer than any cursor this module writes; checked before decoding so a
+// huge value costs nothing.
+const MAX_CURSOR_CHARS: usize = 512;
+
+/// A query parameter the caller got wrong: answer 400 `bad_request` with the
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum QueryError {
+    /// A time is not RFC 3339.
+    #[error("`{param}` must be an RFC 3339 date-time such as 2026-01-31T12:00:00Z, got {value:?}")]
+    Time {
+        /// The parameter.
+        param: &'static str,
+        /// What was sent.
+        value: String,
+    },
+    /// `from` is not before `to`.
+    #[error("`from` must be before `to`")]
+    EmptyRange,
+    /// `status` is neither `active` nor `ended`.
+    #[error("`status` must be `active` or `ended`")]
+    Status,
+    /// `limit` is not an integer in range.
+    #[error("`limit` must be an integer from 1 to {max}")]
+    Limit {
+        /// The largest allowed.
+        max: u32,
+    },
+    /// `cursor` is not one this server wrote.
+    #[error("`cursor` is not a cursor this server gave out")]
+    Cursor,
+    /// A parameter differs from the one the cursor was issued for.
+    #[error("`{param}` differs from the query the cursor was given for; send it as before or leave it out")]
+    CursorMismatch {
+        /// The parameter.
+        param: &'static str,
+    },
+    /// `granularity` is not one of the four.
+    #[error("`granularity` must be one of hour, day, week, month")]
+    Granularity,
+    /// `kind` is empty or too long.
+    #[error("`kind` must be 1-64 characters")]
+    Kind,
+}
+
+/// Parses an RFC 3339 date-time (any offset) into milliseconds.
+pub fn parse_time(param: &'static str, value: &str) -> Result<Millis, QueryError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| QueryError::Time {
+            param,
+            value: value.chars().take(64).collect(),
+        })
+}
+
+/// The query string of `GET /v1/sessions`, as sent (absent parameters
+/// `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListParams<'a> {
+    /// `from`, RFC 3339.
+    pub from: Option<&'a str>,
+    /// `to`, RFC 3339.
+    pub to: Option<&'a str>,
+    /// `status`: `active` or `ended`.
+    pub status: Option<&'a str>,
+    /// `limit`: 1-100.
+    pub limit: Option<&'a str>,
+    /// `cursor`: a `nextCursor` from an earlier page.
+    pub cursor: Option<&'a str>,
+}
+
+// What a cursor carries: the position (started_at ms and id of the last
+// session answered) and the window and filter it belongs to, so the
+// following pages list the same window even when `from`/`to` were left to
+// their defaults, which move with the clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CursorBody {
+    v: u8,
+    t: Millis,
+    i: String,
+    f: Millis,
+    u: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<SessionStatus>,
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+fn encode_cursor(body: &CursorBody) -> String {
+    // Serializing a struct of integers and strings cannot fail.
+    let json = serde_json::to_vec(body).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(s: &str) -> Result<CursorBody, QueryError> {
+    if s.len() > MAX_CURSOR_CHARS {
+        return Err(QueryError::Cursor);
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| QueryError::Cursor)?;
+    let body: CursorBody = serde_json::from_slice(&bytes).map_err(|_| QueryError::Cursor)?;
+    // Only the exact text this module writes is accepted: no other JSON
+    // spelling, order or padding of the same content.
+    let valid = body.v == CURSOR_VERSION
+        && is_uuid(&body.i)
+        && body.f <= body.t
+        && body.t < body.u
+        && encode_cursor(&body) == s;
+    if valid {
+        Ok(body)
+    } else {
+        Err(QueryError::Cursor)
+    }
+}
+
+/// True for a lower-case hyphenated UUID.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+/// The creation time in a v7 session id; `None` for any other id.
+pub fn v7_time(id: &str) -> Option<Millis> {
+    if !is_uuid(id) || id.as_bytes()[14] != b'7' {
+        return None;
+    }
+    let hex: String = id[..8].chars().chain(id[9..13].chars()).collect();
+    i64::from_str_radix(&hex, 16).ok()
+}
+
+/// A parsed `GET /v1/sessions` for one caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    user: String,
+    from: Millis,
+    to: Millis,
+    status: Option<SessionStatus>,
+    limit: u32,
+    after: Option<(Millis, String)>,
+}
+
+fn pick<T: PartialEq>(
+    param: &'static str,
+    given: Option<T>,
+    from_cursor: Option<T>,
+) -> Result<Option<T>, QueryError> {
+    match (given, from_cursor) {
+        (Some(g), Some(c)) if g != c => Err(QueryError::CursorMismatch { param }),
+        (g, c) => Ok(g.or(c)),
+    }
+}
+
+impl ListQuery {
+    /// Validates the parameters for caller `user` at `now`. Defaults: `to`
+    /// now, `from` 30 days before `to`, every status, 20 sessions. With a
+    /// cursor, absent `from`, `to` and `status` are the cursor's, and given
+    /// ones must equal them.
+    pub fn parse(
+        user: &str,
+        params: &ListParams<'_>,
+        now: Millis,
+    ) -> Result<ListQuery, QueryError> {
+        let cursor = params.cursor.map(decode_cursor).transpose()?;
+        let from = params.from.map(|v| parse_time("from", v)).transpose()?;
+        let to = params.to.map(|v| parse_time("to", v)).transpose()?;
+        let status = params
+            .status
+            .map(|s| match s {
+                "active" => Ok(SessionStatus::Active),
+                "ended" => Ok(SessionStatus::Ended),
+                _ => Err(QueryError::Status),
+            })
+            .transpose()?;
+        let limit = match params.limit {
+            None => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse::<u32>()
+                .ok()
+                .filter(|l| (1..=MAX_LIMIT).contains(l))
+                .ok_or(QueryError::Limit { max: MAX_LIMIT })?,
+        };
+        let to = pick("to", to, cursor.as_ref().map(|c| c.u))?.unwrap_or(now);
+        let from = pick("from", from, cursor.as_ref().map(|c| c.f))?
+            .unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
+        let status = match (&cursor, status) {
+            (None, s) => s,
+            (Some(c), None) => c.s,
+            (Some(c), Some(s)) if c.s == Some(s) => Some(s),
+            (Some(_), Some(_)) => return Err(QueryError::CursorMismatch { param: "status" }),
+        };
+        if from >= to {
+            return Err(QueryError::EmptyRange);
+        }
+        Ok(ListQuery {
+            user: user.to_owned(),
+            from,
+            to,
+            status,
+            limit,
+            after: cursor.map(|c| (c.t, c.i)),
+        })
+    }
+
+    /// The statements to run in one batch: one per table group holding the
+    /// window (none when no partition does). Parameters: at most six each.
+    pub fn statements(&self, existing: &Existing) -> Vec<Statement> {
+        // Start below the cursor, or at the window's end.
+        let (upper_t, upper_id) = match &self.after {
+            Some((t, id)) if *t < self.to => (*t, id.clone()),
+            _ => (self.to, String::new()),
+        };
+        let mut params = vec![
+            Value::from(self.user.as_str()),
+            Value::from(self.from),
+            Value::from(upper_t),
+            Value::from(upper_id),
+            Value::from(self.limit + 1),
+        ];
+        if let Some(s) = self.status {
+            params.push(Value::from(s.as_str()));
+        }
+        plan(TableKind::Members, self.from, self.to, existing)
+            .into_iter()
+            .filter_map(|g| {
+                let spans: Vec<Span> = g
+                    .spans
+                    .into_iter()
+                    .filter(|s| existing.contains(TableKind::Sessions, *s))
+                    .collect();
+                (!spans.is_empty()).then(|| {
+                    Statement::new(list_sql(&spans, self.status.is_some()), params.clone())
+                })
+            })
+            .collect()
+    }
+
+    /// The answer from the rows of all [`ListQuery::statements`]: newest
+    /// first, at most `limit`, with `nextCursor` while more remain.
+    pub fn answer(&self, rows: impl IntoIterator<Item = Value>) -> Result<SessionList, RowError> {
+        let mut found = rows
+            .into_iter()
+            .map(|r| Ok((col_int(&r, "started_ms")?, session_from_row(&r)?)))
+            .collect::<Result<Vec<(Millis, SessionSummary)>, RowError>>()?;
+        found.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)));
+        // Groups cover disjoint spans, so a session comes once; this keeps
+        // the answer right even if a caller passes rows twice.
+        found.dedup_by(|a, b| a.1.id == b.1.id);
+        let more = found.len() > self.limit as usize;
+        found.truncate(self.limit as usize);
+        let next_cursor = match found.last() {
+            Some((t, s)) if more => Some(encode_cursor(&CursorBody {
+                v: CURSOR_VERSION,
+                t: *t,
+                i: s.id.clone(),
+                f: self.from,
+                u: self.to,
+                s: self.status,
+            })),
+            _ => None,
+        };
+        Ok(SessionList {
+            sessions: found.into_iter().map(|(_, s)| s).collect(),
+            next_cursor,
+        })
+    }
+}
+
+// The session columns as read, `s` being the table alias.
+const SESSION_COLUMNS: [&str; 9] = [
+    "id",
+    "owner_id",
+    "title",
+    "members",
+    "metadata",
+    "status",
+    "started_at",
+    "ended_at",
+    "point_count",
+];
+
+fn list_sql(spans: &[Span], by_status: bool) -> String {
+    if let [span] = spans {
+        // The common case: one table pair, read in index order and stopped
+        // after the limit.
+        let cols: Vec<String> = SESSION_COLUMNS
+            .iter()
+            .map(|c| format!("s.{c} AS {c}"))
+            .collect();
+        return format!(
+            "SELECT m.started_at AS started_ms, {cols} FROM {members} AS m \
+             JOIN {sessions} AS s ON s.id = m.session_id \
+             WHERE m.user_id = ?1 AND m.started_at >= ?2 \
+             AND (m.started_at, m.session_id) < (?3, ?4){status} \
+             ORDER BY m.started_at DESC, m.session_id DESC LIMIT ?5",
+            cols = cols.join(", "),
+            members = TableKind::Members.table(*span),
+            sessions = TableKind::Sessions.table(*span),
+            status = if by_status { " AND s.status = ?6" } else { "" },
+        );
+    }
+    let status = if by_status { " AND status = ?6" } else { "" };
+    let cond = "user_id = ?1 AND started_at >= ?2 AND (started_at, session_id) < (?3, ?4)";
+    // During a move: member rows from every copy (identical, so UNION keeps
+    // one), each column from the first copy of the session row that exists,
+    // the yearly one first.
+    let members: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "SELECT started_at, session_id FROM {} WHERE {cond}",
+                TableKind::Members.table(*s)
+            )
+        })
+        .collect();
+    let cols: Vec<String> = SESSION_COLUMNS[1..]
+        .iter()
+        .map(|c| {
+            let arms: Vec<String> = (0..spans.len())
+                .map(|i| format!("WHEN s{i}.id IS NOT NULL THEN s{i}.{c}"))
+                .collect();
+            format!("CASE {} END AS {c}", arms.join(" "))
+        })
+        .collect();
+    let joins: Vec<String> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "LEFT JOIN {} AS s{i} ON s{i}.id = k.session_id",
+                TableKind::Sessions.table(*s)
+            )
+        })
+        .collect();
+    format!(
+        "SELECT * FROM (SELECT k.started_at AS started_ms, k.session_id AS id, {cols} \
+         FROM ({members}) AS k {joins}) \
+         WHERE owner_id IS NOT NULL{status} ORDER BY started_ms DESC, id DESC LIMIT ?5",
+        cols = cols.join(", "),
+        members = members.join(" UNION "),
+        joins = joins.join(" "),
+    )
+}
+
+/// A session as listed: the session object without `participants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSummary {
+    /// Session id.
+    pub id: String,
+    /// Owner.
+    pub owner_id: String,
+    /// Title, `null` when none.
+    pub title: Option<String>,
+    /// Members besides the owner.
+    pub members: Vec<String>,
+    /// Metadata object.
+    pub metadata: Map<String, Value>,
+    /// Active or ended (as of the last flush).
+    pub status: SessionStatus,
+    /// Creation time, RFC 3339 UTC.
+    pub started_at: String,
+    /// End time, RFC 3339 UTC, once ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Points flushed so far.
+    pub point_count: u64,
+    /// Highest seq flushed; seqs have no gaps, so it equals `pointCount`.
+    pub last_seq: u64,
+}
+
+/// The answer to `GET /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionList {
+    /// The page, newest first.
+    pub sessions: Vec<SessionSummary>,
+    /// Present while more sessions remain; pass it back as `cursor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(
+    row: &Value,
+    column: &'static str,
+) -> Result<T, RowError> {
+    serde_json::from_str(&col_str(row, column)?).map_err(|e| RowError::Json {
+        column,
+        detail: e.to_string(),
+    })
+}
+
+fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
+    let status = match col_str(row, "status")?.as_str() {
+        "active" => SessionStatus::Active,
+        "ended" => SessionStatus::Ended,
+        _ => {
+            return Err(RowError::Column {
+                column: "status",
+                expected: "`active` or `ended`",
+            })
+        }
+    };
+    let point_count =
+        u64::try_from(col_int(row, "point_count")?).map_err(|_| RowError::Column {
+            column: "point_count",
+            expected: "a count",
+        })?;
+    Ok(SessionSummary {
+        id: col_str(row, "id")?,
+        owner_id: col_str(row, "owner_id")?,
+        title: col_opt_str(row, "title")?,
+        members: json_col(row, "members")?,
+        metadata: json_col(row, "metadata")?,
+        status,
+        started_at: col_str(row, "started_at")?,
+        ended_at: col_opt_str(row, "ended_at")?,
+        point_count,
+        last_seq: point_count,
+    })
+}
+
+/// A session row as the flush writes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionRecord<'a> {
+    /// Session id (v7 UUID).
+    pub id: &'a str,
+    /// Owner.
+    pub owner_id: &'a str,
+    /// Title.
+    pub title: Option<&'a str>,
+    /// Members besides the owner.
+    pub members: &'a [String],
+    /// Metadata object.
+    pub metadata: &'a Map<String, Value>,
+    /// Active or ended.
+    pub status: SessionStatus,
+    /// Creation time.
+    pub started_at: Millis,
+    /// End time.
+    pub ended_at: Option<Millis>,
+    /// Points recorded so far (the count never goes down in D1).
+    pub point_count: u64,
+}
+
+/// Statements writing to one partition, with what makes it exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionWrite {
+    /// The partition written.
+    pub span: Span,
+    /// Its creation; put `ensure.statements` before `statements` unless
+    /// this isolate already saw every table of `ensure.tables` created.
+    pub ensure: Ensure,
+    /// The writes.
+    pub statements: Vec<Statement>,
+}
+
+/// The session row and its member rows (the owner included), for the same
+/// batch as the flush's points; the partition is
+/// [`write_partition`]`(started_at, now)`. The row is upserted as
+/// `core::d1::upsert_session` does; member rows are only ever added.
+pub fn write_session(rec: &SessionRecord<'_>, now: Millis) -> PartitionWrite {
+    let span = write_partition(rec.started_at, now);
+    let sessions = TableKind::Sessions.table(span);
+    let upsert = format!(
+        "INSERT INTO {t} (id, owner_id, title, members, metadata, status, started_at, ended_at, point_count) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
+         metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
+         point_count = max({t}.point_count, excluded.point_count)",
+        t = sessions
+    );
+    let mut everyone: Vec<&str> = vec![rec.owner_id];
+    everyone.extend(rec.members.iter().map(String::as_str));
+    everyone.sort_unstable();
+    everyone.dedup();
+    let members_sql = format!(
+        "INSERT OR IGNORE INTO {} (user_id, started_at, session_id) \
+         SELECT m.value, ?2, ?1 FROM json_each(?3) AS m",
+        TableKind::Members.table(span)
+    );
+    let statements = vec![
+        Statement::new(
+            upsert,
+            vec![
+                Value::from(rec.id),
+                Value::from(rec.owner_id),
+                rec.title.map_or(Value::Null, Value::from),
+                Value::from(Value::from(rec.members.to_vec()).to_string()),
+                Value::from(Value::Object(rec.metadata.clone()).to_string()),
+                Value::from(rec.status.as_str()),
+                Value::from(crate::time::rfc3339(rec.started_at)),
+                rec.ended_at
+                    .map_or(Value::Null, |t| Value::from(crate::time::rfc3339(t))),
+                Value::from(rec.point_count),
+            ],
+        ),
+        Statement::new(
+            members_sql,
+            vec![
+                Value::from(rec.id),
+                Value::from(rec.started_at),
+                Value::from(Value::from(everyone).to_string()),
+            ],
+        ),
+    ];
+    PartitionWrite {
+        span,
+        ensure: ensure_sessions(span, now),
+        statements,
+    }
+}
+
+/// The statements of a flush's points of session `session_id`: stored
+/// points `(ts, JSON as the API returns it)` grouped by
+/// [`write_partition`]`(ts, now)` into JSON arrays of at most
+/// `core::d1::MAX_CHUNK_BYTES`, each array bound as one parameter of three
+/// statements: the points insert (`INSERT OR IGNORE` on `(session_id,
+/// seq)`), the session's point months and the roll-up marks. Run them all
+/// in the batch that writes the session row.
+pub fn write_points(
+    session_id: &str,
+    points: &[(Millis, String)],
+    now: Millis,
+) -> Vec<PartitionWrite> {
+    let mut out: Vec<(Span, Vec<String>)> = Vec::new();
+    for (ts, body) in points {
+        let span = write_partition(*ts, now);
+        let idx = match out.iter().position(|(s, _)| *s == span) {
+            Some(i) => i,
+            None => {
+                out.push((span, Vec::new()));
+                out.len() - 1
+            }
+        };
+        let arrays = &mut out[idx].1;
+        match arrays.last_mut() {
+            Some(arr) if arr.len() + body.len() + 2 <= MAX_CHUNK_BYTES => {
+                arr.push(',');
+                arr.push_str(body);
+            }
+            _ => arrays.push(format!("[{body}")),
+        }
+    }
+    out.into_iter()
+        .map(|(span, arrays)| PartitionWrite {
+            span,
+            ensure: ensure_points(span, now),
+            statements: arrays
+                .into_iter()
+                .flat_map(|mut arr| {
+                    arr.push(']');
+                    [
+                        Statement::new(
+                            insert_points_sql(span),
+                            vec![Value::from(session_id), Value::from(arr.as_str())],
+                        ),
+                        Statement::new(
+                            RECORD_POINT_MONTHS,
+                            vec![Value::from(session_id), Value::from(arr.as_str())],
+                        ),
+                        crate::core::rollup::mark_statement(&arr),
+                    ]
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn insert_points_sql(span: Span) -> String {
+    format!(
+        "INSERT OR IGNORE INTO {} (session_id, seq, user_id, client_id, kind, value, data, ts) \
+         SELECT ?1, json_extract(p.value, '$.seq'), json_extract(p.value, '$.userId'), \
+         json_extract(p.value, '$.id'), json_extract(p.value, '$.kind'), \
+         json_extract(p.value, '$.value'), json_extract(p.value, '$.data'), \
+         json_extract(p.value, '$.ts') FROM json_each(?2) AS p",
+        TableKind::Points.table(span)
+    )
+}
+
+/// Records the months ('YYYY_MM' of each point's `ts`, UTC) of a JSON array
+/// of points (`?2`) for session `?1`.
+pub const RECORD_POINT_MONTHS: &str =
+    "INSERT OR IGNORE INTO session_point_months (session_id, month) \
+     SELECT DISTINCT ?1, strftime('%Y_%m', json_extract(p.value, '$.ts') / 1000, 'unixepoch') \
+     FROM json_each(?2) AS p";
+
+/// Reads the months of a session's points; its rows go to
+/// [`parse_point_months`]. Run it in one batch with
+/// [`LIST_PARTITIONS`](crate::core::partition::LIST_PARTITIONS); then
+/// [`find_session`] and [`read_points`] together in a second batch.
+pub fn point_months(session_id: &str) -> Statement {
+    Statement::new(
+        "SELECT month FROM session_point_months WHERE session_id = ?1 ORDER BY month",
+        vec![Value::from(session_id)],
+    )
+}
+
+/// The months of [`point_months`]'s rows.
+pub fn parse_point_months(rows: &[Value]) -> Result<Vec<Month>, RowError> {
+    rows.iter()
+        .map(|r| {
+            Month::parse(&col_str(r, "month")?).ok_or(RowError::Column {
+                column: "month",
+                expected: "YYYY_MM",
+            })
+        })
+        .collect()
+}
+
+/// The statement finding session `id` in D1: its partition is its start
+/// month, which a v7 id carries, so only that month's and year's tables
+/// are searched (the yearly copy wins). `None` when the id is not v7 or no
+/// such table exists: the session is not in D1 (404).
+pub fn find_session(id: &str, existing: &Existing) -> Option<Statement> {
+    let month = Month::of(v7_time(id)?);
+    let spans: Vec<Span> = [Span::Year(month.year()), Span::Month(month)]
+        .into_iter()
+        .filter(|s| existing.contains(TableKind::Sessions, *s))
+        .collect();
+    let cols = SESSION_COLUMNS.join(", ");
+    let branches: Vec<String> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "SELECT {i} AS copy, {cols} FROM {} WHERE id = ?1",
+                TableKind::Sessions.table(*s)
+            )
+        })
+        .collect();
+    (!branches.is_empty()).then(|| {
+        Statement::new(
+            format!(
+                "SELECT {cols} FROM ({}) ORDER BY copy LIMIT 1",
+                branches.join(" UNION ALL ")
+            ),
+            vec![Value::from(id)],
+        )
+    })
+}
+
+/// The session of [`find_session`]'s rows; `None`: not found (404).
+pub fn parse_found_session(rows: &[Value]) -> Result<Option<SessionSummary>, RowError> {
+    rows.first().map(session_from_row).transpose()
+}
+
+const POINT_COLUMNS: &str = "seq, user_id, client_id, kind, value, data, ts";
+
+/// The statement reading the points of session `session_id` with
+/// `seq > after_seq`, in seq order, at most `limit` (1-1000; other values are
+/// clamped), from the partitions of `months` (from [`parse_point_months`])
+/// that exist. `None` when there are none: the page is empty.
+pub fn read_points(
+    session_id: &str,
+    after_seq: u64,
+    limit: u32,
+    months: &[Month],
+    existing: &Existing,
+) -> Option<Statement> {
+    let mut spans: Vec<Span> = months
+        .iter()
+        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
+        .filter(|s| existing.contains(TableKind::Points, *s))
+        .collect();
+    spans.sort();
+    spans.dedup();
+    // Each branch stops after `limit`, so a long session costs at most
+    // `limit` rows per table; UNION keeps one of a moving point's copies.
+    let branches: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "SELECT * FROM (SELECT {POINT_COLUMNS} FROM {} \
+                 WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
+                TableKind::Points.table(*s)
+            )
+        })
+        .collect();
+    let limit = limit.clamp(1, MAX_READ_LIMIT as u32);
+    (!branches.is_empty()).then(|| {
+        Statement::new(
+            format!(
+                "SELECT {POINT_COLUMNS} FROM ({}) ORDER BY seq LIMIT ?3",
+                branches.join(" UNION ")
+            ),
+            vec![
+                Value::from(session_id),
+                Value::from(i64::try_from(after_seq).unwrap_or(i64::MAX)),
+                Value::from(limit),
+            ],
+        )
+    })
+}
+
+/// The `GET /v1/sessions/{id}/points` answer from [`read_points`]'s rows
+/// (none when it gave no statement) and the session's `lastSeq`.
+pub fn points_page(rows: &[Value], last_seq: u64) -> Result<PointsPage, RowError> {
+    let points = rows
+        .iter()
+        .map(|r| {
+            let seq = u64::try_from(col_int(r, "seq")?).map_err(|_| RowError::Column {
+                column: "seq",
+                expected: "a positive integer",
+            })?;
+            let data = match col_opt_str(r, "data")? {
+                Some(_) => Some(json_col(r, "data")?),
+                None => None,
+            };
+            Ok(StoredPoint {
+                seq,
+                user_id: col_str(r, "user_id")?,
+                id: col_opt_str(r, "client_id")?,
+                kind: col_str(r, "kind")?,
+                value: col_opt_f64(r, "value")?,
+                data,
+                ts: col_int(r, "ts")?,
+            })
+        })
+        .collect::<Result<Vec<_>, RowError>>()?;
+    Ok(PointsPage { points, last_seq })
+}
+
+// rusqlite, which runs the statements, is a native-only dev-dependency.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;
