@@ -35,6 +35,16 @@ pub enum Route {
     CheckQuota,
     /// `POST /v1/quota/refund`.
     RefundQuota,
+    /// `GET /v1/sessions`: the caller's sessions across partitions.
+    ListSessions,
+    /// `GET /v1/users/{userId}/metrics`.
+    UserMetrics(String),
+    /// `POST /v1/users/{userId}/exports`.
+    CreateExport(String),
+    /// `GET /v1/users/{userId}/exports/{id}`.
+    GetExport(String, String),
+    /// `GET /v1/users/{userId}/exports/{id}/download`.
+    DownloadExport(String, String),
 }
 
 impl Route {
@@ -53,6 +63,11 @@ impl Route {
             Self::GetQuota => "/v1/quota",
             Self::CheckQuota => "/v1/quota/check",
             Self::RefundQuota => "/v1/quota/refund",
+            Self::ListSessions => "/v1/sessions",
+            Self::UserMetrics(_) => "/v1/users/{userId}/metrics",
+            Self::CreateExport(_) => "/v1/users/{userId}/exports",
+            Self::GetExport(..) => "/v1/users/{userId}/exports/{id}",
+            Self::DownloadExport(..) => "/v1/users/{userId}/exports/{id}/download",
         }
     }
 
@@ -89,7 +104,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     };
     match segs.as_slice() {
         ["health"] => pick(GET, Route::Health),
-        ["v1", "sessions"] => pick(POST, Route::CreateSession),
+        ["v1", "sessions"] => match m {
+            "GET" => Ok(Route::ListSessions),
+            "POST" => Ok(Route::CreateSession),
+            _ => Err(ApiError::MethodNotAllowed { allow: GET_POST }),
+        },
         ["v1", "sessions", id] => {
             let id = session_id(id)?;
             pick(GET, Route::GetSession(id))
@@ -119,6 +138,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ["v1", "quota"] => pick(GET, Route::GetQuota),
         ["v1", "quota", "check"] => pick(POST, Route::CheckQuota),
         ["v1", "quota", "refund"] => pick(POST, Route::RefundQuota),
+        ["v1", "users", user, "metrics"] => {
+            let user = user_id(user)?;
+            pick(GET, Route::UserMetrics(user))
+        }
+        ["v1", "users", user, "exports"] => {
+            let user = user_id(user)?;
+            pick(POST, Route::CreateExport(user))
+        }
+        ["v1", "users", user, "exports", id] => {
+            let (user, id) = (user_id(user)?, export_id(id)?);
+            pick(GET, Route::GetExport(user, id))
+        }
+        ["v1", "users", user, "exports", id, "download"] => {
+            let (user, id) = (user_id(user)?, export_id(id)?);
+            pick(GET, Route::DownloadExport(user, id))
+        }
         _ => Err(not_found()),
     }
 }
@@ -162,6 +197,10 @@ fn not_found() -> ApiError {
 
 fn session_id(seg: &str) -> Result<String, ApiError> {
     parse_session_id(seg).ok_or_else(|| ApiError::BadRequest("session id must be a UUID".into()))
+}
+
+fn export_id(seg: &str) -> Result<String, ApiError> {
+    parse_session_id(seg).ok_or_else(|| ApiError::BadRequest("export id must be a UUID".into()))
 }
 
 /// A user id path segment; clients may percent-encode `@` and `:`.
@@ -247,6 +286,27 @@ mod tests {
             ("GET", "/v1/quota".to_owned(), Route::GetQuota),
             ("POST", "/v1/quota/check".to_owned(), Route::CheckQuota),
             ("POST", "/v1/quota/refund".to_owned(), Route::RefundQuota),
+            ("GET", "/v1/sessions".to_owned(), Route::ListSessions),
+            (
+                "GET",
+                "/v1/users/ann%40x.io/metrics".to_owned(),
+                Route::UserMetrics("ann@x.io".into()),
+            ),
+            (
+                "POST",
+                "/v1/users/bob/exports".to_owned(),
+                Route::CreateExport("bob".into()),
+            ),
+            (
+                "GET",
+                format!("/v1/users/bob/exports/{SID}"),
+                Route::GetExport("bob".into(), s.clone()),
+            ),
+            (
+                "GET",
+                format!("/v1/users/bob/exports/{SID}/download"),
+                Route::DownloadExport("bob".into(), s.clone()),
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(route(m, &p), Ok(want), "{m} {p}");
@@ -282,7 +342,11 @@ mod tests {
     fn wrong_methods_are_405_with_allow() {
         assert_eq!(
             route("DELETE", "/v1/sessions"),
-            Err(ApiError::MethodNotAllowed { allow: POST })
+            Err(ApiError::MethodNotAllowed { allow: GET_POST })
+        );
+        assert_eq!(
+            route("POST", "/v1/users/bob/metrics"),
+            Err(ApiError::MethodNotAllowed { allow: GET })
         );
         assert_eq!(
             route("PUT", &format!("/v1/sessions/{SID}/points")),
@@ -300,6 +364,9 @@ mod tests {
             "/v1/sessions/123/points",
             "/v1/presence/a%2Fb",
             "/v1/presence/a%zz",
+            "/v1/users/a%2Fb/metrics",
+            "/v1/users/bob/exports/nope",
+            "/v1/users/bob/exports/nope/download",
         ] {
             assert_eq!(route("GET", p).map_err(|e| e.status()), Err(400), "{p}");
         }

@@ -26,15 +26,15 @@ pub fn block_on<F: std::future::Future<Output = ()>>(f: F) {
         .block_on(f)
 }
 
-/// Declares async tests and the `TESTS` table the harness runs.
+/// A test: an `async fn` with no arguments, boxed.
+pub type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// The `TESTS` table of a module: `(module::name, test)` for each of the
+/// named `async fn`s.
 #[macro_export]
-macro_rules! async_tests {
-    ($prefix:literal; $( async fn $name:ident() $body:block )*) => {
-        $( async fn $name() $body )*
-        /// The tests of this module, by name.
-        pub const TESTS: &[(&str, fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>)] = &[
-            $( (concat!($prefix, "::", stringify!($name)), || Box::pin($name())) ),*
-        ];
+macro_rules! test_list {
+    ($module:literal, $($name:ident),* $(,)?) => {
+        &[$((concat!($module, "::", stringify!($name)), || Box::pin($name()))),*]
     };
 }
 

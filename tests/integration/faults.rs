@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::client::{call_at, create_session_at, d1_at, set_d1_failing_at, unique, Ws};
+use crate::client::{call_at, create_session_at, d1_at, set_d1_failing_at, unique, TestFn, Ws};
 use crate::harness::{user_token, Server};
 
 async fn d1_seqs(base: &str, id: &str) -> Vec<u64> {
@@ -28,10 +28,17 @@ async fn d1_table_exists(base: &str) -> bool {
     .is_empty()
 }
 
-crate::async_tests! { "faults";
+/// The tests of this module, by name.
+pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
+    "faults",
+    sigkill_after_acks_loses_nothing_and_seq_goes_on,
+    d1_failures_keep_points_pending_until_they_land_once
+);
 
 async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
-    let mut server = tokio::task::spawn_blocking(|| Server::start(&[("PRESENCE_TTL_MS", "1500")])).await.unwrap();
+    let mut server = tokio::task::spawn_blocking(|| Server::start(&[("PRESENCE_TTL_MS", "1500")]))
+        .await
+        .unwrap();
     let a = unique("a");
     let t = user_token(&a, "pro");
     let id = create_session_at(&server.base, &t, &[]).await;
@@ -39,7 +46,8 @@ async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
     ws.frame().await;
     // A burst: 40 points in flight, then wait for every ack.
     for i in 0..40 {
-        ws.send(&json!({"type": "point", "id": format!("k{i}"), "kind": "k", "value": i})).await;
+        ws.send(&json!({"type": "point", "id": format!("k{i}"), "kind": "k", "value": i}))
+            .await;
     }
     let mut acked = Vec::new();
     while acked.len() < 40 {
@@ -55,11 +63,23 @@ async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
     .await
     .unwrap();
     let base = server.base.clone();
-    let page = call_at(&base, "GET", &format!("/v1/sessions/{id}/points?limit=1000"), Some(&t), None, &[]).await;
+    let page = call_at(
+        &base,
+        "GET",
+        &format!("/v1/sessions/{id}/points?limit=1000"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(page.status, 200, "{}", page.text);
     let points = page.body["points"].as_array().unwrap();
     let seqs: Vec<u64> = points.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "every acked point, once");
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<_>>(),
+        "every acked point, once"
+    );
     assert_eq!(page.body["lastSeq"], 40);
     for (i, p) in points.iter().enumerate() {
         assert_eq!(p["id"], format!("k{i}"));
@@ -68,32 +88,62 @@ async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
     let welcome = ws.frame().await;
     assert_eq!(welcome["lastSeq"], 40);
     // A retry of an acked point is still a duplicate; a new one is 41.
-    ws.send(&json!({"type": "point", "id": "k7", "kind": "k"})).await;
-    assert_eq!(ws.frame().await, json!({"type": "ack", "id": "k7", "seq": 8}));
-    ws.send(&json!({"type": "point", "id": "next", "kind": "k"})).await;
-    assert_eq!(ws.frame().await, json!({"type": "ack", "id": "next", "seq": 41}));
+    ws.send(&json!({"type": "point", "id": "k7", "kind": "k"}))
+        .await;
+    assert_eq!(
+        ws.frame().await,
+        json!({"type": "ack", "id": "k7", "seq": 8})
+    );
+    ws.send(&json!({"type": "point", "id": "next", "kind": "k"}))
+        .await;
+    assert_eq!(
+        ws.frame().await,
+        json!({"type": "ack", "id": "next", "seq": 41})
+    );
     // The socket that died with the runtime is dropped from presence once
     // its TTL is up (the session no longer has it); the new one stays.
     let viewer = user_token(&unique("viewer"), "free");
     let mut conns = None;
     for _ in 0..60 {
-        let p = call_at(&base, "GET", &format!("/v1/presence/{a}"), Some(&viewer), None, &[]).await;
+        let p = call_at(
+            &base,
+            "GET",
+            &format!("/v1/presence/{a}"),
+            Some(&viewer),
+            None,
+            &[],
+        )
+        .await;
         conns = p.body["connections"].as_u64();
         if conns == Some(1) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(conns, Some(1), "the dead socket is dropped, the live one kept");
+    assert_eq!(
+        conns,
+        Some(1),
+        "the dead socket is dropped, the live one kept"
+    );
     // And D1 holds each point exactly once after the end flush.
-    let r = call_at(&base, "POST", &format!("/v1/sessions/{id}/end"), Some(&t), None, &[]).await;
+    let r = call_at(
+        &base,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(d1_seqs(&base, &id).await, (1..=41).collect::<Vec<_>>());
     drop(server);
 }
 
 async fn d1_failures_keep_points_pending_until_they_land_once() {
-    let server = tokio::task::spawn_blocking(|| Server::start(&[("FLUSH_INTERVAL_MS", "200")])).await.unwrap();
+    let server = tokio::task::spawn_blocking(|| Server::start(&[("FLUSH_INTERVAL_MS", "200")]))
+        .await
+        .unwrap();
     let base = server.base.clone();
     let a = unique("a");
     let t = user_token(&a, "pro");
@@ -103,7 +153,8 @@ async fn d1_failures_keep_points_pending_until_they_land_once() {
     let mut ws = Ws::join_at(&base, &id, &t).await;
     ws.frame().await;
     for i in 0..23 {
-        ws.send(&json!({"type": "point", "id": format!("f{i}"), "kind": "k"})).await;
+        ws.send(&json!({"type": "point", "id": format!("f{i}"), "kind": "k"}))
+            .await;
         let f = ws.frame().await;
         assert_eq!(f["seq"], i + 1, "acks go on while D1 is down: {f}");
     }
@@ -111,10 +162,22 @@ async fn d1_failures_keep_points_pending_until_they_land_once() {
     // retries with backoff).
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     if d1_table_exists(&base).await {
-        assert_eq!(d1_seqs(&base, &id).await, Vec::<u64>::new(), "nothing landed while failing");
+        assert_eq!(
+            d1_seqs(&base, &id).await,
+            Vec::<u64>::new(),
+            "nothing landed while failing"
+        );
     }
     // Reads are served while D1 is down.
-    let page = call_at(&base, "GET", &format!("/v1/sessions/{id}/points?limit=1000"), Some(&t), None, &[]).await;
+    let page = call_at(
+        &base,
+        "GET",
+        &format!("/v1/sessions/{id}/points?limit=1000"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(page.body["points"].as_array().map(Vec::len), Some(23));
     set_d1_failing_at(&base, false).await;
     let mut seqs = Vec::new();
@@ -127,13 +190,23 @@ async fn d1_failures_keep_points_pending_until_they_land_once() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(seqs, (1..=23).collect::<Vec<_>>(), "every point, exactly once");
-    let r = call_at(&base, "POST", &format!("/v1/sessions/{id}/end"), Some(&t), None, &[]).await;
+    assert_eq!(
+        seqs,
+        (1..=23).collect::<Vec<_>>(),
+        "every point, exactly once"
+    );
+    let r = call_at(
+        &base,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(d1_seqs(&base, &id).await.len(), 23);
     let rows: Vec<Value> = d1_at(&base, &format!("SELECT COUNT(*) AS n, COUNT(DISTINCT seq) AS d FROM session_points_{} WHERE session_id = '{id}'", sesh::time::month_suffix(sesh::time::now_ms()))).await;
     assert_eq!(rows, vec![json!({"n": 23, "d": 23})]);
     drop(server);
-}
-
 }

@@ -4,12 +4,32 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
-use crate::client::{base, call, get, post, unique};
+use crate::client::{base, call, get, post, unique, TestFn};
 use crate::harness::{now_secs, service_token, token, user_token, ALLOWED_ORIGIN, SECRET};
 
 const UNKNOWN_SESSION: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
 
-crate::async_tests! { "gateway";
+/// The tests of this module, by name.
+pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
+    "gateway",
+    health_needs_no_token,
+    request_id_is_echoed_or_generated,
+    unknown_routes_are_json_404,
+    wrong_methods_are_json_405_with_allow,
+    missing_and_bad_tokens_are_401,
+    quota_object_reports_the_callers_plan,
+    presence_object_reports_offline_for_a_stranger,
+    presence_batch_keeps_the_order_and_limits_ids,
+    malformed_path_ids_are_400_not_500,
+    unknown_session_is_404_from_the_object,
+    session_create_then_get_by_members_only,
+    bad_bodies_are_400_413_422,
+    check_and_refund_need_a_service_token,
+    cors_preflight_for_allowed_origins_only,
+    websocket_upgrade_without_token_is_refused_401,
+    websocket_upgrade_from_foreign_origin_is_refused_403,
+    websocket_token_in_query_reaches_the_object
+);
 
 async fn health_needs_no_token() {
     let a = call("GET", "/health", None, None, &[]).await;
@@ -18,11 +38,21 @@ async fn health_needs_no_token() {
 }
 
 async fn request_id_is_echoed_or_generated() {
-    let a = call("GET", "/health", None, None, &[("x-request-id", "trace-abc.123")]).await;
+    let a = call(
+        "GET",
+        "/health",
+        None,
+        None,
+        &[("x-request-id", "trace-abc.123")],
+    )
+    .await;
     assert_eq!(a.header("x-request-id"), Some("trace-abc.123"));
     let b = call("GET", "/health", None, None, &[]).await;
     let c = call("GET", "/health", None, None, &[]).await;
-    let (b, c) = (b.header("x-request-id").unwrap(), c.header("x-request-id").unwrap());
+    let (b, c) = (
+        b.header("x-request-id").unwrap(),
+        c.header("x-request-id").unwrap(),
+    );
     assert!(!b.is_empty() && b != c, "generated ids differ: {b} {c}");
     // An unsafe client id is replaced, not echoed.
     let d = call("GET", "/health", None, None, &[("x-request-id", "a b")]).await;
@@ -34,11 +64,15 @@ async fn request_id_is_echoed_or_generated() {
 
 async fn unknown_routes_are_json_404() {
     for p in ["/", "/nope", "/v2/sessions", "/health/x"] {
-        call("GET", p, None, None, &[]).await.assert_error(404, "not_found");
+        call("GET", p, None, None, &[])
+            .await
+            .assert_error(404, "not_found");
     }
     // Under /v1 the token comes first (and the request is charged), then
     // the route.
-    call("GET", "/v1/whatever", None, None, &[]).await.assert_error(401, "unauthorized");
+    call("GET", "/v1/whatever", None, None, &[])
+        .await
+        .assert_error(401, "unauthorized");
     let t = user_token(&unique("u"), "free");
     for p in ["/v1", "/v1/whatever", "/v1/sessions/", "/v1//sessions"] {
         get(p, &t).await.assert_error(404, "not_found");
@@ -50,10 +84,19 @@ async fn wrong_methods_are_json_405_with_allow() {
     let a = call("DELETE", "/v1/sessions", Some(&t), None, &[]).await;
     a.assert_error(405, "method_not_allowed");
     assert_eq!(a.header("allow"), Some("POST"));
-    let a = call("PUT", &format!("/v1/sessions/{UNKNOWN_SESSION}/points"), Some(&t), None, &[]).await;
+    let a = call(
+        "PUT",
+        &format!("/v1/sessions/{UNKNOWN_SESSION}/points"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
     a.assert_error(405, "method_not_allowed");
     assert_eq!(a.header("allow"), Some("GET, POST"));
-    call("POST", "/health", None, None, &[]).await.assert_error(405, "method_not_allowed");
+    call("POST", "/health", None, None, &[])
+        .await
+        .assert_error(405, "method_not_allowed");
 }
 
 async fn missing_and_bad_tokens_are_401() {
@@ -87,19 +130,33 @@ async fn missing_and_bad_tokens_are_401() {
         ("alg none", alg_none),
         ("malformed", "not.a.jwt".to_owned()),
         ("garbage", "x".to_owned()),
-        ("bad sub", token(json!({"sub": "has space", "exp": now + 60}))),
+        (
+            "bad sub",
+            token(json!({"sub": "has space", "exp": now + 60})),
+        ),
         ("no exp", token(json!({"sub": sub}))),
-        ("unknown plan", token(json!({"sub": sub, "exp": now + 60, "plan": "platinum"}))),
+        (
+            "unknown plan",
+            token(json!({"sub": sub, "exp": now + 60, "plan": "platinum"})),
+        ),
     ];
     for (what, t) in cases {
         let a = get("/v1/quota", &t).await;
         assert_eq!(a.status, 401, "{what}: {}", a.text);
         a.assert_error(401, "unauthorized");
     }
-    call("GET", "/v1/quota", None, None, &[]).await.assert_error(401, "unauthorized");
-    call("GET", "/v1/quota", None, None, &[("authorization", "Basic abc")])
+    call("GET", "/v1/quota", None, None, &[])
         .await
         .assert_error(401, "unauthorized");
+    call(
+        "GET",
+        "/v1/quota",
+        None,
+        None,
+        &[("authorization", "Basic abc")],
+    )
+    .await
+    .assert_error(401, "unauthorized");
 }
 
 async fn quota_object_reports_the_callers_plan() {
@@ -141,17 +198,29 @@ async fn presence_batch_keeps_the_order_and_limits_ids() {
     get(&format!("/v1/presence?users={}", many.join(",")), &me)
         .await
         .assert_error(400, "bad_request");
-    get("/v1/presence?users=ok,bad%20id", &me).await.assert_error(400, "bad_request");
-    get("/v1/presence", &me).await.assert_error(400, "bad_request");
+    get("/v1/presence?users=ok,bad%20id", &me)
+        .await
+        .assert_error(400, "bad_request");
+    get("/v1/presence", &me)
+        .await
+        .assert_error(400, "bad_request");
 }
 
 async fn malformed_path_ids_are_400_not_500() {
     let t = user_token(&unique("u"), "free");
-    get("/v1/sessions/not-a-uuid", &t).await.assert_error(400, "bad_request");
-    get("/v1/sessions/not-a-uuid/points", &t).await.assert_error(400, "bad_request");
-    get("/v1/presence/%ZZ", &t).await.assert_error(400, "bad_request");
+    get("/v1/sessions/not-a-uuid", &t)
+        .await
+        .assert_error(400, "bad_request");
+    get("/v1/sessions/not-a-uuid/points", &t)
+        .await
+        .assert_error(400, "bad_request");
+    get("/v1/presence/%ZZ", &t)
+        .await
+        .assert_error(400, "bad_request");
     let long = "x".repeat(129);
-    get(&format!("/v1/presence/{long}"), &t).await.assert_error(400, "bad_request");
+    get(&format!("/v1/presence/{long}"), &t)
+        .await
+        .assert_error(400, "bad_request");
 }
 
 async fn unknown_session_is_404_from_the_object() {
@@ -165,7 +234,12 @@ async fn session_create_then_get_by_members_only() {
     let owner = unique("owner");
     let member = unique("member");
     let t = user_token(&owner, "free");
-    let a = post("/v1/sessions", &t, &json!({"title": "Morning run", "members": [member], "metadata": {"k": 1}})).await;
+    let a = post(
+        "/v1/sessions",
+        &t,
+        &json!({"title": "Morning run", "members": [member], "metadata": {"k": 1}}),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.text);
     let id = a.body["id"].as_str().unwrap().to_owned();
     assert!(sesh_protocol::parse_session_id(&id).is_some(), "{id}");
@@ -178,14 +252,24 @@ async fn session_create_then_get_by_members_only() {
     assert_eq!(g.status, 200, "{}", g.text);
     assert_eq!(g.body["id"], id.as_str());
     assert_eq!(g.body["title"], "Morning run");
-    get(&format!("/v1/sessions/{id}"), &user_token(&unique("stranger"), "free"))
-        .await
-        .assert_error(403, "forbidden");
+    get(
+        &format!("/v1/sessions/{id}"),
+        &user_token(&unique("stranger"), "free"),
+    )
+    .await
+    .assert_error(403, "forbidden");
 }
 
 async fn bad_bodies_are_400_413_422() {
     let t = user_token(&unique("u"), "free");
-    let a = call("POST", "/v1/sessions", Some(&t), Some(b"{not json".to_vec()), &[]).await;
+    let a = call(
+        "POST",
+        "/v1/sessions",
+        Some(&t),
+        Some(b"{not json".to_vec()),
+        &[],
+    )
+    .await;
     a.assert_error(400, "invalid_json");
     post("/v1/sessions", &t, &json!({"title": "x".repeat(201)}))
         .await
@@ -202,10 +286,16 @@ async fn bad_bodies_are_400_413_422() {
 async fn check_and_refund_need_a_service_token() {
     let t = user_token(&unique("u"), "enterprise");
     let body = json!({"subject": "someone", "resource": "api"});
-    post("/v1/quota/check", &t, &body).await.assert_error(403, "forbidden");
-    post("/v1/quota/refund", &t, &json!({"subject": "someone", "resource": "api", "cost": 1}))
+    post("/v1/quota/check", &t, &body)
         .await
         .assert_error(403, "forbidden");
+    post(
+        "/v1/quota/refund",
+        &t,
+        &json!({"subject": "someone", "resource": "api", "cost": 1}),
+    )
+    .await
+    .assert_error(403, "forbidden");
     let s = service_token(&unique("svc"));
     assert_ne!(post("/v1/quota/check", &s, &body).await.status, 403);
 }
@@ -216,30 +306,55 @@ async fn cors_preflight_for_allowed_origins_only() {
         "/v1/sessions",
         None,
         None,
-        &[("origin", ALLOWED_ORIGIN), ("access-control-request-method", "POST"), ("access-control-request-headers", "authorization, content-type")],
+        &[
+            ("origin", ALLOWED_ORIGIN),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ],
     )
     .await;
     assert_eq!(ok.status, 204, "{}", ok.text);
-    assert_eq!(ok.header("access-control-allow-origin"), Some(ALLOWED_ORIGIN));
-    assert!(ok.header("access-control-allow-methods").unwrap().contains("POST"));
-    assert!(ok.header("access-control-allow-headers").unwrap().contains("authorization"));
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some(ALLOWED_ORIGIN)
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(ok
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
     let bad = call(
         "OPTIONS",
         "/v1/sessions",
         None,
         None,
-        &[("origin", "https://evil.example.com"), ("access-control-request-method", "POST")],
+        &[
+            ("origin", "https://evil.example.com"),
+            ("access-control-request-method", "POST"),
+        ],
     )
     .await;
     bad.assert_error(403, "forbidden");
     assert_eq!(bad.header("access-control-allow-origin"), None);
     // Simple requests from an allowed origin get the CORS answer headers.
     let h = call("GET", "/health", None, None, &[("origin", ALLOWED_ORIGIN)]).await;
-    assert_eq!(h.header("access-control-allow-origin"), Some(ALLOWED_ORIGIN));
+    assert_eq!(
+        h.header("access-control-allow-origin"),
+        Some(ALLOWED_ORIGIN)
+    );
 }
 
 async fn websocket_upgrade_without_token_is_refused_401() {
-    let url = format!("{}/v1/sessions/{UNKNOWN_SESSION}/ws", base().replace("http", "ws"));
+    let url = format!(
+        "{}/v1/sessions/{UNKNOWN_SESSION}/ws",
+        base().replace("http", "ws")
+    );
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
         other => panic!("expected a 401 refusal, got {other:?}"),
@@ -251,7 +366,12 @@ async fn websocket_upgrade_without_token_is_refused_401() {
         &format!("/v1/sessions/{UNKNOWN_SESSION}/ws"),
         None,
         None,
-        &[("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
     )
     .await;
     a.assert_error(401, "unauthorized");
@@ -260,9 +380,13 @@ async fn websocket_upgrade_without_token_is_refused_401() {
 async fn websocket_upgrade_from_foreign_origin_is_refused_403() {
     use tungstenite::client::IntoClientRequest;
     let t = user_token(&unique("u"), "free");
-    let url = format!("{}/v1/sessions/{UNKNOWN_SESSION}/ws?token={t}", base().replace("http", "ws"));
+    let url = format!(
+        "{}/v1/sessions/{UNKNOWN_SESSION}/ws?token={t}",
+        base().replace("http", "ws")
+    );
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("origin", "https://evil.example.com".parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://evil.example.com".parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
         other => panic!("expected a 403 refusal, got {other:?}"),
@@ -273,11 +397,12 @@ async fn websocket_token_in_query_reaches_the_object() {
     // A valid ?token= passes the gateway: the unknown session then answers
     // 404 from the object, before any upgrade.
     let t = user_token(&unique("u"), "free");
-    let url = format!("{}/v1/sessions/{UNKNOWN_SESSION}/ws?token={t}", base().replace("http", "ws"));
+    let url = format!(
+        "{}/v1/sessions/{UNKNOWN_SESSION}/ws?token={t}",
+        base().replace("http", "ws")
+    );
     match tokio_tungstenite::connect_async(url.as_str()).await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 404),
         other => panic!("expected a 404 refusal, got {other:?}"),
     }
-}
-
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::client::{base, call, create_session_at, d1_at, get, post, unique, Next, Ws};
+use crate::client::{base, call, create_session_at, d1_at, get, post, unique, Next, TestFn, Ws};
 use crate::harness::user_token;
 
 async fn session(owner: &str, members: &[&str]) -> String {
@@ -31,7 +31,23 @@ async fn d1_points(id: &str) -> Vec<Value> {
     .await
 }
 
-crate::async_tests! { "sessions";
+/// The tests of this module, by name.
+pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
+    "sessions",
+    welcome_joined_and_left_frames,
+    points_are_acked_broadcast_and_numbered_without_gaps,
+    repeated_id_is_acked_with_first_seq_and_not_rebroadcast,
+    resume_replays_everything_after_the_given_seq,
+    bad_frames_get_error_frames_and_the_socket_stays_open,
+    frames_over_64_kib_close_with_1009,
+    flooding_is_rate_limited_then_closed_1008,
+    http_points_batch_read_and_broadcast,
+    membership_is_enforced_everywhere,
+    owners_plan_limits_live_connections,
+    end_notifies_closes_and_refuses_further_writes,
+    points_reach_d1_in_batches_exactly_once,
+    points_of_another_month_land_in_that_months_partition
+);
 
 async fn welcome_joined_and_left_frames() {
     let (a, b) = (unique("a"), unique("b"));
@@ -52,11 +68,19 @@ async fn welcome_joined_and_left_frames() {
     assert!(joined["joinedAt"].as_str().unwrap().ends_with('Z'));
 
     let g = get(&format!("/v1/sessions/{id}"), &user_token(&a, "pro")).await;
-    assert_eq!(g.body["participants"].as_array().unwrap().len(), 2, "{}", g.text);
+    assert_eq!(
+        g.body["participants"].as_array().unwrap().len(),
+        2,
+        "{}",
+        g.text
+    );
 
     wb.close().await;
     let left = wa.frame().await;
-    assert_eq!(left, json!({"type": "left", "connId": wel_b["connId"], "userId": b}));
+    assert_eq!(
+        left,
+        json!({"type": "left", "connId": wel_b["connId"], "userId": b})
+    );
 }
 
 async fn points_are_acked_broadcast_and_numbered_without_gaps() {
@@ -95,7 +119,11 @@ async fn points_are_acked_broadcast_and_numbered_without_gaps() {
         seqs.extend(acks.iter().map(|f| f["seq"].as_u64().unwrap()));
     }
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "1..10, no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=10).collect::<Vec<_>>(),
+        "1..10, no gap, no duplicate"
+    );
 }
 
 async fn repeated_id_is_acked_with_first_seq_and_not_rebroadcast() {
@@ -105,17 +133,31 @@ async fn repeated_id_is_acked_with_first_seq_and_not_rebroadcast() {
     let (mut wb, _) = join(&id, &b).await;
     wa.frame().await;
     wa.send(&point("same", "k")).await;
-    assert_eq!(wa.frame().await, json!({"type": "ack", "id": "same", "seq": 1}));
+    assert_eq!(
+        wa.frame().await,
+        json!({"type": "ack", "id": "same", "seq": 1})
+    );
     wa.send(&point("same", "k")).await;
-    assert_eq!(wa.frame().await, json!({"type": "ack", "id": "same", "seq": 1}));
+    assert_eq!(
+        wa.frame().await,
+        json!({"type": "ack", "id": "same", "seq": 1})
+    );
     wa.send(&point("other", "k")).await;
     assert_eq!(wa.frame().await["seq"], 2);
     let first = wb.frame().await;
     let second = wb.frame().await;
-    assert_eq!((first["id"].as_str(), second["id"].as_str()), (Some("same"), Some("other")));
+    assert_eq!(
+        (first["id"].as_str(), second["id"].as_str()),
+        (Some("same"), Some("other"))
+    );
     // Over HTTP the same id is the same point too.
     let t = user_token(&b, "pro");
-    let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"id": "same", "kind": "k"}, {"kind": "k"}]})).await;
+    let r = post(
+        &format!("/v1/sessions/{id}/points"),
+        &t,
+        &json!({"points": [{"id": "same", "kind": "k"}, {"kind": "k"}]}),
+    )
+    .await;
     assert_eq!(r.body, json!({"seqs": [1, 3]}), "{}", r.text);
 }
 
@@ -150,16 +192,27 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     for (text, code) in [
         ("not json", "invalid_json"),
         (r#"{"type":"teleport"}"#, "unknown_type"),
-        (r#"{"type":"point","id":"bad","kind":""}"#, "validation_failed"),
-        (r#"{"type":"point","kind":"k","extra":true}"#, "validation_failed"),
+        (
+            r#"{"type":"point","id":"bad","kind":""}"#,
+            "validation_failed",
+        ),
+        (
+            r#"{"type":"point","kind":"k","extra":true}"#,
+            "validation_failed",
+        ),
         (r#"{"type":"resume"}"#, "validation_failed"),
     ] {
         ws.send_text(text).await;
         let f = ws.frame().await;
-        assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some(code)), "{text}: {f}");
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{text}: {f}"
+        );
         assert!(f["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    ws.send_text(r#"{"type":"point","id":"bad","kind":""}"#).await;
+    ws.send_text(r#"{"type":"point","id":"bad","kind":""}"#)
+        .await;
     assert_eq!(ws.frame().await["ref"], "bad");
     ws.send_binary(vec![1, 2, 3]).await;
     assert_eq!(ws.frame().await["code"], "unsupported");
@@ -219,39 +272,75 @@ async fn http_points_batch_read_and_broadcast() {
     let (mut wb, _) = join(&id, &b).await;
     let t = user_token(&a, "pro");
     let points: Vec<Value> = (0..5).map(|i| json!({"id": format!("h{i}"), "kind": "hr", "value": i, "ts": 1_764_000_000_000i64 + i})).collect();
-    let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": points})).await;
+    let r = post(
+        &format!("/v1/sessions/{id}/points"),
+        &t,
+        &json!({"points": points}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({"seqs": [1, 2, 3, 4, 5]}));
     for i in 1..=5 {
         let f = wb.frame().await;
-        assert_eq!((f["type"].as_str(), f["seq"].as_u64()), (Some("point"), Some(i)));
+        assert_eq!(
+            (f["type"].as_str(), f["seq"].as_u64()),
+            (Some("point"), Some(i))
+        );
         assert_eq!(f["userId"], a.as_str());
     }
     let page = get(&format!("/v1/sessions/{id}/points?afterSeq=2&limit=2"), &t).await;
     assert_eq!(page.status, 200, "{}", page.text);
     assert_eq!(page.body["lastSeq"], 5);
-    let seqs: Vec<u64> = page.body["points"].as_array().unwrap().iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = page.body["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![3, 4]);
-    assert_eq!(page.body["points"][0], json!({"seq": 3, "userId": a, "id": "h2", "kind": "hr", "value": 2.0, "ts": 1_764_000_000_002i64}));
+    assert_eq!(
+        page.body["points"][0],
+        json!({"seq": 3, "userId": a, "id": "h2", "kind": "hr", "value": 2.0, "ts": 1_764_000_000_002i64})
+    );
     let all = get(&format!("/v1/sessions/{id}/points"), &t).await;
     assert_eq!(all.body["points"].as_array().unwrap().len(), 5);
-    get(&format!("/v1/sessions/{id}/points?limit=1001"), &t).await.assert_error(400, "bad_request");
-    get(&format!("/v1/sessions/{id}/points?afterSeq=-1"), &t).await.assert_error(400, "bad_request");
-    let bad = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": []})).await;
+    get(&format!("/v1/sessions/{id}/points?limit=1001"), &t)
+        .await
+        .assert_error(400, "bad_request");
+    get(&format!("/v1/sessions/{id}/points?afterSeq=-1"), &t)
+        .await
+        .assert_error(400, "bad_request");
+    let bad = post(
+        &format!("/v1/sessions/{id}/points"),
+        &t,
+        &json!({"points": []}),
+    )
+    .await;
     bad.assert_error(422, "validation_failed");
     let s = get(&format!("/v1/sessions/{id}"), &t).await;
-    assert_eq!((s.body["pointCount"].as_u64(), s.body["lastSeq"].as_u64()), (Some(5), Some(5)));
+    assert_eq!(
+        (s.body["pointCount"].as_u64(), s.body["lastSeq"].as_u64()),
+        (Some(5), Some(5))
+    );
 }
 
 async fn membership_is_enforced_everywhere() {
     let (a, stranger) = (unique("a"), unique("x"));
     let id = session(&a, &[]).await;
     let t = user_token(&stranger, "pro");
-    get(&format!("/v1/sessions/{id}/points"), &t).await.assert_error(403, "forbidden");
-    post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"kind": "k"}]}))
+    get(&format!("/v1/sessions/{id}/points"), &t)
         .await
         .assert_error(403, "forbidden");
-    post(&format!("/v1/sessions/{id}/end"), &t, &json!({})).await.assert_error(403, "forbidden");
+    post(
+        &format!("/v1/sessions/{id}/points"),
+        &t,
+        &json!({"points": [{"kind": "k"}]}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    post(&format!("/v1/sessions/{id}/end"), &t, &json!({}))
+        .await
+        .assert_error(403, "forbidden");
     assert_eq!(Ws::try_join_at(base(), &id, &t).await.err(), Some(403));
 }
 
@@ -268,7 +357,12 @@ async fn owners_plan_limits_live_connections() {
         &format!("/v1/sessions/{id}/ws"),
         Some(&user_token(&a, "enterprise")),
         None,
-        &[("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
     )
     .await;
     refused.assert_error(429, "quota_exceeded");
@@ -276,7 +370,10 @@ async fn owners_plan_limits_live_connections() {
     // The seat frees once the close has been processed.
     let mut joined = false;
     for _ in 0..50 {
-        if Ws::try_join_at(base(), &id, &user_token(&a, "free")).await.is_ok() {
+        if Ws::try_join_at(base(), &id, &user_token(&a, "free"))
+            .await
+            .is_ok()
+        {
             joined = true;
             break;
         }
@@ -295,7 +392,9 @@ async fn end_notifies_closes_and_refuses_further_writes() {
     wa.frame().await;
     wb.frame().await;
     let tb = user_token(&b, "pro");
-    post(&format!("/v1/sessions/{id}/end"), &tb, &json!({})).await.assert_error(403, "forbidden");
+    post(&format!("/v1/sessions/{id}/end"), &tb, &json!({}))
+        .await
+        .assert_error(403, "forbidden");
     let ta = user_token(&a, "pro");
     let r = post(&format!("/v1/sessions/{id}/end"), &ta, &json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -309,9 +408,13 @@ async fn end_notifies_closes_and_refuses_further_writes() {
             Next::Frame(f) => panic!("expected close, got {f}"),
         }
     }
-    post(&format!("/v1/sessions/{id}/points"), &ta, &json!({"points": [{"kind": "k"}]}))
-        .await
-        .assert_error(409, "session_ended");
+    post(
+        &format!("/v1/sessions/{id}/points"),
+        &ta,
+        &json!({"points": [{"kind": "k"}]}),
+    )
+    .await
+    .assert_error(409, "session_ended");
     assert_eq!(Ws::try_join_at(base(), &id, &ta).await.err(), Some(409));
     let again = post(&format!("/v1/sessions/{id}/end"), &ta, &json!({})).await;
     assert_eq!(again.status, 200, "ending twice is harmless");
@@ -321,8 +424,15 @@ async fn end_notifies_closes_and_refuses_further_writes() {
     assert_eq!(rows[0]["client_id"], "e1");
     assert_eq!(rows[0]["data"], r#"{"k":"e1"}"#);
     let month = sesh::time::month_suffix(sesh::time::now_ms());
-    let s = d1_at(base(), &format!("SELECT status, point_count, owner_id FROM sessions_{month} WHERE id = '{id}'")).await;
-    assert_eq!(s, vec![json!({"status": "ended", "point_count": 1, "owner_id": a})]);
+    let s = d1_at(
+        base(),
+        &format!("SELECT status, point_count, owner_id FROM sessions_{month} WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(
+        s,
+        vec![json!({"status": "ended", "point_count": 1, "owner_id": a})]
+    );
 }
 
 async fn points_reach_d1_in_batches_exactly_once() {
@@ -352,11 +462,18 @@ async fn points_of_another_month_land_in_that_months_partition() {
     let id = session(&a, &[]).await;
     let t = user_token(&a, "pro");
     // 2031-03-15: a partition nobody created ahead of time.
-    let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"kind": "k", "ts": 1_931_990_400_000i64}]})).await;
+    let r = post(
+        &format!("/v1/sessions/{id}/points"),
+        &t,
+        &json!({"points": [{"kind": "k", "ts": 1_931_990_400_000i64}]}),
+    )
+    .await;
     assert_eq!(r.body, json!({"seqs": [1]}), "{}", r.text);
     post(&format!("/v1/sessions/{id}/end"), &t, &json!({})).await;
-    let rows = d1_at(base(), &format!("SELECT seq FROM session_points_2031_03 WHERE session_id = '{id}'")).await;
+    let rows = d1_at(
+        base(),
+        &format!("SELECT seq FROM session_points_2031_03 WHERE session_id = '{id}'"),
+    )
+    .await;
     assert_eq!(rows, vec![json!({"seq": 1})]);
-}
-
 }

@@ -450,8 +450,7 @@ struct Bench {
 
 impl Bench {
     /// Copies the shared bench (npm ci when needed), resolves the targets,
-    /// builds the Worker bundle when `rust` is one of them, and installs the
-    /// signal thread that stops a running server on Ctrl-C.
+    /// and builds the Worker bundle when `rust` is one of them.
     fn prepare<G>(a: &Args<G>) -> Result<Bench, String> {
         let root = crate::root();
         let bench = serve::prepare_bench(&root)?;
@@ -465,7 +464,6 @@ impl Bench {
         } else {
             None
         };
-        serve::install_signal_thread();
         let state_root = serve::state_root(a.state_root.as_deref());
         Ok(Bench {
             bench,
