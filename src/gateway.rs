@@ -16,6 +16,7 @@ use crate::core::quota::H_RETRY_AFTER_MS;
 use crate::error::ApiError;
 use crate::http::{self, internal, Binding, Caller, Hop, H_REQUEST_ID};
 use crate::ids;
+use crate::reads;
 use crate::route::{self, Route};
 use crate::time::now_ms;
 
@@ -169,7 +170,7 @@ impl Gateway<'_> {
         match route {
             Route::Health => Err(ApiError::NotFound("no such route".into())),
             Route::CreateSession => self.create_session(&mut req, caller).await,
-            Route::GetSession(id) => hop.session(&id, SessionCall::Get).await,
+            Route::GetSession(id) => self.read_session(&id, SessionCall::Get, caller).await,
             Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
             Route::AppendPoints(id) => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
@@ -181,7 +182,7 @@ impl Gateway<'_> {
                     query(url, "limit").as_deref(),
                 )?;
                 let call = SessionCall::Read { after_seq, limit };
-                hop.session(&id, call).await
+                self.read_session(&id, call, caller).await
             }
             Route::EndSession(id) => hop.session(&id, SessionCall::End).await,
             Route::Heartbeat => {
@@ -194,6 +195,11 @@ impl Gateway<'_> {
                 let plan = caller.plan.clone();
                 hop.quota(me, QuotaCall::Overview { plan }).await
             }
+            Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
+            Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
+            Route::CreateExport(_) | Route::GetExport(..) | Route::DownloadExport(..) => {
+                Err(ApiError::NotFound("exports are not available yet".into()))
+            }
             Route::CheckQuota | Route::RefundQuota => {
                 if !caller.service {
                     return Err(ApiError::Forbidden("a service token is required".into()));
@@ -202,6 +208,34 @@ impl Gateway<'_> {
                 let (subject, call) = quota_call(&route, &body)?;
                 hop.quota(&subject, call).await
             }
+        }
+    }
+
+    /// A read of a session: its live object answers; once that object has
+    /// no storage (the session ended and was retired), D1 does.
+    async fn read_session(
+        &self,
+        id: &str,
+        call: SessionCall,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let read = match &call {
+            SessionCall::Read { after_seq, limit } => Some((*after_seq, *limit)),
+            _ => None,
+        };
+        let live = self.hop(caller).session(id, call).await?;
+        if live.status_code() != 404 {
+            return Ok(live);
+        }
+        let Some(s) = reads::ended_session(self.env, id).await? else {
+            return Ok(live);
+        };
+        if !reads::is_member(&s, &caller.user) {
+            return Err(ApiError::Forbidden("not a member of this session".into()));
+        }
+        match read {
+            Some((after_seq, limit)) => reads::ended_points(self.env, &s, after_seq, limit).await,
+            None => reads::session_answer(&s),
         }
     }
 
