@@ -39,12 +39,6 @@ pub async fn batch(db: &D1Database, stmts: &[Statement]) -> Result<Vec<Vec<Value
     if stmts.is_empty() {
         return Ok(Vec::new());
     }
-    #[cfg(feature = "test-faults")]
-    if crate::faults::d1_failing() {
-        return Err(ApiError::Unavailable(
-            "D1 failure injected for tests".into(),
-        ));
-    }
     let prepared = stmts
         .iter()
         .map(|s| prepare(db, s))

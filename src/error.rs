@@ -210,7 +210,9 @@ impl From<crate::core::partition::RowError> for ApiError {
 impl From<crate::core::rollup::MetricsError> for ApiError {
     fn from(e: crate::core::rollup::MetricsError) -> Self {
         match e {
-            crate::core::rollup::MetricsError::TooManyBuckets => ApiError::BadRequest(e.to_string()),
+            crate::core::rollup::MetricsError::TooManyBuckets => {
+                ApiError::BadRequest(e.to_string())
+            }
             crate::core::rollup::MetricsError::Row(r) => r.into(),
         }
     }

@@ -290,13 +290,25 @@ impl Gateway<'_> {
         }
     }
 
+    /// A body of plain SQL runs as one statement and answers `{"rows"}`; a
+    /// JSON `{"batch":[{"sql","params"}]}` runs as one D1 batch and answers
+    /// `{"results":[rows...]}` (tests write rows the API cannot, such as
+    /// sessions started months ago).
     #[cfg(feature = "test-faults")]
     async fn test_d1_query(&self, req: &mut Request) -> Result<Response, ApiError> {
-        let sql = req.text().await.map_err(internal)?;
-        let db = self.env.d1("DB").map_err(internal)?;
-        let result = db.prepare(sql).all().await.map_err(internal)?;
-        let rows: Vec<serde_json::Value> = result.results().map_err(internal)?;
-        http::json(200, &serde_json::json!({"rows": rows}))
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            batch: Vec<crate::core::partition::Statement>,
+        }
+        let text = req.text().await.map_err(internal)?;
+        let d1 = crate::db::database(self.env)?;
+        if let Ok(b) = serde_json::from_str::<Batch>(&text) {
+            let results = crate::db::batch(&d1, &b.batch).await?;
+            return http::json(200, &serde_json::json!({ "results": results }));
+        }
+        let st = crate::core::partition::Statement::new(text, Vec::new());
+        let rows = crate::db::query(&d1, &st).await?;
+        http::json(200, &serde_json::json!({ "rows": rows }))
     }
 
     /// Charges the caller's `api` unit for this request: 429 when denied,
