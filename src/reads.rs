@@ -6,7 +6,9 @@
 
 use worker::{Env, Response, Url};
 
-use crate::core::history::{self, ListParams, ListQuery, SessionSummary};
+use sesh_protocol::SessionSummary;
+
+use crate::core::history::{self, ListParams, ListQuery};
 use crate::core::rollup::{MetricsParams, MetricsQuery};
 use crate::db;
 use crate::error::ApiError;
