@@ -12,6 +12,7 @@ use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Respons
 use crate::auth::{self, AuthError, Claims};
 use crate::calls::{PresenceCall, QuotaCall, SessionCall};
 use crate::config::{AllowedOrigins, Plans};
+use crate::core::presence::{shard_name, shard_of};
 use crate::core::quota::H_RETRY_AFTER_MS;
 use crate::error::ApiError;
 use crate::http::{self, internal, Binding, Caller, Hop, H_REQUEST_ID};
@@ -425,8 +426,9 @@ impl Gateway<'_> {
             .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))
     }
 
-    /// `GET /v1/presence?users=a,b,c`: one request per user, all in flight
-    /// at once, answers in the order asked.
+    /// `GET /v1/presence?users=a,b,c`: one request per read shard holding
+    /// any of the users (not one per user), all in flight at once, answers
+    /// in the order asked.
     async fn batch_presence(&self, url: &Url, caller: &Caller) -> Result<Response, ApiError> {
         let users = query(url, "users")
             .ok_or_else(|| ApiError::BadRequest("query parameter `users` is required".into()))?;
@@ -439,31 +441,38 @@ impl Gateway<'_> {
                 "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
             )));
         }
+        // One call per read shard holding any of the users, all at once.
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for u in &ids {
+            by_shard.entry(shard_of(u)).or_default().push(u.clone());
+        }
         let hop = self.hop(caller);
-        let calls = ids.iter().map(|u| {
+        let calls = by_shard.into_iter().map(|(n, users)| {
             let hop = &hop;
             async move {
-                let mut resp = hop.presence(u, presence_get(u)).await?;
+                let call = PresenceCall::Batch {
+                    users: users.clone(),
+                };
+                let mut resp = hop.presence(&shard_name(n), call).await?;
                 if resp.status_code() != 200 {
                     return Err(ApiError::Internal(format!(
-                        "presence answered {}",
+                        "presence shard answered {}",
                         resp.status_code()
                     )));
                 }
-                resp.text().await.map_err(internal)
+                let views: Vec<serde_json::Value> = resp.json().await.map_err(internal)?;
+                Ok(users.into_iter().zip(views).collect::<Vec<_>>())
             }
         });
-        // Each object answers a presence object as JSON already: the batch
-        // is their texts in the order asked, not parsed and written again.
-        let mut text = String::from("{\"users\":[");
-        for (i, r) in join_all(calls).await.into_iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            text.push_str(&r?);
+        let mut found: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        for r in join_all(calls).await {
+            found.extend(r?);
         }
-        text.push_str("]}");
-        Ok(http::json_text(200, text))
+        let users: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
+            .collect();
+        http::json(200, &serde_json::json!({ "users": users }))
     }
 }
 
