@@ -31,45 +31,52 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::cpu::{cpu_report, cpu_snapshot};
-use super::http;
+use anyhow::{anyhow, bail, Result};
+use reqwest::Url;
 
-/// What to run (see `cargo xtask bench --help`).
-#[derive(Clone, Debug, PartialEq)]
+use super::cpu::{cpu_report, cpu_snapshot};
+use super::summary::{ordered_object, percentile, round_to};
+use super::{non_empty, non_negative, positive, seconds};
+
+/// The session WebSockets (the job and checks of loadgen.mjs).
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
     /// `http://host:port` of the server.
+    #[arg(skip)]
     pub url: String,
+    /// Sessions
+    #[arg(long, default_value_t = 4, value_parser = positive)]
     pub sessions: usize,
+    /// Participants per session
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     pub participants: usize,
+    /// Send window in seconds
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub seconds: f64,
-    /// Points in flight per participant.
+    /// Points in flight per participant
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     pub window: usize,
-    /// Points per second per participant; 0 = closed loop.
+    /// Open loop: points per second per participant (0 = closed loop)
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub rate: f64,
-    /// `POST /v1/sessions` first (owner = participant 0, members = the rest).
+    /// POST /v1/sessions first (owner = participant 0, members = the rest);
+    /// implies --tokens (bench sessions does so for the rust target)
+    #[arg(long)]
     pub create_sessions: bool,
-    /// Seconds to wait for each participant's upgrade and welcome.
+    /// Seconds for each upgrade + welcome
+    #[arg(long, default_value_t = 20.0, value_parser = seconds)]
     pub connect_timeout: f64,
-    /// Seconds to wait for acks, then again for deliveries, after the window.
+    /// After the window, wait up to S for acks, then for deliveries
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = non_negative)]
     pub drain_seconds: f64,
-    /// User ids are `<prefix>-s<S>-p<P>`; default `bench-<random hex>`.
+    /// User ids are X-s<S>-p<P> [default: bench-<random>]
+    #[arg(long, value_name = "X", value_parser = non_empty)]
     pub user_prefix: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            url: "http://127.0.0.1:8787".into(),
-            sessions: 4,
-            participants: 5,
-            seconds: 10.0,
-            window: 8,
-            rate: 0.0,
-            create_sessions: false,
-            connect_timeout: 20.0,
-            drain_seconds: 10.0,
-            user_prefix: None,
-        }
+        super::defaults()
     }
 }
 
@@ -135,32 +142,6 @@ impl Report {
     }
 }
 
-/// A JSON object with its keys in the given order.
-pub fn ordered_object(fields: &[(&str, serde_json::Value)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{}", serde_json::Value::from(*k), v))
-        .collect();
-    format!("{{{}}}", body.join(","))
-}
-
-/// The `p`th percentile (nearest rank, as loadgen.mjs) of ascending
-/// `sorted`, rounded to 0.01.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as i64 - 1;
-    let i = rank.clamp(0, sorted.len() as i64 - 1) as usize;
-    Some(round_to(sorted[i], 2))
-}
-
-/// `x` rounded to `digits` decimals.
-pub fn round_to(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
 /// The acked seqs of one session: duplicates are refused as they come, and
 /// at the end they must be exactly `last_seq+1 ..= last_seq+N`.
 #[derive(Debug, Default)]
@@ -204,59 +185,6 @@ pub fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
     let p = it.next()?.parse().ok()?;
     let s = it.next()?.parse().ok()?;
     (it.next()? == tag).then_some((s, p, n))
-}
-
-/// Random bytes from the kernel.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A random UUIDv7 (the references accept any session id).
-pub fn uuid_v7() -> String {
-    let mut b: [u8; 16] = random_bytes();
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6] = (b[6] & 0x0f) | 0x70;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// An HS256 token for `user` on the enterprise plan, valid for an hour.
-pub fn mint_token(secret: &str, user: &str) -> Result<String, String> {
-    crate::token::mint(secret, user, "enterprise", None, 3600)
-}
-
-/// Percent-encodes all but RFC 3986's unreserved characters.
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // ---- run state ---------------------------------------------------------
@@ -725,7 +653,7 @@ impl Conn {
                         Phase::Send => {
                             let (start, _) = sh.window.get().copied().unwrap_or_default();
                             if sh.opts.rate > 0.0 {
-                                let seed = u64::from_le_bytes(random_bytes());
+                                let seed = uuid::Uuid::new_v4().as_u64_pair().0;
                                 self.next_at = start + jitter(seed) * 1000.0 / sh.opts.rate;
                             }
                             self.pump(&mut ws).await;
@@ -779,13 +707,16 @@ fn error_code(e: &tungstenite::Error) -> String {
 
 /// Runs the generator against `opts.url` and checks what comes back.
 /// `watch_pids` are the server's processes whose CPU is reported.
-pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, String> {
-    let (host, port) = http::host_port(&opts.url)?;
-    let tag = hex(&random_bytes::<3>());
+pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report> {
+    let port = super::port_of(&opts.url)?;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let prefix = opts
         .user_prefix
         .clone()
         .unwrap_or_else(|| format!("bench-{tag}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut sessions = Vec::new();
     for s in 0..opts.sessions {
         let mut parts = Vec::new();
@@ -793,7 +724,9 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, St
             let user_id = format!("{prefix}-s{s}-p{p}");
             let token = match auth {
                 Auth::UserParam => None,
-                Auth::Secret(secret) => Some(mint_token(secret, &user_id)?),
+                Auth::Secret(secret) => {
+                    Some(crate::mint(secret, &user_id, "enterprise", None, 3600)?)
+                }
             };
             parts.push(Participant {
                 user_id,
@@ -810,26 +743,32 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, St
             });
         }
         let id = if opts.create_sessions {
-            create_session(&host, port, s, &parts)?
+            rt.block_on(create_session(&opts.url, s, &parts))?
         } else {
-            uuid_v7()
+            uuid::Uuid::now_v7().to_string()
         };
         sessions.push(Session::new(id, parts));
     }
+    let mut ws_base = Url::parse(&opts.url)?;
+    ws_base
+        .set_scheme("ws")
+        .map_err(|()| anyhow!("no WebSocket URL for {}", opts.url))?;
     let urls: Vec<Vec<String>> = sessions
         .iter()
         .map(|sess| {
             sess.parts
                 .iter()
                 .map(|pt| {
-                    let q = match &pt.token {
-                        Some(t) => format!("token={}", url_encode(t)),
-                        None => format!("user={}", url_encode(&pt.user_id)),
+                    let mut u = ws_base.clone();
+                    u.path_segments_mut()
+                        .expect("an http URL has a path")
+                        .pop_if_empty()
+                        .extend(["v1", "sessions", &sess.id, "ws"]);
+                    match &pt.token {
+                        Some(t) => u.query_pairs_mut().append_pair("token", t),
+                        None => u.query_pairs_mut().append_pair("user", &pt.user_id),
                     };
-                    format!(
-                        "ws://{host}:{port}/v1/sessions/{}/ws?{q}",
-                        url_encode(&sess.id)
-                    )
+                    u.to_string()
                 })
                 .collect()
         })
@@ -842,47 +781,33 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<Report, St
         window: OnceLock::new(),
         sessions: sessions.into_iter().map(Mutex::new).collect(),
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
     let cpu = rt.block_on(drive(Arc::clone(&sh), urls, watch_pids, port));
     drop(rt);
-    let sh = Arc::try_unwrap(sh).map_err(|_| "connections still running".to_owned())?;
+    let sh = Arc::try_unwrap(sh).map_err(|_| anyhow!("connections still running"))?;
     Ok(verify(sh, cpu))
 }
 
-fn create_session(
-    host: &str,
-    port: u16,
-    s: usize,
-    parts: &[Participant],
-) -> Result<String, String> {
+async fn create_session(base: &str, s: usize, parts: &[Participant]) -> Result<String> {
     let owner = &parts[0];
     let members: Vec<&str> = parts[1..].iter().map(|p| p.user_id.as_str()).collect();
-    let body = serde_json::json!({ "title": format!("bench {s}"), "members": members }).to_string();
-    let auth = format!("Bearer {}", owner.token.as_deref().unwrap_or_default());
-    let (status, body) = http::request(
-        host,
-        port,
-        "POST",
-        "/v1/sessions",
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.as_bytes(),
-        Duration::from_secs(30),
-    )?;
-    let text = String::from_utf8_lossy(&body);
+    let body = serde_json::json!({ "title": format!("bench {s}"), "members": members });
+    let r = super::drive::client()?
+        .post(format!("{base}/v1/sessions"))
+        .bearer_auth(owner.token.as_deref().unwrap_or_default())
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let text = r.text().await?;
     if status != 201 {
         let head: String = text.chars().take(300).collect();
-        return Err(format!("POST /v1/sessions: {status} {head}"));
+        bail!("POST /v1/sessions: {status} {head}");
     }
     serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["id"].as_str().map(str::to_owned))
-        .ok_or_else(|| format!("POST /v1/sessions answered without an id: {text}"))
+        .ok_or_else(|| anyhow!("POST /v1/sessions answered without an id: {text}"))
 }
 
 async fn drive(
@@ -1046,24 +971,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentile_is_nearest_rank() {
-        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&xs, 50.0), Some(50.0));
-        assert_eq!(percentile(&xs, 99.0), Some(99.0));
-        assert_eq!(percentile(&xs, 100.0), Some(100.0));
-        assert_eq!(percentile(&xs, 0.0), Some(1.0));
-        assert_eq!(percentile(&[], 50.0), None);
-        assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
-        // 3 values: p50 is the 2nd, p99 the 3rd (ceil(0.99 * 3) = 3)
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), Some(2.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 99.0), Some(3.0));
-        // 10 values: p50 = ceil(5) = 5th
-        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(percentile(&ten, 50.0), Some(5.0));
-        assert_eq!(percentile(&ten, 99.0), Some(10.0));
-    }
-
-    #[test]
     fn seqs_must_be_unique_and_gap_free_after_last_seq() {
         let mut c = SeqChecker::default();
         for q in [6, 8, 7] {
@@ -1095,14 +1002,6 @@ mod tests {
         assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-4"), None);
         assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-x-1"), None);
         assert_eq!(parse_point_id("a1b2c3", "x-a1b2c3-3-4-1"), None);
-    }
-
-    #[test]
-    fn uuid_v7_has_version_and_variant() {
-        let u = uuid_v7();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "7");
-        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
     }
 
     #[test]

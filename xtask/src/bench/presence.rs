@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::cpu::cpu_metric;
-use super::drive::{closed_loop, open_all, Answer, Until};
-use super::http::{self, request_bytes, KeepAlive};
-use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
-use super::summary::{one_line_figures, Figures};
+use anyhow::{bail, Result};
+use reqwest::Client;
+
+use super::drive::{self, closed_loop, open_all, Answer, Until};
+use super::summary::{ordered_object, percentile, round_to, Stats, Summary};
+use super::{non_empty, non_negative, positive, seconds};
 
 /// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -39,37 +40,40 @@ const TTL_MARGIN: Duration = Duration::from_secs(10);
 pub const MAX_BATCH: usize = 100;
 const HEARTBEAT_BODY: &[u8] = br#"{"status":"online","activity":"bench"}"#;
 
-/// What to run (see `cargo xtask bench --help`).
-#[derive(Clone, Debug, PartialEq)]
+/// Presence reads and heartbeats.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
     /// `http://host:port` of the server.
+    #[arg(skip)]
     pub url: String,
+    /// Users, each heartbeats first with its own token
+    #[arg(long, default_value_t = 200, value_parser = positive)]
     pub users: usize,
-    /// Length of each phase.
+    /// Length of each phase: single reads, batch reads, heartbeats
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub seconds: f64,
+    /// Requests in flight, over keep-alive connections
+    #[arg(long, default_value_t = 16, value_parser = positive)]
     pub concurrency: usize,
-    /// Caller tokens reads rotate over; `None` = the users themselves.
+    /// Caller tokens reads rotate over [default: the users]; every request
+    /// is charged to its caller (enterprise: 100/s after a burst of 1000),
+    /// see max_caller_req_per_s
+    #[arg(long, value_parser = positive)]
     pub callers: Option<usize>,
-    /// Ids per batch read.
+    /// Ids per batch read, at most 100
+    #[arg(long, default_value_t = MAX_BATCH, value_parser = positive)]
     pub batch: usize,
-    /// After each phase, seconds to wait for requests in flight.
+    /// Wait for requests in flight after each phase
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative)]
     pub drain_seconds: f64,
-    /// User ids are `<prefix>-u<i>`; default `pres-<random hex>`.
+    /// User ids are X-u<i> [default: pres-<random>]
+    #[arg(long, value_name = "X", value_parser = non_empty)]
     pub user_prefix: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            url: "http://127.0.0.1:8787".into(),
-            users: 200,
-            seconds: 10.0,
-            concurrency: 16,
-            callers: None,
-            batch: MAX_BATCH,
-            drain_seconds: 10.0,
-            user_prefix: None,
-        }
+        super::defaults()
     }
 }
 
@@ -78,15 +82,16 @@ impl Options {
         self.callers.unwrap_or(self.users)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.batch > MAX_BATCH {
-            return Err(format!("--batch takes at most {MAX_BATCH} ids"));
+            bail!("--batch takes at most {MAX_BATCH} ids");
         }
         if self.batch > self.users {
-            return Err(format!(
+            bail!(
                 "--batch {} needs at least as many --users ({})",
-                self.batch, self.users
-            ));
+                self.batch,
+                self.users
+            );
         }
         Ok(())
     }
@@ -277,23 +282,6 @@ pub const METRICS: [&str; 11] = [
     "cpu_loadgen_pct",
 ];
 
-impl Figures for PhaseReport {
-    fn metric(&self, name: &str) -> Option<f64> {
-        match name {
-            "requests_per_s" => Some(self.requests_per_s as f64),
-            "reads_per_s" => self.reads_per_s.map(|x| x as f64),
-            "p50_ms" => self.p50_ms,
-            "p99_ms" => self.p99_ms,
-            "max_ms" => self.max_ms,
-            "errors" => Some(self.errors as f64),
-            "rate_limited" => Some(self.rate_limited as f64),
-            "max_caller_req_per_s" => Some(self.max_caller_req_per_s),
-            _ => cpu_metric(name, &self.cpu_pct),
-        }
-    }
-    one_line_figures!();
-}
-
 /// One run: its phases, or why it stopped.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -301,23 +289,9 @@ pub struct Report {
     pub fatal: Option<String>,
 }
 
-impl Figures for Report {
-    fn metric(&self, _name: &str) -> Option<f64> {
-        None
-    }
-    fn errors(&self) -> u64 {
-        self.phases.iter().map(|p| p.errors).sum::<u64>() + u64::from(self.fatal.is_some())
-    }
-    fn error_detail(&self) -> BTreeMap<String, u64> {
-        let mut d = BTreeMap::new();
-        for p in &self.phases {
-            for (k, v) in &p.error_detail {
-                *d.entry(format!("{}:{k}", p.phase)).or_default() += v;
-            }
-        }
-        d
-    }
-    fn lines(&self) -> Vec<String> {
+impl Report {
+    /// The JSON lines: one per phase, and the fatal error if any.
+    pub fn lines(&self) -> Vec<String> {
         let mut lines: Vec<String> = self.phases.iter().map(PhaseReport::to_json).collect();
         if let Some(f) = &self.fatal {
             lines.push(ordered_object(&[
@@ -340,6 +314,7 @@ struct User {
 
 struct Run<'a> {
     opts: &'a Options,
+    client: Client,
     users: Vec<User>,
     /// Caller authorization headers for reads.
     callers: Vec<String>,
@@ -383,25 +358,20 @@ impl Tally {
 pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Report {
     let mut report = Report::default();
     if let Err(e) = run_inner(opts, secret, watch_pids, &mut report) {
-        report.fatal = Some(e);
+        report.fatal = Some(format!("{e:#}"));
     }
     report
 }
 
-fn run_inner(
-    opts: &Options,
-    secret: &str,
-    watch_pids: &[u32],
-    report: &mut Report,
-) -> Result<(), String> {
-    let (host, port) = http::host_port(&opts.url)?;
+fn run_inner(opts: &Options, secret: &str, watch_pids: &[u32], report: &mut Report) -> Result<()> {
+    let port = super::port_of(&opts.url)?;
+    let random = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let prefix = opts
         .user_prefix
         .clone()
-        .unwrap_or_else(|| format!("pres-{}", hex(&random_bytes::<3>())));
-    let bearer = |id: &str| {
-        crate::token::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
-    };
+        .unwrap_or_else(|| format!("pres-{}", random()));
+    let bearer =
+        |id: &str| crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"));
     let users = (0..opts.users)
         .map(|i| {
             let id = format!("{prefix}-u{i}");
@@ -411,30 +381,27 @@ fn run_inner(
                 heartbeat: None,
             })
         })
-        .collect::<Result<Vec<User>, String>>()?;
+        .collect::<Result<Vec<User>>>()?;
     // Callers are the users first, then readers of their own.
     let callers = (0..opts.callers())
         .map(|i| match users.get(i) {
             Some(u) => Ok(u.auth.clone()),
             None => bearer(&format!("{prefix}-c{i}")),
         })
-        .collect::<Result<Vec<String>, String>>()?;
+        .collect::<Result<Vec<String>>>()?;
     let mut run = Run {
         opts,
+        client: drive::client()?,
         users,
         callers,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .build()?;
     rt.block_on(async {
-        let mut conns: Vec<KeepAlive> = (0..opts.concurrency)
-            .map(|_| KeepAlive::new(&host, port))
-            .collect();
-        open_all(&mut conns).await?;
+        open_all(&run.client, &opts.url, opts.concurrency).await?;
         for phase in [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat] {
-            let r = run_phase(&mut run, phase, &mut conns, (watch_pids, port)).await;
+            let r = run_phase(&mut run, phase, (watch_pids, port)).await;
             eprintln!("bench: presence {}: {}", phase.name(), summary_of(&r));
             report.phases.push(r);
         }
@@ -452,12 +419,7 @@ fn summary_of(r: &PhaseReport) -> String {
     )
 }
 
-async fn run_phase(
-    run: &mut Run<'_>,
-    phase: Phase,
-    conns: &mut [KeepAlive],
-    watch: (&[u32], u16),
-) -> PhaseReport {
+async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> PhaseReport {
     let opts = run.opts;
     let n = opts.users as u64;
     let k_callers = match phase {
@@ -483,31 +445,27 @@ async fn run_phase(
     });
     let run_cell = RefCell::new(&mut *run);
     let outcome = closed_loop(
-        conns,
+        opts.concurrency,
         until,
         watch,
-        |i, authority| {
+        |i| {
             let run = run_cell.borrow();
             let ncall = run.callers.len() as u64;
             let get = |path: &str, caller: usize| {
-                let auth = [("authorization", run.callers[caller].as_str())];
-                request_bytes("GET", path, authority, &auth, b"", false)
+                let url = format!("{}{path}", opts.url);
+                run.client
+                    .get(url)
+                    .header("authorization", &run.callers[caller])
             };
             match phase {
                 Phase::Setup | Phase::Heartbeat => {
                     let user = (i % n) as usize;
-                    let u = &run.users[user];
-                    let req = request_bytes(
-                        "POST",
-                        "/v1/presence/heartbeat",
-                        authority,
-                        &[
-                            ("authorization", &u.auth),
-                            ("content-type", "application/json"),
-                        ],
-                        HEARTBEAT_BODY,
-                        false,
-                    );
+                    let req = run
+                        .client
+                        .post(format!("{}/v1/presence/heartbeat", opts.url))
+                        .header("authorization", &run.users[user].auth)
+                        .header("content-type", "application/json")
+                        .body(HEARTBEAT_BODY);
                     let sent = Instant::now();
                     (req, Job::Heartbeat { user, sent })
                 }
@@ -652,14 +610,12 @@ fn answer_body(a: &Answer, t: &mut Tally) -> Option<Value> {
 /// The summary line of `bench presence`: per phase medians over the runs,
 /// and the issue's goal, a batch read of `batch` users costing no more than
 /// 3x a single read at p50.
-pub fn summarize(opts: &Options, runs: &[Report], problems: &[String]) -> super::summary::Summary {
-    use super::summary::Stats;
-    let mut by_phase: Vec<(String, PhaseReport)> = Vec::new();
-    for r in runs {
-        for p in &r.phases {
-            by_phase.push((p.phase.clone(), p.clone()));
-        }
-    }
+pub fn summarize(opts: &Options, runs: &[Vec<serde_json::Value>], problems: &[String]) -> Summary {
+    let by_phase: Vec<(String, Value)> = runs
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v["phase"].as_str()?.to_owned(), v.clone())))
+        .collect();
     let names: Vec<String> = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat]
         .iter()
         .map(|p| p.name().to_owned())
@@ -706,7 +662,7 @@ pub fn summarize(opts: &Options, runs: &[Report], problems: &[String]) -> super:
         &METRICS,
         &[("batch/single".to_owned(), ratio)],
     );
-    super::summary::Summary { table, json }
+    Summary { table, json }
 }
 
 #[cfg(test)]
@@ -715,7 +671,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::bench::http::fake;
+    use crate::bench::drive::fake;
+    use crate::bench::summary;
 
     fn present(user: &str) -> Value {
         json!({"userId": user, "status": "online", "lastSeen": "2025-01-01T00:00:00Z",
@@ -895,6 +852,13 @@ mod tests {
         }))
     }
 
+    fn values(r: &Report) -> Vec<Value> {
+        r.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     fn run_against(fault: Fault) -> Report {
         let port = fake_presence(fault);
         let opts = Options {
@@ -918,7 +882,7 @@ mod tests {
     fn a_correct_server_passes_every_phase() {
         let r = run_against(Fault::None);
         assert!(r.fatal.is_none(), "{:?}", r.fatal);
-        assert_eq!(r.errors(), 0, "{:?}", r.lines());
+        assert!(summary::ok(&values(&r)), "{:?}", r.lines());
         let names: Vec<&str> = r.phases.iter().map(|p| p.phase.as_str()).collect();
         assert_eq!(names, vec!["setup", "single", "batch", "heartbeat"]);
         assert_eq!(phase(&r, "setup").requests, 20, "each user once");
@@ -935,7 +899,7 @@ mod tests {
         );
         assert_eq!(phase(&r, "heartbeat").reads_per_s, None);
         assert_eq!(phase(&r, "heartbeat").callers, 20);
-        let s = summarize(&run_opts(), &[r], &[]);
+        let s = summarize(&run_opts(), &[values(&r)], &[]);
         let v: Value = serde_json::from_str(&s.json).unwrap();
         assert!(v["batch_p50_over_single_p50"].is_number(), "{}", s.json);
         assert!(v["median"]["batch"]["p50_ms"].is_number());
@@ -978,7 +942,7 @@ mod tests {
             "{}",
             s.to_json()
         );
-        assert!(!r.ok());
-        assert!(r.error_detail().contains_key("single:http_500"));
+        assert!(!summary::ok(&values(&r)));
+        assert!(summary::error_detail(&values(&r)).contains_key("single:http_500"));
     }
 }

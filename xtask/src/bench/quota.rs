@@ -27,13 +27,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Value};
 
-use super::cpu::{cpu_metric, workerd_cpu_us_per};
-use super::drive::{closed_loop, open_all, Answer, Until};
-use super::http::{self, request_bytes, KeepAlive, Response};
-use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
-use super::summary::{one_line_figures, Figures};
+use anyhow::{anyhow, bail, Result};
+use reqwest::{Client, RequestBuilder};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use super::drive::{self, closed_loop, open_all, Answer, Response, Until};
+use super::summary::{ordered_object, percentile, round_to};
+use super::{non_empty, non_negative, positive, seconds};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Resource {
     Api,
     Sessions,
@@ -41,15 +42,6 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub fn parse(s: &str) -> Option<Resource> {
-        match s {
-            "api" => Some(Resource::Api),
-            "sessions" => Some(Resource::Sessions),
-            "points" => Some(Resource::Points),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Resource::Api => "api",
@@ -59,52 +51,63 @@ impl Resource {
     }
 }
 
-/// What to run (see `cargo xtask bench --help`).
-#[derive(Clone, Debug, PartialEq)]
+/// The quota checks (the job and checks of quotagen.mjs).
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
     /// `http://host:port` of the server.
+    #[arg(skip)]
     pub url: String,
+    /// Window in seconds
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub seconds: f64,
+    /// Fresh subjects, round-robin (1 = one hot subject)
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub subjects: usize,
+    /// Checks in flight, over keep-alive connections
+    #[arg(long, default_value_t = 16, value_parser = positive)]
     pub concurrency: usize,
-    /// Default: enterprise, or free with `exact`.
+    /// The checks' plan [default: enterprise; free with --exact]
+    #[arg(long, value_parser = non_empty)]
     pub plan: Option<String>,
-    /// Default: api, or points with `exact`.
+    /// The checked resource [default: api; points with --exact]
+    #[arg(long, value_enum)]
     pub resource: Option<Resource>,
+    /// Units per check
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub cost: u64,
-    /// Caller tokens to rotate (`quotagen`, or `quotagen-1..K`).
+    /// Caller tokens to rotate
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub callers: usize,
-    /// Exact mode's R; 0 = load mode.
-    pub exact: usize,
-    /// Subjects are `<prefix>-<i>` (`<prefix>-exact`); default `qg-<random>`.
+    /// Exactness instead of load: bring a fresh subject to remaining == R,
+    /// fire 2R cost-1 checks at once over 2R connections, then one more;
+    /// exact_ok needs exactly R admitted (remaining R-1..0 once each), R
+    /// denied and a final 429 with remaining 0
+    #[arg(long, value_name = "R", value_parser = positive)]
+    pub exact: Option<usize>,
+    /// Subjects are X-<i> [default: qg-<random>]
+    #[arg(long, value_name = "X", value_parser = non_empty)]
     pub subject_prefix: Option<String>,
-    /// After the window, seconds to wait for checks in flight.
+    /// Wait for checks in flight after the window
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative)]
     pub drain_seconds: f64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            url: "http://127.0.0.1:8787".into(),
-            seconds: 10.0,
-            subjects: 100,
-            concurrency: 16,
-            plan: None,
-            resource: None,
-            cost: 1,
-            callers: 1,
-            exact: 0,
-            subject_prefix: None,
-            drain_seconds: 10.0,
-        }
+        super::defaults()
     }
 }
 
 impl Options {
+    /// Exact mode's R; 0 = load mode.
+    pub fn exact(&self) -> usize {
+        self.exact.unwrap_or(0)
+    }
+
     pub fn plan(&self) -> &str {
         match &self.plan {
             Some(p) => p,
-            None if self.exact > 0 => "free",
+            None if self.exact() > 0 => "free",
             None => "enterprise",
         }
     }
@@ -112,15 +115,15 @@ impl Options {
     pub fn resource(&self) -> Resource {
         match self.resource {
             Some(r) => r,
-            None if self.exact > 0 => Resource::Points,
+            None if self.exact() > 0 => Resource::Points,
             None => Resource::Api,
         }
     }
 
     /// The combinations quotagen.mjs refuses.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.exact > 0 && self.resource() == Resource::Api {
-            return Err("--exact needs a counter resource (points or sessions)".into());
+    pub fn validate(&self) -> Result<()> {
+        if self.exact() > 0 && self.resource() == Resource::Api {
+            bail!("--exact needs a counter resource (points or sessions)");
         }
         Ok(())
     }
@@ -474,27 +477,9 @@ pub const EXACT_METRICS: [&str; 7] = [
     "errors",
 ];
 
-impl Figures for Report {
-    fn metric(&self, name: &str) -> Option<f64> {
-        if self.fatal.is_some() {
-            return (name == "errors").then_some(self.errors as f64);
-        }
-        match name {
-            "checks_per_s" if !self.exact => Some(self.checks_per_s as f64),
-            "allowed" => Some(self.allowed as f64),
-            "denied" => Some(self.denied as f64),
-            "p50_ms" => self.p50_ms,
-            "p99_ms" => self.p99_ms,
-            "max_ms" => self.max_ms,
-            "errors" => Some(self.errors as f64),
-            "exact_ok" => self.exact_ok.map(|ok| f64::from(u8::from(ok))),
-            "final_remaining" => self.final_remaining.map(|x| x as f64),
-            "workerd_cpu_us_per_check" => workerd_cpu_us_per(&self.cpu_pct, self.checks_per_s),
-            _ => cpu_metric(name, &self.cpu_pct),
-        }
-    }
-    one_line_figures!();
-    fn ok(&self) -> bool {
+impl Report {
+    /// Whether the run passed its checks.
+    pub fn ok(&self) -> bool {
         self.errors == 0 && self.exact_ok != Some(false) && self.fatal.is_none()
     }
 }
@@ -503,6 +488,8 @@ impl Figures for Report {
 
 struct Gen<'a> {
     opts: &'a Options,
+    client: Client,
+    url: String,
     auth: Vec<String>,
     next_auth: usize,
     checker: Checker,
@@ -519,15 +506,20 @@ impl Gen<'_> {
     }
 
     /// A check request, with the next caller's token.
-    fn request(&mut self, authority: &str, body: &[u8]) -> Vec<u8> {
-        let mut headers = vec![("content-type", "application/json")];
-        let auth;
+    fn request(&mut self, body: &[u8]) -> RequestBuilder {
+        let mut rb = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
         if !self.auth.is_empty() {
-            auth = self.auth[self.next_auth % self.auth.len()].clone();
+            rb = rb.header(
+                "authorization",
+                &self.auth[self.next_auth % self.auth.len()],
+            );
             self.next_auth += 1;
-            headers.push(("authorization", &auth));
         }
-        request_bytes("POST", "/v1/quota/check", authority, &headers, body, false)
+        rb
     }
 }
 
@@ -535,71 +527,68 @@ impl Gen<'_> {
 /// is a report with `fatal` set.
 pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Report {
     let mut report = Report {
-        exact: opts.exact > 0,
+        exact: opts.exact() > 0,
         plan: opts.plan().to_owned(),
         resource: opts.resource().name().to_owned(),
         ..Report::default()
     };
-    let tokens = match auth {
-        Auth::None => Ok(Vec::new()),
-        Auth::Service(secret) => caller_ids(opts.callers)
-            .iter()
-            .map(|id| {
-                crate::token::mint(secret, id, "enterprise", Some("service"), 3600)
-                    .map(|t| format!("Bearer {t}"))
-            })
-            .collect(),
-    };
-    let mut gen = Gen {
-        opts,
-        auth: Vec::new(),
-        next_auth: 0,
-        checker: Checker::new(opts.resource()),
-    };
-    let result = tokens.and_then(|t| {
-        gen.auth = t;
-        let (host, port) = http::host_port(&opts.url)?;
+    let mut checker = Checker::new(opts.resource());
+    let result = (|| {
+        let auth = match auth {
+            Auth::None => Vec::new(),
+            Auth::Service(secret) => caller_ids(opts.callers)
+                .iter()
+                .map(|id| {
+                    crate::mint(secret, id, "enterprise", Some("service"), 3600)
+                        .map(|t| format!("Bearer {t}"))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut gen = Gen {
+            opts,
+            client: drive::client()?,
+            url: format!("{}/v1/quota/check", opts.url),
+            auth,
+            next_auth: 0,
+            checker: Checker::new(opts.resource()),
+        };
+        let port = super::port_of(&opts.url)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
-        rt.block_on(async {
-            if opts.exact > 0 {
-                exact_mode(&mut gen, &host, port, &mut report).await
+            .build()?;
+        let r = rt.block_on(async {
+            if opts.exact() > 0 {
+                exact_mode(&mut gen, &mut report).await
             } else {
-                load_mode(&mut gen, &host, port, watch_pids, &mut report).await
+                load_mode(&mut gen, port, watch_pids, &mut report).await
             }
-        })
-    });
+        });
+        checker = gen.checker;
+        r
+    })();
+    report.errors = checker.count() + u64::from(result.is_err());
+    report.error_detail = checker.errors;
     if let Err(e) = result {
-        report.fatal = Some(e);
-        report.errors = gen.checker.count() + 1;
-        report.error_detail = gen.checker.errors;
-        return report;
+        report.fatal = Some(format!("{e:#}"));
     }
-    report.errors = gen.checker.count();
-    report.error_detail = gen.checker.errors;
     report
 }
 
 fn prefix(opts: &Options) -> String {
+    let random = || uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     opts.subject_prefix
         .clone()
-        .unwrap_or_else(|| format!("qg-{}", hex(&random_bytes::<4>())))
+        .unwrap_or_else(|| format!("qg-{}", random()))
 }
 
 async fn load_mode(
     gen: &mut Gen<'_>,
-    host: &str,
     port: u16,
     watch_pids: &[u32],
     report: &mut Report,
-) -> Result<(), String> {
+) -> Result<()> {
     let opts = gen.opts;
-    let mut conns: Vec<KeepAlive> = (0..opts.concurrency)
-        .map(|_| KeepAlive::new(host, port))
-        .collect();
-    open_all(&mut conns).await?;
+    open_all(&gen.client, &opts.url, opts.concurrency).await?;
     let prefix = prefix(opts);
     let subjects: Vec<String> = (0..opts.subjects)
         .map(|i| format!("{prefix}-{i}"))
@@ -609,17 +598,16 @@ async fn load_mode(
     let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
     let gen_cell = std::cell::RefCell::new(gen);
     let outcome = closed_loop(
-        &mut conns,
+        opts.concurrency,
         Until {
             seconds: opts.seconds,
             requests: None,
             drain_seconds: opts.drain_seconds,
         },
         (watch_pids, port),
-        |i, authority| {
+        |i| {
             let s = (i % subjects.len() as u64) as usize;
-            let req = gen_cell.borrow_mut().request(authority, &bodies[s]);
-            (req, s)
+            (gen_cell.borrow_mut().request(&bodies[s]), s)
         },
         |s, a: Answer| {
             total += 1;
@@ -660,56 +648,36 @@ async fn load_mode(
     Ok(())
 }
 
-async fn exact_mode(
-    gen: &mut Gen<'_>,
-    host: &str,
-    port: u16,
-    report: &mut Report,
-) -> Result<(), String> {
+async fn exact_mode(gen: &mut Gen<'_>, report: &mut Report) -> Result<()> {
     let opts = gen.opts;
-    let r = opts.exact as u64;
+    let r = opts.exact() as u64;
     let subject = format!("{}-exact", prefix(opts));
     let (plan, resource) = (opts.plan(), opts.resource().name());
-    let mut one = KeepAlive::new(host, port);
-    let authority = one.authority();
-    let mut b = step(gen, &mut one, &subject, 1, "first check (cost 1)").await?;
+    let mut b = step(gen, &subject, 1, "first check (cost 1)").await?;
     let Some(remaining) = b.remaining.filter(|_| b.allowed && b.limit.is_some()) else {
-        return Err(format!(
-            "plan {plan} has no finite {resource} limit or denied: {b:?}"
-        ));
+        bail!("plan {plan} has no finite {resource} limit or denied: {b:?}");
     };
     if remaining < r {
-        return Err(format!(
-            "only {remaining} {resource} left after the first check; --exact {r} needs more"
-        ));
+        bail!("only {remaining} {resource} left after the first check; --exact {r} needs more");
     }
     if remaining > r {
         let cost = remaining - r;
-        b = step(
-            gen,
-            &mut one,
-            &subject,
-            cost,
-            &format!("check of cost {cost}"),
-        )
-        .await?;
+        b = step(gen, &subject, cost, &format!("check of cost {cost}")).await?;
     }
     if !b.allowed || b.remaining != Some(r) {
-        return Err(format!("could not bring remaining to {r}: {b:?}"));
+        bail!("could not bring remaining to {r}: {b:?}");
     }
 
-    let n = 2 * opts.exact;
-    let mut conns: Vec<KeepAlive> = (0..n).map(|_| KeepAlive::new(host, port)).collect();
-    open_all(&mut conns).await?;
+    let n = 2 * opts.exact();
+    open_all(&gen.client, &opts.url, n).await?;
     let body = gen.body(&subject, 1);
-    let reqs: Vec<Vec<u8>> = (0..n).map(|_| gen.request(&authority, &body)).collect();
-    let answers =
-        futures_util::future::join_all(conns.iter_mut().zip(&reqs).map(|(c, req)| async move {
-            let t0 = std::time::Instant::now();
-            let a = c.send(req).await;
-            (a, t0.elapsed().as_secs_f64() * 1000.0)
-        }))
-        .await;
+    let reqs: Vec<RequestBuilder> = (0..n).map(|_| gen.request(&body)).collect();
+    let answers = futures_util::future::join_all(reqs.into_iter().map(|req| async move {
+        let t0 = std::time::Instant::now();
+        let a = drive::send(req).await;
+        (a, t0.elapsed().as_secs_f64() * 1000.0)
+    }))
+    .await;
     let (mut allowed, mut denied) = (0u64, 0u64);
     let mut remainders = Vec::new();
     for (a, _) in &answers {
@@ -722,8 +690,7 @@ async fn exact_mode(
             None => {}
         }
     }
-    let last_req = gen.request(&authority, &body);
-    let last_answer = conns[0].send(&last_req).await;
+    let last_answer = drive::send(gen.request(&body)).await;
     let last = gen.checker.check(&last_answer, &subject);
     let v = exact_verdict(
         r,
@@ -736,7 +703,7 @@ async fn exact_mode(
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(f64::total_cmp);
     report.exact_ok = Some(v.exact_ok);
-    report.exact_r = opts.exact;
+    report.exact_r = opts.exact();
     report.fired = n;
     report.allowed = allowed;
     report.denied = denied;
@@ -749,29 +716,21 @@ async fn exact_mode(
     Ok(())
 }
 
-/// One check of exact mode's set-up over `conn`; an error says what
-/// failed.
-async fn step(
-    gen: &mut Gen<'_>,
-    conn: &mut KeepAlive,
-    subject: &str,
-    cost: u64,
-    what: &str,
-) -> Result<Decision, String> {
+/// One check of exact mode's set-up; an error says what failed.
+async fn step(gen: &mut Gen<'_>, subject: &str, cost: u64, what: &str) -> Result<Decision> {
     let body = gen.body(subject, cost);
-    let req = gen.request(&conn.authority(), &body);
-    let answer = conn.send(&req).await;
-    match gen.checker.check(&answer, subject) {
-        Some(d) => Ok(d),
-        None => Err(match answer {
-            Err(e) => format!("{what}: {e}"),
-            Ok(a) => {
-                let text = String::from_utf8_lossy(&a.body);
-                let head: String = text.chars().take(300).collect();
-                format!("{what}: {} {head}", a.status)
-            }
-        }),
+    let answer = drive::send(gen.request(&body)).await;
+    if let Some(d) = gen.checker.check(&answer, subject) {
+        return Ok(d);
     }
+    Err(match answer {
+        Err(e) => anyhow!("{what}: {e}"),
+        Ok(a) => {
+            let text = String::from_utf8_lossy(&a.body);
+            let head: String = text.chars().take(300).collect();
+            anyhow!("{what}: {} {head}", a.status)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -780,7 +739,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::bench::http::fake;
+    use crate::bench::drive::fake;
 
     const POLICY: &str = "\"api\";q=6000;w=60";
     const LIMIT: &str = "\"api\";r=999;t=1";
@@ -1058,7 +1017,7 @@ mod tests {
     #[test]
     fn exact_mode_passes_an_exact_server_and_catches_over_admission() {
         let o = Options {
-            exact: 5,
+            exact: Some(5),
             ..opts(fake_quota(Fault::None, 100))
         };
         let r = run(&o, &Auth::None, &[]);
@@ -1068,7 +1027,7 @@ mod tests {
         assert!(r.ok());
 
         let o = Options {
-            exact: 5,
+            exact: Some(5),
             ..opts(fake_quota(Fault::OverAdmit, 100))
         };
         let r = run(&o, &Auth::None, &[]);
@@ -1079,7 +1038,7 @@ mod tests {
 
         // too few units for R (99 left after the first check): a fatal report
         let o = Options {
-            exact: 100,
+            exact: Some(100),
             ..opts(fake_quota(Fault::None, 100))
         };
         let r = run(&o, &Auth::None, &[]);
