@@ -229,12 +229,7 @@ pub fn run(b: Bench) -> Result<()> {
             } else {
                 loadgen::Auth::UserParam
             };
-            let report = loadgen::run(&gen, &auth, &alone.watch_pids)?;
-            println!("{}", report.to_json());
-            if report.errors > 0 {
-                bail!("{} correctness errors", report.errors);
-            }
-            Ok(())
+            alone_line(&loadgen::run(&gen, &auth, &alone.watch_pids)?)
         }
         Bench::Quotagen {
             alone,
@@ -247,21 +242,11 @@ pub fn run(b: Bench) -> Result<()> {
             } else {
                 quota::Auth::None
             };
-            let report = quota::run(&gen, &auth, &alone.watch_pids);
-            println!("{}", report.to_json());
-            if !report.ok() {
-                let exact = if report.exact_ok == Some(false) {
-                    ", exact_ok false"
-                } else {
-                    ""
-                };
-                bail!("{} correctness errors{exact}", report.errors);
-            }
-            Ok(())
+            alone_line(&quota::run(&gen, &auth, &alone.watch_pids))
         }
         Bench::Presencegen { alone, mut gen } => {
             gen.url = alone.url;
-            let lines = presence::run(&gen, &dev_secret()?, &alone.watch_pids).lines();
+            let lines = presence::run(&gen, &dev_secret()?, &alone.watch_pids);
             for line in &lines {
                 println!("{line}");
             }
@@ -306,6 +291,21 @@ fn exec_optimised() -> Result<()> {
     let bin = target_dir.join("release/xtask");
     let err = Command::new(&bin).args(std::env::args_os().skip(1)).exec();
     Err(err).with_context(|| format!("could not run {}", bin.display()))
+}
+
+/// Prints a generator's line; an error says what was wrong.
+fn alone_line(line: &str) -> Result<()> {
+    println!("{line}");
+    let v: Value = serde_json::from_str(line)?;
+    if !summary::ok(std::slice::from_ref(&v)) {
+        let exact = if v["exact_ok"] == false {
+            ", exact_ok false"
+        } else {
+            ""
+        };
+        bail!("{} correctness errors{exact}", summary::errors(&v));
+    }
+    Ok(())
 }
 
 fn parse_lines(lines: &[String]) -> Result<Vec<Value>> {
@@ -467,7 +467,7 @@ fn sessions(servers: &Servers, targets: Targets, g: loadgen::Options) -> Result<
             create_sessions: t.rust,
             ..g.clone()
         };
-        Ok(vec![loadgen::run(&opts, &auth, pids)?.to_json()])
+        Ok(vec![loadgen::run(&opts, &auth, pids)?])
     });
     let shape_json = json!({
         "sessions": g.sessions, "participants": g.participants,
@@ -523,7 +523,7 @@ fn quota_bench(servers: &Servers, targets: Targets, g: quota::Options) -> Result
             None => quota::Auth::None,
         };
         let opts = quota::Options { url, ..g.clone() };
-        Ok(vec![quota::run(&opts, &auth, pids).to_json()])
+        Ok(vec![quota::run(&opts, &auth, pids)])
     });
     let metrics: &[&str] = if g.exact() > 0 {
         &quota::EXACT_METRICS
@@ -560,7 +560,7 @@ fn presence_bench(servers: &Servers, g: presence::Options) -> Result<()> {
     );
     let (runs, problems) = b.alternate(servers.rounds, |_t, url, pids| {
         let opts = presence::Options { url, ..g.clone() };
-        Ok(presence::run(&opts, &secret, pids).lines())
+        Ok(presence::run(&opts, &secret, pids))
     });
     let runs: Vec<Vec<Value>> = runs.into_iter().map(|(_, r)| r).collect();
     conclude(&presence::summarize(&g, &runs, &problems), &problems)

@@ -28,7 +28,7 @@ use anyhow::{bail, Result};
 use reqwest::Client;
 
 use super::drive::{self, closed_loop, open_all, Answer, Until};
-use super::summary::{ordered_object, percentile, round_to, Stats, Summary};
+use super::summary::{ordered_object, round_to, spread, Stats, Summary};
 use super::{non_empty, non_negative, positive, seconds};
 
 /// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
@@ -215,59 +215,6 @@ pub fn batch_ids(k: u64, users: usize, batch: usize) -> Vec<usize> {
 
 // ---- report --------------------------------------------------------------
 
-/// The figures of one phase: one JSON line.
-#[derive(Clone, Debug, Default)]
-pub struct PhaseReport {
-    pub phase: String,
-    pub requests_per_s: u64,
-    /// Presence objects read per second (reads only).
-    pub reads_per_s: Option<u64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-    pub errors: u64,
-    pub rate_limited: u64,
-    /// Answers in the window (all of them for `setup`).
-    pub requests: u64,
-    pub answers_total: u64,
-    pub seconds: f64,
-    pub concurrency: usize,
-    pub users: usize,
-    pub batch: Option<usize>,
-    pub callers: usize,
-    /// The busiest caller's requests per second (the enterprise plan allows
-    /// 100 after a burst of 1000).
-    pub max_caller_req_per_s: f64,
-    pub error_detail: BTreeMap<String, u64>,
-    pub cpu_pct: BTreeMap<String, f64>,
-}
-
-impl PhaseReport {
-    pub fn to_json(&self) -> String {
-        ordered_object(&[
-            ("phase", json!(self.phase)),
-            ("requests_per_s", json!(self.requests_per_s)),
-            ("reads_per_s", json!(self.reads_per_s)),
-            ("p50_ms", json!(self.p50_ms)),
-            ("p99_ms", json!(self.p99_ms)),
-            ("max_ms", json!(self.max_ms)),
-            ("errors", json!(self.errors)),
-            ("rate_limited", json!(self.rate_limited)),
-            ("requests", json!(self.requests)),
-            ("answers_total", json!(self.answers_total)),
-            ("seconds", json!(self.seconds)),
-            ("concurrency", json!(self.concurrency)),
-            ("users", json!(self.users)),
-            ("batch", json!(self.batch)),
-            ("callers", json!(self.callers)),
-            ("max_caller_req_per_s", json!(self.max_caller_req_per_s)),
-            ("error_detail", json!(self.error_detail)),
-            ("cpu_pct", json!(self.cpu_pct)),
-            ("generator", json!("xtask")),
-        ])
-    }
-}
-
 pub const METRICS: [&str; 11] = [
     "requests_per_s",
     "reads_per_s",
@@ -281,27 +228,6 @@ pub const METRICS: [&str; 11] = [
     "cpu_proxy_pct",
     "cpu_loadgen_pct",
 ];
-
-/// One run: its phases, or why it stopped.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub phases: Vec<PhaseReport>,
-    pub fatal: Option<String>,
-}
-
-impl Report {
-    /// The JSON lines: one per phase, and the fatal error if any.
-    pub fn lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.phases.iter().map(PhaseReport::to_json).collect();
-        if let Some(f) = &self.fatal {
-            lines.push(ordered_object(&[
-                ("fatal", json!(f)),
-                ("generator", json!("xtask")),
-            ]));
-        }
-        lines
-    }
-}
 
 // ---- run -----------------------------------------------------------------
 
@@ -355,15 +281,24 @@ impl Tally {
 
 /// Runs setup and the three phases against `opts.url`, with tokens minted
 /// with `secret` (plan enterprise).
-pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Report {
-    let mut report = Report::default();
-    if let Err(e) = run_inner(opts, secret, watch_pids, &mut report) {
-        report.fatal = Some(format!("{e:#}"));
+pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Err(e) = run_inner(opts, secret, watch_pids, &mut lines) {
+        lines.push(ordered_object(&[
+            ("fatal", json!(format!("{e:#}"))),
+            ("generator", json!("xtask")),
+        ]));
     }
-    report
+    lines
 }
 
-fn run_inner(opts: &Options, secret: &str, watch_pids: &[u32], report: &mut Report) -> Result<()> {
+/// The JSON lines go to `lines`, one per phase.
+fn run_inner(
+    opts: &Options,
+    secret: &str,
+    watch_pids: &[u32],
+    lines: &mut Vec<String>,
+) -> Result<()> {
     let port = super::port_of(&opts.url)?;
     let random = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let prefix = opts
@@ -401,25 +336,14 @@ fn run_inner(opts: &Options, secret: &str, watch_pids: &[u32], report: &mut Repo
     rt.block_on(async {
         open_all(&run.client, &opts.url, opts.concurrency).await?;
         for phase in [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat] {
-            let r = run_phase(&mut run, phase, (watch_pids, port)).await;
-            eprintln!("bench: presence {}: {}", phase.name(), summary_of(&r));
-            report.phases.push(r);
+            lines.push(run_phase(&mut run, phase, (watch_pids, port)).await);
         }
         Ok(())
     })
 }
 
-fn summary_of(r: &PhaseReport) -> String {
-    format!(
-        "{} req/s, p50 {} ms, p99 {} ms, {} errors",
-        r.requests_per_s,
-        r.p50_ms.map_or("-".into(), |x| x.to_string()),
-        r.p99_ms.map_or("-".into(), |x| x.to_string()),
-        r.errors
-    )
-}
-
-async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> PhaseReport {
+/// One phase: its JSON line (and a progress line on stderr).
+async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> String {
     let opts = run.opts;
     let n = opts.users as u64;
     let k_callers = match phase {
@@ -545,33 +469,54 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Pha
     for _ in 0..outcome.unanswered {
         t.fail("unanswered_at_end");
     }
-    t.lat.sort_by(f64::total_cmp);
     let secs = match phase {
         Phase::Setup => outcome.elapsed.as_secs_f64().max(1e-3),
         _ => opts.seconds,
     };
     let per_s = |x: u64| (x as f64 / secs).round() as u64;
     let max_caller = t.per_caller.iter().copied().max().unwrap_or(0);
-    PhaseReport {
-        phase: phase.name().into(),
-        requests_per_s: per_s(t.in_window),
-        reads_per_s: matches!(phase, Phase::Single | Phase::Batch).then(|| per_s(t.reads)),
-        p50_ms: percentile(&t.lat, 50.0),
-        p99_ms: percentile(&t.lat, 99.0),
-        max_ms: t.lat.last().map(|x| round_to(*x, 1)),
-        errors: t.errors.values().sum(),
-        rate_limited: t.rate_limited,
-        requests: t.in_window,
-        answers_total: t.total,
-        seconds: round_to(secs, 3),
-        concurrency: opts.concurrency,
-        users: opts.users,
-        batch: (phase == Phase::Batch).then_some(opts.batch),
-        callers: k_callers,
-        max_caller_req_per_s: round_to(max_caller as f64 / secs, 1),
-        error_detail: t.errors,
-        cpu_pct: outcome.cpu,
-    }
+    let [p50, p99, max] = spread(&mut t.lat);
+    let errors: u64 = t.errors.values().sum();
+    let show = |x: Option<f64>| x.map_or("-".into(), |x| x.to_string());
+    eprintln!(
+        "bench: presence {}: {} req/s, p50 {} ms, p99 {} ms, {errors} errors",
+        phase.name(),
+        per_s(t.in_window),
+        show(p50),
+        show(p99),
+    );
+    let reads = matches!(phase, Phase::Single | Phase::Batch).then(|| per_s(t.reads));
+    ordered_object(&[
+        ("phase", json!(phase.name())),
+        ("requests_per_s", json!(per_s(t.in_window))),
+        // Presence objects read per second (reads only).
+        ("reads_per_s", json!(reads)),
+        ("p50_ms", json!(p50)),
+        ("p99_ms", json!(p99)),
+        ("max_ms", json!(max)),
+        ("errors", json!(errors)),
+        ("rate_limited", json!(t.rate_limited)),
+        // Answers in the window (all of them for `setup`).
+        ("requests", json!(t.in_window)),
+        ("answers_total", json!(t.total)),
+        ("seconds", json!(round_to(secs, 3))),
+        ("concurrency", json!(opts.concurrency)),
+        ("users", json!(opts.users)),
+        (
+            "batch",
+            json!((phase == Phase::Batch).then_some(opts.batch)),
+        ),
+        ("callers", json!(k_callers)),
+        // The busiest caller's requests per second (the enterprise plan
+        // allows 100 after a burst of 1000).
+        (
+            "max_caller_req_per_s",
+            json!(round_to(max_caller as f64 / secs, 1)),
+        ),
+        ("error_detail", json!(t.errors)),
+        ("cpu_pct", json!(outcome.cpu)),
+        ("generator", json!("xtask")),
+    ])
 }
 
 /// The JSON body of a 200 answer; anything else is counted and `None`.
@@ -852,14 +797,7 @@ mod tests {
         }))
     }
 
-    fn values(r: &Report) -> Vec<Value> {
-        r.lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn run_against(fault: Fault) -> Report {
+    fn run_against(fault: Fault) -> Vec<Value> {
         let port = fake_presence(fault);
         let opts = Options {
             url: format!("http://127.0.0.1:{port}"),
@@ -871,35 +809,35 @@ mod tests {
             drain_seconds: 2.0,
             user_prefix: None,
         };
-        run(&opts, "secret", &[])
+        let lines = run(&opts, "secret", &[]);
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
-    fn phase<'a>(r: &'a Report, name: &str) -> &'a PhaseReport {
-        r.phases.iter().find(|p| p.phase == name).unwrap()
+    fn phase<'a>(r: &'a [Value], name: &str) -> &'a Value {
+        r.iter().find(|p| p["phase"] == name).unwrap()
     }
 
     #[test]
     fn a_correct_server_passes_every_phase() {
         let r = run_against(Fault::None);
-        assert!(r.fatal.is_none(), "{:?}", r.fatal);
-        assert!(summary::ok(&values(&r)), "{:?}", r.lines());
-        let names: Vec<&str> = r.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert!(summary::ok(&r), "{r:?}");
+        let names: Vec<&str> = r.iter().map(|p| p["phase"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["setup", "single", "batch", "heartbeat"]);
-        assert_eq!(phase(&r, "setup").requests, 20, "each user once");
+        assert_eq!(phase(&r, "setup")["requests"], 20, "each user once");
         let single = phase(&r, "single");
-        assert!(single.requests > 10, "{}", single.to_json());
-        assert_eq!(single.reads_per_s, Some(single.requests_per_s));
-        assert_eq!(single.callers, 5);
+        assert!(single["requests"].as_u64() > Some(10), "{single}");
+        assert_eq!(single["reads_per_s"], single["requests_per_s"]);
+        assert_eq!(single["callers"], 5);
         let batch = phase(&r, "batch");
-        let reads = batch.reads_per_s.unwrap();
-        assert!(
-            reads > 0 && reads.abs_diff(10 * batch.requests_per_s) <= 10,
-            "{}",
-            batch.to_json()
-        );
-        assert_eq!(phase(&r, "heartbeat").reads_per_s, None);
-        assert_eq!(phase(&r, "heartbeat").callers, 20);
-        let s = summarize(&run_opts(), &[values(&r)], &[]);
+        let reads = batch["reads_per_s"].as_u64().unwrap();
+        let requests = batch["requests_per_s"].as_u64().unwrap();
+        assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{batch}");
+        assert!(phase(&r, "heartbeat")["reads_per_s"].is_null());
+        assert_eq!(phase(&r, "heartbeat")["callers"], 20);
+        let s = summarize(&run_opts(), &[r], &[]);
         let v: Value = serde_json::from_str(&s.json).unwrap();
         assert!(v["batch_p50_over_single_p50"].is_number(), "{}", s.json);
         assert!(v["median"]["batch"]["p50_ms"].is_number());
@@ -915,34 +853,30 @@ mod tests {
         }
     }
 
+    fn codes(phase: &Value) -> Vec<&String> {
+        phase["error_detail"].as_object().unwrap().keys().collect()
+    }
+
     #[test]
     fn faults_are_reported() {
         let r = run_against(Fault::ReverseBatch);
-        let b = phase(&r, "batch");
-        assert!(b.errors > 0);
-        assert_eq!(
-            b.error_detail.keys().collect::<Vec<_>>(),
-            vec!["batch_out_of_order"]
-        );
-        assert_eq!(phase(&r, "single").errors, 0);
+        assert!(phase(&r, "batch")["errors"].as_u64() > Some(0));
+        assert_eq!(codes(phase(&r, "batch")), vec!["batch_out_of_order"]);
+        assert_eq!(phase(&r, "single")["errors"], 0);
 
         let r = run_against(Fault::ForgetHeartbeats);
-        assert!(phase(&r, "single")
-            .error_detail
-            .contains_key("stale_presence"));
-        assert!(phase(&r, "batch")
-            .error_detail
-            .contains_key("stale_presence"));
-        assert_eq!(phase(&r, "heartbeat").errors, 0, "its answers were right");
+        assert_eq!(codes(phase(&r, "single")), vec!["stale_presence"]);
+        assert_eq!(codes(phase(&r, "batch")), vec!["stale_presence"]);
+        assert_eq!(
+            phase(&r, "heartbeat")["errors"],
+            0,
+            "its answers were right"
+        );
 
         let r = run_against(Fault::Errors);
         let s = phase(&r, "single");
-        assert!(
-            s.error_detail.get("http_500").is_some_and(|n| *n > 0),
-            "{}",
-            s.to_json()
-        );
-        assert!(!summary::ok(&values(&r)));
-        assert!(summary::error_detail(&values(&r)).contains_key("single:http_500"));
+        assert!(s["error_detail"]["http_500"].as_u64() > Some(0), "{s}");
+        assert!(!summary::ok(&r));
+        assert!(summary::error_detail(&r).contains_key("single:http_500"));
     }
 }

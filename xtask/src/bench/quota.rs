@@ -31,7 +31,7 @@ use anyhow::{anyhow, bail, Result};
 use reqwest::{Client, RequestBuilder};
 
 use super::drive::{self, closed_loop, open_all, Answer, Response, Until};
-use super::summary::{ordered_object, percentile, round_to};
+use super::summary::{ordered_object, spread};
 use super::{non_empty, non_negative, positive, seconds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -357,97 +357,7 @@ pub fn exact_verdict(
     }
 }
 
-// ---- report --------------------------------------------------------------
-
-/// The result of one run: quotagen.mjs' JSON line.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub exact: bool,
-    pub checks_per_s: u64,
-    pub allowed: u64,
-    pub denied: u64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-    pub errors: u64,
-    pub subjects: usize,
-    pub concurrency: usize,
-    pub seconds: f64,
-    pub plan: String,
-    pub resource: String,
-    pub cost: u64,
-    pub callers: Option<usize>,
-    pub answers_total: u64,
-    pub error_detail: BTreeMap<String, u64>,
-    pub cpu_pct: BTreeMap<String, f64>,
-    // exact mode
-    pub exact_ok: Option<bool>,
-    pub exact_r: usize,
-    pub fired: usize,
-    pub remaining_values_ok: bool,
-    pub final_denied: Option<bool>,
-    pub final_remaining: Option<u64>,
-    /// The run could not be carried out.
-    pub fatal: Option<String>,
-}
-
-impl Report {
-    /// One JSON line, keys in quotagen.mjs' order.
-    pub fn to_json(&self) -> String {
-        let mode = if self.exact { "exact" } else { "load" };
-        let mut f: Vec<(&str, Value)> = Vec::new();
-        if let Some(fatal) = &self.fatal {
-            f.push(("mode", json!(mode)));
-            f.push(("fatal", json!(fatal)));
-            f.push(("errors", json!(self.errors)));
-            f.push(("error_detail", json!(self.error_detail)));
-            if self.exact {
-                f.push(("exact_ok", json!(false)));
-            }
-        } else if self.exact {
-            f.extend([
-                ("mode", json!(mode)),
-                ("exact_ok", json!(self.exact_ok)),
-                ("exact_R", json!(self.exact_r)),
-                ("fired", json!(self.fired)),
-                ("allowed", json!(self.allowed)),
-                ("denied", json!(self.denied)),
-                ("remaining_values_ok", json!(self.remaining_values_ok)),
-                ("final_denied", json!(self.final_denied)),
-                ("final_remaining", json!(self.final_remaining)),
-                ("p50_ms", json!(self.p50_ms)),
-                ("p99_ms", json!(self.p99_ms)),
-                ("max_ms", json!(self.max_ms)),
-                ("errors", json!(self.errors)),
-                ("plan", json!(self.plan)),
-                ("resource", json!(self.resource)),
-                ("error_detail", json!(self.error_detail)),
-            ]);
-        } else {
-            f.extend([
-                ("checks_per_s", json!(self.checks_per_s)),
-                ("allowed", json!(self.allowed)),
-                ("denied", json!(self.denied)),
-                ("p50_ms", json!(self.p50_ms)),
-                ("p99_ms", json!(self.p99_ms)),
-                ("max_ms", json!(self.max_ms)),
-                ("errors", json!(self.errors)),
-                ("subjects", json!(self.subjects)),
-                ("concurrency", json!(self.concurrency)),
-                ("seconds", json!(self.seconds)),
-                ("plan", json!(self.plan)),
-                ("resource", json!(self.resource)),
-                ("cost", json!(self.cost)),
-                ("callers", json!(self.callers)),
-                ("answers_total", json!(self.answers_total)),
-                ("error_detail", json!(self.error_detail)),
-                ("cpu_pct", json!(self.cpu_pct)),
-            ]);
-        }
-        f.push(("generator", json!("xtask")));
-        ordered_object(&f)
-    }
-}
+// ---- run -----------------------------------------------------------------
 
 /// The figures summarised for load runs (as summarize.mjs).
 pub const LOAD_METRICS: [&str; 13] = [
@@ -476,15 +386,6 @@ pub const EXACT_METRICS: [&str; 7] = [
     "p99_ms",
     "errors",
 ];
-
-impl Report {
-    /// Whether the run passed its checks.
-    pub fn ok(&self) -> bool {
-        self.errors == 0 && self.exact_ok != Some(false) && self.fatal.is_none()
-    }
-}
-
-// ---- run -----------------------------------------------------------------
 
 struct Gen<'a> {
     opts: &'a Options,
@@ -523,15 +424,9 @@ impl Gen<'_> {
     }
 }
 
-/// Runs the generator against `opts.url`; a run that cannot be carried out
-/// is a report with `fatal` set.
-pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Report {
-    let mut report = Report {
-        exact: opts.exact() > 0,
-        plan: opts.plan().to_owned(),
-        resource: opts.resource().name().to_owned(),
-        ..Report::default()
-    };
+/// Runs the generator against `opts.url`: quotagen.mjs' JSON line (a run
+/// that cannot be carried out has `fatal`).
+pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> String {
     let mut checker = Checker::new(opts.resource());
     let result = (|| {
         let auth = match auth {
@@ -558,20 +453,35 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Report {
             .build()?;
         let r = rt.block_on(async {
             if opts.exact() > 0 {
-                exact_mode(&mut gen, &mut report).await
+                exact_mode(&mut gen).await
             } else {
-                load_mode(&mut gen, port, watch_pids, &mut report).await
+                load_mode(&mut gen, port, watch_pids).await
             }
         });
         checker = gen.checker;
         r
     })();
-    report.errors = checker.count() + u64::from(result.is_err());
-    report.error_detail = checker.errors;
-    if let Err(e) = result {
-        report.fatal = Some(format!("{e:#}"));
+    // The modes leave `errors` and `error_detail` (null) where their lines
+    // have them; the checker's final counts go there.
+    let mut f = result.unwrap_or_else(|e| {
+        let mode = if opts.exact() > 0 { "exact" } else { "load" };
+        let mut f = vec![("mode", json!(mode)), ("fatal", json!(format!("{e:#}")))];
+        f.extend([("errors", Value::Null), ("error_detail", Value::Null)]);
+        if opts.exact() > 0 {
+            f.push(("exact_ok", json!(false)));
+        }
+        f
+    });
+    let fatal = u64::from(f[1].0 == "fatal");
+    for (k, v) in &mut f {
+        match *k {
+            "errors" => *v = json!(checker.count() + fatal),
+            "error_detail" => *v = json!(checker.errors),
+            _ => {}
+        }
     }
-    report
+    f.push(("generator", json!("xtask")));
+    ordered_object(&f)
 }
 
 fn prefix(opts: &Options) -> String {
@@ -581,12 +491,9 @@ fn prefix(opts: &Options) -> String {
         .unwrap_or_else(|| format!("qg-{}", random()))
 }
 
-async fn load_mode(
-    gen: &mut Gen<'_>,
-    port: u16,
-    watch_pids: &[u32],
-    report: &mut Report,
-) -> Result<()> {
+type Fields = Vec<(&'static str, Value)>;
+
+async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<Fields> {
     let opts = gen.opts;
     open_all(&gen.client, &opts.url, opts.concurrency).await?;
     let prefix = prefix(opts);
@@ -628,27 +535,33 @@ async fn load_mode(
     for _ in 0..outcome.unanswered {
         gen.checker.fail("unanswered_at_end");
     }
-    lat.sort_by(f64::total_cmp);
-    *report = Report {
-        checks_per_s: ((allowed + denied) as f64 / opts.seconds).round() as u64,
-        allowed,
-        denied,
-        p50_ms: percentile(&lat, 50.0),
-        p99_ms: percentile(&lat, 99.0),
-        max_ms: lat.last().map(|x| round_to(*x, 1)),
-        subjects: opts.subjects,
-        concurrency: opts.concurrency,
-        seconds: opts.seconds,
-        cost: opts.cost,
-        callers: (!gen.auth.is_empty()).then_some(gen.auth.len()),
-        answers_total: total,
-        cpu_pct: outcome.cpu,
-        ..std::mem::take(report)
-    };
-    Ok(())
+    let [p50, p99, max] = spread(&mut lat);
+    let callers = (!gen.auth.is_empty()).then_some(gen.auth.len());
+    Ok(vec![
+        (
+            "checks_per_s",
+            json!(((allowed + denied) as f64 / opts.seconds).round() as u64),
+        ),
+        ("allowed", json!(allowed)),
+        ("denied", json!(denied)),
+        ("p50_ms", json!(p50)),
+        ("p99_ms", json!(p99)),
+        ("max_ms", json!(max)),
+        ("errors", Value::Null),
+        ("subjects", json!(opts.subjects)),
+        ("concurrency", json!(opts.concurrency)),
+        ("seconds", json!(opts.seconds)),
+        ("plan", json!(opts.plan())),
+        ("resource", json!(opts.resource().name())),
+        ("cost", json!(opts.cost)),
+        ("callers", json!(callers)),
+        ("answers_total", json!(total)),
+        ("error_detail", Value::Null),
+        ("cpu_pct", json!(outcome.cpu)),
+    ])
 }
 
-async fn exact_mode(gen: &mut Gen<'_>, report: &mut Report) -> Result<()> {
+async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
     let opts = gen.opts;
     let r = opts.exact() as u64;
     let subject = format!("{}-exact", prefix(opts));
@@ -701,19 +614,28 @@ async fn exact_mode(gen: &mut Gen<'_>, report: &mut Report) -> Result<()> {
         gen.checker.count(),
     );
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
-    lat.sort_by(f64::total_cmp);
-    report.exact_ok = Some(v.exact_ok);
-    report.exact_r = opts.exact();
-    report.fired = n;
-    report.allowed = allowed;
-    report.denied = denied;
-    report.remaining_values_ok = v.remaining_values_ok;
-    report.final_denied = last.as_ref().map(|d| !d.allowed);
-    report.final_remaining = last.as_ref().and_then(|d| d.remaining);
-    report.p50_ms = percentile(&lat, 50.0);
-    report.p99_ms = percentile(&lat, 99.0);
-    report.max_ms = lat.last().map(|x| round_to(*x, 1));
-    Ok(())
+    let [p50, p99, max] = spread(&mut lat);
+    Ok(vec![
+        ("mode", json!("exact")),
+        ("exact_ok", json!(v.exact_ok)),
+        ("exact_R", json!(r)),
+        ("fired", json!(n)),
+        ("allowed", json!(allowed)),
+        ("denied", json!(denied)),
+        ("remaining_values_ok", json!(v.remaining_values_ok)),
+        ("final_denied", json!(last.as_ref().map(|d| !d.allowed))),
+        (
+            "final_remaining",
+            json!(last.as_ref().and_then(|d| d.remaining)),
+        ),
+        ("p50_ms", json!(p50)),
+        ("p99_ms", json!(p99)),
+        ("max_ms", json!(max)),
+        ("errors", Value::Null),
+        ("plan", json!(plan)),
+        ("resource", json!(resource)),
+        ("error_detail", Value::Null),
+    ])
 }
 
 /// One check of exact mode's set-up; an error says what failed.
@@ -740,6 +662,11 @@ mod tests {
 
     use super::*;
     use crate::bench::drive::fake;
+    use crate::bench::summary;
+
+    fn line(text: String) -> Value {
+        serde_json::from_str(&text).unwrap()
+    }
 
     const POLICY: &str = "\"api\";q=6000;w=60";
     const LIMIT: &str = "\"api\";r=999;t=1";
@@ -1020,35 +947,35 @@ mod tests {
             exact: Some(5),
             ..opts(fake_quota(Fault::None, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.exact_ok, Some(true), "{}", r.to_json());
-        assert_eq!((r.allowed, r.denied, r.fired), (5, 5, 10));
-        assert_eq!(r.final_remaining, Some(0));
-        assert!(r.ok());
+        let r = line(run(&o, &Auth::None, &[]));
+        assert_eq!(r["exact_ok"], true, "{r}");
+        assert_eq!(
+            (&r["allowed"], &r["denied"], &r["fired"]),
+            (&json!(5), &json!(5), &json!(10))
+        );
+        assert_eq!(r["final_remaining"], 0);
+        assert!(summary::ok(&[r]));
 
         let o = Options {
             exact: Some(5),
             ..opts(fake_quota(Fault::OverAdmit, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.exact_ok, Some(false), "{}", r.to_json());
-        assert_eq!((r.allowed, r.denied), (6, 4));
-        assert_eq!(r.error_detail.get("duplicate_remaining"), Some(&1));
-        assert!(!r.ok());
+        let r = line(run(&o, &Auth::None, &[]));
+        assert_eq!(r["exact_ok"], false, "{r}");
+        assert_eq!((&r["allowed"], &r["denied"]), (&json!(6), &json!(4)));
+        assert_eq!(r["error_detail"]["duplicate_remaining"], 1);
+        assert!(!summary::ok(&[r]));
 
         // too few units for R (99 left after the first check): a fatal report
         let o = Options {
             exact: Some(100),
             ..opts(fake_quota(Fault::None, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert!(
-            r.fatal.as_deref().unwrap().contains("needs more"),
-            "{}",
-            r.to_json()
-        );
-        assert!(!r.ok());
-        assert!(r.to_json().contains("\"exact_ok\":false"));
+        let text = run(&o, &Auth::None, &[]);
+        let r = line(text.clone());
+        assert!(r["fatal"].as_str().unwrap().contains("needs more"), "{r}");
+        assert!(text.contains("\"exact_ok\":false"));
+        assert!(!summary::ok(&[r]));
     }
 
     #[test]
@@ -1058,22 +985,32 @@ mod tests {
             resource: Some(Resource::Points),
             ..opts(fake_quota(Fault::None, 50))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.errors, 0, "{}", r.to_json());
-        assert_eq!(r.allowed, 150, "{}", r.to_json());
-        assert!(r.denied > 0 && r.checks_per_s > 0, "{}", r.to_json());
-        assert!(r.p50_ms.is_some() && r.cpu_pct.contains_key("loadgen"));
-        let line: Value = serde_json::from_str(&r.to_json()).unwrap();
-        assert_eq!(line["resource"], "points");
-        assert_eq!(line["plan"], "enterprise");
-
-        let r = run(&opts(fake_quota(Fault::NoHeaders, 1000)), &Auth::None, &[]);
-        assert!(r.errors > 0);
+        let r = line(run(&o, &Auth::None, &[]));
         assert_eq!(
-            r.error_detail.keys().collect::<Vec<_>>(),
-            vec!["bad_ratelimit_headers"]
+            (&r["errors"], &r["allowed"]),
+            (&json!(0), &json!(150)),
+            "{r}"
         );
-        assert_eq!(r.allowed + r.denied, 0, "malformed answers do not count");
+        assert!(r["denied"].as_u64() > Some(0) && r["checks_per_s"].as_u64() > Some(0));
+        assert!(r["p50_ms"].is_number() && r["cpu_pct"]["loadgen"].is_number());
+        assert_eq!(
+            (&r["resource"], &r["plan"]),
+            (&json!("points"), &json!("enterprise"))
+        );
+
+        let r = line(run(
+            &opts(fake_quota(Fault::NoHeaders, 1000)),
+            &Auth::None,
+            &[],
+        ));
+        assert!(r["errors"].as_u64() > Some(0));
+        let codes: Vec<&String> = r["error_detail"].as_object().unwrap().keys().collect();
+        assert_eq!(codes, vec!["bad_ratelimit_headers"]);
+        assert_eq!(
+            (&r["allowed"], &r["denied"]),
+            (&json!(0), &json!(0)),
+            "malformed answers do not count"
+        );
 
         // nobody listening: fatal
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1081,11 +1018,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let r = run(&opts(port), &Auth::None, &[]);
+        let r = line(run(&opts(port), &Auth::None, &[]));
         assert!(
-            r.fatal.as_deref().unwrap().starts_with("GET /health"),
-            "{}",
-            r.to_json()
+            r["fatal"].as_str().unwrap().starts_with("GET /health"),
+            "{r}"
         );
     }
 
@@ -1129,9 +1065,8 @@ mod tests {
             callers: 3,
             ..opts(port)
         };
-        let r = run(&o, &Auth::Service("secret".into()), &[]);
-        assert_eq!(r.errors, 0, "{}", r.to_json());
-        assert_eq!(r.callers, Some(3));
+        let r = line(run(&o, &Auth::Service("secret".into()), &[]));
+        assert_eq!((&r["errors"], &r["callers"]), (&json!(0), &json!(3)), "{r}");
         let mut who: Vec<String> = subs.lock().unwrap().iter().cloned().collect();
         who.sort();
         assert_eq!(

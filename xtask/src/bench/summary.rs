@@ -24,6 +24,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(i).map(|x| round_to(*x, 2))
 }
 
+/// p50, p99 (see [`percentile`]) and maximum (rounded to 0.1) of latencies.
+pub fn spread(lat: &mut [f64]) -> [Option<f64>; 3] {
+    lat.sort_by(f64::total_cmp);
+    let max = lat.last().map(|x| round_to(*x, 1));
+    [percentile(lat, 50.0), percentile(lat, 99.0), max]
+}
+
 /// A JSON object with its keys in the given order.
 pub fn ordered_object(fields: &[(&str, Value)]) -> String {
     let body: Vec<String> = fields
