@@ -182,64 +182,41 @@ pub fn build(root: &Path, tools: &setup::Tools, features: Option<&str>) -> Resul
 fn test() -> Result<()> {
     let root = root();
     let tools = setup::all(&root)?;
-    let cargo = |args: &[&str]| {
+    let cargo_with = |args: &str| {
         let mut c = Command::new(cargo());
-        c.current_dir(&root).args(args);
+        c.current_dir(&root).args(args.split_whitespace());
         c
     };
     let step = |name: &str| println!("\n==> {name}");
 
     step("cargo fmt --check");
-    run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    run(&mut cargo_with("fmt --all -- --check"))?;
 
     step("cargo clippy (host)");
-    run(&mut cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(&mut cargo_with(
+        "clippy --workspace --all-targets -- -D warnings",
+    ))?;
 
     step("cargo clippy (wasm32)");
-    run(&mut cargo(&[
-        "clippy",
-        "-p",
-        "sesh",
-        "-p",
-        "sesh-protocol",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--lib",
-        "--tests",
-        "--features",
-        "test-faults",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(&mut cargo_with(
+        "clippy -p sesh -p sesh-protocol --target wasm32-unknown-unknown --lib --tests \
+         --features test-faults -- -D warnings",
+    ))?;
 
     step("native unit tests");
-    run(&mut cargo(&["test", "--workspace", "--lib", "--bins"]))?;
+    run(&mut cargo_with("test --workspace --lib --bins"))?;
 
     step("wasm-bindgen tests (wasm32 in Node)");
-    run(cargo(&[
-        "test",
-        "-p",
-        "sesh",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--test",
-        "wasm",
-    ])
-    .env("PATH", setup::path_with(&tools.wasm_bindgen_dir())))?;
+    run(
+        cargo_with("test -p sesh --target wasm32-unknown-unknown --test wasm")
+            .env("PATH", setup::path_with(&tools.wasm_bindgen_dir())),
+    )?;
 
     step("build the Worker (with test fault switches)");
     build(&root, &tools, Some("test-faults"))?;
 
     step("integration tests against wrangler dev");
-    run(cargo(&["test", "-p", "sesh", "--test", "integration"])
+    run(cargo_with("test -p sesh --test integration")
         .env("SESH_WRANGLER", setup::wrangler_bin(&root))
         .env("SESH_PREBUILT", "1"))?;
 

@@ -22,10 +22,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
 use anyhow::{bail, Result};
 use reqwest::Client;
+use serde_json::{json, Value};
 
 use super::drive::{self, closed_loop, open_all, Answer, Until};
 use super::summary::{ordered_object, round_to, spread, Stats, Summary};

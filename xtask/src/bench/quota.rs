@@ -25,10 +25,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde_json::{json, Value};
-
 use anyhow::{anyhow, bail, Result};
 use reqwest::{Client, RequestBuilder};
+use serde_json::{json, Value};
 
 use super::drive::{self, closed_loop, open_all, Answer, Response, Until};
 use super::summary::{ordered_object, spread};
@@ -760,82 +759,30 @@ mod tests {
             checked(&mut c, 200, unlimited, true).1,
             Vec::<String>::new()
         );
-        for (status, body, headers, code) in [
-            (500, "{}", true, "http_500"),
-            (200, "nope", true, "bad_json"),
-            (200, "3", true, "bad_json"),
-            (200, r#"{"limit":1}"#, true, "body_without_allowed"),
-            (
-                429,
-                r#"{"error":{"code":"rate_limited"}}"#,
-                true,
-                "http_429_rate_limited",
-            ),
-            (429, "{}", true, "http_429_without_allowed"),
-            (
-                200,
-                r#"{"allowed":false,"limit":1,"remaining":0,"resetMs":1}"#,
-                true,
-                "allowed_status_mismatch",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":1,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":null,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":null}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":-1}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":1,"retryAfterMs":null}"#,
-                true,
-                "bad_retryAfterMs",
-            ),
-            (
-                429,
-                r#"{"allowed":false,"limit":5,"remaining":0,"resetMs":1}"#,
-                true,
-                "429_without_error",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":3,"resetMs":1}"#,
-                false,
-                "bad_ratelimit_headers",
-            ),
-        ] {
-            let (d, e) = checked(&mut c, status, body, headers);
-            assert_eq!(d, None, "{body}");
-            assert_eq!(e, vec![code.to_owned()], "{body}");
+        // status, RateLimit headers or not, the error code, the body
+        let cases = r#"
+500 h http_500 {}
+200 h bad_json nope
+200 h bad_json 3
+200 h body_without_allowed {"limit":1}
+429 h http_429_rate_limited {"error":{"code":"rate_limited"}}
+429 h http_429_without_allowed {}
+200 h allowed_status_mismatch {"allowed":false,"limit":1,"remaining":0,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"limit":1,"remaining":2,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"limit":null,"remaining":2,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"remaining":2,"resetMs":1}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2,"resetMs":null}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2,"resetMs":-1}
+200 h bad_retryAfterMs {"allowed":true,"limit":5,"remaining":2,"resetMs":1,"retryAfterMs":null}
+429 h 429_without_error {"allowed":false,"limit":5,"remaining":0,"resetMs":1}
+200 - bad_ratelimit_headers {"allowed":true,"limit":5,"remaining":3,"resetMs":1}
+"#;
+        for case in cases.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = case.splitn(4, ' ').collect();
+            let (d, e) = checked(&mut c, f[0].parse().unwrap(), f[3], f[1] == "h");
+            assert_eq!(d, None, "{case}");
+            assert_eq!(e, vec![f[2].to_owned()], "{case}");
         }
         let transport: Result<Response, String> = Err("ConnectionReset".into());
         assert_eq!(c.check(&transport, "s"), None);
