@@ -155,15 +155,28 @@ async fn two_clients_survive_a_sigkill_with_every_point_once() {
     assert_eq!(sa_seqs.len(), N, "a: one seq per point");
     assert_eq!(sb_seqs.len(), N, "b: one seq per point");
     let all: BTreeSet<u64> = sa_seqs.union(&sb_seqs).copied().collect();
-    assert_eq!(all, (1..=2 * N as u64).collect(), "stored once each, no gaps");
+    assert_eq!(
+        all,
+        (1..=2 * N as u64).collect(),
+        "stored once each, no gaps"
+    );
     // Each saw the other's points once, in order, and nothing of its own.
     assert_eq!(seen_by_a, sb_seqs.iter().copied().collect::<Vec<_>>());
     assert_eq!(seen_by_b, sa_seqs.iter().copied().collect::<Vec<_>>());
     assert!(users_a.iter().all(|u| *u == b) && users_b.iter().all(|u| *u == a));
     // They reconnected by themselves, with a fresh token each time.
-    assert!(connects_a >= 1 && connects_b >= 1, "{connects_a} {connects_b}");
-    assert!(calls_a.load(Ordering::SeqCst) >= 3, "token asked per connect");
-    assert!(calls_b.load(Ordering::SeqCst) >= 2, "token asked per connect");
+    assert!(
+        connects_a >= 1 && connects_b >= 1,
+        "{connects_a} {connects_b}"
+    );
+    assert!(
+        calls_a.load(Ordering::SeqCst) >= 3,
+        "token asked per connect"
+    );
+    assert!(
+        calls_b.load(Ordering::SeqCst) >= 2,
+        "token asked per connect"
+    );
 
     // The HTTP read agrees, and D1 holds each point exactly once after the
     // end flush.
