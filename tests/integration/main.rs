@@ -11,6 +11,8 @@ mod client;
 #[cfg(not(target_arch = "wasm32"))]
 mod client_e2e;
 #[cfg(not(target_arch = "wasm32"))]
+mod console;
+#[cfg(not(target_arch = "wasm32"))]
 mod faults;
 #[cfg(not(target_arch = "wasm32"))]
 mod gateway;
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         faults::TESTS,
         history::TESTS,
         client_e2e::TESTS,
+        console::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {
