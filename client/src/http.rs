@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -43,24 +42,31 @@ type TokenFn = dyn Fn() -> BoxFuture<Result<String, Error>> + Send + Sync;
 #[cfg(target_arch = "wasm32")]
 type TokenFn = dyn Fn() -> BoxFuture<Result<String, Error>>;
 
+/// Shared ownership across tasks: atomic where tasks may run on other
+/// threads, plain in the browser's single thread.
+#[cfg(not(target_arch = "wasm32"))]
+type Shared<T> = std::sync::Arc<T>;
+#[cfg(target_arch = "wasm32")]
+type Shared<T> = std::rc::Rc<T>;
+
 /// A client of one Sesh server. Cheap to clone; clones share the
 /// connection pool and the token provider.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    inner: Shared<Inner>,
 }
 
 struct Inner {
     base: String,
     http: reqwest::Client,
-    token: Arc<TokenFn>,
+    token: Shared<TokenFn>,
     live: LiveConfig,
 }
 
 /// Builds a [`Client`].
 pub struct ClientBuilder {
     base: String,
-    token: Arc<TokenFn>,
+    token: Shared<TokenFn>,
     live: LiveConfig,
 }
 
@@ -68,7 +74,7 @@ impl ClientBuilder {
     /// Uses this token for every request and connect.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         let token: String = token.into();
-        self.token = Arc::new(move || {
+        self.token = Shared::new(move || {
             let t = token.clone();
             Box::pin(async move { Ok(t) })
         });
@@ -83,7 +89,7 @@ impl ClientBuilder {
         F: Fn() -> Fut + MaybeSend + 'static,
         Fut: Future<Output = Result<String, Error>> + MaybeSendFuture + 'static,
     {
-        self.token = Arc::new(move || Box::pin(provider()));
+        self.token = Shared::new(move || Box::pin(provider()));
         self
     }
 
@@ -97,7 +103,7 @@ impl ClientBuilder {
     /// The client.
     pub fn build(self) -> Client {
         Client {
-            inner: Arc::new(Inner {
+            inner: Shared::new(Inner {
                 base: self.base.trim_end_matches('/').to_owned(),
                 http: reqwest::Client::new(),
                 token: self.token,
@@ -190,7 +196,7 @@ impl Client {
     pub fn builder(base: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             base: base.into(),
-            token: Arc::new(|| Box::pin(async { Err(Error::new("unauthorized", "no token")) })),
+            token: Shared::new(|| Box::pin(async { Err(Error::new("unauthorized", "no token")) })),
             live: LiveConfig::default(),
         }
     }

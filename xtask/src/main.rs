@@ -162,6 +162,8 @@ fn test(_args: &[String]) -> Result<(), String> {
         "sesh",
         "-p",
         "sesh-protocol",
+        "-p",
+        "sesh-client",
         "--target",
         "wasm32-unknown-unknown",
         "--lib",
@@ -196,11 +198,14 @@ fn test(_args: &[String]) -> Result<(), String> {
     step("build the Worker (with test fault switches)");
     build(&root, &tools, &["test-faults"])?;
 
-    step("integration tests against wrangler dev");
+    step("integration tests against wrangler dev (with the console in headless Chromium)");
+    let chromium = setup::chromium()?;
     run(Command::new(&cargo)
         .current_dir(&root)
         .env("SESH_WRANGLER", tools.wrangler_bin(&root))
         .env("SESH_PREBUILT", "1")
+        .env("SESH_BROWSER_TESTS", "1")
+        .env("CHROMIUM", chromium)
         .args(["test", "-p", "sesh", "--test", "integration"]))?;
 
     println!("\nall test stages passed");
