@@ -199,8 +199,8 @@ fn test() -> Result<()> {
 
     step("cargo clippy (wasm32)");
     run(&mut cargo_with(
-        "clippy -p sesh -p sesh-protocol --target wasm32-unknown-unknown --lib --tests \
-         --features test-faults -- -D warnings",
+        "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
+         --lib --tests --features test-faults -- -D warnings",
     ))?;
 
     step("native unit tests");
@@ -215,10 +215,13 @@ fn test() -> Result<()> {
     step("build the Worker (with test fault switches)");
     build(&root, &tools, Some("test-faults"))?;
 
-    step("integration tests against wrangler dev");
+    step("integration tests against wrangler dev (with the console in headless Chromium)");
+    let chromium = setup::chromium()?;
     run(cargo_with("test -p sesh --test integration")
         .env("SESH_WRANGLER", setup::wrangler_bin(&root))
-        .env("SESH_PREBUILT", "1"))?;
+        .env("SESH_PREBUILT", "1")
+        .env("SESH_BROWSER_TESTS", "1")
+        .env("CHROMIUM", chromium))?;
 
     println!("\nall test stages passed");
     Ok(())

@@ -160,7 +160,10 @@ fn npm_packages(root: &Path) -> Result<()> {
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["version"].as_str().map(str::to_owned));
-    if installed.as_deref() != Some(WRANGLER_VERSION) {
+    let playwright = root
+        .join("node_modules/playwright-core/package.json")
+        .exists();
+    if installed.as_deref() != Some(WRANGLER_VERSION) || !playwright {
         println!("setup: installing npm packages (wrangler {WRANGLER_VERSION}) with npm ci");
         run(Command::new("npm")
             .current_dir(root)
@@ -207,4 +210,20 @@ pub fn auth_secret(root: &Path) -> Result<String> {
         .next()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| anyhow!("AUTH_SECRET is missing from .dev.vars"))
+}
+
+/// Debian's Chromium and its driver for the browser tests, installed with
+/// apt when missing (the tests run as root; nothing is downloaded from
+/// outside the package registries). Answers the browser's path.
+pub fn chromium() -> Result<PathBuf> {
+    let browser = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    if !browser.exists() || !driver.exists() {
+        println!("setup: installing chromium and chromium-driver with apt-get");
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(browser)
 }
