@@ -16,3 +16,7 @@ pub fn set_d1_failing(on: bool) {
 pub fn d1_failing() -> bool {
     D1_FAILING.load(Ordering::SeqCst)
 }
+
+/// A point of this kind makes the storage transaction that writes it fail
+/// (after its points were inserted), so tests see the rollback.
+pub const FAIL_STORE_KIND: &str = "fault.store";

@@ -431,7 +431,9 @@ mod tests {
         s.stats.insert("hr".into(), hr);
         let json = round_trip(&s);
         assert!(
-            json.contains(r#""stats":{"hr":{"count":3,"sum":210.5,"min":60.0,"max":80.5,"last":60.0}}"#),
+            json.contains(
+                r#""stats":{"hr":{"count":3,"sum":210.5,"min":60.0,"max":80.5,"last":60.0}}"#
+            ),
             "{json}"
         );
         let mut v = serde_json::to_value(&s).expect("serialize");

@@ -1,7 +1,7 @@
 //! The D1 layout (CONTRACT.md section 5, "Durability") as SQL text: monthly
-//! partition tables, created on first write, and the statements of one
-//! flush. Plain strings so the layout is tested natively; the session
-//! object binds and runs them.
+//! partition tables, created on first write, and the plan of one flush
+//! ([`plan`]): statements with their parameters as plain values, tested
+//! natively; the session object only binds and runs them, in one batch.
 //!
 //! Points go in as one JSON array per partition and statement, expanded by
 //! SQLite's `json_each`: a single bound parameter however many points, so
@@ -9,7 +9,133 @@
 
 use std::collections::BTreeMap;
 
-use crate::time::{month_suffix, Millis};
+use sesh_protocol::SessionStatus;
+
+use crate::core::session::Meta;
+use crate::time::{month_suffix, rfc3339, Millis};
+
+/// A bound parameter as a plain value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// SQL text.
+    Text(String),
+    /// A number (D1 binds JS numbers).
+    Num(f64),
+    /// SQL NULL.
+    Null,
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Param {
+        Param::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Param {
+    fn from(s: String) -> Param {
+        Param::Text(s)
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(s: Option<String>) -> Param {
+        s.map_or(Param::Null, Param::Text)
+    }
+}
+
+/// One statement of a D1 batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stmt {
+    /// SQL text.
+    pub sql: String,
+    /// Its parameters, `?1` first.
+    pub params: Vec<Param>,
+}
+
+impl Stmt {
+    fn new(sql: impl Into<String>, params: Vec<Param>) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            params,
+        }
+    }
+}
+
+/// The statements of one flush, run as one D1 batch (all or nothing), and
+/// the partition tables it makes sure of (to remember once it succeeded).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// In order.
+    pub stmts: Vec<Stmt>,
+    /// Partition tables the batch creates if missing.
+    pub tables: Vec<String>,
+}
+
+/// Plans one flush: the partitions it needs that `known` does not know of
+/// (created and recorded in the same batch), the points as JSON arrays per
+/// month of their `ts`, and the session row in the month of its start.
+/// `points` are `(ts, stored JSON)` in seq order.
+pub fn plan(
+    meta: &Meta,
+    point_count: u64,
+    points: &[(Millis, String)],
+    now: Millis,
+    known: impl Fn(&str) -> bool,
+) -> Plan {
+    let now = rfc3339(now);
+    let session_month = month_suffix(meta.started_at);
+    let chunks = chunk_by_month(points);
+    let mut months = vec![(
+        create_sessions(&session_month),
+        sessions_table(&session_month),
+    )];
+    for (m, _) in &chunks {
+        let table = points_table(m);
+        if !months.iter().any(|(_, t)| *t == table) {
+            months.push((create_points(m), table));
+        }
+    }
+    let mut p = Plan::default();
+    for (create, table) in months {
+        if !known(&table) {
+            p.stmts.push(Stmt::new(create, Vec::new()));
+            p.stmts.push(Stmt::new(
+                RECORD_PARTITION,
+                vec![table.as_str().into(), now.as_str().into()],
+            ));
+        }
+        p.tables.push(table);
+    }
+    for (m, arr) in chunks {
+        p.stmts.push(Stmt::new(
+            insert_points(&m),
+            vec![meta.id.as_str().into(), arr.into()],
+        ));
+    }
+    let status = match meta.status {
+        SessionStatus::Active => "active",
+        SessionStatus::Ended => "ended",
+    };
+    p.stmts.push(Stmt::new(
+        upsert_session(&session_month),
+        vec![
+            meta.id.as_str().into(),
+            meta.owner_id.as_str().into(),
+            meta.title.clone().into(),
+            serde_json::to_string(&meta.members)
+                .unwrap_or_else(|_| "[]".into())
+                .into(),
+            serde_json::to_string(&meta.metadata)
+                .unwrap_or_else(|_| "{}".into())
+                .into(),
+            status.into(),
+            rfc3339(meta.started_at).into(),
+            meta.ended_at.map(rfc3339).into(),
+            Param::Num(point_count as f64),
+        ],
+    ));
+    p
+}
 
 /// Largest JSON array bound to one insert (D1 caps a bound value at 2 MB).
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
@@ -150,6 +276,66 @@ mod tests {
             n += v.len();
         }
         assert_eq!(n, 12, "every point exactly once");
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            id: "019ac5a4-1d20-7000-8000-000000000000".into(),
+            owner_id: "alice".into(),
+            title: Some("t".into()),
+            members: vec!["bob".into()],
+            metadata: serde_json::Map::new(),
+            status: SessionStatus::Active,
+            started_at: NOV,
+            ended_at: None,
+            max_participants: 5,
+            owner_plan: "free".into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_creates_unknown_partitions_inserts_by_month_and_upserts_the_row() {
+        let pts = vec![
+            (NOV, r#"{"seq":1}"#.to_owned()),
+            (DEC, r#"{"seq":2}"#.to_owned()),
+        ];
+        let p = plan(&meta(), 2, &pts, DEC, |_| false);
+        let sql: Vec<&str> = p.stmts.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sql.len(), 9, "{sql:#?}");
+        assert!(sql[0].starts_with("CREATE TABLE IF NOT EXISTS sessions_2025_11"));
+        assert_eq!(sql[1], RECORD_PARTITION);
+        assert_eq!(
+            p.stmts[1].params,
+            vec![
+                Param::Text("sessions_2025_11".into()),
+                Param::Text("2025-12-01T00:00:00.000Z".into())
+            ]
+        );
+        assert!(sql[2].contains("session_points_2025_11"));
+        assert!(sql[4].contains("session_points_2025_12"));
+        assert!(sql[6].starts_with("INSERT OR IGNORE INTO session_points_2025_11"));
+        assert_eq!(p.stmts[6].params[1], Param::Text(r#"[{"seq":1}]"#.into()));
+        assert!(sql[7].starts_with("INSERT OR IGNORE INTO session_points_2025_12"));
+        assert!(sql[8].starts_with("INSERT INTO sessions_2025_11"));
+        let row = &p.stmts[8].params;
+        assert_eq!(row.len(), 9);
+        assert_eq!(row[2], Param::Text("t".into()));
+        assert_eq!(row[3], Param::Text(r#"["bob"]"#.into()));
+        assert_eq!(row[5], Param::Text("active".into()));
+        assert_eq!(row[7], Param::Null);
+        assert_eq!(row[8], Param::Num(2.0));
+        assert_eq!(
+            p.tables,
+            vec![
+                "sessions_2025_11".to_owned(),
+                "session_points_2025_11".to_owned(),
+                "session_points_2025_12".to_owned()
+            ]
+        );
+        // Known partitions are not created again; a row-only flush is one
+        // statement.
+        let p = plan(&meta(), 0, &[], DEC, |_| true);
+        assert_eq!(p.stmts.len(), 1);
     }
 
     #[test]

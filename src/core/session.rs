@@ -396,11 +396,7 @@ impl SessionCore {
             reserving: None,
             block: cfg.reserve_block,
             last_activity: now,
-            session_limit: Gcra::new(
-                cfg.session_frames_per_sec,
-                cfg.session_frames_burst,
-                &clock,
-            ),
+            session_limit: Gcra::new(cfg.session_frames_per_sec, cfg.session_frames_burst, &clock),
             clock,
             out: VecDeque::new(),
             cfg,
@@ -744,7 +740,9 @@ impl SessionCore {
         if self.st.meta.status == SessionStatus::Ended {
             return Err(ApiError::SessionEnded);
         }
-        if p.ts.is_some_and(|ts| ts > now.saturating_add(MAX_TS_AHEAD_MS)) {
+        if p.ts
+            .is_some_and(|ts| ts > now.saturating_add(MAX_TS_AHEAD_MS))
+        {
             return Err(ApiError::Validation(
                 "ts lies more than 24 hours ahead of server time".into(),
             ));

@@ -13,6 +13,8 @@ mod faults;
 #[cfg(not(target_arch = "wasm32"))]
 mod gateway;
 #[cfg(not(target_arch = "wasm32"))]
+mod hardening;
+#[cfg(not(target_arch = "wasm32"))]
 mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 mod presence;
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         presence::TESTS,
         quota::TESTS,
         faults::TESTS,
+        hardening::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {

@@ -176,7 +176,15 @@ async fn points_use_the_owners_daily_quota_and_refusals_are_error_frames() {
     // An HTTP batch beyond the quota is refused whole.
     let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"kind": "k"}]})).await;
     r.assert_error(429, "quota_exceeded");
-    let q = get("/v1/quota", &t).await;
+    // Used units are settled with each D1 flush (FLUSH_INTERVAL_MS).
+    let mut q = get("/v1/quota", &t).await;
+    for _ in 0..50 {
+        if q.body["points"]["used"] == 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q = get("/v1/quota", &t).await;
+    }
     assert_eq!(q.body["points"]["used"], 10_000, "{}", q.text);
 }
 

@@ -113,8 +113,8 @@ async fn repeated_id_is_acked_with_first_seq_and_not_rebroadcast() {
     let first = wb.frame().await;
     let second = wb.frame().await;
     assert_eq!((first["id"].as_str(), second["id"].as_str()), (Some("same"), Some("other")));
-    // Over HTTP the same id is the same point too.
-    let t = user_token(&b, "pro");
+    // Over HTTP the same user's id is the same point too.
+    let t = user_token(&a, "pro");
     let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"id": "same", "kind": "k"}, {"kind": "k"}]})).await;
     assert_eq!(r.body, json!({"seqs": [1, 3]}), "{}", r.text);
 }
@@ -134,7 +134,7 @@ async fn resume_replays_everything_after_the_given_seq() {
     loop {
         let f = late.frame().await;
         if f["type"] == "resumed" {
-            assert_eq!(f, json!({"type": "resumed", "lastSeq": 7}));
+            assert_eq!(f, json!({"type": "resumed", "lastSeq": 7, "throughSeq": 7, "more": false}));
             break;
         }
         assert_eq!(f["type"], "point");
@@ -257,16 +257,18 @@ async fn membership_is_enforced_everywhere() {
 
 async fn owners_plan_limits_live_connections() {
     let a = unique("a");
-    // Free plan: 5 participants per session.
-    let id = create_session_at(base(), &user_token(&a, "free"), &[]).await;
+    let m: Vec<String> = (0..6).map(|i| unique(&format!("m{i}"))).collect();
+    let members: Vec<&str> = m.iter().map(String::as_str).collect();
+    // Free plan (the owner's current one): 5 participants per session.
+    let id = create_session_at(base(), &user_token(&a, "free"), &members).await;
     let mut socks = Vec::new();
-    for _ in 0..5 {
-        socks.push(Ws::join_at(base(), &id, &user_token(&a, "enterprise")).await);
+    for user in &m[..5] {
+        socks.push(Ws::join_at(base(), &id, &user_token(user, "enterprise")).await);
     }
     let refused = call(
         "GET",
         &format!("/v1/sessions/{id}/ws"),
-        Some(&user_token(&a, "enterprise")),
+        Some(&user_token(&m[5], "enterprise")),
         None,
         &[("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
     )
@@ -276,7 +278,7 @@ async fn owners_plan_limits_live_connections() {
     // The seat frees once the close has been processed.
     let mut joined = false;
     for _ in 0..50 {
-        if Ws::try_join_at(base(), &id, &user_token(&a, "free")).await.is_ok() {
+        if Ws::try_join_at(base(), &id, &user_token(&m[5], "free")).await.is_ok() {
             joined = true;
             break;
         }

@@ -104,7 +104,12 @@ fn send_point(c: &mut SessionCore, conn: &str, text: &str, now: Millis) -> Optio
     stored_points(&drain(c)).pop()
 }
 
-fn http(c: &mut SessionCore, user: &str, points: Vec<NewPoint>, now: Millis) -> Result<Vec<u64>, ApiError> {
+fn http(
+    c: &mut SessionCore,
+    user: &str,
+    points: Vec<NewPoint>,
+    now: Millis,
+) -> Result<Vec<u64>, ApiError> {
     match c.append(user, points, false, now, &mut NoIds)? {
         Append::Seqs(s) => Ok(s),
         other => panic!("{other:?}"),
@@ -167,9 +172,23 @@ fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
     let mut c = SessionCore::create(meta(5), Config::default(), T0);
     c.join("c1", "owner", T0);
     drain(&mut c);
-    c.on_text("c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0, &mut NoIds);
-    c.on_text("c1", r#"{"type":"point","id":"b","kind":"k"}"#, T0, &mut NoIds);
-    assert_eq!(drain(&mut c), vec![reserve(200)], "one reservation for both");
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"a","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"b","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
+    assert_eq!(
+        drain(&mut c),
+        vec![reserve(200)],
+        "one reservation for both"
+    );
     // The owner has one point left today.
     c.granted(1, day_of(T0), T0, &mut NoIds);
     let a = drain(&mut c);
@@ -186,7 +205,12 @@ fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
         "until the next UTC day"
     );
     // A failed reservation is an error frame too.
-    c.on_text("c1", r#"{"type":"point","id":"c","kind":"k"}"#, T0, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"c","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
     drain(&mut c);
     c.reserve_failed(T0);
     let got = deliver(&drain(&mut c), &["c1"]);
@@ -251,7 +275,9 @@ fn more_waiting_points_than_a_full_block_ask_again() {
     let a = drain(&mut c);
     assert_eq!(stored_points(&a).len(), 2);
     assert!(a.contains(&reserve(4)), "{a:?}");
-    assert!(deliver(&a, &["c1"])["c1"].iter().all(|f| f["type"] == "ack"));
+    assert!(deliver(&a, &["c1"])["c1"]
+        .iter()
+        .all(|f| f["type"] == "ack"));
 }
 
 #[test]
@@ -292,7 +318,9 @@ fn spare_units_go_back_when_idle_or_ended() {
     assert_eq!(c.units().held, 199);
     c.leave("c1", T0);
     let settled = drain(&mut c).into_iter().find_map(|d| match d {
-        Decision::Settle { settlement, units, .. } => Some((settlement, units)),
+        Decision::Settle {
+            settlement, units, ..
+        } => Some((settlement, units)),
         _ => None,
     });
     let (s, u) = settled.expect("settled");
@@ -312,12 +340,19 @@ fn http_only_sessions_give_idle_units_back_from_the_alarm() {
     };
     assert_eq!(want, 200);
     c.add_units(want, day_of(T0), T0);
-    assert_eq!(http(&mut c, "bob", vec![NewPoint::new("k")], T0), Ok(vec![1]));
+    assert_eq!(
+        http(&mut c, "bob", vec![NewPoint::new("k")], T0),
+        Ok(vec![1])
+    );
     let a = drain(&mut c);
     let idle_at = T0 + Config::default().units_idle_ms as Millis;
-    assert!(a.iter().any(|d| matches!(d, Decision::WakeAt(t) if *t <= idle_at)));
+    assert!(a
+        .iter()
+        .any(|d| matches!(d, Decision::WakeAt(t) if *t <= idle_at)));
     c.tick(idle_at - 1);
-    assert!(!drain(&mut c).iter().any(|d| matches!(d, Decision::Settle { .. })));
+    assert!(!drain(&mut c)
+        .iter()
+        .any(|d| matches!(d, Decision::Settle { .. })));
     c.tick(idle_at);
     let s = drain(&mut c).into_iter().find_map(|d| match d {
         Decision::Settle { settlement, .. } => Some(settlement),
@@ -340,21 +375,42 @@ fn units_are_spent_on_their_own_day_and_settled_at_a_day_change() {
     c.join("c1", "owner", T0);
     send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0).unwrap();
     let next_day = day_of(T0) + DAY + 5;
-    c.on_text("c1", r#"{"type":"point","id":"n","kind":"k"}"#, next_day, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"n","kind":"k"}"#,
+        next_day,
+        &mut NoIds,
+    );
     let a = drain(&mut c);
     let s = a.iter().find_map(|d| match d {
-        Decision::Settle { settlement, units, .. } => Some((*settlement, *units)),
+        Decision::Settle {
+            settlement, units, ..
+        } => Some((*settlement, *units)),
         _ => None,
     });
     let (s, u) = s.expect("the old day settled");
     assert_eq!((s.day, s.used, s.returned), (day_of(T0), 1, 1_000_000 - 1));
-    assert_eq!(u, Units { day: day_of(next_day), held: 0, used: 0 });
+    assert_eq!(
+        u,
+        Units {
+            day: day_of(next_day),
+            held: 0,
+            used: 0
+        }
+    );
     assert!(a.contains(&reserve(200)), "units of the new day");
     assert!(stored_points(&a).is_empty(), "the point waits for them");
     c.granted(200, day_of(next_day), next_day, &mut NoIds);
     let p = stored_points(&drain(&mut c));
     assert_eq!(p[0].seq, 2);
-    assert_eq!(c.units(), Units { day: day_of(next_day), held: 199, used: 1 });
+    assert_eq!(
+        c.units(),
+        Units {
+            day: day_of(next_day),
+            held: 199,
+            used: 1
+        }
+    );
 }
 
 #[test]
@@ -399,7 +455,10 @@ fn admit_refuses_strangers_ended_full_sessions_and_extra_seats() {
     assert!(c.admit("bob").is_ok());
     c.join("b3", "bob", T0);
     let seats = c.admit("bob").unwrap_err();
-    assert_eq!((seats.status(), seats.code()), (429, ErrorCode::QuotaExceeded));
+    assert_eq!(
+        (seats.status(), seats.code()),
+        (429, ErrorCode::QuotaExceeded)
+    );
     assert!(c.admit("carol").is_ok(), "seats are per user");
     c.end("owner", T0).unwrap();
     assert_eq!(c.admit("carol").unwrap_err(), ApiError::SessionEnded);
@@ -450,13 +509,26 @@ fn a_repeated_id_of_the_same_user_is_acked_with_its_first_seq_and_not_stored_aga
     send_point(&mut c, "c1", r#"{"type":"point","id":"y","kind":"k"}"#, T0).unwrap();
     drain(&mut c);
     assert!(send_point(&mut c, "c1", r#"{"type":"point","id":"x","kind":"k"}"#, T0).is_none());
-    c.on_text("c1", r#"{"type":"point","id":"x","kind":"k"}"#, T0, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"x","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
     let got = deliver(&drain(&mut c), &["c1", "c2"]);
     assert_eq!(got["c1"], vec![json(r#"{"type":"ack","id":"x","seq":1}"#)]);
     assert!(!got.contains_key("c2"), "not broadcast again");
     // Over HTTP too, by the same user.
     assert_eq!(
-        http(&mut c, "owner", vec![NewPoint { id: Some("y".into()), ..NewPoint::new("k") }], T0),
+        http(
+            &mut c,
+            "owner",
+            vec![NewPoint {
+                id: Some("y".into()),
+                ..NewPoint::new("k")
+            }],
+            T0
+        ),
         Ok(vec![2])
     );
     assert_eq!(c.last_seq(), 2);
@@ -467,16 +539,48 @@ fn ids_are_scoped_to_their_user() {
     let mut c = core();
     c.join("c1", "owner", T0);
     c.join("c2", "bob", T0);
-    let a = send_point(&mut c, "c1", r#"{"type":"point","id":"same","kind":"k"}"#, T0).unwrap();
-    let b = send_point(&mut c, "c2", r#"{"type":"point","id":"same","kind":"k"}"#, T0).unwrap();
-    assert_eq!((a.seq, b.seq), (1, 2), "two users' equal ids are two points");
+    let a = send_point(
+        &mut c,
+        "c1",
+        r#"{"type":"point","id":"same","kind":"k"}"#,
+        T0,
+    )
+    .unwrap();
+    let b = send_point(
+        &mut c,
+        "c2",
+        r#"{"type":"point","id":"same","kind":"k"}"#,
+        T0,
+    )
+    .unwrap();
     assert_eq!(
-        http(&mut c, "carol", vec![NewPoint { id: Some("same".into()), ..NewPoint::new("k") }], T0),
+        (a.seq, b.seq),
+        (1, 2),
+        "two users' equal ids are two points"
+    );
+    assert_eq!(
+        http(
+            &mut c,
+            "carol",
+            vec![NewPoint {
+                id: Some("same".into()),
+                ..NewPoint::new("k")
+            }],
+            T0
+        ),
         Ok(vec![3])
     );
     drain(&mut c);
     assert_eq!(
-        http(&mut c, "bob", vec![NewPoint { id: Some("same".into()), ..NewPoint::new("k") }], T0),
+        http(
+            &mut c,
+            "bob",
+            vec![NewPoint {
+                id: Some("same".into()),
+                ..NewPoint::new("k")
+            }],
+            T0
+        ),
         Ok(vec![2])
     );
     assert!(stored_points(&drain(&mut c)).is_empty());
@@ -498,19 +602,41 @@ fn ids_beyond_the_cache_are_looked_up_in_storage() {
     let r = Restored {
         last_seq: 500,
         conns: vec![("c1".into(), "bob".into(), T0)],
-        units: Units { day: day_of(T0), held: 100, used: 0 },
+        units: Units {
+            day: day_of(T0),
+            held: 100,
+            used: 0,
+        },
         ..Restored::default()
     };
     let mut c = SessionCore::restore(meta(5), cfg, r, T0);
     drain(&mut c);
     let mut storage = Stored(HashMap::from([(("bob".into(), "old".into()), 7)]), 0);
-    c.on_text("c1", r#"{"type":"point","id":"old","kind":"k"}"#, T0, &mut storage);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"old","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
     let got = deliver(&drain(&mut c), &["c1"]);
-    assert_eq!(got["c1"], vec![json(r#"{"type":"ack","id":"old","seq":7}"#)]);
-    c.on_text("c1", r#"{"type":"point","id":"old","kind":"k"}"#, T0, &mut storage);
+    assert_eq!(
+        got["c1"],
+        vec![json(r#"{"type":"ack","id":"old","seq":7}"#)]
+    );
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"old","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
     drain(&mut c);
     assert_eq!(storage.1, 1, "a second repeat is answered from the cache");
-    c.on_text("c1", r#"{"type":"point","id":"new","kind":"k"}"#, T0, &mut storage);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"new","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
     assert_eq!(stored_points(&drain(&mut c))[0].seq, 501);
 }
 
@@ -519,10 +645,21 @@ fn a_failed_write_leaves_no_trace() {
     let mut c = core();
     c.join("c1", "owner", T0);
     c.join("c2", "bob", T0);
-    send_point(&mut c, "c1", r#"{"type":"point","kind":"hr","value":1}"#, T0).unwrap();
+    send_point(
+        &mut c,
+        "c1",
+        r#"{"type":"point","kind":"hr","value":1}"#,
+        T0,
+    )
+    .unwrap();
     let units = c.units();
     let stats = c.view().stats;
-    c.on_text("c1", r#"{"type":"point","id":"a","kind":"hr","value":9}"#, T0, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"a","kind":"hr","value":9}"#,
+        T0,
+        &mut NoIds,
+    );
     let mut frames = Vec::new();
     while let Some(d) = c.poll() {
         if let Decision::Store(_) = d {
@@ -543,8 +680,15 @@ fn a_failed_write_leaves_no_trace() {
     assert_eq!(again.seq, 2);
     // An HTTP batch is one write: all or nothing.
     let batch = vec![
-        NewPoint { id: Some("h1".into()), ..NewPoint::new("k") },
-        NewPoint { id: Some("h2".into()), value: Some(3.0), ..NewPoint::new("hr") },
+        NewPoint {
+            id: Some("h1".into()),
+            ..NewPoint::new("k")
+        },
+        NewPoint {
+            id: Some("h2".into()),
+            value: Some(3.0),
+            ..NewPoint::new("hr")
+        },
     ];
     assert_eq!(http(&mut c, "bob", batch.clone(), T0), Ok(vec![3, 4]));
     let Some(Decision::Store(w)) = c.poll() else {
@@ -553,14 +697,24 @@ fn a_failed_write_leaves_no_trace() {
     assert_eq!(w.points.len(), 2);
     c.stored(false, T0);
     assert_eq!(c.last_seq(), 2);
-    assert_eq!(http(&mut c, "bob", batch, T0), Ok(vec![3, 4]), "same seqs on the retry");
+    assert_eq!(
+        http(&mut c, "bob", batch, T0),
+        Ok(vec![3, 4]),
+        "same seqs on the retry"
+    );
 }
 
 #[test]
 fn a_repeat_within_one_batch_gets_the_first_seq() {
     let mut c = core();
-    let p = || NewPoint { id: Some("d".into()), ..NewPoint::new("k") };
-    assert_eq!(http(&mut c, "bob", vec![p(), p(), NewPoint::new("k")], T0), Ok(vec![1, 1, 2]));
+    let p = || NewPoint {
+        id: Some("d".into()),
+        ..NewPoint::new("k")
+    };
+    assert_eq!(
+        http(&mut c, "bob", vec![p(), p(), NewPoint::new("k")], T0),
+        Ok(vec![1, 1, 2])
+    );
     assert_eq!(stored_points(&drain(&mut c)).len(), 2);
 }
 
@@ -579,13 +733,31 @@ fn points_too_far_ahead_are_validation_failed() {
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(got["c1"][0]["code"], "validation_failed");
     assert_eq!(got["c1"][0]["ref"], "f");
-    let e = http(&mut c, "bob", vec![NewPoint { ts: Some(ahead), ..NewPoint::new("k") }], T0)
-        .unwrap_err();
+    let e = http(
+        &mut c,
+        "bob",
+        vec![NewPoint {
+            ts: Some(ahead),
+            ..NewPoint::new("k")
+        }],
+        T0,
+    )
+    .unwrap_err();
     assert_eq!(e.status(), 422);
-    let ok = NewPoint { ts: Some(T0 + MAX_TS_AHEAD_MS), ..NewPoint::new("k") };
+    let ok = NewPoint {
+        ts: Some(T0 + MAX_TS_AHEAD_MS),
+        ..NewPoint::new("k")
+    };
     assert_eq!(http(&mut c, "bob", vec![ok], T0), Ok(vec![1]));
-    let old = NewPoint { ts: Some(0), ..NewPoint::new("k") };
-    assert_eq!(http(&mut c, "bob", vec![old], T0), Ok(vec![2]), "old times are fine");
+    let old = NewPoint {
+        ts: Some(0),
+        ..NewPoint::new("k")
+    };
+    assert_eq!(
+        http(&mut c, "bob", vec![old], T0),
+        Ok(vec![2]),
+        "old times are fine"
+    );
 }
 
 #[test]
@@ -593,7 +765,9 @@ fn the_http_batch_reserves_what_it_needs_or_is_refused_until_tomorrow() {
     let mut c = SessionCore::create(meta(5), Config::default(), T0);
     drain(&mut c);
     let batch: Vec<NewPoint> = (0..300).map(|_| NewPoint::new("k")).collect();
-    let need = c.append("bob", batch.clone(), true, T0, &mut NoIds).unwrap();
+    let need = c
+        .append("bob", batch.clone(), true, T0, &mut NoIds)
+        .unwrap();
     assert_eq!(
         need,
         Append::NeedUnits {
@@ -605,13 +779,20 @@ fn the_http_batch_reserves_what_it_needs_or_is_refused_until_tomorrow() {
     c.add_units(120, day_of(T0), T0);
     let e = c.append("bob", batch, false, T0, &mut NoIds).unwrap_err();
     assert_eq!(e.code(), ErrorCode::QuotaExceeded);
-    assert_eq!(e.retry_after_secs(), Some(((day_of(T0) + DAY - T0) as u64).div_ceil(1000)));
+    assert_eq!(
+        e.retry_after_secs(),
+        Some(((day_of(T0) + DAY - T0) as u64).div_ceil(1000))
+    );
     assert_eq!(c.units().held, 120, "kept for later points");
     c.end("owner", T0).unwrap();
     let e = c
         .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
         .unwrap_err();
-    assert_eq!(e, ApiError::SessionEnded, "no reservation for an ended session");
+    assert_eq!(
+        e,
+        ApiError::SessionEnded,
+        "no reservation for an ended session"
+    );
 }
 
 #[test]
@@ -630,15 +811,38 @@ fn stats_follow_what_was_stored() {
     let s = c.view().stats;
     assert_eq!(
         s["hr"],
-        KindStats { count: 3, sum: 210.0, min: 60.0, max: 80.0, last: 60.0 }
+        KindStats {
+            count: 3,
+            sum: 210.0,
+            min: 60.0,
+            max: 80.0,
+            last: 60.0
+        }
     );
     assert_eq!(s["speed"].count, 1);
     // Writes carry the figures of the kinds they changed.
-    c.on_text("c1", r#"{"type":"point","kind":"hr","value":100}"#, T0, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","kind":"hr","value":100}"#,
+        T0,
+        &mut NoIds,
+    );
     let Some(Decision::Store(w)) = c.poll() else {
         panic!("a write");
     };
-    assert_eq!(w.stats, vec![("hr".to_owned(), KindStats { count: 4, sum: 310.0, min: 60.0, max: 100.0, last: 100.0 })]);
+    assert_eq!(
+        w.stats,
+        vec![(
+            "hr".to_owned(),
+            KindStats {
+                count: 4,
+                sum: 310.0,
+                min: 60.0,
+                max: 100.0,
+                last: 100.0
+            }
+        )]
+    );
     c.stored(true, T0);
     // Restored from storage, not recomputed.
     let r = Restored {
@@ -674,7 +878,12 @@ fn bad_frames_get_error_frames_and_the_connection_stays() {
         assert_eq!(got["c1"][0]["code"], code, "{text}");
     }
     assert!(c.has_conn("c1"));
-    c.on_text("c1", r#"{"type":"point","id":"r1","kind":""}"#, T0, &mut NoIds);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"r1","kind":""}"#,
+        T0,
+        &mut NoIds,
+    );
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(got["c1"][0]["ref"], "r1", "the error names the point");
     c.on_binary("c1", 10, T0);
@@ -729,21 +938,38 @@ fn ping_pong_and_resume_replays_one_page_at_a_time() {
             &mut NoIds,
         );
         match drain(c).pop() {
-            Some(Decision::Replay { after, through, then, .. }) => (after, through, json(&then)),
+            Some(Decision::Replay {
+                after,
+                through,
+                then,
+                ..
+            }) => (after, through, json(&then)),
             other => panic!("{other:?}"),
         }
     };
     assert_eq!(
         replay(&mut c, 0),
-        (0, 2, json(r#"{"type":"resumed","lastSeq":5,"throughSeq":2,"more":true}"#))
+        (
+            0,
+            2,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":2,"more":true}"#)
+        )
     );
     assert_eq!(
         replay(&mut c, 4),
-        (4, 5, json(r#"{"type":"resumed","lastSeq":5,"throughSeq":5,"more":false}"#))
+        (
+            4,
+            5,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":5,"more":false}"#)
+        )
     );
     assert_eq!(
         replay(&mut c, 9),
-        (9, 5, json(r#"{"type":"resumed","lastSeq":5,"throughSeq":9,"more":false}"#))
+        (
+            9,
+            5,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":9,"more":false}"#)
+        )
     );
     let (_, through, then) = replay(&mut c, u64::MAX);
     assert_eq!(through, 5, "nothing to read beyond the last seq");
@@ -818,7 +1044,10 @@ fn the_session_wide_limit_caps_all_connections_together() {
     for _ in 0..6 {
         for conn in ["a", "b", "c"] {
             c.on_text(conn, r#"{"type":"ping"}"#, T0, &mut NoIds);
-            for f in deliver(&drain(&mut c), &[conn]).remove(conn).unwrap_or_default() {
+            for f in deliver(&drain(&mut c), &[conn])
+                .remove(conn)
+                .unwrap_or_default()
+            {
                 match f["type"].as_str() {
                     Some("pong") => pongs += 1,
                     _ => {
@@ -888,7 +1117,11 @@ fn flush_when_batch_is_full_or_after_the_interval() {
     let j = full.expect("a full batch goes at once");
     assert_eq!((j.batch.from, j.batch.to, j.point_count), (1, 10, 10));
     c.tick(t + 9);
-    assert_eq!(flush_job(&drain(&mut c)), None, "one flush in flight at a time");
+    assert_eq!(
+        flush_job(&drain(&mut c)),
+        None,
+        "one flush in flight at a time"
+    );
     c.flush_done(j.batch, true, t + 20);
     assert_eq!(c.flushed_seq(), 10);
     assert_eq!(c.next_flush_at(), None);
@@ -921,7 +1154,11 @@ fn failed_flush_keeps_points_pending_and_backs_off() {
     );
     assert_eq!(c.flushed_seq(), 0);
     let j = job.unwrap();
-    assert_eq!((j.batch.from, j.batch.to), (1, 10), "the same points, again");
+    assert_eq!(
+        (j.batch.from, j.batch.to),
+        (1, 10),
+        "the same points, again"
+    );
     c.flush_done(j.batch, true, now);
     assert_eq!(c.flushed_seq(), 10);
     assert_eq!(c.next_flush_at(), None);
@@ -957,7 +1194,10 @@ fn end_broadcasts_closes_everyone_and_flushes_now() {
         |d| matches!(d, Decision::SaveMeta { meta, version: 2 } if meta.status == SessionStatus::Ended)
     ));
     assert!(flush_job(&a).is_some(), "flush at once");
-    assert!(a.iter().any(|d| matches!(d, Decision::Settle { .. })), "units settled");
+    assert!(
+        a.iter().any(|d| matches!(d, Decision::Settle { .. })),
+        "units settled"
+    );
     assert_eq!(c.view().status, SessionStatus::Ended);
     let e = http(&mut c, "owner", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e, ApiError::SessionEnded);
@@ -971,7 +1211,10 @@ fn http_points_are_broadcast_to_every_socket_and_members_only() {
     drain(&mut c);
     let e = http(&mut c, "mallory", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e.status(), 403);
-    assert_eq!(http(&mut c, "carol", vec![NewPoint::new("k")], T0), Ok(vec![1]));
+    assert_eq!(
+        http(&mut c, "carol", vec![NewPoint::new("k")], T0),
+        Ok(vec![1])
+    );
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(got["c1"][0]["type"], "point");
     assert_eq!(got["c1"][0]["userId"], "carol");
@@ -985,7 +1228,11 @@ fn restore_continues_from_storage() {
         conns: vec![("c1".into(), "bob".into(), T0)],
         meta_version: 1,
         flushed_meta_version: 1,
-        units: Units { day: day_of(T0), held: 1_000, used: 0 },
+        units: Units {
+            day: day_of(T0),
+            held: 1_000,
+            used: 0,
+        },
         stats: Default::default(),
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);

@@ -274,7 +274,9 @@ impl World {
             *self.granted.entry(day).or_default() += n;
             self.core.add_units(n, day, self.now);
             let mut ids = StorageIds(&self.storage);
-            answer = self.core.append(user, points.clone(), false, self.now, &mut ids);
+            answer = self
+                .core
+                .append(user, points.clone(), false, self.now, &mut ids);
         }
         let before = self.storage.len();
         let failed_before = self.core.last_seq();
@@ -375,7 +377,11 @@ impl World {
             stats: self.stats.clone(),
         };
         let (a, b) = (self.units, self.core.units());
-        assert_eq!((a.held, a.used), (b.held, b.used), "units persisted as held");
+        assert_eq!(
+            (a.held, a.used),
+            (b.held, b.used),
+            "units persisted as held"
+        );
         if a.held + a.used > 0 {
             assert_eq!(a.day, b.day, "units persisted with their day");
         }
