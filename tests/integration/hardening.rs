@@ -180,7 +180,7 @@ async fn a_ts_more_than_a_day_ahead_is_validation_failed() {
     let f = ws.frame().await;
     assert_eq!((f["code"].as_str(), f["ref"].as_str()), (Some("validation_failed"), Some("f")), "{f}");
     // An old time is fine.
-    let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"kind": "k", "ts": 1_000}]})).await;
+    let r = post(&format!("/v1/sessions/{id}/points"), &t, &json!({"points": [{"kind": "k", "ts": 1_000_000_000_000i64}]})).await;
     assert_eq!(r.body, json!({"seqs": [1]}), "{}", r.text);
 }
 
