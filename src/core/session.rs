@@ -972,8 +972,9 @@ impl SessionCore {
                 continue;
             };
             if let Some(seq) = self.known(&user, id.as_deref(), ids) {
-                let w = self.pop_waiting();
-                self.ack_repeat(&w.conn, w.point.id, seq);
+                if let Some(w) = self.pop_waiting() {
+                    self.ack_repeat(&w.conn, w.point.id, seq);
+                }
                 continue;
             }
             if self.st.units.spendable(now) == 0 {
@@ -989,19 +990,16 @@ impl SessionCore {
                 self.waiting_bytes = 0;
                 return;
             }
-            let w = self.pop_waiting();
-            self.number(Some(&w.conn), &user, w.point, now);
+            if let Some(w) = self.pop_waiting() {
+                self.number(Some(&w.conn), &user, w.point, now);
+            }
         }
     }
 
-    fn pop_waiting(&mut self) -> Waiting {
-        let w = self.waiting.pop_front().unwrap_or(Waiting {
-            conn: String::new(),
-            point: NewPoint::new("-"),
-            bytes: 0,
-        });
+    fn pop_waiting(&mut self) -> Option<Waiting> {
+        let w = self.waiting.pop_front()?;
         self.waiting_bytes = self.waiting_bytes.saturating_sub(w.bytes);
-        w
+        Some(w)
     }
 
     /// The owner's quota could not be asked: waiting points get an

@@ -1088,6 +1088,12 @@ impl ActiveSessionDO {
     /// order, from the outbox. An unreachable presence object does not hold
     /// the session up: the rest waits in the outbox for the alarm.
     async fn deliver_presence(&self) -> Result<(), ApiError> {
+        #[cfg(feature = "test-faults")]
+        if crate::faults::presence_failing() {
+            return Err(ApiError::Unavailable(
+                "presence delivery failure injected for tests".into(),
+            ));
+        }
         if self.delivering.replace(true) {
             return Ok(());
         }

@@ -44,6 +44,11 @@ async fn upgrade_status(id: &str, token: &str) -> crate::client::Answer {
     .await
 }
 
+async fn d1_table_exists_at(base: &str, month: &str) -> bool {
+    let sql = format!("SELECT name FROM sqlite_master WHERE name = 'session_points_{month}'");
+    !crate::client::d1_at(base, &sql).await.is_empty()
+}
+
 /// Polls `GET /v1/quota` of `token` until `ok` holds (at most ~12 s,
 /// slowly enough for a free plan's api limit).
 async fn quota_until_at(base: &str, token: &str, ok: impl Fn(&Value) -> bool) -> Value {
@@ -325,6 +330,55 @@ async fn client_sent_internal_headers_impersonate_no_one() {
         Ok(_) => panic!("joined as someone else"),
         Err(e) => panic!("{e}"),
     }
+}
+
+async fn an_alarm_whose_presence_step_fails_still_flushes_and_rearms() {
+    let server = tokio::task::spawn_blocking(|| Server::start(&[])).await.unwrap();
+    let b = server.base.clone();
+    let fault = |q: &'static str| {
+        let b = b.clone();
+        async move {
+            let a = call_at(&b, "POST", &format!("/__test/faults?{q}"), None, None, &[]).await;
+            assert_eq!(a.status, 200, "{}", a.text);
+        }
+    };
+    fault("presence=fail").await;
+    let a = unique("a");
+    let t = user_token(&a, "pro");
+    let id = create_session_at(&b, &t, &[]).await;
+    let mut ws = Ws::join_at(&b, &id, &t).await;
+    ws.frame().await;
+    // Fewer than a batch: only the alarm flushes them.
+    for i in 0..3 {
+        ws.send(&json!({"type": "point", "id": format!("al{i}"), "kind": "k"})).await;
+        next_of(&mut ws, "ack").await;
+    }
+    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let sql = format!("SELECT seq FROM session_points_{month} WHERE session_id = '{id}'");
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        if d1_table_exists_at(&b, &month).await {
+            rows = crate::client::d1_at(&b, &sql).await;
+            if rows.len() == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows.len(), 3, "flushed by the alarm although presence failed");
+    // The alarm keeps coming back for the undelivered presence update.
+    fault("presence=ok").await;
+    let mut connections = Value::Null;
+    for _ in 0..50 {
+        let p = call_at(&b, "GET", &format!("/v1/presence/{a}"), Some(&t), None, &[]).await;
+        connections = p.body["connections"].clone();
+        if connections == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(connections, 1, "the presence outbox was retried");
+    drop(server);
 }
 
 async fn a_chunked_body_over_1_mib_is_413() {

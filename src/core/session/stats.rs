@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use sesh_protocol::{KindStats, StoredPoint};
 
-/// The figures of every kind, with what a pending write changed so it can
-/// be undone.
+/// The figures of every kind; [`Stats::add`] returns what it replaced so a
+/// failed write can be undone.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     by_kind: BTreeMap<String, KindStats>,
