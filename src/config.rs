@@ -159,12 +159,35 @@ impl Plans {
 /// Tuning knobs from vars, with the contract's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
-    /// Flush to D1 once this many points are pending.
+    /// Flush to D1 once this many points are pending (`FLUSH_BATCH`).
     pub flush_batch: u32,
-    /// Flush to D1 this long after the first pending point.
+    /// Flush to D1 this long after the first pending point
+    /// (`FLUSH_INTERVAL_MS`).
     pub flush_interval_ms: u64,
-    /// A user with no connection and no heartbeat for this long is offline.
+    /// A user with no connection and no heartbeat for this long is offline
+    /// (`PRESENCE_TTL_MS`).
     pub presence_ttl_ms: u64,
+    /// Points replayed per `resume` (`REPLAY_PAGE`, default 1000).
+    pub replay_page: u64,
+    /// Live sockets one user may hold in one session (`SEATS_PER_USER`,
+    /// default 3).
+    pub seats_per_user: u64,
+    /// Frames per second of all of a session's sockets together
+    /// (`SESSION_FRAMES_PER_SEC`, default 2000).
+    pub session_frames_per_sec: u32,
+    /// Burst of all of a session's sockets together
+    /// (`SESSION_FRAMES_BURST`, default 2000).
+    pub session_frames_burst: u32,
+    /// Socket points that may wait for a points reservation at once
+    /// (`WAITING_POINTS_MAX`, default 1000); beyond it a point gets
+    /// `rate_limited`.
+    pub waiting_points_max: u64,
+    /// Bytes of the points waiting for a reservation (`WAITING_BYTES_MAX`,
+    /// default 1 MiB).
+    pub waiting_bytes_max: u64,
+    /// Points units a session holds without a point or a socket before it
+    /// gives them back (`UNITS_IDLE_MS`, default 60000).
+    pub units_idle_ms: u64,
 }
 
 impl Default for Tuning {
@@ -173,6 +196,13 @@ impl Default for Tuning {
             flush_batch: 10,
             flush_interval_ms: 2_000,
             presence_ttl_ms: 60_000,
+            replay_page: 1_000,
+            seats_per_user: 3,
+            session_frames_per_sec: 2_000,
+            session_frames_burst: 2_000,
+            waiting_points_max: 1_000,
+            waiting_bytes_max: 1 << 20,
+            units_idle_ms: 60_000,
         }
     }
 }
@@ -182,12 +212,22 @@ impl Tuning {
     /// a malformed one is an error naming it.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Tuning, String> {
         let d = Tuning::default();
-        Ok(Tuning {
-            flush_batch: positive(&var, "FLUSH_BATCH", u64::from(d.flush_batch))?
+        let small = |name: &str, default: u32| -> Result<u32, String> {
+            positive(&var, name, u64::from(default))?
                 .try_into()
-                .map_err(|_| "FLUSH_BATCH is too large".to_owned())?,
+                .map_err(|_| format!("{name} is too large"))
+        };
+        Ok(Tuning {
+            flush_batch: small("FLUSH_BATCH", d.flush_batch)?,
             flush_interval_ms: positive(&var, "FLUSH_INTERVAL_MS", d.flush_interval_ms)?,
             presence_ttl_ms: positive(&var, "PRESENCE_TTL_MS", d.presence_ttl_ms)?,
+            replay_page: positive(&var, "REPLAY_PAGE", d.replay_page)?,
+            seats_per_user: positive(&var, "SEATS_PER_USER", d.seats_per_user)?,
+            session_frames_per_sec: small("SESSION_FRAMES_PER_SEC", d.session_frames_per_sec)?,
+            session_frames_burst: small("SESSION_FRAMES_BURST", d.session_frames_burst)?,
+            waiting_points_max: positive(&var, "WAITING_POINTS_MAX", d.waiting_points_max)?,
+            waiting_bytes_max: positive(&var, "WAITING_BYTES_MAX", d.waiting_bytes_max)?,
+            units_idle_ms: positive(&var, "UNITS_IDLE_MS", d.units_idle_ms)?,
         })
     }
 }
@@ -304,6 +344,20 @@ mod tests {
         let e = Tuning::from_vars(|k| (k == "FLUSH_BATCH").then(|| "0".to_owned())).unwrap_err();
         assert!(e.contains("FLUSH_BATCH"));
         assert!(Tuning::from_vars(|_| Some("ten".to_owned())).is_err());
+        let t = Tuning::from_vars(|k| match k {
+            "REPLAY_PAGE" => Some("5".to_owned()),
+            "SEATS_PER_USER" => Some("2".to_owned()),
+            "SESSION_FRAMES_PER_SEC" => Some("300".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (t.replay_page, t.seats_per_user, t.session_frames_per_sec),
+            (5, 2, 300)
+        );
+        assert_eq!(t.waiting_points_max, 1_000);
+        let e = Tuning::from_vars(|k| (k == "SEATS_PER_USER").then(|| "0".to_owned())).unwrap_err();
+        assert!(e.contains("SEATS_PER_USER"));
     }
 
     #[test]

@@ -284,7 +284,14 @@ impl Gateway<'_> {
             "/__test/faults" => {
                 let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
                 crate::faults::set_d1_failing(on);
-                Some(http::json(200, &serde_json::json!({"d1Failing": on})))
+                let presence = url
+                    .query_pairs()
+                    .any(|(k, v)| k == "presence" && v == "fail");
+                crate::faults::set_presence_failing(presence);
+                Some(http::json(
+                    200,
+                    &serde_json::json!({"d1Failing": on, "presenceFailing": presence}),
+                ))
             }
             "/__test/d1" => Some(self.test_d1_query(req).await),
             _ => None,

@@ -113,7 +113,7 @@ fn quota_gcra_and_calendar_counters_match_native() {
 
 #[wasm_bindgen_test]
 fn session_flood_limit_runs_on_the_virtual_clock() {
-    use sesh::core::session::{Action, Config, Meta, SessionCore};
+    use sesh::core::session::{Config, Decision, Meta, NoIds, SessionCore};
     use sesh_protocol::SessionStatus;
 
     let now = time::now_ms();
@@ -136,13 +136,13 @@ fn session_flood_limit_runs_on_the_virtual_clock() {
     };
     let mut c = SessionCore::create(meta, cfg, now);
     c.join("c", "o", now);
-    while c.poll_action().is_some() {}
+    while c.poll().is_some() {}
     let mut frames = Vec::new();
     for _ in 0..3 {
-        c.on_text("c", r#"{"type":"ping"}"#, now);
+        c.on_text("c", r#"{"type":"ping"}"#, now, &mut NoIds);
     }
-    while let Some(a) = c.poll_action() {
-        if let Action::Send { text, .. } = a {
+    while let Some(a) = c.poll() {
+        if let Decision::Send { text, .. } = a {
             frames.push(text.to_string());
         }
     }

@@ -681,7 +681,9 @@ impl Machine {
 /// `throughSeq` and `more` of a `resumed` frame.
 fn resumed_parts(frame: &ServerFrame) -> (u64, bool) {
     match frame {
-        ServerFrame::Resumed { last_seq } => (*last_seq, false),
+        ServerFrame::Resumed {
+            through_seq, more, ..
+        } => (*through_seq, *more),
         _ => (0, false),
     }
 }

@@ -25,7 +25,8 @@ use crate::session::{NewPoint, Participant, StoredPoint};
 pub enum ClientFrame {
     /// Record a point; answered by `ack` once durable.
     Point(NewPoint),
-    /// Replay every stored point with `seq > after_seq`, then `resumed`.
+    /// Replay stored points with `seq > after_seq`, one page (the server's
+    /// `REPLAY_PAGE`) at most, then `resumed`.
     Resume {
         /// The last `seq` the client has seen.
         after_seq: u64,
@@ -436,10 +437,15 @@ pub enum ServerFrame {
         /// Its `seq` (the first one, for a repeated `id`).
         seq: u64,
     },
-    /// The replay asked for by `resume` is complete.
+    /// A replay page asked for by `resume` is complete.
     Resumed {
         /// The session's latest `seq`.
         last_seq: u64,
+        /// The last `seq` replayed, or the request's `afterSeq` when none was.
+        through_seq: u64,
+        /// Stored points remain after `through_seq`: send `resume` again
+        /// from there.
+        more: bool,
     },
     /// Answer to `ping`.
     // Serde ignores extra fields of a unit variant in an internally tagged
@@ -777,7 +783,16 @@ mod tests {
                 seq: 3,
             },
             ServerFrame::Ack { id: None, seq: 4 },
-            ServerFrame::Resumed { last_seq: 4 },
+            ServerFrame::Resumed {
+                last_seq: 4,
+                through_seq: 4,
+                more: false,
+            },
+            ServerFrame::Resumed {
+                last_seq: 2_500,
+                through_seq: 1_000,
+                more: true,
+            },
             ServerFrame::Pong,
             ServerFrame::error(ErrorCode::UnknownType, "unknown frame type"),
             ServerFrame::Error {
@@ -818,17 +833,24 @@ mod tests {
         );
         assert_eq!(wire[5], r#"{"type":"ack","id":"p-1","seq":3}"#);
         assert_eq!(wire[6], r#"{"type":"ack","seq":4}"#);
-        assert_eq!(wire[7], r#"{"type":"resumed","lastSeq":4}"#);
-        assert_eq!(wire[8], r#"{"type":"pong"}"#);
         assert_eq!(
-            wire[9],
+            wire[7],
+            r#"{"type":"resumed","lastSeq":4,"throughSeq":4,"more":false}"#
+        );
+        assert_eq!(
+            wire[8],
+            r#"{"type":"resumed","lastSeq":2500,"throughSeq":1000,"more":true}"#
+        );
+        assert_eq!(wire[9], r#"{"type":"pong"}"#);
+        assert_eq!(
+            wire[10],
             r#"{"type":"error","code":"unknown_type","message":"unknown frame type"}"#
         );
         assert_eq!(
-            wire[10],
+            wire[11],
             r#"{"type":"error","code":"rate_limited","message":"slow down","ref":"p-9","retryAfterMs":250}"#
         );
-        assert_eq!(wire[11], r#"{"type":"ended","lastSeq":4}"#);
+        assert_eq!(wire[12], r#"{"type":"ended","lastSeq":4}"#);
     }
 
     #[test]
@@ -842,6 +864,9 @@ mod tests {
             r#"{"type":"point","seq":1,"userId":"u","kind":"k","ts":1,"x":1}"#,
             r#"{"type":"error","code":"oops","message":"m"}"#,
             r#"{"type":"resumed"}"#,
+            r#"{"type":"resumed","lastSeq":4}"#,
+            r#"{"type":"resumed","lastSeq":4,"throughSeq":4,"more":"no"}"#,
+            r#"{"type":"resumed","lastSeq":4,"throughSeq":4,"more":false,"x":1}"#,
             r#"{"type":"pong","x":1}"#,
             r#"["pong"]"#,
             r#"["ack",null,1]"#,

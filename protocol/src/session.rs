@@ -1,5 +1,7 @@
 //! Sessions and points (CONTRACT.md section 5).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -88,7 +90,7 @@ pub struct Participant {
 }
 
 /// The session object of the HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Session {
     /// Session id (UUID, lowercase).
@@ -114,6 +116,48 @@ pub struct Session {
     pub last_seq: u64,
     /// Live connections.
     pub participants: Vec<Participant>,
+    /// Live figures per point `kind`, over the points that carry a `value`
+    /// (`{}` when none did). Absent only in answers that predate it.
+    #[serde(default)]
+    pub stats: BTreeMap<String, KindStats>,
+}
+
+/// Figures of one point `kind` over the points that carry a `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
+pub struct KindStats {
+    /// Points of this kind with a value.
+    pub count: u64,
+    /// Sum of their values.
+    pub sum: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// The value of the highest `seq`.
+    pub last: f64,
+}
+
+impl KindStats {
+    /// The figures of a single value.
+    pub fn of(value: f64) -> KindStats {
+        KindStats {
+            count: 1,
+            sum: value,
+            min: value,
+            max: value,
+            last: value,
+        }
+    }
+
+    /// Adds a value recorded after every value already counted.
+    pub fn add(&mut self, value: f64) {
+        self.count += 1;
+        self.sum += value;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.last = value;
+    }
 }
 
 impl Session {
@@ -278,6 +322,7 @@ object_only!(
     CreateSession: "a session creation object",
     Participant: "a participant object",
     Session: "a session object",
+    KindStats: "a stats object",
     StoredPoint: "a stored point object",
     PointsBatch: "an object with `points`",
     PointsAccepted: "an object with `seqs`",
@@ -320,6 +365,7 @@ mod tests {
             point_count: 0,
             last_seq: 0,
             participants: vec![],
+            stats: BTreeMap::new(),
         }
     }
 
@@ -338,7 +384,7 @@ mod tests {
         let json = round_trip(&session());
         assert_eq!(
             json,
-            r#"{"id":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","ownerId":"alice","title":null,"members":["bob"],"metadata":{},"status":"active","startedAt":"2024-10-27T03:33:20Z","pointCount":0,"lastSeq":0,"participants":[]}"#
+            r#"{"id":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","ownerId":"alice","title":null,"members":["bob"],"metadata":{},"status":"active","startedAt":"2024-10-27T03:33:20Z","pointCount":0,"lastSeq":0,"participants":[],"stats":{}}"#
         );
     }
 
@@ -364,6 +410,45 @@ mod tests {
         );
         assert!(json.contains(r#""connId":"c1""#), "{json}");
         assert!(s.is_member("alice") && s.is_member("bob") && !s.is_member("carol"));
+    }
+
+    #[test]
+    fn stats_round_trip_and_parse_strictly() {
+        let mut s = session();
+        let mut hr = KindStats::of(70.0);
+        hr.add(80.5);
+        hr.add(60.0);
+        assert_eq!(
+            hr,
+            KindStats {
+                count: 3,
+                sum: 210.5,
+                min: 60.0,
+                max: 80.5,
+                last: 60.0
+            }
+        );
+        s.stats.insert("hr".into(), hr);
+        let json = round_trip(&s);
+        assert!(
+            json.contains(
+                r#""stats":{"hr":{"count":3,"sum":210.5,"min":60.0,"max":80.5,"last":60.0}}"#
+            ),
+            "{json}"
+        );
+        let mut v = serde_json::to_value(&s).expect("serialize");
+        v["stats"]["hr"]["avg"] = json!(1);
+        assert!(serde_json::from_value::<Session>(v).is_err());
+        let mut v = serde_json::to_value(&s).expect("serialize");
+        v["stats"]["hr"]["count"] = json!(-1);
+        assert!(serde_json::from_value::<Session>(v).is_err());
+        let mut v = serde_json::to_value(&s).expect("serialize");
+        v["stats"] = json!([]);
+        assert!(serde_json::from_value::<Session>(v).is_err());
+        let mut v = serde_json::to_value(session()).expect("serialize");
+        v.as_object_mut().expect("object").remove("stats");
+        let parsed: Session = serde_json::from_value(v).expect("stats may be absent");
+        assert!(parsed.stats.is_empty());
     }
 
     #[test]

@@ -1,163 +1,131 @@
-//! The D1 layout (CONTRACT.md section 5, "Durability") as SQL text: monthly
-//! partition tables, created on first write, and the statements of one
-//! flush. Plain strings so the layout is tested natively; the session
-//! object binds and runs them.
+//! The plan of one flush to D1 ([`plan`]): the session's points, each in the
+//! partition of its `ts` (monthly, or yearly once 12 months old), with the
+//! months the session has points in and the roll-up marks of their hours,
+//! and the session row with its member rows, in the partition of its start
+//! (CONTRACT.md sections 5 and 9). The statements come from the query layer
+//! (`core::history`), which alone names partition tables; the session
+//! object only binds and runs them, as one batch.
 //!
 //! Points go in as one JSON array per partition and statement, expanded by
 //! SQLite's `json_each`: a single bound parameter however many points, so
 //! D1's limit of 100 bound parameters per statement never binds a batch.
 
-use std::collections::BTreeMap;
-
-use crate::time::{month_suffix, Millis};
+use crate::core::history::{write_points, write_session, SessionRecord};
+use crate::core::partition::Statement;
+use crate::core::session::Meta;
+use crate::time::Millis;
 
 /// Largest JSON array bound to one insert (D1 caps a bound value at 2 MB).
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
 
-/// `sessions_YYYY_MM`.
-pub fn sessions_table(month: &str) -> String {
-    format!("sessions_{month}")
+/// The statements of one flush, run as one D1 batch (all or nothing), and
+/// the partition tables it makes sure of (to remember once it succeeded).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// In order.
+    pub stmts: Vec<Statement>,
+    /// Partition tables the batch creates if missing.
+    pub tables: Vec<String>,
 }
 
-/// `session_points_YYYY_MM`.
-pub fn points_table(month: &str) -> String {
-    format!("session_points_{month}")
-}
-
-/// Creates a month's sessions partition if it is missing.
-pub fn create_sessions(month: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} (\
-         id TEXT PRIMARY KEY, owner_id TEXT NOT NULL, title TEXT, members TEXT NOT NULL, \
-         metadata TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, \
-         point_count INTEGER NOT NULL)",
-        sessions_table(month)
-    )
-}
-
-/// Creates a month's points partition if it is missing; `(session_id, seq)`
-/// is the key that makes a repeated flush harmless.
-pub fn create_points(month: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} (\
-         session_id TEXT NOT NULL, seq INTEGER NOT NULL, user_id TEXT NOT NULL, client_id TEXT, \
-         kind TEXT NOT NULL, value REAL, data TEXT, ts INTEGER NOT NULL, \
-         PRIMARY KEY (session_id, seq))",
-        points_table(month)
-    )
-}
-
-/// Records a partition in the `partitions` table (for operators).
-pub const RECORD_PARTITION: &str =
-    "INSERT OR IGNORE INTO partitions (name, created_at) VALUES (?1, ?2)";
-
-/// Inserts the points of a JSON array (`?2`, stored points as the API
-/// returns them) for session `?1`; points already there are left alone.
-pub fn insert_points(month: &str) -> String {
-    format!(
-        "INSERT OR IGNORE INTO {} (session_id, seq, user_id, client_id, kind, value, data, ts) \
-         SELECT ?1, json_extract(p.value, '$.seq'), json_extract(p.value, '$.userId'), \
-         json_extract(p.value, '$.id'), json_extract(p.value, '$.kind'), \
-         json_extract(p.value, '$.value'), json_extract(p.value, '$.data'), \
-         json_extract(p.value, '$.ts') FROM json_each(?2) AS p",
-        points_table(month)
-    )
-}
-
-/// Inserts or updates the session row: `?1` id, `?2` owner, `?3` title,
-/// `?4` members (JSON), `?5` metadata (JSON), `?6` status, `?7` started_at,
-/// `?8` ended_at, `?9` point_count. The count never goes down, so an older
-/// flush landing late cannot undo a newer one.
-pub fn upsert_session(month: &str) -> String {
-    format!(
-        "INSERT INTO {t} (id, owner_id, title, members, metadata, status, started_at, ended_at, point_count) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-         ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
-         metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
-         point_count = max({t}.point_count, excluded.point_count)",
-        t = sessions_table(month)
-    )
-}
-
-/// Groups stored points `(ts, json)` by their partition month and packs
-/// each group into JSON arrays of at most [`MAX_CHUNK_BYTES`] (a single
-/// larger point still gets an array of its own).
-pub fn chunk_by_month(points: &[(Millis, String)]) -> Vec<(String, String)> {
-    let mut by_month: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (ts, body) in points {
-        let arrays = by_month.entry(month_suffix(*ts)).or_default();
-        match arrays.last_mut() {
-            Some(arr) if arr.len() + body.len() + 2 <= MAX_CHUNK_BYTES => {
-                arr.push(',');
-                arr.push_str(body);
-            }
-            _ => arrays.push(format!("[{body}")),
+/// Plans one flush at `now`: the partitions it needs that `known` does not
+/// know of (created and registered in the same batch, before their first
+/// write), the points, and the session row with `point_count`. `points`
+/// are `(ts, stored JSON)` in seq order.
+pub fn plan(
+    meta: &Meta,
+    point_count: u64,
+    points: &[(Millis, String)],
+    now: Millis,
+    known: impl Fn(&str) -> bool,
+) -> Plan {
+    let row = write_session(
+        &SessionRecord {
+            id: &meta.id,
+            owner_id: &meta.owner_id,
+            title: meta.title.as_deref(),
+            members: &meta.members,
+            metadata: &meta.metadata,
+            status: meta.status,
+            started_at: meta.started_at,
+            ended_at: meta.ended_at,
+            point_count,
+        },
+        now,
+    );
+    let mut p = Plan::default();
+    for w in write_points(&meta.id, points, now).into_iter().chain([row]) {
+        if !w.ensure.tables.iter().all(|t| known(t)) {
+            p.stmts.extend(w.ensure.statements);
         }
+        p.stmts.extend(w.statements);
+        p.tables.extend(w.ensure.tables);
     }
-    by_month
-        .into_iter()
-        .flat_map(|(month, arrays)| {
-            arrays.into_iter().map(move |mut arr| {
-                arr.push(']');
-                (month.clone(), arr)
-            })
-        })
-        .collect()
+    p
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use sesh_protocol::SessionStatus;
 
     const NOV: Millis = 1_764_272_772_345; // 2025-11-27
     const DEC: Millis = 1_764_547_200_000; // 2025-12-01T00:00:00Z
+    const OLD: Millis = 1_700_000_000_000; // 2023-11-14: a yearly partition by DEC
 
-    #[test]
-    fn partition_names_follow_the_utc_month() {
-        assert_eq!(points_table(&month_suffix(NOV)), "session_points_2025_11");
-        assert_eq!(sessions_table(&month_suffix(DEC)), "sessions_2025_12");
-        assert_eq!(month_suffix(DEC - 1), "2025_11");
-    }
-
-    #[test]
-    fn points_split_by_month_into_valid_json_arrays() {
-        let pts = vec![
-            (NOV, r#"{"seq":1}"#.to_owned()),
-            (DEC, r#"{"seq":2}"#.to_owned()),
-            (NOV + 1, r#"{"seq":3}"#.to_owned()),
-        ];
-        let chunks = chunk_by_month(&pts);
-        assert_eq!(
-            chunks,
-            vec![
-                ("2025_11".to_owned(), r#"[{"seq":1},{"seq":3}]"#.to_owned()),
-                ("2025_12".to_owned(), r#"[{"seq":2}]"#.to_owned()),
-            ]
-        );
-    }
-
-    #[test]
-    fn large_batches_are_chunked_below_the_limit() {
-        let body = format!(r#"{{"d":"{}"}}"#, "x".repeat(100 * 1024));
-        let pts: Vec<(Millis, String)> = (0..12).map(|i| (NOV + i, body.clone())).collect();
-        let chunks = chunk_by_month(&pts);
-        assert!(chunks.len() >= 3, "{}", chunks.len());
-        let mut n = 0;
-        for (m, arr) in &chunks {
-            assert_eq!(m, "2025_11");
-            assert!(arr.len() <= MAX_CHUNK_BYTES);
-            let v: Vec<serde_json::Value> = serde_json::from_str(arr).unwrap();
-            n += v.len();
+    fn meta() -> Meta {
+        Meta {
+            id: "019ac5a4-1d20-7000-8000-000000000000".into(),
+            owner_id: "alice".into(),
+            title: Some("t".into()),
+            members: vec!["bob".into()],
+            metadata: serde_json::Map::new(),
+            status: SessionStatus::Active,
+            started_at: NOV,
+            ended_at: None,
+            max_participants: 5,
+            owner_plan: "free".into(),
         }
-        assert_eq!(n, 12, "every point exactly once");
     }
 
     #[test]
-    fn statements_name_their_partition_and_keep_one_row_per_seq() {
-        assert!(create_points("2026_01").contains("PRIMARY KEY (session_id, seq)"));
+    fn a_plan_creates_unknown_partitions_then_writes_points_and_the_row() {
+        let pts = vec![
+            (NOV, json!({"seq":1,"ts":NOV,"userId":"alice"}).to_string()),
+            (DEC, json!({"seq":2,"ts":DEC,"userId":"bob"}).to_string()),
+            (OLD, json!({"seq":3,"ts":OLD,"userId":"bob"}).to_string()),
+        ];
+        let p = plan(&meta(), 3, &pts, DEC, |_| false);
+        let sql: Vec<&str> = p.stmts.iter().map(|s| s.sql.as_str()).collect();
+        let first = |needle: &str| {
+            sql.iter()
+                .position(|s| s.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {sql:#?}"))
+        };
+        for table in [
+            "session_points_2025_11",
+            "session_points_2025_12",
+            "session_points_2023",
+        ] {
+            assert!(
+                first(&format!("CREATE TABLE IF NOT EXISTS {table}"))
+                    < first(&format!("INSERT OR IGNORE INTO {table}")),
+                "{table} exists before its write"
+            );
+        }
+        assert!(first("session_point_months") > 0);
+        assert!(first("rollup_marks") > 0);
         assert!(
-            insert_points("2026_01").starts_with("INSERT OR IGNORE INTO session_points_2026_01")
+            first("INSERT INTO sessions_2025_11")
+                > first("CREATE TABLE IF NOT EXISTS sessions_2025_11")
         );
-        assert!(upsert_session("2026_01").contains("ON CONFLICT(id) DO UPDATE"));
+        assert!(first("session_members_2025_11") > 0);
+        assert!(p.tables.contains(&"session_points_2023".to_owned()));
+        assert!(p.stmts.iter().all(|s| s.params.len() <= 100));
+        // Known partitions are not created again.
+        let again = plan(&meta(), 3, &pts, DEC, |_| true);
+        assert!(again.stmts.iter().all(|s| !s.sql.starts_with("CREATE")));
+        assert!(again.stmts.len() < p.stmts.len());
     }
 }

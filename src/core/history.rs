@@ -473,7 +473,8 @@ pub struct PartitionWrite {
 /// The session row and its member rows (the owner included), for the same
 /// batch as the flush's points; the partition is
 /// [`write_partition`]`(started_at, now)`. The row is upserted as
-/// `core::d1::upsert_session` does; member rows are only ever added.
+/// the flush always did (the count never goes down); member rows are only
+/// ever added.
 pub fn write_session(rec: &SessionRecord<'_>, now: Millis) -> PartitionWrite {
     let span = write_partition(rec.started_at, now);
     let sessions = TableKind::Sessions.table(span);

@@ -1,30 +1,51 @@
-//! The session core: membership, sequencing, idempotency, flood limiting,
-//! the D1 batching decision, and which frame goes to whom.
+//! The session core: membership, sequencing, idempotency, flood limits,
+//! points units, live stats, the D1 batching decision, and which frame goes
+//! to whom.
 //!
-//! A point goes through two steps so that the order "durable, then acked"
-//! is structural: [`SessionCore::accept`] numbers it and hands it back for
-//! storage, and only [`SessionCore::commit`], called once the adapter has
-//! written it, queues the ack and the broadcast. [`SessionCore::abort`]
-//! undoes an accept whose write failed.
+//! Events come in as method calls with `now`; decisions come out of one
+//! channel, [`SessionCore::poll`], each carrying the data needed to carry
+//! it out (quinn-proto's `handle_event` / `poll_transmit` split). Outcomes
+//! of I/O come back as events: [`SessionCore::stored`],
+//! [`SessionCore::granted`], [`SessionCore::flush_done`].
+//!
+//! A point is numbered into a pending write; the adapter stores the whole
+//! write in one transaction ([`Decision::Store`]) and reports the outcome.
+//! Only then are acks and broadcasts queued, so "durable, then acked" is
+//! structural; a failed write is rolled back (seqs, ids, units, stats) as
+//! if its points never came.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::num::NonZeroU32;
+mod flood;
+mod flush;
+mod ids;
+mod membership;
+mod stats;
+mod units;
+
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_FRAME_BYTES;
 use sesh_protocol::{
-    ClientFrame, ErrorCode, NewPoint, Participant, ServerFrame, Session, SessionStatus, StoredPoint,
+    ClientFrame, ErrorCode, KindStats, NewPoint, ServerFrame, Session, SessionStatus, StoredPoint,
 };
+
+pub use flush::{retry_backoff_ms, FlushBatch};
+pub use ids::{IdCache, IdKey, IdLookup, NoIds};
+pub use membership::ConnId;
+pub use units::{day_of, until_next_day, Settlement, Units};
 
 use crate::core::clock::VirtualClock;
 use crate::error::ApiError;
 use crate::time::{rfc3339, Millis};
+use flood::{Gcra, Strikes};
+use flush::{FlushState, Pending};
+use membership::{participant, Conn, Conns};
+use stats::Stats;
 
-/// A connection id (unique per socket, kept in the socket's attachment).
-pub type ConnId = String;
+/// How far ahead of server time a point's `ts` may lie.
+pub const MAX_TS_AHEAD_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// The session's own record, persisted by the adapter as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,13 +63,13 @@ pub struct Meta {
     pub metadata: Map<String, Value>,
     /// Active or ended.
     pub status: SessionStatus,
-    /// Creation time.
+    /// Creation time (from the v7 id, so it lies in the id's month).
     pub started_at: Millis,
     /// End time, once ended.
     pub ended_at: Option<Millis>,
-    /// Live connections allowed at once (the owner's plan).
+    /// Live connections allowed at once by the owner's plan as last seen.
     pub max_participants: u64,
-    /// The owner's plan, whose daily points the session's points use.
+    /// The owner's plan as last seen, whose daily points the session uses.
     pub owner_plan: String,
 }
 
@@ -59,7 +80,7 @@ impl Meta {
     }
 }
 
-/// Tuning of one session core.
+/// Tuning of one session core (configuration, apart from stored state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Flush once this many points are pending.
@@ -75,10 +96,26 @@ pub struct Config {
     /// Refused frames, each within a second of the previous refusal, after
     /// which the connection is closed (1008).
     pub flood_close_after: u32,
+    /// Frames per second of all connections together.
+    pub session_frames_per_sec: u32,
+    /// Burst of all connections together.
+    pub session_frames_burst: u32,
+    /// Live sockets one user may hold in the session.
+    pub seats_per_user: u64,
+    /// Points replayed per `resume`.
+    pub replay_page: u64,
     /// Points units reserved from the owner's quota at a time, at first;
     /// a busy session's blocks double (to 16 times this) while they are
     /// granted in full, so a fast session asks its quota rarely.
     pub reserve_block: u64,
+    /// Socket points that may wait for a reservation at once.
+    pub waiting_max_points: usize,
+    /// Bytes (frame text) of the points waiting for a reservation.
+    pub waiting_max_bytes: usize,
+    /// Units in hand go back after this long without a point or a socket.
+    pub units_idle_ms: u64,
+    /// Client ids remembered in memory; older ones are looked up.
+    pub id_cache: usize,
 }
 
 impl Default for Config {
@@ -90,38 +127,54 @@ impl Default for Config {
             flood_per_sec: 1_000,
             flood_burst: 1_000,
             flood_close_after: 100,
+            session_frames_per_sec: 2_000,
+            session_frames_burst: 2_000,
+            seats_per_user: 3,
+            replay_page: 1_000,
             reserve_block: 200,
+            waiting_max_points: 1_000,
+            waiting_max_bytes: 1 << 20,
+            units_idle_ms: 60_000,
+            id_cache: 10_000,
         }
     }
 }
 
-/// Who sent a point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin<'a> {
-    /// A live participant's socket.
-    Socket(&'a str),
-    /// `POST .../points` by a user.
-    Http(&'a str),
+/// A numbered point with its JSON as stored (and broadcast).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The point.
+    pub point: StoredPoint,
+    /// Its JSON object.
+    pub json: String,
 }
 
-/// What became of an accepted point.
+/// What one storage transaction writes: the points, the units that paid for
+/// them, and the figures of the kinds they changed.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Accepted {
-    /// The client `id` was seen before: answer with its first `seq`; store
-    /// and broadcast nothing.
-    Duplicate {
-        /// The point's first `seq`.
-        seq: u64,
-        /// The client id.
-        id: Option<String>,
-    },
-    /// A new point, numbered; the adapter must store it, then commit it.
-    New(StoredPoint),
+pub struct Write {
+    /// New points, in seq order.
+    pub points: Vec<Rc<Row>>,
+    /// Units after these points.
+    pub units: Units,
+    /// Figures of the kinds these points changed.
+    pub stats: Vec<(String, KindStats)>,
+}
+
+/// One D1 flush: the seq range, the session row's data, the point count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushJob {
+    /// The seq range and the record version.
+    pub batch: FlushBatch,
+    /// The session record to upsert.
+    pub meta: Meta,
+    /// Points the row counts.
+    pub point_count: u64,
 }
 
 /// A decision for the adapter to carry out, in order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub enum Decision {
     /// Send a frame to one connection.
     Send {
         /// Recipient.
@@ -145,19 +198,32 @@ pub enum Action {
         /// Reason for humans.
         reason: &'static str,
     },
-    /// Send `conn` every stored point with `after_seq < seq <= last_seq` as
-    /// `point` frames, in order, then `resumed{last_seq}`.
+    /// Send `conn` the stored points with `after < seq <= through` as
+    /// `point` frames, in order, then the text `then` (`resumed`).
     Replay {
         /// The resuming connection.
         conn: ConnId,
         /// Exclusive lower bound.
-        after_seq: u64,
-        /// Inclusive upper bound (the session's `lastSeq` at the request).
-        last_seq: u64,
+        after: u64,
+        /// Inclusive upper bound.
+        through: u64,
+        /// The frame that ends the page.
+        then: Rc<str>,
     },
-    /// Persist the session record (it changed).
-    SaveMeta,
-    /// Tell the user's presence that a connection came or went.
+    /// Store these points, units and figures in one transaction, then
+    /// report with [`SessionCore::stored`] before polling on.
+    Store(Write),
+    /// Persist the session record.
+    SaveMeta {
+        /// The record.
+        meta: Meta,
+        /// Its version.
+        version: u64,
+    },
+    /// Persist the units in hand.
+    SaveUnits(Units),
+    /// Tell the user's presence that a connection came or went (durable
+    /// outbox, then delivery).
     Presence {
         /// Whose presence.
         user: String,
@@ -166,269 +232,312 @@ pub enum Action {
         /// Joined (`true`) or gone (`false`).
         online: bool,
     },
+    /// Reserve up to `want` points units from `owner`'s quota, then report
+    /// with [`SessionCore::granted`] or [`SessionCore::reserve_failed`].
+    Reserve {
+        /// The session owner.
+        owner: String,
+        /// The owner's plan.
+        plan: String,
+        /// Units wanted.
+        want: u64,
+    },
+    /// Settle units with the owner's quota: in one transaction put the
+    /// settlement in the durable outbox and persist `units`; deliver it
+    /// (retried until delivered).
+    Settle {
+        /// The session owner.
+        owner: String,
+        /// The owner's plan.
+        plan: String,
+        /// What to settle.
+        settlement: Settlement,
+        /// Units in hand after it.
+        units: Units,
+    },
+    /// Write this batch to D1, then report with
+    /// [`SessionCore::flush_done`].
+    Flush(FlushJob),
     /// Make sure the object wakes (alarm) no later than this.
     WakeAt(Millis),
-    /// Reserve up to this many points units from the owner's quota, then
-    /// report with [`SessionCore::granted`] or [`SessionCore::reserve_failed`].
-    Reserve(u64),
-    /// Give this many unused points units back to the owner's quota.
-    Refund(u64),
-    /// Persist the units held ([`SessionCore::units`]).
-    SaveUnits,
 }
 
-/// A contiguous range of points to write to D1, with the session row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlushBatch {
-    /// First seq (inclusive); `from > to` means "session row only".
-    pub from: u64,
-    /// Last seq (inclusive).
-    pub to: u64,
-    /// The session record's version this batch writes.
-    pub meta_version: u64,
+/// The answer of [`SessionCore::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Append {
+    /// Numbered (or known): the seqs, in request order; the points are in
+    /// the pending write.
+    Seqs(Vec<u64>),
+    /// Units are short: reserve `want` for `owner` under `plan`, give the
+    /// answer to [`SessionCore::add_units`], and append again.
+    NeedUnits {
+        /// The session owner.
+        owner: String,
+        /// The owner's plan.
+        plan: String,
+        /// Units to ask for.
+        want: u64,
+    },
 }
 
-/// Flush progress, rebuilt from storage on wake.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct FlushState {
-    /// Every point up to here is in D1 (durable watermark).
-    flushed_seq: u64,
-    /// A batch is being written.
-    in_flight: Option<FlushBatch>,
-    /// When the oldest unflushed point (or row change) was noted.
-    pending_since: Option<Millis>,
-    /// Consecutive failures, for backoff.
-    failures: u32,
-    /// No attempt before this after a failure.
-    retry_at: Option<Millis>,
-    /// Version of the session record already in D1.
-    flushed_meta_version: u64,
-}
-
-type Limiter = RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    VirtualClock,
-    governor::middleware::NoOpMiddleware<std::time::Duration>,
->;
-
-struct Conn {
-    user_id: String,
-    joined_at: Millis,
-    limiter: Limiter,
-    // Refusals since the connection last went a second without one.
-    strikes: u32,
-    last_refusal: Millis,
-}
-
-/// One session's state and logic.
-pub struct SessionCore {
-    meta: Meta,
-    meta_version: u64,
-    cfg: Config,
-    last_seq: u64,
-    ids: HashMap<String, u64>,
-    conns: BTreeMap<ConnId, Conn>,
-    flush: FlushState,
-    clock: VirtualClock,
-    out: VecDeque<Action>,
-    // Points units taken from the owner's quota, net of refunds; every
-    // stored point used one, so `units - last_seq` are still in hand.
-    units: u64,
-    reserving: bool,
-    // The size of the next reservation (see `Config::reserve_block`).
-    block: u64,
-    // Socket points that arrived while no unit was in hand, in order.
-    waiting: VecDeque<(ConnId, NewPoint)>,
-}
-
-/// What the adapter knows after a wake-up, to rebuild a core.
+/// What storage holds, to rebuild a core after a wake-up.
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
     /// Highest stored seq.
     pub last_seq: u64,
     /// Durable D1 watermark.
     pub flushed_seq: u64,
-    /// Client ids already used, with their seq.
-    pub ids: Vec<(String, u64)>,
     /// Live sockets that survived hibernation: (conn, user, joined at).
     pub conns: Vec<(ConnId, String, Millis)>,
     /// Version of the stored session record.
     pub meta_version: u64,
     /// Version of the session record already in D1.
     pub flushed_meta_version: u64,
-    /// Points units held (see [`SessionCore::units`]).
-    pub units: u64,
+    /// Points units held.
+    pub units: Units,
+    /// Live figures per kind.
+    pub stats: std::collections::BTreeMap<String, KindStats>,
 }
 
-/// Exponential backoff for D1 retries: 1 s, 2 s, 4 s ... at most 60 s.
-pub fn retry_backoff_ms(failures: u32) -> u64 {
-    1_000u64
-        .saturating_mul(1u64 << failures.saturating_sub(1).min(6))
-        .min(60_000)
+/// The session's durable state as the core holds it.
+struct State {
+    meta: Meta,
+    meta_version: u64,
+    last_seq: u64,
+    units: Units,
+    stats: Stats,
+    flush: FlushState,
+}
+
+/// A point waiting for a reservation.
+struct Waiting {
+    conn: ConnId,
+    point: NewPoint,
+    bytes: usize,
+}
+
+/// Points numbered and not stored yet, with what to undo if the write fails.
+struct PendingWrite {
+    rows: Vec<(Option<ConnId>, Rc<Row>)>,
+    ids: HashMap<IdKey, u64>,
+    // Repeats of a pending point, acked once it is stored.
+    acks: Vec<(ConnId, Option<String>, u64)>,
+    units_before: Units,
+    stats_before: Vec<(String, Option<KindStats>)>,
+    polled: bool,
+}
+
+/// One session's state and logic.
+pub struct SessionCore {
+    cfg: Config,
+    st: State,
+    conns: Conns,
+    ids: IdCache,
+    write: Option<PendingWrite>,
+    waiting: VecDeque<Waiting>,
+    waiting_bytes: usize,
+    // The size of a socket reservation that is out, if one is.
+    reserving: Option<u64>,
+    // The size of the next reservation (see `Config::reserve_block`).
+    block: u64,
+    last_activity: Millis,
+    session_limit: Gcra,
+    clock: VirtualClock,
+    out: VecDeque<Decision>,
 }
 
 impl SessionCore {
     /// A new session.
     pub fn create(meta: Meta, cfg: Config, now: Millis) -> SessionCore {
-        let mut core = Self::build(meta, cfg, now);
+        let mut core = Self::build(meta, cfg, Restored::default(), now);
         // The new row must reach D1 even if no point ever does.
-        core.meta_version = 1;
-        core.flush.pending_since = Some(now);
-        core.out.push_back(Action::SaveMeta);
+        core.st.meta_version = 1;
+        core.st.flush.note(now);
+        core.save_meta();
         core.schedule();
         core
     }
 
     /// A session rebuilt from storage after the object woke up.
     pub fn restore(meta: Meta, cfg: Config, r: Restored, now: Millis) -> SessionCore {
-        let mut core = Self::build(meta, cfg, now);
-        core.last_seq = r.last_seq;
-        core.ids = r.ids.into_iter().collect();
-        core.flush.flushed_seq = r.flushed_seq.min(r.last_seq);
-        core.meta_version = r.meta_version;
-        core.flush.flushed_meta_version = r.flushed_meta_version;
-        core.units = r.units.max(core.last_seq);
-        for (conn, user, joined_at) in r.conns {
-            let c = core.new_conn(user, joined_at);
-            core.conns.insert(conn, c);
-        }
-        if core.has_pending() {
-            core.flush.pending_since = Some(now);
+        let mut core = Self::build(meta, cfg, r, now);
+        if core
+            .st
+            .flush
+            .has_pending(core.st.last_seq, core.st.meta_version)
+        {
+            core.st.flush.note(now);
         }
         core.schedule();
         core
     }
 
-    fn build(meta: Meta, cfg: Config, now: Millis) -> SessionCore {
+    fn build(meta: Meta, cfg: Config, r: Restored, now: Millis) -> SessionCore {
         let clock = VirtualClock::default();
         clock.set(now);
-        SessionCore {
-            meta,
-            meta_version: 0,
-            cfg,
-            last_seq: 0,
-            ids: HashMap::new(),
-            conns: BTreeMap::new(),
-            flush: FlushState::default(),
+        let mut core = SessionCore {
+            st: State {
+                meta,
+                meta_version: r.meta_version,
+                last_seq: r.last_seq,
+                units: r.units,
+                stats: Stats::from_map(r.stats),
+                flush: FlushState {
+                    flushed_seq: r.flushed_seq.min(r.last_seq),
+                    flushed_meta_version: r.flushed_meta_version,
+                    ..FlushState::default()
+                },
+            },
+            conns: Conns::default(),
+            ids: IdCache::new(cfg.id_cache),
+            write: None,
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            reserving: None,
+            block: cfg.reserve_block,
+            last_activity: now,
+            session_limit: Gcra::new(cfg.session_frames_per_sec, cfg.session_frames_burst, &clock),
             clock,
             out: VecDeque::new(),
-            units: 0,
-            reserving: false,
-            block: cfg.reserve_block,
-            waiting: VecDeque::new(),
+            cfg,
+        };
+        for (conn, user, joined_at) in r.conns {
+            let c = core.new_conn(user, joined_at);
+            core.conns.0.insert(conn, c);
         }
+        core
     }
 
     fn new_conn(&self, user_id: String, joined_at: Millis) -> Conn {
-        let per_sec = NonZeroU32::new(self.cfg.flood_per_sec).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(self.cfg.flood_burst).unwrap_or(NonZeroU32::MIN);
         Conn {
             user_id,
             joined_at,
-            limiter: RateLimiter::direct_with_clock(
-                Quota::per_second(per_sec).allow_burst(burst),
-                self.clock.clone(),
-            ),
-            strikes: 0,
-            last_refusal: Millis::MIN,
+            limiter: Gcra::new(self.cfg.flood_per_sec, self.cfg.flood_burst, &self.clock),
+            strikes: Strikes::default(),
         }
     }
 
-    /// Whether decisions are waiting to be carried out.
-    pub fn has_actions(&self) -> bool {
-        !self.out.is_empty()
+    fn tick_clock(&mut self, now: Millis) {
+        self.clock.set(now);
     }
 
-    /// The next decision to carry out, if any.
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.pop_front()
+    /// The next decision to carry out, if any. A pending write comes out as
+    /// [`Decision::Store`] once everything queued before it is out.
+    pub fn poll(&mut self) -> Option<Decision> {
+        if let Some(d) = self.out.pop_front() {
+            return Some(d);
+        }
+        let w = self.write.as_mut().filter(|w| !w.polled)?;
+        w.polled = true;
+        let stats = w
+            .stats_before
+            .iter()
+            .filter_map(|(k, _)| self.st.stats.get(k).map(|s| (k.clone(), s)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        Some(Decision::Store(Write {
+            points: w.rows.iter().map(|(_, r)| Rc::clone(r)).collect(),
+            units: self.st.units,
+            stats,
+        }))
     }
 
     /// The session record.
     pub fn meta(&self) -> &Meta {
-        &self.meta
+        &self.st.meta
     }
 
-    /// The latest seq.
+    /// The latest stored seq.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.st.last_seq
     }
 
     /// The version of the session record; bumps on every change that D1
     /// must see.
     pub fn meta_version(&self) -> u64 {
-        self.meta_version
+        self.st.meta_version
     }
 
-    /// The session as answered over HTTP, with live participants.
+    /// Units in hand.
+    pub fn units(&self) -> Units {
+        self.st.units
+    }
+
+    /// The durable D1 watermark.
+    pub fn flushed_seq(&self) -> u64 {
+        self.st.flush.flushed_seq
+    }
+
+    /// The session as answered over HTTP, with live participants and stats.
     pub fn view(&self) -> Session {
+        let m = &self.st.meta;
         Session {
-            id: self.meta.id.clone(),
-            owner_id: self.meta.owner_id.clone(),
-            title: self.meta.title.clone(),
-            members: self.meta.members.clone(),
-            metadata: self.meta.metadata.clone(),
-            status: self.meta.status,
-            started_at: rfc3339(self.meta.started_at),
-            ended_at: self.meta.ended_at.map(rfc3339),
-            point_count: self.last_seq,
-            last_seq: self.last_seq,
-            participants: self.participants(),
+            id: m.id.clone(),
+            owner_id: m.owner_id.clone(),
+            title: m.title.clone(),
+            members: m.members.clone(),
+            metadata: m.metadata.clone(),
+            status: m.status,
+            started_at: rfc3339(m.started_at),
+            ended_at: m.ended_at.map(rfc3339),
+            point_count: self.st.last_seq,
+            last_seq: self.st.last_seq,
+            participants: self.conns.participants(),
+            stats: self.st.stats.all().clone(),
         }
     }
 
-    fn participants(&self) -> Vec<Participant> {
-        self.conns
-            .iter()
-            .map(|(id, c)| participant(id, c))
-            .collect()
-    }
-
-    /// Whether `user` may open a socket now; checked before the upgrade.
-    pub fn admit(&self, user: &str) -> Result<(), ApiError> {
-        self.check_member(user)?;
-        if self.meta.status == SessionStatus::Ended {
-            return Err(ApiError::SessionEnded);
-        }
-        if self.conns.len() as u64 >= self.meta.max_participants {
-            return Err(ApiError::QuotaExceeded {
-                message: format!(
-                    "the session is full ({} live connections allowed by the owner's plan)",
-                    self.meta.max_participants
-                ),
-                retry_after_ms: None,
-            });
-        }
-        Ok(())
+    /// Whether `conn` is a live participant.
+    pub fn has_conn(&self, conn: &str) -> bool {
+        self.conns.0.contains_key(conn)
     }
 
     /// Checks that `user` is a member.
     pub fn check_member(&self, user: &str) -> Result<(), ApiError> {
-        if self.meta.is_member(user) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("not a member of this session".into()))
+        membership::check_member(&self.st.meta, user)
+    }
+
+    /// The owner's current plan and its participants cap (asked of the
+    /// owner's quota at each join); points reservations use it from now on.
+    pub fn set_plan(&mut self, plan: &str, max_participants: u64) {
+        let m = &mut self.st.meta;
+        if m.owner_plan != plan || m.max_participants != max_participants {
+            m.owner_plan = plan.to_owned();
+            m.max_participants = max_participants;
+            self.save_meta();
         }
+    }
+
+    /// Whether `user` may open a socket now; checked before the upgrade,
+    /// with the participants cap of the owner's current plan.
+    pub fn admit(&self, user: &str) -> Result<(), ApiError> {
+        membership::admit(
+            &self.st.meta,
+            &self.conns,
+            user,
+            self.st.meta.max_participants,
+            self.cfg.seats_per_user,
+        )
     }
 
     /// A socket joined (after [`admit`](Self::admit) and the upgrade):
     /// `welcome` to it, `joined` to the others.
     pub fn join(&mut self, conn: &str, user: &str, now: Millis) {
-        self.clock.set(now);
+        self.tick_clock(now);
         let c = self.new_conn(user.to_owned(), now);
         let p = participant(conn, &c);
-        self.conns.insert(conn.to_owned(), c);
+        self.conns.0.insert(conn.to_owned(), c);
         let welcome = ServerFrame::Welcome {
-            session_id: self.meta.id.clone(),
+            session_id: self.st.meta.id.clone(),
             conn_id: conn.to_owned(),
             user_id: user.to_owned(),
-            last_seq: self.last_seq,
-            participants: self.participants(),
+            last_seq: self.st.last_seq,
+            participants: self.conns.participants(),
         };
         self.send(conn, &welcome);
         self.broadcast(Some(conn), &ServerFrame::Joined(p));
-        self.out.push_back(Action::Presence {
+        self.out.push_back(Decision::Presence {
             user: user.to_owned(),
             conn: conn.to_owned(),
             online: true,
@@ -437,85 +546,55 @@ impl SessionCore {
 
     /// A socket closed or failed: `left` to the others. Unknown connections
     /// (already gone) are ignored.
-    pub fn leave(&mut self, conn: &str) -> bool {
-        match self.conns.remove(conn) {
-            Some(c) => {
-                self.broadcast(
-                    None,
-                    &ServerFrame::Left {
-                        conn_id: conn.to_owned(),
-                        user_id: c.user_id.clone(),
-                    },
-                );
-                self.out.push_back(Action::Presence {
-                    user: c.user_id,
-                    conn: conn.to_owned(),
-                    online: false,
-                });
-                if self.conns.is_empty() && self.waiting.is_empty() {
-                    // Idle: units in hand go back to the owner.
-                    self.refund_units();
-                }
-                true
-            }
-            None => false,
+    pub fn leave(&mut self, conn: &str, now: Millis) -> bool {
+        self.tick_clock(now);
+        let Some(c) = self.conns.0.remove(conn) else {
+            return false;
+        };
+        self.broadcast(
+            None,
+            &ServerFrame::Left {
+                conn_id: conn.to_owned(),
+                user_id: c.user_id.clone(),
+            },
+        );
+        self.out.push_back(Decision::Presence {
+            user: c.user_id,
+            conn: conn.to_owned(),
+            online: false,
+        });
+        self.waiting.retain(|w| w.conn != conn);
+        self.waiting_bytes = self.waiting.iter().map(|w| w.bytes).sum();
+        if self.conns.0.is_empty() && self.waiting.is_empty() && self.write.is_none() {
+            // Idle: units in hand go back to the owner.
+            self.settle_all();
         }
+        true
     }
 
-    /// Whether `conn` is a live participant.
-    pub fn has_conn(&self, conn: &str) -> bool {
-        self.conns.contains_key(conn)
-    }
-
-    /// A text frame from `conn`. Returns a new point to store (then
-    /// [`commit`](Self::commit) or [`abort`](Self::abort)); everything else
-    /// is queued as actions.
-    pub fn on_text(&mut self, conn: &str, text: &str, now: Millis) -> Option<StoredPoint> {
-        self.clock.set(now);
+    /// A text frame from `conn`.
+    pub fn on_text(&mut self, conn: &str, text: &str, now: Millis, ids: &mut dyn IdLookup) {
+        self.tick_clock(now);
         if text.len() > MAX_FRAME_BYTES {
             self.drop_conn(conn, 1009, "frame too large");
-            return None;
+            return;
         }
         if !self.admit_frame(conn) {
-            return None;
+            return;
         }
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 self.send(conn, &ServerFrame::from_frame_error(&e, text));
-                return None;
+                return;
             }
         };
         match frame {
-            ClientFrame::Point(p) => {
-                let reference = p.id.clone();
-                let known = p.id.as_ref().and_then(|id| self.ids.get(id)).is_some();
-                let active = self.meta.status == SessionStatus::Active;
-                if active && !known && (!self.waiting.is_empty() || self.budget() == 0) {
-                    // No unit in hand: the point waits (in order) for a
-                    // reservation from the owner's quota.
-                    self.waiting.push_back((conn.to_owned(), p));
-                    self.request_units();
-                    return None;
-                }
-                match self.accept(Origin::Socket(conn), p, now) {
-                    Ok(Accepted::New(stored)) => return Some(stored),
-                    Ok(Accepted::Duplicate { seq, id }) => {
-                        self.send(conn, &ServerFrame::Ack { id, seq });
-                    }
-                    Err(e) => self.send_error(conn, &e, reference),
-                }
-            }
-            ClientFrame::Resume { after_seq } => {
-                self.out.push_back(Action::Replay {
-                    conn: conn.to_owned(),
-                    after_seq,
-                    last_seq: self.last_seq,
-                });
-            }
+            ClientFrame::Point(p) => self.socket_point(conn, p, text.len(), now, ids),
+            ClientFrame::Resume { after_seq } => self.resume(conn, after_seq),
             ClientFrame::Ping => self.send(conn, &ServerFrame::Pong),
             ClientFrame::End => {
-                let user = self.conns.get(conn).map(|c| c.user_id.clone());
+                let user = self.conns.0.get(conn).map(|c| c.user_id.clone());
                 if let Some(user) = user {
                     if let Err(e) = self.end(&user, now) {
                         self.send_error(conn, &e, None);
@@ -523,12 +602,11 @@ impl SessionCore {
                 }
             }
         }
-        None
     }
 
     /// A binary frame: not part of the protocol.
     pub fn on_binary(&mut self, conn: &str, len: usize, now: Millis) {
-        self.clock.set(now);
+        self.tick_clock(now);
         if len > MAX_FRAME_BYTES {
             self.drop_conn(conn, 1009, "frame too large");
             return;
@@ -544,41 +622,61 @@ impl SessionCore {
         }
     }
 
-    /// The per-connection flood limit. A refused frame gets `rate_limited`;
-    /// a connection that keeps on without a second's pause is closed (1008).
+    fn resume(&mut self, conn: &str, after: u64) {
+        let last = self.st.last_seq;
+        let through = if after >= last {
+            after
+        } else {
+            last.min(after.saturating_add(self.cfg.replay_page.max(1)))
+        };
+        let then = ServerFrame::Resumed {
+            last_seq: last,
+            through_seq: through,
+            more: through < last,
+        };
+        self.out.push_back(Decision::Replay {
+            conn: conn.to_owned(),
+            after,
+            through: through.min(last),
+            then: then.to_json().into(),
+        });
+    }
+
+    /// The flood limits. A refused frame gets `rate_limited`; a connection
+    /// that keeps on without a second's pause is closed (1008). Refusals
+    /// by the session-wide limit are not the connection's strikes.
     fn admit_frame(&mut self, conn: &str) -> bool {
-        let close_after = self.cfg.flood_close_after;
         let now = self.clock.get();
-        let Some(c) = self.conns.get_mut(conn) else {
+        let Some(c) = self.conns.0.get_mut(conn) else {
             return false;
         };
-        let not_until = match c.limiter.check() {
-            Ok(()) => return true,
-            Err(n) => n,
+        let wait = match c.limiter.take(&self.clock) {
+            Ok(()) => match self.session_limit.take(&self.clock) {
+                Ok(()) => return true,
+                Err(wait) => wait,
+            },
+            Err(wait) => {
+                if c.strikes.strike(now) > self.cfg.flood_close_after {
+                    self.drop_conn(conn, 1008, "flooding");
+                    return false;
+                }
+                wait
+            }
         };
-        if now.saturating_sub(c.last_refusal) > 1_000 {
-            c.strikes = 0;
-        }
-        c.strikes += 1;
-        c.last_refusal = now;
-        if c.strikes > close_after {
-            self.drop_conn(conn, 1008, "flooding");
-        } else {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
-            let frame = ServerFrame::Error {
-                code: ErrorCode::RateLimited,
-                message: "too many frames; slow down".into(),
-                r#ref: None,
-                retry_after_ms: Some(wait.as_millis().max(1) as u64),
-            };
-            self.send(conn, &frame);
-        }
+        let frame = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "too many frames; slow down".into(),
+            r#ref: None,
+            retry_after_ms: Some(wait),
+        };
+        self.send(conn, &frame);
         false
     }
 
     fn drop_conn(&mut self, conn: &str, code: u16, reason: &'static str) {
-        if self.leave(conn) {
-            self.out.push_back(Action::Close {
+        let now = self.clock.get();
+        if self.leave(conn, now) {
+            self.out.push_back(Decision::Close {
                 conn: conn.to_owned(),
                 code,
                 reason,
@@ -586,321 +684,496 @@ impl SessionCore {
         }
     }
 
-    /// Validates and numbers a point. Nothing is queued: the caller stores a
-    /// [`Accepted::New`] point and then commits it.
-    pub fn accept(
+    fn socket_point(
         &mut self,
-        from: Origin<'_>,
+        conn: &str,
         p: NewPoint,
+        bytes: usize,
         now: Millis,
-    ) -> Result<Accepted, ApiError> {
-        let user = match from {
-            Origin::Socket(conn) => self
-                .conns
-                .get(conn)
-                .map(|c| c.user_id.clone())
-                .ok_or_else(|| ApiError::Forbidden("connection has left".into()))?,
-            Origin::Http(user) => {
-                self.check_member(user)?;
-                user.to_owned()
-            }
+        ids: &mut dyn IdLookup,
+    ) {
+        let Some(user) = self.conns.0.get(conn).map(|c| c.user_id.clone()) else {
+            return;
         };
-        if self.meta.status == SessionStatus::Ended {
+        let reference = p.id.clone();
+        if let Err(e) = self.check_point(&p, now) {
+            self.send_error(conn, &e, reference);
+            return;
+        }
+        if let Some(seq) = self.known(&user, p.id.as_deref(), ids) {
+            self.ack_repeat(conn, p.id, seq);
+            return;
+        }
+        self.roll_day(now);
+        if !self.waiting.is_empty() || self.st.units.spendable(now) == 0 {
+            self.wait_for_units(conn, p, bytes);
+            return;
+        }
+        self.number(Some(conn), &user, p, now);
+    }
+
+    /// Queues a point for the next reservation, within the bounds.
+    fn wait_for_units(&mut self, conn: &str, p: NewPoint, bytes: usize) {
+        if self.waiting.len() >= self.cfg.waiting_max_points
+            || self.waiting_bytes + bytes > self.cfg.waiting_max_bytes
+        {
+            let frame = ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "too many points are waiting for the points quota; send this one again"
+                    .into(),
+                r#ref: p.id,
+                retry_after_ms: Some(1_000),
+            };
+            self.send(conn, &frame);
+            return;
+        }
+        self.waiting_bytes += bytes;
+        self.waiting.push_back(Waiting {
+            conn: conn.to_owned(),
+            point: p,
+            bytes,
+        });
+        self.request_units();
+    }
+
+    fn check_point(&self, p: &NewPoint, now: Millis) -> Result<(), ApiError> {
+        if self.st.meta.status == SessionStatus::Ended {
             return Err(ApiError::SessionEnded);
         }
-        if let Some(id) = &p.id {
-            if let Some(&seq) = self.ids.get(id) {
-                return Ok(Accepted::Duplicate {
-                    seq,
-                    id: p.id.clone(),
-                });
+        if p.ts
+            .is_some_and(|ts| ts > now.saturating_add(MAX_TS_AHEAD_MS))
+        {
+            return Err(ApiError::Validation(
+                "ts lies more than 24 hours ahead of server time".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The seq of `(user, id)` if that point is stored or pending.
+    fn known(&mut self, user: &str, id: Option<&str>, ids: &mut dyn IdLookup) -> Option<u64> {
+        let id = id?;
+        if let Some(w) = &self.write {
+            if let Some(&seq) = w.ids.get(&(user.to_owned(), id.to_owned())) {
+                return Some(seq);
             }
         }
-        if self.budget() == 0 {
-            return Err(points_exhausted());
+        if let Some(seq) = self.ids.get(user, id) {
+            return Some(seq);
         }
-        self.last_seq += 1;
-        let seq = self.last_seq;
+        let seq = ids.seq_of(user, id)?;
+        self.ids.insert((user.to_owned(), id.to_owned()), seq);
+        Some(seq)
+    }
+
+    fn ack_repeat(&mut self, conn: &str, id: Option<String>, seq: u64) {
+        match self.write.as_mut() {
+            // The first point is not stored yet: ack once it is.
+            Some(w) if seq > self.st.last_seq => w.acks.push((conn.to_owned(), id, seq)),
+            _ => self.send(conn, &ServerFrame::Ack { id, seq }),
+        }
+    }
+
+    /// Numbers a point into the pending write (units in hand checked).
+    fn number(&mut self, from: Option<&str>, user: &str, p: NewPoint, now: Millis) -> u64 {
+        let last_seq = self.st.last_seq;
+        let units = self.st.units;
+        let w = self.write.get_or_insert_with(|| PendingWrite {
+            rows: Vec::new(),
+            ids: HashMap::new(),
+            acks: Vec::new(),
+            units_before: units,
+            stats_before: Vec::new(),
+            polled: false,
+        });
+        let seq = last_seq + w.rows.len() as u64 + 1;
         if let Some(id) = &p.id {
-            self.ids.insert(id.clone(), seq);
+            w.ids.insert((user.to_owned(), id.clone()), seq);
         }
-        Ok(Accepted::New(p.into_stored(seq, user, now)))
+        let point = p.into_stored(seq, user, now);
+        if let Some(before) = self.st.stats.add(&point) {
+            w.stats_before.push(before);
+        }
+        self.st.units.spend();
+        let json = serde_json::to_string(&point).unwrap_or_default();
+        w.rows
+            .push((from.map(str::to_owned), Rc::new(Row { point, json })));
+        seq
     }
 
-    /// Undoes the latest [`accept`](Self::accept) after its write failed.
-    pub fn abort(&mut self, p: &StoredPoint) {
-        if p.seq == self.last_seq {
-            self.last_seq -= 1;
-            if let Some(id) = &p.id {
-                self.ids.remove(id);
+    /// The outcome of the [`Decision::Store`] just carried out. Stored:
+    /// acks to the senders, the points to everyone else, the flush
+    /// decision. Failed: everything the write numbered is undone and the
+    /// socket senders get `unavailable` (they resend).
+    pub fn stored(&mut self, ok: bool, now: Millis) {
+        self.tick_clock(now);
+        let Some(w) = self.write.take() else {
+            return;
+        };
+        if !ok {
+            self.st.units = w.units_before;
+            for (kind, before) in w.stats_before.into_iter().rev() {
+                self.st.stats.restore(kind, before);
             }
+            let refs = w
+                .rows
+                .iter()
+                .filter_map(|(c, r)| c.clone().map(|c| (c, r.point.id.clone())))
+                .chain(w.acks.into_iter().map(|(c, id, _)| (c, id)));
+            let frames: Vec<_> = refs.collect();
+            for (conn, id) in frames {
+                let frame = ServerFrame::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "the point could not be stored; send it again".into(),
+                    r#ref: id,
+                    retry_after_ms: Some(1_000),
+                };
+                self.send(&conn, &frame);
+            }
+            return;
         }
-    }
-
-    /// A stored point: ack to its sender (if a socket), the point to every
-    /// other participant, and the flush decision.
-    pub fn commit(&mut self, from: Origin<'_>, p: &StoredPoint, now: Millis) {
-        let json = serde_json::to_string(p).unwrap_or_default();
-        self.commit_json(from, p, &json, now);
-    }
-
-    /// [`commit`](Self::commit) for a point whose JSON (as stored) the
-    /// adapter already has: the broadcast frame is built from it rather
-    /// than serialized again.
-    pub fn commit_json(&mut self, from: Origin<'_>, p: &StoredPoint, json: &str, now: Millis) {
-        let except = match from {
-            Origin::Socket(conn) => {
+        for (key, seq) in w.ids {
+            self.ids.insert(key, seq);
+        }
+        for (from, row) in &w.rows {
+            self.st.last_seq = row.point.seq;
+            if let Some(conn) = from {
                 self.send(
                     conn,
                     &ServerFrame::Ack {
-                        id: p.id.clone(),
-                        seq: p.seq,
+                        id: row.point.id.clone(),
+                        seq: row.point.seq,
                     },
                 );
-                Some(conn.to_owned())
             }
-            Origin::Http(_) => None,
-        };
-        if self.conns.len() > usize::from(except.is_some()) {
-            self.out.push_back(Action::Broadcast {
-                except,
-                text: point_frame(json).into(),
-            });
+            if self.conns.any_but(from.as_deref()) {
+                self.out.push_back(Decision::Broadcast {
+                    except: from.clone(),
+                    text: point_frame(&row.json).into(),
+                });
+            }
         }
-        if self.flush.pending_since.is_none() {
-            self.flush.pending_since = Some(now);
+        for (conn, id, seq) in w.acks {
+            self.send(&conn, &ServerFrame::Ack { id, seq });
         }
-        if self.budget() < self.block / 2 {
-            // Top up before running dry, so points rarely wait.
+        self.last_activity = now;
+        self.st.flush.note(now);
+        if self.st.units.spendable(now) < self.block / 2 && !self.conns.0.is_empty() {
+            // Top up before running dry, so socket points rarely wait.
             self.request_units();
         }
         self.schedule();
     }
 
-    /// How many of `points` would be new (not repeats of a known or an
-    /// earlier id in the same batch): the units a batch needs.
-    pub fn new_points(&self, points: &[NewPoint]) -> u64 {
+    /// `POST .../points` by `user`: all or nothing. Units for every new
+    /// point must be in hand first: when they are short, the answer says
+    /// what to reserve (with `may_reserve`), or the batch is refused with
+    /// `quota_exceeded` until the next UTC day.
+    pub fn append(
+        &mut self,
+        user: &str,
+        points: Vec<NewPoint>,
+        may_reserve: bool,
+        now: Millis,
+        ids: &mut dyn IdLookup,
+    ) -> Result<Append, ApiError> {
+        self.tick_clock(now);
+        self.check_member(user)?;
+        for (i, p) in points.iter().enumerate() {
+            self.check_point(p, now).map_err(|e| match e {
+                ApiError::Validation(m) => ApiError::Validation(format!("points[{i}]: {m}")),
+                other => other,
+            })?;
+        }
         let mut seen = std::collections::HashSet::new();
-        points
-            .iter()
-            .filter(|p| match &p.id {
-                Some(id) => !self.ids.contains_key(id) && seen.insert(id.as_str()),
+        let mut need = 0u64;
+        for p in &points {
+            let new = match p.id.as_deref() {
+                Some(id) => self.known(user, Some(id), ids).is_none() && seen.insert(id),
                 None => true,
-            })
-            .count() as u64
+            };
+            need += u64::from(new);
+        }
+        self.roll_day(now);
+        let have = self.st.units.spendable(now);
+        if need > have {
+            if !may_reserve {
+                return Err(points_exhausted(now));
+            }
+            return Ok(Append::NeedUnits {
+                owner: self.st.meta.owner_id.clone(),
+                plan: self.st.meta.owner_plan.clone(),
+                want: self.cfg.reserve_block.max(need - have),
+            });
+        }
+        let mut seqs = Vec::with_capacity(points.len());
+        for p in points {
+            let seq = match self.known(user, p.id.as_deref(), ids) {
+                Some(seq) => seq,
+                None => self.number(None, user, p, now),
+            };
+            seqs.push(seq);
+        }
+        Ok(Append::Seqs(seqs))
     }
 
-    /// Points units still in hand.
-    pub fn budget(&self) -> u64 {
-        self.units.saturating_sub(self.last_seq)
+    /// Units an HTTP batch reserved for itself ([`Append::NeedUnits`]).
+    pub fn add_units(&mut self, granted: u64, day: Millis, now: Millis) {
+        self.tick_clock(now);
+        self.take_grant(granted, day);
+        if self.st.meta.status == SessionStatus::Ended {
+            self.settle_all();
+        }
     }
 
-    /// Points units held, net of refunds (persisted by the adapter).
-    pub fn units(&self) -> u64 {
-        self.units
+    fn take_grant(&mut self, granted: u64, day: Millis) {
+        match self.st.units.add(granted, day) {
+            Some(s) => self.push_settle(s),
+            None if granted > 0 => self.out.push_back(Decision::SaveUnits(self.st.units)),
+            None => {}
+        }
     }
 
     fn request_units(&mut self) {
-        if !self.reserving && self.meta.status == SessionStatus::Active {
-            self.reserving = true;
-            self.out.push_back(Action::Reserve(self.block));
+        if self.reserving.is_none() && self.st.meta.status == SessionStatus::Active {
+            self.reserving = Some(self.block);
+            self.out.push_back(Decision::Reserve {
+                owner: self.st.meta.owner_id.clone(),
+                plan: self.st.meta.owner_plan.clone(),
+                want: self.block,
+            });
         }
     }
 
-    /// Units added outside a [`Action::Reserve`] (an HTTP batch that
-    /// reserved what it needs).
-    pub fn add_units(&mut self, n: u64) {
-        if n > 0 {
-            self.units += n;
-            self.out.push_back(Action::SaveUnits);
-        }
-    }
-
-    /// A reservation came back with `n` units. Waiting points are numbered
-    /// now, in order, and returned for storage; those beyond the quota get
-    /// `quota_exceeded` error frames.
-    pub fn granted(&mut self, n: u64, now: Millis) -> Vec<(ConnId, StoredPoint)> {
-        self.clock.set(now);
-        self.reserving = false;
-        self.block = if n >= self.block {
+    /// A [`Decision::Reserve`] came back with `granted` units of `day`.
+    /// Waiting points are numbered now, in order; when the quota ran out
+    /// the rest get `quota_exceeded` error frames.
+    pub fn granted(&mut self, granted: u64, day: Millis, now: Millis, ids: &mut dyn IdLookup) {
+        self.tick_clock(now);
+        let want = self.reserving.take().unwrap_or(self.block);
+        let full = granted >= want;
+        self.block = if full {
             (self.block * 2).min(self.cfg.reserve_block * 16)
         } else {
             self.cfg.reserve_block
         };
-        self.add_units(n);
-        if self.meta.status == SessionStatus::Ended {
+        self.take_grant(granted, day);
+        if self.st.meta.status == SessionStatus::Ended {
             // Too late: the session ended while the reservation was out.
-            self.refund_units();
+            self.settle_all();
+            return;
         }
-        let mut ready = Vec::new();
-        while let Some((conn, p)) = self.waiting.pop_front() {
-            if !self.conns.contains_key(&conn) {
+        self.roll_day(now);
+        while let Some(front) = self.waiting.front() {
+            let id = front.point.id.clone();
+            let Some(user) = self.conns.0.get(&front.conn).map(|c| c.user_id.clone()) else {
+                // Its socket left meanwhile.
+                self.pop_waiting();
+                continue;
+            };
+            if let Some(seq) = self.known(&user, id.as_deref(), ids) {
+                if let Some(w) = self.pop_waiting() {
+                    self.ack_repeat(&w.conn, w.point.id, seq);
+                }
                 continue;
             }
-            let reference = p.id.clone();
-            match self.accept(Origin::Socket(&conn), p, now) {
-                Ok(Accepted::New(stored)) => ready.push((conn, stored)),
-                Ok(Accepted::Duplicate { seq, id }) => {
-                    self.send(&conn, &ServerFrame::Ack { id, seq })
+            if self.st.units.spendable(now) == 0 {
+                if full {
+                    // More are waiting than this block held: ask again.
+                    self.request_units();
+                    return;
                 }
-                Err(e) => self.send_error(&conn, &e, reference),
+                let e = points_exhausted(now);
+                while let Some(w) = self.waiting.pop_front() {
+                    self.send_error(&w.conn, &e, w.point.id);
+                }
+                self.waiting_bytes = 0;
+                return;
+            }
+            if let Some(w) = self.pop_waiting() {
+                self.number(Some(&w.conn), &user, w.point, now);
             }
         }
-        ready
+    }
+
+    fn pop_waiting(&mut self) -> Option<Waiting> {
+        let w = self.waiting.pop_front()?;
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(w.bytes);
+        Some(w)
     }
 
     /// The owner's quota could not be asked: waiting points get an
     /// `unavailable` error frame (never a silent drop); the client resends.
-    pub fn reserve_failed(&mut self) {
-        self.reserving = false;
-        let e = ApiError::Unavailable("could not reserve points quota".into());
-        while let Some((conn, p)) = self.waiting.pop_front() {
+    pub fn reserve_failed(&mut self, now: Millis) {
+        self.tick_clock(now);
+        self.reserving = None;
+        while let Some(w) = self.waiting.pop_front() {
             let frame = ServerFrame::Error {
-                code: e.code(),
+                code: ErrorCode::Unavailable,
                 message: "the points quota could not be checked; send the point again".into(),
-                r#ref: p.id,
+                r#ref: w.point.id,
                 retry_after_ms: Some(1_000),
             };
-            self.send(&conn, &frame);
+            self.send(&w.conn, &frame);
+        }
+        self.waiting_bytes = 0;
+    }
+
+    fn roll_day(&mut self, now: Millis) {
+        if let Some(s) = self.st.units.roll(now) {
+            self.push_settle(s);
         }
     }
 
-    fn refund_units(&mut self) {
-        let spare = self.budget();
-        if spare > 0 {
-            self.units -= spare;
-            self.out.push_back(Action::Refund(spare));
-            self.out.push_back(Action::SaveUnits);
+    fn settle_all(&mut self) {
+        if let Some(s) = self.st.units.settle_all() {
+            self.push_settle(s);
         }
+    }
+
+    fn push_settle(&mut self, settlement: Settlement) {
+        self.out.push_back(Decision::Settle {
+            owner: self.st.meta.owner_id.clone(),
+            plan: self.st.meta.owner_plan.clone(),
+            settlement,
+            units: self.st.units,
+        });
     }
 
     /// Ends the session (owner only): `ended` to everyone, every socket
-    /// closed with 1000, and a flush of everything. Ending twice is fine.
+    /// closed with 1000, units settled, and a flush of everything. Ending
+    /// twice is fine.
     pub fn end(&mut self, user: &str, now: Millis) -> Result<(), ApiError> {
+        self.tick_clock(now);
         self.check_member(user)?;
-        if user != self.meta.owner_id {
+        if user != self.st.meta.owner_id {
             return Err(ApiError::Forbidden(
                 "only the owner can end the session".into(),
             ));
         }
-        if self.meta.status == SessionStatus::Ended {
+        if self.st.meta.status == SessionStatus::Ended {
             return Ok(());
         }
-        self.meta.status = SessionStatus::Ended;
-        self.meta.ended_at = Some(now);
-        self.meta_version += 1;
-        self.out.push_back(Action::SaveMeta);
+        self.st.meta.status = SessionStatus::Ended;
+        self.st.meta.ended_at = Some(now);
+        self.st.meta_version += 1;
+        self.save_meta();
         self.broadcast(
             None,
             &ServerFrame::Ended {
-                last_seq: self.last_seq,
+                last_seq: self.st.last_seq,
             },
         );
-        let conns = std::mem::take(&mut self.conns);
+        let conns = std::mem::take(&mut self.conns.0);
         for (conn, c) in conns {
-            self.out.push_back(Action::Presence {
+            self.out.push_back(Decision::Presence {
                 user: c.user_id,
                 conn: conn.clone(),
                 online: false,
             });
-            self.out.push_back(Action::Close {
+            self.out.push_back(Decision::Close {
                 conn,
                 code: 1000,
                 reason: "session ended",
             });
         }
         self.waiting.clear();
-        self.refund_units();
+        self.waiting_bytes = 0;
+        self.settle_all();
         // Everything goes to D1 now, not after the interval.
-        self.flush.pending_since = Some(now - self.cfg.flush_interval_ms as Millis);
-        self.flush.retry_at = None;
+        self.st.flush.pending_since = Some(now - self.cfg.flush_interval_ms as Millis);
+        self.st.flush.retry_at = None;
         self.schedule();
         Ok(())
     }
 
-    fn has_pending(&self) -> bool {
-        self.flush.flushed_seq < self.last_seq
-            || self.flush.flushed_meta_version < self.meta_version
-    }
-
-    /// When the next flush is due, if anything is pending.
-    pub fn next_flush_at(&self) -> Option<Millis> {
-        if self.flush.in_flight.is_some() || !self.has_pending() {
-            return None;
-        }
-        if let Some(r) = self.flush.retry_at {
-            return Some(r);
-        }
-        let since = self.flush.pending_since?;
-        let pending = self.last_seq - self.flush.flushed_seq;
-        if pending >= u64::from(self.cfg.flush_batch) {
-            Some(since.min(self.clock.get()))
-        } else {
-            Some(since + self.cfg.flush_interval_ms as Millis)
-        }
-    }
-
-    fn schedule(&mut self) {
-        if let Some(at) = self.next_flush_at() {
-            self.out.push_back(Action::WakeAt(at));
-        }
-    }
-
-    /// The batch to write to D1 now, if one is due. At most one is in flight.
-    pub fn poll_flush(&mut self, now: Millis) -> Option<FlushBatch> {
-        self.clock.set(now);
-        match self.next_flush_at() {
-            Some(at) if at <= now => {}
-            _ => return None,
-        }
-        let from = self.flush.flushed_seq + 1;
-        let to = self
-            .last_seq
-            .min(self.flush.flushed_seq + self.cfg.max_flush_points);
-        let batch = FlushBatch {
-            from,
-            to,
-            meta_version: self.meta_version,
-        };
-        self.flush.in_flight = Some(batch);
-        Some(batch)
-    }
-
-    /// The outcome of writing `batch` to D1. On success the adapter has
-    /// already stored the new watermark.
-    pub fn flush_done(&mut self, batch: FlushBatch, ok: bool, now: Millis) {
-        self.clock.set(now);
-        if self.flush.in_flight != Some(batch) {
-            return;
-        }
-        self.flush.in_flight = None;
-        if ok {
-            self.flush.flushed_seq = self.flush.flushed_seq.max(batch.to);
-            self.flush.flushed_meta_version =
-                self.flush.flushed_meta_version.max(batch.meta_version);
-            self.flush.failures = 0;
-            self.flush.retry_at = None;
-            self.flush.pending_since = if self.has_pending() {
-                // What arrived during the write waits at most one interval;
-                // a full batch goes at once (next_flush_at).
-                Some(now)
-            } else {
-                None
-            };
-        } else {
-            self.flush.failures += 1;
-            self.flush.retry_at = Some(now + retry_backoff_ms(self.flush.failures) as Millis);
+    /// The alarm fired: a due flush, idle units given back, and the next
+    /// wake-up.
+    pub fn tick(&mut self, now: Millis) {
+        self.tick_clock(now);
+        if self.idle_at().is_some_and(|at| at <= now) {
+            self.settle_all();
         }
         self.schedule();
     }
 
-    /// The durable D1 watermark.
-    pub fn flushed_seq(&self) -> u64 {
-        self.flush.flushed_seq
+    // When units in hand go back for want of use.
+    fn idle_at(&self) -> Option<Millis> {
+        let u = self.st.units;
+        let idle = self.conns.0.is_empty() && self.waiting.is_empty() && self.write.is_none();
+        (idle && (u.held > 0 || u.used > 0))
+            .then(|| self.last_activity + self.cfg.units_idle_ms as Millis)
+    }
+
+    fn pending(&self) -> Pending {
+        Pending {
+            last_seq: self.st.last_seq,
+            meta_version: self.st.meta_version,
+            batch: self.cfg.flush_batch,
+            interval_ms: self.cfg.flush_interval_ms,
+            now: self.clock.get(),
+        }
+    }
+
+    /// When the next flush is due, if anything is pending.
+    pub fn next_flush_at(&self) -> Option<Millis> {
+        self.st.flush.next_at(self.pending())
+    }
+
+    /// When the object must wake next (flush or idle units), if ever.
+    pub fn next_wake(&self) -> Option<Millis> {
+        match (self.next_flush_at(), self.idle_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // A due flush goes out now; anything later is an alarm.
+    fn schedule(&mut self) {
+        let now = self.clock.get();
+        if self.next_flush_at().is_some_and(|at| at <= now) {
+            let batch = self.st.flush.start(
+                self.st.last_seq,
+                self.st.meta_version,
+                self.cfg.max_flush_points,
+            );
+            self.out.push_back(Decision::Flush(FlushJob {
+                batch,
+                meta: self.st.meta.clone(),
+                point_count: batch.to.max(self.st.flush.flushed_seq),
+            }));
+        }
+        if let Some(at) = self.next_wake() {
+            self.out.push_back(Decision::WakeAt(at));
+        }
+    }
+
+    /// The outcome of a [`Decision::Flush`]. On success the adapter has
+    /// already stored the new watermark; the units the flushed points used
+    /// are settled.
+    pub fn flush_done(&mut self, batch: FlushBatch, ok: bool, now: Millis) {
+        self.tick_clock(now);
+        let p = self.pending();
+        if !self.st.flush.done(batch, ok, p) {
+            return;
+        }
+        if ok {
+            if let Some(s) = self.st.units.settle_used() {
+                self.push_settle(s);
+            }
+        }
+        self.schedule();
+    }
+
+    fn save_meta(&mut self) {
+        self.out.push_back(Decision::SaveMeta {
+            meta: self.st.meta.clone(),
+            version: self.st.meta_version,
+        });
     }
 
     fn send(&mut self, to: &str, frame: &ServerFrame) {
-        self.out.push_back(Action::Send {
+        self.out.push_back(Decision::Send {
             to: to.to_owned(),
             text: frame.to_json().into(),
         });
@@ -911,14 +1184,17 @@ impl SessionCore {
             code: e.code(),
             message: e.public_message(),
             r#ref: reference,
-            retry_after_ms: None,
+            retry_after_ms: match e {
+                ApiError::QuotaExceeded { retry_after_ms, .. } => *retry_after_ms,
+                _ => None,
+            },
         };
         self.send(to, &frame);
     }
 
     fn broadcast(&mut self, except: Option<&str>, frame: &ServerFrame) {
-        if self.conns.keys().any(|c| Some(c.as_str()) != except) {
-            self.out.push_back(Action::Broadcast {
+        if self.conns.any_but(except) {
+            self.out.push_back(Decision::Broadcast {
                 except: except.map(str::to_owned),
                 text: frame.to_json().into(),
             });
@@ -935,18 +1211,12 @@ pub fn point_frame(json: &str) -> String {
     format!("{{\"type\":\"point\",{rest}")
 }
 
-fn points_exhausted() -> ApiError {
+/// The refusal of points beyond the owner's daily quota, until the next
+/// UTC day.
+pub fn points_exhausted(now: Millis) -> ApiError {
     ApiError::QuotaExceeded {
         message: "the session owner's daily points quota is used up".into(),
-        retry_after_ms: None,
-    }
-}
-
-fn participant(id: &str, c: &Conn) -> Participant {
-    Participant {
-        conn_id: id.to_owned(),
-        user_id: c.user_id.clone(),
-        joined_at: rfc3339(c.joined_at),
+        retry_after_ms: Some(until_next_day(now)),
     }
 }
 

@@ -1,18 +1,22 @@
-//! `ActiveSessionDO`: one object per session id. Carries out what
-//! [`SessionCore`] decides: SQLite write-ahead, socket sends, alarms, and
-//! the D1 flush.
+//! `ActiveSessionDO`: one object per session id. Feeds [`SessionCore`]
+//! events and carries out its decisions: SQLite writes (one transaction
+//! per write), socket sends, alarms, the durable outboxes to presence and
+//! quota, and the D1 flush the core planned.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{
-    parse_body, CreateSession, PointsAccepted, PointsBatch, ServerFrame, SessionStatus, StoredPoint,
+    parse_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted, PointsBatch,
+    SessionStatus,
 };
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 use worker::{
-    durable_object, DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
-    WebSocketIncomingMessage, WebSocketPair,
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
 use crate::calls::{PresenceCall, QuotaCall, SessionCall};
@@ -20,12 +24,26 @@ use crate::config::Plans;
 use crate::core::d1;
 use crate::core::quota::Reserved;
 use crate::core::session::{
-    point_frame, Accepted, Action, Config, ConnId, FlushBatch, Meta, Origin, Restored, SessionCore,
+    point_frame, Append, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored, SessionCore,
+    Settlement, Units, Write,
 };
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller, Hop};
 use crate::ids;
-use crate::time::{month_suffix, now_ms, rfc3339, Millis};
+use crate::time::{now_ms, Millis};
+
+#[wasm_bindgen]
+extern "C" {
+    /// The object's `DurableObjectStorage`, for the one method `worker`
+    /// does not bind.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type TxStorage;
+
+    // `storage.transactionSync(fn)`: runs `fn` as one SQLite transaction,
+    // rolled back if it throws (DO SQL refuses BEGIN and SAVEPOINT).
+    #[wasm_bindgen(method, catch, js_name = transactionSync)]
+    fn transaction_sync(this: &TxStorage, work: &js_sys::Function) -> Result<JsValue, JsValue>;
+}
 
 /// What a socket carries across hibernation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +54,16 @@ struct Attachment {
     joined_at: Millis,
 }
 
+/// Whether the session was read from storage, and what it found.
+enum Loaded {
+    /// Storage not read yet (a fresh instance).
+    Unread,
+    /// No session lives here.
+    Absent,
+    /// The session.
+    Live(Box<SessionCore>),
+}
+
 /// A live, multi-participant session (CONTRACT.md section 5).
 #[durable_object]
 pub struct ActiveSessionDO {
@@ -43,33 +71,59 @@ pub struct ActiveSessionDO {
     env: Env,
     sql: SqlStorage,
     cfg: Config,
-    // `None` until loaded; `Some(None)` when no session exists here.
-    core: RefCell<Option<Option<SessionCore>>>,
+    plans: Plans,
+    core: RefCell<Loaded>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     alarm_at: Cell<Option<Millis>>,
-    flushing: Cell<bool>,
     delivering: Cell<bool>,
+    settling: Cell<bool>,
     conn_ids: js_sys::WeakMap,
     send_fn: RefCell<Option<js_sys::Function>>,
-    // The UTC day of the points units in hand.
-    units_day: Cell<Millis>,
 }
 
-// `points.client_id` has no index: the core keeps every id in memory
-// (reloaded with one scan on wake) and is the one place that decides
-// repeats; an index would only make every write-ahead insert dearer.
+// `points` is the write-ahead log and the source of reads and replays;
+// client ids are found through the partial index on (user_id, client_id),
+// never loaded whole. `units` and `stats` change in the same transaction
+// as the points that changed them.
 const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS session (\
   k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
   flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0, \
   units INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS points (\
-  seq INTEGER PRIMARY KEY, client_id TEXT, ts INTEGER NOT NULL, body TEXT NOT NULL);
+  seq INTEGER PRIMARY KEY, client_id TEXT, ts INTEGER NOT NULL, body TEXT NOT NULL, user_id TEXT);
+CREATE TABLE IF NOT EXISTS units (\
+  k INTEGER PRIMARY KEY CHECK (k = 0), day INTEGER NOT NULL, held INTEGER NOT NULL, used INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS stats (\
+  kind TEXT PRIMARY KEY, count INTEGER NOT NULL, sum REAL NOT NULL, min REAL NOT NULL, \
+  max REAL NOT NULL, last REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS presence_outbox (\
-  id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);";
+  id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS settle_outbox (\
+  id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, plan TEXT NOT NULL, day INTEGER NOT NULL, \
+  used INTEGER NOT NULL, returned INTEGER NOT NULL);";
 
-/// How long before an undelivered presence update is tried again.
-const PRESENCE_RETRY_MS: Millis = 2_000;
+// Storage written before client ids were scoped to users: the column is
+// added and filled once, and the stats computed once.
+const MIGRATE_POINTS: &str = "\
+ALTER TABLE points ADD COLUMN user_id TEXT;
+UPDATE points SET user_id = json_extract(body, '$.userId');
+INSERT OR REPLACE INTO stats (kind, count, sum, min, max, last) \
+  SELECT json_extract(body, '$.kind'), COUNT(*), SUM(json_extract(body, '$.value')), \
+  MIN(json_extract(body, '$.value')), MAX(json_extract(body, '$.value')), \
+  (SELECT json_extract(p2.body, '$.value') FROM points p2 \
+   WHERE json_extract(p2.body, '$.kind') = json_extract(points.body, '$.kind') \
+   AND json_extract(p2.body, '$.value') IS NOT NULL ORDER BY p2.seq DESC LIMIT 1) \
+  FROM points WHERE json_extract(body, '$.value') IS NOT NULL GROUP BY json_extract(body, '$.kind');";
+
+const INDEX: &str = "CREATE INDEX IF NOT EXISTS points_by_client ON points (user_id, client_id) \
+  WHERE client_id IS NOT NULL";
+
+/// How long before an undelivered outbox entry is tried again.
+const OUTBOX_RETRY_MS: Millis = 2_000;
+
+const PING: &str = r#"{"type":"ping"}"#;
+const PONG: &str = r#"{"type":"pong"}"#;
 
 #[derive(Deserialize)]
 struct SessionRow {
@@ -77,19 +131,40 @@ struct SessionRow {
     meta_version: i64,
     flushed_meta_version: i64,
     flushed_seq: i64,
-    units: i64,
 }
 
 #[derive(Deserialize)]
-struct IdRow {
-    client_id: String,
-    seq: i64,
+struct UnitsRow {
+    day: i64,
+    held: i64,
+    used: i64,
+}
+
+#[derive(Deserialize)]
+struct StatsRow {
+    kind: String,
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: f64,
 }
 
 #[derive(Deserialize)]
 struct BodyRow {
     ts: i64,
     body: String,
+}
+
+#[derive(Deserialize)]
+struct SeqBodyRow {
+    seq: i64,
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct SeqRow {
+    seq: i64,
 }
 
 #[derive(Deserialize)]
@@ -101,32 +176,106 @@ struct OutboxRow {
 }
 
 #[derive(Deserialize)]
+struct SettleRow {
+    id: i64,
+    owner: String,
+    plan: String,
+    day: i64,
+    used: i64,
+    returned: i64,
+}
+
+#[derive(Deserialize)]
 struct MaxRow {
     m: Option<i64>,
+}
+
+/// A seq as SQLite takes it: values past `i64::MAX` clamp rather than wrap.
+fn sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Client ids looked up through the `(user_id, client_id)` index.
+struct SqlIds<'a>(&'a SqlStorage);
+
+impl IdLookup for SqlIds<'_> {
+    fn seq_of(&mut self, user: &str, id: &str) -> Option<u64> {
+        let rows: Vec<SeqRow> = self
+            .0
+            .exec(
+                "SELECT seq FROM points WHERE user_id = ? AND client_id = ? LIMIT 1",
+                vec![user.into(), id.into()],
+            )
+            .and_then(|c| c.to_array())
+            .ok()?;
+        rows.first().map(|r| r.seq as u64)
+    }
+}
+
+/// Decisions that wait on something, carried out after the sends.
+#[derive(Default)]
+struct Later {
+    wake: Option<Millis>,
+    presence: bool,
+    settle: bool,
+    reserves: Vec<(String, String, u64)>,
+    flushes: Vec<FlushJob>,
+    failed: Option<ApiError>,
+}
+
+impl Later {
+    fn is_empty(&self) -> bool {
+        self.wake.is_none()
+            && !self.presence
+            && !self.settle
+            && self.reserves.is_empty()
+            && self.flushes.is_empty()
+    }
 }
 
 impl DurableObject for ActiveSessionDO {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        let tuning = http::tuning(&env);
+        let t = http::tuning(&env);
         let cfg = Config {
-            flush_batch: tuning.flush_batch,
-            flush_interval_ms: tuning.flush_interval_ms,
+            flush_batch: t.flush_batch,
+            flush_interval_ms: t.flush_interval_ms,
+            seats_per_user: t.seats_per_user,
+            replay_page: t.replay_page,
+            session_frames_per_sec: t.session_frames_per_sec,
+            session_frames_burst: t.session_frames_burst,
+            waiting_max_points: usize::try_from(t.waiting_points_max).unwrap_or(usize::MAX),
+            waiting_max_bytes: usize::try_from(t.waiting_bytes_max).unwrap_or(usize::MAX),
+            units_idle_ms: t.units_idle_ms,
             ..Config::default()
         };
+        let plans = Plans::parse(http::var(&env, "PLANS").as_deref()).unwrap_or_else(|e| {
+            log_error(&ApiError::Internal(format!("configuration: {e}")));
+            Plans::default()
+        });
+        // The runtime answers the exact ping text itself, without waking
+        // a hibernating object; other pings reach `on_text`.
+        match worker::worker_sys::WebSocketRequestResponsePair::new(PING, PONG) {
+            Ok(pair) => {
+                if let Err(e) = state.as_raw().set_websocket_auto_response(&pair) {
+                    log_error(&internal(format!("auto-response: {e:?}")));
+                }
+            }
+            Err(e) => log_error(&internal(format!("auto-response pair: {e:?}"))),
+        }
         Self {
             state,
             env,
             sql,
             cfg,
-            core: RefCell::new(None),
+            plans,
+            core: RefCell::new(Loaded::Unread),
             sockets: RefCell::new(HashMap::new()),
             alarm_at: Cell::new(None),
-            flushing: Cell::new(false),
             delivering: Cell::new(false),
+            settling: Cell::new(false),
             conn_ids: js_sys::WeakMap::new(),
             send_fn: RefCell::new(None),
-            units_day: Cell::new(0),
         }
     }
 
@@ -142,7 +291,6 @@ impl DurableObject for ActiveSessionDO {
     ) -> worker::Result<()> {
         if let Err(e) = self.on_message(&ws, message).await {
             log_error(&e);
-            let _ = ws.close(Some(e.close_code()), Some("server error"));
         }
         Ok(())
     }
@@ -167,9 +315,7 @@ impl DurableObject for ActiveSessionDO {
 
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_at.set(None);
-        if let Err(e) = self.on_alarm().await {
-            log_error(&e);
-        }
+        self.on_alarm().await;
         Response::ok("")
     }
 }
@@ -189,12 +335,12 @@ impl ActiveSessionDO {
         self.load()?;
         if let SessionCall::HasConn { conn_id } = &call {
             // From a PresenceDO checking a connection it was told about.
-            let live = self.with_core(|c| Ok(c.has_conn(conn_id)))?;
+            let live = self.feed(|c| c.has_conn(conn_id))?;
             return http::json(200, &serde_json::json!({ "live": live }));
         }
-        self.with_core(|c| c.check_member(&caller.user))?;
+        self.feed(|c| c.check_member(&caller.user))??;
         match call {
-            SessionCall::Get => http::json(200, &self.with_core(|c| Ok(c.view()))?),
+            SessionCall::Get => http::json(200, &self.feed(|c| c.view())?),
             SessionCall::Socket => self.upgrade(&req, &caller).await,
             SessionCall::Append { body } => {
                 let batch: PointsBatch = parse_body(&body)?;
@@ -202,17 +348,24 @@ impl ActiveSessionDO {
             }
             SessionCall::Read { after_seq, limit } => self.read_points(after_seq, limit),
             SessionCall::End => {
-                self.with_core(|c| c.end(&caller.user, now_ms()))?;
+                self.feed(|c| c.end(&caller.user, now_ms()))??;
+                // The core asks for the final flush at once; if D1 is down
+                // the alarm keeps retrying.
                 self.run().await?;
-                // Everything pending goes to D1 before the answer; if D1 is
-                // down the alarm keeps retrying.
-                self.flush_due().await;
-                self.run().await?;
-                http::json(200, &self.with_core(|c| Ok(c.view()))?)
+                http::json(200, &self.feed(|c| c.view())?)
             }
             SessionCall::Create { .. } | SessionCall::HasConn { .. } => {
                 Err(ApiError::Internal("session call handled above".into()))
             }
+        }
+    }
+
+    /// Feeds the loaded core an event (or asks it something); a missing
+    /// session is a 404.
+    fn feed<T>(&self, f: impl FnOnce(&mut SessionCore) -> T) -> Result<T, ApiError> {
+        match &mut *self.core.borrow_mut() {
+            Loaded::Live(core) => Ok(f(core)),
+            Loaded::Unread | Loaded::Absent => Err(ApiError::NotFound("no such session".into())),
         }
     }
 
@@ -244,18 +397,6 @@ impl ActiveSessionDO {
         }
     }
 
-    /// Runs `f` on the loaded core; a missing session is a 404.
-    fn with_core<T>(
-        &self,
-        f: impl FnOnce(&mut SessionCore) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let mut guard = self.core.borrow_mut();
-        match guard.as_mut() {
-            Some(Some(core)) => f(core),
-            _ => Err(ApiError::NotFound("no such session".into())),
-        }
-    }
-
     async fn create(
         &self,
         caller: &Caller,
@@ -263,51 +404,61 @@ impl ActiveSessionDO {
         id: String,
     ) -> Result<Response, ApiError> {
         self.load()?;
-        if matches!(&*self.core.borrow(), Some(Some(_))) {
+        if matches!(&*self.core.borrow(), Loaded::Live(_)) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
-        let plans = Plans::parse(http::var(&self.env, "PLANS").as_deref())
-            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
-        let max_participants = plans
+        let max_participants = self
+            .plans
             .get(&caller.plan)
             .map(|p| p.participants_per_session)
             .ok_or_else(|| ApiError::Internal(format!("unknown plan {}", caller.plan)))?;
+        let now = now_ms();
         let meta = Meta {
+            // The start lies in the month the v7 id encodes (its partition).
+            started_at: session_id_unix_ms(&id).unwrap_or(now),
             id,
             owner_id: caller.user.clone(),
             title: create.title,
             members: create.members.unwrap_or_default(),
             metadata: create.metadata.unwrap_or_default(),
             status: SessionStatus::Active,
-            started_at: now_ms(),
             ended_at: None,
             max_participants,
             owner_plan: caller.plan.clone(),
         };
-        let core = SessionCore::create(meta, self.cfg, now_ms());
+        let core = SessionCore::create(meta, self.cfg, now);
         let view = core.view();
-        *self.core.borrow_mut() = Some(Some(core));
+        *self.core.borrow_mut() = Loaded::Live(Box::new(core));
         self.run().await?;
         http::json(201, &view)
     }
 
     /// Loads the session from storage once per object lifetime (also after
-    /// hibernation, when the sockets are still there).
+    /// hibernation, when the sockets are still there). Reads a fixed number
+    /// of rows whatever the number of points.
     fn load(&self) -> Result<(), ApiError> {
-        if self.core.borrow().is_some() {
+        if !matches!(&*self.core.borrow(), Loaded::Unread) {
             return Ok(());
         }
         self.sql.exec(SCHEMA, None).map_err(internal)?;
+        if self
+            .sql
+            .exec("SELECT user_id FROM points LIMIT 0", None)
+            .is_err()
+        {
+            self.sql.exec(MIGRATE_POINTS, None).map_err(internal)?;
+        }
+        self.sql.exec(INDEX, None).map_err(internal)?;
         let rows: Vec<SessionRow> = self
             .sql
             .exec(
-                "SELECT meta, meta_version, flushed_meta_version, flushed_seq, units FROM session WHERE k = 0",
+                "SELECT meta, meta_version, flushed_meta_version, flushed_seq FROM session WHERE k = 0",
                 None,
             )
             .and_then(|c| c.to_array())
             .map_err(internal)?;
         let Some(row) = rows.into_iter().next() else {
-            *self.core.borrow_mut() = Some(None);
+            *self.core.borrow_mut() = Loaded::Absent;
             return Ok(());
         };
         let meta: Meta = serde_json::from_str(&row.meta).map_err(internal)?;
@@ -316,12 +467,14 @@ impl ActiveSessionDO {
             .exec("SELECT MAX(seq) AS m FROM points", None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
-        let ids: Vec<IdRow> = self
+        let units: Vec<UnitsRow> = self
             .sql
-            .exec(
-                "SELECT client_id, seq FROM points WHERE client_id IS NOT NULL",
-                None,
-            )
+            .exec("SELECT day, held, used FROM units WHERE k = 0", None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let stats: Vec<StatsRow> = self
+            .sql
+            .exec("SELECT kind, count, sum, min, max, last FROM stats", None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
         let mut sockets = HashMap::new();
@@ -340,23 +493,72 @@ impl ActiveSessionDO {
         let restored = Restored {
             last_seq: last.first().and_then(|r| r.m).unwrap_or(0) as u64,
             flushed_seq: row.flushed_seq as u64,
-            ids: ids
-                .into_iter()
-                .map(|r| (r.client_id, r.seq as u64))
-                .collect(),
             conns,
             meta_version: row.meta_version as u64,
             flushed_meta_version: row.flushed_meta_version as u64,
-            units: row.units as u64,
+            units: units
+                .first()
+                .map(|u| Units {
+                    day: u.day,
+                    held: u.held as u64,
+                    used: u.used as u64,
+                })
+                .unwrap_or_default(),
+            stats: stats
+                .into_iter()
+                .map(|s| {
+                    let figures = KindStats {
+                        count: s.count as u64,
+                        sum: s.sum,
+                        min: s.min,
+                        max: s.max,
+                        last: s.last,
+                    };
+                    (s.kind, figures)
+                })
+                .collect::<BTreeMap<_, _>>(),
         };
         let core = SessionCore::restore(meta, self.cfg, restored, now_ms());
         *self.sockets.borrow_mut() = sockets;
-        *self.core.borrow_mut() = Some(Some(core));
+        *self.core.borrow_mut() = Loaded::Live(Box::new(core));
         Ok(())
     }
 
+    /// The owner's current plan: the caller's own token if the caller is
+    /// the owner, else what the owner's quota object last saw, else the
+    /// plan stored with the session.
+    async fn current_plan(&self, caller: &Caller) -> Result<String, ApiError> {
+        let meta = self.feed(|c| c.meta().clone())?;
+        if caller.user == meta.owner_id {
+            return Ok(caller.plan.clone());
+        }
+        #[derive(Deserialize)]
+        struct PlanAnswer {
+            plan: String,
+        }
+        let asked = match self
+            .quota_call(&meta.owner_id, QuotaCall::CurrentPlan)
+            .await
+        {
+            Some(mut resp) => resp.json::<PlanAnswer>().await.ok().map(|a| a.plan),
+            None => None,
+        };
+        Ok(asked.unwrap_or(meta.owner_plan))
+    }
+
+    /// Notes the owner's plan in the core, with its participants cap.
+    fn use_plan(&self, plan: &str) -> Result<(), ApiError> {
+        let Some(p) = self.plans.get(plan) else {
+            return Ok(());
+        };
+        let cap = p.participants_per_session;
+        self.feed(|c| c.set_plan(plan, cap))
+    }
+
     async fn upgrade(&self, req: &Request, caller: &Caller) -> Result<Response, ApiError> {
-        self.with_core(|c| c.admit(&caller.user))?;
+        let plan = self.current_plan(caller).await?;
+        self.use_plan(&plan)?;
+        self.feed(|c| c.admit(&caller.user))??;
         let upgrade = req.headers().get("upgrade").ok().flatten();
         if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
             return Err(ApiError::BadRequest(
@@ -377,10 +579,7 @@ impl ActiveSessionDO {
         let key: &js_sys::Object = pair.server.as_ref().as_ref();
         self.conn_ids.set(key, &JsValue::from_str(&conn));
         self.sockets.borrow_mut().insert(conn.clone(), pair.server);
-        self.with_core(|c| {
-            c.join(&conn, &caller.user, now);
-            Ok(())
-        })?;
+        self.feed(|c| c.join(&conn, &caller.user, now))?;
         self.run().await?;
         Response::from_websocket(pair.client).map_err(internal)
     }
@@ -390,102 +589,75 @@ impl ActiveSessionDO {
         ws: &WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<(), ApiError> {
-        self.load()?;
+        if let Err(e) = self.load() {
+            let _ = ws.close(Some(e.close_code()), Some("server error"));
+            return Err(e);
+        }
         let Some(conn) = self.conn_of(ws) else {
             let _ = ws.close(Some(1011), Some("lost connection state"));
             return Ok(());
         };
         let now = now_ms();
-        let stored = self.with_core(|c| {
-            Ok(match &message {
-                WebSocketIncomingMessage::String(text) => c.on_text(&conn, text, now),
-                WebSocketIncomingMessage::Binary(b) => {
-                    c.on_binary(&conn, b.len(), now);
-                    None
-                }
-            })
+        let sql = &self.sql;
+        self.feed(|c| match &message {
+            WebSocketIncomingMessage::String(text) => c.on_text(&conn, text, now, &mut SqlIds(sql)),
+            WebSocketIncomingMessage::Binary(b) => c.on_binary(&conn, b.len(), now),
         })?;
-        if let Some(p) = stored {
-            self.write_ahead(Origin::Socket(&conn), &p, now)?;
-        }
+        // A failed write was told to its sender by the core; the socket
+        // stays open.
         self.run().await
     }
 
-    /// Stores a numbered point, then commits it in the core (which queues
-    /// the ack and the broadcast); a failed write gives the seq back.
-    fn write_ahead(&self, from: Origin<'_>, p: &StoredPoint, now: Millis) -> Result<(), ApiError> {
-        let body = serde_json::to_string(p).map_err(internal)?;
-        let stored = self.sql.exec(
-            "INSERT INTO points (seq, client_id, ts, body) VALUES (?, ?, ?, ?)",
-            vec![
-                (p.seq as i64).into(),
-                p.id.clone().into(),
-                p.ts.into(),
-                body.as_str().into(),
-            ],
-        );
-        self.with_core(|c| {
-            match &stored {
-                Ok(_) => c.commit_json(from, p, &body, now),
-                Err(_) => c.abort(p),
-            }
-            Ok(())
-        })?;
-        stored.map(|_| ()).map_err(internal)
-    }
-
     async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
-        // All or nothing: the units for every new point are in hand before
-        // the first is numbered.
-        let (need, budget) = self.with_core(|c| Ok((c.new_points(&batch.points), c.budget())))?;
-        if need > budget {
-            let block = self.cfg.reserve_block.max(need - budget);
-            let got = self
-                .ask_units(block)
-                .await
-                .ok_or_else(|| ApiError::Unavailable("could not reserve points quota".into()))?;
-            let short = self.with_core(|c| {
-                c.add_units(got);
-                Ok(c.budget() < need)
-            })?;
-            if short {
-                // Keep what was granted for later points; refuse this batch.
-                self.run().await?;
-                return Err(ApiError::QuotaExceeded {
-                    message: "the session owner's daily points quota is used up".into(),
-                    retry_after_ms: None,
-                });
-            }
+        if self.feed(|c| c.meta().owner_id == caller.user)? {
+            self.use_plan(&caller.plan)?;
         }
-        let now = now_ms();
-        let mut seqs = Vec::with_capacity(batch.points.len());
-        for p in batch.points {
-            let accepted = self.with_core(|c| c.accept(Origin::Http(&caller.user), p, now));
-            match accepted {
-                Ok(Accepted::Duplicate { seq, .. }) => seqs.push(seq),
-                Ok(Accepted::New(stored)) => {
-                    self.write_ahead(Origin::Http(&caller.user), &stored, now)?;
-                    seqs.push(stored.seq);
+        let sql = &self.sql;
+        let points = batch.points;
+        let first = self.feed(|c| {
+            c.append(
+                &caller.user,
+                points.clone(),
+                true,
+                now_ms(),
+                &mut SqlIds(sql),
+            )
+        })??;
+        let answer = match first {
+            Append::Seqs(seqs) => Ok(seqs),
+            Append::NeedUnits { owner, plan, want } => {
+                let r = self
+                    .ask_units(&owner, &plan, want)
+                    .await
+                    .ok_or_else(|| ApiError::Unavailable("could not reserve points quota".into()));
+                match r {
+                    Ok(r) => self.feed(|c| {
+                        let now = now_ms();
+                        c.add_units(r.granted, r.day, now);
+                        c.append(&caller.user, points, false, now, &mut SqlIds(sql))
+                    })?,
+                    Err(e) => Err(e),
                 }
-                Err(e) => {
-                    // Points before this one are stored and answered on a
-                    // retry (same ids, same seqs); send what is queued.
-                    self.run().await?;
-                    return Err(e);
-                }
+                .and_then(|a| match a {
+                    Append::Seqs(seqs) => Ok(seqs),
+                    Append::NeedUnits { .. } => Err(ApiError::Internal(
+                        "units asked for twice in one batch".into(),
+                    )),
+                })
             }
-        }
+        };
+        // Granted units are kept even when the batch is refused.
         self.run().await?;
-        http::json(200, &PointsAccepted { seqs })
+        http::json(200, &PointsAccepted { seqs: answer? })
     }
 
     fn read_points(&self, after: u64, limit: u64) -> Result<Response, ApiError> {
-        let last_seq = self.with_core(|c| Ok(c.last_seq()))?;
+        let last_seq = self.feed(|c| c.last_seq())?;
         let rows: Vec<BodyRow> = self
             .sql
             .exec(
                 "SELECT ts, body FROM points WHERE seq > ? ORDER BY seq LIMIT ?",
-                vec![(after as i64).into(), (limit as i64).into()],
+                vec![sql_seq(after).into(), sql_seq(limit).into()],
             )
             .and_then(|c| c.to_array())
             .map_err(internal)?;
@@ -509,102 +681,63 @@ impl ActiveSessionDO {
         }
         if let Some(conn) = self.conn_of(ws) {
             self.sockets.borrow_mut().remove(&conn);
-            let _ = self.with_core(|c| {
-                c.leave(&conn);
-                Ok(())
-            });
-            if let Err(e) = self.run().await {
-                log_error(&e);
+            let now = now_ms();
+            if self.feed(|c| c.leave(&conn, now)).is_ok() {
+                if let Err(e) = self.run().await {
+                    log_error(&e);
+                }
             }
         }
     }
 
-    async fn on_alarm(&self) -> Result<(), ApiError> {
-        self.load()?;
-        self.deliver_presence().await?;
-        self.flush_due().await;
-        self.run().await?;
-        // This alarm is spent: arm the next one for whatever is still
-        // pending (its time may have moved since the alarm was set).
-        if let Some(at) = self.with_core(|c| Ok(c.next_flush_at()))? {
-            self.ensure_alarm(at).await?;
+    /// Every step runs even when an earlier one failed, and the alarm is
+    /// armed again for whatever is still pending.
+    async fn on_alarm(&self) {
+        if let Err(e) = self.load() {
+            log_error(&e);
+            let _ = self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
+            return;
         }
-        if self.has_outbox()? {
-            self.ensure_alarm(now_ms() + PRESENCE_RETRY_MS).await?;
+        let now = now_ms();
+        if self.feed(|c| c.tick(now)).is_err() {
+            return;
         }
-        Ok(())
+        if let Err(e) = self.run().await {
+            log_error(&e);
+        }
+        if let Err(e) = self.deliver_presence().await {
+            log_error(&e);
+        }
+        if let Err(e) = self.deliver_settlements().await {
+            log_error(&e);
+        }
+        if let Err(e) = self.rearm().await {
+            log_error(&e);
+            let _ = self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
+        }
     }
 
-    fn has_outbox(&self) -> Result<bool, ApiError> {
+    /// Arms the alarm for the core's next wake-up and any undelivered
+    /// outbox entry.
+    async fn rearm(&self) -> Result<(), ApiError> {
+        let mut at = self.feed(|c| c.next_wake())?;
+        if self.has_rows("presence_outbox")? || self.has_rows("settle_outbox")? {
+            let retry = now_ms() + OUTBOX_RETRY_MS;
+            at = Some(at.map_or(retry, |a| a.min(retry)));
+        }
+        match at {
+            Some(at) => self.ensure_alarm(at).await,
+            None => Ok(()),
+        }
+    }
+
+    fn has_rows(&self, table: &str) -> Result<bool, ApiError> {
         let rows: Vec<MaxRow> = self
             .sql
-            .exec("SELECT MAX(id) AS m FROM presence_outbox", None)
+            .exec(&format!("SELECT MAX(id) AS m FROM {table}"), None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
         Ok(rows.first().and_then(|r| r.m).is_some())
-    }
-
-    /// Tells users' presence objects about sockets that came and went, in
-    /// order, from the outbox. An unreachable presence object does not hold
-    /// the session up: the rest waits in the outbox for the alarm.
-    async fn deliver_presence(&self) -> Result<(), ApiError> {
-        if self.delivering.replace(true) {
-            return Ok(());
-        }
-        let result = self.deliver_outbox().await;
-        self.delivering.set(false);
-        if !result? {
-            self.ensure_alarm(now_ms() + PRESENCE_RETRY_MS).await?;
-        }
-        Ok(())
-    }
-
-    async fn deliver_outbox(&self) -> Result<bool, ApiError> {
-        let session_id = self.with_core(|c| Ok(c.meta().id.clone()))?;
-        loop {
-            let rows: Vec<OutboxRow> = self
-                .sql
-                .exec(
-                    "SELECT id, user_id, conn_id, online FROM presence_outbox ORDER BY id LIMIT 50",
-                    None,
-                )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?;
-            if rows.is_empty() {
-                return Ok(true);
-            }
-            for r in rows {
-                let update = PresenceCall::Conn {
-                    user_id: r.user_id,
-                    conn_id: r.conn_id,
-                    session_id: session_id.clone(),
-                    online: r.online != 0,
-                };
-                if !self.tell_presence(update).await {
-                    return Ok(false);
-                }
-                self.sql
-                    .exec(
-                        "DELETE FROM presence_outbox WHERE id = ?",
-                        vec![r.id.into()],
-                    )
-                    .map_err(internal)?;
-            }
-        }
-    }
-
-    async fn tell_presence(&self, call: PresenceCall) -> bool {
-        let PresenceCall::Conn { user_id, .. } = &call else {
-            return false;
-        };
-        let caller = Caller::internal(user_id);
-        let hop = Hop {
-            env: &self.env,
-            caller: &caller,
-            request_id: None,
-        };
-        let sent = hop.presence(&user_id.clone(), call).await;
-        matches!(sent, Ok(r) if r.status_code() == 200)
     }
 
     /// Makes sure the alarm fires no later than `at`.
@@ -612,57 +745,60 @@ impl ActiveSessionDO {
         http::ensure_alarm(&self.state, &self.alarm_at, at).await
     }
 
-    /// Carries out the core's queued decisions, in order.
+    /// Carries out the core's decisions until none is left: the ones that
+    /// need no waiting first (sends, storage), then the awaited ones
+    /// (quota, D1, alarm, outboxes), so an ack never waits on another
+    /// object. A failed write is reported after everything else ran.
     async fn run(&self) -> Result<(), ApiError> {
-        // Sends happen at once; the awaited work (quota, alarm, presence)
-        // after them, so an ack never waits on another object.
+        let mut failed = None;
         loop {
             let later = self.run_sync()?;
-            if let Some(n) = later.reserve {
-                self.reserve_units(n).await?;
+            if later.failed.is_some() {
+                failed = later.failed.clone();
             }
-            if later.refund > 0 {
-                self.give_back(later.refund).await;
+            if later.is_empty() {
+                break;
+            }
+            for (owner, plan, want) in later.reserves {
+                self.reserve(&owner, &plan, want).await?;
+            }
+            for job in later.flushes {
+                self.flush(job).await?;
             }
             if let Some(at) = later.wake {
-                if at <= now_ms() {
-                    // Due now (a full batch): flush here, as the alarm
-                    // would, without the round trip through it.
-                    self.flush_due().await;
-                } else {
-                    self.ensure_alarm(at).await?;
-                }
+                self.ensure_alarm(at).await?;
             }
             if later.presence {
-                self.deliver_presence().await?;
+                if let Err(e) = self.deliver_presence().await {
+                    log_error(&e);
+                }
             }
-            if !self.with_core(|c| Ok(c.has_actions()))? {
-                return Ok(());
+            if later.settle {
+                if let Err(e) = self.deliver_settlements().await {
+                    log_error(&e);
+                }
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Carries out the queued decisions that need no waiting; returns the
     /// rest.
     fn run_sync(&self) -> Result<Later, ApiError> {
         let mut later = Later::default();
-        let (wake, presence) = (&mut later.wake, &mut later.presence);
         loop {
-            let action = {
-                let mut guard = self.core.borrow_mut();
-                match guard.as_mut() {
-                    Some(Some(c)) => c.poll_action(),
-                    _ => None,
-                }
+            let decision = match &mut *self.core.borrow_mut() {
+                Loaded::Live(c) => c.poll(),
+                Loaded::Unread | Loaded::Absent => None,
             };
-            let Some(action) = action else { break };
-            match action {
-                Action::Send { to, text } => {
+            let Some(decision) = decision else { break };
+            match decision {
+                Decision::Send { to, text } => {
                     if let Some(ws) = self.sockets.borrow().get(&to) {
                         let _ = ws.send_with_str(&*text);
                     }
                 }
-                Action::Broadcast { except, text } => {
+                Decision::Broadcast { except, text } => {
                     // One JS string for every recipient, not one each.
                     let js = JsValue::from_str(&text);
                     for (id, ws) in self.sockets.borrow().iter() {
@@ -671,97 +807,185 @@ impl ActiveSessionDO {
                         }
                     }
                 }
-                Action::Close { conn, code, reason } => {
+                Decision::Close { conn, code, reason } => {
                     if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
                         let _ = ws.close(Some(code), Some(reason));
                     }
                 }
-                Action::Replay {
+                Decision::Replay {
                     conn,
-                    after_seq,
-                    last_seq,
-                } => self.replay(&conn, after_seq, last_seq)?,
-                Action::SaveMeta => self.save_meta()?,
-                Action::WakeAt(at) => *wake = Some(wake.map_or(at, |w| w.min(at))),
-                Action::Presence { user, conn, online } => {
+                    after,
+                    through,
+                    then,
+                } => {
+                    if let Err(e) = self.replay(&conn, after, through, &then) {
+                        log_error(&e);
+                    }
+                }
+                Decision::Store(w) => {
+                    let result = self.store(&w);
+                    if let Err(e) = &result {
+                        log_error(e);
+                        later.failed = Some(e.clone());
+                    }
+                    self.feed(|c| c.stored(result.is_ok(), now_ms()))?;
+                }
+                Decision::SaveMeta { meta, version } => self.save_meta(&meta, version)?,
+                Decision::SaveUnits(u) => self.atomic(vec![units_stmt(u)])?,
+                Decision::Presence { user, conn, online } => {
                     self.sql
                         .exec(
                             "INSERT INTO presence_outbox (user_id, conn_id, online) VALUES (?, ?, ?)",
                             vec![user.into(), conn.into(), i64::from(online).into()],
                         )
                         .map_err(internal)?;
-                    *presence = true;
+                    later.presence = true;
                 }
-                Action::Reserve(n) => later.reserve = Some(n),
-                Action::Refund(n) => later.refund += n,
-                Action::SaveUnits => {
-                    let units = self.with_core(|c| Ok(c.units()))?;
-                    self.sql
-                        .exec(
-                            "UPDATE session SET units = ? WHERE k = 0",
-                            vec![(units as i64).into()],
-                        )
-                        .map_err(internal)?;
+                Decision::Settle {
+                    owner,
+                    plan,
+                    settlement,
+                    units,
+                } => {
+                    self.atomic(vec![
+                        settle_stmt(owner, plan, settlement),
+                        units_stmt(units),
+                    ])?;
+                    later.settle = true;
                 }
+                Decision::Reserve { owner, plan, want } => later.reserves.push((owner, plan, want)),
+                Decision::Flush(job) => later.flushes.push(job),
+                Decision::WakeAt(at) => later.wake = Some(later.wake.map_or(at, |w| w.min(at))),
             }
         }
         Ok(later)
     }
 
-    /// Reserves points units of the owner and numbers the points that
-    /// waited for them.
-    async fn reserve_units(&self, want: u64) -> Result<(), ApiError> {
-        let got = self.ask_units(want).await;
-        let now = now_ms();
-        let ready = self.with_core(|c| {
-            Ok(match got {
-                Some(n) => c.granted(n, now),
-                None => {
-                    c.reserve_failed();
-                    Vec::new()
-                }
-            })
-        })?;
-        for (conn, p) in ready {
-            self.write_ahead(Origin::Socket(&conn), &p, now)?;
+    /// Runs statements as one SQLite transaction: all or nothing.
+    fn atomic(&self, stmts: Vec<(&'static str, Vec<SqlStorageValue>)>) -> Result<(), ApiError> {
+        let sql = self.sql.clone();
+        let work = Rc::new(RefCell::new(Some(stmts)));
+        let todo = Rc::clone(&work);
+        let f = Closure::<dyn FnMut() -> Result<(), JsValue>>::new(move || {
+            let stmts = todo.borrow_mut().take().unwrap_or_default();
+            for (q, params) in stmts {
+                sql.exec(q, params)
+                    .map_err(|e| JsValue::from_str(&e.to_string()))?;
+            }
+            Ok(())
+        });
+        let storage = self.state.storage();
+        let raw: &TxStorage = storage.as_raw().unchecked_ref();
+        raw.transaction_sync(f.as_ref().unchecked_ref())
+            .map(|_| ())
+            .map_err(|e| ApiError::Internal(format!("storage transaction failed: {e:?}")))
+    }
+
+    /// One write of the core: the points, their units and stats.
+    fn store(&self, w: &Write) -> Result<(), ApiError> {
+        let mut stmts = Vec::with_capacity(w.points.len() + w.stats.len() + 1);
+        for r in &w.points {
+            let p = &r.point;
+            stmts.push((
+                "INSERT INTO points (seq, client_id, ts, body, user_id) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    sql_seq(p.seq).into(),
+                    p.id.clone().into(),
+                    p.ts.into(),
+                    r.json.as_str().into(),
+                    p.user_id.as_str().into(),
+                ],
+            ));
         }
+        stmts.push(units_stmt(w.units));
+        for (kind, s) in &w.stats {
+            stmts.push((
+                "INSERT INTO stats (kind, count, sum, min, max, last) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(kind) DO UPDATE SET count = excluded.count, sum = excluded.sum, \
+                 min = excluded.min, max = excluded.max, last = excluded.last",
+                vec![
+                    kind.as_str().into(),
+                    (s.count as i64).into(),
+                    s.sum.into(),
+                    s.min.into(),
+                    s.max.into(),
+                    s.last.into(),
+                ],
+            ));
+        }
+        #[cfg(feature = "test-faults")]
+        if w.points
+            .iter()
+            .any(|r| r.point.kind == crate::faults::FAIL_STORE_KIND)
+        {
+            // Fails inside the transaction, after the points went in, so
+            // the rollback is what a test sees.
+            stmts.push((
+                "INSERT INTO no_such_table_injected_fault VALUES (1)",
+                Vec::new(),
+            ));
+        }
+        self.atomic(stmts)
+    }
+
+    fn save_meta(&self, meta: &Meta, version: u64) -> Result<(), ApiError> {
+        let text = serde_json::to_string(meta).map_err(internal)?;
+        self.sql
+            .exec(
+                "INSERT INTO session (k, meta, meta_version) VALUES (0, ?, ?) \
+                 ON CONFLICT(k) DO UPDATE SET meta = excluded.meta, meta_version = excluded.meta_version",
+                vec![text.into(), (version as i64).into()],
+            )
+            .map_err(internal)?;
         Ok(())
     }
 
-    /// Asks the owner's quota object for up to `want` points units, and
-    /// notes the UTC day they come from.
-    async fn ask_units(&self, want: u64) -> Option<u64> {
-        let (owner, plan) = self
-            .with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
-            .ok()?;
-        let mut resp = self
-            .quota_call(&owner, QuotaCall::Reserve { plan, want })
-            .await?;
-        let r: Reserved = resp.json().await.ok()?;
-        self.units_day.set(r.day);
-        Some(r.granted)
+    /// Replays one page to `conn`: stored points after `after` through
+    /// `through`, read in chunks that advance by the last seq read.
+    fn replay(&self, conn: &str, after: u64, through: u64, then: &str) -> Result<(), ApiError> {
+        let sockets = self.sockets.borrow();
+        let Some(ws) = sockets.get(conn) else {
+            return Ok(());
+        };
+        let mut from = after;
+        while from < through {
+            let rows: Vec<SeqBodyRow> = self
+                .sql
+                .exec(
+                    "SELECT seq, body FROM points WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 500",
+                    vec![sql_seq(from).into(), sql_seq(through).into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            let Some(last) = rows.last() else { break };
+            from = last.seq as u64;
+            for r in &rows {
+                let _ = ws.send_with_str(point_frame(&r.body));
+            }
+        }
+        let _ = ws.send_with_str(then);
+        Ok(())
     }
 
-    /// Gives unused points units back to the owner's quota, to the day they
-    /// were reserved on. If the quota object cannot be reached the units
-    /// stay charged (the owner loses at most one block); this is logged.
-    async fn give_back(&self, units: u64) {
-        let Ok((owner, plan)) =
-            self.with_core(|c| Ok((c.meta().owner_id.clone(), c.meta().owner_plan.clone())))
-        else {
-            return;
+    /// Reserves points units of the owner and feeds the answer to the core.
+    async fn reserve(&self, owner: &str, plan: &str, want: u64) -> Result<(), ApiError> {
+        let got = self.ask_units(owner, plan, want).await;
+        let now = now_ms();
+        let sql = &self.sql;
+        self.feed(|c| match got {
+            Some(r) => c.granted(r.granted, r.day, now, &mut SqlIds(sql)),
+            None => c.reserve_failed(now),
+        })
+    }
+
+    /// Asks the owner's quota object for up to `want` points units.
+    async fn ask_units(&self, owner: &str, plan: &str, want: u64) -> Option<Reserved> {
+        let call = QuotaCall::Reserve {
+            plan: plan.to_owned(),
+            want,
         };
-        let call = QuotaCall::Settle {
-            plan,
-            day: self.units_day.get(),
-            used: 0,
-            returned: units,
-        };
-        if self.quota_call(&owner, call).await.is_none() {
-            log_error(&ApiError::Unavailable(format!(
-                "could not give {units} points units back to {owner}"
-            )));
-        }
+        let mut resp = self.quota_call(owner, call).await?;
+        resp.json().await.ok()
     }
 
     async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<Response> {
@@ -775,188 +999,190 @@ impl ActiveSessionDO {
         (resp.status_code() == 200).then_some(resp)
     }
 
-    fn replay(&self, conn: &str, after_seq: u64, last_seq: u64) -> Result<(), ApiError> {
-        let sockets = self.sockets.borrow();
-        let Some(ws) = sockets.get(conn) else {
-            return Ok(());
-        };
-        let mut from = after_seq;
-        while from < last_seq {
-            let rows: Vec<BodyRow> = self
+    /// Writes one planned batch to D1 and feeds the outcome to the core.
+    async fn flush(&self, job: FlushJob) -> Result<(), ApiError> {
+        let ok = match self.write_d1(&job).await {
+            Ok(()) => self
                 .sql
                 .exec(
-                    "SELECT ts, body FROM points WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 500",
-                    vec![(from as i64).into(), (last_seq as i64).into()],
+                    "UPDATE session SET flushed_seq = max(flushed_seq, ?), \
+                     flushed_meta_version = max(flushed_meta_version, ?) WHERE k = 0",
+                    vec![
+                        sql_seq(job.batch.to).into(),
+                        sql_seq(job.batch.meta_version).into(),
+                    ],
                 )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?;
-            if rows.is_empty() {
-                break;
+                .is_ok(),
+            Err(e) => {
+                log_error(&e);
+                false
             }
-            from += rows.len() as u64;
-            for r in rows {
-                let _ = ws.send_with_str(point_frame(&r.body));
-            }
-        }
-        let _ = ws.send_with_str(ServerFrame::Resumed { last_seq }.to_json());
-        Ok(())
+        };
+        self.feed(|c| c.flush_done(job.batch, ok, now_ms()))
     }
 
-    fn save_meta(&self) -> Result<(), ApiError> {
-        let (meta, version) = self.with_core(|c| Ok((c.meta().clone(), c.meta_version())))?;
-        let text = serde_json::to_string(&meta).map_err(internal)?;
-        self.sql
-            .exec(
-                "INSERT INTO session (k, meta, meta_version) VALUES (0, ?, ?) \
-                 ON CONFLICT(k) DO UPDATE SET meta = excluded.meta, meta_version = excluded.meta_version",
-                vec![text.into(), (version as i64).into()],
-            )
-            .map_err(internal)?;
-        Ok(())
-    }
-
-    /// Writes every due batch to D1, one at a time, until none is due or a
-    /// write fails (the core then schedules the retry).
-    async fn flush_due(&self) {
-        if self.flushing.replace(true) {
-            return;
-        }
-        loop {
-            let batch = self
-                .with_core(|c| Ok(c.poll_flush(now_ms())))
-                .ok()
-                .flatten();
-            let Some(batch) = batch else { break };
-            let result = self.write_d1(batch).await;
-            let ok = match result {
-                Ok(()) => self
-                    .sql
-                    .exec(
-                        "UPDATE session SET flushed_seq = max(flushed_seq, ?), \
-                         flushed_meta_version = max(flushed_meta_version, ?) WHERE k = 0",
-                        vec![(batch.to as i64).into(), (batch.meta_version as i64).into()],
-                    )
-                    .map(|_| true)
-                    .unwrap_or(false),
-                Err(e) => {
-                    log_error(&e);
-                    false
-                }
-            };
-            let _ = self.with_core(|c| {
-                c.flush_done(batch, ok, now_ms());
-                Ok(())
-            });
-            if !ok {
-                break;
-            }
-        }
-        self.flushing.set(false);
-    }
-
-    /// One D1 `batch()`: the partitions it needs, the points (as JSON
-    /// arrays expanded in SQL) and the session row.
-    async fn write_d1(&self, batch: FlushBatch) -> Result<(), ApiError> {
+    /// Binds and runs the D1 plan of one flush as one `batch()`.
+    async fn write_d1(&self, job: &FlushJob) -> Result<(), ApiError> {
         #[cfg(feature = "test-faults")]
         if crate::faults::d1_failing() {
             return Err(ApiError::Unavailable(
                 "D1 failure injected for tests".into(),
             ));
         }
-        let (meta, count) =
-            self.with_core(|c| Ok((c.meta().clone(), batch.to.max(c.flushed_seq()))))?;
-        let rows: Vec<BodyRow> = if batch.from <= batch.to {
+        let b = job.batch;
+        let rows: Vec<BodyRow> = if b.from <= b.to {
             self.sql
                 .exec(
                     "SELECT ts, body FROM points WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                    vec![(batch.from as i64).into(), (batch.to as i64).into()],
+                    vec![sql_seq(b.from).into(), sql_seq(b.to).into()],
                 )
                 .and_then(|c| c.to_array())
                 .map_err(internal)?
         } else {
             Vec::new()
         };
-        let db = self.env.d1("DB").map_err(internal)?;
-        let now = rfc3339(now_ms());
-        let mut stmts = Vec::new();
-        let session_month = month_suffix(meta.started_at);
-        let mut months = vec![(
-            session_month.clone(),
-            d1::create_sessions(&session_month),
-            d1::sessions_table(&session_month),
-        )];
         let points: Vec<(Millis, String)> = rows.into_iter().map(|r| (r.ts, r.body)).collect();
-        let chunks = d1::chunk_by_month(&points);
-        for (m, _) in &chunks {
-            if !months.iter().any(|(_, _, t)| *t == d1::points_table(m)) {
-                months.push((m.clone(), d1::create_points(m), d1::points_table(m)));
-            }
-        }
-        for (_, create, table) in &months {
-            if !super::partition_known(table) {
-                stmts.push(db.prepare(create.clone()));
-                stmts.push(
-                    db.prepare(d1::RECORD_PARTITION)
-                        .bind(&[JsValue::from_str(table), JsValue::from_str(&now)])
-                        .map_err(internal)?,
-                );
-            }
-        }
-        for (m, arr) in &chunks {
-            stmts.push(
-                db.prepare(d1::insert_points(m))
-                    .bind(&[JsValue::from_str(&meta.id), JsValue::from_str(arr)])
-                    .map_err(internal)?,
-            );
-        }
-        let members = serde_json::to_string(&meta.members).map_err(internal)?;
-        let metadata = serde_json::to_string(&meta.metadata).map_err(internal)?;
-        let status = match meta.status {
-            SessionStatus::Active => "active",
-            SessionStatus::Ended => "ended",
-        };
-        stmts.push(
-            db.prepare(d1::upsert_session(&session_month))
-                .bind(&[
-                    JsValue::from_str(&meta.id),
-                    JsValue::from_str(&meta.owner_id),
-                    meta.title
-                        .as_deref()
-                        .map_or(JsValue::NULL, JsValue::from_str),
-                    JsValue::from_str(&members),
-                    JsValue::from_str(&metadata),
-                    JsValue::from_str(status),
-                    JsValue::from_str(&rfc3339(meta.started_at)),
-                    meta.ended_at
-                        .map_or(JsValue::NULL, |t| JsValue::from_str(&rfc3339(t))),
-                    JsValue::from_f64(count as f64),
-                ])
-                .map_err(internal)?,
+        let plan = d1::plan(
+            &job.meta,
+            job.point_count,
+            &points,
+            now_ms(),
+            super::partition_known,
         );
-        let results = db
-            .batch(stmts)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("D1 batch failed: {e}")))?;
-        if let Some(r) = results.iter().find(|r| !r.success()) {
-            return Err(ApiError::Unavailable(format!(
-                "D1 statement failed: {}",
-                r.error().unwrap_or_default()
-            )));
-        }
-        for (_, _, table) in months {
+        let db = crate::db::database(&self.env)?;
+        crate::db::batch(&db, &plan.stmts).await?;
+        for table in plan.tables {
             super::remember_partition(table);
         }
         Ok(())
     }
+
+    /// Tells users' presence objects about sockets that came and went, in
+    /// order, from the outbox. An unreachable presence object does not hold
+    /// the session up: the rest waits in the outbox for the alarm.
+    async fn deliver_presence(&self) -> Result<(), ApiError> {
+        #[cfg(feature = "test-faults")]
+        if crate::faults::presence_failing() {
+            return Err(ApiError::Unavailable(
+                "presence delivery failure injected for tests".into(),
+            ));
+        }
+        if self.delivering.replace(true) {
+            return Ok(());
+        }
+        let result = self.deliver_outbox().await;
+        self.delivering.set(false);
+        if !result? {
+            self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_outbox(&self) -> Result<bool, ApiError> {
+        let session_id = self.feed(|c| c.meta().id.clone())?;
+        loop {
+            let rows: Vec<OutboxRow> = self
+                .sql
+                .exec(
+                    "SELECT id, user_id, conn_id, online FROM presence_outbox ORDER BY id LIMIT 50",
+                    None,
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            if rows.is_empty() {
+                return Ok(true);
+            }
+            for r in rows {
+                let caller = Caller::internal(&r.user_id);
+                let hop = Hop {
+                    env: &self.env,
+                    caller: &caller,
+                    request_id: None,
+                };
+                let update = PresenceCall::Conn {
+                    user_id: r.user_id.clone(),
+                    conn_id: r.conn_id,
+                    session_id: session_id.clone(),
+                    online: r.online != 0,
+                };
+                let sent = hop.presence(&r.user_id, update).await;
+                if !matches!(sent, Ok(resp) if resp.status_code() == 200) {
+                    return Ok(false);
+                }
+                self.sql
+                    .exec(
+                        "DELETE FROM presence_outbox WHERE id = ?",
+                        vec![r.id.into()],
+                    )
+                    .map_err(internal)?;
+            }
+        }
+    }
+
+    /// Delivers settlements to the owner's quota object, in order, from
+    /// their outbox; what cannot be delivered now waits for the alarm.
+    async fn deliver_settlements(&self) -> Result<(), ApiError> {
+        if self.settling.replace(true) {
+            return Ok(());
+        }
+        let result = self.deliver_settle_outbox().await;
+        self.settling.set(false);
+        if !result? {
+            self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_settle_outbox(&self) -> Result<bool, ApiError> {
+        loop {
+            let rows: Vec<SettleRow> = self
+                .sql
+                .exec(
+                    "SELECT id, owner, plan, day, used, returned FROM settle_outbox ORDER BY id LIMIT 50",
+                    None,
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            if rows.is_empty() {
+                return Ok(true);
+            }
+            for r in rows {
+                let call = QuotaCall::Settle {
+                    plan: r.plan,
+                    day: r.day,
+                    used: r.used as u64,
+                    returned: r.returned as u64,
+                };
+                if self.quota_call(&r.owner, call).await.is_none() {
+                    return Ok(false);
+                }
+                self.sql
+                    .exec("DELETE FROM settle_outbox WHERE id = ?", vec![r.id.into()])
+                    .map_err(internal)?;
+            }
+        }
+    }
 }
 
-/// Decisions that wait on something, carried out after the sends.
-#[derive(Default)]
-struct Later {
-    wake: Option<Millis>,
-    presence: bool,
-    reserve: Option<u64>,
-    refund: u64,
+fn units_stmt(u: Units) -> (&'static str, Vec<SqlStorageValue>) {
+    (
+        "INSERT INTO units (k, day, held, used) VALUES (0, ?, ?, ?) \
+         ON CONFLICT(k) DO UPDATE SET day = excluded.day, held = excluded.held, used = excluded.used",
+        vec![u.day.into(), sql_seq(u.held).into(), sql_seq(u.used).into()],
+    )
+}
+
+fn settle_stmt(owner: String, plan: String, s: Settlement) -> (&'static str, Vec<SqlStorageValue>) {
+    (
+        "INSERT INTO settle_outbox (owner, plan, day, used, returned) VALUES (?, ?, ?, ?, ?)",
+        vec![
+            owner.into(),
+            plan.into(),
+            s.day.into(),
+            sql_seq(s.used).into(),
+            sql_seq(s.returned).into(),
+        ],
+    )
 }
 
 fn attachment_conn(ws: &WebSocket) -> Option<ConnId> {

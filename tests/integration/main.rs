@@ -17,6 +17,8 @@ mod faults;
 #[cfg(not(target_arch = "wasm32"))]
 mod gateway;
 #[cfg(not(target_arch = "wasm32"))]
+mod hardening;
+#[cfg(not(target_arch = "wasm32"))]
 mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 mod history;
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         history::TESTS,
         client_e2e::TESTS,
         console::TESTS,
+        hardening::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {

@@ -249,7 +249,15 @@ async fn points_use_the_owners_daily_quota_and_refusals_are_error_frames() {
     )
     .await;
     r.assert_error(429, "quota_exceeded");
-    let q = get("/v1/quota", &t).await;
+    // Used units are settled with each D1 flush (FLUSH_INTERVAL_MS).
+    let mut q = get("/v1/quota", &t).await;
+    for _ in 0..50 {
+        if q.body["points"]["used"] == 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q = get("/v1/quota", &t).await;
+    }
     assert_eq!(q.body["points"]["used"], 10_000, "{}", q.text);
 }
 

@@ -80,7 +80,9 @@ impl Sim {
             now: 1_000,
             server: FakeServer {
                 up: true,
-                page: usize::MAX,
+                // Small replay pages, so resuming follows `more` as against the real
+                // server with REPLAY_PAGE.
+                page: 3,
                 ..FakeServer::default()
             },
             peers,
@@ -218,12 +220,17 @@ impl Sim {
                     .take(self.server.page)
                     .cloned()
                     .collect();
+                let through_seq = page.last().map_or(after_seq, |p| p.seq);
                 for p in page {
                     let t = frame_text(&ServerFrame::Point(p));
                     self.peers[i].to_client.push_back(t);
                 }
                 let last_seq = self.server.points.len() as u64;
-                let t = frame_text(&ServerFrame::Resumed { last_seq });
+                let t = frame_text(&ServerFrame::Resumed {
+                    last_seq,
+                    through_seq,
+                    more: through_seq < last_seq,
+                });
                 self.peers[i].to_client.push_back(t);
             }
             ClientFrame::Ping => {

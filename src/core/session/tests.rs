@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::*;
 
 const T0: Millis = 1_764_000_000_000;
+const DAY: Millis = 86_400_000;
 
 fn meta(max: u64) -> Meta {
     Meta {
@@ -27,15 +28,25 @@ fn core() -> SessionCore {
     funded(SessionCore::create(meta(5), Config::default(), T0))
 }
 
-/// A core with plenty of points units in hand.
+/// A core with plenty of points units of T0's day in hand.
 fn funded(mut c: SessionCore) -> SessionCore {
-    c.add_units(1_000_000);
+    c.add_units(1_000_000, day_of(T0), T0);
     drain(&mut c);
     c
 }
 
-fn drain(c: &mut SessionCore) -> Vec<Action> {
-    std::iter::from_fn(|| c.poll_action()).collect()
+/// Every decision, with each write stored successfully (as the adapter
+/// does when storage works).
+fn drain(c: &mut SessionCore) -> Vec<Decision> {
+    let mut out = Vec::new();
+    while let Some(d) = c.poll() {
+        let store = matches!(d, Decision::Store(_));
+        out.push(d);
+        if store {
+            c.stored(true, c.clock.get());
+        }
+    }
+    out
 }
 
 fn json(text: &str) -> Value {
@@ -44,12 +55,12 @@ fn json(text: &str) -> Value {
 
 /// Frames each connection received, as JSON, given the live set at each
 /// broadcast.
-fn deliver(actions: &[Action], live: &[&str]) -> BTreeMap<String, Vec<Value>> {
+fn deliver(actions: &[Decision], live: &[&str]) -> BTreeMap<String, Vec<Value>> {
     let mut got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for a in actions {
         match a {
-            Action::Send { to, text } => got.entry(to.clone()).or_default().push(json(text)),
-            Action::Broadcast { except, text } => {
+            Decision::Send { to, text } => got.entry(to.clone()).or_default().push(json(text)),
+            Decision::Broadcast { except, text } => {
                 for c in live {
                     if except.as_deref() != Some(*c) {
                         got.entry(c.to_string()).or_default().push(json(text));
@@ -62,11 +73,47 @@ fn deliver(actions: &[Action], live: &[&str]) -> BTreeMap<String, Vec<Value>> {
     got
 }
 
-/// Stores and commits a socket point, as the adapter does.
+fn stored_points(ds: &[Decision]) -> Vec<StoredPoint> {
+    ds.iter()
+        .filter_map(|d| match d {
+            Decision::Store(w) => Some(w.points.iter().map(|r| r.point.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn flush_job(ds: &[Decision]) -> Option<FlushJob> {
+    ds.iter().find_map(|d| match d {
+        Decision::Flush(j) => Some(j.clone()),
+        _ => None,
+    })
+}
+
+fn reserve(want: u64) -> Decision {
+    Decision::Reserve {
+        owner: "owner".into(),
+        plan: "pro".into(),
+        want,
+    }
+}
+
+/// Sends a socket point and stores it, as the adapter does; returns it.
 fn send_point(c: &mut SessionCore, conn: &str, text: &str, now: Millis) -> Option<StoredPoint> {
-    let p = c.on_text(conn, text, now)?;
-    c.commit(Origin::Socket(conn), &p, now);
-    Some(p)
+    c.on_text(conn, text, now, &mut NoIds);
+    stored_points(&drain(c)).pop()
+}
+
+fn http(
+    c: &mut SessionCore,
+    user: &str,
+    points: Vec<NewPoint>,
+    now: Millis,
+) -> Result<Vec<u64>, ApiError> {
+    match c.append(user, points, false, now, &mut NoIds)? {
+        Append::Seqs(s) => Ok(s),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -95,25 +142,25 @@ fn presence_hears_of_every_join_and_leave() {
     let mut c = core();
     c.join("c1", "bob", T0);
     let a = drain(&mut c);
-    assert!(a.contains(&Action::Presence {
+    assert!(a.contains(&Decision::Presence {
         user: "bob".into(),
         conn: "c1".into(),
         online: true
     }));
-    c.leave("c1");
+    c.leave("c1", T0);
     let a = drain(&mut c);
-    assert!(a.contains(&Action::Presence {
+    assert!(a.contains(&Decision::Presence {
         user: "bob".into(),
         conn: "c1".into(),
         online: false
     }));
-    assert!(!c.leave("c1"));
+    assert!(!c.leave("c1", T0));
     assert!(drain(&mut c).is_empty(), "a second leave says nothing");
     c.join("c2", "carol", T0);
     drain(&mut c);
     c.end("owner", T0).unwrap();
     let a = drain(&mut c);
-    assert!(a.contains(&Action::Presence {
+    assert!(a.contains(&Decision::Presence {
         user: "carol".into(),
         conn: "c2".into(),
         online: false
@@ -125,33 +172,112 @@ fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
     let mut c = SessionCore::create(meta(5), Config::default(), T0);
     c.join("c1", "owner", T0);
     drain(&mut c);
-    assert!(c
-        .on_text("c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0)
-        .is_none());
-    assert!(c
-        .on_text("c1", r#"{"type":"point","id":"b","kind":"k"}"#, T0)
-        .is_none());
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"a","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"b","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
     assert_eq!(
         drain(&mut c),
-        vec![Action::Reserve(200)],
+        vec![reserve(200)],
         "one reservation for both"
     );
     // The owner has one point left today.
-    let ready = c.granted(1, T0);
+    c.granted(1, day_of(T0), T0, &mut NoIds);
+    let a = drain(&mut c);
+    let ready = stored_points(&a);
     assert_eq!(ready.len(), 1);
-    assert_eq!((ready[0].1.seq, ready[0].1.id.as_deref()), (1, Some("a")));
-    let got = deliver(&drain(&mut c), &["c1"]);
-    assert_eq!(got["c1"][0]["code"], "quota_exceeded");
-    assert_eq!(got["c1"][0]["ref"], "b", "never a silent drop");
+    assert_eq!((ready[0].seq, ready[0].id.as_deref()), (1, Some("a")));
+    let got = deliver(&a, &["c1"]);
+    let err = got["c1"].iter().find(|f| f["type"] == "error").unwrap();
+    assert_eq!(err["code"], "quota_exceeded");
+    assert_eq!(err["ref"], "b", "never a silent drop");
+    assert_eq!(
+        err["retryAfterMs"].as_i64().unwrap(),
+        day_of(T0) + DAY - T0,
+        "until the next UTC day"
+    );
     // A failed reservation is an error frame too.
-    c.on_text("c1", r#"{"type":"point","id":"c","kind":"k"}"#, T0);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"c","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
     drain(&mut c);
-    c.reserve_failed();
+    c.reserve_failed(T0);
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(
         (got["c1"][0]["code"].as_str(), got["c1"][0]["ref"].as_str()),
         (Some("unavailable"), Some("c"))
     );
+}
+
+#[test]
+fn points_waiting_for_units_are_bounded_in_count_and_bytes() {
+    let cfg = Config {
+        waiting_max_points: 3,
+        waiting_max_bytes: 200,
+        ..Config::default()
+    };
+    let mut c = SessionCore::create(meta(5), cfg, T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    for i in 0..5 {
+        let text = format!(r#"{{"type":"point","id":"w{i}","kind":"k"}}"#);
+        c.on_text("c1", &text, T0, &mut NoIds);
+    }
+    let got = deliver(&drain(&mut c), &["c1"]);
+    let refused: Vec<_> = got["c1"].iter().map(|f| f["ref"].clone()).collect();
+    assert_eq!(refused, vec![json(r#""w3""#), json(r#""w4""#)]);
+    assert_eq!(got["c1"][0]["code"], "rate_limited");
+    assert!(got["c1"][0]["retryAfterMs"].as_u64().unwrap() > 0);
+    // Bytes: one big point fills the queue.
+    let mut c = SessionCore::create(meta(5), cfg, T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    let big = format!(
+        r#"{{"type":"point","id":"big","kind":"k","data":{{"x":"{}"}}}}"#,
+        "a".repeat(100)
+    );
+    c.on_text("c1", &big, T0, &mut NoIds);
+    c.on_text("c1", &big.replace("big", "big2"), T0, &mut NoIds);
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(got["c1"].len(), 1, "{got:?}");
+    assert_eq!(got["c1"][0]["ref"], "big2");
+    // Granted: the queued point is stored, the queue is free again.
+    c.granted(200, day_of(T0), T0, &mut NoIds);
+    assert_eq!(stored_points(&drain(&mut c)).len(), 1);
+}
+
+#[test]
+fn more_waiting_points_than_a_full_block_ask_again() {
+    let cfg = Config {
+        reserve_block: 2,
+        ..Config::default()
+    };
+    let mut c = SessionCore::create(meta(5), cfg, T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    for i in 0..5 {
+        let text = format!(r#"{{"type":"point","id":"m{i}","kind":"k"}}"#);
+        c.on_text("c1", &text, T0, &mut NoIds);
+    }
+    assert_eq!(drain(&mut c), vec![reserve(2)]);
+    c.granted(2, day_of(T0), T0, &mut NoIds);
+    let a = drain(&mut c);
+    assert_eq!(stored_points(&a).len(), 2);
+    assert!(a.contains(&reserve(4)), "{a:?}");
+    assert!(deliver(&a, &["c1"])["c1"]
+        .iter()
+        .all(|f| f["type"] == "ack"));
 }
 
 #[test]
@@ -164,23 +290,20 @@ fn busy_sessions_reserve_bigger_blocks() {
         let text = format!(r#"{{"type":"point","id":"p{i}","kind":"k"}}"#);
         // One frame a millisecond: within the flood limit.
         let now = T0 + i;
-        if let Some(p) = c.on_text("c1", &text, now) {
-            c.commit(Origin::Socket("c1"), &p, now);
-        }
-        for a in drain(&mut c) {
-            if let Action::Reserve(n) = a {
-                asked.push(n);
-                for (conn, p) in c.granted(n, T0) {
-                    c.commit(Origin::Socket(&conn), &p, T0);
-                }
-            }
+        c.on_text("c1", &text, now, &mut NoIds);
+        let mut pending = drain(&mut c);
+        while let Some(Decision::Reserve { want, .. }) = pending
+            .iter()
+            .find(|d| matches!(d, Decision::Reserve { .. }))
+            .cloned()
+        {
+            asked.push(want);
+            c.granted(want, day_of(T0), now, &mut NoIds);
+            pending = drain(&mut c);
         }
     }
     assert_eq!(c.last_seq(), 8_000);
     assert_eq!(&asked[..6], &[200, 400, 800, 1_600, 3_200, 3_200]);
-    // A partial grant (the quota running out) starts small again.
-    c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0);
-    let _ = c.granted(1, T0);
     assert!(asked.len() < 10, "few round trips: {asked:?}");
 }
 
@@ -188,19 +311,129 @@ fn busy_sessions_reserve_bigger_blocks() {
 fn spare_units_go_back_when_idle_or_ended() {
     let mut c = SessionCore::create(meta(5), Config::default(), T0);
     c.join("c1", "owner", T0);
-    c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0);
+    c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0, &mut NoIds);
     drain(&mut c);
-    let ready = c.granted(200, T0);
-    c.commit(Origin::Socket("c1"), &ready[0].1, T0);
+    c.granted(200, day_of(T0), T0, &mut NoIds);
     drain(&mut c);
-    assert_eq!(c.budget(), 199);
-    c.leave("c1");
-    assert!(drain(&mut c).contains(&Action::Refund(199)));
-    assert_eq!((c.budget(), c.units()), (0, 1));
+    assert_eq!(c.units().held, 199);
+    c.leave("c1", T0);
+    let settled = drain(&mut c).into_iter().find_map(|d| match d {
+        Decision::Settle {
+            settlement, units, ..
+        } => Some((settlement, units)),
+        _ => None,
+    });
+    let (s, u) = settled.expect("settled");
+    assert_eq!((s.day, s.used, s.returned), (day_of(T0), 1, 199));
+    assert_eq!((u.held, u.used), (0, 0));
 }
 
 #[test]
-fn admit_refuses_strangers_ended_and_full_sessions() {
+fn http_only_sessions_give_idle_units_back_from_the_alarm() {
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    drain(&mut c);
+    let Append::NeedUnits { want, .. } = c
+        .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
+        .unwrap()
+    else {
+        panic!("units needed");
+    };
+    assert_eq!(want, 200);
+    c.add_units(want, day_of(T0), T0);
+    assert_eq!(
+        http(&mut c, "bob", vec![NewPoint::new("k")], T0),
+        Ok(vec![1])
+    );
+    let a = drain(&mut c);
+    let idle_at = T0 + Config::default().units_idle_ms as Millis;
+    assert!(a
+        .iter()
+        .any(|d| matches!(d, Decision::WakeAt(t) if *t <= idle_at)));
+    c.tick(idle_at - 1);
+    assert!(!drain(&mut c)
+        .iter()
+        .any(|d| matches!(d, Decision::Settle { .. })));
+    c.tick(idle_at);
+    let s = drain(&mut c).into_iter().find_map(|d| match d {
+        Decision::Settle { settlement, .. } => Some(settlement),
+        _ => None,
+    });
+    assert_eq!(
+        s,
+        Some(Settlement {
+            day: day_of(T0),
+            used: 1,
+            returned: 199
+        })
+    );
+    assert_eq!(c.next_wake(), c.next_flush_at(), "nothing idle left");
+}
+
+#[test]
+fn units_are_spent_on_their_own_day_and_settled_at_a_day_change() {
+    let mut c = core();
+    c.join("c1", "owner", T0);
+    send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0).unwrap();
+    let next_day = day_of(T0) + DAY + 5;
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"n","kind":"k"}"#,
+        next_day,
+        &mut NoIds,
+    );
+    let a = drain(&mut c);
+    let s = a.iter().find_map(|d| match d {
+        Decision::Settle {
+            settlement, units, ..
+        } => Some((*settlement, *units)),
+        _ => None,
+    });
+    let (s, u) = s.expect("the old day settled");
+    assert_eq!((s.day, s.used, s.returned), (day_of(T0), 1, 1_000_000 - 1));
+    assert_eq!(
+        u,
+        Units {
+            day: day_of(next_day),
+            held: 0,
+            used: 0
+        }
+    );
+    assert!(a.contains(&reserve(200)), "units of the new day");
+    assert!(stored_points(&a).is_empty(), "the point waits for them");
+    c.granted(200, day_of(next_day), next_day, &mut NoIds);
+    let p = stored_points(&drain(&mut c));
+    assert_eq!(p[0].seq, 2);
+    assert_eq!(
+        c.units(),
+        Units {
+            day: day_of(next_day),
+            held: 199,
+            used: 1
+        }
+    );
+}
+
+#[test]
+fn flushes_settle_the_units_they_used() {
+    let mut c = core();
+    c.join("c1", "owner", T0);
+    let mut job = None;
+    for i in 0..10 {
+        c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0 + i, &mut NoIds);
+        job = job.or(flush_job(&drain(&mut c)));
+    }
+    let job = job.expect("a full batch");
+    c.flush_done(job.batch, true, T0 + 3_000);
+    let s = drain(&mut c).into_iter().find_map(|d| match d {
+        Decision::Settle { settlement, .. } => Some(settlement),
+        _ => None,
+    });
+    assert_eq!(s.map(|s| (s.used, s.returned)), Some((10, 0)));
+    assert_eq!(c.units().used, 0);
+}
+
+#[test]
+fn admit_refuses_strangers_ended_full_sessions_and_extra_seats() {
     let mut c = funded(SessionCore::create(meta(2), Config::default(), T0));
     assert_eq!(c.admit("mallory").unwrap_err().status(), 403);
     c.join("a", "owner", T0);
@@ -210,31 +443,47 @@ fn admit_refuses_strangers_ended_and_full_sessions() {
         (full.status(), full.code()),
         (429, ErrorCode::QuotaExceeded)
     );
-    c.leave("b");
+    c.leave("b", T0);
     assert!(c.admit("carol").is_ok());
+    // The owner's current plan raises the cap.
+    c.set_plan("enterprise", 100);
+    assert!(drain(&mut c)
+        .iter()
+        .any(|d| matches!(d, Decision::SaveMeta { meta, .. } if meta.owner_plan == "enterprise")));
+    c.join("b1", "bob", T0);
+    c.join("b2", "bob", T0);
+    assert!(c.admit("bob").is_ok());
+    c.join("b3", "bob", T0);
+    let seats = c.admit("bob").unwrap_err();
+    assert_eq!(
+        (seats.status(), seats.code()),
+        (429, ErrorCode::QuotaExceeded)
+    );
+    assert!(c.admit("carol").is_ok(), "seats are per user");
     c.end("owner", T0).unwrap();
     assert_eq!(c.admit("carol").unwrap_err(), ApiError::SessionEnded);
 }
 
 #[test]
-fn points_are_numbered_1_2_3_and_acked_only_on_commit() {
+fn points_are_numbered_1_2_3_and_acked_only_once_stored() {
     let mut c = core();
     c.join("c1", "owner", T0);
     c.join("c2", "bob", T0);
     drain(&mut c);
-    let p = c
-        .on_text(
-            "c1",
-            r#"{"type":"point","id":"a","kind":"hr","value":70}"#,
-            T0 + 5,
-        )
-        .expect("a new point to store");
-    assert_eq!((p.seq, p.user_id.as_str(), p.ts), (1, "owner", T0 + 5));
-    assert!(
-        drain(&mut c).is_empty(),
-        "nothing leaves before the point is stored"
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"a","kind":"hr","value":70}"#,
+        T0 + 5,
+        &mut NoIds,
     );
-    c.commit(Origin::Socket("c1"), &p, T0 + 5);
+    let Some(Decision::Store(w)) = c.poll() else {
+        panic!("the point is stored first");
+    };
+    let p = &w.points[0].point;
+    assert_eq!((p.seq, p.user_id.as_str(), p.ts), (1, "owner", T0 + 5));
+    assert_eq!(c.poll(), None, "nothing leaves before the point is stored");
+    assert_eq!(c.last_seq(), 0);
+    c.stored(true, T0 + 5);
     let got = deliver(&drain(&mut c), &["c1", "c2"]);
     assert_eq!(got["c1"], vec![json(r#"{"type":"ack","id":"a","seq":1}"#)]);
     assert_eq!(got["c2"][0]["type"], "point");
@@ -252,54 +501,357 @@ fn points_are_numbered_1_2_3_and_acked_only_on_commit() {
 }
 
 #[test]
-fn a_repeated_id_is_acked_with_its_first_seq_and_not_stored_again() {
+fn a_repeated_id_of_the_same_user_is_acked_with_its_first_seq_and_not_stored_again() {
     let mut c = core();
     c.join("c1", "owner", T0);
     c.join("c2", "bob", T0);
     send_point(&mut c, "c1", r#"{"type":"point","id":"x","kind":"k"}"#, T0).unwrap();
     send_point(&mut c, "c1", r#"{"type":"point","id":"y","kind":"k"}"#, T0).unwrap();
     drain(&mut c);
-    assert!(c
-        .on_text("c1", r#"{"type":"point","id":"x","kind":"k"}"#, T0)
-        .is_none());
+    assert!(send_point(&mut c, "c1", r#"{"type":"point","id":"x","kind":"k"}"#, T0).is_none());
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"x","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
     let got = deliver(&drain(&mut c), &["c1", "c2"]);
     assert_eq!(got["c1"], vec![json(r#"{"type":"ack","id":"x","seq":1}"#)]);
     assert!(!got.contains_key("c2"), "not broadcast again");
-    // Over HTTP too, from another member.
-    let dup = c
-        .accept(
-            Origin::Http("bob"),
-            NewPoint {
+    // Over HTTP too, by the same user.
+    assert_eq!(
+        http(
+            &mut c,
+            "owner",
+            vec![NewPoint {
                 id: Some("y".into()),
                 ..NewPoint::new("k")
-            },
-            T0,
-        )
-        .unwrap();
-    assert_eq!(
-        dup,
-        Accepted::Duplicate {
-            seq: 2,
-            id: Some("y".into())
-        }
+            }],
+            T0
+        ),
+        Ok(vec![2])
     );
     assert_eq!(c.last_seq(), 2);
 }
 
 #[test]
-fn abort_gives_the_seq_back_when_storage_fails() {
+fn ids_are_scoped_to_their_user() {
+    let mut c = core();
+    c.join("c1", "owner", T0);
+    c.join("c2", "bob", T0);
+    let a = send_point(
+        &mut c,
+        "c1",
+        r#"{"type":"point","id":"same","kind":"k"}"#,
+        T0,
+    )
+    .unwrap();
+    let b = send_point(
+        &mut c,
+        "c2",
+        r#"{"type":"point","id":"same","kind":"k"}"#,
+        T0,
+    )
+    .unwrap();
+    assert_eq!(
+        (a.seq, b.seq),
+        (1, 2),
+        "two users' equal ids are two points"
+    );
+    assert_eq!(
+        http(
+            &mut c,
+            "carol",
+            vec![NewPoint {
+                id: Some("same".into()),
+                ..NewPoint::new("k")
+            }],
+            T0
+        ),
+        Ok(vec![3])
+    );
+    drain(&mut c);
+    assert_eq!(
+        http(
+            &mut c,
+            "bob",
+            vec![NewPoint {
+                id: Some("same".into()),
+                ..NewPoint::new("k")
+            }],
+            T0
+        ),
+        Ok(vec![2])
+    );
+    assert!(stored_points(&drain(&mut c)).is_empty());
+}
+
+#[test]
+fn ids_beyond_the_cache_are_looked_up_in_storage() {
+    struct Stored(HashMap<(String, String), u64>, u32);
+    impl IdLookup for Stored {
+        fn seq_of(&mut self, user: &str, id: &str) -> Option<u64> {
+            self.1 += 1;
+            self.0.get(&(user.to_owned(), id.to_owned())).copied()
+        }
+    }
+    let cfg = Config {
+        id_cache: 2,
+        ..Config::default()
+    };
+    let r = Restored {
+        last_seq: 500,
+        conns: vec![("c1".into(), "bob".into(), T0)],
+        units: Units {
+            day: day_of(T0),
+            held: 100,
+            used: 0,
+        },
+        ..Restored::default()
+    };
+    let mut c = SessionCore::restore(meta(5), cfg, r, T0);
+    drain(&mut c);
+    let mut storage = Stored(HashMap::from([(("bob".into(), "old".into()), 7)]), 0);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"old","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(
+        got["c1"],
+        vec![json(r#"{"type":"ack","id":"old","seq":7}"#)]
+    );
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"old","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
+    drain(&mut c);
+    assert_eq!(storage.1, 1, "a second repeat is answered from the cache");
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"new","kind":"k"}"#,
+        T0,
+        &mut storage,
+    );
+    assert_eq!(stored_points(&drain(&mut c))[0].seq, 501);
+}
+
+#[test]
+fn a_failed_write_leaves_no_trace() {
+    let mut c = core();
+    c.join("c1", "owner", T0);
+    c.join("c2", "bob", T0);
+    send_point(
+        &mut c,
+        "c1",
+        r#"{"type":"point","kind":"hr","value":1}"#,
+        T0,
+    )
+    .unwrap();
+    let units = c.units();
+    let stats = c.view().stats;
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"a","kind":"hr","value":9}"#,
+        T0,
+        &mut NoIds,
+    );
+    let mut frames = Vec::new();
+    while let Some(d) = c.poll() {
+        if let Decision::Store(_) = d {
+            c.stored(false, T0);
+        } else {
+            frames.push(d);
+        }
+    }
+    let got = deliver(&frames, &["c1", "c2"]);
+    assert_eq!(got["c1"][0]["code"], "unavailable");
+    assert_eq!(got["c1"][0]["ref"], "a");
+    assert!(!got.contains_key("c2"), "nothing broadcast");
+    assert_eq!(c.last_seq(), 1);
+    assert_eq!(c.units(), units);
+    assert_eq!(c.view().stats, stats);
+    // The id is free again and no gap appears.
+    let again = send_point(&mut c, "c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0).unwrap();
+    assert_eq!(again.seq, 2);
+    // An HTTP batch is one write: all or nothing.
+    let batch = vec![
+        NewPoint {
+            id: Some("h1".into()),
+            ..NewPoint::new("k")
+        },
+        NewPoint {
+            id: Some("h2".into()),
+            value: Some(3.0),
+            ..NewPoint::new("hr")
+        },
+    ];
+    assert_eq!(http(&mut c, "bob", batch.clone(), T0), Ok(vec![3, 4]));
+    let Some(Decision::Store(w)) = c.poll() else {
+        panic!("one write");
+    };
+    assert_eq!(w.points.len(), 2);
+    c.stored(false, T0);
+    assert_eq!(c.last_seq(), 2);
+    assert_eq!(
+        http(&mut c, "bob", batch, T0),
+        Ok(vec![3, 4]),
+        "same seqs on the retry"
+    );
+}
+
+#[test]
+fn a_repeat_within_one_batch_gets_the_first_seq() {
+    let mut c = core();
+    let p = || NewPoint {
+        id: Some("d".into()),
+        ..NewPoint::new("k")
+    };
+    assert_eq!(
+        http(&mut c, "bob", vec![p(), p(), NewPoint::new("k")], T0),
+        Ok(vec![1, 1, 2])
+    );
+    assert_eq!(stored_points(&drain(&mut c)).len(), 2);
+}
+
+#[test]
+fn points_too_far_ahead_are_validation_failed() {
     let mut c = core();
     c.join("c1", "owner", T0);
     drain(&mut c);
-    let p = c
-        .on_text("c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0)
+    let ahead = T0 + MAX_TS_AHEAD_MS + 1;
+    c.on_text(
+        "c1",
+        &format!(r#"{{"type":"point","id":"f","kind":"k","ts":{ahead}}}"#),
+        T0,
+        &mut NoIds,
+    );
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(got["c1"][0]["code"], "validation_failed");
+    assert_eq!(got["c1"][0]["ref"], "f");
+    let e = http(
+        &mut c,
+        "bob",
+        vec![NewPoint {
+            ts: Some(ahead),
+            ..NewPoint::new("k")
+        }],
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 422);
+    let ok = NewPoint {
+        ts: Some(T0 + MAX_TS_AHEAD_MS),
+        ..NewPoint::new("k")
+    };
+    assert_eq!(http(&mut c, "bob", vec![ok], T0), Ok(vec![1]));
+    let old = NewPoint {
+        ts: Some(0),
+        ..NewPoint::new("k")
+    };
+    assert_eq!(
+        http(&mut c, "bob", vec![old], T0),
+        Ok(vec![2]),
+        "old times are fine"
+    );
+}
+
+#[test]
+fn the_http_batch_reserves_what_it_needs_or_is_refused_until_tomorrow() {
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    drain(&mut c);
+    let batch: Vec<NewPoint> = (0..300).map(|_| NewPoint::new("k")).collect();
+    let need = c
+        .append("bob", batch.clone(), true, T0, &mut NoIds)
         .unwrap();
-    c.abort(&p);
-    assert_eq!(c.last_seq(), 0);
-    let again = c
-        .on_text("c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0)
-        .unwrap();
-    assert_eq!(again.seq, 1, "the id is free again and no gap appears");
+    assert_eq!(
+        need,
+        Append::NeedUnits {
+            owner: "owner".into(),
+            plan: "pro".into(),
+            want: 300
+        }
+    );
+    c.add_units(120, day_of(T0), T0);
+    let e = c.append("bob", batch, false, T0, &mut NoIds).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    assert_eq!(
+        e.retry_after_secs(),
+        Some(((day_of(T0) + DAY - T0) as u64).div_ceil(1000))
+    );
+    assert_eq!(c.units().held, 120, "kept for later points");
+    c.end("owner", T0).unwrap();
+    let e = c
+        .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ApiError::SessionEnded,
+        "no reservation for an ended session"
+    );
+}
+
+#[test]
+fn stats_follow_what_was_stored() {
+    let mut c = core();
+    c.join("c1", "owner", T0);
+    for (v, kind) in [(70.0, "hr"), (80.0, "hr"), (1.5, "speed"), (60.0, "hr")] {
+        send_point(
+            &mut c,
+            "c1",
+            &format!(r#"{{"type":"point","kind":"{kind}","value":{v}}}"#),
+            T0,
+        );
+    }
+    send_point(&mut c, "c1", r#"{"type":"point","kind":"hr"}"#, T0);
+    let s = c.view().stats;
+    assert_eq!(
+        s["hr"],
+        KindStats {
+            count: 3,
+            sum: 210.0,
+            min: 60.0,
+            max: 80.0,
+            last: 60.0
+        }
+    );
+    assert_eq!(s["speed"].count, 1);
+    // Writes carry the figures of the kinds they changed.
+    c.on_text(
+        "c1",
+        r#"{"type":"point","kind":"hr","value":100}"#,
+        T0,
+        &mut NoIds,
+    );
+    let Some(Decision::Store(w)) = c.poll() else {
+        panic!("a write");
+    };
+    assert_eq!(
+        w.stats,
+        vec![(
+            "hr".to_owned(),
+            KindStats {
+                count: 4,
+                sum: 310.0,
+                min: 60.0,
+                max: 100.0,
+                last: 100.0
+            }
+        )]
+    );
+    c.stored(true, T0);
+    // Restored from storage, not recomputed.
+    let r = Restored {
+        last_seq: 6,
+        stats: c.view().stats,
+        ..Restored::default()
+    };
+    let c2 = SessionCore::restore(meta(5), Config::default(), r, T0);
+    assert_eq!(c2.view().stats["hr"].count, 4);
 }
 
 #[test]
@@ -320,13 +872,18 @@ fn bad_frames_get_error_frames_and_the_connection_stays() {
         ),
     ];
     for (text, code) in cases {
-        assert!(c.on_text("c1", text, T0).is_none());
+        c.on_text("c1", text, T0, &mut NoIds);
         let got = deliver(&drain(&mut c), &["c1"]);
         assert_eq!(got["c1"][0]["type"], "error", "{text}");
         assert_eq!(got["c1"][0]["code"], code, "{text}");
     }
     assert!(c.has_conn("c1"));
-    c.on_text("c1", r#"{"type":"point","id":"r1","kind":""}"#, T0);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"r1","kind":""}"#,
+        T0,
+        &mut NoIds,
+    );
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(got["c1"][0]["ref"], "r1", "the error names the point");
     c.on_binary("c1", 10, T0);
@@ -345,9 +902,9 @@ fn oversized_frames_close_with_1009() {
         r#"{{"type":"point","kind":"k","data":{{"x":"{}"}}}}"#,
         "a".repeat(MAX_FRAME_BYTES)
     );
-    assert!(c.on_text("c1", &big, T0).is_none());
+    c.on_text("c1", &big, T0, &mut NoIds);
     let a = drain(&mut c);
-    assert!(a.contains(&Action::Close {
+    assert!(a.contains(&Decision::Close {
         conn: "c1".into(),
         code: 1009,
         reason: "frame too large"
@@ -357,25 +914,66 @@ fn oversized_frames_close_with_1009() {
 }
 
 #[test]
-fn ping_pong_and_resume_replays_through_the_adapter() {
-    let mut c = core();
+fn ping_pong_and_resume_replays_one_page_at_a_time() {
+    let cfg = Config {
+        replay_page: 2,
+        ..Config::default()
+    };
+    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
     c.join("c1", "owner", T0);
-    send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0);
+    for _ in 0..5 {
+        send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0);
+    }
     drain(&mut c);
-    c.on_text("c1", r#"{"type":"ping"}"#, T0);
+    c.on_text("c1", r#"{"type":"ping"}"#, T0, &mut NoIds);
     assert_eq!(
         deliver(&drain(&mut c), &["c1"])["c1"],
         vec![json(r#"{"type":"pong"}"#)]
     );
-    c.on_text("c1", r#"{"type":"resume","afterSeq":0}"#, T0);
+    let replay = |c: &mut SessionCore, after: u64| {
+        c.on_text(
+            "c1",
+            &format!(r#"{{"type":"resume","afterSeq":{after}}}"#),
+            T0,
+            &mut NoIds,
+        );
+        match drain(c).pop() {
+            Some(Decision::Replay {
+                after,
+                through,
+                then,
+                ..
+            }) => (after, through, json(&then)),
+            other => panic!("{other:?}"),
+        }
+    };
     assert_eq!(
-        drain(&mut c),
-        vec![Action::Replay {
-            conn: "c1".into(),
-            after_seq: 0,
-            last_seq: 1
-        }]
+        replay(&mut c, 0),
+        (
+            0,
+            2,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":2,"more":true}"#)
+        )
     );
+    assert_eq!(
+        replay(&mut c, 4),
+        (
+            4,
+            5,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":5,"more":false}"#)
+        )
+    );
+    assert_eq!(
+        replay(&mut c, 9),
+        (
+            9,
+            5,
+            json(r#"{"type":"resumed","lastSeq":5,"throughSeq":9,"more":false}"#)
+        )
+    );
+    let (_, through, then) = replay(&mut c, u64::MAX);
+    assert_eq!(through, 5, "nothing to read beyond the last seq");
+    assert_eq!(then["throughSeq"], json(&u64::MAX.to_string()));
 }
 
 #[test]
@@ -391,13 +989,13 @@ fn flooding_gets_rate_limited_then_closed_1008_and_others_are_not_slowed() {
     c.join("calm", "bob", T0);
     drain(&mut c);
     for _ in 0..5 {
-        c.on_text("flood", r#"{"type":"ping"}"#, T0);
+        c.on_text("flood", r#"{"type":"ping"}"#, T0, &mut NoIds);
     }
     assert_eq!(
         deliver(&drain(&mut c), &["flood", "calm"])["flood"].len(),
         5
     );
-    c.on_text("flood", r#"{"type":"ping"}"#, T0);
+    c.on_text("flood", r#"{"type":"ping"}"#, T0, &mut NoIds);
     let got = deliver(&drain(&mut c), &["flood", "calm"]);
     assert_eq!(got["flood"][0]["code"], "rate_limited");
     assert_eq!(
@@ -407,23 +1005,64 @@ fn flooding_gets_rate_limited_then_closed_1008_and_others_are_not_slowed() {
     // The calm participant is served at once.
     assert!(send_point(&mut c, "calm", r#"{"type":"point","kind":"k"}"#, T0).is_some());
     // After the emission interval the flooder may send again.
-    c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100);
+    c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100, &mut NoIds);
     let got = deliver(&drain(&mut c), &["flood"]);
     assert_eq!(got["flood"].last().unwrap()["type"], "pong");
     // Refusals count up while they come less than a second apart: the one
     // at T0 and two more make three, the limit.
     for _ in 0..2 {
-        c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100);
+        c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100, &mut NoIds);
     }
     assert!(c.has_conn("flood"));
-    c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100);
+    c.on_text("flood", r#"{"type":"ping"}"#, T0 + 100, &mut NoIds);
     let a = drain(&mut c);
-    assert!(a.contains(&Action::Close {
+    assert!(a.contains(&Decision::Close {
         conn: "flood".into(),
         code: 1008,
         reason: "flooding"
     }));
     assert!(!c.has_conn("flood"));
+}
+
+#[test]
+fn the_session_wide_limit_caps_all_connections_together() {
+    let cfg = Config {
+        flood_per_sec: 100,
+        flood_burst: 10,
+        session_frames_per_sec: 10,
+        session_frames_burst: 12,
+        flood_close_after: 2,
+        ..Config::default()
+    };
+    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    for conn in ["a", "b", "c"] {
+        c.join(conn, "bob", T0);
+    }
+    drain(&mut c);
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..6 {
+        for conn in ["a", "b", "c"] {
+            c.on_text(conn, r#"{"type":"ping"}"#, T0, &mut NoIds);
+            for f in deliver(&drain(&mut c), &[conn])
+                .remove(conn)
+                .unwrap_or_default()
+            {
+                match f["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    _ => {
+                        assert_eq!(f["code"], "rate_limited");
+                        limited += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!((pongs, limited), (12, 6), "the session's burst, shared");
+    assert!(
+        ["a", "b", "c"].iter().all(|k| c.has_conn(k)),
+        "the session-wide limit closes no one"
+    );
 }
 
 #[test]
@@ -439,7 +1078,7 @@ fn a_second_without_refusals_forgives_earlier_ones() {
     let mut t = T0;
     for _ in 0..5 {
         for _ in 0..3 {
-            c.on_text("x", r#"{"type":"ping"}"#, t);
+            c.on_text("x", r#"{"type":"ping"}"#, t, &mut NoIds);
         }
         t += 1_100;
     }
@@ -454,10 +1093,12 @@ fn flush_when_batch_is_full_or_after_the_interval() {
     let mut c = core();
     // The new session row is due one interval after creation.
     assert_eq!(c.next_flush_at(), Some(T0 + 2_000));
-    assert_eq!(c.poll_flush(T0 + 1_999), None);
-    let b = c.poll_flush(T0 + 2_000).unwrap();
-    assert_eq!((b.from, b.to), (1, 0), "row only");
-    c.flush_done(b, true, T0 + 2_000);
+    c.tick(T0 + 1_999);
+    assert_eq!(flush_job(&drain(&mut c)), None);
+    c.tick(T0 + 2_000);
+    let j = flush_job(&drain(&mut c)).unwrap();
+    assert_eq!((j.batch.from, j.batch.to), (1, 0), "row only");
+    c.flush_done(j.batch, true, T0 + 2_000);
     assert_eq!(c.next_flush_at(), None);
 
     c.join("c1", "owner", T0);
@@ -468,17 +1109,20 @@ fn flush_when_batch_is_full_or_after_the_interval() {
         Some(t + 2_000),
         "interval after the first pending point"
     );
+    let mut full = None;
     for i in 1..10 {
-        send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, t + i);
+        c.on_text("c1", r#"{"type":"point","kind":"k"}"#, t + i, &mut NoIds);
+        full = full.or(flush_job(&drain(&mut c)));
     }
-    assert!(
-        drain(&mut c).contains(&Action::WakeAt(t)),
-        "a full batch is due at once"
+    let j = full.expect("a full batch goes at once");
+    assert_eq!((j.batch.from, j.batch.to, j.point_count), (1, 10, 10));
+    c.tick(t + 9);
+    assert_eq!(
+        flush_job(&drain(&mut c)),
+        None,
+        "one flush in flight at a time"
     );
-    let b = c.poll_flush(t + 9).unwrap();
-    assert_eq!((b.from, b.to), (1, 10));
-    assert_eq!(c.poll_flush(t + 9), None, "one flush in flight at a time");
-    c.flush_done(b, true, t + 20);
+    c.flush_done(j.batch, true, t + 20);
     assert_eq!(c.flushed_seq(), 10);
     assert_eq!(c.next_flush_at(), None);
 }
@@ -487,26 +1131,35 @@ fn flush_when_batch_is_full_or_after_the_interval() {
 fn failed_flush_keeps_points_pending_and_backs_off() {
     let mut c = core();
     c.join("c1", "owner", T0);
+    let mut job = None;
     for _ in 0..10 {
-        send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0);
+        c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0, &mut NoIds);
+        job = job.or(flush_job(&drain(&mut c)));
     }
     let mut now = T0;
     let mut waits = Vec::new();
     for _ in 0..8 {
-        let b = c.poll_flush(now).expect("due");
-        c.flush_done(b, false, now);
+        let j = job.take().expect("due");
+        c.flush_done(j.batch, false, now);
+        drain(&mut c);
         let next = c.next_flush_at().unwrap();
         waits.push(next - now);
         now = next;
+        c.tick(now);
+        job = flush_job(&drain(&mut c));
     }
     assert_eq!(
         waits,
         vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
     );
     assert_eq!(c.flushed_seq(), 0);
-    let b = c.poll_flush(now).unwrap();
-    assert_eq!((b.from, b.to), (1, 10), "the same points, again");
-    c.flush_done(b, true, now);
+    let j = job.unwrap();
+    assert_eq!(
+        (j.batch.from, j.batch.to),
+        (1, 10),
+        "the same points, again"
+    );
+    c.flush_done(j.batch, true, now);
     assert_eq!(c.flushed_seq(), 10);
     assert_eq!(c.next_flush_at(), None);
 }
@@ -519,7 +1172,7 @@ fn end_broadcasts_closes_everyone_and_flushes_now() {
     send_point(&mut c, "c2", r#"{"type":"point","kind":"k"}"#, T0);
     drain(&mut c);
     assert_eq!(c.end("bob", T0).unwrap_err().status(), 403);
-    c.on_text("c1", r#"{"type":"end"}"#, T0 + 50);
+    c.on_text("c1", r#"{"type":"end"}"#, T0 + 50, &mut NoIds);
     let a = drain(&mut c);
     let got = deliver(&a, &["c1", "c2"]);
     assert_eq!(
@@ -531,18 +1184,22 @@ fn end_broadcasts_closes_everyone_and_flushes_now() {
         &json(r#"{"type":"ended","lastSeq":1}"#)
     );
     for conn in ["c1", "c2"] {
-        assert!(a.contains(&Action::Close {
+        assert!(a.contains(&Decision::Close {
             conn: conn.into(),
             code: 1000,
             reason: "session ended"
         }));
     }
-    assert!(a.contains(&Action::SaveMeta));
+    assert!(a.iter().any(
+        |d| matches!(d, Decision::SaveMeta { meta, version: 2 } if meta.status == SessionStatus::Ended)
+    ));
+    assert!(flush_job(&a).is_some(), "flush at once");
+    assert!(
+        a.iter().any(|d| matches!(d, Decision::Settle { .. })),
+        "units settled"
+    );
     assert_eq!(c.view().status, SessionStatus::Ended);
-    assert!(c.next_flush_at().unwrap() <= T0 + 50, "flush at once");
-    let e = c
-        .accept(Origin::Http("owner"), NewPoint::new("k"), T0)
-        .unwrap_err();
+    let e = http(&mut c, "owner", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e, ApiError::SessionEnded);
     assert_eq!(c.end("owner", T0 + 60), Ok(()), "ending twice is fine");
 }
@@ -552,17 +1209,12 @@ fn http_points_are_broadcast_to_every_socket_and_members_only() {
     let mut c = core();
     c.join("c1", "bob", T0);
     drain(&mut c);
-    let e = c
-        .accept(Origin::Http("mallory"), NewPoint::new("k"), T0)
-        .unwrap_err();
+    let e = http(&mut c, "mallory", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e.status(), 403);
-    let Accepted::New(p) = c
-        .accept(Origin::Http("carol"), NewPoint::new("k"), T0)
-        .unwrap()
-    else {
-        panic!("new point");
-    };
-    c.commit(Origin::Http("carol"), &p, T0);
+    assert_eq!(
+        http(&mut c, "carol", vec![NewPoint::new("k")], T0),
+        Ok(vec![1])
+    );
     let got = deliver(&drain(&mut c), &["c1"]);
     assert_eq!(got["c1"][0]["type"], "point");
     assert_eq!(got["c1"][0]["userId"], "carol");
@@ -573,37 +1225,27 @@ fn restore_continues_from_storage() {
     let r = Restored {
         last_seq: 7,
         flushed_seq: 5,
-        ids: vec![("a".into(), 3)],
         conns: vec![("c1".into(), "bob".into(), T0)],
         meta_version: 1,
         flushed_meta_version: 1,
-        units: 1_000,
+        units: Units {
+            day: day_of(T0),
+            held: 1_000,
+            used: 0,
+        },
+        stats: Default::default(),
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);
     assert!(
-        drain(&mut c).contains(&Action::WakeAt(T0 + 2_100)),
+        drain(&mut c).contains(&Decision::WakeAt(T0 + 2_100)),
         "pending points get flushed"
     );
     assert!(c.has_conn("c1"));
-    let dup = c.accept(
-        Origin::Socket("c1"),
-        NewPoint {
-            id: Some("a".into()),
-            ..NewPoint::new("k")
-        },
-        T0,
-    );
-    assert_eq!(
-        dup.unwrap(),
-        Accepted::Duplicate {
-            seq: 3,
-            id: Some("a".into())
-        }
-    );
-    let p = send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0).unwrap();
+    let p = send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0 + 100).unwrap();
     assert_eq!(p.seq, 8);
-    let b = c.poll_flush(T0 + 2_100).unwrap();
-    assert_eq!((b.from, b.to), (6, 8));
+    c.tick(T0 + 2_100);
+    let j = flush_job(&drain(&mut c)).unwrap();
+    assert_eq!((j.batch.from, j.batch.to), (6, 8));
 }
 
 #[test]
@@ -611,321 +1253,6 @@ fn backoff_is_capped() {
     assert_eq!(retry_backoff_ms(1), 1_000);
     assert_eq!(retry_backoff_ms(3), 4_000);
     assert_eq!(retry_backoff_ms(100), 60_000);
-}
-
-fn world_cfg() -> Config {
-    Config {
-        reserve_block: 5,
-        ..Config::default()
-    }
-}
-
-/// A tiny deterministic PRNG (xorshift64*), so the random interleavings are
-/// reproducible from the seed printed on failure.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The adapter, simulated: storage, D1 (a set, as `INSERT OR IGNORE` on
-/// `(session_id, seq)`), the live sockets and what each received.
-struct World {
-    core: SessionCore,
-    storage: BTreeMap<u64, StoredPoint>,
-    d1: BTreeSet<u64>,
-    live: Vec<String>,
-    received: HashMap<String, Vec<u64>>,
-    acked: HashMap<String, u64>,
-    sent_by: HashMap<u64, String>,
-    joined_at_seq: HashMap<String, u64>,
-    now: Millis,
-    next_conn: u32,
-    presence: HashMap<String, i32>,
-    reservations: Vec<u64>,
-    granted: u64,
-    refunded: u64,
-}
-
-impl World {
-    fn new() -> World {
-        let mut core = SessionCore::create(meta(100), world_cfg(), T0);
-        drain(&mut core);
-        World {
-            core,
-            storage: BTreeMap::new(),
-            d1: BTreeSet::new(),
-            live: Vec::new(),
-            received: HashMap::new(),
-            acked: HashMap::new(),
-            sent_by: HashMap::new(),
-            joined_at_seq: HashMap::new(),
-            now: T0,
-            next_conn: 0,
-            presence: HashMap::new(),
-            reservations: Vec::new(),
-            granted: 0,
-            refunded: 0,
-        }
-    }
-
-    fn run_actions(&mut self) {
-        while let Some(a) = self.core.poll_action() {
-            match a {
-                Action::Send { to, text } => self.receive(&to, &text),
-                Action::Broadcast { except, text } => {
-                    for c in self.live.clone() {
-                        if except.as_deref() != Some(c.as_str()) {
-                            self.receive(&c, &text);
-                        }
-                    }
-                }
-                Action::Close { conn, .. } => self.live.retain(|c| *c != conn),
-                Action::Presence { conn, online, .. } => {
-                    let n = self.presence.entry(conn).or_insert(0);
-                    *n += if online { 1 } else { -1 };
-                    assert!((0..=1).contains(n), "presence count of a connection");
-                }
-                Action::Reserve(n) => self.reservations.push(n),
-                Action::Refund(n) => self.refunded += n,
-                Action::Replay { .. }
-                | Action::SaveMeta
-                | Action::WakeAt(_)
-                | Action::SaveUnits => {}
-            }
-        }
-    }
-
-    fn receive(&mut self, conn: &str, text: &str) {
-        let v = json(text);
-        match v["type"].as_str().unwrap() {
-            "point" => {
-                let seq = v["seq"].as_u64().unwrap();
-                assert_ne!(
-                    self.sent_by.get(&seq).map(String::as_str),
-                    Some(conn),
-                    "own point echoed"
-                );
-                self.received.entry(conn.to_owned()).or_default().push(seq);
-            }
-            "ack" => {
-                let seq = v["seq"].as_u64().unwrap();
-                assert!(self.storage.contains_key(&seq), "ack before storage");
-                if let Some(id) = v["id"].as_str() {
-                    let first = *self.acked.entry(id.to_owned()).or_insert(seq);
-                    assert_eq!(first, seq, "a repeated id keeps its first seq");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn store_and_commit(&mut self, conn: &str, p: StoredPoint) {
-        self.storage.insert(p.seq, p.clone());
-        self.sent_by.insert(p.seq, conn.to_owned());
-        self.core.commit(Origin::Socket(conn), &p, self.now);
-    }
-
-    /// Answers the oldest reservation: in full, in part, none left, or the
-    /// quota object unreachable.
-    fn answer_reservation(&mut self, rng: &mut Rng) {
-        if self.reservations.is_empty() {
-            return;
-        }
-        let want = self.reservations.remove(0);
-        match rng.below(6) {
-            0 => self.core.reserve_failed(),
-            k => {
-                let n = [want, want, want, want / 2, 0][(k - 1) as usize];
-                self.granted += n;
-                for (conn, p) in self.core.granted(n, self.now) {
-                    self.store_and_commit(&conn, p);
-                }
-            }
-        }
-    }
-
-    fn step(&mut self, rng: &mut Rng) {
-        self.now += rng.below(300) as Millis;
-        if rng.below(3) == 0 {
-            self.answer_reservation(rng);
-            // The adapter carries decisions out before the next event.
-            self.run_actions();
-        }
-        match rng.below(10) {
-            0 if self.live.len() < 6 => {
-                self.next_conn += 1;
-                let conn = format!("c{}", self.next_conn);
-                let user = ["owner", "bob", "carol"][rng.below(3) as usize];
-                self.core.join(&conn, user, self.now);
-                self.joined_at_seq
-                    .insert(conn.clone(), self.core.last_seq());
-                self.live.push(conn);
-            }
-            1 if !self.live.is_empty() => {
-                let conn = self.live.remove(rng.below(self.live.len() as u64) as usize);
-                self.core.leave(&conn);
-            }
-            2..=5 if !self.live.is_empty() => {
-                let conn = self.live[rng.below(self.live.len() as u64) as usize].clone();
-                let id = rng.below(40);
-                let text = format!(r#"{{"type":"point","id":"p{id}","kind":"k"}}"#);
-                if let Some(p) = self.core.on_text(&conn, &text, self.now) {
-                    if rng.below(20) == 0 {
-                        self.core.abort(&p);
-                    } else {
-                        self.storage.insert(p.seq, p.clone());
-                        self.sent_by.insert(p.seq, conn.clone());
-                        self.core.commit(Origin::Socket(&conn), &p, self.now);
-                    }
-                }
-            }
-            6 => {
-                let n = 1 + rng.below(3);
-                // The adapter reserves what an HTTP batch needs first.
-                if rng.below(2) == 0 {
-                    self.granted += n;
-                    self.core.add_units(n);
-                }
-                for _ in 0..n {
-                    let p = NewPoint {
-                        id: Some(format!("h{}", rng.below(40))),
-                        ..NewPoint::new("k")
-                    };
-                    match self.core.accept(Origin::Http("bob"), p, self.now) {
-                        Ok(Accepted::New(p)) => {
-                            self.storage.insert(p.seq, p.clone());
-                            self.core.commit(Origin::Http("bob"), &p, self.now);
-                        }
-                        Ok(Accepted::Duplicate { .. }) => {}
-                        Err(e) => assert_eq!(e.code(), ErrorCode::QuotaExceeded),
-                    }
-                }
-            }
-            7 | 8 => self.flush(rng.below(3) != 0),
-            _ => self.restart(),
-        }
-        self.run_actions();
-    }
-
-    fn flush(&mut self, ok: bool) {
-        if let Some(b) = self.core.poll_flush(self.now) {
-            for seq in b.from..=b.to {
-                assert!(
-                    self.storage.contains_key(&seq),
-                    "flushes only stored points"
-                );
-                if ok {
-                    self.d1.insert(seq);
-                }
-            }
-            self.core.flush_done(b, ok, self.now);
-        }
-    }
-
-    /// The object is evicted and wakes with what storage holds; sockets
-    /// survive (hibernation).
-    fn restart(&mut self) {
-        self.run_actions();
-        let r = Restored {
-            last_seq: self.storage.keys().next_back().copied().unwrap_or(0),
-            flushed_seq: self.core.flushed_seq(),
-            ids: self
-                .storage
-                .values()
-                .filter_map(|p| p.id.clone().map(|id| (id, p.seq)))
-                .collect(),
-            conns: self
-                .live
-                .iter()
-                .map(|c| (c.clone(), "bob".to_owned(), self.now))
-                .collect(),
-            meta_version: self.core.meta_version(),
-            flushed_meta_version: self.core.meta_version(),
-            units: self.core.units(),
-        };
-        self.reservations.clear();
-        self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
-    }
-}
-
-#[test]
-fn random_interleavings_keep_the_invariants() {
-    for seed in 1..=300u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut w = World::new();
-        for _ in 0..400 {
-            w.step(&mut rng);
-        }
-        // No gap, no duplicate: storage holds exactly 1..=last_seq.
-        let last = w.core.last_seq();
-        assert_eq!(
-            w.storage.keys().copied().collect::<Vec<_>>(),
-            (1..=last).collect::<Vec<_>>(),
-            "seed {seed}"
-        );
-        // Everyone received each other's points once, in order, while live.
-        for (conn, seqs) in &w.received {
-            let mut sorted = seqs.clone();
-            sorted.dedup();
-            assert_eq!(&sorted, seqs, "seed {seed}: {conn} got a point twice");
-            assert!(seqs.windows(2).all(|p| p[0] < p[1]), "seed {seed}: order");
-        }
-        for conn in &w.live {
-            let from = w.joined_at_seq[conn];
-            let expected: Vec<u64> = (from + 1..=last)
-                .filter(|s| w.sent_by.get(s) != Some(conn))
-                .collect();
-            let got: Vec<u64> = w.received.get(conn).cloned().unwrap_or_default();
-            assert_eq!(got, expected, "seed {seed}: {conn} missed points");
-        }
-        // Every stored point eventually reaches D1 exactly once.
-        w.core.end("owner", w.now).unwrap();
-        w.run_actions();
-        while !w.reservations.is_empty() {
-            // Late answers to reservations made before the end.
-            let n = w.reservations.remove(0);
-            w.granted += n;
-            assert!(w.core.granted(n, w.now).is_empty());
-            w.run_actions();
-        }
-        for _ in 0..20 {
-            w.now = w.core.next_flush_at().unwrap_or(w.now).max(w.now);
-            w.flush(true);
-        }
-        assert_eq!(w.d1, (1..=last).collect::<BTreeSet<_>>(), "seed {seed}");
-        // Units: never a point without one, and what was not used went back.
-        assert!(
-            w.granted >= w.refunded + last,
-            "seed {seed}: units overdrawn"
-        );
-        assert_eq!(
-            w.core.budget(),
-            0,
-            "seed {seed}: spare units refunded at end"
-        );
-        assert_eq!(w.granted - w.refunded, w.core.units(), "seed {seed}");
-        // Every connection the session announced it also took back.
-        assert!(
-            w.presence.values().all(|n| *n == 0),
-            "seed {seed}: {:?}",
-            w.presence
-        );
-        assert_eq!(
-            w.core.next_flush_at(),
-            None,
-            "seed {seed}: nothing left pending"
-        );
-    }
 }
 
 #[test]
@@ -940,3 +1267,5 @@ fn point_frames_built_from_stored_json_are_the_wire_point_frame() {
     let parsed: ServerFrame = serde_json::from_str(&text).unwrap();
     assert_eq!(parsed, ServerFrame::Point(p));
 }
+
+mod world;

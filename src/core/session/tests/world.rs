@@ -1,0 +1,492 @@
+//! The property test: random interleavings of joins, leaves, socket and
+//! HTTP points (ids repeated within and across users), failed writes,
+//! partial and failed reservations, day changes, replays, successful and
+//! failed flushes and restarts, with the adapter simulated.
+
+use super::*;
+
+fn world_cfg() -> Config {
+    Config {
+        reserve_block: 5,
+        replay_page: 4,
+        units_idle_ms: 5_000,
+        id_cache: 8,
+        ..Config::default()
+    }
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so the random interleavings are
+/// reproducible from the seed printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Client ids looked up in the simulated storage, as the adapter's index.
+struct StorageIds<'a>(&'a BTreeMap<u64, StoredPoint>);
+
+impl IdLookup for StorageIds<'_> {
+    fn seq_of(&mut self, user: &str, id: &str) -> Option<u64> {
+        self.0
+            .values()
+            .find(|p| p.user_id == user && p.id.as_deref() == Some(id))
+            .map(|p| p.seq)
+    }
+}
+
+/// The adapter, simulated: storage (points, units, stats, watermark), D1
+/// (a set, as `INSERT OR IGNORE` on `(session_id, seq)`), the quota, the
+/// live sockets and what each received.
+struct World {
+    core: SessionCore,
+    storage: BTreeMap<u64, StoredPoint>,
+    stored_day: BTreeMap<u64, Millis>,
+    // Seqs of the write just stored: their first ack names the sender.
+    fresh: BTreeSet<u64>,
+    units: Units,
+    stats: BTreeMap<String, KindStats>,
+    flushed: u64,
+    meta_version: u64,
+    d1: BTreeSet<u64>,
+    live: Vec<(String, String)>,
+    received: HashMap<String, Vec<u64>>,
+    acked: HashMap<(String, String), u64>,
+    sent_by: HashMap<u64, String>,
+    joined_at_seq: HashMap<String, u64>,
+    now: Millis,
+    next_conn: u32,
+    presence: HashMap<String, i32>,
+    reservations: Vec<u64>,
+    granted: BTreeMap<Millis, u64>,
+    settled_used: BTreeMap<Millis, u64>,
+    settled_returned: BTreeMap<Millis, u64>,
+    fail_writes: bool,
+    fail_flushes: bool,
+    rng: Rng,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut w = World {
+            core: SessionCore::create(meta(100), world_cfg(), T0),
+            storage: BTreeMap::new(),
+            stored_day: BTreeMap::new(),
+            fresh: BTreeSet::new(),
+            units: Units::default(),
+            stats: BTreeMap::new(),
+            flushed: 0,
+            meta_version: 0,
+            d1: BTreeSet::new(),
+            live: Vec::new(),
+            received: HashMap::new(),
+            acked: HashMap::new(),
+            sent_by: HashMap::new(),
+            joined_at_seq: HashMap::new(),
+            now: T0,
+            next_conn: 0,
+            presence: HashMap::new(),
+            reservations: Vec::new(),
+            granted: BTreeMap::new(),
+            settled_used: BTreeMap::new(),
+            settled_returned: BTreeMap::new(),
+            fail_writes: true,
+            fail_flushes: true,
+            rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        };
+        w.run_actions();
+        w
+    }
+
+    fn user_of(&self, conn: &str) -> Option<String> {
+        self.live
+            .iter()
+            .find(|(c, _)| c == conn)
+            .map(|(_, u)| u.clone())
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(a) = self.core.poll() {
+            match a {
+                Decision::Send { to, text } => self.receive(&to, &text),
+                Decision::Broadcast { except, text } => {
+                    for (c, _) in self.live.clone() {
+                        if except.as_deref() != Some(c.as_str()) {
+                            self.receive(&c, &text);
+                        }
+                    }
+                }
+                Decision::Close { conn, .. } => self.live.retain(|(c, _)| *c != conn),
+                Decision::Presence { conn, online, .. } => {
+                    let n = self.presence.entry(conn).or_insert(0);
+                    *n += if online { 1 } else { -1 };
+                    assert!((0..=1).contains(n), "presence count of a connection");
+                }
+                Decision::Reserve { want, .. } => self.reservations.push(want),
+                Decision::Store(w) => self.store(w),
+                Decision::SaveMeta { version, .. } => self.meta_version = version,
+                Decision::SaveUnits(u) => self.units = u,
+                Decision::Settle {
+                    settlement, units, ..
+                } => {
+                    *self.settled_used.entry(settlement.day).or_default() += settlement.used;
+                    *self.settled_returned.entry(settlement.day).or_default() +=
+                        settlement.returned;
+                    self.units = units;
+                }
+                Decision::Flush(job) => {
+                    let ok = !self.fail_flushes || self.rng.below(3) != 0;
+                    for seq in job.batch.from..=job.batch.to {
+                        assert!(
+                            self.storage.contains_key(&seq),
+                            "flushes only stored points"
+                        );
+                        if ok {
+                            self.d1.insert(seq);
+                        }
+                    }
+                    if ok {
+                        self.flushed = self.flushed.max(job.batch.to);
+                    }
+                    self.core.flush_done(job.batch, ok, self.now);
+                }
+                Decision::Replay {
+                    after,
+                    through,
+                    then,
+                    ..
+                } => {
+                    let last = self.core.last_seq();
+                    let then = json(&then);
+                    assert!(through <= last);
+                    assert!(through.saturating_sub(after) <= world_cfg().replay_page);
+                    assert_eq!(then["more"], json(&(through < last).to_string()));
+                    for seq in after + 1..=through {
+                        assert!(self.storage.contains_key(&seq), "replays stored points");
+                    }
+                }
+                Decision::WakeAt(_) => {}
+            }
+        }
+        self.fresh.clear();
+    }
+
+    /// One transaction: all of it, or (sometimes) nothing.
+    fn store(&mut self, w: Write) {
+        if self.fail_writes && self.rng.below(12) == 0 {
+            self.core.stored(false, self.now);
+            return;
+        }
+        self.fresh = w.points.iter().map(|r| r.point.seq).collect();
+        for r in &w.points {
+            assert!(
+                self.storage.insert(r.point.seq, r.point.clone()).is_none(),
+                "a seq stored twice"
+            );
+            self.stored_day.insert(r.point.seq, day_of(self.now));
+        }
+        self.units = w.units;
+        for (k, s) in w.stats {
+            self.stats.insert(k, s);
+        }
+        self.core.stored(true, self.now);
+    }
+
+    fn receive(&mut self, conn: &str, text: &str) {
+        let v = json(text);
+        match v["type"].as_str().unwrap() {
+            "point" => {
+                let seq = v["seq"].as_u64().unwrap();
+                assert_ne!(
+                    self.sent_by.get(&seq).map(String::as_str),
+                    Some(conn),
+                    "own point echoed"
+                );
+                assert!(self.storage.contains_key(&seq), "broadcast before storage");
+                self.received.entry(conn.to_owned()).or_default().push(seq);
+            }
+            "ack" => {
+                let seq = v["seq"].as_u64().unwrap();
+                let p = self.storage.get(&seq).expect("ack before storage");
+                let user = self.user_of(conn).expect("ack to a live socket");
+                assert_eq!(p.user_id, user, "acked someone else's point");
+                if self.fresh.remove(&seq) {
+                    self.sent_by.insert(seq, conn.to_owned());
+                }
+                if let Some(id) = v["id"].as_str() {
+                    assert_eq!(p.id.as_deref(), Some(id));
+                    let first = *self.acked.entry((user, id.to_owned())).or_insert(seq);
+                    assert_eq!(first, seq, "a repeated id keeps its first seq");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers the oldest reservation: in full, in part, none left, or the
+    /// quota object unreachable.
+    fn answer_reservation(&mut self) {
+        if self.reservations.is_empty() {
+            return;
+        }
+        let want = self.reservations.remove(0);
+        let mut ids = StorageIds(&self.storage);
+        match self.rng.below(6) {
+            0 => self.core.reserve_failed(self.now),
+            k => {
+                let n = [want, want, want, want / 2, 0][(k - 1) as usize];
+                let day = day_of(self.now);
+                *self.granted.entry(day).or_default() += n;
+                self.core.granted(n, day, self.now, &mut ids);
+            }
+        }
+    }
+
+    fn http_batch(&mut self) {
+        let user = ["owner", "bob", "carol"][self.rng.below(3) as usize];
+        let n = 1 + self.rng.below(3);
+        let points: Vec<NewPoint> = (0..n)
+            .map(|_| NewPoint {
+                id: (self.rng.below(4) != 0).then(|| format!("p{}", self.rng.below(30))),
+                value: (self.rng.below(2) == 0).then(|| self.rng.below(100) as f64),
+                ..NewPoint::new(["a", "b"][self.rng.below(2) as usize])
+            })
+            .collect();
+        let mut ids = StorageIds(&self.storage);
+        let mut answer = self
+            .core
+            .append(user, points.clone(), true, self.now, &mut ids);
+        if let Ok(Append::NeedUnits { want, .. }) = answer {
+            let n = [want, want / 2, 0][self.rng.below(3) as usize];
+            let day = day_of(self.now);
+            *self.granted.entry(day).or_default() += n;
+            self.core.add_units(n, day, self.now);
+            let mut ids = StorageIds(&self.storage);
+            answer = self
+                .core
+                .append(user, points.clone(), false, self.now, &mut ids);
+        }
+        self.run_actions();
+        match answer {
+            Ok(Append::Seqs(seqs)) => {
+                assert_eq!(seqs.len(), points.len());
+                for (p, seq) in points.iter().zip(&seqs) {
+                    if let Some(id) = &p.id {
+                        if let Some(sp) = self.storage.get(seq) {
+                            assert_eq!((sp.user_id.as_str(), sp.id.as_ref()), (user, Some(id)));
+                            let first = *self
+                                .acked
+                                .entry((user.to_owned(), id.clone()))
+                                .or_insert(*seq);
+                            assert_eq!(first, *seq, "http repeat keeps its first seq");
+                        }
+                    }
+                }
+            }
+            Ok(Append::NeedUnits { .. }) => panic!("asked for units twice"),
+            Err(e) => assert_eq!(e.code(), ErrorCode::QuotaExceeded),
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += self.rng.below(300) as Millis;
+        if self.rng.below(60) == 0 {
+            // Hours pass: some steps cross a UTC day.
+            self.now += 8 * 3_600_000;
+        }
+        if self.rng.below(3) == 0 {
+            self.answer_reservation();
+            // The adapter carries decisions out before the next event.
+            self.run_actions();
+        }
+        match self.rng.below(12) {
+            0 if self.live.len() < 6 => {
+                self.next_conn += 1;
+                let conn = format!("c{}", self.next_conn);
+                let user = ["owner", "bob", "carol"][self.rng.below(3) as usize];
+                if self.core.admit(user).is_ok() {
+                    self.core.join(&conn, user, self.now);
+                    self.joined_at_seq
+                        .insert(conn.clone(), self.core.last_seq());
+                    self.live.push((conn, user.to_owned()));
+                }
+            }
+            1 if !self.live.is_empty() => {
+                let i = self.rng.below(self.live.len() as u64) as usize;
+                let (conn, _) = self.live.remove(i);
+                self.core.leave(&conn, self.now);
+            }
+            2..=5 if !self.live.is_empty() => {
+                let i = self.rng.below(self.live.len() as u64) as usize;
+                let conn = self.live[i].0.clone();
+                let id = self.rng.below(30);
+                let value = self.rng.below(100);
+                let text = if self.rng.below(2) == 0 {
+                    format!(r#"{{"type":"point","id":"p{id}","kind":"a","value":{value}}}"#)
+                } else {
+                    format!(r#"{{"type":"point","id":"p{id}","kind":"b"}}"#)
+                };
+                let mut ids = StorageIds(&self.storage);
+                self.core.on_text(&conn, &text, self.now, &mut ids);
+            }
+            6 | 7 => self.http_batch(),
+            8 if !self.live.is_empty() => {
+                let i = self.rng.below(self.live.len() as u64) as usize;
+                let conn = self.live[i].0.clone();
+                let after = self.rng.below(self.core.last_seq() + 3);
+                let text = format!(r#"{{"type":"resume","afterSeq":{after}}}"#);
+                self.core.on_text(&conn, &text, self.now, &mut NoIds);
+            }
+            9 | 10 => self.core.tick(self.now),
+            _ => self.restart(),
+        }
+        self.run_actions();
+    }
+
+    /// The object is evicted and wakes with what storage holds; sockets
+    /// survive (hibernation).
+    fn restart(&mut self) {
+        self.run_actions();
+        let r = Restored {
+            last_seq: self.storage.keys().next_back().copied().unwrap_or(0),
+            flushed_seq: self.flushed,
+            conns: self
+                .live
+                .iter()
+                .map(|(c, u)| (c.clone(), u.clone(), self.now))
+                .collect(),
+            meta_version: self.meta_version,
+            flushed_meta_version: 0,
+            units: self.units,
+            stats: self.stats.clone(),
+        };
+        let (a, b) = (self.units, self.core.units());
+        assert_eq!(
+            (a.held, a.used),
+            (b.held, b.used),
+            "units persisted as held"
+        );
+        if a.held + a.used > 0 {
+            assert_eq!(a.day, b.day, "units persisted with their day");
+        }
+        self.reservations.clear();
+        self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
+    }
+}
+
+fn expected_stats(storage: &BTreeMap<u64, StoredPoint>) -> BTreeMap<String, KindStats> {
+    let mut m: BTreeMap<String, KindStats> = BTreeMap::new();
+    for p in storage.values() {
+        if let Some(v) = p.value {
+            match m.get_mut(&p.kind) {
+                Some(s) => s.add(v),
+                None => {
+                    m.insert(p.kind.clone(), KindStats::of(v));
+                }
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn random_interleavings_keep_the_invariants() {
+    for seed in 1..=300u64 {
+        let mut w = World::new(seed);
+        for _ in 0..400 {
+            w.step();
+        }
+        // No gap, no duplicate: storage holds exactly 1..=last_seq.
+        let last = w.core.last_seq();
+        assert_eq!(
+            w.storage.keys().copied().collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>(),
+            "seed {seed}"
+        );
+        // One point per (user, id).
+        let mut keys = BTreeSet::new();
+        for p in w.storage.values() {
+            if let Some(id) = &p.id {
+                assert!(
+                    keys.insert((p.user_id.clone(), id.clone())),
+                    "seed {seed}: ({}, {id}) stored twice",
+                    p.user_id
+                );
+            }
+        }
+        // Stats are those of what was stored, in memory and in storage.
+        let expected = expected_stats(&w.storage);
+        assert_eq!(w.core.view().stats, expected, "seed {seed}");
+        assert_eq!(w.stats, expected, "seed {seed}: stored stats");
+        // Everyone received each other's points once, in order, while live.
+        for (conn, seqs) in &w.received {
+            let mut sorted = seqs.clone();
+            sorted.dedup();
+            assert_eq!(&sorted, seqs, "seed {seed}: {conn} got a point twice");
+            assert!(seqs.windows(2).all(|p| p[0] < p[1]), "seed {seed}: order");
+        }
+        for (conn, _) in &w.live {
+            let from = w.joined_at_seq[conn];
+            let expected: Vec<u64> = (from + 1..=last)
+                .filter(|s| w.sent_by.get(s) != Some(conn))
+                .collect();
+            let got: Vec<u64> = w.received.get(conn).cloned().unwrap_or_default();
+            assert_eq!(got, expected, "seed {seed}: {conn} missed points");
+        }
+        // Every stored point eventually reaches D1 exactly once.
+        w.core.end("owner", w.now).unwrap();
+        w.run_actions();
+        while !w.reservations.is_empty() {
+            // Late answers to reservations made before the end.
+            let n = w.reservations.remove(0);
+            let day = day_of(w.now);
+            *w.granted.entry(day).or_default() += n;
+            w.core.granted(n, day, w.now, &mut NoIds);
+            w.run_actions();
+        }
+        w.fail_flushes = false;
+        for _ in 0..20 {
+            w.now = w.core.next_wake().unwrap_or(w.now).max(w.now);
+            w.core.tick(w.now);
+            w.run_actions();
+        }
+        assert_eq!(w.d1, (1..=last).collect::<BTreeSet<_>>(), "seed {seed}");
+        // Units: every grant settled to its own day; each day's used units
+        // are exactly the points stored that day.
+        assert_eq!(w.core.units().held + w.core.units().used, 0, "seed {seed}");
+        let mut per_day: BTreeMap<Millis, u64> = BTreeMap::new();
+        for d in w.stored_day.values() {
+            *per_day.entry(*d).or_default() += 1;
+        }
+        for (day, g) in &w.granted {
+            let used = w.settled_used.get(day).copied().unwrap_or(0);
+            let back = w.settled_returned.get(day).copied().unwrap_or(0);
+            assert_eq!(*g, used + back, "seed {seed}: day {day} settled exactly");
+            assert_eq!(
+                used,
+                per_day.get(day).copied().unwrap_or(0),
+                "seed {seed}: day {day} used"
+            );
+        }
+        // Every connection the session announced it also took back.
+        assert!(
+            w.presence.values().all(|n| *n == 0),
+            "seed {seed}: {:?}",
+            w.presence
+        );
+        assert_eq!(
+            w.core.next_wake(),
+            None,
+            "seed {seed}: nothing left pending"
+        );
+    }
+}
