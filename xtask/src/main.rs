@@ -32,8 +32,8 @@ enum Cmd {
         port: u16,
     },
     /// The whole suite: fmt, clippy (host and wasm32), native tests,
-    /// wasm-bindgen tests in Node, integration tests against a throw-away
-    /// `wrangler dev`
+    /// wasm-bindgen tests in Node and (the browser client) in headless
+    /// Chromium, integration tests against a throw-away `wrangler dev`
     Test,
     /// Print a token signed with AUTH_SECRET from .dev.vars
     Token {
@@ -215,8 +215,11 @@ fn test() -> Result<()> {
     step("build the Worker (with test fault switches)");
     build(&root, &tools, Some("test-faults"))?;
 
-    step("integration tests against wrangler dev (with the console in headless Chromium)");
+    step("wasm-bindgen tests (browser client in headless Chromium)");
     let chromium = setup::chromium()?;
+    browser_client_tests(&root, &tools, &chromium)?;
+
+    step("integration tests against wrangler dev (with the console in headless Chromium)");
     run(cargo_with("test -p sesh --test integration")
         .env("SESH_WRANGLER", setup::wrangler_bin(&root))
         .env("SESH_PREBUILT", "1")
@@ -225,4 +228,60 @@ fn test() -> Result<()> {
 
     println!("\nall test stages passed");
     Ok(())
+}
+
+/// sesh-client compiled to wasm32 (client/tests/browser.rs) in headless
+/// Chromium through chromedriver, against a throw-away `wrangler dev` of
+/// the bundle just built that allows any origin (the runner's page is on
+/// another port). The base URL and two users' tokens reach the test at
+/// compile time.
+fn browser_client_tests(root: &Path, tools: &setup::Tools, chromium: &Path) -> Result<()> {
+    const SECRET: &str = "browser-test-secret-0123456789abcdef";
+    let dir = root.to_path_buf();
+    let server = sesh_launcher::Server::start(sesh_launcher::Launch {
+        name: "sesh-browser".into(),
+        wrangler: setup::wrangler_bin(root),
+        migrations: Some((root.to_path_buf(), Vec::new())),
+        state_root: std::env::temp_dir(),
+        serve: Box::new(move |port, state| {
+            let mut cmd = Command::new(setup::wrangler_bin(&dir));
+            cmd.current_dir(&dir)
+                .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+                .arg("--persist-to")
+                .arg(state)
+                .args([
+                    "--show-interactive-dev-session=false",
+                    "--log-level",
+                    "warn",
+                ])
+                .args(["--var", &format!("AUTH_SECRET:{SECRET}")])
+                .args(["--var", "ALLOWED_ORIGINS:*"])
+                .env("CI", "true")
+                .env("SESH_PREBUILT", "1");
+            cmd
+        }),
+    })?;
+    let (a, b) = ("browser-a", "browser-b");
+    let result = run(Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "sesh-client",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .args(["--test", "browser"])
+        .env("PATH", setup::path_with(&tools.wasm_bindgen_dir()))
+        .env("CHROMEDRIVER", chromium.with_file_name("chromedriver"))
+        .env("WASM_BINDGEN_TEST_TIMEOUT", "180")
+        .env("SESH_BROWSER_BASE", &server.base)
+        .env("SESH_BROWSER_USER_A", a)
+        .env("SESH_BROWSER_TOKEN_A", mint(SECRET, a, "pro", None, 3600)?)
+        .env("SESH_BROWSER_USER_B", b)
+        .env("SESH_BROWSER_TOKEN_B", mint(SECRET, b, "pro", None, 3600)?));
+    if result.is_err() {
+        eprintln!("the server's log ends:\n{}", server.log_tail(40));
+    }
+    result
 }
