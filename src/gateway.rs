@@ -118,6 +118,20 @@ impl Gateway<'_> {
             return answer;
         }
         let path = url.path();
+        if path == "/console" {
+            // The page's relative links need the trailing slash.
+            self.pattern = "/console/";
+            let headers = Headers::new();
+            let _ = headers.set("location", "/console/");
+            return Ok(http::empty(308).with_headers(headers));
+        }
+        let reading = method == Method::Get || method == Method::Head;
+        if let Some((content_type, text)) = crate::console::asset(path).filter(|_| reading) {
+            self.pattern = "/console/";
+            let resp = http::json_text(200, text.to_owned());
+            let _ = resp.headers().set("content-type", content_type);
+            return Ok(resp);
+        }
         if !route::is_api_path(path) {
             // Outside /v1 there is only the health check.
             self.pattern = route::route(method.as_ref(), path)?.pattern();

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod calls;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod error;
 #[cfg(feature = "test-faults")]
