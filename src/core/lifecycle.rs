@@ -602,4 +602,4 @@ async fn drop_month<B: Backend>(
 
 // rusqlite, which runs the statements, is a native-only dev-dependency.
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests;
+pub(crate) mod tests;
