@@ -204,6 +204,18 @@ pub enum PresenceCall {
         /// Joined (`true`) or gone.
         online: bool,
     },
+    /// To a read shard: the newest stored state of one of its users.
+    Publish {
+        /// The user.
+        user_id: String,
+        /// The user's presence state as stored (JSON).
+        state: Vec<u8>,
+    },
+    /// To a read shard: the presence of these users, in this order.
+    Batch {
+        /// User ids, already validated.
+        users: Vec<String>,
+    },
 }
 
 impl PresenceCall {
@@ -222,6 +234,12 @@ impl PresenceCall {
                 .with("connId", conn_id)
                 .with("sessionId", session_id)
                 .with("online", u8::from(online)),
+            Self::Publish { user_id, state } => Wire::new("/publish")
+                .with("userId", user_id)
+                .with_body(state),
+            // Ids never contain a comma (the id grammar), and a body keeps
+            // 100 ids out of the URL.
+            Self::Batch { users } => Wire::new("/batch").with_body(users.join(",").into_bytes()),
         }
     }
 
@@ -240,6 +258,17 @@ impl PresenceCall {
                 session_id: w.get("sessionId")?.to_owned(),
                 online: w.num("online")? == 1,
             },
+            "/publish" => Self::Publish {
+                user_id: w.get("userId")?.to_owned(),
+                state: w.take_body()?,
+            },
+            "/batch" => {
+                let body = w.take_body()?;
+                let text = String::from_utf8(body).map_err(|_| bad_wire("/batch", "body"))?;
+                Self::Batch {
+                    users: text.split(',').map(str::to_owned).collect(),
+                }
+            }
             other => return Err(bad_wire(other, "operation")),
         })
     }
@@ -424,6 +453,13 @@ mod tests {
             },
             PresenceCall::Heartbeat {
                 body: br#"{"status":"away"}"#.to_vec(),
+            },
+            PresenceCall::Publish {
+                user_id: "u".into(),
+                state: b"{}".to_vec(),
+            },
+            PresenceCall::Batch {
+                users: vec!["a".into(), "b@c".into()],
             },
             PresenceCall::Conn {
                 user_id: "u:1".into(),

@@ -195,6 +195,29 @@ impl From<FrameError> for ApiError {
     }
 }
 
+impl From<crate::core::history::QueryError> for ApiError {
+    fn from(e: crate::core::history::QueryError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<crate::core::partition::RowError> for ApiError {
+    fn from(e: crate::core::partition::RowError) -> Self {
+        ApiError::Internal(format!("D1 row: {e}"))
+    }
+}
+
+impl From<crate::core::rollup::MetricsError> for ApiError {
+    fn from(e: crate::core::rollup::MetricsError) -> Self {
+        match e {
+            crate::core::rollup::MetricsError::TooManyBuckets => {
+                ApiError::BadRequest(e.to_string())
+            }
+            crate::core::rollup::MetricsError::Row(r) => r.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

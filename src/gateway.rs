@@ -12,10 +12,12 @@ use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Respons
 use crate::auth::{self, AuthError, Claims};
 use crate::calls::{PresenceCall, QuotaCall, SessionCall};
 use crate::config::{AllowedOrigins, Plans};
+use crate::core::presence::{shard_name, shard_of};
 use crate::core::quota::H_RETRY_AFTER_MS;
 use crate::error::ApiError;
 use crate::http::{self, internal, Binding, Caller, Hop, H_REQUEST_ID};
 use crate::ids;
+use crate::reads;
 use crate::route::{self, Route};
 use crate::time::now_ms;
 
@@ -169,7 +171,7 @@ impl Gateway<'_> {
         match route {
             Route::Health => Err(ApiError::NotFound("no such route".into())),
             Route::CreateSession => self.create_session(&mut req, caller).await,
-            Route::GetSession(id) => hop.session(&id, SessionCall::Get).await,
+            Route::GetSession(id) => self.read_session(&id, SessionCall::Get, caller).await,
             Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
             Route::AppendPoints(id) => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
@@ -181,7 +183,7 @@ impl Gateway<'_> {
                     query(url, "limit").as_deref(),
                 )?;
                 let call = SessionCall::Read { after_seq, limit };
-                hop.session(&id, call).await
+                self.read_session(&id, call, caller).await
             }
             Route::EndSession(id) => hop.session(&id, SessionCall::End).await,
             Route::Heartbeat => {
@@ -194,6 +196,11 @@ impl Gateway<'_> {
                 let plan = caller.plan.clone();
                 hop.quota(me, QuotaCall::Overview { plan }).await
             }
+            Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
+            Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
+            Route::CreateExport(_) | Route::GetExport(..) | Route::DownloadExport(..) => {
+                Err(ApiError::NotFound("exports are not available yet".into()))
+            }
             Route::CheckQuota | Route::RefundQuota => {
                 if !caller.service {
                     return Err(ApiError::Forbidden("a service token is required".into()));
@@ -202,6 +209,34 @@ impl Gateway<'_> {
                 let (subject, call) = quota_call(&route, &body)?;
                 hop.quota(&subject, call).await
             }
+        }
+    }
+
+    /// A read of a session: its live object answers; once that object has
+    /// no storage (the session ended and was retired), D1 does.
+    async fn read_session(
+        &self,
+        id: &str,
+        call: SessionCall,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let read = match &call {
+            SessionCall::Read { after_seq, limit } => Some((*after_seq, *limit)),
+            _ => None,
+        };
+        let live = self.hop(caller).session(id, call).await?;
+        if live.status_code() != 404 {
+            return Ok(live);
+        }
+        let Some(s) = reads::ended_session(self.env, id).await? else {
+            return Ok(live);
+        };
+        if !reads::is_member(&s, &caller.user) {
+            return Err(ApiError::Forbidden("not a member of this session".into()));
+        }
+        match read {
+            Some((after_seq, limit)) => reads::ended_points(self.env, &s, after_seq, limit).await,
+            None => reads::session_answer(&s),
         }
     }
 
@@ -256,13 +291,25 @@ impl Gateway<'_> {
         }
     }
 
+    /// A body of plain SQL runs as one statement and answers `{"rows"}`; a
+    /// JSON `{"batch":[{"sql","params"}]}` runs as one D1 batch and answers
+    /// `{"results":[rows...]}` (tests write rows the API cannot, such as
+    /// sessions started months ago).
     #[cfg(feature = "test-faults")]
     async fn test_d1_query(&self, req: &mut Request) -> Result<Response, ApiError> {
-        let sql = req.text().await.map_err(internal)?;
-        let db = self.env.d1("DB").map_err(internal)?;
-        let result = db.prepare(sql).all().await.map_err(internal)?;
-        let rows: Vec<serde_json::Value> = result.results().map_err(internal)?;
-        http::json(200, &serde_json::json!({"rows": rows}))
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            batch: Vec<crate::core::partition::Statement>,
+        }
+        let text = req.text().await.map_err(internal)?;
+        let d1 = crate::db::database(self.env)?;
+        if let Ok(b) = serde_json::from_str::<Batch>(&text) {
+            let results = crate::db::batch(&d1, &b.batch).await?;
+            return http::json(200, &serde_json::json!({ "results": results }));
+        }
+        let st = crate::core::partition::Statement::new(text, Vec::new());
+        let rows = crate::db::query(&d1, &st).await?;
+        http::json(200, &serde_json::json!({ "rows": rows }))
     }
 
     /// Charges the caller's `api` unit for this request: 429 when denied,
@@ -379,8 +426,9 @@ impl Gateway<'_> {
             .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))
     }
 
-    /// `GET /v1/presence?users=a,b,c`: one request per user, all in flight
-    /// at once, answers in the order asked.
+    /// `GET /v1/presence?users=a,b,c`: one request per read shard holding
+    /// any of the users (not one per user), all in flight at once, answers
+    /// in the order asked.
     async fn batch_presence(&self, url: &Url, caller: &Caller) -> Result<Response, ApiError> {
         let users = query(url, "users")
             .ok_or_else(|| ApiError::BadRequest("query parameter `users` is required".into()))?;
@@ -393,31 +441,38 @@ impl Gateway<'_> {
                 "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
             )));
         }
+        // One call per read shard holding any of the users, all at once.
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for u in &ids {
+            by_shard.entry(shard_of(u)).or_default().push(u.clone());
+        }
         let hop = self.hop(caller);
-        let calls = ids.iter().map(|u| {
+        let calls = by_shard.into_iter().map(|(n, users)| {
             let hop = &hop;
             async move {
-                let mut resp = hop.presence(u, presence_get(u)).await?;
+                let call = PresenceCall::Batch {
+                    users: users.clone(),
+                };
+                let mut resp = hop.presence(&shard_name(n), call).await?;
                 if resp.status_code() != 200 {
                     return Err(ApiError::Internal(format!(
-                        "presence answered {}",
+                        "presence shard answered {}",
                         resp.status_code()
                     )));
                 }
-                resp.text().await.map_err(internal)
+                let views: Vec<serde_json::Value> = resp.json().await.map_err(internal)?;
+                Ok(users.into_iter().zip(views).collect::<Vec<_>>())
             }
         });
-        // Each object answers a presence object as JSON already: the batch
-        // is their texts in the order asked, not parsed and written again.
-        let mut text = String::from("{\"users\":[");
-        for (i, r) in join_all(calls).await.into_iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            text.push_str(&r?);
+        let mut found: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        for r in join_all(calls).await {
+            found.extend(r?);
         }
-        text.push_str("]}");
-        Ok(http::json_text(200, text))
+        let users: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
+            .collect();
+        http::json(200, &serde_json::json!({ "users": users }))
     }
 }
 

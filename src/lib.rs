@@ -17,8 +17,14 @@ pub mod route;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]
+mod db;
+#[cfg(target_arch = "wasm32")]
 mod gateway;
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod objects;
+#[cfg(target_arch = "wasm32")]
+mod reads;
+#[cfg(target_arch = "wasm32")]
+mod scheduled;

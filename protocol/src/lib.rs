@@ -50,6 +50,7 @@ macro_rules! object_only {
 
 pub mod error;
 pub mod frames;
+pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod presence;
@@ -58,6 +59,7 @@ pub mod session;
 
 pub use error::*;
 pub use frames::*;
+pub use history::*;
 pub use ids::*;
 pub use limits::*;
 pub use presence::*;

@@ -30,7 +30,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
-use sesh_protocol::{PointsPage, SessionStatus, StoredPoint};
+use sesh_protocol::{PointsPage, SessionList, SessionStatus, SessionSummary, StoredPoint};
 use thiserror::Error;
 
 use crate::core::d1::MAX_CHUNK_BYTES;
@@ -393,44 +393,6 @@ fn list_sql(spans: &[Span], by_status: bool) -> String {
         members = members.join(" UNION "),
         joins = joins.join(" "),
     )
-}
-
-/// A session as listed: the session object without `participants`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionSummary {
-    /// Session id.
-    pub id: String,
-    /// Owner.
-    pub owner_id: String,
-    /// Title, `null` when none.
-    pub title: Option<String>,
-    /// Members besides the owner.
-    pub members: Vec<String>,
-    /// Metadata object.
-    pub metadata: Map<String, Value>,
-    /// Active or ended (as of the last flush).
-    pub status: SessionStatus,
-    /// Creation time, RFC 3339 UTC.
-    pub started_at: String,
-    /// End time, RFC 3339 UTC, once ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    /// Points flushed so far.
-    pub point_count: u64,
-    /// Highest seq flushed; seqs have no gaps, so it equals `pointCount`.
-    pub last_seq: u64,
-}
-
-/// The answer to `GET /v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionList {
-    /// The page, newest first.
-    pub sessions: Vec<SessionSummary>,
-    /// Present while more sessions remain; pass it back as `cursor`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -38,7 +38,7 @@ pub const LIST_PARTITIONS: &str = "SELECT name FROM partitions";
 /// One SQL statement and its bound parameters, in `?1, ?2 …` order. The
 /// caller prepares `sql` and binds `params` as they are (strings, numbers,
 /// `null`); JSON arrays of points travel as one string parameter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
     /// The SQL text.
     pub sql: String,

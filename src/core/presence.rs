@@ -71,6 +71,10 @@ pub struct PresenceState {
     last_seen: Option<Millis>,
     /// The status as of the last event or tick (what the alarm maintains).
     status: Option<PresenceStatus>,
+    /// Bumped at every stored change, so a read shard keeps the newest of
+    /// two publications that cross on the way.
+    #[serde(default)]
+    version: u64,
 }
 
 /// One user's presence: the configuration (the TTL) beside the stored
@@ -90,6 +94,12 @@ impl PresenceCore {
     /// The state to store.
     pub fn state(&self) -> &PresenceState {
         &self.state
+    }
+
+    /// Marks a change about to be stored; answers its version.
+    pub fn bump(&mut self) -> u64 {
+        self.state.version += 1;
+        self.state.version
     }
 
     /// A socket of this user joined `session_id`.
@@ -282,6 +292,67 @@ impl PresenceCore {
     }
 }
 
+/// How many read shards answer batch presence reads.
+pub const SHARDS: u32 = 8;
+
+/// The read shard of `user` (FNV-1a of the id: stable across isolates and
+/// releases, which a shard's stored users depend on).
+pub fn shard_of(user: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in user.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % SHARDS
+}
+
+/// The object name of read shard `n`: not a valid user id, so no user's
+/// presence object can be a shard.
+pub fn shard_name(n: u32) -> String {
+    format!("#presence-shard/{n}")
+}
+
+/// A read shard: the newest published state of each of its users, from
+/// which it answers their presence exactly as their own objects would
+/// (the status follows from the state and the clock alone). Users it was
+/// never told of were never seen: `offline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardCore {
+    ttl: u64,
+    users: std::collections::HashMap<String, PresenceCore>,
+}
+
+impl ShardCore {
+    /// An empty shard under a TTL of `ttl` ms.
+    pub fn new(ttl: u64) -> ShardCore {
+        ShardCore {
+            ttl,
+            users: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Takes `state` as `user`'s presence unless a newer version is
+    /// already here; answers whether it was taken (and must be stored).
+    pub fn publish(&mut self, user: &str, state: PresenceState) -> bool {
+        match self.users.get(user) {
+            Some(cur) if cur.state.version >= state.version => false,
+            _ => {
+                self.users
+                    .insert(user.to_owned(), PresenceCore::new(self.ttl, state));
+                true
+            }
+        }
+    }
+
+    /// The presence of `user` at `now`.
+    pub fn view(&self, user: &str, now: Millis) -> Presence {
+        match self.users.get(user) {
+            Some(core) => core.view(user, now),
+            None => PresenceCore::new(self.ttl, PresenceState::default()).view(user, now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +519,37 @@ mod tests {
         p.due_checks(now);
         p.confirmed("c1", None, now);
         assert_eq!(p.connections(), 1);
+    }
+
+    #[test]
+    fn shards_answer_exactly_what_the_user_objects_would() {
+        let mut user = PresenceCore::new(TTL, PresenceState::default());
+        let mut shard = ShardCore::new(TTL);
+        user.heartbeat(Some(HeartbeatStatus::Away), Some("run".into()), T0);
+        user.bump();
+        assert!(shard.publish("u", user.state().clone()));
+        user.connect("c1", "s1", T0 + 10);
+        user.bump();
+        let newer = user.state().clone();
+        user.disconnect("c1", T0 + 20);
+        user.bump();
+        assert!(shard.publish("u", user.state().clone()));
+        assert!(!shard.publish("u", newer), "an older publication loses");
+        for now in [T0 + 20, T0 + 4_000, T0 + 59_999, T0 + 60_000, T0 + 90_000] {
+            assert_eq!(shard.view("u", now), user.view("u", now), "at {now}");
+        }
+        assert_eq!(shard.view("nobody", T0).status, PresenceStatus::Offline);
+        assert_eq!(shard.view("nobody", T0).last_seen, None);
+    }
+
+    #[test]
+    fn shards_spread_users_and_are_not_user_ids() {
+        let mut counts = [0u32; SHARDS as usize];
+        for i in 0..8_000 {
+            counts[shard_of(&format!("user-{i}")) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (700..1300).contains(c)), "{counts:?}");
+        assert_eq!(shard_of("ann"), shard_of("ann"));
+        assert!(!sesh_protocol::is_valid_user_id(&shard_name(3)));
     }
 }

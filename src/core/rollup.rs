@@ -21,9 +21,9 @@
 //!   retried by the next run.
 //! - `GET /v1/users/{userId}/metrics`: [`MetricsQuery`].
 
-use serde::Serialize;
 use serde_json::Value;
 use sesh_protocol::limits::{char_len, MAX_KIND_CHARS};
+use sesh_protocol::{Bucket, MetricsAnswer};
 use thiserror::Error;
 
 use crate::core::history::{parse_time, QueryError};
@@ -378,41 +378,10 @@ impl MetricsQuery {
             .collect::<Result<Vec<_>, RowError>>()?;
         Ok(MetricsAnswer {
             user_id: self.user.clone(),
-            granularity: self.granularity.as_str(),
+            granularity: self.granularity.as_str().to_owned(),
             buckets,
         })
     }
-}
-
-/// The answer to `GET /v1/users/{userId}/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MetricsAnswer {
-    /// The user.
-    pub user_id: String,
-    /// `hour`, `day`, `week` or `month`.
-    pub granularity: &'static str,
-    /// Sorted by start, then kind.
-    pub buckets: Vec<Bucket>,
-}
-
-/// One user's figures for one kind and bucket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Bucket {
-    /// Start of the bucket, RFC 3339 UTC.
-    pub start: String,
-    /// The kind.
-    pub kind: String,
-    /// Points.
-    pub count: u64,
-    /// Sum of the values; `null` when no point had one.
-    pub sum: Option<f64>,
-    /// Smallest value; `null` when none.
-    pub min: Option<f64>,
-    /// Largest value; `null` when none.
-    pub max: Option<f64>,
-    /// `sum` over the points with a value; `null` when none.
-    pub avg: Option<f64>,
 }
 
 // rusqlite, which runs the statements, is a native-only dev-dependency.

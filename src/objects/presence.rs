@@ -1,6 +1,9 @@
 //! `PresenceDO`: one object per user id. Carries out what
 //! [`PresenceCore`] decides: the state in SQLite, the alarm at the next
-//! moment the status can change, and the checks with sessions.
+//! moment the status can change, and the checks with sessions. A few
+//! instances named by [`shard_name`] are read shards instead: every user
+//! object publishes each stored change to its shard, and a batch read asks
+//! only the shards ([`ShardCore`]).
 
 use std::cell::{Cell, RefCell};
 
@@ -9,13 +12,19 @@ use sesh_protocol::{parse_body, Heartbeat};
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
 use crate::calls::{PresenceCall, SessionCall};
-use crate::core::presence::{PresenceCore, PresenceState};
+use crate::core::presence::{shard_name, shard_of, PresenceCore, PresenceState, ShardCore};
 use crate::error::ApiError;
 use crate::http::{self, internal, Caller, Hop};
 use crate::time::{now_ms, Millis};
 
 #[derive(Deserialize)]
 struct Row {
+    user_id: String,
+    state: String,
+}
+
+#[derive(Deserialize)]
+struct ShardRow {
     user_id: String,
     state: String,
 }
@@ -31,6 +40,8 @@ pub struct PresenceDO {
     core: RefCell<Option<(Option<String>, PresenceCore)>>,
     alarm_at: Cell<Option<Millis>>,
     table_ready: Cell<bool>,
+    // Set when this object is a read shard (named by `shard_name`).
+    shard: RefCell<Option<ShardCore>>,
 }
 
 impl DurableObject for PresenceDO {
@@ -45,6 +56,7 @@ impl DurableObject for PresenceDO {
             core: RefCell::new(None),
             alarm_at: Cell::new(None),
             table_ready: Cell::new(false),
+            shard: RefCell::new(None),
         }
     }
 
@@ -78,9 +90,10 @@ impl PresenceDO {
             PresenceCall::Heartbeat { body } => {
                 let caller = Caller::read(&req)?;
                 let beat: Heartbeat = parse_body(&body)?;
-                let view = self.update(&caller.user, |c| {
+                let (view, state) = self.update(&caller.user, |c| {
                     c.heartbeat(beat.status, beat.activity, now)
                 })?;
+                self.publish(&caller.user, state).await;
                 self.schedule().await?;
                 http::json(200, &view)
             }
@@ -90,17 +103,101 @@ impl PresenceDO {
                 session_id,
                 online,
             } => {
-                let view = self.update(&user_id, |c| {
+                let (view, state) = self.update(&user_id, |c| {
                     if online {
                         c.connect(&conn_id, &session_id, now);
                     } else {
                         c.disconnect(&conn_id, now);
                     }
                 })?;
+                self.publish(&user_id, state).await;
                 self.schedule().await?;
                 http::json(200, &view)
             }
+            PresenceCall::Publish { user_id, state } => {
+                let state: PresenceState = serde_json::from_slice(&state).map_err(internal)?;
+                self.shard_publish(&user_id, state)?;
+                http::json(200, &serde_json::json!({}))
+            }
+            PresenceCall::Batch { users } => {
+                self.load_shard()?;
+                let shard = self.shard.borrow();
+                let shard = shard
+                    .as_ref()
+                    .ok_or_else(|| ApiError::Internal("shard not loaded".into()))?;
+                let views: Vec<_> = users.iter().map(|u| shard.view(u, now)).collect();
+                http::json(200, &views)
+            }
         }
+    }
+
+    /// Tells the user's read shard of their new state, before the change is
+    /// answered, so a batch read after it sees it. A shard that cannot be
+    /// reached is told again by the next change (logged meanwhile).
+    async fn publish(&self, user: &str, state: Vec<u8>) {
+        let caller = Caller::internal(user);
+        let hop = Hop {
+            env: &self.env,
+            caller: &caller,
+            request_id: None,
+        };
+        let call = PresenceCall::Publish {
+            user_id: user.to_owned(),
+            state,
+        };
+        let shard = shard_name(shard_of(user));
+        match hop.presence(&shard, call).await {
+            Ok(r) if r.status_code() == 200 => {}
+            Ok(r) => http::log_error(
+                "PresenceDO",
+                &ApiError::Unavailable(format!("presence shard answered {}", r.status_code())),
+            ),
+            Err(e) => http::log_error("PresenceDO", &e),
+        }
+    }
+
+    /// A shard's users, loaded from its storage once per object lifetime.
+    fn load_shard(&self) -> Result<(), ApiError> {
+        if self.shard.borrow().is_some() {
+            return Ok(());
+        }
+        self.sql
+            .exec(
+                "CREATE TABLE IF NOT EXISTS shard_users (user_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
+                None,
+            )
+            .map_err(internal)?;
+        let rows: Vec<ShardRow> = self
+            .sql
+            .exec("SELECT user_id, state FROM shard_users", None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let mut shard = ShardCore::new(self.ttl);
+        for r in rows {
+            let state = serde_json::from_str(&r.state).map_err(internal)?;
+            shard.publish(&r.user_id, state);
+        }
+        *self.shard.borrow_mut() = Some(shard);
+        Ok(())
+    }
+
+    fn shard_publish(&self, user: &str, state: PresenceState) -> Result<(), ApiError> {
+        self.load_shard()?;
+        let text = serde_json::to_string(&state).map_err(internal)?;
+        let taken = match self.shard.borrow_mut().as_mut() {
+            Some(shard) => shard.publish(user, state),
+            None => false,
+        };
+        if taken {
+            self.sql
+                .exec(
+                    "INSERT INTO shard_users (user_id, state) VALUES (?, ?) \
+                     ON CONFLICT(user_id) DO UPDATE SET state = excluded.state",
+                    vec![user.into(), text.into()],
+                )
+                .map_err(internal)?;
+        }
+        Ok(())
     }
 
     fn fresh(&self) -> PresenceCore {
@@ -128,17 +225,19 @@ impl PresenceDO {
         Ok(())
     }
 
-    /// Applies `f`, stores the new state, and answers the new view.
+    /// Applies `f`, stores the new state, and answers the new view and the
+    /// stored state (for the read shard).
     fn update(
         &self,
         user: &str,
         f: impl FnOnce(&mut PresenceCore),
-    ) -> Result<sesh_protocol::Presence, ApiError> {
+    ) -> Result<(sesh_protocol::Presence, Vec<u8>), ApiError> {
         let mut guard = self.core.borrow_mut();
         let (id, core) = guard
             .as_mut()
             .ok_or_else(|| ApiError::Internal("presence not loaded".into()))?;
         f(core);
+        core.bump();
         *id = Some(user.to_owned());
         let text = serde_json::to_string(core.state()).map_err(internal)?;
         if !self.table_ready.replace(true) {
@@ -153,10 +252,10 @@ impl PresenceDO {
             .exec(
                 "INSERT INTO presence (k, user_id, state) VALUES (0, ?, ?) \
                  ON CONFLICT(k) DO UPDATE SET user_id = excluded.user_id, state = excluded.state",
-                vec![user.into(), text.into()],
+                vec![user.into(), text.as_str().into()],
             )
             .map_err(internal)?;
-        Ok(core.view(user, now_ms()))
+        Ok((core.view(user, now_ms()), text.into_bytes()))
     }
 
     /// Sets the alarm to the next moment the status can change.
@@ -186,12 +285,13 @@ impl PresenceDO {
             answers.push((conn.clone(), self.ask_session(&user, &session, &conn).await));
         }
         let now = now_ms();
-        self.update(&user, |c| {
+        let (_, state) = self.update(&user, |c| {
             for (conn, live) in answers {
                 c.confirmed(&conn, live, now);
             }
             c.tick(now);
         })?;
+        self.publish(&user, state).await;
         self.schedule().await
     }
 

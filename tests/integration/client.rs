@@ -175,6 +175,27 @@ pub async fn d1_at(base: &str, sql: &str) -> Vec<Value> {
     a.body["rows"].as_array().cloned().unwrap_or_default()
 }
 
+/// Runs statements as one D1 batch through the test-build route; answers
+/// each statement's rows.
+pub async fn d1_batch_at(
+    base: &str,
+    stmts: &[sesh::core::partition::Statement],
+) -> Vec<Vec<Value>> {
+    let body = serde_json::json!({ "batch": stmts })
+        .to_string()
+        .into_bytes();
+    let a = call_at(base, "POST", "/__test/d1", None, Some(body), &[]).await;
+    assert_eq!(a.status, 200, "d1 batch: {}", a.text);
+    serde_json::from_value(a.body["results"].clone()).expect("results")
+}
+
+/// Runs the scheduled handler as of `time` (ms), as the cron would.
+pub async fn run_scheduled_at(base: &str, time: i64) {
+    let url = format!("{base}/cdn-cgi/handler/scheduled?cron=*/15+*+*+*+*&time={time}");
+    let resp = client().get(url).send().await.expect("scheduled run");
+    assert!(resp.status().is_success(), "scheduled: {}", resp.status());
+}
+
 /// Turns the test-build D1 fault switch on or off.
 pub async fn set_d1_failing_at(base: &str, failing: bool) {
     let q = if failing { "fail" } else { "ok" };

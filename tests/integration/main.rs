@@ -15,6 +15,8 @@ mod gateway;
 #[cfg(not(target_arch = "wasm32"))]
 mod harness;
 #[cfg(not(target_arch = "wasm32"))]
+mod history;
+#[cfg(not(target_arch = "wasm32"))]
 mod presence;
 #[cfg(not(target_arch = "wasm32"))]
 mod quota;
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         presence::TESTS,
         quota::TESTS,
         faults::TESTS,
+        history::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {
