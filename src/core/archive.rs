@@ -38,12 +38,12 @@ use flate2::Compression;
 use serde::Serialize;
 use serde_json::Value;
 use sesh_protocol::limits::MAX_READ_LIMIT;
-use sesh_protocol::{PointsPage, StoredPoint};
+use sesh_protocol::{PointsPage, SessionSummary, StoredPoint};
 use sha2::{Digest, Sha256};
 
 use crate::core::history::{
     find_session, parse_found_session, parse_point_months, point_months, points_page, read_points,
-    v7_time, SessionSummary,
+    v7_time,
 };
 use crate::core::lifecycle::{cutoff_ms, existing, LifecycleConfig, Report};
 use crate::core::partition::{

@@ -323,15 +323,12 @@ fn parse_state(kind: TableKind, month: Month, row: &Value) -> Result<MoveState, 
             column: "phase",
             expected: "a move phase",
         })?;
-    let cursor = match col_opt_str(row, "k1")? {
-        None => None,
-        Some(_) => Some(
-            key(kind)
-                .iter()
-                .map(|(_, k)| row.get(*k).cloned().unwrap_or(Value::Null))
-                .collect(),
-        ),
-    };
+    let cursor = col_opt_str(row, "k1")?.map(|_| {
+        key(kind)
+            .iter()
+            .map(|(_, k)| row.get(*k).cloned().unwrap_or(Value::Null))
+            .collect()
+    });
     Ok(MoveState {
         kind,
         table: kind.table(Span::Month(month)),

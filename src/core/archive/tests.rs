@@ -22,9 +22,9 @@ fn point(seq: u64) -> StoredPoint {
     StoredPoint {
         seq,
         user_id: "alice".into(),
-        id: (seq % 2 == 0).then(|| format!("c{seq}")),
+        id: seq.is_multiple_of(2).then(|| format!("c{seq}")),
         kind: "k".into(),
-        value: (seq % 3 != 0).then_some(seq as f64 / 4.0),
+        value: (!seq.is_multiple_of(3)).then_some(seq as f64 / 4.0),
         data: None,
         ts: ms(2024, 3, 1) + seq as i64,
     }
