@@ -17,6 +17,8 @@ mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 mod history;
 #[cfg(not(target_arch = "wasm32"))]
+mod lifecycle;
+#[cfg(not(target_arch = "wasm32"))]
 mod presence;
 #[cfg(not(target_arch = "wasm32"))]
 mod quota;
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
         presence::TESTS,
         quota::TESTS,
         faults::TESTS,
+        lifecycle::TESTS,
         history::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
