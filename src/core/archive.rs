@@ -402,26 +402,32 @@ pub async fn run_archive<B: Backend>(
         .collect();
     let mut after = String::new();
     while !tables.is_empty() {
-        let branches: Vec<String> = tables
+        // One statement per table (D1 allows only a few terms in a
+        // compound SELECT), one batch; the first 20 ids of all.
+        let list: Vec<Statement> = tables
             .iter()
             .map(|t| {
-                format!(
-                    "SELECT id, point_count FROM {t} WHERE started_at < ?1 AND status = 'ended' \
-                     AND id > ?2 AND id NOT IN (SELECT session_id FROM archives WHERE verified = 1)"
+                Statement::new(
+                    format!(
+                        "SELECT id, point_count FROM {t} WHERE started_at < ?1 AND status = 'ended' \
+                         AND id > ?2 AND id NOT IN (SELECT session_id FROM archives WHERE verified = 1) \
+                         ORDER BY id LIMIT 20"
+                    ),
+                    vec![Value::from(rfc3339(cutoff)), Value::from(after.as_str())],
                 )
             })
             .collect();
-        let list = Statement::new(
-            format!(
-                "SELECT id, max(point_count) AS point_count FROM ({}) GROUP BY id ORDER BY id LIMIT 20",
-                branches.join(" UNION ALL ")
-            ),
-            vec![Value::from(rfc3339(cutoff)), Value::from(after.as_str())],
-        );
         if !budget.take(1) {
             return Ok(false);
         }
-        let rows = query(b, list).await?;
+        let mut rows: Vec<Value> = b.batch(&list).await?.into_iter().flatten().collect();
+        rows.sort_by(|a, b| {
+            a.get("id")
+                .and_then(Value::as_str)
+                .cmp(&b.get("id").and_then(Value::as_str))
+        });
+        rows.dedup_by(|a, b| a.get("id") == b.get("id"));
+        rows.truncate(20);
         if rows.is_empty() {
             break;
         }

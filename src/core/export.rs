@@ -280,29 +280,36 @@ fn metric_line(row: &Value) -> Result<Value, RowError> {
     }))
 }
 
-// The user's next session after `after` (start ms, id) in every members
-// table; copies of a moving month are identical, so UNION keeps one.
-fn next_session(user: &str, after: &Option<(Millis, String)>, ex: &Existing) -> Option<Statement> {
-    let branches: Vec<String> = ex
-        .spans(TableKind::Members)
+// The user's next session after `after` (start ms, id): one statement per
+// members table (D1 allows only a few terms in a compound SELECT), run as
+// one batch; the smallest answer wins, and copies of a moving month are
+// the same row.
+fn next_session(user: &str, after: &Option<(Millis, String)>, ex: &Existing) -> Vec<Statement> {
+    let (t, id) = after.clone().unwrap_or((Millis::MIN, String::new()));
+    ex.spans(TableKind::Members)
         .map(|s| {
-            format!(
-                "SELECT started_at AS started_ms, session_id FROM {} \
-                 WHERE user_id = ?1 AND (started_at, session_id) > (?2, ?3)",
-                TableKind::Members.table(s)
+            Statement::new(
+                format!(
+                    "SELECT started_at AS started_ms, session_id FROM {} \
+                     WHERE user_id = ?1 AND (started_at, session_id) > (?2, ?3) \
+                     ORDER BY started_at, session_id LIMIT 1",
+                    TableKind::Members.table(s)
+                ),
+                vec![Value::from(user), Value::from(t), Value::from(id.as_str())],
             )
         })
-        .collect();
-    let (t, id) = after.clone().unwrap_or((Millis::MIN, String::new()));
-    (!branches.is_empty()).then(|| {
-        Statement::new(
-            format!(
-                "SELECT started_ms, session_id FROM ({}) ORDER BY started_ms, session_id LIMIT 1",
-                branches.join(" UNION ")
-            ),
-            vec![Value::from(user), Value::from(t), Value::from(id)],
-        )
-    })
+        .collect()
+}
+
+fn first_session(answers: Vec<Vec<Value>>) -> Result<Option<(Millis, String)>, RowError> {
+    let mut best: Option<(Millis, String)> = None;
+    for r in answers.iter().flatten() {
+        let k = (col_int(r, "started_ms")?, col_str(r, "session_id")?);
+        if best.as_ref().is_none_or(|b| k < *b) {
+            best = Some(k);
+        }
+    }
+    Ok(best)
 }
 
 /// Runs one step of export `id` at `now`, writing at most `step_points`
@@ -331,15 +338,16 @@ pub async fn step<B: Backend>(
     while room > 0 && p.phase != Phase::Finish {
         match (p.phase, p.current.clone()) {
             (Phase::Sessions, None) => {
-                let next = match next_session(&row.user_id, &p.after, &ex) {
-                    Some(st) => query(b, st).await?,
-                    None => Vec::new(),
+                let batch = next_session(&row.user_id, &p.after, &ex);
+                let answers = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    b.batch(&batch).await?
                 };
-                let Some(r) = next.first() else {
+                let Some((started_ms, sid)) = first_session(answers)? else {
                     p.phase = Phase::Metrics;
                     continue;
                 };
-                let (started_ms, sid) = (col_int(r, "started_ms")?, col_str(r, "session_id")?);
                 let found = match find_session(&sid, &ex) {
                     Some(st) => parse_found_session(&query(b, st).await?)?,
                     None => None,

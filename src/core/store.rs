@@ -187,6 +187,12 @@ pub(crate) mod mem {
     pub fn run(db: &Connection, st: &Statement) -> Result<Vec<Value>, String> {
         assert!(st.params.len() <= 100, "D1 binds at most 100 parameters");
         assert!(st.sql.len() <= 100_000, "D1 statements are at most 100 KB");
+        // D1 refuses compound SELECTs of more than a few terms.
+        assert!(
+            st.sql.matches(" UNION ").count() <= 4,
+            "too many terms in compound SELECT: {}",
+            st.sql
+        );
         let mut stmt = db
             .prepare(&st.sql)
             .map_err(|e| format!("{e}: {}", st.sql))?;

@@ -234,7 +234,7 @@ async fn thirty_months_move_archive_prune_and_export() {
         status = a.body.clone();
         match status["status"].as_str().unwrap() {
             "done" => break,
-            "failed" => panic!("export failed: {status}"),
+            "failed" => panic!("export failed: {status}\n{}", server.log_tail()),
             _ => {
                 let early = call_at(
                     &base,
@@ -252,7 +252,12 @@ async fn thirty_months_move_archive_prune_and_export() {
             }
         }
     }
-    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(
+        status["status"],
+        "done",
+        "{status}\n--- server log (tail) ---\n{}",
+        server.log_tail()
+    );
     let resp = reqwest::Client::new()
         .get(format!("{base}{status_path}/download"))
         .bearer_auth(&tu)
