@@ -419,8 +419,9 @@ impl Gateway<'_> {
 
     /// A WebSocket upgrade goes to the session with the client's upgrade
     /// headers, less the token and anything posing as an internal header.
-    /// A browser on a page not on the origin list is refused when the list
-    /// is configured; clients that send no `Origin` are not browsers.
+    /// A browser on a page not on the origin list (nor of this origin) is
+    /// refused when the list is configured; clients that send no `Origin`
+    /// are not browsers.
     async fn upgrade(
         &self,
         id: &str,
@@ -428,7 +429,11 @@ impl Gateway<'_> {
         caller: &Caller,
     ) -> Result<Response, ApiError> {
         if let Some(o) = self.origin {
-            if self.origins.is_configured() && !self.origins.allows(o) {
+            // A page of this very origin (the console) is not cross-origin.
+            let same_origin = req
+                .url()
+                .is_ok_and(|u| u.origin().ascii_serialization().eq_ignore_ascii_case(o));
+            if self.origins.is_configured() && !self.origins.allows(o) && !same_origin {
                 return Err(ApiError::Forbidden("origin not allowed".into()));
             }
         }

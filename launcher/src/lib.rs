@@ -148,7 +148,7 @@ impl Server {
     }
 
     /// Stops the runtime: TERM to its group and every process under it,
-    /// KILL to what is left after 10 s.
+    /// KILL to what is left once they are gone or after 10 s.
     pub fn stop(&mut self) {
         self.signal_all(libc::SIGTERM, Duration::from_secs(10));
     }
@@ -219,7 +219,8 @@ impl Server {
     }
 
     /// `sig` to the group and every process under the server; after
-    /// `grace`, KILL to those still there.
+    /// `grace` (or once they are gone), KILL to the group and those still
+    /// there.
     fn signal_all(&mut self, sig: i32, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -244,9 +245,9 @@ impl Server {
             alive.retain(|&p| is_alive(p));
             std::thread::sleep(Duration::from_millis(100));
         }
-        if !alive.is_empty() {
-            kill(libc::SIGKILL, &alive);
-        }
+        // Whatever is left of the group (a workerd that outlived its
+        // parent) goes too, before the state folder is removed.
+        kill(libc::SIGKILL, &alive);
         let _ = child.wait();
     }
 }

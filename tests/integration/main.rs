@@ -9,6 +9,10 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod client;
 #[cfg(not(target_arch = "wasm32"))]
+mod client_e2e;
+#[cfg(not(target_arch = "wasm32"))]
+mod console;
+#[cfg(not(target_arch = "wasm32"))]
 mod faults;
 #[cfg(not(target_arch = "wasm32"))]
 mod gateway;
@@ -39,6 +43,8 @@ fn main() -> std::process::ExitCode {
         faults::TESTS,
         lifecycle::TESTS,
         history::TESTS,
+        client_e2e::TESTS,
+        console::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {

@@ -1,4 +1,5 @@
-//! Developer commands for Sesh: `cargo xtask dev | test | token | build`.
+//! Developer commands for Sesh: `cargo xtask dev | test | token | build |
+//! setup | bench`.
 //!
 //! Every command first makes sure the tools it needs are present at the
 //! right version, installing what is missing and saying so, so that a
@@ -6,53 +7,84 @@
 
 mod bench;
 mod setup;
-mod token;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// What `cargo xtask` was asked to do.
-const USAGE: &str = "\
-usage: cargo xtask <command>
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 
-  dev [--port P]       install what is missing, apply D1 migrations locally,
-                       build, and serve on http://127.0.0.1:P (default 8787)
-  test                 the whole suite: fmt, clippy (host and wasm32), native
-                       tests, wasm-bindgen tests in Node, integration tests
-                       against a throw-away `wrangler dev`
-  token --user U [--plan free|pro|enterprise] [--role service] [--ttl SECONDS]
-                       print a token signed with AUTH_SECRET from .dev.vars
-  build [--features F] build the Worker bundle into build/ (wrangler runs this)
-  setup                only install what is missing
-  bench sessions [--targets \"rust js-ref party-ref\"] [--rounds N] [generator options]
-                       session WebSocket benchmark against the JS references
-  bench quota [--targets \"rust quota-ref\"] [--rounds N] [--exact R] [generator options]
-                       quota check benchmark beside quota-ref
-  bench presence [--users N] [--seconds T] [--concurrency C] [--callers K]
-                       presence reads (single, batch of 100) and heartbeats
-                       (`cargo xtask bench --help` for the options)
-";
+/// Developer commands for Sesh.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("dev") => dev(&args[1..]),
-        Some("test") => test(&args[1..]),
-        Some("token") => token::run(&args[1..]),
-        Some("build") => build_cmd(&args[1..]),
-        Some("setup") => setup::all(&root()).map(|_| ()),
-        Some("bench") => bench::run(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        _ => Err(format!("unknown command\n\n{USAGE}")),
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing, apply D1 migrations locally, build, and
+    /// serve on http://127.0.0.1:PORT
+    Dev {
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+    },
+    /// The whole suite: fmt, clippy (host and wasm32), native tests,
+    /// wasm-bindgen tests in Node, integration tests against a throw-away
+    /// `wrangler dev`
+    Test,
+    /// Print a token signed with AUTH_SECRET from .dev.vars
+    Token {
+        #[arg(long)]
+        user: String,
+        /// free, pro or enterprise
+        #[arg(long, default_value = "free")]
+        plan: String,
+        #[arg(long)]
+        role: Option<Role>,
+        /// Seconds until it expires
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Build the Worker bundle into build/ (wrangler runs this)
+    Build {
+        #[arg(long)]
+        features: Option<String>,
+    },
+    /// Only install what is missing
+    Setup,
+    /// Benchmarks against the JS references (and the generators alone)
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+/// The only role a token can carry.
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Service,
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Dev { port } => dev(port),
+        Cmd::Test => test(),
+        Cmd::Token {
+            user,
+            plan,
+            role,
+            ttl,
+        } => token(&user, &plan, role.map(|_| "service"), ttl),
+        Cmd::Build { features } => build_cmd(features),
+        Cmd::Setup => setup::all(&root()).map(|_| ()),
+        Cmd::Bench(b) => bench::run(b),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask: {e}");
-            ExitCode::FAILURE
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -66,50 +98,64 @@ pub fn root() -> PathBuf {
 }
 
 /// Runs a command to completion; an error names it.
-pub fn run(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
-        .map_err(|e| format!("could not start {shown}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{shown} failed ({status})"))
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
     }
+    Ok(())
 }
 
-/// A flag's value from `args` (`--name value`).
-pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn dev(args: &[String]) -> Result<(), String> {
-    let port: u16 = match flag(args, "--port") {
-        Some(p) => p.parse().map_err(|_| format!("bad --port {p}"))?,
-        None => 8787,
-    };
+fn dev(port: u16) -> Result<()> {
     let root = root();
     let tools = setup::all(&root)?;
     let persist = root.join(".wrangler/state");
     setup::migrate(&root, &persist)?;
-    build(&root, &tools, &[])?;
+    build(&root, &tools, None)?;
     println!("\nSesh is starting on http://127.0.0.1:{port}");
     println!("  health:  curl http://127.0.0.1:{port}/health");
     println!("  token:   cargo xtask token --user alice");
     println!("  call:    curl -H \"Authorization: Bearer $(cargo -q xtask token --user alice)\" http://127.0.0.1:{port}/v1/quota\n");
-    let mut cmd = tools.wrangler(&root);
-    cmd.args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+    run(Command::new(setup::wrangler_bin(&root))
+        .current_dir(&root)
+        .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
         .arg("--persist-to")
         .arg(&persist)
         .args(["--show-interactive-dev-session=false"])
-        .env("SESH_PREBUILT", "1");
-    run(&mut cmd)
+        .env("SESH_PREBUILT", "1"))
 }
 
-fn build_cmd(args: &[String]) -> Result<(), String> {
+/// Prints a token for `user` signed with `.dev.vars`' `AUTH_SECRET`.
+fn token(user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<()> {
+    let root = root();
+    setup::dev_vars(&root)?;
+    println!(
+        "{}",
+        mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?
+    );
+    Ok(())
+}
+
+/// An HS256 token for `user` on `plan` (with `role` if given), valid for
+/// `ttl` seconds, minted with a standard JWT library exactly as a
+/// third-party client would.
+pub fn mint(secret: &str, user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::json!({"sub": user, "plan": plan, "iat": now, "exp": now + ttl});
+    if let Some(r) = role {
+        claims["role"] = r.into();
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).context("signing failed")
+}
+
+fn build_cmd(features: Option<String>) -> Result<()> {
     // wrangler runs `cargo xtask build` before serving; when the xtask has
     // just built the bundle itself it says so, and building again would only
     // cost time.
@@ -118,90 +164,64 @@ fn build_cmd(args: &[String]) -> Result<(), String> {
     }
     let root = root();
     let tools = setup::all(&root)?;
-    let features: Vec<&str> = flag(args, "--features").into_iter().collect();
-    build(&root, &tools, &features)
+    build(&root, &tools, features.as_deref())
 }
 
 /// Builds the Worker bundle into `build/` with worker-build.
-pub fn build(root: &Path, tools: &setup::Tools, features: &[&str]) -> Result<(), String> {
+pub fn build(root: &Path, tools: &setup::Tools, features: Option<&str>) -> Result<()> {
     let mut cmd = Command::new(&tools.worker_build);
     cmd.current_dir(root)
         .args(["--release", "--no-opt"])
         .env("WASM_BINDGEN_BIN", &tools.wasm_bindgen);
-    if !features.is_empty() {
-        cmd.arg("--features").arg(features.join(","));
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
     }
     run(&mut cmd)
 }
 
-fn test(_args: &[String]) -> Result<(), String> {
+fn test() -> Result<()> {
     let root = root();
     let tools = setup::all(&root)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo_with = |args: &str| {
+        let mut c = Command::new(cargo());
+        c.current_dir(&root).args(args.split_whitespace());
+        c
+    };
     let step = |name: &str| println!("\n==> {name}");
 
     step("cargo fmt --check");
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .args(["fmt", "--all", "--", "--check"]))?;
+    run(&mut cargo_with("fmt --all -- --check"))?;
 
     step("cargo clippy (host)");
-    run(Command::new(&cargo).current_dir(&root).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(&mut cargo_with(
+        "clippy --workspace --all-targets -- -D warnings",
+    ))?;
 
     step("cargo clippy (wasm32)");
-    run(Command::new(&cargo).current_dir(&root).args([
-        "clippy",
-        "-p",
-        "sesh",
-        "-p",
-        "sesh-protocol",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--lib",
-        "--tests",
-        "--features",
-        "test-faults",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(&mut cargo_with(
+        "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
+         --lib --tests --features test-faults -- -D warnings",
+    ))?;
 
     step("native unit tests");
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .args(["test", "--workspace", "--lib", "--bins"]))?;
+    run(&mut cargo_with("test --workspace --lib --bins"))?;
 
     step("wasm-bindgen tests (wasm32 in Node)");
-    let path = setup::path_with(&tools.wasm_bindgen_dir());
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .env("PATH", &path)
-        .args([
-            "test",
-            "-p",
-            "sesh",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--test",
-            "wasm",
-        ]))?;
+    run(
+        cargo_with("test -p sesh --target wasm32-unknown-unknown --test wasm")
+            .env("PATH", setup::path_with(&tools.wasm_bindgen_dir())),
+    )?;
 
     step("build the Worker (with test fault switches)");
-    build(&root, &tools, &["test-faults"])?;
+    build(&root, &tools, Some("test-faults"))?;
 
-    step("integration tests against wrangler dev");
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .env("SESH_WRANGLER", tools.wrangler_bin(&root))
+    step("integration tests against wrangler dev (with the console in headless Chromium)");
+    let chromium = setup::chromium()?;
+    run(cargo_with("test -p sesh --test integration")
+        .env("SESH_WRANGLER", setup::wrangler_bin(&root))
         .env("SESH_PREBUILT", "1")
-        .args(["test", "-p", "sesh", "--test", "integration"]))?;
+        .env("SESH_BROWSER_TESTS", "1")
+        .env("CHROMIUM", chromium))?;
 
     println!("\nall test stages passed");
     Ok(())

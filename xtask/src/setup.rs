@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{anyhow, bail, Context, Result};
+
 use crate::run;
 
 /// The worker-build release the project builds with.
@@ -28,22 +30,15 @@ impl Tools {
             .map(Path::to_path_buf)
             .unwrap_or_default()
     }
+}
 
-    /// The project's own wrangler, from node_modules.
-    pub fn wrangler_bin(&self, root: &Path) -> PathBuf {
-        root.join("node_modules/.bin/wrangler")
-    }
-
-    /// A command running the project's wrangler in `root`.
-    pub fn wrangler(&self, root: &Path) -> Command {
-        let mut c = Command::new(self.wrangler_bin(root));
-        c.current_dir(root);
-        c
-    }
+/// The project's own wrangler, from node_modules.
+pub fn wrangler_bin(root: &Path) -> PathBuf {
+    root.join("node_modules/.bin/wrangler")
 }
 
 /// Checks and installs everything; returns where the tools are.
-pub fn all(root: &Path) -> Result<Tools, String> {
+pub fn all(root: &Path) -> Result<Tools> {
     check_node()?;
     wasm_target()?;
     let bin = cargo_bin();
@@ -66,9 +61,9 @@ pub fn all(root: &Path) -> Result<Tools, String> {
     })
 }
 
-fn check_node() -> Result<(), String> {
+fn check_node() -> Result<()> {
     let v = version_of(Path::new("node"), "--version")
-        .ok_or("node is not installed; Sesh needs Node.js >= 20 and npm")?;
+        .ok_or_else(|| anyhow!("node is not installed; Sesh needs Node.js >= 20 and npm"))?;
     let major: u32 = v
         .trim_start_matches('v')
         .split('.')
@@ -76,16 +71,16 @@ fn check_node() -> Result<(), String> {
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
     if major < 20 {
-        return Err(format!("Node.js {v} is too old; Sesh needs >= 20"));
+        bail!("Node.js {v} is too old; Sesh needs >= 20");
     }
     Ok(())
 }
 
-fn wasm_target() -> Result<(), String> {
+fn wasm_target() -> Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map_err(|e| format!("rustup is needed: {e}"))?;
+        .context("rustup is needed")?;
     if !String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.trim() == "wasm32-unknown-unknown")
@@ -123,7 +118,7 @@ fn version_of(bin: &Path, flag: &str) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
-fn install_crate(name: &str, version: &str) -> Result<(), String> {
+fn install_crate(name: &str, version: &str) -> Result<()> {
     println!("setup: installing {name} {version} from crates.io (a few minutes, once)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let locked = run(Command::new(&cargo).args([
@@ -144,9 +139,8 @@ fn install_crate(name: &str, version: &str) -> Result<(), String> {
 }
 
 /// The `wasm-bindgen` version in Cargo.lock: the CLI must match it exactly.
-fn wasm_bindgen_version(root: &Path) -> Result<String, String> {
-    let lock = std::fs::read_to_string(root.join("Cargo.lock"))
-        .map_err(|e| format!("reading Cargo.lock: {e}"))?;
+fn wasm_bindgen_version(root: &Path) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == "name = \"wasm-bindgen\"" {
@@ -158,15 +152,18 @@ fn wasm_bindgen_version(root: &Path) -> Result<String, String> {
             }
         }
     }
-    Err("Cargo.lock has no wasm-bindgen entry".into())
+    bail!("Cargo.lock has no wasm-bindgen entry")
 }
 
-fn npm_packages(root: &Path) -> Result<(), String> {
+fn npm_packages(root: &Path) -> Result<()> {
     let installed = std::fs::read_to_string(root.join("node_modules/wrangler/package.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["version"].as_str().map(str::to_owned));
-    if installed.as_deref() != Some(WRANGLER_VERSION) {
+    let playwright = root
+        .join("node_modules/playwright-core/package.json")
+        .exists();
+    if installed.as_deref() != Some(WRANGLER_VERSION) || !playwright {
         println!("setup: installing npm packages (wrangler {WRANGLER_VERSION}) with npm ci");
         run(Command::new("npm")
             .current_dir(root)
@@ -176,25 +173,26 @@ fn npm_packages(root: &Path) -> Result<(), String> {
 }
 
 /// Creates `.dev.vars` with a random `AUTH_SECRET` unless it exists.
-pub fn dev_vars(root: &Path) -> Result<(), String> {
+pub fn dev_vars(root: &Path) -> Result<()> {
     let path = root.join(".dev.vars");
     if path.exists() {
         return Ok(());
     }
-    let mut bytes = [0u8; 32];
-    let mut f = std::fs::File::open("/dev/urandom").map_err(|e| format!("/dev/urandom: {e}"))?;
-    std::io::Read::read_exact(&mut f, &mut bytes).map_err(|e| format!("/dev/urandom: {e}"))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, format!("AUTH_SECRET=\"{secret}\"\n"))
-        .map_err(|e| format!("writing .dev.vars: {e}"))?;
+    // 32 random bytes as 64 hex digits: two v4 UUIDs' random parts (122 bits each).
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&path, format!("AUTH_SECRET=\"{secret}\"\n")).context("writing .dev.vars")?;
     println!("setup: created .dev.vars with a random AUTH_SECRET");
     Ok(())
 }
 
 /// Applies the D1 migrations to the local database under `persist`.
-pub fn migrate(root: &Path, persist: &Path) -> Result<(), String> {
+pub fn migrate(root: &Path, persist: &Path) -> Result<()> {
     println!("setup: applying D1 migrations locally");
-    run(Command::new(root.join("node_modules/.bin/wrangler"))
+    run(Command::new(wrangler_bin(root))
         .current_dir(root)
         .args(["d1", "migrations", "apply", "DB", "--local"])
         .arg("--persist-to")
@@ -203,14 +201,29 @@ pub fn migrate(root: &Path, persist: &Path) -> Result<(), String> {
 }
 
 /// Reads `AUTH_SECRET` from `.dev.vars`.
-pub fn auth_secret(root: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(root.join(".dev.vars")).map_err(|_| {
-        "no .dev.vars; run `cargo xtask dev` or `cargo xtask setup` first".to_owned()
-    })?;
+pub fn auth_secret(root: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(root.join(".dev.vars"))
+        .context("no .dev.vars; run `cargo xtask dev` or `cargo xtask setup` first")?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("AUTH_SECRET="))
         .map(|v| v.trim().trim_matches('"').to_owned())
         .next()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| "AUTH_SECRET is missing from .dev.vars".to_owned())
+        .ok_or_else(|| anyhow!("AUTH_SECRET is missing from .dev.vars"))
+}
+
+/// Debian's Chromium and its driver for the browser tests, installed with
+/// apt when missing (the tests run as root; nothing is downloaded from
+/// outside the package registries). Answers the browser's path.
+pub fn chromium() -> Result<PathBuf> {
+    let browser = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    if !browser.exists() || !driver.exists() {
+        println!("setup: installing chromium and chromium-driver with apt-get");
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(browser)
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::loadgen::round_to;
+use super::summary::round_to;
 
 const CLK_TCK: f64 = 100.0;
 
@@ -89,53 +89,4 @@ pub fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot) -> BTreeMap<String, f64> {
         );
     }
     out
-}
-
-/// The `cpu_<process>_pct` figure named `name` from a report's `cpu_pct`
-/// (as summarize.mjs names them); `None` for other names or when the
-/// process was not watched.
-pub fn cpu_metric(name: &str, cpu_pct: &BTreeMap<String, f64>) -> Option<f64> {
-    let key = match name {
-        "cpu_workerd_pct" => "workerd",
-        "cpu_proxy_pct" => "workerd_proxy",
-        "cpu_node_pct" => "node",
-        "cpu_loadgen_pct" => "loadgen",
-        "cpu_machine_pct" => "machine",
-        _ => return None,
-    };
-    cpu_pct.get(key).copied()
-}
-
-/// workerd's CPU microseconds per unit of `per_second` (an ack, a check),
-/// from its share of a core; `None` when either is zero or missing.
-pub fn workerd_cpu_us_per(cpu_pct: &BTreeMap<String, f64>, per_second: u64) -> Option<f64> {
-    match (cpu_pct.get("workerd").copied(), per_second) {
-        (Some(w), n) if n > 0 && w > 0.0 => Some(w * 1e4 / n as f64),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_figures_by_metric_name() {
-        let pct = BTreeMap::from([
-            ("workerd".to_owned(), 50.0),
-            ("workerd_proxy".to_owned(), 5.0),
-            ("loadgen".to_owned(), 20.0),
-            ("machine".to_owned(), 80.0),
-        ]);
-        assert_eq!(cpu_metric("cpu_workerd_pct", &pct), Some(50.0));
-        assert_eq!(cpu_metric("cpu_proxy_pct", &pct), Some(5.0));
-        assert_eq!(cpu_metric("cpu_loadgen_pct", &pct), Some(20.0));
-        assert_eq!(cpu_metric("cpu_machine_pct", &pct), Some(80.0));
-        assert_eq!(cpu_metric("cpu_node_pct", &pct), None);
-        assert_eq!(cpu_metric("workerd", &pct), None);
-        // Half a core (0.5 s of CPU a second) over 1000 a second: 500 µs each.
-        assert_eq!(workerd_cpu_us_per(&pct, 1000), Some(500.0));
-        assert_eq!(workerd_cpu_us_per(&pct, 0), None);
-        assert_eq!(workerd_cpu_us_per(&BTreeMap::new(), 1000), None);
-    }
 }

@@ -1,22 +1,79 @@
 //! The closed loop shared by the request/answer generators (presence,
-//! quota): every keep-alive connection keeps one request in flight until
-//! the window ends (or a request budget is spent), on one thread (a
-//! current-thread tokio runtime), so the generator takes as little CPU as
-//! it can from the server it shares the machine with.
+//! quota) on reqwest's keep-alive pool: every worker keeps one request in
+//! flight until the window ends (or a request budget is spent), all on one
+//! thread (a current-thread tokio runtime), so the generator takes as
+//! little CPU as it can from the server it shares the machine with.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Result};
 use futures_util::future::join_all;
+use reqwest::{Client, RequestBuilder};
 
 use super::cpu::{cpu_report, cpu_snapshot};
-use super::http::{request_bytes, KeepAlive, Response};
+
+/// A keep-alive client for the generators: no proxy from the environment
+/// (the server is local), no Nagle delay, idle connections kept for the
+/// whole run.
+pub fn client() -> Result<Client> {
+    Ok(Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(None)
+        .build()?)
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request and reads the whole answer; an error is a short name of
+/// what failed (`ConnectionReset`, `TimedOut`, ...).
+pub async fn send(rb: RequestBuilder) -> Result<Response, String> {
+    let r = rb.send().await.map_err(|e| error_name(&e))?;
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.map_err(|e| error_name(&e))?.to_vec();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn error_name(e: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return format!("{:?}", io.kind());
+        }
+        source = s.source();
+    }
+    match () {
+        _ if e.is_timeout() => "TimedOut".into(),
+        _ if e.is_connect() => "connect".into(),
+        _ if e.is_body() || e.is_decode() => "closed_mid_response".into(),
+        _ => "closed_by_server".into(),
+    }
+}
 
 /// One answer (or transport failure) as the loop hands it over.
 pub struct Answer {
     pub result: Result<Response, String>,
-    /// From writing the request to the whole answer read.
+    /// From sending the request to the whole answer read.
     pub ms: f64,
     /// Whether it arrived within the window (answers after it are still
     /// checked, but not counted in rates and latencies).
@@ -44,58 +101,50 @@ pub struct Outcome {
     pub cpu: BTreeMap<String, f64>,
 }
 
-/// Opens each connection with `GET /health` (so the timed part starts
-/// warm); an error names the first that failed.
-pub async fn open_all(conns: &mut [KeepAlive]) -> Result<(), String> {
-    let answers = join_all(conns.iter_mut().map(|c| async move {
-        let req = request_bytes("GET", "/health", &c.authority(), &[], b"", false);
-        c.send(&req).await
-    }))
-    .await;
-    for a in answers {
+/// Opens `n` connections at once with `GET /health` (so the timed part
+/// starts warm); an error names the first that failed.
+pub async fn open_all(client: &Client, base: &str, n: usize) -> Result<()> {
+    let url = format!("{base}/health");
+    for a in join_all((0..n).map(|_| send(client.get(&url)))).await {
         match a {
             Ok(r) if r.status == 200 => {}
             Ok(r) => {
                 let text = String::from_utf8_lossy(&r.body);
                 let head: String = text.chars().take(200).collect();
-                return Err(format!("GET /health: {} {head}", r.status));
+                bail!("GET /health: {} {head}", r.status);
             }
-            Err(e) => return Err(format!("GET /health: {e}")),
+            Err(e) => bail!("GET /health: {e}"),
         }
     }
     Ok(())
 }
 
-/// Runs the closed loop over `conns`: `next(i, authority)` makes request
-/// number `i` (its bytes and whatever `answer` needs to check it), and
+/// Runs the closed loop with `concurrency` requests in flight: `next(i)`
+/// makes request number `i` (and whatever `answer` needs to check it), and
 /// `answer` gets each answer in arrival order. `watch` are the server's
 /// PIDs and port, for the CPU report.
 pub async fn closed_loop<J>(
-    conns: &mut [KeepAlive],
+    concurrency: usize,
     until: Until,
     watch: (&[u32], u16),
-    next: impl FnMut(u64, &str) -> (Vec<u8>, J),
+    next: impl FnMut(u64) -> (RequestBuilder, J),
     answer: impl FnMut(J, Answer),
 ) -> Outcome {
-    let next = RefCell::new(next);
-    let answer = RefCell::new(answer);
-    let counter = Cell::new(0u64);
-    let inflight = Cell::new(0u64);
-    let last = Cell::new(None::<Instant>);
+    let (next, answer) = (RefCell::new(next), RefCell::new(answer));
+    let (counter, inflight, last) = (Cell::new(0u64), Cell::new(0u64), Cell::new(None));
     let c0 = cpu_snapshot(watch.0, watch.1);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(until.seconds);
     let budget = until.requests.unwrap_or(u64::MAX);
     let (next, answer, counter, inflight, last) = (&next, &answer, &counter, &inflight, &last);
-    let workers = conns.iter_mut().map(|c| async move {
-        let authority = c.authority();
+    let workers = (0..concurrency).map(|_| async move {
         while Instant::now() < end && counter.get() < budget {
             let i = counter.get();
             counter.set(i + 1);
-            let (req, job) = (*next.borrow_mut())(i, &authority);
+            let (req, job) = (*next.borrow_mut())(i);
             inflight.set(inflight.get() + 1);
             let t0 = Instant::now();
-            let result = c.send(&req).await;
+            let result = send(req).await;
             let t = Instant::now();
             inflight.set(inflight.get() - 1);
             last.set(Some(t));
@@ -114,22 +163,84 @@ pub async fn closed_loop<J>(
     // The CPU window closes at the window's end, or when the budget is
     // spent and every answer is in, whichever comes first.
     tokio::pin!(all);
-    let cpu_end = tokio::time::sleep_until(end.into());
-    tokio::pin!(cpu_end);
     let mut c1 = None;
-    let mut done = false;
     tokio::select! {
-        _ = &mut all => done = true,
-        _ = &mut cpu_end => c1 = Some(cpu_snapshot(watch.0, watch.1)),
-    }
-    if !done {
-        let _ = (&mut all).await;
+        _ = &mut all => {}
+        _ = tokio::time::sleep_until(end.into()) => {
+            c1 = Some(cpu_snapshot(watch.0, watch.1));
+            let _ = (&mut all).await;
+        }
     }
     let c1 = c1.unwrap_or_else(|| cpu_snapshot(watch.0, watch.1));
-    let stop = last.get().map_or(end, |l| l.min(end));
+    let stop = last.get().map_or(end, |l: Instant| l.min(end));
     Outcome {
         unanswered: inflight.get(),
         elapsed: stop - start,
         cpu: cpu_report(&c0, &c1),
+    }
+}
+
+/// A keep-alive HTTP/1.1 test server: `handler(method, target, header
+/// lines, body)` answers each request with `(status, extra header lines,
+/// body)`.
+#[cfg(test)]
+pub mod fake {
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+
+    pub type Handler = dyn Fn(&str, &str, &str, &[u8]) -> (u16, String, String) + Send + Sync;
+
+    async fn answer(h: &Handler, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let head: String = parts
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or("")))
+            .collect();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let (status, headers, text) = h(parts.method.as_str(), target, &head, &body);
+        let mut res = hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        for (k, v) in headers.lines().filter_map(|l| l.split_once(':')) {
+            res = res.header(k.trim(), v.trim());
+        }
+        res.body(Full::new(Bytes::from(text))).unwrap()
+    }
+
+    /// Starts the server on a free port, on a thread of its own; returns
+    /// the port.
+    pub fn start(handler: Arc<Handler>) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                while let Ok((sock, _)) = l.accept().await {
+                    let h = Arc::clone(&handler);
+                    let svc = hyper::service::service_fn(move |req| {
+                        let h = Arc::clone(&h);
+                        async move { Ok::<_, hyper::Error>(answer(&*h, req).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(sock);
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
+                    );
+                }
+            });
+        });
+        port
     }
 }

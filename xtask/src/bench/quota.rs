@@ -25,15 +25,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use anyhow::{anyhow, bail, Result};
+use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
-use super::cpu::{cpu_metric, workerd_cpu_us_per};
-use super::drive::{closed_loop, open_all, Answer, Until};
-use super::http::{self, request_bytes, KeepAlive, Response};
-use super::loadgen::{hex, ordered_object, percentile, random_bytes, round_to};
-use super::summary::{one_line_figures, Figures};
+use super::drive::{self, closed_loop, open_all, Answer, Response, Until};
+use super::summary::{ordered_object, spread};
+use super::{non_empty, non_negative, positive, seconds};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Resource {
     Api,
     Sessions,
@@ -41,15 +41,6 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub fn parse(s: &str) -> Option<Resource> {
-        match s {
-            "api" => Some(Resource::Api),
-            "sessions" => Some(Resource::Sessions),
-            "points" => Some(Resource::Points),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Resource::Api => "api",
@@ -59,52 +50,63 @@ impl Resource {
     }
 }
 
-/// What to run (see `cargo xtask bench --help`).
-#[derive(Clone, Debug, PartialEq)]
+/// The quota checks (the job and checks of quotagen.mjs).
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
     /// `http://host:port` of the server.
+    #[arg(skip)]
     pub url: String,
+    /// Window in seconds
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub seconds: f64,
+    /// Fresh subjects, round-robin (1 = one hot subject)
+    #[arg(long, default_value_t = 100, value_parser = positive)]
     pub subjects: usize,
+    /// Checks in flight, over keep-alive connections
+    #[arg(long, default_value_t = 16, value_parser = positive)]
     pub concurrency: usize,
-    /// Default: enterprise, or free with `exact`.
+    /// The checks' plan [default: enterprise; free with --exact]
+    #[arg(long, value_parser = non_empty)]
     pub plan: Option<String>,
-    /// Default: api, or points with `exact`.
+    /// The checked resource [default: api; points with --exact]
+    #[arg(long, value_enum)]
     pub resource: Option<Resource>,
+    /// Units per check
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub cost: u64,
-    /// Caller tokens to rotate (`quotagen`, or `quotagen-1..K`).
+    /// Caller tokens to rotate
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub callers: usize,
-    /// Exact mode's R; 0 = load mode.
-    pub exact: usize,
-    /// Subjects are `<prefix>-<i>` (`<prefix>-exact`); default `qg-<random>`.
+    /// Exactness instead of load: bring a fresh subject to remaining == R,
+    /// fire 2R cost-1 checks at once over 2R connections, then one more;
+    /// exact_ok needs exactly R admitted (remaining R-1..0 once each), R
+    /// denied and a final 429 with remaining 0
+    #[arg(long, value_name = "R", value_parser = positive)]
+    pub exact: Option<usize>,
+    /// Subjects are X-<i> [default: qg-<random>]
+    #[arg(long, value_name = "X", value_parser = non_empty)]
     pub subject_prefix: Option<String>,
-    /// After the window, seconds to wait for checks in flight.
+    /// Wait for checks in flight after the window
+    #[arg(long, default_value_t = 10.0, value_parser = non_negative)]
     pub drain_seconds: f64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            url: "http://127.0.0.1:8787".into(),
-            seconds: 10.0,
-            subjects: 100,
-            concurrency: 16,
-            plan: None,
-            resource: None,
-            cost: 1,
-            callers: 1,
-            exact: 0,
-            subject_prefix: None,
-            drain_seconds: 10.0,
-        }
+        super::defaults()
     }
 }
 
 impl Options {
+    /// Exact mode's R; 0 = load mode.
+    pub fn exact(&self) -> usize {
+        self.exact.unwrap_or(0)
+    }
+
     pub fn plan(&self) -> &str {
         match &self.plan {
             Some(p) => p,
-            None if self.exact > 0 => "free",
+            None if self.exact() > 0 => "free",
             None => "enterprise",
         }
     }
@@ -112,15 +114,15 @@ impl Options {
     pub fn resource(&self) -> Resource {
         match self.resource {
             Some(r) => r,
-            None if self.exact > 0 => Resource::Points,
+            None if self.exact() > 0 => Resource::Points,
             None => Resource::Api,
         }
     }
 
     /// The combinations quotagen.mjs refuses.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.exact > 0 && self.resource() == Resource::Api {
-            return Err("--exact needs a counter resource (points or sessions)".into());
+    pub fn validate(&self) -> Result<()> {
+        if self.exact() > 0 && self.resource() == Resource::Api {
+            bail!("--exact needs a counter resource (points or sessions)");
         }
         Ok(())
     }
@@ -354,97 +356,7 @@ pub fn exact_verdict(
     }
 }
 
-// ---- report --------------------------------------------------------------
-
-/// The result of one run: quotagen.mjs' JSON line.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub exact: bool,
-    pub checks_per_s: u64,
-    pub allowed: u64,
-    pub denied: u64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-    pub errors: u64,
-    pub subjects: usize,
-    pub concurrency: usize,
-    pub seconds: f64,
-    pub plan: String,
-    pub resource: String,
-    pub cost: u64,
-    pub callers: Option<usize>,
-    pub answers_total: u64,
-    pub error_detail: BTreeMap<String, u64>,
-    pub cpu_pct: BTreeMap<String, f64>,
-    // exact mode
-    pub exact_ok: Option<bool>,
-    pub exact_r: usize,
-    pub fired: usize,
-    pub remaining_values_ok: bool,
-    pub final_denied: Option<bool>,
-    pub final_remaining: Option<u64>,
-    /// The run could not be carried out.
-    pub fatal: Option<String>,
-}
-
-impl Report {
-    /// One JSON line, keys in quotagen.mjs' order.
-    pub fn to_json(&self) -> String {
-        let mode = if self.exact { "exact" } else { "load" };
-        let mut f: Vec<(&str, Value)> = Vec::new();
-        if let Some(fatal) = &self.fatal {
-            f.push(("mode", json!(mode)));
-            f.push(("fatal", json!(fatal)));
-            f.push(("errors", json!(self.errors)));
-            f.push(("error_detail", json!(self.error_detail)));
-            if self.exact {
-                f.push(("exact_ok", json!(false)));
-            }
-        } else if self.exact {
-            f.extend([
-                ("mode", json!(mode)),
-                ("exact_ok", json!(self.exact_ok)),
-                ("exact_R", json!(self.exact_r)),
-                ("fired", json!(self.fired)),
-                ("allowed", json!(self.allowed)),
-                ("denied", json!(self.denied)),
-                ("remaining_values_ok", json!(self.remaining_values_ok)),
-                ("final_denied", json!(self.final_denied)),
-                ("final_remaining", json!(self.final_remaining)),
-                ("p50_ms", json!(self.p50_ms)),
-                ("p99_ms", json!(self.p99_ms)),
-                ("max_ms", json!(self.max_ms)),
-                ("errors", json!(self.errors)),
-                ("plan", json!(self.plan)),
-                ("resource", json!(self.resource)),
-                ("error_detail", json!(self.error_detail)),
-            ]);
-        } else {
-            f.extend([
-                ("checks_per_s", json!(self.checks_per_s)),
-                ("allowed", json!(self.allowed)),
-                ("denied", json!(self.denied)),
-                ("p50_ms", json!(self.p50_ms)),
-                ("p99_ms", json!(self.p99_ms)),
-                ("max_ms", json!(self.max_ms)),
-                ("errors", json!(self.errors)),
-                ("subjects", json!(self.subjects)),
-                ("concurrency", json!(self.concurrency)),
-                ("seconds", json!(self.seconds)),
-                ("plan", json!(self.plan)),
-                ("resource", json!(self.resource)),
-                ("cost", json!(self.cost)),
-                ("callers", json!(self.callers)),
-                ("answers_total", json!(self.answers_total)),
-                ("error_detail", json!(self.error_detail)),
-                ("cpu_pct", json!(self.cpu_pct)),
-            ]);
-        }
-        f.push(("generator", json!("xtask")));
-        ordered_object(&f)
-    }
-}
+// ---- run -----------------------------------------------------------------
 
 /// The figures summarised for load runs (as summarize.mjs).
 pub const LOAD_METRICS: [&str; 13] = [
@@ -474,35 +386,10 @@ pub const EXACT_METRICS: [&str; 7] = [
     "errors",
 ];
 
-impl Figures for Report {
-    fn metric(&self, name: &str) -> Option<f64> {
-        if self.fatal.is_some() {
-            return (name == "errors").then_some(self.errors as f64);
-        }
-        match name {
-            "checks_per_s" if !self.exact => Some(self.checks_per_s as f64),
-            "allowed" => Some(self.allowed as f64),
-            "denied" => Some(self.denied as f64),
-            "p50_ms" => self.p50_ms,
-            "p99_ms" => self.p99_ms,
-            "max_ms" => self.max_ms,
-            "errors" => Some(self.errors as f64),
-            "exact_ok" => self.exact_ok.map(|ok| f64::from(u8::from(ok))),
-            "final_remaining" => self.final_remaining.map(|x| x as f64),
-            "workerd_cpu_us_per_check" => workerd_cpu_us_per(&self.cpu_pct, self.checks_per_s),
-            _ => cpu_metric(name, &self.cpu_pct),
-        }
-    }
-    one_line_figures!();
-    fn ok(&self) -> bool {
-        self.errors == 0 && self.exact_ok != Some(false) && self.fatal.is_none()
-    }
-}
-
-// ---- run -----------------------------------------------------------------
-
 struct Gen<'a> {
     opts: &'a Options,
+    client: Client,
+    url: String,
     auth: Vec<String>,
     next_auth: usize,
     checker: Checker,
@@ -519,87 +406,95 @@ impl Gen<'_> {
     }
 
     /// A check request, with the next caller's token.
-    fn request(&mut self, authority: &str, body: &[u8]) -> Vec<u8> {
-        let mut headers = vec![("content-type", "application/json")];
-        let auth;
+    fn request(&mut self, body: &[u8]) -> RequestBuilder {
+        let mut rb = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
         if !self.auth.is_empty() {
-            auth = self.auth[self.next_auth % self.auth.len()].clone();
+            rb = rb.header(
+                "authorization",
+                &self.auth[self.next_auth % self.auth.len()],
+            );
             self.next_auth += 1;
-            headers.push(("authorization", &auth));
         }
-        request_bytes("POST", "/v1/quota/check", authority, &headers, body, false)
+        rb
     }
 }
 
-/// Runs the generator against `opts.url`; a run that cannot be carried out
-/// is a report with `fatal` set.
-pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Report {
-    let mut report = Report {
-        exact: opts.exact > 0,
-        plan: opts.plan().to_owned(),
-        resource: opts.resource().name().to_owned(),
-        ..Report::default()
-    };
-    let tokens = match auth {
-        Auth::None => Ok(Vec::new()),
-        Auth::Service(secret) => caller_ids(opts.callers)
-            .iter()
-            .map(|id| {
-                crate::token::mint(secret, id, "enterprise", Some("service"), 3600)
-                    .map(|t| format!("Bearer {t}"))
-            })
-            .collect(),
-    };
-    let mut gen = Gen {
-        opts,
-        auth: Vec::new(),
-        next_auth: 0,
-        checker: Checker::new(opts.resource()),
-    };
-    let result = tokens.and_then(|t| {
-        gen.auth = t;
-        let (host, port) = http::host_port(&opts.url)?;
+/// Runs the generator against `opts.url`: quotagen.mjs' JSON line (a run
+/// that cannot be carried out has `fatal`).
+pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> String {
+    let mut checker = Checker::new(opts.resource());
+    let result = (|| {
+        let auth = match auth {
+            Auth::None => Vec::new(),
+            Auth::Service(secret) => caller_ids(opts.callers)
+                .iter()
+                .map(|id| {
+                    crate::mint(secret, id, "enterprise", Some("service"), 3600)
+                        .map(|t| format!("Bearer {t}"))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut gen = Gen {
+            opts,
+            client: drive::client()?,
+            url: format!("{}/v1/quota/check", opts.url),
+            auth,
+            next_auth: 0,
+            checker: Checker::new(opts.resource()),
+        };
+        let port = super::port_of(&opts.url)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
-        rt.block_on(async {
-            if opts.exact > 0 {
-                exact_mode(&mut gen, &host, port, &mut report).await
+            .build()?;
+        let r = rt.block_on(async {
+            if opts.exact() > 0 {
+                exact_mode(&mut gen).await
             } else {
-                load_mode(&mut gen, &host, port, watch_pids, &mut report).await
+                load_mode(&mut gen, port, watch_pids).await
             }
-        })
+        });
+        checker = gen.checker;
+        r
+    })();
+    // The modes leave `errors` and `error_detail` (null) where their lines
+    // have them; the checker's final counts go there.
+    let mut f = result.unwrap_or_else(|e| {
+        let mode = if opts.exact() > 0 { "exact" } else { "load" };
+        let mut f = vec![("mode", json!(mode)), ("fatal", json!(format!("{e:#}")))];
+        f.extend([("errors", Value::Null), ("error_detail", Value::Null)]);
+        if opts.exact() > 0 {
+            f.push(("exact_ok", json!(false)));
+        }
+        f
     });
-    if let Err(e) = result {
-        report.fatal = Some(e);
-        report.errors = gen.checker.count() + 1;
-        report.error_detail = gen.checker.errors;
-        return report;
+    let fatal = u64::from(f[1].0 == "fatal");
+    for (k, v) in &mut f {
+        match *k {
+            "errors" => *v = json!(checker.count() + fatal),
+            "error_detail" => *v = json!(checker.errors),
+            _ => {}
+        }
     }
-    report.errors = gen.checker.count();
-    report.error_detail = gen.checker.errors;
-    report
+    f.push(("generator", json!("xtask")));
+    ordered_object(&f)
 }
 
 fn prefix(opts: &Options) -> String {
+    let random = || uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     opts.subject_prefix
         .clone()
-        .unwrap_or_else(|| format!("qg-{}", hex(&random_bytes::<4>())))
+        .unwrap_or_else(|| format!("qg-{}", random()))
 }
 
-async fn load_mode(
-    gen: &mut Gen<'_>,
-    host: &str,
-    port: u16,
-    watch_pids: &[u32],
-    report: &mut Report,
-) -> Result<(), String> {
+type Fields = Vec<(&'static str, Value)>;
+
+async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<Fields> {
     let opts = gen.opts;
-    let mut conns: Vec<KeepAlive> = (0..opts.concurrency)
-        .map(|_| KeepAlive::new(host, port))
-        .collect();
-    open_all(&mut conns).await?;
+    open_all(&gen.client, &opts.url, opts.concurrency).await?;
     let prefix = prefix(opts);
     let subjects: Vec<String> = (0..opts.subjects)
         .map(|i| format!("{prefix}-{i}"))
@@ -609,17 +504,16 @@ async fn load_mode(
     let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
     let gen_cell = std::cell::RefCell::new(gen);
     let outcome = closed_loop(
-        &mut conns,
+        opts.concurrency,
         Until {
             seconds: opts.seconds,
             requests: None,
             drain_seconds: opts.drain_seconds,
         },
         (watch_pids, port),
-        |i, authority| {
+        |i| {
             let s = (i % subjects.len() as u64) as usize;
-            let req = gen_cell.borrow_mut().request(authority, &bodies[s]);
-            (req, s)
+            (gen_cell.borrow_mut().request(&bodies[s]), s)
         },
         |s, a: Answer| {
             total += 1;
@@ -640,76 +534,62 @@ async fn load_mode(
     for _ in 0..outcome.unanswered {
         gen.checker.fail("unanswered_at_end");
     }
-    lat.sort_by(f64::total_cmp);
-    *report = Report {
-        checks_per_s: ((allowed + denied) as f64 / opts.seconds).round() as u64,
-        allowed,
-        denied,
-        p50_ms: percentile(&lat, 50.0),
-        p99_ms: percentile(&lat, 99.0),
-        max_ms: lat.last().map(|x| round_to(*x, 1)),
-        subjects: opts.subjects,
-        concurrency: opts.concurrency,
-        seconds: opts.seconds,
-        cost: opts.cost,
-        callers: (!gen.auth.is_empty()).then_some(gen.auth.len()),
-        answers_total: total,
-        cpu_pct: outcome.cpu,
-        ..std::mem::take(report)
-    };
-    Ok(())
+    let [p50, p99, max] = spread(&mut lat);
+    let callers = (!gen.auth.is_empty()).then_some(gen.auth.len());
+    Ok(vec![
+        (
+            "checks_per_s",
+            json!(((allowed + denied) as f64 / opts.seconds).round() as u64),
+        ),
+        ("allowed", json!(allowed)),
+        ("denied", json!(denied)),
+        ("p50_ms", json!(p50)),
+        ("p99_ms", json!(p99)),
+        ("max_ms", json!(max)),
+        ("errors", Value::Null),
+        ("subjects", json!(opts.subjects)),
+        ("concurrency", json!(opts.concurrency)),
+        ("seconds", json!(opts.seconds)),
+        ("plan", json!(opts.plan())),
+        ("resource", json!(opts.resource().name())),
+        ("cost", json!(opts.cost)),
+        ("callers", json!(callers)),
+        ("answers_total", json!(total)),
+        ("error_detail", Value::Null),
+        ("cpu_pct", json!(outcome.cpu)),
+    ])
 }
 
-async fn exact_mode(
-    gen: &mut Gen<'_>,
-    host: &str,
-    port: u16,
-    report: &mut Report,
-) -> Result<(), String> {
+async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
     let opts = gen.opts;
-    let r = opts.exact as u64;
+    let r = opts.exact() as u64;
     let subject = format!("{}-exact", prefix(opts));
     let (plan, resource) = (opts.plan(), opts.resource().name());
-    let mut one = KeepAlive::new(host, port);
-    let authority = one.authority();
-    let mut b = step(gen, &mut one, &subject, 1, "first check (cost 1)").await?;
+    let mut b = step(gen, &subject, 1, "first check (cost 1)").await?;
     let Some(remaining) = b.remaining.filter(|_| b.allowed && b.limit.is_some()) else {
-        return Err(format!(
-            "plan {plan} has no finite {resource} limit or denied: {b:?}"
-        ));
+        bail!("plan {plan} has no finite {resource} limit or denied: {b:?}");
     };
     if remaining < r {
-        return Err(format!(
-            "only {remaining} {resource} left after the first check; --exact {r} needs more"
-        ));
+        bail!("only {remaining} {resource} left after the first check; --exact {r} needs more");
     }
     if remaining > r {
         let cost = remaining - r;
-        b = step(
-            gen,
-            &mut one,
-            &subject,
-            cost,
-            &format!("check of cost {cost}"),
-        )
-        .await?;
+        b = step(gen, &subject, cost, &format!("check of cost {cost}")).await?;
     }
     if !b.allowed || b.remaining != Some(r) {
-        return Err(format!("could not bring remaining to {r}: {b:?}"));
+        bail!("could not bring remaining to {r}: {b:?}");
     }
 
-    let n = 2 * opts.exact;
-    let mut conns: Vec<KeepAlive> = (0..n).map(|_| KeepAlive::new(host, port)).collect();
-    open_all(&mut conns).await?;
+    let n = 2 * opts.exact();
+    open_all(&gen.client, &opts.url, n).await?;
     let body = gen.body(&subject, 1);
-    let reqs: Vec<Vec<u8>> = (0..n).map(|_| gen.request(&authority, &body)).collect();
-    let answers =
-        futures_util::future::join_all(conns.iter_mut().zip(&reqs).map(|(c, req)| async move {
-            let t0 = std::time::Instant::now();
-            let a = c.send(req).await;
-            (a, t0.elapsed().as_secs_f64() * 1000.0)
-        }))
-        .await;
+    let reqs: Vec<RequestBuilder> = (0..n).map(|_| gen.request(&body)).collect();
+    let answers = futures_util::future::join_all(reqs.into_iter().map(|req| async move {
+        let t0 = std::time::Instant::now();
+        let a = drive::send(req).await;
+        (a, t0.elapsed().as_secs_f64() * 1000.0)
+    }))
+    .await;
     let (mut allowed, mut denied) = (0u64, 0u64);
     let mut remainders = Vec::new();
     for (a, _) in &answers {
@@ -722,8 +602,7 @@ async fn exact_mode(
             None => {}
         }
     }
-    let last_req = gen.request(&authority, &body);
-    let last_answer = conns[0].send(&last_req).await;
+    let last_answer = drive::send(gen.request(&body)).await;
     let last = gen.checker.check(&last_answer, &subject);
     let v = exact_verdict(
         r,
@@ -734,44 +613,45 @@ async fn exact_mode(
         gen.checker.count(),
     );
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
-    lat.sort_by(f64::total_cmp);
-    report.exact_ok = Some(v.exact_ok);
-    report.exact_r = opts.exact;
-    report.fired = n;
-    report.allowed = allowed;
-    report.denied = denied;
-    report.remaining_values_ok = v.remaining_values_ok;
-    report.final_denied = last.as_ref().map(|d| !d.allowed);
-    report.final_remaining = last.as_ref().and_then(|d| d.remaining);
-    report.p50_ms = percentile(&lat, 50.0);
-    report.p99_ms = percentile(&lat, 99.0);
-    report.max_ms = lat.last().map(|x| round_to(*x, 1));
-    Ok(())
+    let [p50, p99, max] = spread(&mut lat);
+    Ok(vec![
+        ("mode", json!("exact")),
+        ("exact_ok", json!(v.exact_ok)),
+        ("exact_R", json!(r)),
+        ("fired", json!(n)),
+        ("allowed", json!(allowed)),
+        ("denied", json!(denied)),
+        ("remaining_values_ok", json!(v.remaining_values_ok)),
+        ("final_denied", json!(last.as_ref().map(|d| !d.allowed))),
+        (
+            "final_remaining",
+            json!(last.as_ref().and_then(|d| d.remaining)),
+        ),
+        ("p50_ms", json!(p50)),
+        ("p99_ms", json!(p99)),
+        ("max_ms", json!(max)),
+        ("errors", Value::Null),
+        ("plan", json!(plan)),
+        ("resource", json!(resource)),
+        ("error_detail", Value::Null),
+    ])
 }
 
-/// One check of exact mode's set-up over `conn`; an error says what
-/// failed.
-async fn step(
-    gen: &mut Gen<'_>,
-    conn: &mut KeepAlive,
-    subject: &str,
-    cost: u64,
-    what: &str,
-) -> Result<Decision, String> {
+/// One check of exact mode's set-up; an error says what failed.
+async fn step(gen: &mut Gen<'_>, subject: &str, cost: u64, what: &str) -> Result<Decision> {
     let body = gen.body(subject, cost);
-    let req = gen.request(&conn.authority(), &body);
-    let answer = conn.send(&req).await;
-    match gen.checker.check(&answer, subject) {
-        Some(d) => Ok(d),
-        None => Err(match answer {
-            Err(e) => format!("{what}: {e}"),
-            Ok(a) => {
-                let text = String::from_utf8_lossy(&a.body);
-                let head: String = text.chars().take(300).collect();
-                format!("{what}: {} {head}", a.status)
-            }
-        }),
+    let answer = drive::send(gen.request(&body)).await;
+    if let Some(d) = gen.checker.check(&answer, subject) {
+        return Ok(d);
     }
+    Err(match answer {
+        Err(e) => anyhow!("{what}: {e}"),
+        Ok(a) => {
+            let text = String::from_utf8_lossy(&a.body);
+            let head: String = text.chars().take(300).collect();
+            anyhow!("{what}: {} {head}", a.status)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -780,7 +660,12 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::bench::http::fake;
+    use crate::bench::drive::fake;
+    use crate::bench::summary;
+
+    fn line(text: String) -> Value {
+        serde_json::from_str(&text).unwrap()
+    }
 
     const POLICY: &str = "\"api\";q=6000;w=60";
     const LIMIT: &str = "\"api\";r=999;t=1";
@@ -874,82 +759,30 @@ mod tests {
             checked(&mut c, 200, unlimited, true).1,
             Vec::<String>::new()
         );
-        for (status, body, headers, code) in [
-            (500, "{}", true, "http_500"),
-            (200, "nope", true, "bad_json"),
-            (200, "3", true, "bad_json"),
-            (200, r#"{"limit":1}"#, true, "body_without_allowed"),
-            (
-                429,
-                r#"{"error":{"code":"rate_limited"}}"#,
-                true,
-                "http_429_rate_limited",
-            ),
-            (429, "{}", true, "http_429_without_allowed"),
-            (
-                200,
-                r#"{"allowed":false,"limit":1,"remaining":0,"resetMs":1}"#,
-                true,
-                "allowed_status_mismatch",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":1,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":null,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"remaining":2,"resetMs":1}"#,
-                true,
-                "bad_limit_remaining",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":null}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":-1}"#,
-                true,
-                "bad_resetMs",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":2,"resetMs":1,"retryAfterMs":null}"#,
-                true,
-                "bad_retryAfterMs",
-            ),
-            (
-                429,
-                r#"{"allowed":false,"limit":5,"remaining":0,"resetMs":1}"#,
-                true,
-                "429_without_error",
-            ),
-            (
-                200,
-                r#"{"allowed":true,"limit":5,"remaining":3,"resetMs":1}"#,
-                false,
-                "bad_ratelimit_headers",
-            ),
-        ] {
-            let (d, e) = checked(&mut c, status, body, headers);
-            assert_eq!(d, None, "{body}");
-            assert_eq!(e, vec![code.to_owned()], "{body}");
+        // status, RateLimit headers or not, the error code, the body
+        let cases = r#"
+500 h http_500 {}
+200 h bad_json nope
+200 h bad_json 3
+200 h body_without_allowed {"limit":1}
+429 h http_429_rate_limited {"error":{"code":"rate_limited"}}
+429 h http_429_without_allowed {}
+200 h allowed_status_mismatch {"allowed":false,"limit":1,"remaining":0,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"limit":1,"remaining":2,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"limit":null,"remaining":2,"resetMs":1}
+200 h bad_limit_remaining {"allowed":true,"remaining":2,"resetMs":1}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2,"resetMs":null}
+200 h bad_resetMs {"allowed":true,"limit":5,"remaining":2,"resetMs":-1}
+200 h bad_retryAfterMs {"allowed":true,"limit":5,"remaining":2,"resetMs":1,"retryAfterMs":null}
+429 h 429_without_error {"allowed":false,"limit":5,"remaining":0,"resetMs":1}
+200 - bad_ratelimit_headers {"allowed":true,"limit":5,"remaining":3,"resetMs":1}
+"#;
+        for case in cases.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = case.splitn(4, ' ').collect();
+            let (d, e) = checked(&mut c, f[0].parse().unwrap(), f[3], f[1] == "h");
+            assert_eq!(d, None, "{case}");
+            assert_eq!(e, vec![f[2].to_owned()], "{case}");
         }
         let transport: Result<Response, String> = Err("ConnectionReset".into());
         assert_eq!(c.check(&transport, "s"), None);
@@ -1058,38 +891,38 @@ mod tests {
     #[test]
     fn exact_mode_passes_an_exact_server_and_catches_over_admission() {
         let o = Options {
-            exact: 5,
+            exact: Some(5),
             ..opts(fake_quota(Fault::None, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.exact_ok, Some(true), "{}", r.to_json());
-        assert_eq!((r.allowed, r.denied, r.fired), (5, 5, 10));
-        assert_eq!(r.final_remaining, Some(0));
-        assert!(r.ok());
+        let r = line(run(&o, &Auth::None, &[]));
+        assert_eq!(r["exact_ok"], true, "{r}");
+        assert_eq!(
+            (&r["allowed"], &r["denied"], &r["fired"]),
+            (&json!(5), &json!(5), &json!(10))
+        );
+        assert_eq!(r["final_remaining"], 0);
+        assert!(summary::ok(&[r]));
 
         let o = Options {
-            exact: 5,
+            exact: Some(5),
             ..opts(fake_quota(Fault::OverAdmit, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.exact_ok, Some(false), "{}", r.to_json());
-        assert_eq!((r.allowed, r.denied), (6, 4));
-        assert_eq!(r.error_detail.get("duplicate_remaining"), Some(&1));
-        assert!(!r.ok());
+        let r = line(run(&o, &Auth::None, &[]));
+        assert_eq!(r["exact_ok"], false, "{r}");
+        assert_eq!((&r["allowed"], &r["denied"]), (&json!(6), &json!(4)));
+        assert_eq!(r["error_detail"]["duplicate_remaining"], 1);
+        assert!(!summary::ok(&[r]));
 
         // too few units for R (99 left after the first check): a fatal report
         let o = Options {
-            exact: 100,
+            exact: Some(100),
             ..opts(fake_quota(Fault::None, 100))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert!(
-            r.fatal.as_deref().unwrap().contains("needs more"),
-            "{}",
-            r.to_json()
-        );
-        assert!(!r.ok());
-        assert!(r.to_json().contains("\"exact_ok\":false"));
+        let text = run(&o, &Auth::None, &[]);
+        let r = line(text.clone());
+        assert!(r["fatal"].as_str().unwrap().contains("needs more"), "{r}");
+        assert!(text.contains("\"exact_ok\":false"));
+        assert!(!summary::ok(&[r]));
     }
 
     #[test]
@@ -1099,22 +932,32 @@ mod tests {
             resource: Some(Resource::Points),
             ..opts(fake_quota(Fault::None, 50))
         };
-        let r = run(&o, &Auth::None, &[]);
-        assert_eq!(r.errors, 0, "{}", r.to_json());
-        assert_eq!(r.allowed, 150, "{}", r.to_json());
-        assert!(r.denied > 0 && r.checks_per_s > 0, "{}", r.to_json());
-        assert!(r.p50_ms.is_some() && r.cpu_pct.contains_key("loadgen"));
-        let line: Value = serde_json::from_str(&r.to_json()).unwrap();
-        assert_eq!(line["resource"], "points");
-        assert_eq!(line["plan"], "enterprise");
-
-        let r = run(&opts(fake_quota(Fault::NoHeaders, 1000)), &Auth::None, &[]);
-        assert!(r.errors > 0);
+        let r = line(run(&o, &Auth::None, &[]));
         assert_eq!(
-            r.error_detail.keys().collect::<Vec<_>>(),
-            vec!["bad_ratelimit_headers"]
+            (&r["errors"], &r["allowed"]),
+            (&json!(0), &json!(150)),
+            "{r}"
         );
-        assert_eq!(r.allowed + r.denied, 0, "malformed answers do not count");
+        assert!(r["denied"].as_u64() > Some(0) && r["checks_per_s"].as_u64() > Some(0));
+        assert!(r["p50_ms"].is_number() && r["cpu_pct"]["loadgen"].is_number());
+        assert_eq!(
+            (&r["resource"], &r["plan"]),
+            (&json!("points"), &json!("enterprise"))
+        );
+
+        let r = line(run(
+            &opts(fake_quota(Fault::NoHeaders, 1000)),
+            &Auth::None,
+            &[],
+        ));
+        assert!(r["errors"].as_u64() > Some(0));
+        let codes: Vec<&String> = r["error_detail"].as_object().unwrap().keys().collect();
+        assert_eq!(codes, vec!["bad_ratelimit_headers"]);
+        assert_eq!(
+            (&r["allowed"], &r["denied"]),
+            (&json!(0), &json!(0)),
+            "malformed answers do not count"
+        );
 
         // nobody listening: fatal
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1122,11 +965,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let r = run(&opts(port), &Auth::None, &[]);
+        let r = line(run(&opts(port), &Auth::None, &[]));
         assert!(
-            r.fatal.as_deref().unwrap().starts_with("GET /health"),
-            "{}",
-            r.to_json()
+            r["fatal"].as_str().unwrap().starts_with("GET /health"),
+            "{r}"
         );
     }
 
@@ -1170,9 +1012,8 @@ mod tests {
             callers: 3,
             ..opts(port)
         };
-        let r = run(&o, &Auth::Service("secret".into()), &[]);
-        assert_eq!(r.errors, 0, "{}", r.to_json());
-        assert_eq!(r.callers, Some(3));
+        let r = line(run(&o, &Auth::Service("secret".into()), &[]));
+        assert_eq!((&r["errors"], &r["callers"]), (&json!(0), &json!(3)), "{r}");
         let mut who: Vec<String> = subs.lock().unwrap().iter().cloned().collect();
         who.sort();
         assert_eq!(

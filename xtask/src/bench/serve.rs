@@ -9,13 +9,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{anyhow, Context, Result};
+
 /// Copies `../shared/bench` to `target/bench` (files that differ only) and
 /// runs `npm ci` there when its packages are missing or changed.
-pub fn prepare_bench(root: &Path) -> Result<PathBuf, String> {
+pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let src = root.join("../shared/bench");
     let src = src
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", src.display()))?;
+        .with_context(|| src.display().to_string())?;
     let dest = root.join("target/bench");
     let changed = sync_tree(&src, &dest)?;
     if !changed.is_empty() {
@@ -45,12 +47,12 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf, String> {
 
 /// Makes `dest` hold `src`'s files (except `node_modules`), writing only
 /// those that are missing or differ; returns their relative paths.
-pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
-    fn walk(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let here = src.join(rel);
-        fs::create_dir_all(dest.join(rel)).map_err(|e| format!("{}: {e}", dest.display()))?;
+        fs::create_dir_all(dest.join(rel)).with_context(|| dest.display().to_string())?;
         let mut entries: Vec<_> = fs::read_dir(&here)
-            .map_err(|e| format!("{}: {e}", here.display()))?
+            .with_context(|| here.display().to_string())?
             .filter_map(Result::ok)
             .collect();
         entries.sort_by_key(|e| e.file_name());
@@ -60,23 +62,23 @@ pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
                 continue;
             }
             let r = rel.join(&name);
-            let meta = fs::metadata(e.path()).map_err(|err| format!("{}: {err}", r.display()))?;
+            let meta = fs::metadata(e.path()).with_context(|| r.display().to_string())?;
             if meta.is_dir() {
                 walk(src, dest, &r, out)?;
                 continue;
             }
-            let bytes = fs::read(e.path()).map_err(|err| format!("{}: {err}", r.display()))?;
+            let bytes = fs::read(e.path()).with_context(|| r.display().to_string())?;
             let to = dest.join(&r);
             if fs::read(&to).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
             let _ = fs::remove_file(&to); // a read-only copy cannot be overwritten
-            fs::write(&to, &bytes).map_err(|err| format!("{}: {err}", to.display()))?;
+            fs::write(&to, &bytes).with_context(|| to.display().to_string())?;
             use std::os::unix::fs::PermissionsExt;
             let exec = meta.permissions().mode() & 0o111 != 0;
             let mode = if exec { 0o755 } else { 0o644 };
             fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .map_err(|err| format!("{}: {err}", to.display()))?;
+                .with_context(|| to.display().to_string())?;
             out.push(r);
         }
         Ok(())
@@ -96,14 +98,14 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn resolve(name: &str, root: &Path, bench: &Path) -> Result<Target, String> {
+    pub fn resolve(name: &str, root: &Path, bench: &Path) -> Result<Target> {
         let (label, dir, rust) = match name {
             "rust" => ("rust".to_owned(), root.to_path_buf(), true),
             "js-ref" | "party-ref" | "quota-ref" => (name.to_owned(), bench.join(name), false),
             path => {
                 let dir = Path::new(path)
                     .canonicalize()
-                    .map_err(|e| format!("target {path}: {e}"))?;
+                    .with_context(|| format!("target {path}"))?;
                 let label = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -115,7 +117,7 @@ impl Target {
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| format!("target {name}: no wrangler config in {}", dir.display()))?;
+            .ok_or_else(|| anyhow!("target {name}: no wrangler config in {}", dir.display()))?;
         Ok(Target {
             name: label,
             dir,
@@ -142,25 +144,25 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
 
 /// Builds the Worker bundle (installing what is missing) and returns the
 /// `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
-pub fn prepare_rust(root: &Path) -> Result<String, String> {
+pub fn prepare_rust(root: &Path) -> Result<String> {
     let tools = crate::setup::all(root)?;
     eprintln!("bench: building the Worker bundle");
-    crate::build(root, &tools, &[])?;
+    crate::build(root, &tools, None)?;
     crate::setup::auth_secret(root)
 }
 
 /// One run on a server started by the shared launcher: fresh port and
 /// state, D1 migrations when the target has them, `node serve.mjs`, wait
-/// for `/health`, then `gen(port, server pids)`, then stop. The server log
+/// for `/health`, then `gen(base URL, server pids)`, then stop. The server log
 /// is removed when `clean` says the result is clean, kept (and named)
 /// otherwise.
 pub fn with_server<R>(
     t: &Target,
     bench: &Path,
     state_root: &Path,
-    gen: impl FnOnce(u16, &[u32]) -> Result<R, String>,
+    gen: impl FnOnce(String, &[u32]) -> Result<R>,
     clean: impl Fn(&R) -> bool,
-) -> Result<R, String> {
+) -> Result<R> {
     let (dir, config, rust) = (t.dir.clone(), t.config.clone(), t.rust);
     let serve_mjs = bench.join("serve.mjs");
     let launch = sesh_launcher::Launch {
@@ -189,7 +191,7 @@ pub fn with_server<R>(
         }),
     };
     let mut server = sesh_launcher::Server::start(launch)
-        .map_err(|e| format!("{} did not start: {e:#}", t.name))?;
+        .with_context(|| format!("{} did not start", t.name))?;
     eprintln!(
         "bench: {} on {} (state {}, log {})",
         t.name,
@@ -197,7 +199,7 @@ pub fn with_server<R>(
         server.state().display(),
         server.log().display()
     );
-    let result = gen(server.port(), &server.pids());
+    let result = gen(server.base.clone(), &server.pids());
     server.stop();
     if !matches!(&result, Ok(r) if clean(r)) {
         server.keep_log();

@@ -1,45 +1,101 @@
-//! Summaries over runs, as summarize.mjs prints them: per name (a target,
-//! or a presence phase), the median and [min..max] of each metric over the
+//! Figures and summaries, as summarize.mjs has them: each run is one or
+//! more JSON lines (one per presence phase); per name (a target, or a
+//! presence phase) the median and [min..max] of each metric over the
 //! rounds, ratios of medians, and a table for people.
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::loadgen::round_to;
+/// `x` rounded to `digits` decimals.
+pub fn round_to(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
 
-/// What a summary needs of one run's result.
-pub trait Figures {
-    /// A metric by name; `None` where the run has no such figure.
-    fn metric(&self, name: &str) -> Option<f64>;
-    /// Correctness errors (and runs that failed to produce figures).
-    fn errors(&self) -> u64;
-    fn error_detail(&self) -> BTreeMap<String, u64>;
-    /// The JSON lines printed for this run (`<target> <line>` each).
-    fn lines(&self) -> Vec<String>;
-    /// Whether the run passed its checks.
-    fn ok(&self) -> bool {
-        self.errors() == 0
+/// The `p`th percentile (nearest rank, as loadgen.mjs) of ascending
+/// `sorted`, rounded to 0.01.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as i64 - 1;
+    let i = rank.clamp(0, sorted.len() as i64 - 1) as usize;
+    sorted.get(i).map(|x| round_to(*x, 2))
+}
+
+/// p50, p99 (see [`percentile`]) and maximum (rounded to 0.1) of latencies.
+pub fn spread(lat: &mut [f64]) -> [Option<f64>; 3] {
+    lat.sort_by(f64::total_cmp);
+    let max = lat.last().map(|x| round_to(*x, 1));
+    [percentile(lat, 50.0), percentile(lat, 99.0), max]
+}
+
+/// A JSON object with its keys in the given order.
+pub fn ordered_object(fields: &[(&str, Value)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// A figure of one JSON line by name: a field (booleans count 1 or 0), a
+/// process's CPU (`cpu_<process>_pct`, as summarize.mjs names them), or
+/// workerd's CPU microseconds per ack or per check. A line that says the
+/// run could not be carried out (`fatal`) has only its errors.
+pub fn metric(v: &Value, name: &str) -> Option<f64> {
+    if v.get("fatal").is_some() {
+        return (name == "errors").then(|| errors(v) as f64);
+    }
+    let cpu = |process: &str| v["cpu_pct"][process].as_f64();
+    let per = |rate: &str| match (cpu("workerd"), v[rate].as_f64()) {
+        (Some(w), Some(n)) if n > 0.0 && w > 0.0 => Some(w * 1e4 / n),
+        _ => None,
+    };
+    match name {
+        "cpu_workerd_pct" => cpu("workerd"),
+        "cpu_proxy_pct" => cpu("workerd_proxy"),
+        "cpu_node_pct" => cpu("node"),
+        "cpu_loadgen_pct" => cpu("loadgen"),
+        "cpu_machine_pct" => cpu("machine"),
+        "workerd_cpu_us_per_ack" => per("acks_per_s"),
+        "workerd_cpu_us_per_check" => per("checks_per_s"),
+        _ => match &v[name] {
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            x => x.as_f64(),
+        },
     }
 }
 
-/// The `errors`, `error_detail` and `lines` of a `Figures` impl for a report
-/// with `errors` and `error_detail` fields that prints as one JSON line
-/// (its `to_json`).
-macro_rules! one_line_figures {
-    () => {
-        fn errors(&self) -> u64 {
-            self.errors
-        }
-        fn error_detail(&self) -> std::collections::BTreeMap<String, u64> {
-            self.error_detail.clone()
-        }
-        fn lines(&self) -> Vec<String> {
-            vec![self.to_json()]
-        }
-    };
+/// Correctness errors of a line (a `fatal` line without a count is one).
+pub fn errors(v: &Value) -> u64 {
+    v["errors"]
+        .as_u64()
+        .unwrap_or(u64::from(v.get("fatal").is_some()))
 }
-pub(crate) use one_line_figures;
+
+/// Whether a run's lines passed their checks.
+pub fn ok(lines: &[Value]) -> bool {
+    lines
+        .iter()
+        .all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
+}
+
+/// A run's errors by code (`<phase>:<code>` for phase lines).
+pub fn error_detail(lines: &[Value]) -> BTreeMap<String, u64> {
+    let mut d = BTreeMap::new();
+    for v in lines {
+        for (k, n) in v["error_detail"].as_object().into_iter().flatten() {
+            let key = match v["phase"].as_str() {
+                Some(p) => format!("{p}:{k}"),
+                None => k.clone(),
+            };
+            *d.entry(key).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    d
+}
 
 /// The median of `xs` (mean of the middle two when even).
 pub fn median(xs: &[f64]) -> Option<f64> {
@@ -67,33 +123,28 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn of<R: Figures>(names: &[String], runs: &[(String, R)], metrics: &[&str]) -> Stats {
+    /// Over `(name, line)` pairs.
+    pub fn of(names: &[String], runs: &[(String, Value)], metrics: &[&str]) -> Stats {
         let mut st = Stats::default();
         for n in names {
-            let mine: Vec<&R> = runs
-                .iter()
-                .filter(|(t, _)| t == n)
-                .map(|(_, r)| r)
-                .collect();
+            let mine: Vec<&Value> = runs.iter().filter(|(t, _)| t == n).map(|r| &r.1).collect();
             st.rounds.insert(n.clone(), mine.len());
             st.errors
-                .insert(n.clone(), mine.iter().map(|r| r.errors()).sum());
+                .insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
             let detail = st.error_detail.entry(n.clone()).or_default();
-            for r in &mine {
-                for (k, v) in r.error_detail() {
-                    *detail.entry(k).or_default() += v;
+            for v in &mine {
+                for (k, c) in v["error_detail"].as_object().into_iter().flatten() {
+                    *detail.entry(k.clone()).or_default() += c.as_u64().unwrap_or(0);
                 }
             }
             for &m in metrics {
-                let xs: Vec<f64> = mine.iter().filter_map(|r| r.metric(m)).collect();
+                let xs: Vec<f64> = mine.iter().filter_map(|v| metric(v, m)).collect();
                 let Some(med) = median(&xs) else { continue };
                 let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
                 let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 for (table, x) in [(&mut st.median, med), (&mut st.min, lo), (&mut st.max, hi)] {
-                    table
-                        .entry(n.clone())
-                        .or_default()
-                        .insert(m.to_owned(), round_to(x, 3));
+                    let row = table.entry(n.clone()).or_default();
+                    row.insert(m.to_owned(), round_to(x, 3));
                 }
             }
         }
@@ -184,12 +235,12 @@ pub struct Summary {
 
 /// The summary of targets compared side by side: medians, spread, and the
 /// ratios of the `rust` target (else the first) to each other target.
-pub fn compare<R: Figures>(
+pub fn compare(
     title: &str,
-    shape: serde_json::Value,
+    shape: Value,
     heading: &str,
     names: &[String],
-    runs: &[(String, R)],
+    runs: &[(String, Value)],
     metrics: &[&str],
     problems: &[String],
 ) -> Summary {
@@ -207,7 +258,7 @@ pub fn compare<R: Figures>(
         .collect();
     let ratio_json: BTreeMap<&str, &BTreeMap<String, f64>> =
         ratios.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let json = super::loadgen::ordered_object(&[
+    let json = ordered_object(&[
         ("summary", json!(title)),
         ("shape", shape),
         ("rounds", json!(st.rounds)),
@@ -229,33 +280,63 @@ pub fn compare<R: Figures>(
 mod tests {
     use super::*;
 
-    struct Run(BTreeMap<&'static str, f64>, u64);
-
-    impl Figures for Run {
-        fn metric(&self, name: &str) -> Option<f64> {
-            self.0.get(name).copied()
-        }
-        fn errors(&self) -> u64 {
-            self.1
-        }
-        fn error_detail(&self) -> BTreeMap<String, u64> {
-            BTreeMap::from([("e".to_owned(), self.1)])
-        }
-        fn lines(&self) -> Vec<String> {
-            Vec::new()
-        }
-    }
-
-    fn run(rate: f64, p99: f64, errors: u64) -> Run {
-        Run(BTreeMap::from([("rate", rate), ("p99", p99)]), errors)
+    fn run(rate: f64, p99: f64, errors: u64) -> Value {
+        json!({"rate": rate, "p99": p99, "errors": errors, "error_detail": {"e": errors}})
     }
 
     #[test]
-    fn medians() {
+    fn medians_and_percentiles() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0]), Some(3.0));
         assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&xs, 50.0), Some(50.0));
+        assert_eq!(percentile(&xs, 99.0), Some(99.0));
+        assert_eq!(percentile(&xs, 100.0), Some(100.0));
+        assert_eq!(percentile(&xs, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
+        // 3 values: p50 is the 2nd, p99 the 3rd (ceil(0.99 * 3) = 3)
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), Some(2.0));
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 99.0), Some(3.0));
+        // 10 values: p50 = ceil(5) = 5th
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 50.0), Some(5.0));
+        assert_eq!(percentile(&ten, 99.0), Some(10.0));
+    }
+
+    #[test]
+    fn figures_by_metric_name() {
+        let v = json!({"acks_per_s": 1000, "exact_ok": true, "p50_ms": null, "cpu_pct": {
+            "workerd": 50.0, "workerd_proxy": 5.0, "loadgen": 20.0, "machine": 80.0}});
+        assert_eq!(metric(&v, "cpu_workerd_pct"), Some(50.0));
+        assert_eq!(metric(&v, "cpu_proxy_pct"), Some(5.0));
+        assert_eq!(metric(&v, "cpu_loadgen_pct"), Some(20.0));
+        assert_eq!(metric(&v, "cpu_machine_pct"), Some(80.0));
+        assert_eq!(metric(&v, "cpu_node_pct"), None);
+        assert_eq!(metric(&v, "exact_ok"), Some(1.0));
+        assert_eq!(metric(&v, "p50_ms"), None);
+        // Half a core (0.5 s of CPU a second) over 1000 a second: 500 µs each.
+        assert_eq!(metric(&v, "workerd_cpu_us_per_ack"), Some(500.0));
+        assert_eq!(metric(&v, "workerd_cpu_us_per_check"), None);
+        let fatal = json!({"fatal": "x", "errors": 2, "exact_ok": false});
+        assert_eq!(metric(&fatal, "exact_ok"), None);
+        assert_eq!(metric(&fatal, "errors"), Some(2.0));
+        assert!(!ok(&[json!({"fatal": "x"})]));
+        assert_eq!(errors(&json!({"fatal": "x"})), 1);
+        assert!(!ok(&[json!({"errors": 0, "exact_ok": false})]));
+        assert!(ok(&[
+            json!({"errors": 0}),
+            json!({"errors": 0, "exact_ok": true})
+        ]));
+        let phases = [
+            json!({"phase": "single", "error_detail": {"http_500": 2}}),
+            json!({"phase": "batch", "error_detail": {"http_500": 1}}),
+        ];
+        let d = error_detail(&phases);
+        assert_eq!(d["single:http_500"], 2);
+        assert_eq!(d["batch:http_500"], 1);
     }
 
     #[test]
@@ -267,16 +348,9 @@ mod tests {
             ("rust".to_owned(), run(300.0, 40.0, 0)),
         ];
         let names = vec!["quota-ref".to_owned(), "rust".to_owned()];
-        let s = compare(
-            "t",
-            json!({}),
-            "shape",
-            &names,
-            &runs,
-            &["rate", "p99", "missing"],
-            &[],
-        );
-        let v: serde_json::Value = serde_json::from_str(&s.json).unwrap();
+        let metrics = ["rate", "p99", "missing"];
+        let s = compare("t", json!({}), "shape", &names, &runs, &metrics, &[]);
+        let v: Value = serde_json::from_str(&s.json).unwrap();
         assert_eq!(v["median"]["rust"]["rate"], 200.0);
         assert_eq!(v["min"]["rust"]["rate"], 100.0);
         assert_eq!(v["max"]["rust"]["p99"], 40.0);
