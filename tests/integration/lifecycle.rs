@@ -14,7 +14,7 @@ use sesh::time::now_ms;
 use sesh_protocol::SessionStatus;
 use sha2::{Digest, Sha256};
 
-use crate::client::{call_at, d1_at, d1_batch_at, run_scheduled_at, unique, TestFn};
+use crate::client::{call_at, d1_at, d1_batch_at, unique, TestFn};
 use crate::harness::{service_token, user_token, Server};
 
 /// The tests of this module, by name.
@@ -84,6 +84,21 @@ async fn all_points(base: &str, id: &str, token: &str) -> Vec<(u64, i64)> {
     }
 }
 
+// The scheduled handler as of `time`, with the server's log on failure.
+async fn run_scheduled(server: &Server, time: i64) {
+    let url = format!(
+        "{}/cdn-cgi/handler/scheduled?cron=*/15+*+*+*+*&time={time}",
+        server.base
+    );
+    let resp = reqwest::get(url).await.expect("scheduled run");
+    assert!(
+        resp.status().is_success(),
+        "scheduled: {}\n--- server log (tail) ---\n{}",
+        resp.status(),
+        server.log_tail()
+    );
+}
+
 async fn tables(base: &str) -> Vec<String> {
     d1_at(
         base,
@@ -151,7 +166,7 @@ async fn thirty_months_move_archive_prune_and_export() {
     // months back are archived, 24 or more back pruned. Repeated runs at
     // the same time finish whatever one run left.
     for _ in 0..3 {
-        run_scheduled_at(&base, now).await;
+        run_scheduled(&server, now).await;
     }
     let t = tables(&base).await;
     let cutoff = Month::from_index(this - 12);
@@ -197,7 +212,7 @@ async fn thirty_months_move_archive_prune_and_export() {
     // pruned; still every point once.
     let later = Month::from_index(this + 7).start_ms() + 86_400_000;
     for _ in 0..3 {
-        run_scheduled_at(&base, later).await;
+        run_scheduled(&server, later).await;
     }
     assert_eq!(
         count(&base, "SELECT count(*) AS n FROM archives WHERE pruned = 2").await,
