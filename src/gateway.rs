@@ -10,7 +10,7 @@ use sesh_protocol::{
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
 use crate::auth::{self, AuthError, Claims};
-use crate::calls::{PresenceCall, QuotaCall, SessionCall};
+use crate::calls::{ExportCall, PresenceCall, QuotaCall, SessionCall};
 use crate::config::{AllowedOrigins, Plans};
 use crate::core::presence::{shard_name, shard_of};
 use crate::core::quota::H_RETRY_AFTER_MS;
@@ -212,8 +212,30 @@ impl Gateway<'_> {
             }
             Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
             Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
-            Route::CreateExport(_) | Route::GetExport(..) | Route::DownloadExport(..) => {
-                Err(ApiError::NotFound("exports are not available yet".into()))
+            Route::CreateExport(user) => {
+                may_export(caller, &user)?;
+                let export_id = ids::new_session_id(now_ms());
+                let call = ExportCall::Start {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::GetExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Status {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::DownloadExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Download {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
             }
             Route::CheckQuota | Route::RefundQuota => {
                 if !caller.service {
@@ -499,6 +521,17 @@ impl Gateway<'_> {
             .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
             .collect();
         http::json(200, &serde_json::json!({ "users": users }))
+    }
+}
+
+/// Exports are for the user themself or a service token.
+fn may_export(caller: &Caller, user: &str) -> Result<(), ApiError> {
+    if caller.service || caller.user == user {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "exports are for the user themself or a service token".into(),
+        ))
     }
 }
 
