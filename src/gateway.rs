@@ -189,7 +189,8 @@ impl Gateway<'_> {
             Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
             Route::AppendPoints(id) => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                hop.session(&id, SessionCall::Append { body }).await
+                self.read_session(&id, SessionCall::Append { body }, caller)
+                    .await
             }
             Route::ReadPoints(id) => {
                 let (after_seq, limit) = route::parse_read_query(
@@ -199,7 +200,7 @@ impl Gateway<'_> {
                 let call = SessionCall::Read { after_seq, limit };
                 self.read_session(&id, call, caller).await
             }
-            Route::EndSession(id) => hop.session(&id, SessionCall::End).await,
+            Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
                 hop.presence(me, PresenceCall::Heartbeat { body }).await
@@ -248,17 +249,25 @@ impl Gateway<'_> {
         }
     }
 
-    /// A read of a session: its live object answers; once that object has
-    /// no storage (the session ended and was retired), D1 does.
+    /// A call to a session: its live object answers; once that object has
+    /// no storage (the session ended and was retired), D1 does: reads from
+    /// D1, ending again is the session as it ended, new points are 409.
     async fn read_session(
         &self,
         id: &str,
         call: SessionCall,
         caller: &Caller,
     ) -> Result<Response, ApiError> {
-        let read = match &call {
-            SessionCall::Read { after_seq, limit } => Some((*after_seq, *limit)),
-            _ => None,
+        // What to answer from D1, noted before the call moves (an append's
+        // body is not copied).
+        let kind = match &call {
+            SessionCall::Read { after_seq, limit } => SessionCall::Read {
+                after_seq: *after_seq,
+                limit: *limit,
+            },
+            SessionCall::Get => SessionCall::Get,
+            SessionCall::End => SessionCall::End,
+            _ => SessionCall::Socket,
         };
         let live = self.hop(caller).session(id, call).await?;
         if live.status_code() != 404 {
@@ -270,9 +279,15 @@ impl Gateway<'_> {
         if !reads::is_member(&s, &caller.user) {
             return Err(ApiError::Forbidden("not a member of this session".into()));
         }
-        match read {
-            Some((after_seq, limit)) => reads::ended_points(self.env, &s, after_seq, limit).await,
-            None => reads::session_answer(&s),
+        match kind {
+            SessionCall::Read { after_seq, limit } => {
+                reads::ended_points(self.env, &s, after_seq, limit).await
+            }
+            SessionCall::End if s.owner_id != caller.user => Err(ApiError::Forbidden(
+                "only the owner can end the session".into(),
+            )),
+            SessionCall::Get | SessionCall::End => reads::session_answer(&s),
+            _ => Err(ApiError::SessionEnded),
         }
     }
 
@@ -468,10 +483,20 @@ impl Gateway<'_> {
         let path = SessionCall::Socket.into_wire().path();
         let inner =
             Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
-        http::stub(self.env, Binding::Session, id)?
+        let resp = http::stub(self.env, Binding::Session, id)?
             .fetch_with_request(inner)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))
+            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))?;
+        if resp.status_code() == 404 {
+            // A retired session ended long ago: joining it is 409, as before.
+            if let Some(s) = reads::ended_session(self.env, id).await? {
+                if !reads::is_member(&s, &caller.user) {
+                    return Err(ApiError::Forbidden("not a member of this session".into()));
+                }
+                return Err(ApiError::SessionEnded);
+            }
+        }
+        Ok(resp)
     }
 
     /// `GET /v1/presence?users=a,b,c`: one request per read shard holding

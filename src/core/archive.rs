@@ -42,8 +42,8 @@ use sesh_protocol::{PointsPage, SessionSummary, StoredPoint};
 use sha2::{Digest, Sha256};
 
 use crate::core::history::{
-    find_session, parse_found_session, parse_point_months, point_months, points_page, read_points,
-    v7_time,
+    find_session, merge_points, parse_found_session, parse_point_months, point_months, points_page,
+    read_points, v7_time,
 };
 use crate::core::lifecycle::{cutoff_ms, existing, LifecycleConfig, Report};
 use crate::core::partition::{
@@ -353,8 +353,8 @@ pub async fn ended_points<B: Backend>(
             let Some(session) = parse_found_session(&rows[0])? else {
                 return Ok(None);
             };
-            let points = rows.get(1).map(Vec::as_slice).unwrap_or(&[]);
-            Ok(Some(points_page(points, session.last_seq)?))
+            let points = merge_points(rows.get(1..).unwrap_or(&[]), limit);
+            Ok(Some(points_page(&points, session.last_seq)?))
         }
     }
 }
@@ -369,10 +369,12 @@ async fn all_points<B: Backend>(
     let mut out: Vec<StoredPoint> = Vec::new();
     loop {
         let after = out.last().map_or(0, |p| p.seq);
-        let Some(st) = read_points(session_id, after, MAX_READ_LIMIT as u32, months, ex) else {
+        let stmts = read_points(session_id, after, MAX_READ_LIMIT as u32, months, ex);
+        if stmts.is_empty() {
             return Ok(out);
-        };
-        let page = points_page(&query(b, st).await?, 0)?;
+        }
+        let rows = b.batch(&stmts).await?;
+        let page = points_page(&merge_points(&rows, MAX_READ_LIMIT as u64), 0)?;
         let n = page.points.len();
         out.extend(page.points);
         if n < MAX_READ_LIMIT {

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::archive::{archive_state, fetch_archive, hex, source, NdjsonGz, Source};
 use crate::core::history::{
-    find_session, parse_found_session, point_months, points_page, read_points,
+    find_session, merge_points, parse_found_session, point_months, points_page, read_points,
 };
 use crate::core::lifecycle::existing;
 use crate::core::partition::{
@@ -378,10 +378,13 @@ pub async fn step<B: Backend>(
                         fetch_archive(b, &key).await?.page(cur.after_seq, limit)
                     }
                     Source::D1(months) => {
-                        match read_points(&cur.id, cur.after_seq, limit as u32, &months, &ex) {
-                            Some(st) => points_page(&query(b, st).await?, 0)?,
-                            None => points_page(&[], 0)?,
-                        }
+                        let stmts = read_points(&cur.id, cur.after_seq, limit as u32, &months, &ex);
+                        let rows = if stmts.is_empty() {
+                            Vec::new()
+                        } else {
+                            b.batch(&stmts).await?
+                        };
+                        points_page(&merge_points(&rows, limit), 0)?
                     }
                 };
                 let n = page.points.len() as u64;
