@@ -173,10 +173,10 @@ pub struct Tuning {
     /// default 3).
     pub seats_per_user: u64,
     /// Frames per second of all of a session's sockets together
-    /// (`SESSION_FRAMES_PER_SEC`, default 2000).
+    /// (`SESSION_FRAMES_PER_SEC`, default 10000).
     pub session_frames_per_sec: u32,
     /// Burst of all of a session's sockets together
-    /// (`SESSION_FRAMES_BURST`, default 2000).
+    /// (`SESSION_FRAMES_BURST`, default 10000).
     pub session_frames_burst: u32,
     /// Socket points that may wait for a points reservation at once
     /// (`WAITING_POINTS_MAX`, default 1000); beyond it a point gets
@@ -198,8 +198,8 @@ impl Default for Tuning {
             presence_ttl_ms: 60_000,
             replay_page: 1_000,
             seats_per_user: 3,
-            session_frames_per_sec: 2_000,
-            session_frames_burst: 2_000,
+            session_frames_per_sec: 10_000,
+            session_frames_burst: 10_000,
             waiting_points_max: 1_000,
             waiting_bytes_max: 1 << 20,
             units_idle_ms: 60_000,
