@@ -26,9 +26,9 @@ use anyhow::{bail, Result};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use super::drive::{self, closed_loop, open_all, Answer, Until};
+use super::drive::{self, closed_loop, open_all, Answer};
 use super::summary::{ordered_object, round_to, spread, Stats, Summary};
-use super::{non_empty, non_negative, positive, seconds};
+use super::{non_empty, non_negative, positive, seconds, Served};
 
 /// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -42,9 +42,6 @@ const HEARTBEAT_BODY: &[u8] = br#"{"status":"online","activity":"bench"}"#;
 /// Presence reads and heartbeats.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
-    /// `http://host:port` of the server.
-    #[arg(skip)]
-    pub url: String,
     /// Users, each heartbeats first with its own token
     #[arg(long, default_value_t = 200, value_parser = positive)]
     pub users: usize,
@@ -104,14 +101,12 @@ pub enum Phase {
     Heartbeat,
 }
 
+const PHASES: [Phase; 4] = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat];
+
 impl Phase {
+    /// Its name in the lines.
     pub fn name(self) -> &'static str {
-        match self {
-            Phase::Setup => "setup",
-            Phase::Single => "single",
-            Phase::Batch => "batch",
-            Phase::Heartbeat => "heartbeat",
-        }
+        ["setup", "single", "batch", "heartbeat"][self as usize]
     }
 }
 
@@ -214,7 +209,7 @@ pub fn batch_ids(k: u64, users: usize, batch: usize) -> Vec<usize> {
 
 // ---- report --------------------------------------------------------------
 
-pub const METRICS: [&str; 11] = [
+const METRICS: [&str; 11] = [
     "requests_per_s",
     "reads_per_s",
     "p50_ms",
@@ -228,6 +223,73 @@ pub const METRICS: [&str; 11] = [
     "cpu_loadgen_pct",
 ];
 
+impl super::Gen for Options {
+    const TITLE: &'static str = "bench presence";
+
+    fn shape(&self) -> (String, Value) {
+        let (u, c, secs, b, k) = (
+            self.users,
+            self.concurrency,
+            self.seconds,
+            self.batch,
+            self.callers(),
+        );
+        let text =
+            format!("presence users={u} concurrency={c} seconds={secs} batch={b} callers={k}");
+        (
+            text,
+            json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k}),
+        )
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        &METRICS
+    }
+
+    fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
+        Ok(run(self, &s.url, s.secret()?, &s.pids))
+    }
+
+    /// Per phase medians over the runs, and the issue's goal: a batch read
+    /// of `batch` users costing no more than 3x a single read at p50.
+    fn summarize(&self, _: &[String], runs: &[(String, Value)], problems: &[String]) -> Summary {
+        let by_phase: Vec<(String, Value)> = runs
+            .iter()
+            .filter_map(|(_, v)| Some((v["phase"].as_str()?.to_owned(), v.clone())))
+            .collect();
+        let names: Vec<String> = PHASES.iter().map(|p| p.name().to_owned()).collect();
+        let st = Stats::of(&names, &by_phase, &METRICS);
+        let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
+        let p50_ratio = ratio.get("p50_ms").copied();
+        let (heading, shape) = self.shape();
+        let json = ordered_object(&[
+            ("summary", json!("bench presence")),
+            ("shape", shape),
+            ("rounds", json!(st.rounds.get("setup"))),
+            ("median", json!(st.median)),
+            ("min", json!(st.min)),
+            ("max", json!(st.max)),
+            ("batch_p50_over_single_p50", json!(p50_ratio)),
+            ("batch_p99_over_single_p99", json!(ratio.get("p99_ms"))),
+            (
+                "goal",
+                json!(format!("batch of {} p50 <= 3x single p50", self.batch)),
+            ),
+            ("goal_met", json!(p50_ratio.map(|x| x <= 3.0))),
+            ("errors", json!(st.errors)),
+            ("error_detail", json!(st.error_detail)),
+            ("ok", json!(problems.is_empty())),
+        ]);
+        let table = st.table(
+            &heading,
+            &names,
+            &METRICS,
+            &[("batch/single".to_owned(), ratio)],
+        );
+        Summary { table, json }
+    }
+}
+
 // ---- run -----------------------------------------------------------------
 
 struct User {
@@ -240,6 +302,7 @@ struct User {
 struct Run<'a> {
     opts: &'a Options,
     client: Client,
+    url: String,
     users: Vec<User>,
     /// Caller authorization headers for reads.
     callers: Vec<String>,
@@ -278,11 +341,11 @@ impl Tally {
     }
 }
 
-/// Runs setup and the three phases against `opts.url`, with tokens minted
+/// Runs setup and the three phases against `url`, with tokens minted
 /// with `secret` (plan enterprise).
-pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Vec<String> {
+pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<String> {
     let mut lines = Vec::new();
-    if let Err(e) = run_inner(opts, secret, watch_pids, &mut lines) {
+    if let Err(e) = run_inner(opts, url, secret, watch_pids, &mut lines) {
         lines.push(ordered_object(&[
             ("fatal", json!(format!("{e:#}"))),
             ("generator", json!("xtask")),
@@ -294,16 +357,16 @@ pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Vec<String> {
 /// The JSON lines go to `lines`, one per phase.
 fn run_inner(
     opts: &Options,
+    url: &str,
     secret: &str,
     watch_pids: &[u32],
     lines: &mut Vec<String>,
 ) -> Result<()> {
-    let port = super::port_of(&opts.url)?;
-    let random = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let port = super::port_of(url)?;
     let prefix = opts
         .user_prefix
         .clone()
-        .unwrap_or_else(|| format!("pres-{}", random()));
+        .unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
     let bearer =
         |id: &str| crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"));
     let users = (0..opts.users)
@@ -323,22 +386,21 @@ fn run_inner(
             None => bearer(&format!("{prefix}-c{i}")),
         })
         .collect::<Result<Vec<String>>>()?;
+    let (client, url) = (drive::client()?, url.to_owned());
     let mut run = Run {
         opts,
-        client: drive::client()?,
+        client,
+        url,
         users,
         callers,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        open_all(&run.client, &opts.url, opts.concurrency).await?;
-        for phase in [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat] {
+    drive::block_on(async {
+        open_all(&run.client, &run.url, opts.concurrency).await?;
+        for phase in PHASES {
             lines.push(run_phase(&mut run, phase, (watch_pids, port)).await);
         }
         Ok(())
-    })
+    })?
 }
 
 /// One phase: its JSON line (and a progress line on stderr).
@@ -351,16 +413,8 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
     };
     let until = match phase {
         // Each user once, however long it takes (within reason).
-        Phase::Setup => Until {
-            seconds: 120.0,
-            requests: Some(n),
-            drain_seconds: opts.drain_seconds,
-        },
-        _ => Until {
-            seconds: opts.seconds,
-            requests: None,
-            drain_seconds: opts.drain_seconds,
-        },
+        Phase::Setup => (120.0, Some(n), opts.drain_seconds),
+        _ => (opts.seconds, None, opts.drain_seconds),
     };
     let tally = RefCell::new(Tally {
         per_caller: vec![0; k_callers],
@@ -375,7 +429,7 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
             let run = run_cell.borrow();
             let ncall = run.callers.len() as u64;
             let get = |path: &str, caller: usize| {
-                let url = format!("{}{path}", opts.url);
+                let url = format!("{}{path}", run.url);
                 run.client
                     .get(url)
                     .header("authorization", &run.callers[caller])
@@ -385,7 +439,7 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
                     let user = (i % n) as usize;
                     let req = run
                         .client
-                        .post(format!("{}/v1/presence/heartbeat", opts.url))
+                        .post(format!("{}/v1/presence/heartbeat", run.url))
                         .header("authorization", &run.users[user].auth)
                         .header("content-type", "application/json")
                         .body(HEARTBEAT_BODY);
@@ -551,179 +605,75 @@ fn answer_body(a: &Answer, t: &mut Tally) -> Option<Value> {
     }
 }
 
-/// The summary line of `bench presence`: per phase medians over the runs,
-/// and the issue's goal, a batch read of `batch` users costing no more than
-/// 3x a single read at p50.
-pub fn summarize(opts: &Options, runs: &[Vec<serde_json::Value>], problems: &[String]) -> Summary {
-    let by_phase: Vec<(String, Value)> = runs
-        .iter()
-        .flatten()
-        .filter_map(|v| Some((v["phase"].as_str()?.to_owned(), v.clone())))
-        .collect();
-    let names: Vec<String> = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat]
-        .iter()
-        .map(|p| p.name().to_owned())
-        .collect();
-    let st = Stats::of(&names, &by_phase, &METRICS);
-    let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
-    let p50_ratio = ratio.get("p50_ms").copied();
-    let goal_met = p50_ratio.map(|x| x <= 3.0);
-    let json = ordered_object(&[
-        ("summary", json!("bench presence")),
-        (
-            "shape",
-            json!({
-                "users": opts.users, "concurrency": opts.concurrency,
-                "seconds": opts.seconds, "batch": opts.batch, "callers": opts.callers(),
-            }),
-        ),
-        ("rounds", json!(runs.len())),
-        ("median", json!(st.median)),
-        ("min", json!(st.min)),
-        ("max", json!(st.max)),
-        ("batch_p50_over_single_p50", json!(p50_ratio)),
-        ("batch_p99_over_single_p99", json!(ratio.get("p99_ms"))),
-        (
-            "goal",
-            json!(format!("batch of {} p50 <= 3x single p50", opts.batch)),
-        ),
-        ("goal_met", json!(goal_met)),
-        ("errors", json!(st.errors)),
-        ("error_detail", json!(st.error_detail)),
-        ("ok", json!(problems.is_empty())),
-    ]);
-    let heading = format!(
-        "presence users={} concurrency={} seconds={} batch={} callers={}",
-        opts.users,
-        opts.concurrency,
-        opts.seconds,
-        opts.batch,
-        opts.callers()
-    );
-    let table = st.table(
-        &heading,
-        &names,
-        &METRICS,
-        &[("batch/single".to_owned(), ratio)],
-    );
-    Summary { table, json }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::bench::drive::fake;
-    use crate::bench::summary;
 
     fn present(user: &str) -> Value {
         json!({"userId": user, "status": "online", "lastSeen": "2025-01-01T00:00:00Z",
                "activity": "bench", "connections": 0})
     }
 
-    #[test]
-    fn presence_objects() {
-        let want = Expect {
-            user: "a",
-            present: true,
-        };
-        assert_eq!(check_presence(&present("a"), want), Ok(()));
-        assert_eq!(check_presence(&present("b"), want), Err("wrong_userId"));
-        let offline = json!({"userId": "a", "status": "offline", "connections": 0});
-        assert_eq!(check_presence(&offline, want), Err("stale_presence"));
-        let absent = Expect {
-            user: "a",
-            present: false,
-        };
-        assert_eq!(check_presence(&offline, absent), Ok(()), "old enough");
-        let mut busy = present("a");
-        busy["status"] = "busy".into();
-        assert_eq!(check_presence(&busy, want), Err("stale_presence"));
-        let mut no_seen = present("a");
-        no_seen.as_object_mut().unwrap().remove("lastSeen");
-        assert_eq!(check_presence(&no_seen, want), Err("stale_presence"));
-        for bad in [
-            json!([]),
-            json!({"status": "online", "connections": 0}),
-            json!({"userId": "a", "status": "gone", "connections": 0}),
-            json!({"userId": "a", "status": "online", "connections": -1}),
-            json!({"userId": "a", "status": "online", "connections": "1"}),
-            json!({"userId": "a", "status": "online", "connections": 0, "lastSeen": 5}),
-            json!({"userId": "a", "status": "online", "connections": 0, "activity": 1}),
-        ] {
-            assert_eq!(check_presence(&bad, absent), Err("bad_presence"), "{bad}");
-        }
+    fn offline(user: &str) -> Value {
+        json!({"userId": user, "status": "offline", "connections": 0})
     }
 
     #[test]
-    fn batch_order() {
-        assert_eq!(order_check(&["a", "b", "c"], &["a", "b", "c"]), Ok(()));
-        assert_eq!(
-            order_check(&["a", "b", "c"], &["c", "b", "a"]),
-            Err("batch_out_of_order")
+    fn presence_objects_and_batches() {
+        let (want, old) = (
+            Expect {
+                user: "a",
+                present: true,
+            },
+            Expect {
+                user: "a",
+                present: false,
+            },
         );
+        assert_eq!(check_presence(&present("a"), want), Ok(()));
+        assert_eq!(check_presence(&present("b"), want), Err("wrong_userId"));
+        assert_eq!(check_presence(&offline("a"), want), Err("stale_presence"));
+        assert_eq!(check_presence(&offline("a"), old), Ok(()), "old enough");
+        for bad in [
+            json!([]),
+            json!({"userId": "a", "status": "gone", "connections": 0}),
+            json!({"userId": "a", "status": "online", "connections": -1}),
+        ] {
+            assert_eq!(check_presence(&bad, old), Err("bad_presence"), "{bad}");
+        }
+        let asked = ["a", "b", "c"];
+        for (users, want) in [
+            (vec![present("a"), present("b"), present("c")], vec![]),
+            (
+                vec![present("b"), present("a"), present("c")],
+                vec!["batch_out_of_order"],
+            ),
+            (vec![present("a"), present("b")], vec!["batch_wrong_length"]),
+            (
+                vec![present("a"), present("b"), present("d")],
+                vec!["batch_wrong_users"],
+            ),
+            (
+                vec![present("a"), present("b"), offline("c")],
+                vec!["stale_presence"],
+            ),
+        ] {
+            assert_eq!(
+                check_batch(&json!({ "users": users }), &asked, |_| true),
+                want
+            );
+        }
         assert_eq!(
-            order_check(&["a", "b", "c"], &["a", "b"]),
-            Err("batch_wrong_length")
-        );
-        assert_eq!(
-            order_check(&["a", "b", "c"], &["a", "b", "d"]),
+            order_check(&["a", "b", "b"], &["a", "b", "a"]),
             Err("batch_wrong_users")
         );
         assert_eq!(
-            order_check(&["a", "b", "b"], &["a", "b", "a"]),
-            Err("batch_wrong_users"),
-            "a multiset, not a set"
+            (batch_ids(0, 200, 3), batch_ids(1, 200, 3)),
+            (vec![0, 1, 2], vec![9, 8, 7])
         );
-    }
-
-    #[test]
-    fn batch_answers() {
-        let asked = ["a", "b", "c"];
-        let ok = json!({"users": [present("a"), present("b"), present("c")]});
-        assert!(check_batch(&ok, &asked, |_| true).is_empty());
-        let swapped = json!({"users": [present("b"), present("a"), present("c")]});
-        assert_eq!(
-            check_batch(&swapped, &asked, |_| true),
-            vec!["batch_out_of_order"]
-        );
-        let short = json!({"users": [present("a"), present("b")]});
-        assert_eq!(
-            check_batch(&short, &asked, |_| true),
-            vec!["batch_wrong_length"]
-        );
-        let offline = json!({"userId": "c", "status": "offline", "connections": 0});
-        let stale = json!({"users": [present("a"), present("b"), offline]});
-        assert_eq!(
-            check_batch(&stale, &asked, |_| true),
-            vec!["stale_presence"]
-        );
-        assert!(check_batch(&stale, &asked, |i| i < 2).is_empty());
-        assert_eq!(
-            check_batch(&json!({"user": []}), &asked, |_| true),
-            vec!["batch_without_users"]
-        );
-        let broken = json!({"users": [present("a"), {"userId": "b"}, present("c")]});
-        assert_eq!(check_batch(&broken, &asked, |_| true), vec!["bad_presence"]);
-    }
-
-    #[test]
-    fn batches_rotate_and_alternate_direction() {
-        let b0 = batch_ids(0, 200, 100);
-        assert_eq!(b0, (0..100).collect::<Vec<_>>());
-        let b1 = batch_ids(1, 200, 100);
-        assert_eq!(b1, (7..107).rev().collect::<Vec<_>>());
-        // wraps around, ids distinct
-        let b = batch_ids(28, 200, 100);
-        assert_eq!(b[0], 196);
-        assert_eq!(b[4], 0);
-        let mut d = b.clone();
-        d.sort_unstable();
-        d.dedup();
-        assert_eq!(d.len(), 100);
-        assert_eq!(batch_ids(3, 5, 5).len(), 5);
     }
 
     #[derive(Clone, Copy, PartialEq)]
@@ -738,144 +688,109 @@ mod tests {
     }
 
     /// Presence as the contract has it, for the users whose tokens it sees.
-    fn fake_presence(fault: Fault) -> u16 {
-        let seen: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
-        let reads = Arc::new(Mutex::new(0u64));
-        let object = |seen: &HashMap<String, bool>, u: &str| {
-            if seen.get(u).copied().unwrap_or(false) {
-                present(u)
-            } else {
-                json!({"userId": u, "status": "offline", "connections": 0})
-            }
-        };
-        fake::start(Arc::new(move |method, target, head, _body| {
-            if target == "/health" {
-                return (200, String::new(), "{}".into());
-            }
-            let mut seen = seen.lock().unwrap();
-            if method == "POST" && target == "/v1/presence/heartbeat" {
-                let token = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("authorization: Bearer "))
-                    .unwrap_or_default();
-                let key = jsonwebtoken::DecodingKey::from_secret(b"secret");
-                let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-                let Ok(d) = jsonwebtoken::decode::<Value>(token, &key, &v) else {
-                    return (
-                        401,
-                        String::new(),
-                        r#"{"error":{"code":"unauthorized"}}"#.into(),
-                    );
-                };
-                let user = d.claims["sub"].as_str().unwrap().to_owned();
-                if fault != Fault::ForgetHeartbeats {
-                    seen.insert(user.clone(), true);
-                }
-                return (200, String::new(), present(&user).to_string());
-            }
-            if let Some(list) = target.strip_prefix("/v1/presence?users=") {
-                let mut users: Vec<Value> = list.split(',').map(|u| object(&seen, u)).collect();
-                if fault == Fault::ReverseBatch {
-                    users.reverse();
-                }
-                return (200, String::new(), json!({ "users": users }).to_string());
-            }
-            if let Some(u) = target.strip_prefix("/v1/presence/") {
-                let mut n = reads.lock().unwrap();
-                *n += 1;
-                if fault == Fault::Errors && (*n).is_multiple_of(5) {
-                    return (
-                        500,
-                        String::new(),
-                        r#"{"error":{"code":"internal"}}"#.into(),
-                    );
-                }
-                return (200, String::new(), object(&seen, u).to_string());
-            }
-            (404, String::new(), "{}".into())
-        }))
-    }
-
     fn run_against(fault: Fault) -> Vec<Value> {
-        let port = fake_presence(fault);
+        let seen: Arc<Mutex<(BTreeMap<String, bool>, u64)>> = Arc::default();
+        let port = fake::start(Arc::new(move |method, target, h, _| {
+            let mut seen = seen.lock().unwrap();
+            let object = |u: &str, s: &BTreeMap<String, bool>| {
+                if s.contains_key(u) {
+                    present(u)
+                } else {
+                    offline(u)
+                }
+            };
+            let body = match (method, target) {
+                (_, "/health") => json!({}),
+                ("POST", "/v1/presence/heartbeat") => {
+                    let user = fake::claims(h, b"secret")["sub"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    if fault != Fault::ForgetHeartbeats {
+                        seen.0.insert(user.clone(), true);
+                    }
+                    present(&user)
+                }
+                (_, t) if t.starts_with("/v1/presence?users=") => {
+                    let mut users: Vec<Value> =
+                        t[19..].split(',').map(|u| object(u, &seen.0)).collect();
+                    if fault == Fault::ReverseBatch {
+                        users.reverse();
+                    }
+                    json!({ "users": users })
+                }
+                (_, t) => {
+                    seen.1 += 1;
+                    if fault == Fault::Errors && seen.1.is_multiple_of(5) {
+                        return (500, vec![], r#"{"error":{"code":"internal"}}"#.into());
+                    }
+                    object(&t[13..], &seen.0)
+                }
+            };
+            (200, vec![], body.to_string())
+        }));
         let opts = Options {
-            url: format!("http://127.0.0.1:{port}"),
             users: 20,
             seconds: 0.3,
             concurrency: 4,
             batch: 10,
             callers: Some(5),
-            drain_seconds: 2.0,
-            user_prefix: None,
+            ..Options::default()
         };
-        let lines = run(&opts, "secret", &[]);
+        let lines = run(&opts, &format!("http://127.0.0.1:{port}"), "secret", &[]);
         lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
-    fn phase<'a>(r: &'a [Value], name: &str) -> &'a Value {
-        r.iter().find(|p| p["phase"] == name).unwrap()
+    fn codes(r: &[Value], phase: usize) -> Vec<&str> {
+        r[phase]["error_detail"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
     }
 
     #[test]
     fn a_correct_server_passes_every_phase() {
         let r = run_against(Fault::None);
-        assert!(summary::ok(&r), "{r:?}");
+        assert!(super::super::summary::ok(&r), "{r:?}");
         let names: Vec<&str> = r.iter().map(|p| p["phase"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["setup", "single", "batch", "heartbeat"]);
-        assert_eq!(phase(&r, "setup")["requests"], 20, "each user once");
-        let single = phase(&r, "single");
-        assert!(single["requests"].as_u64() > Some(10), "{single}");
-        assert_eq!(single["reads_per_s"], single["requests_per_s"]);
-        assert_eq!(single["callers"], 5);
-        let batch = phase(&r, "batch");
-        let reads = batch["reads_per_s"].as_u64().unwrap();
-        let requests = batch["requests_per_s"].as_u64().unwrap();
-        assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{batch}");
-        assert!(phase(&r, "heartbeat")["reads_per_s"].is_null());
-        assert_eq!(phase(&r, "heartbeat")["callers"], 20);
-        let s = summarize(&run_opts(), &[r], &[]);
-        let v: Value = serde_json::from_str(&s.json).unwrap();
-        assert!(v["batch_p50_over_single_p50"].is_number(), "{}", s.json);
-        assert!(v["median"]["batch"]["p50_ms"].is_number());
-        assert_eq!(v["ok"], true);
-        assert!(s.table.contains("batch/single"), "{}", s.table);
-    }
-
-    fn run_opts() -> Options {
-        Options {
-            users: 20,
-            batch: 10,
-            ..Options::default()
-        }
-    }
-
-    fn codes(phase: &Value) -> Vec<&String> {
-        phase["error_detail"].as_object().unwrap().keys().collect()
+        assert_eq!(
+            (&r[0]["requests"], &r[1]["callers"], &r[3]["callers"]),
+            (&json!(20), &json!(5), &json!(20))
+        );
+        let (reads, requests) = (
+            r[2]["reads_per_s"].as_u64().unwrap(),
+            r[2]["requests_per_s"].as_u64().unwrap(),
+        );
+        assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
+        let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
+        let s = super::super::Gen::summarize(&Options::default(), &[], &runs, &[]);
+        assert!(
+            s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single"),
+            "{}",
+            s.json
+        );
     }
 
     #[test]
     fn faults_are_reported() {
         let r = run_against(Fault::ReverseBatch);
-        assert!(phase(&r, "batch")["errors"].as_u64() > Some(0));
-        assert_eq!(codes(phase(&r, "batch")), vec!["batch_out_of_order"]);
-        assert_eq!(phase(&r, "single")["errors"], 0);
-
-        let r = run_against(Fault::ForgetHeartbeats);
-        assert_eq!(codes(phase(&r, "single")), vec!["stale_presence"]);
-        assert_eq!(codes(phase(&r, "batch")), vec!["stale_presence"]);
         assert_eq!(
-            phase(&r, "heartbeat")["errors"],
-            0,
-            "its answers were right"
+            (codes(&r, 2), &r[1]["errors"]),
+            (vec!["batch_out_of_order"], &json!(0))
         );
-
+        let r = run_against(Fault::ForgetHeartbeats);
+        assert_eq!(
+            (codes(&r, 1), codes(&r, 2)),
+            (vec!["stale_presence"], vec!["stale_presence"])
+        );
+        assert_eq!(r[3]["errors"], 0, "its answers were right");
         let r = run_against(Fault::Errors);
-        let s = phase(&r, "single");
-        assert!(s["error_detail"]["http_500"].as_u64() > Some(0), "{s}");
-        assert!(!summary::ok(&r));
-        assert!(summary::error_detail(&r).contains_key("single:http_500"));
+        assert_eq!(codes(&r, 1), vec!["http_500"]);
     }
 }

@@ -142,25 +142,26 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
     std::env::temp_dir()
 }
 
-/// Builds the Worker bundle (installing what is missing) and returns the
-/// `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
-pub fn prepare_rust(root: &Path) -> Result<String> {
+/// Builds the Worker bundle (installing what is missing; with `features`)
+/// and returns the `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
+pub fn prepare_rust(root: &Path, features: Option<&str>) -> Result<String> {
     let tools = crate::setup::all(root)?;
     eprintln!("bench: building the Worker bundle");
-    crate::build(root, &tools, None)?;
+    crate::build(root, &tools, features)?;
+    crate::setup::dev_vars(root)?;
     crate::setup::auth_secret(root)
 }
 
 /// One run on a server started by the shared launcher: fresh port and
 /// state, D1 migrations when the target has them, `node serve.mjs`, wait
-/// for `/health`, then `gen(base URL, server pids)`, then stop. The server log
+/// for `/health`, then `gen(server)`, then stop. The server log
 /// is removed when `clean` says the result is clean, kept (and named)
 /// otherwise.
 pub fn with_server<R>(
     t: &Target,
     bench: &Path,
     state_root: &Path,
-    gen: impl FnOnce(String, &[u32]) -> Result<R>,
+    gen: impl FnOnce(&mut sesh_launcher::Server) -> Result<R>,
     clean: impl Fn(&R) -> bool,
 ) -> Result<R> {
     let (dir, config, rust) = (t.dir.clone(), t.config.clone(), t.rust);
@@ -199,44 +200,11 @@ pub fn with_server<R>(
         server.state().display(),
         server.log().display()
     );
-    let result = gen(server.base.clone(), &server.pids());
+    let result = gen(&mut server);
     server.stop();
     if !matches!(&result, Ok(r) if clean(r)) {
         server.keep_log();
         eprintln!("bench: server log kept: {}", server.log().display());
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sync_tree_copies_only_what_differs() {
-        let base = std::env::temp_dir().join(format!("xtask-sync-{}", std::process::id()));
-        let (src, dest) = (base.join("src"), base.join("dest"));
-        fs::create_dir_all(src.join("sub")).unwrap();
-        fs::create_dir_all(src.join("node_modules")).unwrap();
-        fs::write(src.join("a.txt"), "a").unwrap();
-        fs::write(src.join("sub/b.txt"), "b").unwrap();
-        fs::write(src.join("node_modules/x"), "x").unwrap();
-        let first = sync_tree(&src, &dest).unwrap();
-        assert_eq!(
-            first,
-            vec![PathBuf::from("a.txt"), PathBuf::from("sub/b.txt")]
-        );
-        assert!(!dest.join("node_modules/x").exists());
-        assert!(
-            sync_tree(&src, &dest).unwrap().is_empty(),
-            "same: nothing copied"
-        );
-        fs::write(src.join("sub/b.txt"), "b2").unwrap();
-        assert_eq!(
-            sync_tree(&src, &dest).unwrap(),
-            vec![PathBuf::from("sub/b.txt")]
-        );
-        assert_eq!(fs::read_to_string(dest.join("sub/b.txt")).unwrap(), "b2");
-        let _ = fs::remove_dir_all(&base);
-    }
 }
