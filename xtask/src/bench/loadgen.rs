@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::drive::{block_on, cpu_report, cpu_snapshot};
-use super::summary::{ordered_object, round_to, spread};
+use super::summary::{fields, round_to, spread};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
 /// The session WebSockets (the job and checks of loadgen.mjs).
@@ -80,46 +80,22 @@ impl super::Gen for Options {
     const TITLE: &'static str = "bench sessions";
 
     fn shape(&self) -> (String, Value) {
-        let (s, p, secs, w, r) = (
-            self.sessions,
-            self.participants,
-            self.seconds,
-            self.window,
-            self.rate,
-        );
+        let (s, p, secs, w, r) =
+            (self.sessions, self.participants, self.seconds, self.window, self.rate);
         let text = format!("sessions={s} participants={p} seconds={secs} window={w} rate={r}");
-        (
-            text,
-            json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}),
-        )
+        (text, json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}))
     }
 
-    fn metrics(&self) -> &'static [&'static str] {
-        &[
-            "acks_per_s",
-            "deliveries_per_s",
-            "ack_p50_ms",
-            "ack_p99_ms",
-            "delivery_p50_ms",
-            "delivery_p99_ms",
-            "ack_max_ms",
-            "ack_share_min",
-            "errors",
-            "cpu_workerd_pct",
-            "cpu_proxy_pct",
-            "cpu_node_pct",
-            "cpu_loadgen_pct",
-            "workerd_cpu_us_per_ack",
-        ]
+    fn metrics(&self) -> &'static str {
+        "acks_per_s deliveries_per_s ack_p50_ms ack_p99_ms delivery_p50_ms \
+            delivery_p99_ms ack_max_ms ack_share_min errors cpu_workerd_pct cpu_proxy_pct \
+            cpu_node_pct cpu_loadgen_pct workerd_cpu_us_per_ack"
     }
 
     /// The rust worker gets created sessions and `?token=` (enterprise),
     /// the references `?user=`.
     fn for_target(&self, rust: bool, secret: Option<&str>) -> (Self, Option<String>) {
-        let opts = Options {
-            create_sessions: rust,
-            ..self.clone()
-        };
+        let opts = Options { create_sessions: rust, ..self.clone() };
         (opts, secret.filter(|_| rust).map(str::to_owned))
     }
 
@@ -152,13 +128,8 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Clock {
-            start: Instant::now(),
-            wall0_ms: wall.as_secs_f64() * 1000.0,
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Clock { start: Instant::now(), wall0_ms: wall.as_secs_f64() * 1000.0 }
     }
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * 1000.0
@@ -268,158 +239,115 @@ struct Frame<'a> {
 
 fn integer(v: &Option<serde_json::Value>) -> Option<i64> {
     let v = v.as_ref()?;
-    v.as_i64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| f as i64)
-    })
+    v.as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
 }
 
 /// Checks one text frame for participant `p` of session `s`; true when it
 /// was an ack (so a slot in the window is free).
 fn on_frame(sh: &Shared, s: usize, p: usize, raw: &str) -> bool {
-    let t = sh.clock.now();
     let mut sess = sh.session(s);
-    let m: Frame = match serde_json::from_str(raw) {
-        Ok(m) => m,
-        Err(_) => {
-            sess.fail("bad_frame_json");
-            return false;
-        }
-    };
+    check_frame(sh, &mut sess, s, p, raw).unwrap_or_else(|code| {
+        sess.fail(&code);
+        false
+    })
+}
+
+/// [`on_frame`]'s checks: `Err` is an error that ends the frame's checks.
+fn check_frame(
+    sh: &Shared,
+    sess: &mut Session,
+    s: usize,
+    p: usize,
+    raw: &str,
+) -> Result<bool, String> {
+    let t = sh.clock.now();
+    let m: Frame = serde_json::from_str(raw).map_err(|_| "bad_frame_json")?;
+    let point = m.id.and_then(|id| parse_point_id(&sh.tag, id));
     match m.ty {
+        "welcome" if sess.parts[p].welcome => Err("second_welcome".into()),
         "welcome" => {
-            if sess.parts[p].welcome {
-                sess.fail("second_welcome");
-                return false;
-            }
-            let Some(last) = integer(&m.last_seq) else {
-                sess.fail("welcome_without_lastSeq");
-                return false;
-            };
+            let last = integer(&m.last_seq).ok_or("welcome_without_lastSeq")?;
             sess.parts[p].welcome = true;
-            match sess.last_seq {
-                None => sess.last_seq = Some(last),
-                Some(l) if l != last => sess.fail("welcome_lastSeq_mismatch"),
-                Some(_) => {}
+            if *sess.last_seq.get_or_insert(last) != last {
+                sess.fail("welcome_lastSeq_mismatch");
             }
-            false
+            Ok(false)
         }
         "ack" => {
-            let n =
-                m.id.and_then(|id| parse_point_id(&sh.tag, id))
-                    .filter(|&(ms, mp, _)| ms == s && mp == p)
-                    .map(|(_, _, n)| n);
+            let n = point.filter(|&(ms, mp, _)| ms == s && mp == p).map(|(_, _, n)| n);
             let slot = n.and_then(|n| sess.parts[p].inflight.iter().position(|x| x.0 == n));
-            let Some(slot) = slot else {
-                sess.fail("unexpected_ack");
-                return false;
-            };
-            let (n, t0) = sess.parts[p].inflight.swap_remove(slot);
+            let (n, t0) = sess.parts[p].inflight.swap_remove(slot.ok_or("unexpected_ack")?);
             sess.ack_lat.push(t - t0);
             if sh.in_window(t) {
                 sess.acks_in_window += 1;
                 sess.parts[p].ack_in_window += 1;
             }
             sess.parts[p].ack_count += 1;
-            match integer(&m.seq) {
-                None => sess.fail("ack_without_seq"),
-                Some(q) => {
-                    if !sess.seqs.insert(q) {
-                        sess.fail("duplicate_seq");
-                    }
-                    let info = &mut sess.parts[p].points[n];
-                    info.ack = Some(q);
-                    let differs = info.delivered.is_some_and(|d| d != q);
-                    if differs {
-                        sess.fail("delivered_seq_differs_from_ack");
-                    }
-                }
-            }
             sess.acked.push((p, n));
-            true
+            let q = integer(&m.seq).ok_or("ack_without_seq")?;
+            if !sess.seqs.insert(q) {
+                sess.fail("duplicate_seq");
+            }
+            let info = &mut sess.parts[p].points[n];
+            info.ack = Some(q);
+            if info.delivered.is_some_and(|d| d != q) {
+                sess.fail("delivered_seq_differs_from_ack");
+            }
+            Ok(true)
         }
         "point" => {
-            let Some((fs, fp, n)) = m.id.and_then(|id| parse_point_id(&sh.tag, id)) else {
-                sess.fail("unknown_point_delivered");
-                return false;
-            };
+            let (fs, fp, n) = point.ok_or("unknown_point_delivered")?;
             if fs != s {
-                sess.fail(if fs < sh.sessions.len() {
+                let other = fs < sh.sessions.len();
+                return Err(if other {
                     "point_from_other_session"
                 } else {
                     "unknown_point_delivered"
-                });
-                return false;
+                }
+                .into());
             }
             if fp >= sess.parts.len() || n >= sess.parts[fp].points.len() {
-                sess.fail("unknown_point_delivered");
-                return false;
+                return Err("unknown_point_delivered".into());
             }
             if fp == p {
-                sess.fail("own_point_echoed");
-                return false;
+                return Err("own_point_echoed".into());
             }
-            {
-                let got = &mut sess.parts[p].received[fp];
-                if got.len() <= n {
-                    got.resize(n + 1, false);
-                }
-                if got[n] {
-                    sess.fail("duplicate_delivery");
-                    return false;
-                }
-                got[n] = true;
+            let got = &mut sess.parts[p].received[fp];
+            got.resize(got.len().max(n + 1), false);
+            if std::mem::replace(&mut got[n], true) {
+                return Err("duplicate_delivery".into());
             }
             sess.parts[p].received_count += 1;
             if m.user_id != Some(sess.parts[fp].user_id.as_str()) {
                 sess.fail("wrong_userId");
             }
-            let dseq = integer(&m.seq);
-            let info = sess.parts[fp].points[n];
-            if let Some(a) = info.ack {
-                if dseq != Some(a) {
-                    sess.fail("delivered_seq_differs_from_ack");
+            let (dseq, info) = (integer(&m.seq), &mut sess.parts[fp].points[n]);
+            let code = match (info.ack, info.delivered) {
+                (Some(a), _) if dseq != Some(a) => Some("delivered_seq_differs_from_ack"),
+                (None, None) => {
+                    info.delivered = dseq;
+                    None
                 }
-            } else if info.delivered.is_none() {
-                sess.parts[fp].points[n].delivered = dseq;
-            } else if info.delivered != dseq {
-                sess.fail("delivered_seq_differs");
-            }
-            let sent_at = m
-                .data
-                .as_ref()
-                .and_then(|d| d.get("t"))
-                .and_then(serde_json::Value::as_f64);
-            match sent_at {
-                None => sess.fail("delivery_without_send_time"),
-                Some(sent) => sess.del_lat.push(sh.clock.wall0_ms + t - sent),
-            }
+                (None, d) if d != dseq => Some("delivered_seq_differs"),
+                _ => None,
+            };
+            code.into_iter().for_each(|c| sess.fail(c));
             if sh.in_window(t) {
                 sess.deliveries_in_window += 1;
             }
-            false
+            let sent = m
+                .data
+                .as_ref()
+                .and_then(|d| d["t"].as_f64())
+                .ok_or("delivery_without_send_time")?;
+            sess.del_lat.push(sh.clock.wall0_ms + t - sent);
+            Ok(false)
         }
-        "error" => {
-            let code = format!("server_error_{}", m.code.unwrap_or("undefined"));
-            sess.fail(&code);
-            false
-        }
-        "joined" | "left" | "pong" => false,
-        _ => {
-            sess.fail("unknown_frame_type");
-            false
-        }
+        "error" => Err(format!("server_error_{}", m.code.unwrap_or("undefined"))),
+        "joined" | "left" | "pong" => Ok(false),
+        _ => Err("unknown_frame_type".into()),
     }
-}
-
-/// A small xorshift generator for the open loop's start jitter.
-fn jitter(seed: u64) -> f64 {
-    let mut x = seed | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 type Ws =
@@ -509,20 +437,10 @@ impl Conn {
         let mut ws = match conn {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tungstenite::Error::Http(res))) => {
-                self.fail(&format!("upgrade_http_{}", res.status().as_u16()));
-                self.finish(joined);
-                return;
+                return self.finish(joined, &format!("upgrade_http_{}", res.status().as_u16()))
             }
-            Ok(Err(e)) => {
-                self.fail(&format!("ws_error_{}", error_code(&e)));
-                self.finish(joined);
-                return;
-            }
-            Err(_) => {
-                self.fail("join_timeout");
-                self.finish(joined);
-                return;
-            }
+            Ok(Err(e)) => return self.finish(joined, &format!("ws_error_{}", error_code(&e))),
+            Err(_) => return self.finish(joined, "join_timeout"),
         };
 
         let mut closing = false;
@@ -582,8 +500,8 @@ impl Conn {
                         Phase::Send => {
                             let (start, _) = sh.window.get().copied().unwrap_or_default();
                             if sh.opts.rate > 0.0 {
-                                let seed = uuid::Uuid::new_v4().as_u64_pair().0;
-                                self.next_at = start + jitter(seed) * 1000.0 / sh.opts.rate;
+                                let jitter = uuid::Uuid::new_v4().as_u64_pair().0 as f64 / u64::MAX as f64;
+                                self.next_at = start + jitter * 1000.0 / sh.opts.rate;
                             }
                             self.pump(&mut ws).await;
                         }
@@ -604,18 +522,20 @@ impl Conn {
                 _ = sleep_until(close_by), if closing => break,
             }
         }
-        self.finish(joined);
+        self.finish(joined, "");
     }
 
     fn mark_closed(&self) {
         self.sh.session(self.s).parts[self.p].closed = true;
     }
 
-    fn finish(&self, joined: Option<oneshot::Sender<bool>>) {
-        self.mark_closed();
-        if let Some(j) = joined {
-            let _ = j.send(false);
+    /// The connection is over (with error `code`, unless empty).
+    fn finish(&self, joined: Option<oneshot::Sender<bool>>, code: &str) {
+        if !code.is_empty() {
+            self.fail(code);
         }
+        self.mark_closed();
+        joined.map(|j| j.send(false));
     }
 }
 
@@ -623,11 +543,7 @@ impl Conn {
 fn error_code(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
-        e => format!("{e:?}")
-            .split(['(', ' '])
-            .next()
-            .unwrap_or("other")
-            .to_owned(),
+        e => format!("{e:?}").split(['(', ' ']).next().unwrap_or("other").to_owned(),
     }
 }
 
@@ -640,26 +556,17 @@ fn error_code(e: &tungstenite::Error) -> String {
 pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> Result<String> {
     let port = super::port_of(url)?;
     let tag = super::drive::tag(6);
-    let prefix = opts
-        .user_prefix
-        .clone()
-        .unwrap_or_else(|| format!("bench-{tag}"));
+    let prefix = opts.user_prefix.clone().unwrap_or_else(|| format!("bench-{tag}"));
     let mut sessions = Vec::new();
     let mut urls: Vec<Vec<String>> = Vec::new();
     for s in 0..opts.sessions {
         let mut parts = Vec::new();
         for p in 0..opts.participants {
             let user_id = format!("{prefix}-s{s}-p{p}");
-            let token = secret
-                .map(|k| crate::mint(k, &user_id, "enterprise", None, 3600))
-                .transpose()?;
+            let token =
+                secret.map(|k| crate::mint(k, &user_id, "enterprise", None, 3600)).transpose()?;
             let received = vec![Vec::new(); opts.participants];
-            parts.push(Participant {
-                user_id,
-                token,
-                received,
-                ..Participant::default()
-            });
+            parts.push(Participant { user_id, token, received, ..Participant::default() });
         }
         let id = match opts.create_sessions {
             true => {
@@ -679,10 +586,7 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
                 })
                 .collect(),
         );
-        sessions.push(Session {
-            parts,
-            ..Session::default()
-        });
+        sessions.push(Session { parts, ..Session::default() });
     }
     let sh = Arc::new(Shared {
         opts: opts.clone(),
@@ -729,12 +633,7 @@ async fn drive(
         for (p, url) in row.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             joins.push(rx);
-            let conn = Conn {
-                sh: Arc::clone(&sh),
-                s,
-                p,
-                next_at: 0.0,
-            };
+            let conn = Conn { sh: Arc::clone(&sh), s, p, next_at: 0.0 };
             tasks.push(tokio::spawn(conn.run(url, phase_rx.clone(), tx)));
         }
     }
@@ -758,9 +657,7 @@ async fn drive(
         wait_for(drain, || {
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.inflight.is_empty() || pt.closed)
+                sess.parts.iter().all(|pt| pt.inflight.is_empty() || pt.closed)
             })
         })
         .await;
@@ -768,9 +665,7 @@ async fn drive(
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
                 let total: usize = sess.parts.iter().map(|pt| pt.ack_count).sum();
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
+                sess.parts.iter().all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
             })
         })
         .await;
@@ -807,11 +702,7 @@ fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
         sess.fail_n("unacked_at_end", unacked as u64);
         if let Some(last) = sess.last_seq {
             let n = sess.seqs.len() as i64;
-            let bad = sess
-                .seqs
-                .iter()
-                .filter(|&&q| q <= last || q > last + n)
-                .count();
+            let bad = sess.seqs.iter().filter(|&&q| q <= last || q > last + n).count();
             sess.fail_n("seq_gap_or_out_of_range", bad as u64);
             let mut missing = 0u64;
             for &(from, n) in &sess.acked {
@@ -841,27 +732,16 @@ fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
     let [ack_p50, ack_p99, ack_max] = spread(&mut ack_lat);
     let [del_p50, del_p99, _] = spread(&mut del_lat);
     // Keys in loadgen.mjs' order.
-    ordered_object(&[
-        ("acks_per_s", json!(per_s(acks_in_window))),
-        ("deliveries_per_s", json!(per_s(deliveries_in_window))),
-        ("ack_p50_ms", json!(ack_p50)),
-        ("ack_p99_ms", json!(ack_p99)),
-        ("ack_max_ms", json!(ack_max)),
-        ("delivery_p50_ms", json!(del_p50)),
-        ("delivery_p99_ms", json!(del_p99)),
-        ("errors", json!(errors.values().sum::<u64>())),
-        ("sessions", json!(opts.sessions)),
-        ("participants", json!(opts.participants)),
-        ("seconds", json!(opts.seconds)),
-        ("window", json!(opts.window)),
-        ("rate", json!(opts.rate)),
-        ("ack_share_min", json!(share_min)),
-        ("acks_total", json!(ack_lat.len())),
-        ("deliveries_total", json!(del_lat.len())),
-        ("error_detail", json!(errors)),
-        ("cpu_pct", json!(cpu.unwrap_or_default())),
-        ("generator", json!("xtask")),
-    ])
+    fields! {
+        "acks_per_s": per_s(acks_in_window), "deliveries_per_s": per_s(deliveries_in_window),
+        "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "ack_max_ms": ack_max,
+        "delivery_p50_ms": del_p50, "delivery_p99_ms": del_p99,
+        "errors": errors.values().sum::<u64>(), "sessions": opts.sessions,
+        "participants": opts.participants, "seconds": opts.seconds, "window": opts.window,
+        "rate": opts.rate, "ack_share_min": share_min, "acks_total": ack_lat.len(),
+        "deliveries_total": del_lat.len(), "error_detail": errors,
+        "cpu_pct": cpu.unwrap_or_default(), "generator": "xtask",
+    }
 }
 
 #[cfg(test)]
@@ -931,8 +811,7 @@ mod tests {
             let mut rooms = rooms.lock().unwrap();
             let room = rooms.entry(session.clone()).or_default();
             room.2.push((conn, tx.clone()));
-            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0))
-                .unwrap();
+            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0)).unwrap();
         }
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
@@ -985,13 +864,7 @@ mod tests {
             drain_seconds: 1.0,
             ..Options::default()
         };
-        let line = run(
-            &opts,
-            &format!("http://127.0.0.1:{}", fake(fault)),
-            None,
-            &[],
-        )
-        .unwrap();
+        let line = run(&opts, &format!("http://127.0.0.1:{}", fake(fault)), None, &[]).unwrap();
         assert!(line.starts_with(r#"{"acks_per_s":"#), "{line}");
         serde_json::from_str(&line).unwrap()
     }
@@ -1018,10 +891,7 @@ mod tests {
             (Fault::ReuseSeq, json!({"duplicate_seq": 2})),
             (Fault::DropDelivery, json!({"missing_delivery": 2})),
             // each lost ack also leaves its seq out of the acked range
-            (
-                Fault::LoseAck,
-                json!({"seq_gap_or_out_of_range": 6, "unacked_at_end": 6}),
-            ),
+            (Fault::LoseAck, json!({"seq_gap_or_out_of_range": 6, "unacked_at_end": 6})),
         ] {
             assert_eq!(run_against(fault, 0.0)["error_detail"], want);
         }

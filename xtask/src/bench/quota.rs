@@ -30,7 +30,7 @@ use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
 use super::drive::{self, closed_loop, open_all, Answer, Response};
-use super::summary::{ordered_object, spread};
+use super::summary::{ordered_object, pairs, spread};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -175,9 +175,6 @@ pub fn headers_ok(policy: Option<&str>, limit: Option<&str>) -> bool {
 
 /// A JavaScript safe integer >= 0.
 fn count(v: &Value) -> Option<u64> {
-    if let Some(n) = v.as_u64() {
-        return (n < (1u64 << 53)).then_some(n);
-    }
     let f = v.as_f64()?;
     (f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_991.0).then_some(f as u64)
 }
@@ -200,13 +197,18 @@ pub struct Checker {
     pub errors: BTreeMap<String, u64>,
 }
 
+/// `Err(code)` unless `ok`.
+fn ensure(ok: bool, code: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(code.to_owned())
+    }
+}
+
 impl Checker {
     pub fn new(resource: Resource) -> Checker {
-        Checker {
-            resource,
-            seen: HashMap::new(),
-            errors: BTreeMap::new(),
-        }
+        Checker { resource, seen: HashMap::new(), errors: BTreeMap::new() }
     }
 
     pub fn fail(&mut self, code: &str) {
@@ -220,22 +222,19 @@ impl Checker {
     /// The decision when `answer` is a well-formed check answer (also when
     /// it shows over-admission, so that what the server admitted counts).
     pub fn check(&mut self, answer: &Result<Response, String>, subject: &str) -> Option<Decision> {
-        let r = match answer {
-            Ok(r) => r,
+        match answer {
+            Ok(r) => {
+                let (p, l) = (r.header("ratelimit-policy"), r.header("ratelimit"));
+                self.check_parts(r.status, p, l, &r.body, subject)
+            }
             Err(e) => {
                 self.fail(&format!("transport_{e}"));
-                return None;
+                None
             }
-        };
-        self.check_parts(
-            r.status,
-            r.header("ratelimit-policy"),
-            r.header("ratelimit"),
-            &r.body,
-            subject,
-        )
+        }
     }
 
+    /// [`Checker::check`] of an answer's parts.
     pub fn check_parts(
         &mut self,
         status: u16,
@@ -244,100 +243,47 @@ impl Checker {
         body: &[u8],
         subject: &str,
     ) -> Option<Decision> {
-        if status != 200 && status != 429 {
-            self.fail(&format!("http_{status}"));
-            return None;
-        }
-        let b: Value = match serde_json::from_slice(body) {
-            Ok(b @ (Value::Object(_) | Value::Array(_))) => b,
-            _ => {
-                self.fail("bad_json");
-                return None;
-            }
-        };
-        let Some(allowed) = b.get("allowed").and_then(Value::as_bool) else {
-            if status == 429 {
-                let code = b["error"]["code"].as_str().unwrap_or("without_allowed");
-                self.fail(&format!("http_429_{code}"));
-            } else {
-                self.fail("body_without_allowed");
-            }
-            return None;
-        };
-        if allowed != (status == 200) {
-            self.fail("allowed_status_mismatch");
-            return None;
-        }
-        let (lim, rem) = (b.get("limit"), b.get("remaining"));
-        let unlimited = matches!((lim, rem), (Some(Value::Null), Some(Value::Null)));
-        let (lim, rem) = (lim.and_then(count), rem.and_then(count));
-        if !unlimited && !matches!((lim, rem), (Some(l), Some(r)) if r <= l) {
-            self.fail("bad_limit_remaining");
-            return None;
-        }
-        if b.get("resetMs").and_then(count).is_none() {
-            self.fail("bad_resetMs");
-            return None;
-        }
-        if b.get("retryAfterMs").is_some_and(|v| count(v).is_none()) {
-            self.fail("bad_retryAfterMs");
-            return None;
-        }
-        if status == 429 && !b["error"]["code"].is_string() {
-            self.fail("429_without_error");
-            return None;
-        }
-        if !headers_ok(policy, limit) {
-            self.fail("bad_ratelimit_headers");
-            return None;
-        }
-        if allowed && !unlimited && self.resource != Resource::Api {
-            let r = rem.unwrap_or_default();
+        let d = Self::decision(status, policy, limit, body).map_err(|e| self.fail(&e)).ok()?;
+        if d.allowed && d.limit.is_some() && self.resource != Resource::Api {
             let seen = self.seen.entry(subject.to_owned()).or_default();
-            if !seen.insert(r) {
+            if !seen.insert(d.remaining.unwrap_or_default()) {
                 // Over-admission: still counted as admitted.
                 self.fail("duplicate_remaining");
             }
         }
-        Some(Decision {
-            allowed,
-            remaining: rem,
-            limit: lim,
-        })
+        Some(d)
     }
-}
 
-/// What exact mode concludes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExactVerdict {
-    /// The admitted answers' `remaining` values are exactly R-1, ..., 0.
-    pub remaining_values_ok: bool,
-    /// The check after the burst was denied with `remaining` 0.
-    pub final_ok: bool,
-    pub exact_ok: bool,
-}
-
-/// Exact mode's verdict on 2R concurrent checks against `remaining == r`.
-pub fn exact_verdict(
-    r: u64,
-    allowed: u64,
-    denied: u64,
-    remainders: &[u64],
-    last: Option<&Decision>,
-    errors: u64,
-) -> ExactVerdict {
-    let mut sorted = remainders.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let remaining_values_ok = sorted.len() as u64 == r
-        && sorted
-            .iter()
-            .enumerate()
-            .all(|(i, &x)| x + 1 + i as u64 == r);
-    let final_ok = last.is_some_and(|d| !d.allowed && d.remaining == Some(0));
-    ExactVerdict {
-        remaining_values_ok,
-        final_ok,
-        exact_ok: allowed == r && denied == r && remaining_values_ok && final_ok && errors == 0,
+    fn decision(
+        status: u16,
+        policy: Option<&str>,
+        limit: Option<&str>,
+        body: &[u8],
+    ) -> Result<Decision, String> {
+        ensure(status == 200 || status == 429, &format!("http_{status}"))?;
+        let b: Value = serde_json::from_slice(body).map_err(|_| "bad_json")?;
+        ensure(b.is_object() || b.is_array(), "bad_json")?;
+        let Some(allowed) = b.get("allowed").and_then(Value::as_bool) else {
+            let code = b["error"]["code"].as_str().unwrap_or("without_allowed");
+            return Err(if status == 429 {
+                format!("http_429_{code}")
+            } else {
+                "body_without_allowed".into()
+            });
+        };
+        ensure(allowed == (status == 200), "allowed_status_mismatch")?;
+        let (lim, rem) = (b.get("limit"), b.get("remaining"));
+        let unlimited = matches!((lim, rem), (Some(Value::Null), Some(Value::Null)));
+        let (lim, rem) = (lim.and_then(count), rem.and_then(count));
+        ensure(
+            unlimited || matches!((lim, rem), (Some(l), Some(r)) if r <= l),
+            "bad_limit_remaining",
+        )?;
+        ensure(b.get("resetMs").and_then(count).is_some(), "bad_resetMs")?;
+        ensure(b.get("retryAfterMs").is_none_or(|v| count(v).is_some()), "bad_retryAfterMs")?;
+        ensure(status == 200 || b["error"]["code"].is_string(), "429_without_error")?;
+        ensure(headers_ok(policy, limit), "bad_ratelimit_headers")?;
+        Ok(Decision { allowed, remaining: rem, limit: lim })
     }
 }
 
@@ -359,38 +305,21 @@ impl super::Gen for Options {
             );
         }
         let (n, c, secs, cost) = (self.subjects, self.concurrency, self.seconds, self.cost);
-        let text = format!("quota subjects={n} concurrency={c} seconds={secs} plan={plan} resource={resource} cost={cost}");
+        let text =
+            format!("quota subjects={n} concurrency={c} seconds={secs} plan={plan} resource={resource} cost={cost}");
         let shape = json!({"subjects": n, "concurrency": c, "seconds": secs, "plan": plan,
             "resource": resource, "cost": cost, "callers": self.callers});
         (text, shape)
     }
 
-    fn metrics(&self) -> &'static [&'static str] {
+    fn metrics(&self) -> &'static str {
         match self.exact() {
-            0 => &[
-                "checks_per_s",
-                "allowed",
-                "denied",
-                "p50_ms",
-                "p99_ms",
-                "max_ms",
-                "errors",
-                "cpu_workerd_pct",
-                "cpu_proxy_pct",
-                "cpu_node_pct",
-                "cpu_loadgen_pct",
-                "cpu_machine_pct",
-                "workerd_cpu_us_per_check",
-            ],
-            _ => &[
-                "exact_ok",
-                "allowed",
-                "denied",
-                "final_remaining",
-                "p50_ms",
-                "p99_ms",
-                "errors",
-            ],
+            0 => {
+                "checks_per_s allowed denied p50_ms p99_ms max_ms errors cpu_workerd_pct \
+            cpu_proxy_pct cpu_node_pct cpu_loadgen_pct cpu_machine_pct \
+            workerd_cpu_us_per_check"
+            }
+            _ => "exact_ok allowed denied final_remaining p50_ms p99_ms errors",
         }
     }
 
@@ -433,10 +362,7 @@ impl Gen<'_> {
             .header("content-type", "application/json")
             .body(body.to_vec());
         if !self.auth.is_empty() {
-            rb = rb.header(
-                "authorization",
-                &self.auth[self.next_auth % self.auth.len()],
-            );
+            rb = rb.header("authorization", &self.auth[self.next_auth % self.auth.len()]);
             self.next_auth += 1;
         }
         rb
@@ -501,9 +427,7 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
 
 fn prefix(opts: &Options) -> String {
     let random = || drive::tag(8);
-    opts.subject_prefix
-        .clone()
-        .unwrap_or_else(|| format!("qg-{}", random()))
+    opts.subject_prefix.clone().unwrap_or_else(|| format!("qg-{}", random()))
 }
 
 type Fields = Vec<(&'static str, Value)>;
@@ -512,9 +436,7 @@ async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<F
     let opts = gen.opts;
     open_all(&gen.client, &gen.base, opts.concurrency).await?;
     let prefix = prefix(opts);
-    let subjects: Vec<String> = (0..opts.subjects)
-        .map(|i| format!("{prefix}-{i}"))
-        .collect();
+    let subjects: Vec<String> = (0..opts.subjects).map(|i| format!("{prefix}-{i}")).collect();
     let bodies: Vec<Vec<u8>> = subjects.iter().map(|s| gen.body(s, opts.cost)).collect();
     let mut lat = Vec::new();
     let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
@@ -548,28 +470,14 @@ async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<F
     }
     let [p50, p99, max] = spread(&mut lat);
     let callers = (!gen.auth.is_empty()).then_some(gen.auth.len());
-    Ok(vec![
-        (
-            "checks_per_s",
-            json!(((allowed + denied) as f64 / opts.seconds).round() as u64),
-        ),
-        ("allowed", json!(allowed)),
-        ("denied", json!(denied)),
-        ("p50_ms", json!(p50)),
-        ("p99_ms", json!(p99)),
-        ("max_ms", json!(max)),
-        ("errors", Value::Null),
-        ("subjects", json!(opts.subjects)),
-        ("concurrency", json!(opts.concurrency)),
-        ("seconds", json!(opts.seconds)),
-        ("plan", json!(opts.plan())),
-        ("resource", json!(opts.resource().name())),
-        ("cost", json!(opts.cost)),
-        ("callers", json!(callers)),
-        ("answers_total", json!(total)),
-        ("error_detail", Value::Null),
-        ("cpu_pct", json!(outcome.cpu)),
-    ])
+    Ok(pairs! {
+        "checks_per_s": ((allowed + denied) as f64 / opts.seconds).round() as u64,
+        "allowed": allowed, "denied": denied, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+        "errors": Value::Null, "subjects": opts.subjects, "concurrency": opts.concurrency,
+        "seconds": opts.seconds, "plan": opts.plan(), "resource": opts.resource().name(),
+        "cost": opts.cost, "callers": callers, "answers_total": total, "error_detail": Value::Null,
+        "cpu_pct": outcome.cpu,
+    })
 }
 
 async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
@@ -616,37 +524,23 @@ async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
     }
     let last_answer = drive::send(gen.request(&body)).await;
     let last = gen.checker.check(&last_answer, &subject);
-    let v = exact_verdict(
-        r,
-        allowed,
-        denied,
-        &remainders,
-        last.as_ref(),
-        gen.checker.count(),
-    );
+    // The admitted answers' `remaining` values are exactly R-1, ..., 0,
+    // and the check after the burst was denied with `remaining` 0.
+    remainders.sort_unstable_by(|a, b| b.cmp(a));
+    let remaining_values_ok = remainders.iter().rev().copied().eq(0..r);
+    let final_ok = last.as_ref().is_some_and(|d| !d.allowed && d.remaining == Some(0));
+    let errors = gen.checker.count();
+    let exact_ok = allowed == r && denied == r && remaining_values_ok && final_ok && errors == 0;
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
     let [p50, p99, max] = spread(&mut lat);
-    Ok(vec![
-        ("mode", json!("exact")),
-        ("exact_ok", json!(v.exact_ok)),
-        ("exact_R", json!(r)),
-        ("fired", json!(n)),
-        ("allowed", json!(allowed)),
-        ("denied", json!(denied)),
-        ("remaining_values_ok", json!(v.remaining_values_ok)),
-        ("final_denied", json!(last.as_ref().map(|d| !d.allowed))),
-        (
-            "final_remaining",
-            json!(last.as_ref().and_then(|d| d.remaining)),
-        ),
-        ("p50_ms", json!(p50)),
-        ("p99_ms", json!(p99)),
-        ("max_ms", json!(max)),
-        ("errors", Value::Null),
-        ("plan", json!(plan)),
-        ("resource", json!(resource)),
-        ("error_detail", Value::Null),
-    ])
+    Ok(pairs! {
+        "mode": "exact", "exact_ok": exact_ok, "exact_R": r, "fired": n, "allowed": allowed,
+        "denied": denied, "remaining_values_ok": remaining_values_ok,
+        "final_denied": last.as_ref().map(|d| !d.allowed),
+        "final_remaining": last.as_ref().and_then(|d| d.remaining), "p50_ms": p50, "p99_ms": p99,
+        "max_ms": max, "errors": Value::Null, "plan": plan, "resource": resource,
+        "error_detail": Value::Null,
+    })
 }
 
 /// One check of exact mode's set-up; an error says what failed.
@@ -681,10 +575,7 @@ mod tests {
         );
         for (p, l) in [
             (None, Some(LIMIT)),
-            (
-                Some("\"points\";q=10000;w=86400"),
-                Some("\"points\";r=5;t=1"),
-            ),
+            (Some("\"points\";q=10000;w=86400"), Some("\"points\";r=5;t=1")),
             (Some("api;q=6000;w=60"), Some(LIMIT)),
             (Some("\"api\";q=6000;w=30"), Some(LIMIT)),
             (Some(POLICY), Some("\"api\";r=6001;t=1")),
@@ -701,14 +592,7 @@ mod tests {
         let mut c = Checker::new(Resource::Points);
         let ok = r#"{"allowed":true,"limit":10,"remaining":4,"resetMs":100}"#;
         let d = c.check_parts(200, Some(POLICY), Some(LIMIT), ok.as_bytes(), "s");
-        assert_eq!(
-            d,
-            Some(Decision {
-                allowed: true,
-                remaining: Some(4),
-                limit: Some(10)
-            })
-        );
+        assert_eq!(d, Some(Decision { allowed: true, remaining: Some(4), limit: Some(10) }));
         // status, RateLimit headers or not, the error code, the body
         let cases = r#"
 200 h duplicate_remaining {"allowed":true,"limit":10,"remaining":4,"resetMs":100}
@@ -768,32 +652,20 @@ mod tests {
             if !allowed {
                 b["error"] = json!({"code": "quota_exceeded"});
             }
-            let headers = vec![
-                ("ratelimit-policy", POLICY.into()),
-                ("ratelimit", LIMIT.into()),
-            ];
+            let headers = vec![("ratelimit-policy", POLICY.into()), ("ratelimit", LIMIT.into())];
             (if allowed { 200 } else { 429 }, headers, b.to_string())
         }));
         format!("http://127.0.0.1:{port}")
     }
 
     fn run_on(url: &str, opts: Options) -> Value {
-        let o = Options {
-            seconds: 0.3,
-            subjects: 3,
-            concurrency: 4,
-            drain_seconds: 2.0,
-            ..opts
-        };
+        let o = Options { seconds: 0.3, subjects: 3, concurrency: 4, drain_seconds: 2.0, ..opts };
         serde_json::from_str(&run(&o, url, Some("secret"), &[])).unwrap()
     }
 
     #[test]
     fn exact_mode_passes_an_exact_server_and_catches_over_admission() {
-        let exact = |r| Options {
-            exact: Some(r),
-            ..Options::default()
-        };
+        let exact = |r| Options { exact: Some(r), ..Options::default() };
         let r = run_on(&fake_quota(100, false), exact(5));
         assert_eq!(
             (&r["exact_ok"], &r["allowed"], &r["denied"]),
@@ -801,11 +673,7 @@ mod tests {
             "{r}"
         );
         let r = run_on(&fake_quota(100, true), exact(5));
-        assert_eq!(
-            (&r["exact_ok"], &r["allowed"]),
-            (&json!(false), &json!(6)),
-            "{r}"
-        );
+        assert_eq!((&r["exact_ok"], &r["allowed"]), (&json!(false), &json!(6)), "{r}");
         assert_eq!(r["error_detail"]["duplicate_remaining"], 1);
         // 99 left after the first check: too few for R = 100
         let r = run_on(&fake_quota(100, false), exact(100));
@@ -817,11 +685,7 @@ mod tests {
 
     #[test]
     fn load_mode_counts_answers_and_rotates_service_tokens() {
-        let o = Options {
-            resource: Some(Resource::Points),
-            callers: 3,
-            ..Options::default()
-        };
+        let o = Options { resource: Some(Resource::Points), callers: 3, ..Options::default() };
         let r = run_on(&fake_quota(50, false), o);
         // 3 subjects x 50 units
         assert_eq!(
@@ -836,9 +700,6 @@ mod tests {
         );
         let port = sesh_launcher::free_port().unwrap();
         let r = run_on(&format!("http://127.0.0.1:{port}"), Options::default());
-        assert!(
-            r["fatal"].as_str().unwrap().starts_with("GET /health"),
-            "nobody listening: {r}"
-        );
+        assert!(r["fatal"].as_str().unwrap().starts_with("GET /health"), "nobody listening: {r}");
     }
 }

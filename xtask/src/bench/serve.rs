@@ -15,9 +15,7 @@ use anyhow::{anyhow, Context, Result};
 /// runs `npm ci` there when its packages are missing or changed.
 pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let src = root.join("../shared/bench");
-    let src = src
-        .canonicalize()
-        .with_context(|| src.display().to_string())?;
+    let src = src.canonicalize().with_context(|| src.display().to_string())?;
     let dest = root.join("target/bench");
     let changed = sync_tree(&src, &dest)?;
     if !changed.is_empty() {
@@ -36,11 +34,7 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
         || !dest.join("node_modules/.package-lock.json").exists()
     {
         eprintln!("bench: npm ci in {}", dest.display());
-        crate::run(
-            Command::new("npm")
-                .current_dir(&dest)
-                .args(["ci", "--no-audit", "--no-fund"]),
-        )?;
+        crate::run(Command::new("npm").current_dir(&dest).args(["ci", "--no-audit", "--no-fund"]))?;
     }
     Ok(dest)
 }
@@ -103,9 +97,8 @@ impl Target {
             "rust" => ("rust".to_owned(), root.to_path_buf(), true),
             "js-ref" | "party-ref" | "quota-ref" => (name.to_owned(), bench.join(name), false),
             path => {
-                let dir = Path::new(path)
-                    .canonicalize()
-                    .with_context(|| format!("target {path}"))?;
+                let dir =
+                    Path::new(path).canonicalize().with_context(|| format!("target {path}"))?;
                 let label = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -118,12 +111,7 @@ impl Target {
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
             .ok_or_else(|| anyhow!("target {name}: no wrangler config in {}", dir.display()))?;
-        Ok(Target {
-            name: label,
-            dir,
-            config,
-            rust,
-        })
+        Ok(Target { name: label, dir, config, rust })
     }
 }
 
@@ -169,12 +157,11 @@ pub fn with_server<R>(
     let launch = sesh_launcher::Launch {
         name: format!("sesh-bench-{}", t.name),
         wrangler: bench.join("node_modules/.bin/wrangler"),
-        migrations: t.dir.join("migrations").is_dir().then(|| {
-            (
-                t.dir.clone(),
-                vec!["--config".into(), t.config.clone().into()],
-            )
-        }),
+        migrations: t
+            .dir
+            .join("migrations")
+            .is_dir()
+            .then(|| (t.dir.clone(), vec!["--config".into(), t.config.clone().into()])),
         state_root: state_root.to_path_buf(),
         serve: Box::new(move |port, state| {
             let mut cmd = Command::new("node");

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::drive::{self, block_on, send};
-use super::summary::{median, ordered_object, round_to};
+use super::summary::{fields, median, round_to};
 use super::{positive, Served};
 
 /// Waking sessions with many stored points.
@@ -51,18 +51,9 @@ impl super::Gen for Options {
         )
     }
 
-    fn metrics(&self) -> &'static [&'static str] {
-        &[
-            "big_total_ms",
-            "small_total_ms",
-            "total_ratio",
-            "big_welcome_ms",
-            "small_welcome_ms",
-            "big_ack_ms",
-            "small_ack_ms",
-            "fill_points_per_s",
-            "errors",
-        ]
+    fn metrics(&self) -> &'static str {
+        "big_total_ms small_total_ms total_ratio big_welcome_ms small_welcome_ms \
+            big_ack_ms small_ack_ms fill_points_per_s errors"
     }
 
     fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
@@ -72,13 +63,8 @@ impl super::Gen for Options {
         let mut sessions = Vec::new();
         let t0 = Instant::now();
         for (name, n) in [("big", self.points), ("small", self.small)] {
-            let token = crate::mint(
-                &secret,
-                &format!("wake-{tag}-{name}"),
-                "enterprise",
-                None,
-                7200,
-            )?;
+            let token =
+                crate::mint(&secret, &format!("wake-{tag}-{name}"), "enterprise", None, 7200)?;
             let id = block_on(fill(&s.url, &token, n))??;
             sessions.push((name, id, token, n as u64));
         }
@@ -100,33 +86,17 @@ impl super::Gen for Options {
             median(&times[k].iter().map(|t| t[i]).collect::<Vec<_>>()).map(|x| round_to(x, 2))
         };
         let ratio = med(0, 2).zip(med(1, 2)).map(|(b, s)| round_to(b / s, 3));
-        Ok(vec![ordered_object(&[
-            ("big_total_ms", json!(med(0, 2))),
-            ("small_total_ms", json!(med(1, 2))),
-            ("total_ratio", json!(ratio)),
-            ("goal", json!("big/small total <= 2")),
-            ("goal_met", json!(ratio.map(|r| r <= 2.0))),
-            ("big_welcome_ms", json!(med(0, 0))),
-            ("small_welcome_ms", json!(med(1, 0))),
-            ("big_ack_ms", json!(med(0, 1))),
-            ("small_ack_ms", json!(med(1, 1))),
-            ("points", json!(self.points)),
-            ("small", json!(self.small)),
-            ("trials", json!(self.trials)),
-            ("wakes", json!([times[0].len(), times[1].len()])),
-            (
-                "cold_by",
-                json!("SIGKILL and restart on the same state (launcher)"),
-            ),
-            ("fill_s", json!(round_to(fill_s, 1))),
-            (
-                "fill_points_per_s",
-                json!((((self.points + self.small) as f64) / fill_s).round()),
-            ),
-            ("errors", json!(errors.values().sum::<u64>())),
-            ("error_detail", json!(errors)),
-            ("generator", json!("xtask")),
-        ])])
+        Ok(vec![fields! {
+            "big_total_ms": med(0, 2), "small_total_ms": med(1, 2), "total_ratio": ratio,
+            "goal": "big/small total <= 2", "goal_met": ratio.map(|r| r <= 2.0),
+            "big_welcome_ms": med(0, 0), "small_welcome_ms": med(1, 0), "big_ack_ms": med(0, 1),
+            "small_ack_ms": med(1, 1), "points": self.points, "small": self.small,
+            "trials": self.trials, "wakes": [times[0].len(), times[1].len()],
+            "cold_by": "SIGKILL and restart on the same state (launcher)",
+            "fill_s": round_to(fill_s, 1),
+            "fill_points_per_s": (((self.points + self.small) as f64) / fill_s).round(),
+            "errors": errors.values().sum::<u64>(), "error_detail": errors, "generator": "xtask",
+        }])
     }
 }
 
@@ -140,21 +110,11 @@ async fn fill(base: &str, token: &str, n: usize) -> Result<String> {
             .map(|i| json!({"id": format!("p{i}"), "kind": "bench", "value": i}))
             .collect();
         let url = format!("{base}/v1/sessions/{id}/points");
-        match send(
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({ "points": batch })),
-        )
-        .await
-        {
+        match send(client.post(url).bearer_auth(token).json(&json!({ "points": batch }))).await {
             Ok(r) if r.status == 200 => sent += batch.len(),
             // The owner's api rate (enterprise: 100/s after a burst of 1000).
             Ok(r) if r.status == 429 => {
-                let wait = r
-                    .header("retry-after")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
+                let wait = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             Ok(r) => bail!("POST points: {}", r.head()),
@@ -167,10 +127,7 @@ async fn fill(base: &str, token: &str, n: usize) -> Result<String> {
 /// Joins, awaits the welcome, sends one point and awaits its ack:
 /// `[connect to welcome, send to ack, connect to ack]` in ms.
 async fn wake(base: &str, id: &str, token: &str, stored: u64, point: &str) -> Result<[f64; 3]> {
-    let url = format!(
-        "ws{}/v1/sessions/{id}/ws?token={token}",
-        base.trim_start_matches("http")
-    );
+    let url = format!("ws{}/v1/sessions/{id}/ws?token={token}", base.trim_start_matches("http"));
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
     let t0 = Instant::now();
     let run = async {
@@ -190,9 +147,7 @@ async fn wake(base: &str, id: &str, token: &str, stored: u64, point: &str) -> Re
                 Some("ack") if v["id"] != point => {}
                 Some("ack") if v["seq"] != stored + 1 => bail!("ack_seq_not_next"),
                 Some("ack") => {
-                    let (w, s) = welcome
-                        .zip(sent)
-                        .ok_or_else(|| anyhow!("ack_before_welcome"))?;
+                    let (w, s) = welcome.zip(sent).ok_or_else(|| anyhow!("ack_before_welcome"))?;
                     let _ = ws.close(None).await;
                     return Ok([w, ms(s), ms(t0)]);
                 }
