@@ -67,12 +67,6 @@ pub struct Options {
     pub user_prefix: Option<String>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        super::defaults()
-    }
-}
-
 impl Options {
     pub fn callers(&self) -> usize {
         self.callers.unwrap_or(self.users)
@@ -432,6 +426,7 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use super::super::defaults;
     use super::*;
     use crate::bench::drive::fake;
 
@@ -508,7 +503,7 @@ mod tests {
             concurrency: 4,
             batch: 10,
             callers: Some(5),
-            ..Options::default()
+            ..defaults::<Options>()
         };
         let lines = run(&opts, &format!("http://127.0.0.1:{port}"), "secret", &[]);
         lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -526,7 +521,7 @@ mod tests {
             (r[2]["reads_per_s"].as_u64().unwrap(), r[2]["requests_per_s"].as_u64().unwrap());
         assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
         let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
-        let s = super::super::Gen::summarize(&Options::default(), &[], &runs, &[]);
+        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, &[]);
         assert!(
             s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single")
         );

@@ -17,7 +17,8 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let src = root.join("../shared/bench");
     let src = src.canonicalize().with_context(|| src.display().to_string())?;
     let dest = root.join("target/bench");
-    let changed = sync_tree(&src, &dest)?;
+    let mut changed = Vec::new();
+    sync_tree(&src, &dest, Path::new(""), &mut changed)?;
     if !changed.is_empty() {
         eprintln!(
             "bench: copied {} file(s) from {} to {}",
@@ -39,47 +40,28 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Makes `dest` hold `src`'s files (except `node_modules`), writing only
-/// those that are missing or differ; returns their relative paths.
-pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let here = src.join(rel);
-        fs::create_dir_all(dest.join(rel)).with_context(|| dest.display().to_string())?;
-        let mut entries: Vec<_> = fs::read_dir(&here)
-            .with_context(|| here.display().to_string())?
-            .filter_map(Result::ok)
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            if name == "node_modules" {
-                continue;
-            }
-            let r = rel.join(&name);
-            let meta = fs::metadata(e.path()).with_context(|| r.display().to_string())?;
-            if meta.is_dir() {
-                walk(src, dest, &r, out)?;
-                continue;
-            }
-            let bytes = fs::read(e.path()).with_context(|| r.display().to_string())?;
-            let to = dest.join(&r);
-            if fs::read(&to).ok().as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
+/// Makes `dest` hold `src`'s files under `rel` (except `node_modules`),
+/// writing only those that are missing or differ; their relative paths go
+/// to `out`.
+fn sync_tree(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dest.join(rel)).with_context(|| dest.join(rel).display().to_string())?;
+    for e in fs::read_dir(src.join(rel))?.flatten().filter(|e| e.file_name() != "node_modules") {
+        let (r, meta) = (rel.join(e.file_name()), fs::metadata(e.path())?);
+        if meta.is_dir() {
+            sync_tree(src, dest, &r, out)?;
+            continue;
+        }
+        let (bytes, to) = (fs::read(e.path())?, dest.join(&r));
+        if fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
             let _ = fs::remove_file(&to); // a read-only copy cannot be overwritten
             fs::write(&to, &bytes).with_context(|| to.display().to_string())?;
-            use std::os::unix::fs::PermissionsExt;
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            let mode = if exec { 0o755 } else { 0o644 };
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .with_context(|| to.display().to_string())?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
             out.push(r);
         }
-        Ok(())
     }
-    let mut out = Vec::new();
-    walk(src, dest, Path::new(""), &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// A server to benchmark.
@@ -115,19 +97,16 @@ impl Target {
     }
 }
 
+/// Where the throw-away state folders go: the folder given, else the
+/// first writable of `/dev/shm` and the temp folder.
 pub fn state_root(given: Option<&Path>) -> PathBuf {
-    let candidates: Vec<PathBuf> = match given {
-        Some(p) => vec![p.to_path_buf()],
-        None => vec![PathBuf::from("/dev/shm"), std::env::temp_dir()],
-    };
-    for c in &candidates {
+    let tmp = std::env::temp_dir();
+    let candidates = given.map_or_else(|| vec!["/dev/shm".into(), tmp.clone()], |p| vec![p.into()]);
+    let writable = |c: &PathBuf| {
         let probe = c.join(format!(".sesh-bench-probe-{}", std::process::id()));
-        if fs::create_dir(&probe).is_ok() {
-            let _ = fs::remove_dir(&probe);
-            return c.clone();
-        }
-    }
-    std::env::temp_dir()
+        fs::create_dir(&probe).is_ok() && fs::remove_dir(&probe).is_ok()
+    };
+    candidates.into_iter().find(writable).unwrap_or(tmp)
 }
 
 /// Builds the Worker bundle (installing what is missing; with `features`)
@@ -180,13 +159,8 @@ pub fn with_server<R>(
     };
     let mut server = sesh_launcher::Server::start(launch)
         .with_context(|| format!("{} did not start", t.name))?;
-    eprintln!(
-        "bench: {} on {} (state {}, log {})",
-        t.name,
-        server.base,
-        server.state().display(),
-        server.log().display()
-    );
+    let (state, log) = (server.state().display(), server.log().display());
+    eprintln!("bench: {} on {} (state {state}, log {log})", t.name, server.base);
     let result = gen(&mut server);
     server.stop();
     if !matches!(&result, Ok(r) if clean(r)) {
