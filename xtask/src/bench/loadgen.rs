@@ -213,22 +213,17 @@ impl Shared {
 }
 
 /// A frame from the server; fields that do not matter here are skipped.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 struct Frame<'a> {
     #[serde(rename = "type")]
     ty: &'a str,
-    #[serde(default)]
     id: Option<&'a str>,
-    #[serde(default)]
-    seq: Option<serde_json::Value>,
-    #[serde(default, rename = "lastSeq")]
-    last_seq: Option<serde_json::Value>,
-    #[serde(default, rename = "userId")]
+    seq: Option<Value>,
+    last_seq: Option<Value>,
     user_id: Option<&'a str>,
-    #[serde(default)]
     code: Option<&'a str>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
+    data: Option<Value>,
 }
 
 fn integer(v: &Option<serde_json::Value>) -> Option<i64> {

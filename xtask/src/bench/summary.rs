@@ -41,13 +41,14 @@ pub fn ordered_object(fields: &[(&str, Value)]) -> String {
 /// A JSON object as a string, its keys in the order written:
 /// `fields! {"a": x, "b": y}` (each value as `json!` takes it).
 macro_rules! fields {
-    ($($t:tt)*) => {
-        $crate::bench::summary::ordered_object(&$crate::bench::summary::pairs! { $($t)* })
+    ($($k:literal: $v:expr),* $(,)?) => {
+        $crate::bench::summary::ordered_object(&[$(($k, serde_json::json!($v))),*])
     };
 }
 pub(crate) use fields;
 
-/// The pairs of [`fields!`], to be completed before they become an object.
+/// The pairs of [`fields!`] as a `Vec`, to be completed before they
+/// become an object.
 macro_rules! pairs {
     ($($k:literal: $v:expr),* $(,)?) => {
         vec![$(($k, serde_json::json!($v))),*]
