@@ -396,6 +396,57 @@ impl QuotaCall {
     }
 }
 
+/// What an `ExportDO` (one per export id) is asked to do, always for the
+/// export's user (checked against the export's row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportCall {
+    /// Create the export and start its steps.
+    Start {
+        /// The export id (the object cannot read its own name).
+        export_id: String,
+        /// Whose data.
+        user_id: String,
+    },
+    /// The export's status.
+    Status {
+        /// The export id.
+        export_id: String,
+        /// The user in the path.
+        user_id: String,
+    },
+    /// The file, once done.
+    Download {
+        /// The export id.
+        export_id: String,
+        /// The user in the path.
+        user_id: String,
+    },
+}
+
+impl ExportCall {
+    /// The wire form.
+    pub fn into_wire(self) -> Wire {
+        let (op, id, user) = match self {
+            Self::Start { export_id, user_id } => ("/start", export_id, user_id),
+            Self::Status { export_id, user_id } => ("/status", export_id, user_id),
+            Self::Download { export_id, user_id } => ("/download", export_id, user_id),
+        };
+        Wire::new(op).with("id", id).with("user", user)
+    }
+
+    /// The call a wire form carries.
+    pub fn from_wire(w: Wire) -> Result<ExportCall, ApiError> {
+        let export_id = w.get("id")?.to_owned();
+        let user_id = w.get("user")?.to_owned();
+        Ok(match w.op.as_str() {
+            "/start" => Self::Start { export_id, user_id },
+            "/status" => Self::Status { export_id, user_id },
+            "/download" => Self::Download { export_id, user_id },
+            other => return Err(bad_wire(other, "operation")),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +595,31 @@ mod tests {
             SessionCall::from_wire(Wire::parse("/append", None)),
             Err(ApiError::Internal(_))
         ));
+    }
+
+    #[test]
+    fn export_calls_round_trip() {
+        for call in [
+            ExportCall::Start {
+                export_id: "e".into(),
+                user_id: "u@x".into(),
+            },
+            ExportCall::Status {
+                export_id: "e".into(),
+                user_id: "u".into(),
+            },
+            ExportCall::Download {
+                export_id: "e".into(),
+                user_id: "a b".into(),
+            },
+        ] {
+            let w = call.clone().into_wire();
+            let path = w.path();
+            let (p, q) = path.split_once('?').unwrap();
+            assert_eq!(
+                ExportCall::from_wire(Wire::parse(p, Some(q))).unwrap(),
+                call
+            );
+        }
     }
 }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 409 `session_ended`.
     #[error("the session has ended")]
     SessionEnded,
+    /// 409 `export_not_ready`: the export's file is not complete yet.
+    #[error("{0}")]
+    ExportNotReady(String),
     /// 413 `payload_too_large` (or close 1009 on a WebSocket).
     #[error("payload exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -76,7 +79,7 @@ impl ApiError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::SessionEnded => 409,
+            Self::SessionEnded | Self::ExportNotReady(_) => 409,
             Self::PayloadTooLarge { .. } => 413,
             Self::Validation(_) => 422,
             Self::RateLimited { .. } | Self::QuotaExceeded { .. } => 429,
@@ -95,6 +98,7 @@ impl ApiError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::SessionEnded => ErrorCode::SessionEnded,
+            Self::ExportNotReady(_) => ErrorCode::ExportNotReady,
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::Validation(_) => ErrorCode::ValidationFailed,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
@@ -160,6 +164,7 @@ impl ApiError {
             ErrorCode::NotFound => Self::NotFound(message),
             ErrorCode::MethodNotAllowed => Self::MethodNotAllowed { allow: &[] },
             ErrorCode::SessionEnded => Self::SessionEnded,
+            ErrorCode::ExportNotReady => Self::ExportNotReady(message),
             ErrorCode::PayloadTooLarge => Self::PayloadTooLarge {
                 limit: sesh_protocol::limits::MAX_BODY_BYTES,
             },
@@ -231,6 +236,7 @@ mod tests {
             ApiError::NotFound("n".into()),
             ApiError::MethodNotAllowed { allow: &["GET"] },
             ApiError::SessionEnded,
+            ApiError::ExportNotReady("e".into()),
             ApiError::PayloadTooLarge { limit: 10 },
             ApiError::Validation("v".into()),
             ApiError::RateLimited {
@@ -261,6 +267,7 @@ mod tests {
                 (404, "not_found"),
                 (405, "method_not_allowed"),
                 (409, "session_ended"),
+                (409, "export_not_ready"),
                 (413, "payload_too_large"),
                 (422, "validation_failed"),
                 (429, "rate_limited"),

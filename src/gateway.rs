@@ -10,7 +10,7 @@ use sesh_protocol::{
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
 use crate::auth::{self, AuthError, Claims};
-use crate::calls::{PresenceCall, QuotaCall, SessionCall};
+use crate::calls::{ExportCall, PresenceCall, QuotaCall, SessionCall};
 use crate::config::{AllowedOrigins, Plans};
 use crate::core::presence::{shard_name, shard_of};
 use crate::core::quota::H_RETRY_AFTER_MS;
@@ -118,6 +118,20 @@ impl Gateway<'_> {
             return answer;
         }
         let path = url.path();
+        if path == "/console" {
+            // The page's relative links need the trailing slash.
+            self.pattern = "/console/";
+            let headers = Headers::new();
+            let _ = headers.set("location", "/console/");
+            return Ok(http::empty(308).with_headers(headers));
+        }
+        let reading = method == Method::Get || method == Method::Head;
+        if let Some((content_type, text)) = crate::console::asset(path).filter(|_| reading) {
+            self.pattern = "/console/";
+            let resp = http::json_text(200, text.to_owned());
+            let _ = resp.headers().set("content-type", content_type);
+            return Ok(resp);
+        }
         if !route::is_api_path(path) {
             // Outside /v1 there is only the health check.
             self.pattern = route::route(method.as_ref(), path)?.pattern();
@@ -175,7 +189,8 @@ impl Gateway<'_> {
             Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
             Route::AppendPoints(id) => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                hop.session(&id, SessionCall::Append { body }).await
+                self.read_session(&id, SessionCall::Append { body }, caller)
+                    .await
             }
             Route::ReadPoints(id) => {
                 let (after_seq, limit) = route::parse_read_query(
@@ -185,7 +200,7 @@ impl Gateway<'_> {
                 let call = SessionCall::Read { after_seq, limit };
                 self.read_session(&id, call, caller).await
             }
-            Route::EndSession(id) => hop.session(&id, SessionCall::End).await,
+            Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
                 hop.presence(me, PresenceCall::Heartbeat { body }).await
@@ -198,8 +213,30 @@ impl Gateway<'_> {
             }
             Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
             Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
-            Route::CreateExport(_) | Route::GetExport(..) | Route::DownloadExport(..) => {
-                Err(ApiError::NotFound("exports are not available yet".into()))
+            Route::CreateExport(user) => {
+                may_export(caller, &user)?;
+                let export_id = ids::new_session_id(now_ms());
+                let call = ExportCall::Start {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::GetExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Status {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::DownloadExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Download {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
             }
             Route::CheckQuota | Route::RefundQuota => {
                 if !caller.service {
@@ -212,17 +249,25 @@ impl Gateway<'_> {
         }
     }
 
-    /// A read of a session: its live object answers; once that object has
-    /// no storage (the session ended and was retired), D1 does.
+    /// A call to a session: its live object answers; once that object has
+    /// no storage (the session ended and was retired), D1 does: reads from
+    /// D1, ending again is the session as it ended, new points are 409.
     async fn read_session(
         &self,
         id: &str,
         call: SessionCall,
         caller: &Caller,
     ) -> Result<Response, ApiError> {
-        let read = match &call {
-            SessionCall::Read { after_seq, limit } => Some((*after_seq, *limit)),
-            _ => None,
+        // What to answer from D1, noted before the call moves (an append's
+        // body is not copied).
+        let kind = match &call {
+            SessionCall::Read { after_seq, limit } => SessionCall::Read {
+                after_seq: *after_seq,
+                limit: *limit,
+            },
+            SessionCall::Get => SessionCall::Get,
+            SessionCall::End => SessionCall::End,
+            _ => SessionCall::Socket,
         };
         let live = self.hop(caller).session(id, call).await?;
         if live.status_code() != 404 {
@@ -234,9 +279,15 @@ impl Gateway<'_> {
         if !reads::is_member(&s, &caller.user) {
             return Err(ApiError::Forbidden("not a member of this session".into()));
         }
-        match read {
-            Some((after_seq, limit)) => reads::ended_points(self.env, &s, after_seq, limit).await,
-            None => reads::session_answer(&s),
+        match kind {
+            SessionCall::Read { after_seq, limit } => {
+                reads::ended_points(self.env, &s, after_seq, limit).await
+            }
+            SessionCall::End if s.owner_id != caller.user => Err(ApiError::Forbidden(
+                "only the owner can end the session".into(),
+            )),
+            SessionCall::Get | SessionCall::End => reads::session_answer(&s),
+            _ => Err(ApiError::SessionEnded),
         }
     }
 
@@ -432,10 +483,20 @@ impl Gateway<'_> {
         let path = SessionCall::Socket.into_wire().path();
         let inner =
             Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
-        http::stub(self.env, Binding::Session, id)?
+        let resp = http::stub(self.env, Binding::Session, id)?
             .fetch_with_request(inner)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))
+            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))?;
+        if resp.status_code() == 404 {
+            // A retired session ended long ago: joining it is 409, as before.
+            if let Some(s) = reads::ended_session(self.env, id).await? {
+                if !reads::is_member(&s, &caller.user) {
+                    return Err(ApiError::Forbidden("not a member of this session".into()));
+                }
+                return Err(ApiError::SessionEnded);
+            }
+        }
+        Ok(resp)
     }
 
     /// `GET /v1/presence?users=a,b,c`: one request per read shard holding
@@ -485,6 +546,17 @@ impl Gateway<'_> {
             .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
             .collect();
         http::json(200, &serde_json::json!({ "users": users }))
+    }
+}
+
+/// Exports are for the user themself or a service token.
+fn may_export(caller: &Caller, user: &str) -> Result<(), ApiError> {
+    if caller.service || caller.user == user {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "exports are for the user themself or a service token".into(),
+        ))
     }
 }
 

@@ -208,6 +208,8 @@ pub enum Binding {
     Presence,
     /// `QUOTA`: one object per subject.
     Quota,
+    /// `EXPORT`: one object per user export.
+    Export,
 }
 
 impl Binding {
@@ -217,6 +219,7 @@ impl Binding {
             Binding::Session => "ACTIVE_SESSION",
             Binding::Presence => "PRESENCE",
             Binding::Quota => "QUOTA",
+            Binding::Export => "EXPORT",
         }
     }
 }
@@ -241,6 +244,15 @@ impl Hop<'_> {
     /// Asks the presence object of `user`.
     pub async fn presence(&self, user: &str, call: PresenceCall) -> Result<Response, ApiError> {
         self.call(Binding::Presence, user, call.into_wire()).await
+    }
+
+    /// Asks the object of export `call`'s id.
+    pub async fn export(
+        &self,
+        id: &str,
+        call: crate::calls::ExportCall,
+    ) -> Result<Response, ApiError> {
+        self.call(Binding::Export, id, call.into_wire()).await
     }
 
     /// Asks the quota object of `subject`.

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod calls;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod error;
 #[cfg(feature = "test-faults")]
@@ -22,6 +23,8 @@ mod db;
 mod gateway;
 #[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
+pub mod lifecycle;
 #[cfg(target_arch = "wasm32")]
 mod objects;
 #[cfg(target_arch = "wasm32")]

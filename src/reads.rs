@@ -91,36 +91,18 @@ pub fn session_answer(s: &SessionSummary) -> Result<Response, ApiError> {
     http::json(200, &v)
 }
 
-/// Points of an ended session from D1 (`GET .../points`), in seq order.
+/// Points of an ended session (`GET .../points`), in seq order: from D1,
+/// or from its R2 archive once its detailed points are pruned.
 pub async fn ended_points(
     env: &Env,
     s: &SessionSummary,
     after_seq: u64,
     limit: u64,
 ) -> Result<Response, ApiError> {
-    let d1 = db::database(env)?;
-    let months_and_tables = db::batch(
-        &d1,
-        &[
-            history::point_months(&s.id),
-            crate::core::partition::Statement::new(
-                crate::core::partition::LIST_PARTITIONS,
-                Vec::new(),
-            ),
-        ],
-    )
-    .await?;
-    let (months, tables) = match months_and_tables.as_slice() {
-        [m, t] => (history::parse_point_months(m)?, t),
-        _ => return Err(ApiError::Internal("D1 batch answered short".into())),
-    };
-    let existing = crate::core::partition::Existing::from_rows(tables)?;
-    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-    let rows = match history::read_points(&s.id, after_seq, limit, &months, &existing) {
-        Some(st) => db::query(&d1, &st).await?,
-        None => Vec::new(),
-    };
-    http::json(200, &history::points_page(&rows, s.last_seq)?)
+    match crate::lifecycle::ended_points(env, &s.id, after_seq, limit).await? {
+        Some(page) => http::json(200, &page),
+        None => Err(ApiError::NotFound("no such session".into())),
+    }
 }
 
 /// Whether `user` may read session `s` (its owner or a member).

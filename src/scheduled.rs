@@ -1,5 +1,6 @@
 //! The cron handler (`#[event(scheduled)]`): roll-ups of marked hours into
-//! metrics (CONTRACT.md section 8). "Now" is the event's scheduled time, and
+//! metrics (CONTRACT.md section 8), then the data lifecycle (section 9,
+//! `crate::lifecycle`). "Now" is the event's scheduled time, and
 //! a run does all work due at that time whatever its cron expression, so
 //! `GET /cdn-cgi/handler/scheduled?time=<ms>` on `wrangler dev` runs it as
 //! of any moment. A run stops early when its time budget is spent; runs
@@ -32,6 +33,15 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
             serde_json::json!({"level": "info", "job": "rollup", "at": at, "batches": n})
         ),
         Err(e) => http::log_error("scheduled", &e),
+    }
+    // The lifecycle runs after the roll-ups (a move drops monthly tables a
+    // roll-up batch may be reading; that batch then fails and is retried).
+    match crate::lifecycle::run_lifecycle(&env, at).await {
+        Ok(report) => worker::console_log!(
+            "{}",
+            serde_json::json!({"level": "info", "job": "lifecycle", "at": at, "report": report})
+        ),
+        Err(e) => http::log_error("lifecycle", &e),
     }
 }
 

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// `session_ended`: the session no longer takes writes or joins (409).
     SessionEnded,
+    /// `export_not_ready`: the export's file is not complete yet (409).
+    ExportNotReady,
     /// `payload_too_large`: a body over 1 MiB (413).
     PayloadTooLarge,
     /// `validation_failed`: well-formed JSON that breaks a rule (422).
@@ -45,7 +47,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -53,6 +55,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::SessionEnded,
+        ErrorCode::ExportNotReady,
         ErrorCode::PayloadTooLarge,
         ErrorCode::ValidationFailed,
         ErrorCode::RateLimited,
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::SessionEnded => "session_ended",
+            ErrorCode::ExportNotReady => "export_not_ready",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ValidationFailed => "validation_failed",
             ErrorCode::RateLimited => "rate_limited",

@@ -273,17 +273,15 @@ impl ListQuery {
         if let Some(s) = self.status {
             params.push(Value::from(s.as_str()));
         }
+        // One statement per table pair, not one compound SELECT per group:
+        // D1 refuses compound SELECTs of more than a few terms.
         plan(TableKind::Members, self.from, self.to, existing)
             .into_iter()
-            .filter_map(|g| {
-                let spans: Vec<Span> = g
-                    .spans
-                    .into_iter()
-                    .filter(|s| existing.contains(TableKind::Sessions, *s))
-                    .collect();
-                (!spans.is_empty()).then(|| {
-                    Statement::new(list_sql(&spans, self.status.is_some()), params.clone())
-                })
+            .flat_map(|g| g.spans)
+            .filter(|s| existing.contains(TableKind::Sessions, *s))
+            .map(|s| {
+                let sql = list_sql(s, self.status.is_some(), existing);
+                Statement::new(sql, params.clone())
             })
             .collect()
     }
@@ -293,16 +291,19 @@ impl ListQuery {
     pub fn answer(&self, rows: impl IntoIterator<Item = Value>) -> Result<SessionList, RowError> {
         let mut found = rows
             .into_iter()
-            .map(|r| Ok((col_int(&r, "started_ms")?, session_from_row(&r)?)))
-            .collect::<Result<Vec<(Millis, SessionSummary)>, RowError>>()?;
-        found.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)));
-        // Groups cover disjoint spans, so a session comes once; this keeps
-        // the answer right even if a caller passes rows twice.
+            .map(|r| {
+                let copy = col_int(&r, "copy").unwrap_or(0);
+                Ok((col_int(&r, "started_ms")?, session_from_row(&r)?, copy))
+            })
+            .collect::<Result<Vec<(Millis, SessionSummary, i64)>, RowError>>()?;
+        // Newest first; of a session found in two copies (a move under way)
+        // the yearly one, which later writes go to.
+        found.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)).then(a.2.cmp(&b.2)));
         found.dedup_by(|a, b| a.1.id == b.1.id);
         let more = found.len() > self.limit as usize;
         found.truncate(self.limit as usize);
         let next_cursor = match found.last() {
-            Some((t, s)) if more => Some(encode_cursor(&CursorBody {
+            Some((t, s, _)) if more => Some(encode_cursor(&CursorBody {
                 v: CURSOR_VERSION,
                 t: *t,
                 i: s.id.clone(),
@@ -313,7 +314,7 @@ impl ListQuery {
             _ => None,
         };
         Ok(SessionList {
-            sessions: found.into_iter().map(|(_, s)| s).collect(),
+            sessions: found.into_iter().map(|(_, s, _)| s).collect(),
             next_cursor,
         })
     }
@@ -332,66 +333,39 @@ const SESSION_COLUMNS: [&str; 9] = [
     "point_count",
 ];
 
-fn list_sql(spans: &[Span], by_status: bool) -> String {
-    if let [span] = spans {
-        // The common case: one table pair, read in index order and stopped
-        // after the limit.
-        let cols: Vec<String> = SESSION_COLUMNS
-            .iter()
-            .map(|c| format!("s.{c} AS {c}"))
-            .collect();
-        return format!(
-            "SELECT m.started_at AS started_ms, {cols} FROM {members} AS m \
-             JOIN {sessions} AS s ON s.id = m.session_id \
-             WHERE m.user_id = ?1 AND m.started_at >= ?2 \
-             AND (m.started_at, m.session_id) < (?3, ?4){status} \
-             ORDER BY m.started_at DESC, m.session_id DESC LIMIT ?5",
-            cols = cols.join(", "),
-            members = TableKind::Members.table(*span),
-            sessions = TableKind::Sessions.table(*span),
-            status = if by_status { " AND s.status = ?6" } else { "" },
-        );
-    }
-    let status = if by_status { " AND status = ?6" } else { "" };
-    let cond = "user_id = ?1 AND started_at >= ?2 AND (started_at, session_id) < (?3, ?4)";
-    // During a move: member rows from every copy (identical, so UNION keeps
-    // one), each column from the first copy of the session row that exists,
-    // the yearly one first.
-    let members: Vec<String> = spans
+// One table pair: read in index order and stopped after the limit. `copy`
+// ranks the yearly copy of a session first (it wins during a move).
+// A month whose year table exists (a move under way) leaves out the
+// sessions the year table already has, so the newer copy is the one listed
+// and filtered by status.
+fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
+    let cols: Vec<String> = SESSION_COLUMNS
         .iter()
-        .map(|s| {
-            format!(
-                "SELECT started_at, session_id FROM {} WHERE {cond}",
-                TableKind::Members.table(*s)
-            )
-        })
+        .map(|c| format!("s.{c} AS {c}"))
         .collect();
-    let cols: Vec<String> = SESSION_COLUMNS[1..]
-        .iter()
-        .map(|c| {
-            let arms: Vec<String> = (0..spans.len())
-                .map(|i| format!("WHEN s{i}.id IS NOT NULL THEN s{i}.{c}"))
-                .collect();
-            format!("CASE {} END AS {c}", arms.join(" "))
-        })
-        .collect();
-    let joins: Vec<String> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "LEFT JOIN {} AS s{i} ON s{i}.id = k.session_id",
-                TableKind::Sessions.table(*s)
-            )
-        })
-        .collect();
+    let copy = match span {
+        Span::Year(_) => 0,
+        Span::Month(_) => 1,
+    };
     format!(
-        "SELECT * FROM (SELECT k.started_at AS started_ms, k.session_id AS id, {cols} \
-         FROM ({members}) AS k {joins}) \
-         WHERE owner_id IS NOT NULL{status} ORDER BY started_ms DESC, id DESC LIMIT ?5",
+        "SELECT m.started_at AS started_ms, {copy} AS copy, {cols} FROM {members} AS m \
+         JOIN {sessions} AS s ON s.id = m.session_id \
+         WHERE m.user_id = ?1 AND m.started_at >= ?2 \
+         AND (m.started_at, m.session_id) < (?3, ?4){status}{shadow} \
+         ORDER BY m.started_at DESC, m.session_id DESC LIMIT ?5",
         cols = cols.join(", "),
-        members = members.join(" UNION "),
-        joins = joins.join(" "),
+        members = TableKind::Members.table(span),
+        sessions = TableKind::Sessions.table(span),
+        status = if by_status { " AND s.status = ?6" } else { "" },
+        shadow = match span {
+            Span::Month(m) if existing.contains(TableKind::Sessions, Span::Year(m.year())) => {
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM {} AS y WHERE y.id = s.id)",
+                    TableKind::Sessions.table(Span::Year(m.year()))
+                )
+            }
+            _ => String::new(),
+        },
     )
 }
 
@@ -663,17 +637,19 @@ pub fn parse_found_session(rows: &[Value]) -> Result<Option<SessionSummary>, Row
 
 const POINT_COLUMNS: &str = "seq, user_id, client_id, kind, value, data, ts";
 
-/// The statement reading the points of session `session_id` with
-/// `seq > after_seq`, in seq order, at most `limit` (1-1000; other values are
-/// clamped), from the partitions of `months` (from [`parse_point_months`])
-/// that exist. `None` when there are none: the page is empty.
+/// The statements reading the points of session `session_id` with
+/// `seq > after_seq`, in seq order, at most `limit` each (1-1000; other
+/// values are clamped), one per partition of `months` (from
+/// [`parse_point_months`]) that exists: D1 refuses compound SELECTs of more
+/// than a few terms, so tables are not joined in SQL. Run them in one batch
+/// and give their rows to [`merge_points`]. Empty when there are none.
 pub fn read_points(
     session_id: &str,
     after_seq: u64,
     limit: u32,
     months: &[Month],
     existing: &Existing,
-) -> Option<Statement> {
+) -> Vec<Statement> {
     let mut spans: Vec<Span> = months
         .iter()
         .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
@@ -681,32 +657,40 @@ pub fn read_points(
         .collect();
     spans.sort();
     spans.dedup();
-    // Each branch stops after `limit`, so a long session costs at most
-    // `limit` rows per table; UNION keeps one of a moving point's copies.
-    let branches: Vec<String> = spans
+    let limit = limit.clamp(1, MAX_READ_LIMIT as u32);
+    spans
         .iter()
         .map(|s| {
-            format!(
-                "SELECT * FROM (SELECT {POINT_COLUMNS} FROM {} \
-                 WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
-                TableKind::Points.table(*s)
+            Statement::new(
+                format!(
+                    "SELECT {POINT_COLUMNS} FROM {} WHERE session_id = ?1 AND seq > ?2 \
+                     ORDER BY seq LIMIT ?3",
+                    TableKind::Points.table(*s)
+                ),
+                vec![
+                    Value::from(session_id),
+                    Value::from(i64::try_from(after_seq).unwrap_or(i64::MAX)),
+                    Value::from(limit),
+                ],
             )
         })
+        .collect()
+}
+
+/// The rows of [`read_points`]'s statements as one page: in seq order, a
+/// point found in two tables (a move under way) once, at most `limit`.
+pub fn merge_points(results: &[Vec<Value>], limit: u64) -> Vec<Value> {
+    let mut rows: Vec<(i64, &Value)> = results
+        .iter()
+        .flatten()
+        .map(|r| (col_int(r, "seq").unwrap_or(i64::MAX), r))
         .collect();
-    let limit = limit.clamp(1, MAX_READ_LIMIT as u32);
-    (!branches.is_empty()).then(|| {
-        Statement::new(
-            format!(
-                "SELECT {POINT_COLUMNS} FROM ({}) ORDER BY seq LIMIT ?3",
-                branches.join(" UNION ")
-            ),
-            vec![
-                Value::from(session_id),
-                Value::from(i64::try_from(after_seq).unwrap_or(i64::MAX)),
-                Value::from(limit),
-            ],
-        )
-    })
+    rows.sort_by_key(|(seq, _)| *seq);
+    rows.dedup_by_key(|(seq, _)| *seq);
+    rows.into_iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(|(_, r)| r.clone())
+        .collect()
 }
 
 /// The `GET /v1/sessions/{id}/points` answer from [`read_points`]'s rows

@@ -116,6 +116,9 @@ pub struct Config {
     pub units_idle_ms: u64,
     /// Client ids remembered in memory; older ones are looked up.
     pub id_cache: usize,
+    /// An ended session's storage is deleted this long after the end, once
+    /// everything is in D1 and every unit is settled (`ENDED_RETENTION_MS`).
+    pub ended_retention_ms: u64,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             waiting_max_bytes: 1 << 20,
             units_idle_ms: 60_000,
             id_cache: 10_000,
+            ended_retention_ms: 7 * 86_400_000,
         }
     }
 }
@@ -260,6 +264,10 @@ pub enum Decision {
     Flush(FlushJob),
     /// Make sure the object wakes (alarm) no later than this.
     WakeAt(Millis),
+    /// The session ended long enough ago and everything of it is in D1 and
+    /// settled: delete the object's storage (once its outboxes are empty).
+    /// Reads are answered from D1 afterwards.
+    Retire,
 }
 
 /// The answer of [`SessionCore::append`].
@@ -1087,14 +1095,34 @@ impl SessionCore {
         Ok(())
     }
 
-    /// The alarm fired: a due flush, idle units given back, and the next
-    /// wake-up.
+    /// The alarm fired: a due flush, idle units given back, the storage
+    /// retired when its time has come, and the next wake-up.
     pub fn tick(&mut self, now: Millis) {
         self.tick_clock(now);
         if self.idle_at().is_some_and(|at| at <= now) {
             self.settle_all();
         }
+        if self.retire_at().is_some_and(|at| at <= now) {
+            self.out.push_back(Decision::Retire);
+            return;
+        }
         self.schedule();
+    }
+
+    /// When an ended session's storage may go: `ended_retention_ms` after
+    /// the end, once every point and the final record are in D1 and no unit
+    /// is held or unsettled. `None` while any of that is missing.
+    pub fn retire_at(&self) -> Option<Millis> {
+        let ended = self.st.meta.ended_at?;
+        let f = &self.st.flush;
+        let u = self.st.units;
+        let done = f.flushed_seq >= self.st.last_seq
+            && f.flushed_meta_version >= self.st.meta_version
+            && u.held == 0
+            && u.used == 0
+            && self.write.is_none()
+            && self.conns.0.is_empty();
+        done.then(|| ended.saturating_add(self.cfg.ended_retention_ms as Millis))
     }
 
     // When units in hand go back for want of use.
@@ -1120,12 +1148,13 @@ impl SessionCore {
         self.st.flush.next_at(self.pending())
     }
 
-    /// When the object must wake next (flush or idle units), if ever.
+    /// When the object must wake next (flush, idle units, retirement), if
+    /// ever.
     pub fn next_wake(&self) -> Option<Millis> {
-        match (self.next_flush_at(), self.idle_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_flush_at(), self.idle_at(), self.retire_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // A due flush goes out now; anything later is an alarm.

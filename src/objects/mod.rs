@@ -1,6 +1,7 @@
 //! The Durable Object adapters. Each carries out what its core decides:
 //! storage, sockets, alarms. They exist only on wasm32.
 
+mod export;
 mod presence;
 pub(crate) mod quota;
 mod session;

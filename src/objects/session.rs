@@ -22,6 +22,7 @@ use worker::{
 use crate::calls::{PresenceCall, QuotaCall, SessionCall};
 use crate::config::Plans;
 use crate::core::d1;
+use crate::core::lifecycle::LifecycleConfig;
 use crate::core::quota::Reserved;
 use crate::core::session::{
     point_frame, Append, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored, SessionCore,
@@ -221,6 +222,7 @@ struct Later {
     reserves: Vec<(String, String, u64)>,
     flushes: Vec<FlushJob>,
     failed: Option<ApiError>,
+    retire: bool,
 }
 
 impl Later {
@@ -230,6 +232,7 @@ impl Later {
             && !self.settle
             && self.reserves.is_empty()
             && self.flushes.is_empty()
+            && !self.retire
     }
 }
 
@@ -247,6 +250,12 @@ impl DurableObject for ActiveSessionDO {
             waiting_max_points: usize::try_from(t.waiting_points_max).unwrap_or(usize::MAX),
             waiting_max_bytes: usize::try_from(t.waiting_bytes_max).unwrap_or(usize::MAX),
             units_idle_ms: t.units_idle_ms,
+            ended_retention_ms: LifecycleConfig::from_vars(|k| http::var(&env, k))
+                .map(|c| c.ended_retention_ms.max(0) as u64)
+                .unwrap_or_else(|e| {
+                    log_error(&ApiError::Internal(format!("configuration: {e}")));
+                    Config::default().ended_retention_ms
+                }),
             ..Config::default()
         };
         let plans = Plans::parse(http::var(&env, "PLANS").as_deref()).unwrap_or_else(|e| {
@@ -407,6 +416,7 @@ impl ActiveSessionDO {
         if matches!(&*self.core.borrow(), Loaded::Live(_)) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
+        self.prepare_schema()?;
         let max_participants = self
             .plans
             .get(&caller.plan)
@@ -436,10 +446,9 @@ impl ActiveSessionDO {
     /// Loads the session from storage once per object lifetime (also after
     /// hibernation, when the sockets are still there). Reads a fixed number
     /// of rows whatever the number of points.
-    fn load(&self) -> Result<(), ApiError> {
-        if !matches!(&*self.core.borrow(), Loaded::Unread) {
-            return Ok(());
-        }
+    /// Creates the tables (and migrates storage written before the
+    /// `user_id` column) when they are missing.
+    fn prepare_schema(&self) -> Result<(), ApiError> {
         self.sql.exec(SCHEMA, None).map_err(internal)?;
         if self
             .sql
@@ -449,6 +458,28 @@ impl ActiveSessionDO {
             self.sql.exec(MIGRATE_POINTS, None).map_err(internal)?;
         }
         self.sql.exec(INDEX, None).map_err(internal)?;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<(), ApiError> {
+        if !matches!(&*self.core.borrow(), Loaded::Unread) {
+            return Ok(());
+        }
+        // No tables: no session was ever created here, or it was retired.
+        // Reading creates nothing, so a retired object stays empty.
+        let tables: Vec<MaxRow> = self
+            .sql
+            .exec(
+                "SELECT count(*) AS m FROM sqlite_master WHERE type = 'table' AND name = 'session'",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        if tables.first().and_then(|r| r.m).unwrap_or(0) == 0 {
+            *self.core.borrow_mut() = Loaded::Absent;
+            return Ok(());
+        }
+        self.prepare_schema()?;
         let rows: Vec<SessionRow> = self
             .sql
             .exec(
@@ -705,6 +736,10 @@ impl ActiveSessionDO {
         if let Err(e) = self.run().await {
             log_error(&e);
         }
+        if matches!(*self.core.borrow(), Loaded::Absent) {
+            // Retired: nothing is left to deliver or to wake for.
+            return;
+        }
         if let Err(e) = self.deliver_presence().await {
             log_error(&e);
         }
@@ -715,6 +750,22 @@ impl ActiveSessionDO {
             log_error(&e);
             let _ = self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
         }
+    }
+
+    /// Deletes the object's storage: the session ended long enough ago and
+    /// all of it is in D1 (reads are answered from there). Undelivered
+    /// outbox entries keep it, and the alarm tries again.
+    async fn retire(&self) -> Result<(), ApiError> {
+        if self.has_rows("presence_outbox")? || self.has_rows("settle_outbox")? {
+            return self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
+        }
+        let storage = self.state.storage();
+        storage.delete_alarm().await.map_err(internal)?;
+        storage.delete_all().await.map_err(internal)?;
+        self.alarm_at.set(None);
+        self.sockets.borrow_mut().clear();
+        *self.core.borrow_mut() = Loaded::Absent;
+        Ok(())
     }
 
     /// Arms the alarm for the core's next wake-up and any undelivered
@@ -777,6 +828,10 @@ impl ActiveSessionDO {
                 if let Err(e) = self.deliver_settlements().await {
                     log_error(&e);
                 }
+            }
+            if later.retire {
+                self.retire().await?;
+                break;
             }
         }
         failed.map_or(Ok(()), Err)
@@ -856,6 +911,7 @@ impl ActiveSessionDO {
                 Decision::Reserve { owner, plan, want } => later.reserves.push((owner, plan, want)),
                 Decision::Flush(job) => later.flushes.push(job),
                 Decision::WakeAt(at) => later.wake = Some(later.wake.map_or(at, |w| w.min(at))),
+                Decision::Retire => later.retire = true,
             }
         }
         Ok(later)

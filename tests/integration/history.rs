@@ -27,7 +27,8 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     retired_session_reads_back_from_d1,
     metrics_of_points_across_30_months_match_a_direct_computation,
     late_points_are_counted_after_the_next_run,
-    metrics_are_for_the_user_or_a_service_only
+    metrics_are_for_the_user_or_a_service_only,
+    an_ended_session_retires_its_storage_and_still_reads_back
 );
 
 const DAY: i64 = 86_400_000;
@@ -506,4 +507,121 @@ async fn metrics_are_for_the_user_or_a_service_only() {
     get(&format!("/v1/users/{me}/metrics?granularity=year"), &t)
         .await
         .assert_error(400, "bad_request");
+}
+
+async fn an_ended_session_retires_its_storage_and_still_reads_back() {
+    let server = Server::start(&[("ENDED_RETENTION_MS", "1000"), ("FLUSH_INTERVAL_MS", "300")]);
+    let b = server.base.as_str();
+    let (owner, member) = (unique("retiring"), unique("member"));
+    let (to, tm) = (user_token(&owner, "pro"), user_token(&member, "pro"));
+    let id = create_session_at(b, &to, &[&member]).await;
+    let points: Vec<(i64, String, Option<f64>)> = (0..25)
+        .map(|i| (now_ms() - i * 1000, "hr".to_owned(), Some(i as f64)))
+        .collect();
+    post_points(b, &id, &to, &points).await;
+    end_session(b, &id, &to).await;
+    let live = call_at(
+        b,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(&tm),
+        None,
+        &[],
+    )
+    .await;
+    assert!(
+        live.body.get("stats").is_some(),
+        "the live object answers: {}",
+        live.text
+    );
+
+    // The object deletes its storage one retention after the end (its
+    // alarm); answers then come from D1, which has no live figures.
+    let mut retired = None;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let a = call_at(
+            b,
+            "GET",
+            &format!("/v1/sessions/{id}"),
+            Some(&tm),
+            None,
+            &[],
+        )
+        .await;
+        if a.body.get("stats").is_none() {
+            retired = Some(a);
+            break;
+        }
+    }
+    let a = retired.expect("the ended session's object retired its storage");
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "ended");
+    assert_eq!(a.body["lastSeq"], 25);
+    assert_eq!(a.body["participants"], json!([]));
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("/v1/sessions/{id}/points?afterSeq={after}&limit=10");
+        let page = call_at(b, "GET", &path, Some(&to), None, &[]).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        assert_eq!(page.body["lastSeq"], 25);
+        let got: Vec<i64> = page.body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["seq"].as_i64().unwrap())
+            .collect();
+        let Some(last) = got.last().copied() else {
+            break;
+        };
+        seqs.extend(got);
+        after = last;
+    }
+    assert_eq!(
+        seqs,
+        (1..=25).collect::<Vec<_>>(),
+        "every point once, in order"
+    );
+    // Still ended for everyone: no new points, no joins, ending again is
+    // the session as it ended.
+    let late = json!({"points": [{"kind": "hr", "value": 1}]})
+        .to_string()
+        .into_bytes();
+    call_at(
+        b,
+        "POST",
+        &format!("/v1/sessions/{id}/points"),
+        Some(&to),
+        Some(late),
+        &[],
+    )
+    .await
+    .assert_error(409, "session_ended");
+    let again = call_at(
+        b,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&to),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["status"], "ended");
+    call_at(
+        b,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&tm),
+        None,
+        &[],
+    )
+    .await
+    .assert_error(403, "forbidden");
+    assert_eq!(
+        crate::client::Ws::try_join_at(b, &id, &tm).await.err(),
+        Some(409),
+        "joining a retired session is 409"
+    );
 }

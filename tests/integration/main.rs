@@ -23,6 +23,8 @@ mod harness;
 #[cfg(not(target_arch = "wasm32"))]
 mod history;
 #[cfg(not(target_arch = "wasm32"))]
+mod lifecycle;
+#[cfg(not(target_arch = "wasm32"))]
 mod presence;
 #[cfg(not(target_arch = "wasm32"))]
 mod quota;
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         presence::TESTS,
         quota::TESTS,
         faults::TESTS,
+        lifecycle::TESTS,
         history::TESTS,
         client_e2e::TESTS,
         console::TESTS,

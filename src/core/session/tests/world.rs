@@ -126,6 +126,13 @@ impl World {
                     }
                 }
                 Decision::Close { conn, .. } => self.live.retain(|(c, _)| *c != conn),
+                Decision::Retire => {
+                    assert!(
+                        self.d1.len() as u64 >= self.core.last_seq(),
+                        "a session retires only with every point in D1"
+                    );
+                    assert!(self.live.is_empty(), "and nobody connected");
+                }
                 Decision::Presence { conn, online, .. } => {
                     let n = self.presence.entry(conn).or_insert(0);
                     *n += if online { 1 } else { -1 };
@@ -483,10 +490,16 @@ fn random_interleavings_keep_the_invariants() {
             "seed {seed}: {:?}",
             w.presence
         );
+        // Nothing left pending but, for an ended session, its retirement.
         assert_eq!(
             w.core.next_wake(),
-            None,
+            w.core.retire_at(),
             "seed {seed}: nothing left pending"
+        );
+        assert_eq!(
+            w.core.retire_at().is_some(),
+            w.core.meta().ended_at.is_some(),
+            "seed {seed}: an ended, settled, flushed session is due to retire"
         );
     }
 }

@@ -1,0 +1,104 @@
+//! The Worker's side of the data lifecycle (CONTRACT.md section 9): D1 and
+//! the `ARCHIVE` R2 bucket behind the cores' [`Backend`], the scheduled
+//! run, and the read of an ended session's points from D1 or its archive.
+//! Everything it does is decided in `core::lifecycle`, `core::archive` and
+//! `core::export`.
+
+use serde_json::Value;
+use sesh_protocol::PointsPage;
+use worker::{Bucket, D1Database, Env};
+
+use crate::core::lifecycle::{self, LifecycleConfig, Report};
+use crate::core::partition::Statement;
+use crate::core::store::{Backend, LifecycleError};
+use crate::db;
+use crate::error::ApiError;
+use crate::http;
+use crate::time::Millis;
+
+/// D1 and the archive bucket.
+pub struct Cloud {
+    d1: D1Database,
+    r2: Bucket,
+}
+
+impl Cloud {
+    /// The bindings `DB` and `ARCHIVE`.
+    pub fn new(env: &Env) -> Result<Cloud, ApiError> {
+        Ok(Cloud {
+            d1: db::database(env)?,
+            r2: env.bucket("ARCHIVE").map_err(http::internal)?,
+        })
+    }
+
+    /// The bucket, for streaming an export.
+    pub fn bucket(&self) -> &Bucket {
+        &self.r2
+    }
+}
+
+fn store(e: impl std::fmt::Display) -> LifecycleError {
+    LifecycleError::Store(e.to_string())
+}
+
+impl Backend for Cloud {
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+        db::batch(&self.d1, statements).await.map_err(|e| {
+            LifecycleError::Store(e.log_detail().map_or_else(|| e.to_string(), str::to_owned))
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
+        let Some(obj) = self.r2.get(key).execute().await.map_err(store)? else {
+            return Ok(None);
+        };
+        match obj.body() {
+            Some(body) => Ok(Some(body.bytes().await.map_err(store)?)),
+            None => Ok(Some(Vec::new())),
+        }
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
+        self.r2.put(key, bytes).execute().await.map_err(store)?;
+        Ok(())
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Store(d) => ApiError::Unavailable(d),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The lifecycle settings from the vars; a malformed var is logged and the
+/// defaults used (the scheduled run must go on).
+pub fn config(env: &Env) -> LifecycleConfig {
+    LifecycleConfig::from_vars(|k| http::var(env, k)).unwrap_or_else(|e| {
+        worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
+        LifecycleConfig::default()
+    })
+}
+
+/// Runs the lifecycle work due at `now` (the scheduled event's time):
+/// partition moves, archives, pruning. Stops early at its budget of round
+/// trips (`complete: false` in the report); runs repeated at the same time
+/// finish the work.
+pub async fn run_lifecycle(env: &Env, now: Millis) -> Result<Report, ApiError> {
+    let cloud = Cloud::new(env)?;
+    Ok(lifecycle::run(&cloud, now, &config(env)).await?)
+}
+
+/// A page of an ended session's points from D1 or, once its points are
+/// pruned, from its archive. `None`: D1 has no such session.
+pub async fn ended_points(
+    env: &Env,
+    session_id: &str,
+    after_seq: u64,
+    limit: u64,
+) -> Result<Option<PointsPage>, ApiError> {
+    let cloud = Cloud::new(env)?;
+    Ok(crate::core::archive::ended_points(&cloud, session_id, after_seq, limit).await?)
+}
