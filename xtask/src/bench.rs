@@ -6,7 +6,11 @@
 //!   the Rust worker beside the JS references, alternately;
 //! - `quota`: `POST /v1/quota/check` (quotagen.mjs), the Rust worker beside
 //!   `quota-ref`, alternately;
-//! - `presence`: presence reads and heartbeats, the Rust worker alone.
+//! - `presence`: presence reads and heartbeats, the Rust worker alone;
+//! - `wake`: a session with many stored points woken from cold beside one
+//!   with few, the Rust worker alone;
+//! - `history`: roll-ups and session lists over local D1, the Rust worker
+//!   alone (built with `test-faults` for its D1 route).
 //!
 //! `loadgen`, `quotagen` and `presencegen` run a generator alone against a
 //! server already running (`--url`). Each run prints `<target> {json}` (one
@@ -15,31 +19,29 @@
 //! target); the command fails when any run had correctness errors or did
 //! not run.
 
-mod cpu;
 mod drive;
+mod history;
 mod loadgen;
 mod presence;
 mod quota;
 mod serve;
 mod summary;
+mod wake;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, FromArgMatches, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use serve::Target;
 use summary::Summary;
 
 /// The bench commands.
 #[derive(Subcommand)]
-#[command(
-    after_help = "Run through `cargo xtask` (a debug build), the bench first builds the \
+#[command(after_help = "Run through `cargo xtask` (a debug build), the bench first builds the \
     xtask optimised into target/xtask-bench and runs that, so that the generator takes less of \
-    the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this."
-)]
+    the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this.")]
 pub enum Bench {
     /// Session WebSockets: rust beside the JS references (which get
     /// ?user=, the rust target enterprise tokens)
@@ -72,6 +74,23 @@ pub enum Bench {
         servers: Servers,
         #[command(flatten)]
         gen: presence::Options,
+    },
+    /// Waking a session with many stored points (the runtime restarted on
+    /// the same state) beside one with 100: time to the first ack; rust
+    /// alone (goal: big/small <= 2)
+    Wake {
+        #[command(flatten)]
+        servers: Servers,
+        #[command(flatten)]
+        gen: wake::Options,
+    },
+    /// Roll-up throughput over local D1 (points/s) and GET /v1/sessions
+    /// over 1 month vs 24 months; rust alone, built with test-faults
+    History {
+        #[command(flatten)]
+        servers: Servers,
+        #[command(flatten)]
+        gen: history::Options,
     },
     /// The session generator alone against a running server
     Loadgen {
@@ -144,10 +163,7 @@ fn targets(v: &str) -> Result<Targets, String> {
 
 /// An integer > 0.
 fn positive(v: &str) -> Result<usize, String> {
-    v.parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| "must be a positive integer".into())
+    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| "must be a positive integer".into())
 }
 
 /// A number > 0.
@@ -184,15 +200,76 @@ fn http_url(v: &str) -> Result<String, String> {
 
 /// The port of an `http://` URL.
 fn port_of(url: &str) -> Result<u16> {
-    reqwest::Url::parse(url)?
-        .port_or_known_default()
-        .ok_or_else(|| anyhow!("no port in {url}"))
+    reqwest::Url::parse(url)?.port_or_known_default().ok_or_else(|| anyhow!("no port in {url}"))
 }
 
 /// A generator's options as its command line has them by default.
-fn defaults<T: Args + FromArgMatches>() -> T {
+#[cfg(test)]
+fn defaults<T: Args + clap::FromArgMatches>() -> T {
     let matches = T::augment_args(clap::Command::new("defaults")).get_matches_from(["defaults"]);
     T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+/// A server as a generator gets it.
+pub struct Served<'a> {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its processes, for the CPU report.
+    pub pids: Vec<u32>,
+    /// `.dev.vars`' `AUTH_SECRET` when the generator is to mint tokens.
+    pub secret: Option<String>,
+    server: Option<&'a mut sesh_launcher::Server>,
+}
+
+impl Served<'_> {
+    /// A server the generator did not start: it cannot be restarted.
+    fn running(url: String, pids: Vec<u32>, secret: Option<String>) -> Served<'static> {
+        Served { url, pids, secret, server: None }
+    }
+
+    /// Kills the runtime and starts it again on the same state (a new
+    /// port): every object loads from storage when next called.
+    pub fn restart(&mut self) -> Result<()> {
+        let s = self.server.as_mut().ok_or_else(|| anyhow!("no server to restart"))?;
+        s.crash_and_restart()?;
+        (self.url, self.pids) = (s.base.clone(), s.pids());
+        Ok(())
+    }
+
+    /// The secret, for generators that need tokens.
+    pub fn secret(&self) -> Result<&str> {
+        self.secret.as_deref().ok_or_else(|| anyhow!("this bench needs the rust target"))
+    }
+}
+
+/// A generator as the benches drive it.
+trait Gen: Clone {
+    /// The summary's title, e.g. `bench quota`.
+    const TITLE: &'static str;
+    /// The Worker's features when the bench serves the rust target.
+    const FEATURES: Option<&'static str> = None;
+    /// The run's shape for people and as JSON.
+    fn shape(&self) -> (String, Value);
+    /// The figures summarised.
+    fn metrics(&self) -> &'static str;
+    /// The options and the token secret for one target.
+    fn for_target(&self, rust: bool, secret: Option<&str>) -> (Self, Option<String>) {
+        (self.clone(), secret.filter(|_| rust).map(str::to_owned))
+    }
+    /// One run: its JSON lines.
+    fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>>;
+    /// The summary: targets side by side unless a bench has its own.
+    fn summarize(
+        &self,
+        names: &[String],
+        runs: &[(String, Value)],
+        problems: &[String],
+    ) -> Summary {
+        let (heading, shape) = self.shape();
+        let title = Self::TITLE;
+        let metrics: Vec<&str> = self.metrics().split_whitespace().collect();
+        summary::compare(title, shape, &heading, names, runs, &metrics, problems)
+    }
 }
 
 /// Runs `cargo xtask bench ...`.
@@ -206,61 +283,19 @@ pub fn run(b: Bench) -> Result<()> {
     if cfg!(debug_assertions) && std::env::var_os("SESH_BENCH_DEBUG").is_none() {
         return exec_optimised();
     }
+    let rust = || vec!["rust".to_owned()];
     match b {
-        Bench::Sessions {
-            servers,
-            targets,
-            gen,
-        } => sessions(&servers, targets, gen),
-        Bench::Quota {
-            servers,
-            targets,
-            gen,
-        } => quota_bench(&servers, targets, gen),
-        Bench::Presence { servers, gen } => presence_bench(&servers, gen),
-        Bench::Loadgen {
-            alone,
-            tokens,
-            mut gen,
-        } => {
-            gen.url = alone.url;
-            let auth = if tokens || gen.create_sessions {
-                loadgen::Auth::Secret(dev_secret()?)
-            } else {
-                loadgen::Auth::UserParam
-            };
-            alone_line(&loadgen::run(&gen, &auth, &alone.watch_pids)?)
+        Bench::Sessions { servers, targets, gen } => with_servers(&servers, &targets.0, &gen),
+        Bench::Quota { servers, targets, gen } => with_servers(&servers, &targets.0, &gen),
+        Bench::Presence { servers, gen } => with_servers(&servers, &rust(), &gen),
+        Bench::Wake { servers, gen } => with_servers(&servers, &rust(), &gen),
+        Bench::History { servers, gen } => with_servers(&servers, &rust(), &gen),
+        Bench::Loadgen { alone, tokens, gen } => {
+            let tokens = tokens || gen.create_sessions;
+            alone_run(alone, &gen, tokens)
         }
-        Bench::Quotagen {
-            alone,
-            tokens,
-            mut gen,
-        } => {
-            gen.url = alone.url;
-            let auth = if tokens {
-                quota::Auth::Service(dev_secret()?)
-            } else {
-                quota::Auth::None
-            };
-            alone_line(&quota::run(&gen, &auth, &alone.watch_pids))
-        }
-        Bench::Presencegen { alone, mut gen } => {
-            gen.url = alone.url;
-            let lines = presence::run(&gen, &dev_secret()?, &alone.watch_pids);
-            for line in &lines {
-                println!("{line}");
-            }
-            let values = parse_lines(&lines)?;
-            let mut problems = Vec::new();
-            if !summary::ok(&values) {
-                problems.push(format!(
-                    "{} correctness errors {}",
-                    values.iter().map(summary::errors).sum::<u64>(),
-                    json!(summary::error_detail(&values))
-                ));
-            }
-            conclude(&presence::summarize(&gen, &[values], &problems), &problems)
-        }
+        Bench::Quotagen { alone, tokens, gen } => alone_run(alone, &gen, tokens),
+        Bench::Presencegen { alone, gen } => alone_run(alone, &gen, true),
     }
 }
 
@@ -293,112 +328,102 @@ fn exec_optimised() -> Result<()> {
     Err(err).with_context(|| format!("could not run {}", bin.display()))
 }
 
-/// Prints a generator's line; an error says what was wrong.
-fn alone_line(line: &str) -> Result<()> {
-    println!("{line}");
-    let v: Value = serde_json::from_str(line)?;
-    if !summary::ok(std::slice::from_ref(&v)) {
-        let exact = if v["exact_ok"] == false {
-            ", exact_ok false"
-        } else {
-            ""
-        };
-        bail!("{} correctness errors{exact}", summary::errors(&v));
-    }
-    Ok(())
-}
-
 fn parse_lines(lines: &[String]) -> Result<Vec<Value>> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).context("a report line is not JSON"))
-        .collect()
+    lines.iter().map(|l| serde_json::from_str(l).context("a report line is not JSON")).collect()
 }
 
-/// What every bench with servers prepares once.
-struct Prepared {
-    bench: PathBuf,
-    targets: Vec<Target>,
-    /// `.dev.vars`' `AUTH_SECRET`, when a target is the rust worker.
-    secret: Option<String>,
-    state_root: PathBuf,
+/// What is wrong with a run's lines, if anything.
+fn problem(values: &[Value]) -> Option<String> {
+    let exact = values.iter().any(|v| v["exact_ok"] == false);
+    (!summary::ok(values)).then(|| {
+        format!(
+            "{} correctness errors{} {}",
+            values.iter().map(summary::errors).sum::<u64>(),
+            if exact { ", exact_ok false" } else { "" },
+            json!(summary::error_detail(values))
+        )
+    })
 }
 
-impl Prepared {
-    /// Copies the shared bench (npm ci when needed), resolves the targets,
-    /// and builds the Worker bundle when `rust` is one of them.
-    fn new(targets: &[String], servers: &Servers) -> Result<Prepared> {
+/// A generator alone against `--url`: its lines, and for several lines
+/// (presence's phases) their summary; an error says what was wrong.
+fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
+    let secret = if tokens {
         let root = crate::root();
-        let bench = serve::prepare_bench(&root)?;
-        let targets: Vec<Target> = targets
-            .iter()
-            .map(|t| Target::resolve(t, &root, &bench))
-            .collect::<Result<_>>()?;
-        let secret = if targets.iter().any(|t| t.rust) {
-            Some(serve::prepare_rust(&root)?)
-        } else {
-            None
-        };
-        Ok(Prepared {
-            bench,
-            targets,
-            secret,
-            state_root: serve::state_root(servers.state_root.as_deref()),
-        })
+        crate::setup::dev_vars(&root)?;
+        Some(crate::setup::auth_secret(&root)?)
+    } else {
+        None
+    };
+    let lines = gen.run(&mut Served::running(alone.url, alone.watch_pids, secret))?;
+    lines.iter().for_each(|l| println!("{l}"));
+    let values = parse_lines(&lines)?;
+    let problems: Vec<String> = problem(&values).into_iter().collect();
+    if lines.len() > 1 {
+        let runs: Vec<(String, Value)> =
+            values.into_iter().map(|v| ("run".to_owned(), v)).collect();
+        return conclude(&gen.summarize(&["run".to_owned()], &runs, &problems), &problems);
     }
+    match problems.first() {
+        Some(p) => bail!("{p}"),
+        None => Ok(()),
+    }
+}
 
-    /// `rounds` rounds, each target once per round in the order given:
-    /// serves it, runs `gen(target, url, server pids)`, prints its lines
-    /// (`<target> <json>`), and collects the runs' lines and the problems
-    /// (correctness errors, runs that did not run).
-    fn alternate(
-        &self,
-        rounds: usize,
-        mut gen: impl FnMut(&Target, String, &[u32]) -> Result<Vec<String>>,
-    ) -> (Vec<(String, Vec<Value>)>, Vec<String>) {
-        let mut runs = Vec::new();
-        let mut problems = Vec::new();
-        for round in 1..=rounds {
-            for t in &self.targets {
-                let result = serve::with_server(
-                    t,
-                    &self.bench,
-                    &self.state_root,
-                    |url, pids| {
-                        let lines = gen(t, url, pids)?;
-                        let values = parse_lines(&lines)?;
-                        Ok((lines, values))
-                    },
-                    |(_, values)| summary::ok(values),
-                );
-                match result {
-                    Ok((lines, values)) => {
-                        for line in &lines {
-                            println!("{} {line}", t.name);
-                        }
-                        if !summary::ok(&values) {
-                            problems.push(format!(
-                                "{} round {round}: {} correctness errors {}",
-                                t.name,
-                                values.iter().map(summary::errors).sum::<u64>(),
-                                json!(summary::error_detail(&values))
-                            ));
-                        }
-                        runs.push((t.name.clone(), values));
+/// `rounds` rounds, each target served once per round in the order given:
+/// the generator's lines printed as `<target> <json>`, then the summary;
+/// an error lists the runs with correctness errors or that did not run.
+fn with_servers<G: Gen>(servers: &Servers, targets: &[String], gen: &G) -> Result<()> {
+    let root = crate::root();
+    let bench = serve::prepare_bench(&root)?;
+    let targets: Vec<serve::Target> =
+        targets.iter().map(|t| serve::Target::resolve(t, &root, &bench)).collect::<Result<_>>()?;
+    let secret = match targets.iter().any(|t| t.rust) {
+        true => Some(serve::prepare_rust(&root, G::FEATURES)?),
+        false => None,
+    };
+    let state_root = serve::state_root(servers.state_root.as_deref());
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    eprintln!(
+        "# {}: targets={} rounds={} {}; state under {}",
+        G::TITLE,
+        names.join(","),
+        servers.rounds,
+        gen.shape().0,
+        state_root.display()
+    );
+    let (mut runs, mut problems) = (Vec::new(), Vec::new());
+    for round in 1..=servers.rounds {
+        for t in &targets {
+            let (g, secret) = gen.for_target(t.rust, secret.as_deref());
+            let result = serve::with_server(
+                t,
+                &bench,
+                &state_root,
+                |server| {
+                    let (url, pids) = (server.base.clone(), server.pids());
+                    let mut s = Served { url, pids, secret, server: Some(server) };
+                    let lines = g.run(&mut s)?;
+                    Ok((parse_lines(&lines)?, lines))
+                },
+                |(values, _)| summary::ok(values),
+            );
+            match result {
+                Ok((values, lines)) => {
+                    lines.iter().for_each(|l| println!("{} {l}", t.name));
+                    if let Some(p) = problem(&values) {
+                        problems.push(format!("{} round {round}: {p}", t.name));
                     }
-                    Err(e) => {
-                        eprintln!("bench: {} round {round}: {e:#}", t.name);
-                        problems.push(format!("{} round {round}: did not run: {e:#}", t.name));
-                    }
+                    runs.extend(values.into_iter().map(|v| (t.name.clone(), v)));
+                }
+                Err(e) => {
+                    eprintln!("bench: {} round {round}: {e:#}", t.name);
+                    problems.push(format!("{} round {round}: did not run: {e:#}", t.name));
                 }
             }
         }
-        (runs, problems)
     }
-
-    fn names(&self) -> Vec<String> {
-        self.targets.iter().map(|t| t.name.clone()).collect()
-    }
+    conclude(&gen.summarize(&names, &runs, &problems), &problems)
 }
 
 /// Prints the summary; an error lists the problems.
@@ -406,164 +431,9 @@ fn conclude(summary: &Summary, problems: &[String]) -> Result<()> {
     eprint!("{}", summary.table);
     println!("{}", summary.json);
     if !problems.is_empty() {
-        bail!(
-            "correctness errors or failed runs:\n  {}",
-            problems.join("\n  ")
-        );
+        bail!("correctness errors or failed runs:\n  {}", problems.join("\n  "));
     }
     Ok(())
-}
-
-/// `.dev.vars`' `AUTH_SECRET` (the file is created when missing).
-fn dev_secret() -> Result<String> {
-    let root = crate::root();
-    crate::setup::dev_vars(&root)?;
-    crate::setup::auth_secret(&root)
-}
-
-/// One line per run: `(target, line)` for the summary.
-fn single_lines(runs: Vec<(String, Vec<Value>)>) -> Vec<(String, Value)> {
-    runs.into_iter()
-        .flat_map(|(t, lines)| lines.into_iter().map(move |v| (t.clone(), v)))
-        .collect()
-}
-
-const SESSION_METRICS: [&str; 14] = [
-    "acks_per_s",
-    "deliveries_per_s",
-    "ack_p50_ms",
-    "ack_p99_ms",
-    "delivery_p50_ms",
-    "delivery_p99_ms",
-    "ack_max_ms",
-    "ack_share_min",
-    "errors",
-    "cpu_workerd_pct",
-    "cpu_proxy_pct",
-    "cpu_node_pct",
-    "cpu_loadgen_pct",
-    "workerd_cpu_us_per_ack",
-];
-
-fn sessions(servers: &Servers, targets: Targets, g: loadgen::Options) -> Result<()> {
-    let b = Prepared::new(&targets.0, servers)?;
-    let shape = format!(
-        "sessions={} participants={} seconds={} window={} rate={}",
-        g.sessions, g.participants, g.seconds, g.window, g.rate
-    );
-    eprintln!(
-        "# bench sessions: targets={} rounds={} {shape} state under {}",
-        targets.0.join(","),
-        servers.rounds,
-        b.state_root.display()
-    );
-    let (runs, problems) = b.alternate(servers.rounds, |t, url, pids| {
-        let auth = match (&b.secret, t.rust) {
-            (Some(s), true) => loadgen::Auth::Secret(s.clone()),
-            _ => loadgen::Auth::UserParam,
-        };
-        let opts = loadgen::Options {
-            url,
-            create_sessions: t.rust,
-            ..g.clone()
-        };
-        Ok(vec![loadgen::run(&opts, &auth, pids)?])
-    });
-    let shape_json = json!({
-        "sessions": g.sessions, "participants": g.participants,
-        "seconds": g.seconds, "window": g.window, "rate": g.rate,
-    });
-    let summary = summary::compare(
-        "bench sessions",
-        shape_json,
-        &shape,
-        &b.names(),
-        &single_lines(runs),
-        &SESSION_METRICS,
-        &problems,
-    );
-    conclude(&summary, &problems)
-}
-
-fn quota_bench(servers: &Servers, targets: Targets, g: quota::Options) -> Result<()> {
-    let b = Prepared::new(&targets.0, servers)?;
-    let (plan, resource) = (g.plan(), g.resource().name());
-    let (shape, heading) = if g.exact() > 0 {
-        let r = g.exact();
-        (
-            json!({"exact_R": r, "fired": 2 * r, "plan": plan, "resource": resource}),
-            format!(
-                "quota exact R={r} ({} concurrent checks) plan={plan} resource={resource}",
-                2 * r
-            ),
-        )
-    } else {
-        (
-            json!({
-                "subjects": g.subjects, "concurrency": g.concurrency, "seconds": g.seconds,
-                "plan": plan, "resource": resource, "cost": g.cost, "callers": g.callers,
-            }),
-            format!(
-                "quota subjects={} concurrency={} seconds={} plan={plan} resource={resource} cost={}",
-                g.subjects, g.concurrency, g.seconds, g.cost
-            ),
-        )
-    };
-    eprintln!(
-        "# bench quota: targets={} rounds={} {heading}; state under {}",
-        targets.0.join(","),
-        servers.rounds,
-        b.state_root.display()
-    );
-    let (runs, problems) = b.alternate(servers.rounds, |_t, url, pids| {
-        // The same service tokens for every target: the rust worker needs
-        // them, quota-ref ignores them.
-        let auth = match &b.secret {
-            Some(s) => quota::Auth::Service(s.clone()),
-            None => quota::Auth::None,
-        };
-        let opts = quota::Options { url, ..g.clone() };
-        Ok(vec![quota::run(&opts, &auth, pids)])
-    });
-    let metrics: &[&str] = if g.exact() > 0 {
-        &quota::EXACT_METRICS
-    } else {
-        &quota::LOAD_METRICS
-    };
-    let summary = summary::compare(
-        "bench quota",
-        shape,
-        &heading,
-        &b.names(),
-        &single_lines(runs),
-        metrics,
-        &problems,
-    );
-    conclude(&summary, &problems)
-}
-
-fn presence_bench(servers: &Servers, g: presence::Options) -> Result<()> {
-    let b = Prepared::new(&["rust".to_owned()], servers)?;
-    let secret = b
-        .secret
-        .clone()
-        .ok_or_else(|| anyhow!("bench presence needs the rust target"))?;
-    eprintln!(
-        "# bench presence: rounds={} users={} concurrency={} seconds={} batch={} callers={}; state under {}",
-        servers.rounds,
-        g.users,
-        g.concurrency,
-        g.seconds,
-        g.batch,
-        g.callers(),
-        b.state_root.display()
-    );
-    let (runs, problems) = b.alternate(servers.rounds, |_t, url, pids| {
-        let opts = presence::Options { url, ..g.clone() };
-        Ok(presence::run(&opts, &secret, pids))
-    });
-    let runs: Vec<Vec<Value>> = runs.into_iter().map(|(_, r)| r).collect();
-    conclude(&presence::summarize(&g, &runs, &problems), &problems)
 }
 
 #[cfg(test)]
@@ -579,113 +449,46 @@ mod tests {
     }
 
     fn parse(s: &str) -> Result<Bench, clap::Error> {
-        let mut args = vec!["bench"];
-        args.extend(s.split_whitespace());
-        Cli::try_parse_from(args).map(|c| c.bench)
+        Cli::try_parse_from(["bench"].into_iter().chain(s.split_whitespace())).map(|c| c.bench)
     }
 
     #[test]
-    fn bench_defaults_and_options() {
-        let Ok(Bench::Sessions {
-            servers,
-            targets,
-            gen,
-        }) = parse("sessions")
-        else {
+    fn defaults_follow_the_reference_generators() {
+        let Ok(Bench::Sessions { servers, targets, gen }) = parse("sessions") else {
             panic!("sessions parses");
         };
-        assert_eq!(targets.0, vec!["rust", "js-ref"]);
-        assert_eq!(servers.rounds, 1);
-        assert_eq!(gen, loadgen::Options::default());
-        assert_eq!((gen.sessions, gen.participants, gen.window), (4, 5, 8));
-        assert_eq!((gen.seconds, gen.rate), (10.0, 0.0));
-        let Ok(Bench::Sessions { targets, gen, .. }) = parse(
-            "sessions --sessions 1 --participants=10 --seconds 3 --window 2 --rate 50 --targets rust,js-ref,party-ref",
-        ) else {
-            panic!("options parse");
-        };
-        assert_eq!((gen.sessions, gen.participants, gen.window), (1, 10, 2));
-        assert_eq!((gen.seconds, gen.rate), (3.0, 50.0));
-        assert_eq!(targets.0, vec!["rust", "js-ref", "party-ref"]);
-        let Ok(Bench::Loadgen { alone, gen, .. }) =
-            parse("loadgen --url http://127.0.0.1:9000/ --create-sessions --watch-pids 1,22")
-        else {
-            panic!("loadgen parses");
-        };
-        assert_eq!(alone.url, "http://127.0.0.1:9000");
-        assert_eq!(alone.watch_pids, vec![1, 22]);
-        assert!(gen.create_sessions);
-    }
-
-    #[test]
-    fn quota_and_presence_defaults_follow_the_mode() {
-        let Ok(Bench::Quota { targets, gen, .. }) = parse("quota") else {
-            panic!("quota parses");
-        };
-        assert_eq!(targets.0, vec!["rust", "quota-ref"]);
-        assert_eq!(
-            (gen.subjects, gen.concurrency, gen.seconds),
-            (100, 16, 10.0)
-        );
-        assert_eq!(
-            (gen.plan(), gen.resource()),
-            ("enterprise", quota::Resource::Api)
-        );
-        assert_eq!((gen.cost, gen.callers, gen.exact()), (1, 1, 0));
+        assert_eq!((targets.0, servers.rounds), (vec!["rust".into(), "js-ref".into()], 1));
+        assert_eq!((gen.sessions, gen.participants, gen.window, gen.seconds), (4, 5, 8, 10.0));
         let Ok(Bench::Quota { gen, .. }) = parse("quota --exact 50") else {
             panic!("exact parses");
         };
-        assert_eq!(
-            (gen.plan(), gen.resource()),
-            ("free", quota::Resource::Points)
-        );
-        let Ok(Bench::Quota { gen, .. }) = parse("quota --exact 5 --resource api") else {
-            panic!("parses, refused by validate");
+        assert_eq!((gen.plan(), gen.resource()), ("free", quota::Resource::Points));
+        let Ok(Bench::Loadgen { alone, .. }) =
+            parse("loadgen --url http://127.0.0.1:9/ --watch-pids 1,22")
+        else {
+            panic!("loadgen parses");
         };
-        assert!(gen.validate().is_err());
-        let Ok(Bench::Presence { gen, .. }) = parse("presence --users 150 --batch 50") else {
-            panic!("presence parses");
-        };
-        assert_eq!((gen.users, gen.batch, gen.callers()), (150, 50, 150));
-        for bad in ["presence --batch 101", "presence --users 50"] {
-            let Ok(Bench::Presence { gen, .. }) = parse(bad) else {
-                panic!("{bad} parses");
+        assert_eq!((alone.url.as_str(), alone.watch_pids), ("http://127.0.0.1:9", vec![1, 22]));
+        for bad in ["quota --exact 5 --resource api", "presence --batch 101", "presence --users 50"]
+        {
+            let valid = match parse(bad) {
+                Ok(Bench::Quota { gen, .. }) => gen.validate(),
+                Ok(Bench::Presence { gen, .. }) => gen.validate(),
+                _ => panic!("{bad} parses"),
             };
-            assert!(gen.validate().is_err(), "{bad}");
+            assert!(valid.is_err(), "{bad}");
         }
     }
 
     #[test]
     fn bad_options_are_refused() {
-        for bad in [
-            "sessions --sessions 0",
-            "sessions --participants x",
-            "sessions --window 1.5",
-            "sessions --seconds 0",
-            "sessions --seconds nan",
-            "sessions --rate -1",
-            "sessions --rounds 0",
-            "sessions --sessions",
-            "sessions --bogus 1",
-            "sessions --url http://127.0.0.1:1",
-            "sessions --tokens",
-            "sessions --create-sessions=yes",
-            "loadgen --sessions 2",
-            "loadgen --url ws://x:1",
-            "loadgen --url http://x:1/v1",
-            "loadgen --url http://x:1 --watch-pids 1,a",
-            "loadgen --url http://x:1 --rounds 2",
-            "quota --subjects 0",
-            "quota --exact 0",
-            "quota --resource cpu",
-            "quota --cost 0",
-            "quota --plan",
-            "presence --targets rust",
-            "presence --tokens",
-            "presence --seconds -2",
-            "presencegen",
-        ] {
-            assert!(parse(bad).is_err(), "{bad}");
+        let bad = "sessions --sessions 0; sessions --window 1.5; sessions --seconds nan; \
+            sessions --rate -1; sessions --url http://127.0.0.1:1; loadgen --sessions 2; \
+            loadgen --url ws://x:1; loadgen --url http://x:1/v1; loadgen --url http://x:1 --rounds 2; \
+            quota --resource cpu; quota --cost 0; presence --targets rust; presencegen; \
+            wake --points 0; history --points 0; history --months 13";
+        for b in bad.split(';') {
+            assert!(parse(b).is_err(), "{b}");
         }
     }
 }

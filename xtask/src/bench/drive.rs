@@ -1,8 +1,7 @@
-//! The closed loop shared by the request/answer generators (presence,
-//! quota) on reqwest's keep-alive pool: every worker keeps one request in
-//! flight until the window ends (or a request budget is spent), all on one
-//! thread (a current-thread tokio runtime), so the generator takes as
-//! little CPU as it can from the server it shares the machine with.
+//! What the generators share: one-thread tokio runtimes, reqwest's
+//! keep-alive pool with whole answers, the closed loop of the
+//! request/answer generators (presence, quota), and CPU use over a window
+//! from `/proc` (as loadgen.mjs and quotagen.mjs report it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -11,18 +10,26 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use futures_util::future::join_all;
 use reqwest::{Client, RequestBuilder};
+use serde_json::Value;
 
-use super::cpu::{cpu_report, cpu_snapshot};
+use super::summary::round_to;
 
-/// A keep-alive client for the generators: no proxy from the environment
-/// (the server is local), no Nagle delay, idle connections kept for the
-/// whole run.
+/// Runs `f` on a current-thread runtime: the generator takes as little as
+/// it can of the cores it shares with the server.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(rt.block_on(f))
+}
+
+/// `n` random hex digits, for run tags and fresh ids.
+pub fn tag(n: usize) -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()
+}
+
+/// A keep-alive client: no proxy from the environment (the server is
+/// local), no Nagle delay, idle connections kept for the whole run.
 pub fn client() -> Result<Client> {
-    Ok(Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(None)
-        .build()?)
+    Ok(Client::builder().no_proxy().tcp_nodelay(true).pool_idle_timeout(None).build()?)
 }
 
 /// A whole answer.
@@ -38,20 +45,50 @@ impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The status and the body's start, for error messages.
+    pub fn head(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        format!("{} {}", self.status, text.chars().take(300).collect::<String>())
+    }
 }
 
 /// Sends a request and reads the whole answer; an error is a short name of
 /// what failed (`ConnectionReset`, `TimedOut`, ...).
 pub async fn send(rb: RequestBuilder) -> Result<Response, String> {
     let r = rb.send().await.map_err(|e| error_name(&e))?;
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
     let body = r.bytes().await.map_err(|e| error_name(&e))?.to_vec();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
+}
+
+/// Sends a set-up request that must answer `want`; its JSON body.
+pub async fn expect(rb: RequestBuilder, want: u16, what: &str) -> Result<Value> {
+    match send(rb).await {
+        Ok(r) if r.status == want => Ok(r.json()),
+        Ok(r) => bail!("{what}: {}", r.head()),
+        Err(e) => bail!("{what}: {e}"),
+    }
+}
+
+/// The JSON body of a 200 answer, else what was wrong (`transport_<e>`,
+/// `http_429_<code>`, `http_<status>`, `bad_json`).
+pub fn json_200(a: &Result<Response, String>) -> Result<Value, String> {
+    let r = a.as_ref().map_err(|e| format!("transport_{e}"))?;
+    let v: Option<Value> = serde_json::from_slice(&r.body).ok();
+    match (r.status, v) {
+        (200, Some(v)) => Ok(v),
+        (200, None) => Err("bad_json".into()),
+        (429, Some(v)) if v["error"]["code"].is_string() => {
+            Err(format!("http_429_{}", v["error"]["code"].as_str().unwrap_or_default()))
+        }
+        (s, _) => Err(format!("http_{s}")),
+    }
 }
 
 fn error_name(e: &reqwest::Error) -> String {
@@ -80,16 +117,6 @@ pub struct Answer {
     pub in_window: bool,
 }
 
-/// When the loop stops sending.
-#[derive(Clone, Copy, Debug)]
-pub struct Until {
-    pub seconds: f64,
-    /// Stop after this many requests even within the window.
-    pub requests: Option<u64>,
-    /// After the window, how long to wait for requests still in flight.
-    pub drain_seconds: f64,
-}
-
 /// What the loop measured besides the answers.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -97,7 +124,7 @@ pub struct Outcome {
     pub unanswered: u64,
     /// From the first request to the last answer or the window's end.
     pub elapsed: Duration,
-    /// CPU over the window (see [`super::cpu`]).
+    /// CPU over the window (see [`cpu_report`]).
     pub cpu: BTreeMap<String, f64>,
 }
 
@@ -105,27 +132,20 @@ pub struct Outcome {
 /// starts warm); an error names the first that failed.
 pub async fn open_all(client: &Client, base: &str, n: usize) -> Result<()> {
     let url = format!("{base}/health");
-    for a in join_all((0..n).map(|_| send(client.get(&url)))).await {
-        match a {
-            Ok(r) if r.status == 200 => {}
-            Ok(r) => {
-                let text = String::from_utf8_lossy(&r.body);
-                let head: String = text.chars().take(200).collect();
-                bail!("GET /health: {} {head}", r.status);
-            }
-            Err(e) => bail!("GET /health: {e}"),
-        }
+    for a in join_all((0..n).map(|_| expect(client.get(&url), 200, "GET /health"))).await {
+        a?;
     }
     Ok(())
 }
 
-/// Runs the closed loop with `concurrency` requests in flight: `next(i)`
-/// makes request number `i` (and whatever `answer` needs to check it), and
-/// `answer` gets each answer in arrival order. `watch` are the server's
-/// PIDs and port, for the CPU report.
+/// Runs the closed loop with `concurrency` requests in flight for
+/// `seconds` (or until `budget` requests were sent), then waits up to
+/// `drain` for the rest: `next(i)` makes request number `i` (and whatever
+/// `answer` needs to check it), and `answer` gets each answer in arrival
+/// order. `watch` are the server's PIDs and port, for the CPU report.
 pub async fn closed_loop<J>(
     concurrency: usize,
-    until: Until,
+    (seconds, budget, drain): (f64, Option<u64>, f64),
     watch: (&[u32], u16),
     next: impl FnMut(u64) -> (RequestBuilder, J),
     answer: impl FnMut(J, Answer),
@@ -134,8 +154,8 @@ pub async fn closed_loop<J>(
     let (counter, inflight, last) = (Cell::new(0u64), Cell::new(0u64), Cell::new(None));
     let c0 = cpu_snapshot(watch.0, watch.1);
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(until.seconds);
-    let budget = until.requests.unwrap_or(u64::MAX);
+    let end = start + Duration::from_secs_f64(seconds);
+    let budget = budget.unwrap_or(u64::MAX);
     let (next, answer, counter, inflight, last) = (&next, &answer, &counter, &inflight, &last);
     let workers = (0..concurrency).map(|_| async move {
         while Instant::now() < end && counter.get() < budget {
@@ -148,18 +168,12 @@ pub async fn closed_loop<J>(
             let t = Instant::now();
             inflight.set(inflight.get() - 1);
             last.set(Some(t));
-            let a = Answer {
-                result,
-                ms: (t - t0).as_secs_f64() * 1000.0,
-                in_window: t <= end,
-            };
-            (*answer.borrow_mut())(job, a);
+            let ms = (t - t0).as_secs_f64() * 1000.0;
+            let in_window = t <= end;
+            (*answer.borrow_mut())(job, Answer { result, ms, in_window });
         }
     });
-    let all = tokio::time::timeout(
-        Duration::from_secs_f64(until.seconds + until.drain_seconds),
-        join_all(workers),
-    );
+    let all = tokio::time::timeout(Duration::from_secs_f64(seconds + drain), join_all(workers));
     // The CPU window closes at the window's end, or when the budget is
     // spent and every answer is in, whichever comes first.
     tokio::pin!(all);
@@ -173,74 +187,144 @@ pub async fn closed_loop<J>(
     }
     let c1 = c1.unwrap_or_else(|| cpu_snapshot(watch.0, watch.1));
     let stop = last.get().map_or(end, |l: Instant| l.min(end));
-    Outcome {
-        unanswered: inflight.get(),
-        elapsed: stop - start,
-        cpu: cpu_report(&c0, &c1),
+    Outcome { unanswered: inflight.get(), elapsed: stop - start, cpu: cpu_report(&c0, &c1) }
+}
+
+// ---- CPU -----------------------------------------------------------------
+
+const CLK_TCK: f64 = 100.0;
+
+/// `(name, utime + stime ticks)` of a process. wrangler runs two `workerd`
+/// processes: the one listening on the public `port` is `workerd_proxy`.
+fn proc_cpu(pid: u32, port: u16) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut comm = s[s.find('(')? + 1..s.rfind(')')?].to_owned();
+    let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if comm == "workerd"
+        && String::from_utf8_lossy(&args).contains(&format!("entry=127.0.0.1:{port}"))
+    {
+        comm = "workerd_proxy".into();
+    }
+    Some((comm, ticks))
+}
+
+/// Busy ticks of all cores from the first line of `/proc/stat` (total minus
+/// idle and iowait).
+fn machine_ticks() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(f.iter().sum::<u64>() - f.get(3)? - f.get(4)?)
+}
+
+/// CPU ticks at one moment: the server's processes, the generator's own,
+/// the machine's.
+pub struct CpuSnapshot {
+    at: Instant,
+    procs: BTreeMap<u32, (String, u64)>,
+    own: u64,
+    machine: Option<u64>,
+}
+
+/// The ticks of `pids` (the server listening on `port`) and of this process.
+pub fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
+    let procs = pids.iter().filter_map(|&p| Some((p, proc_cpu(p, port)?))).collect();
+    CpuSnapshot {
+        at: Instant::now(),
+        procs,
+        own: proc_cpu(std::process::id(), 0).map_or(0, |c| c.1),
+        machine: machine_ticks(),
     }
 }
 
-/// A keep-alive HTTP/1.1 test server: `handler(method, target, header
-/// lines, body)` answers each request with `(status, extra header lines,
+/// CPU per process name between two snapshots, the generator as `loadgen`
+/// and all processes and the kernel as `machine` (100 = one core).
+pub fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot) -> BTreeMap<String, f64> {
+    let secs = (b.at - a.at).as_secs_f64().max(1e-9);
+    let pct = |ticks: u64| ticks as f64 / CLK_TCK / secs * 100.0;
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (pid, (comm, t1)) in &b.procs {
+        if let Some((_, t0)) = a.procs.get(pid) {
+            *out.entry(comm.clone()).or_default() += pct(t1.saturating_sub(*t0));
+        }
+    }
+    out.insert("loadgen".into(), pct(b.own.saturating_sub(a.own)));
+    if let (Some(m0), Some(m1)) = (a.machine, b.machine) {
+        out.insert("machine".into(), pct(m1.saturating_sub(m0)));
+    }
+    out.values_mut().for_each(|v| *v = round_to(*v, 1));
+    out
+}
+
+/// The generators' tests' server: keep-alive HTTP/1.1 where
+/// `handler(method, target, headers, body)` answers `(status, headers,
 /// body)`.
 #[cfg(test)]
 pub mod fake {
     use std::sync::Arc;
 
     use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Incoming};
+    use hyper::body::Bytes;
 
-    pub type Handler = dyn Fn(&str, &str, &str, &[u8]) -> (u16, String, String) + Send + Sync;
-
-    async fn answer(h: &Handler, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let head: String = parts
-            .headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or("")))
-            .collect();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let (status, headers, text) = h(parts.method.as_str(), target, &head, &body);
-        let mut res = hyper::Response::builder()
-            .status(status)
-            .header("content-type", "application/json");
-        for (k, v) in headers.lines().filter_map(|l| l.split_once(':')) {
-            res = res.header(k.trim(), v.trim());
-        }
-        res.body(Full::new(Bytes::from(text))).unwrap()
-    }
+    /// What the HTTP side answers.
+    pub type Handler = dyn Fn(&str, &str, &hyper::HeaderMap, &[u8]) -> (u16, Vec<(&'static str, String)>, String)
+        + Send
+        + Sync;
 
     /// Starts the server on a free port, on a thread of its own; returns
     /// the port.
-    pub fn start(handler: Arc<Handler>) -> u16 {
+    pub fn start(h: Arc<Handler>) -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            super::block_on(async move {
                 let l = tokio::net::TcpListener::from_std(l).unwrap();
                 while let Ok((sock, _)) = l.accept().await {
-                    let h = Arc::clone(&handler);
-                    let svc = hyper::service::service_fn(move |req| {
-                        let h = Arc::clone(&h);
-                        async move { Ok::<_, hyper::Error>(answer(&*h, req).await) }
-                    });
+                    let h = Arc::clone(&h);
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let h = Arc::clone(&h);
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                                let (status, headers, text) =
+                                    h(parts.method.as_str(), target, &parts.headers, &body);
+                                let mut res = hyper::Response::builder().status(status);
+                                for (k, v) in headers {
+                                    res = res.header(k, v);
+                                }
+                                Ok::<_, hyper::Error>(
+                                    res.body(Full::new(Bytes::from(text))).unwrap(),
+                                )
+                            }
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(sock);
                     tokio::spawn(
                         hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
                     );
                 }
-            });
+            })
         });
         port
+    }
+
+    /// The claims of a bearer token signed with `secret` (`Null` if none).
+    pub fn claims(h: &hyper::HeaderMap, secret: &[u8]) -> serde_json::Value {
+        let token = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let key = jsonwebtoken::DecodingKey::from_secret(secret);
+        let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::decode(token.trim_start_matches("Bearer "), &key, &v)
+            .map_or(serde_json::Value::Null, |d| d.claims)
     }
 }

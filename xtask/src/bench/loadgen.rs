@@ -23,28 +23,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{anyhow, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use anyhow::{anyhow, bail, Result};
-use reqwest::Url;
-
-use super::cpu::{cpu_report, cpu_snapshot};
-use super::summary::{ordered_object, round_to, spread};
-use super::{non_empty, non_negative, positive, seconds};
+use super::drive::{block_on, cpu_report, cpu_snapshot};
+use super::summary::{fields, round_to, spread};
+use super::{non_empty, non_negative, positive, seconds, Served};
 
 /// The session WebSockets (the job and checks of loadgen.mjs).
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
-    /// `http://host:port` of the server.
-    #[arg(skip)]
-    pub url: String,
     /// Sessions
     #[arg(long, default_value_t = 4, value_parser = positive)]
     pub sessions: usize,
@@ -75,53 +70,41 @@ pub struct Options {
     pub user_prefix: Option<String>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        super::defaults()
-    }
-}
+impl super::Gen for Options {
+    const TITLE: &'static str = "bench sessions";
 
-/// How participants identify themselves.
-pub enum Auth {
-    /// `?user=<id>` (the references).
-    UserParam,
-    /// `?token=<HS256 JWT>` minted with this secret, plan enterprise.
-    Secret(String),
-}
-
-/// The acked seqs of one session: duplicates are refused as they come, and
-/// at the end they must be exactly `last_seq+1 ..= last_seq+N`.
-#[derive(Debug, Default)]
-pub struct SeqChecker {
-    seen: HashSet<i64>,
-}
-
-impl SeqChecker {
-    /// Records `seq`; false when it was acked before (a duplicate).
-    pub fn record(&mut self, seq: i64) -> bool {
-        self.seen.insert(seq)
+    fn shape(&self) -> (String, Value) {
+        let (s, p, secs, w, r) =
+            (self.sessions, self.participants, self.seconds, self.window, self.rate);
+        let text = format!("sessions={s} participants={p} seconds={secs} window={w} rate={r}");
+        (text, json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}))
     }
 
-    /// How many recorded seqs fall outside `last_seq+1 ..= last_seq+N`
-    /// (N = distinct seqs): each one is a gap in the range.
-    pub fn out_of_range(&self, last_seq: i64) -> usize {
-        let n = self.seen.len() as i64;
-        let in_range = self
-            .seen
-            .iter()
-            .filter(|&&q| q > last_seq && q <= last_seq + n)
-            .count();
-        self.seen.len() - in_range
+    fn metrics(&self) -> &'static str {
+        "acks_per_s deliveries_per_s ack_p50_ms ack_p99_ms delivery_p50_ms \
+            delivery_p99_ms ack_max_ms ack_share_min errors cpu_workerd_pct cpu_proxy_pct \
+            cpu_node_pct cpu_loadgen_pct workerd_cpu_us_per_ack"
+    }
+
+    /// The rust worker gets created sessions and `?token=` (enterprise),
+    /// the references `?user=`.
+    fn for_target(&self, rust: bool, secret: Option<&str>) -> (Self, Option<String>) {
+        let opts = Options { create_sessions: rust, ..self.clone() };
+        (opts, secret.filter(|_| rust).map(str::to_owned))
+    }
+
+    fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
+        Ok(vec![run(self, &s.url, s.secret.as_deref(), &s.pids)?])
     }
 }
 
 /// A point id: `<tag>-<session>-<participant>-<n>`.
-pub fn point_id(tag: &str, s: usize, p: usize, n: usize) -> String {
+fn point_id(tag: &str, s: usize, p: usize, n: usize) -> String {
     format!("{tag}-{s}-{p}-{n}")
 }
 
 /// `(session, participant, n)` of a point id of this run (`tag`).
-pub fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
+fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
     let mut it = id.rsplitn(4, '-');
     let n = it.next()?.parse().ok()?;
     let p = it.next()?.parse().ok()?;
@@ -139,15 +122,8 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let wall0_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1000.0;
-        Clock {
-            start: Instant::now(),
-            wall0_ms,
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Clock { start: Instant::now(), wall0_ms: wall.as_secs_f64() * 1000.0 }
     }
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * 1000.0
@@ -173,6 +149,7 @@ struct Seqs {
     delivered: Option<i64>,
 }
 
+#[derive(Default)]
 struct Participant {
     user_id: String,
     token: Option<String>,
@@ -189,27 +166,12 @@ struct Participant {
     closed: bool,
 }
 
-impl Participant {
-    fn new(user_id: String, token: Option<String>, participants: usize) -> Participant {
-        Participant {
-            user_id,
-            token,
-            inflight: Vec::new(),
-            points: Vec::new(),
-            ack_count: 0,
-            ack_in_window: 0,
-            welcome: false,
-            received: vec![Vec::new(); participants],
-            received_count: 0,
-            closed: false,
-        }
-    }
-}
-
+#[derive(Default)]
 struct Session {
-    id: String,
     last_seq: Option<i64>,
-    seqs: SeqChecker,
+    /// Acked seqs: duplicates are refused as they come, and at the end
+    /// they must be exactly `last_seq+1 ..= last_seq+N`.
+    seqs: HashSet<i64>,
     /// `(participant, n)` of each acked point.
     acked: Vec<(usize, usize)>,
     parts: Vec<Participant>,
@@ -221,20 +183,6 @@ struct Session {
 }
 
 impl Session {
-    fn new(id: String, parts: Vec<Participant>) -> Session {
-        Session {
-            id,
-            last_seq: None,
-            seqs: SeqChecker::default(),
-            acked: Vec::new(),
-            parts,
-            errors: BTreeMap::new(),
-            ack_lat: Vec::new(),
-            del_lat: Vec::new(),
-            acks_in_window: 0,
-            deliveries_in_window: 0,
-        }
-    }
     fn fail(&mut self, code: &str) {
         self.fail_n(code, 1);
     }
@@ -265,178 +213,130 @@ impl Shared {
 }
 
 /// A frame from the server; fields that do not matter here are skipped.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 struct Frame<'a> {
     #[serde(rename = "type")]
     ty: &'a str,
-    #[serde(default)]
     id: Option<&'a str>,
-    #[serde(default)]
-    seq: Option<serde_json::Value>,
-    #[serde(default, rename = "lastSeq")]
-    last_seq: Option<serde_json::Value>,
-    #[serde(default, rename = "userId")]
+    seq: Option<Value>,
+    last_seq: Option<Value>,
     user_id: Option<&'a str>,
-    #[serde(default)]
     code: Option<&'a str>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
+    data: Option<Value>,
 }
 
 fn integer(v: &Option<serde_json::Value>) -> Option<i64> {
     let v = v.as_ref()?;
-    v.as_i64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| f as i64)
-    })
+    v.as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
 }
 
 /// Checks one text frame for participant `p` of session `s`; true when it
 /// was an ack (so a slot in the window is free).
 fn on_frame(sh: &Shared, s: usize, p: usize, raw: &str) -> bool {
-    let t = sh.clock.now();
     let mut sess = sh.session(s);
-    let m: Frame = match serde_json::from_str(raw) {
-        Ok(m) => m,
-        Err(_) => {
-            sess.fail("bad_frame_json");
-            return false;
-        }
-    };
+    check_frame(sh, &mut sess, s, p, raw).unwrap_or_else(|code| {
+        sess.fail(&code);
+        false
+    })
+}
+
+/// [`on_frame`]'s checks: `Err` is an error that ends the frame's checks.
+fn check_frame(
+    sh: &Shared,
+    sess: &mut Session,
+    s: usize,
+    p: usize,
+    raw: &str,
+) -> Result<bool, String> {
+    let t = sh.clock.now();
+    let m: Frame = serde_json::from_str(raw).map_err(|_| "bad_frame_json")?;
+    let point = m.id.and_then(|id| parse_point_id(&sh.tag, id));
     match m.ty {
+        "welcome" if sess.parts[p].welcome => Err("second_welcome".into()),
         "welcome" => {
-            if sess.parts[p].welcome {
-                sess.fail("second_welcome");
-                return false;
-            }
-            let Some(last) = integer(&m.last_seq) else {
-                sess.fail("welcome_without_lastSeq");
-                return false;
-            };
+            let last = integer(&m.last_seq).ok_or("welcome_without_lastSeq")?;
             sess.parts[p].welcome = true;
-            match sess.last_seq {
-                None => sess.last_seq = Some(last),
-                Some(l) if l != last => sess.fail("welcome_lastSeq_mismatch"),
-                Some(_) => {}
+            if *sess.last_seq.get_or_insert(last) != last {
+                sess.fail("welcome_lastSeq_mismatch");
             }
-            false
+            Ok(false)
         }
         "ack" => {
-            let n =
-                m.id.and_then(|id| parse_point_id(&sh.tag, id))
-                    .filter(|&(ms, mp, _)| ms == s && mp == p)
-                    .map(|(_, _, n)| n);
+            let n = point.filter(|&(ms, mp, _)| ms == s && mp == p).map(|(_, _, n)| n);
             let slot = n.and_then(|n| sess.parts[p].inflight.iter().position(|x| x.0 == n));
-            let Some(slot) = slot else {
-                sess.fail("unexpected_ack");
-                return false;
-            };
-            let (n, t0) = sess.parts[p].inflight.swap_remove(slot);
+            let (n, t0) = sess.parts[p].inflight.swap_remove(slot.ok_or("unexpected_ack")?);
             sess.ack_lat.push(t - t0);
             if sh.in_window(t) {
                 sess.acks_in_window += 1;
                 sess.parts[p].ack_in_window += 1;
             }
             sess.parts[p].ack_count += 1;
-            match integer(&m.seq) {
-                None => sess.fail("ack_without_seq"),
-                Some(q) => {
-                    if !sess.seqs.record(q) {
-                        sess.fail("duplicate_seq");
-                    }
-                    let info = &mut sess.parts[p].points[n];
-                    info.ack = Some(q);
-                    let differs = info.delivered.is_some_and(|d| d != q);
-                    if differs {
-                        sess.fail("delivered_seq_differs_from_ack");
-                    }
-                }
-            }
             sess.acked.push((p, n));
-            true
+            let q = integer(&m.seq).ok_or("ack_without_seq")?;
+            if !sess.seqs.insert(q) {
+                sess.fail("duplicate_seq");
+            }
+            let info = &mut sess.parts[p].points[n];
+            info.ack = Some(q);
+            if info.delivered.is_some_and(|d| d != q) {
+                sess.fail("delivered_seq_differs_from_ack");
+            }
+            Ok(true)
         }
         "point" => {
-            let Some((fs, fp, n)) = m.id.and_then(|id| parse_point_id(&sh.tag, id)) else {
-                sess.fail("unknown_point_delivered");
-                return false;
-            };
+            let (fs, fp, n) = point.ok_or("unknown_point_delivered")?;
             if fs != s {
-                sess.fail(if fs < sh.sessions.len() {
+                let other = fs < sh.sessions.len();
+                return Err(if other {
                     "point_from_other_session"
                 } else {
                     "unknown_point_delivered"
-                });
-                return false;
+                }
+                .into());
             }
             if fp >= sess.parts.len() || n >= sess.parts[fp].points.len() {
-                sess.fail("unknown_point_delivered");
-                return false;
+                return Err("unknown_point_delivered".into());
             }
             if fp == p {
-                sess.fail("own_point_echoed");
-                return false;
+                return Err("own_point_echoed".into());
             }
-            {
-                let got = &mut sess.parts[p].received[fp];
-                if got.len() <= n {
-                    got.resize(n + 1, false);
-                }
-                if got[n] {
-                    sess.fail("duplicate_delivery");
-                    return false;
-                }
-                got[n] = true;
+            let got = &mut sess.parts[p].received[fp];
+            got.resize(got.len().max(n + 1), false);
+            if std::mem::replace(&mut got[n], true) {
+                return Err("duplicate_delivery".into());
             }
             sess.parts[p].received_count += 1;
             if m.user_id != Some(sess.parts[fp].user_id.as_str()) {
                 sess.fail("wrong_userId");
             }
-            let dseq = integer(&m.seq);
-            let info = sess.parts[fp].points[n];
-            if let Some(a) = info.ack {
-                if dseq != Some(a) {
-                    sess.fail("delivered_seq_differs_from_ack");
+            let (dseq, info) = (integer(&m.seq), &mut sess.parts[fp].points[n]);
+            let code = match (info.ack, info.delivered) {
+                (Some(a), _) if dseq != Some(a) => Some("delivered_seq_differs_from_ack"),
+                (None, None) => {
+                    info.delivered = dseq;
+                    None
                 }
-            } else if info.delivered.is_none() {
-                sess.parts[fp].points[n].delivered = dseq;
-            } else if info.delivered != dseq {
-                sess.fail("delivered_seq_differs");
-            }
-            let sent_at = m
-                .data
-                .as_ref()
-                .and_then(|d| d.get("t"))
-                .and_then(serde_json::Value::as_f64);
-            match sent_at {
-                None => sess.fail("delivery_without_send_time"),
-                Some(sent) => sess.del_lat.push(sh.clock.wall0_ms + t - sent),
-            }
+                (None, d) if d != dseq => Some("delivered_seq_differs"),
+                _ => None,
+            };
+            code.into_iter().for_each(|c| sess.fail(c));
             if sh.in_window(t) {
                 sess.deliveries_in_window += 1;
             }
-            false
+            let sent = m
+                .data
+                .as_ref()
+                .and_then(|d| d["t"].as_f64())
+                .ok_or("delivery_without_send_time")?;
+            sess.del_lat.push(sh.clock.wall0_ms + t - sent);
+            Ok(false)
         }
-        "error" => {
-            let code = format!("server_error_{}", m.code.unwrap_or("undefined"));
-            sess.fail(&code);
-            false
-        }
-        "joined" | "left" | "pong" => false,
-        _ => {
-            sess.fail("unknown_frame_type");
-            false
-        }
+        "error" => Err(format!("server_error_{}", m.code.unwrap_or("undefined"))),
+        "joined" | "left" | "pong" => Ok(false),
+        _ => Err("unknown_frame_type".into()),
     }
-}
-
-/// A small xorshift generator for the open loop's start jitter.
-fn jitter(seed: u64) -> f64 {
-    let mut x = seed | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 type Ws =
@@ -526,20 +426,10 @@ impl Conn {
         let mut ws = match conn {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(tungstenite::Error::Http(res))) => {
-                self.fail(&format!("upgrade_http_{}", res.status().as_u16()));
-                self.finish(joined);
-                return;
+                return self.finish(joined, &format!("upgrade_http_{}", res.status().as_u16()))
             }
-            Ok(Err(e)) => {
-                self.fail(&format!("ws_error_{}", error_code(&e)));
-                self.finish(joined);
-                return;
-            }
-            Err(_) => {
-                self.fail("join_timeout");
-                self.finish(joined);
-                return;
-            }
+            Ok(Err(e)) => return self.finish(joined, &format!("ws_error_{}", error_code(&e))),
+            Err(_) => return self.finish(joined, "join_timeout"),
         };
 
         let mut closing = false;
@@ -599,8 +489,8 @@ impl Conn {
                         Phase::Send => {
                             let (start, _) = sh.window.get().copied().unwrap_or_default();
                             if sh.opts.rate > 0.0 {
-                                let seed = uuid::Uuid::new_v4().as_u64_pair().0;
-                                self.next_at = start + jitter(seed) * 1000.0 / sh.opts.rate;
+                                let jitter = uuid::Uuid::new_v4().as_u64_pair().0 as f64 / u64::MAX as f64;
+                                self.next_at = start + jitter * 1000.0 / sh.opts.rate;
                             }
                             self.pump(&mut ws).await;
                         }
@@ -621,18 +511,20 @@ impl Conn {
                 _ = sleep_until(close_by), if closing => break,
             }
         }
-        self.finish(joined);
+        self.finish(joined, "");
     }
 
     fn mark_closed(&self) {
         self.sh.session(self.s).parts[self.p].closed = true;
     }
 
-    fn finish(&self, joined: Option<oneshot::Sender<bool>>) {
-        self.mark_closed();
-        if let Some(j) = joined {
-            let _ = j.send(false);
+    /// The connection is over (with error `code`, unless empty).
+    fn finish(&self, joined: Option<oneshot::Sender<bool>>, code: &str) {
+        if !code.is_empty() {
+            self.fail(code);
         }
+        self.mark_closed();
+        joined.map(|j| j.send(false));
     }
 }
 
@@ -640,74 +532,51 @@ impl Conn {
 fn error_code(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
-        tungstenite::Error::ConnectionClosed => "ConnectionClosed".into(),
-        tungstenite::Error::AlreadyClosed => "AlreadyClosed".into(),
-        tungstenite::Error::Protocol(_) => "Protocol".into(),
-        tungstenite::Error::Capacity(_) => "Capacity".into(),
-        tungstenite::Error::Url(_) => "Url".into(),
-        _ => "other".into(),
+        e => format!("{e:?}").split(['(', ' ']).next().unwrap_or("other").to_owned(),
     }
 }
 
 // ---- run -----------------------------------------------------------------
 
-/// Runs the generator against `opts.url` and checks what comes back.
-/// `watch_pids` are the server's processes whose CPU is reported.
-/// Returns loadgen.mjs' JSON line.
-pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<String> {
-    let port = super::port_of(&opts.url)?;
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-    let prefix = opts
-        .user_prefix
-        .clone()
-        .unwrap_or_else(|| format!("bench-{tag}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// Runs the generator against `url` and checks what comes back: with
+/// `secret`, participants send `?token=` (enterprise), else `?user=`.
+/// `watch_pids` are the server's processes whose CPU is reported. Returns
+/// loadgen.mjs' JSON line.
+pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> Result<String> {
+    let port = super::port_of(url)?;
+    let tag = super::drive::tag(6);
+    let prefix = opts.user_prefix.clone().unwrap_or_else(|| format!("bench-{tag}"));
     let mut sessions = Vec::new();
+    let mut urls: Vec<Vec<String>> = Vec::new();
     for s in 0..opts.sessions {
         let mut parts = Vec::new();
         for p in 0..opts.participants {
             let user_id = format!("{prefix}-s{s}-p{p}");
-            let token = match auth {
-                Auth::UserParam => None,
-                Auth::Secret(secret) => {
-                    Some(crate::mint(secret, &user_id, "enterprise", None, 3600)?)
-                }
-            };
-            parts.push(Participant::new(user_id, token, opts.participants));
+            let token =
+                secret.map(|k| crate::mint(k, &user_id, "enterprise", None, 3600)).transpose()?;
+            let received = vec![Vec::new(); opts.participants];
+            parts.push(Participant { user_id, token, received, ..Participant::default() });
         }
-        let id = if opts.create_sessions {
-            rt.block_on(create_session(&opts.url, s, &parts))?
-        } else {
-            uuid::Uuid::now_v7().to_string()
+        let id = match opts.create_sessions {
+            true => {
+                let members: Vec<&str> = parts[1..].iter().map(|p| p.user_id.as_str()).collect();
+                let token = parts[0].token.as_deref().unwrap_or_default();
+                block_on(create_session(url, token, &format!("bench {s}"), &members))??
+            }
+            false => uuid::Uuid::now_v7().to_string(),
         };
-        sessions.push(Session::new(id, parts));
-    }
-    let mut ws_base = Url::parse(&opts.url)?;
-    ws_base
-        .set_scheme("ws")
-        .map_err(|()| anyhow!("no WebSocket URL for {}", opts.url))?;
-    let urls: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|sess| {
-            sess.parts
+        let ws = format!("ws{}/v1/sessions/{id}/ws", url.trim_start_matches("http"));
+        urls.push(
+            parts
                 .iter()
-                .map(|pt| {
-                    let mut u = ws_base.clone();
-                    u.path_segments_mut()
-                        .expect("an http URL has a path")
-                        .pop_if_empty()
-                        .extend(["v1", "sessions", &sess.id, "ws"]);
-                    match &pt.token {
-                        Some(t) => u.query_pairs_mut().append_pair("token", t),
-                        None => u.query_pairs_mut().append_pair("user", &pt.user_id),
-                    };
-                    u.to_string()
+                .map(|pt| match &pt.token {
+                    Some(t) => format!("{ws}?token={t}"),
+                    None => format!("{ws}?user={}", pt.user_id),
                 })
-                .collect()
-        })
-        .collect();
+                .collect(),
+        );
+        sessions.push(Session { parts, ..Session::default() });
+    }
     let sh = Arc::new(Shared {
         opts: opts.clone(),
         clock: Clock::new(),
@@ -716,33 +585,28 @@ pub fn run(opts: &Options, auth: &Auth, watch_pids: &[u32]) -> Result<String> {
         window: OnceLock::new(),
         sessions: sessions.into_iter().map(Mutex::new).collect(),
     });
-    let cpu = rt.block_on(drive(Arc::clone(&sh), urls, watch_pids, port));
-    drop(rt);
+    let cpu = block_on(drive(Arc::clone(&sh), urls, watch_pids, port))?;
     let sh = Arc::try_unwrap(sh).map_err(|_| anyhow!("connections still running"))?;
     Ok(verify(sh, cpu))
 }
 
-async fn create_session(base: &str, s: usize, parts: &[Participant]) -> Result<String> {
-    let owner = &parts[0];
-    let members: Vec<&str> = parts[1..].iter().map(|p| p.user_id.as_str()).collect();
-    let body = serde_json::json!({ "title": format!("bench {s}"), "members": members });
-    let r = super::drive::client()?
+/// `POST /v1/sessions` by the owner of `token`; the new session's id.
+pub async fn create_session(
+    base: &str,
+    token: &str,
+    title: &str,
+    members: &[&str],
+) -> Result<String> {
+    let rb = super::drive::client()?
         .post(format!("{base}/v1/sessions"))
-        .bearer_auth(owner.token.as_deref().unwrap_or_default())
+        .bearer_auth(token)
         .timeout(Duration::from_secs(30))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    let text = r.text().await?;
-    if status != 201 {
-        let head: String = text.chars().take(300).collect();
-        bail!("POST /v1/sessions: {status} {head}");
-    }
-    serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["id"].as_str().map(str::to_owned))
-        .ok_or_else(|| anyhow!("POST /v1/sessions answered without an id: {text}"))
+        .json(&json!({ "title": title, "members": members }));
+    let v = super::drive::expect(rb, 201, "POST /v1/sessions").await?;
+    v["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("POST /v1/sessions answered without an id: {v}"))
 }
 
 async fn drive(
@@ -758,12 +622,7 @@ async fn drive(
         for (p, url) in row.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             joins.push(rx);
-            let conn = Conn {
-                sh: Arc::clone(&sh),
-                s,
-                p,
-                next_at: 0.0,
-            };
+            let conn = Conn { sh: Arc::clone(&sh), s, p, next_at: 0.0 };
             tasks.push(tokio::spawn(conn.run(url, phase_rx.clone(), tx)));
         }
     }
@@ -787,9 +646,7 @@ async fn drive(
         wait_for(drain, || {
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.inflight.is_empty() || pt.closed)
+                sess.parts.iter().all(|pt| pt.inflight.is_empty() || pt.closed)
             })
         })
         .await;
@@ -797,9 +654,7 @@ async fn drive(
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
                 let total: usize = sess.parts.iter().map(|pt| pt.ack_count).sum();
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
+                sess.parts.iter().all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
             })
         })
         .await;
@@ -835,7 +690,8 @@ fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
         let unacked: usize = sess.parts.iter().map(|pt| pt.inflight.len()).sum();
         sess.fail_n("unacked_at_end", unacked as u64);
         if let Some(last) = sess.last_seq {
-            let bad = sess.seqs.out_of_range(last);
+            let n = sess.seqs.len() as i64;
+            let bad = sess.seqs.iter().filter(|&&q| q <= last || q > last + n).count();
             sess.fail_n("seq_gap_or_out_of_range", bad as u64);
             let mut missing = 0u64;
             for &(from, n) in &sess.acked {
@@ -865,328 +721,169 @@ fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
     let [ack_p50, ack_p99, ack_max] = spread(&mut ack_lat);
     let [del_p50, del_p99, _] = spread(&mut del_lat);
     // Keys in loadgen.mjs' order.
-    ordered_object(&[
-        ("acks_per_s", json!(per_s(acks_in_window))),
-        ("deliveries_per_s", json!(per_s(deliveries_in_window))),
-        ("ack_p50_ms", json!(ack_p50)),
-        ("ack_p99_ms", json!(ack_p99)),
-        ("ack_max_ms", json!(ack_max)),
-        ("delivery_p50_ms", json!(del_p50)),
-        ("delivery_p99_ms", json!(del_p99)),
-        ("errors", json!(errors.values().sum::<u64>())),
-        ("sessions", json!(opts.sessions)),
-        ("participants", json!(opts.participants)),
-        ("seconds", json!(opts.seconds)),
-        ("window", json!(opts.window)),
-        ("rate", json!(opts.rate)),
-        ("ack_share_min", json!(share_min)),
-        ("acks_total", json!(ack_lat.len())),
-        ("deliveries_total", json!(del_lat.len())),
-        ("error_detail", json!(errors)),
-        ("cpu_pct", json!(cpu.unwrap_or_default())),
-        ("generator", json!("xtask")),
-    ])
+    fields! {
+        "acks_per_s": per_s(acks_in_window), "deliveries_per_s": per_s(deliveries_in_window),
+        "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "ack_max_ms": ack_max,
+        "delivery_p50_ms": del_p50, "delivery_p99_ms": del_p99,
+        "errors": errors.values().sum::<u64>(), "sessions": opts.sessions,
+        "participants": opts.participants, "seconds": opts.seconds, "window": opts.window,
+        "rate": opts.rate, "ack_share_min": share_min, "acks_total": ack_lat.len(),
+        "deliveries_total": del_lat.len(), "error_detail": errors,
+        "cpu_pct": cpu.unwrap_or_default(), "generator": "xtask",
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::super::defaults;
     use super::*;
 
-    #[test]
-    fn seqs_must_be_unique_and_gap_free_after_last_seq() {
-        let mut c = SeqChecker::default();
-        for q in [6, 8, 7] {
-            assert!(c.record(q));
-        }
-        assert!(!c.record(7), "a repeated seq is a duplicate");
-        assert_eq!(c.out_of_range(5), 0, "6..=8 after lastSeq 5");
-        assert_eq!(c.out_of_range(0), 3, "none of 6..=8 is in 1..=3");
-        assert_eq!(c.out_of_range(6), 1, "7..=9 expected, 6 is out");
-
-        let mut gap = SeqChecker::default();
-        for q in [1, 2, 4] {
-            gap.record(q);
-        }
-        assert_eq!(gap.out_of_range(0), 1, "3 missing: 4 is out of 1..=3");
-
-        let empty = SeqChecker::default();
-        assert_eq!(empty.out_of_range(10), 0);
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        None,
+        /// The 5th point of a session gets seq+2: a gap.
+        SkipSeq,
+        /// The 5th point of a session reuses the 4th's seq.
+        ReuseSeq,
+        /// The 5th point of a session misses one receiver.
+        DropDelivery,
+        /// Points go back to their sender too.
+        EchoOwn,
+        /// Each connection's 3rd point is never acked.
+        LoseAck,
     }
 
-    #[test]
-    fn point_ids_round_trip_and_reject_other_runs() {
-        let id = point_id("a1b2c3", 3, 4, 1234);
-        assert_eq!(id, "a1b2c3-3-4-1234");
-        assert_eq!(parse_point_id("a1b2c3", &id), Some((3, 4, 1234)));
-        assert_eq!(parse_point_id("ffffff", &id), None);
-        assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-4"), None);
-        assert_eq!(parse_point_id("a1b2c3", "a1b2c3-3-x-1"), None);
-        assert_eq!(parse_point_id("a1b2c3", "x-a1b2c3-3-4-1"), None);
+    /// `(seq, points, peers)` per session.
+    type Rooms =
+        Arc<Mutex<BTreeMap<String, (i64, u64, Vec<(u64, mpsc::UnboundedSender<String>)>)>>>;
+
+    /// A session server speaking the frames the generator needs, correct
+    /// or with one fault; its port.
+    fn fake(fault: Fault) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                let rooms = Rooms::default();
+                for conn in 0.. {
+                    let (sock, _) = l.accept().await.unwrap();
+                    tokio::spawn(serve(sock, conn, Arc::clone(&rooms), fault));
+                }
+            })
+        });
+        port
     }
 
-    #[test]
-    fn frames_are_checked_like_loadgen_mjs() {
-        let opts = Options {
-            sessions: 1,
-            participants: 2,
-            ..Options::default()
+    async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, fault: Fault) {
+        let mut uri = String::new();
+        #[allow(clippy::result_large_err)] // tungstenite's callback type
+        let callback = |req: &tungstenite::handshake::server::Request, res| {
+            uri = req.uri().to_string();
+            Ok(res)
         };
-        let parts = (0..2)
-            .map(|p| Participant::new(format!("u{p}"), None, 2))
-            .collect();
-        let sh = Shared {
-            opts,
-            clock: Clock::new(),
-            tag: "abc".into(),
-            sending: AtomicBool::new(false),
-            window: OnceLock::new(),
-            sessions: vec![Mutex::new(Session::new("s".into(), parts))],
+        let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await else {
+            return;
         };
-        let welcome = r#"{"type":"welcome","lastSeq":5,"participants":[{"userId":"u0"}]}"#;
-        assert!(!on_frame(&sh, 0, 0, welcome));
-        assert!(!on_frame(&sh, 0, 1, r#"{"type":"welcome","lastSeq":6}"#));
+        // /v1/sessions/{id}/ws?user=U
+        let session = uri.split('/').nth(3).unwrap_or_default().to_owned();
+        let user = uri.split("user=").nth(1).unwrap_or_default().to_owned();
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         {
-            let mut sess = sh.session(0);
-            sess.parts[0].points.push(Seqs::default());
-            sess.parts[0].inflight.push((0, 0.0));
-        }
-        let point = r#"{"type":"point","id":"abc-0-0-0","seq":6,"userId":"u0","data":{"t":1}}"#;
-        assert!(!on_frame(&sh, 0, 1, point));
-        assert!(on_frame(
-            &sh,
-            0,
-            0,
-            r#"{"type":"ack","id":"abc-0-0-0","seq":6}"#
-        ));
-        assert!(!on_frame(
-            &sh,
-            0,
-            0,
-            r#"{"type":"ack","id":"abc-0-0-0","seq":6}"#
-        ));
-        assert!(!on_frame(&sh, 0, 1, point));
-        assert!(!on_frame(&sh, 0, 0, point));
-        assert!(!on_frame(
-            &sh,
-            0,
-            1,
-            r#"{"type":"error","code":"rate_limited"}"#
-        ));
-        assert!(!on_frame(&sh, 0, 1, "not json"));
-        assert!(!on_frame(&sh, 0, 1, r#"{"type":"joined","userId":"u0"}"#));
-        let sess = sh.session(0);
-        let got: Vec<(&str, u64)> = sess.errors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        assert_eq!(
-            got,
-            vec![
-                ("bad_frame_json", 1),
-                ("duplicate_delivery", 1),
-                ("own_point_echoed", 1),
-                ("server_error_rate_limited", 1),
-                ("unexpected_ack", 1),
-                ("welcome_lastSeq_mismatch", 1),
-            ]
-        );
-        assert_eq!(sess.parts[1].received_count, 1);
-        assert_eq!(sess.parts[0].points[0].ack, Some(6));
-        assert_eq!(sess.acked, vec![(0, 0)]);
-    }
-
-    /// A fake session server speaking the frames the generator needs,
-    /// correct or with one fault, on a thread and runtime of its own.
-    mod fake {
-        use std::collections::HashMap;
-        use std::sync::{Arc, Mutex};
-
-        use futures_util::{SinkExt, StreamExt};
-        use tokio::sync::mpsc;
-        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-        use tokio_tungstenite::tungstenite::Message;
-
-        #[derive(Clone, Copy, PartialEq)]
-        pub enum Fault {
-            None,
-            /// The 5th point of a session gets seq+2: a gap.
-            SkipSeq,
-            /// The 5th point of a session reuses the 4th's seq.
-            ReuseSeq,
-            /// The 5th point of a session misses one receiver.
-            DropDelivery,
-            /// Points go back to their sender too.
-            EchoOwn,
-            /// Each connection's 3rd point is never acked.
-            LoseAck,
-        }
-
-        #[derive(Default)]
-        struct Room {
-            seq: i64,
-            points: u64,
-            peers: Vec<(u64, mpsc::UnboundedSender<String>)>,
-        }
-
-        type Rooms = Arc<Mutex<HashMap<String, Room>>>;
-
-        /// Starts the server; returns its port.
-        pub fn start(fault: Fault) -> u16 {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    tx.send(l.local_addr().unwrap().port()).unwrap();
-                    let rooms: Rooms = Arc::default();
-                    let mut conn = 0u64;
-                    loop {
-                        let (sock, _) = l.accept().await.unwrap();
-                        conn += 1;
-                        tokio::spawn(serve(sock, conn, Arc::clone(&rooms), fault));
-                    }
-                });
-            });
-            rx.recv().unwrap()
-        }
-
-        async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, fault: Fault) {
-            let mut uri = String::new();
-            // The error type is tungstenite's (`Callback`), not ours to box.
-            #[allow(clippy::result_large_err)]
-            let callback = |req: &Request, res: Response| {
-                uri = req.uri().to_string();
-                Ok(res)
-            };
-            let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await else {
-                return;
-            };
-            // /v1/sessions/{id}/ws?user=U
-            let session = uri.split('/').nth(3).unwrap_or_default().to_owned();
-            let user = uri.split("user=").nth(1).unwrap_or_default().to_owned();
-            let (mut sink, mut stream) = ws.split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-            {
-                let mut rooms = rooms.lock().unwrap();
-                let room = rooms.entry(session.clone()).or_default();
-                room.peers.push((conn, tx.clone()));
-                let welcome = format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.seq);
-                tx.send(welcome).unwrap();
-            }
-            tokio::spawn(async move {
-                while let Some(m) = rx.recv().await {
-                    if sink.send(Message::text(m)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut mine = 0u64;
-            while let Some(Ok(msg)) = stream.next().await {
-                let Message::Text(text) = msg else { continue };
-                let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
-                mine += 1;
-                let mut rooms = rooms.lock().unwrap();
-                let room = rooms.get_mut(&session).unwrap();
-                room.points += 1;
-                let fifth = room.points == 5;
-                room.seq += match fault {
-                    Fault::SkipSeq if fifth => 2,
-                    Fault::ReuseSeq if fifth => 0,
-                    _ => 1,
-                };
-                let seq = room.seq;
-                let id = v["id"].as_str().unwrap();
-                if !(fault == Fault::LoseAck && mine == 3) {
-                    let _ = tx.send(format!(r#"{{"type":"ack","id":"{id}","seq":{seq}}}"#));
-                }
-                let point = serde_json::json!({
-                    "type": "point", "id": id, "kind": "bench", "seq": seq,
-                    "userId": user, "data": v["data"],
-                })
-                .to_string();
-                let mut dropped = false;
-                for (c, peer) in &room.peers {
-                    if *c == conn && fault != Fault::EchoOwn {
-                        continue;
-                    }
-                    if fault == Fault::DropDelivery && fifth && *c != conn && !dropped {
-                        dropped = true;
-                        continue;
-                    }
-                    let _ = peer.send(point.clone());
-                }
-            }
             let mut rooms = rooms.lock().unwrap();
-            if let Some(room) = rooms.get_mut(&session) {
-                room.peers.retain(|(c, _)| *c != conn);
+            let room = rooms.entry(session.clone()).or_default();
+            room.2.push((conn, tx.clone()));
+            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0)).unwrap();
+        }
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(Message::text(m)).await.is_err() {
+                    break;
+                }
             }
+        });
+        let mut mine = 0;
+        while let Some(Ok(Message::Text(text))) = stream.next().await {
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            mine += 1;
+            let mut rooms = rooms.lock().unwrap();
+            let room = rooms.get_mut(&session).unwrap();
+            room.1 += 1;
+            let fifth = room.1 == 5;
+            room.0 += match fault {
+                Fault::SkipSeq if fifth => 2,
+                Fault::ReuseSeq if fifth => 0,
+                _ => 1,
+            };
+            let (seq, id) = (room.0, v["id"].as_str().unwrap());
+            if !(fault == Fault::LoseAck && mine == 3) {
+                let _ = tx.send(format!(r#"{{"type":"ack","id":"{id}","seq":{seq}}}"#));
+            }
+            let point =
+                json!({"type": "point", "id": id, "seq": seq, "userId": user, "data": v["data"]});
+            let mut dropped = !(fault == Fault::DropDelivery && fifth);
+            for (c, peer) in &room.2 {
+                if *c == conn && fault != Fault::EchoOwn
+                    || *c != conn && !std::mem::replace(&mut dropped, true)
+                {
+                    continue;
+                }
+                let _ = peer.send(point.to_string());
+            }
+        }
+        if let Some(room) = rooms.lock().unwrap().get_mut(&session) {
+            room.2.retain(|(c, _)| *c != conn);
         }
     }
 
-    fn run_against(fault: fake::Fault, rate: f64) -> serde_json::Value {
-        let port = fake::start(fault);
-        let opts = Options {
-            url: format!("http://127.0.0.1:{port}"),
+    fn run_against(fault: Fault, rate: f64) -> Value {
+        let o = Options {
             sessions: 2,
             participants: 3,
             seconds: 0.4,
             window: 4,
             rate,
             drain_seconds: 1.0,
-            ..Options::default()
+            ..defaults()
         };
-        let line = run(&opts, &Auth::UserParam, &[]).unwrap();
-        assert!(line.starts_with(r#"{"acks_per_s":"#), "{line}");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn detail(r: &serde_json::Value) -> Vec<(&str, u64)> {
-        let d = r["error_detail"].as_object().unwrap();
-        d.iter()
-            .map(|(k, v)| (k.as_str(), v.as_u64().unwrap()))
-            .collect()
+        serde_json::from_str(
+            &run(&o, &format!("http://127.0.0.1:{}", fake(fault)), None, &[]).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
-    fn a_correct_server_passes() {
-        let r = run_against(fake::Fault::None, 0.0);
+    fn a_correct_server_passes_and_faults_are_reported() {
+        let r = run_against(Fault::None, 0.0);
         let acks = r["acks_total"].as_u64().unwrap();
-        assert!(r["errors"] == 0 && acks > 20, "{r}");
-        assert_eq!(r["deliveries_total"], 2 * acks, "{r}");
-        assert!(r["ack_p50_ms"].is_number() && r["delivery_p99_ms"].is_number());
-        assert!(r["cpu_pct"]["loadgen"].is_number());
-    }
-
-    #[test]
-    fn the_open_loop_keeps_its_rate() {
-        // 6 participants x 100 points/s x 0.4 s = 240 points
-        let r = run_against(fake::Fault::None, 100.0);
-        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["errors"] == 0 && acks > 20 && r["deliveries_total"] == 2 * acks, "{r}");
+        // open loop: 6 participants x 100 points/s x 0.4 s = 240 points
+        let r = run_against(Fault::None, 100.0);
         assert!(
-            (160..=260).contains(&r["acks_total"].as_u64().unwrap()),
+            r["errors"] == 0 && (160..=260).contains(&r["acks_total"].as_u64().unwrap()),
             "{r}"
         );
-    }
-
-    #[test]
-    fn faults_are_reported() {
-        let r = run_against(fake::Fault::SkipSeq, 0.0);
-        assert_eq!(detail(&r), vec![("seq_gap_or_out_of_range", 2)]);
-        let r = run_against(fake::Fault::ReuseSeq, 0.0);
-        assert_eq!(detail(&r), vec![("duplicate_seq", 2)]);
-        let r = run_against(fake::Fault::DropDelivery, 0.0);
-        assert_eq!(detail(&r), vec![("missing_delivery", 2)]);
-        let r = run_against(fake::Fault::LoseAck, 0.0);
-        // each connection's lost ack also leaves its seq out of the acked range
+        for (fault, want) in [
+            (Fault::SkipSeq, json!({"seq_gap_or_out_of_range": 2})),
+            (Fault::ReuseSeq, json!({"duplicate_seq": 2})),
+            (Fault::DropDelivery, json!({"missing_delivery": 2})),
+            // each lost ack also leaves its seq out of the acked range
+            (Fault::LoseAck, json!({"seq_gap_or_out_of_range": 6, "unacked_at_end": 6})),
+        ] {
+            assert_eq!(run_against(fault, 0.0)["error_detail"], want);
+        }
+        let r = run_against(Fault::EchoOwn, 0.0);
         assert_eq!(
-            detail(&r),
-            vec![("seq_gap_or_out_of_range", 6), ("unacked_at_end", 6)]
+            (&r["error_detail"]["own_point_echoed"], &r["errors"]),
+            (&r["acks_total"], &r["acks_total"])
         );
-        let r = run_against(fake::Fault::EchoOwn, 0.0);
-        assert_eq!(
-            r["error_detail"]["own_point_echoed"], r["acks_total"],
-            "{r}"
-        );
-        assert_eq!(r["errors"], r["acks_total"]);
     }
 }

@@ -26,9 +26,9 @@ use anyhow::{bail, Result};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use super::drive::{self, closed_loop, open_all, Answer, Until};
-use super::summary::{ordered_object, round_to, spread, Stats, Summary};
-use super::{non_empty, non_negative, positive, seconds};
+use super::drive::{self, closed_loop, open_all, Answer};
+use super::summary::{fields, round_to, spread, Stats, Summary};
+use super::{non_empty, non_negative, positive, seconds, Served};
 
 /// The service's `PRESENCE_TTL_MS` as the bench serves it (wrangler.toml).
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -42,9 +42,6 @@ const HEARTBEAT_BODY: &[u8] = br#"{"status":"online","activity":"bench"}"#;
 /// Presence reads and heartbeats.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct Options {
-    /// `http://host:port` of the server.
-    #[arg(skip)]
-    pub url: String,
     /// Users, each heartbeats first with its own token
     #[arg(long, default_value_t = 200, value_parser = positive)]
     pub users: usize,
@@ -70,12 +67,6 @@ pub struct Options {
     pub user_prefix: Option<String>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        super::defaults()
-    }
-}
-
 impl Options {
     pub fn callers(&self) -> usize {
         self.callers.unwrap_or(self.users)
@@ -86,11 +77,7 @@ impl Options {
             bail!("--batch takes at most {MAX_BATCH} ids");
         }
         if self.batch > self.users {
-            bail!(
-                "--batch {} needs at least as many --users ({})",
-                self.batch,
-                self.users
-            );
+            bail!("--batch {} needs at least as many --users ({})", self.batch, self.users);
         }
         Ok(())
     }
@@ -104,14 +91,12 @@ pub enum Phase {
     Heartbeat,
 }
 
+const PHASES: [Phase; 4] = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat];
+
 impl Phase {
+    /// Its name in the lines.
     pub fn name(self) -> &'static str {
-        match self {
-            Phase::Setup => "setup",
-            Phase::Single => "single",
-            Phase::Batch => "batch",
-            Phase::Heartbeat => "heartbeat",
-        }
+        ["setup", "single", "batch", "heartbeat"][self as usize]
     }
 }
 
@@ -165,11 +150,7 @@ pub fn order_check(asked: &[&str], got: &[&str]) -> Result<(), &'static str> {
     let (mut a, mut g) = (asked.to_vec(), got.to_vec());
     a.sort_unstable();
     g.sort_unstable();
-    Err(if a == g {
-        "batch_out_of_order"
-    } else {
-        "batch_wrong_users"
-    })
+    Err(if a == g { "batch_out_of_order" } else { "batch_wrong_users" })
 }
 
 /// Checks a batch answer's body against the ids asked; the error codes
@@ -182,10 +163,8 @@ pub fn check_batch(
     let Some(users) = v.get("users").and_then(Value::as_array) else {
         return vec!["batch_without_users"];
     };
-    let got: Vec<&str> = users
-        .iter()
-        .map(|u| u.get("userId").and_then(Value::as_str).unwrap_or(""))
-        .collect();
+    let got: Vec<&str> =
+        users.iter().map(|u| u.get("userId").and_then(Value::as_str).unwrap_or("")).collect();
     let mut errors = Vec::new();
     if let Err(e) = order_check(asked, &got) {
         errors.push(e);
@@ -214,50 +193,72 @@ pub fn batch_ids(k: u64, users: usize, batch: usize) -> Vec<usize> {
 
 // ---- report --------------------------------------------------------------
 
-pub const METRICS: [&str; 11] = [
-    "requests_per_s",
-    "reads_per_s",
-    "p50_ms",
-    "p99_ms",
-    "max_ms",
-    "errors",
-    "rate_limited",
-    "max_caller_req_per_s",
-    "cpu_workerd_pct",
-    "cpu_proxy_pct",
-    "cpu_loadgen_pct",
-];
+const METRICS: &str = "requests_per_s reads_per_s p50_ms p99_ms max_ms errors rate_limited \
+    max_caller_req_per_s cpu_workerd_pct cpu_proxy_pct cpu_loadgen_pct";
+
+impl super::Gen for Options {
+    const TITLE: &'static str = "bench presence";
+
+    fn shape(&self) -> (String, Value) {
+        let (u, c, secs, b, k) =
+            (self.users, self.concurrency, self.seconds, self.batch, self.callers());
+        let text =
+            format!("presence users={u} concurrency={c} seconds={secs} batch={b} callers={k}");
+        (text, json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k}))
+    }
+
+    fn metrics(&self) -> &'static str {
+        METRICS
+    }
+
+    fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
+        Ok(run(self, &s.url, s.secret()?, &s.pids))
+    }
+
+    /// Per phase medians over the runs, and the issue's goal: a batch read
+    /// of `batch` users costing no more than 3x a single read at p50.
+    fn summarize(&self, _: &[String], runs: &[(String, Value)], problems: &[String]) -> Summary {
+        let by_phase: Vec<(String, Value)> = runs
+            .iter()
+            .filter_map(|(_, v)| Some((v["phase"].as_str()?.to_owned(), v.clone())))
+            .collect();
+        let names: Vec<String> = PHASES.iter().map(|p| p.name().to_owned()).collect();
+        let metrics: Vec<&str> = METRICS.split_whitespace().collect();
+        let st = Stats::of(&names, &by_phase, &metrics);
+        let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
+        let p50_ratio = ratio.get("p50_ms").copied();
+        let (heading, shape) = self.shape();
+        let json = fields! {
+            "summary": "bench presence", "shape": shape, "rounds": st.rounds.get("setup"),
+            "median": st.median, "min": st.min, "max": st.max,
+            "batch_p50_over_single_p50": p50_ratio,
+            "batch_p99_over_single_p99": ratio.get("p99_ms"),
+            "goal": format!("batch of {} p50 <= 3x single p50", self.batch),
+            "goal_met": p50_ratio.map(|x| x <= 3.0), "errors": st.errors,
+            "error_detail": st.error_detail, "ok": problems.is_empty(),
+        };
+        let table = st.table(&heading, &names, &metrics, &[("batch/single".to_owned(), ratio)]);
+        Summary { table, json }
+    }
+}
 
 // ---- run -----------------------------------------------------------------
-
-struct User {
-    id: String,
-    auth: String,
-    /// When its last accepted heartbeat was sent.
-    heartbeat: Option<Instant>,
-}
 
 struct Run<'a> {
     opts: &'a Options,
     client: Client,
-    users: Vec<User>,
+    url: String,
+    /// Per user: id, authorization header, when its last accepted
+    /// heartbeat was sent.
+    users: Vec<(String, String, Option<Instant>)>,
     /// Caller authorization headers for reads.
     callers: Vec<String>,
 }
 
 impl Run<'_> {
     fn present(&self, user: usize, now: Instant) -> bool {
-        self.users[user]
-            .heartbeat
-            .is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
+        self.users[user].2.is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
     }
-}
-
-/// What one request was, for checking its answer.
-enum Job {
-    Single { caller: usize, user: usize },
-    Batch { caller: usize, ids: Vec<usize> },
-    Heartbeat { user: usize, sent: Instant },
 }
 
 /// Per-phase tallies.
@@ -272,202 +273,124 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-impl Tally {
-    fn fail(&mut self, code: &str) {
-        *self.errors.entry(code.to_owned()).or_default() += 1;
-    }
-}
-
-/// Runs setup and the three phases against `opts.url`, with tokens minted
-/// with `secret` (plan enterprise).
-pub fn run(opts: &Options, secret: &str, watch_pids: &[u32]) -> Vec<String> {
+/// Runs setup and the three phases against `url`, with tokens minted
+/// with `secret` (plan enterprise): one JSON line per phase, or one with
+/// `fatal`.
+pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<String> {
     let mut lines = Vec::new();
-    if let Err(e) = run_inner(opts, secret, watch_pids, &mut lines) {
-        lines.push(ordered_object(&[
-            ("fatal", json!(format!("{e:#}"))),
-            ("generator", json!("xtask")),
-        ]));
+    let mut go = || -> Result<()> {
+        let port = super::port_of(url)?;
+        let prefix = opts.user_prefix.clone().unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
+        let bearer = |id: &str| {
+            crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
+        };
+        let users = (0..opts.users)
+            .map(|i| format!("{prefix}-u{i}"))
+            .map(|id| Ok((id.clone(), bearer(&id)?, None)))
+            .collect::<Result<Vec<_>>>()?;
+        // Callers are the users first, then readers of their own.
+        let callers = (0..opts.callers())
+            .map(|i| {
+                users.get(i).map_or_else(|| bearer(&format!("{prefix}-c{i}")), |u| Ok(u.1.clone()))
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let mut run = Run { opts, client: drive::client()?, url: url.to_owned(), users, callers };
+        drive::block_on(async {
+            open_all(&run.client, &run.url, opts.concurrency).await?;
+            for phase in PHASES {
+                lines.push(run_phase(&mut run, phase, (watch_pids, port)).await);
+            }
+            Ok(())
+        })?
+    };
+    if let Err(e) = go() {
+        lines.push(fields! {"fatal": format!("{e:#}"), "generator": "xtask"});
     }
     lines
 }
 
-/// The JSON lines go to `lines`, one per phase.
-fn run_inner(
-    opts: &Options,
-    secret: &str,
-    watch_pids: &[u32],
-    lines: &mut Vec<String>,
-) -> Result<()> {
-    let port = super::port_of(&opts.url)?;
-    let random = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-    let prefix = opts
-        .user_prefix
-        .clone()
-        .unwrap_or_else(|| format!("pres-{}", random()));
-    let bearer =
-        |id: &str| crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"));
-    let users = (0..opts.users)
-        .map(|i| {
-            let id = format!("{prefix}-u{i}");
-            Ok(User {
-                auth: bearer(&id)?,
-                id,
-                heartbeat: None,
-            })
-        })
-        .collect::<Result<Vec<User>>>()?;
-    // Callers are the users first, then readers of their own.
-    let callers = (0..opts.callers())
-        .map(|i| match users.get(i) {
-            Some(u) => Ok(u.auth.clone()),
-            None => bearer(&format!("{prefix}-c{i}")),
-        })
-        .collect::<Result<Vec<String>>>()?;
-    let mut run = Run {
-        opts,
-        client: drive::client()?,
-        users,
-        callers,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        open_all(&run.client, &opts.url, opts.concurrency).await?;
-        for phase in [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat] {
-            lines.push(run_phase(&mut run, phase, (watch_pids, port)).await);
-        }
-        Ok(())
-    })
-}
-
 /// One phase: its JSON line (and a progress line on stderr).
 async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> String {
-    let opts = run.opts;
-    let n = opts.users as u64;
-    let k_callers = match phase {
-        Phase::Setup | Phase::Heartbeat => opts.users,
-        Phase::Single | Phase::Batch => run.callers.len(),
-    };
+    let (opts, n) = (run.opts, run.opts.users as u64);
+    let reading = matches!(phase, Phase::Single | Phase::Batch);
+    let k_callers = if reading { run.callers.len() } else { opts.users };
+    // Setup: each user once, however long it takes (within reason).
     let until = match phase {
-        // Each user once, however long it takes (within reason).
-        Phase::Setup => Until {
-            seconds: 120.0,
-            requests: Some(n),
-            drain_seconds: opts.drain_seconds,
-        },
-        _ => Until {
-            seconds: opts.seconds,
-            requests: None,
-            drain_seconds: opts.drain_seconds,
-        },
+        Phase::Setup => (120.0, Some(n), opts.drain_seconds),
+        _ => (opts.seconds, None, opts.drain_seconds),
     };
-    let tally = RefCell::new(Tally {
-        per_caller: vec![0; k_callers],
-        ..Tally::default()
-    });
+    let tally = RefCell::new(Tally { per_caller: vec![0; k_callers], ..Tally::default() });
     let run_cell = RefCell::new(&mut *run);
-    let outcome = closed_loop(
-        opts.concurrency,
-        until,
-        watch,
-        |i| {
-            let run = run_cell.borrow();
-            let ncall = run.callers.len() as u64;
-            let get = |path: &str, caller: usize| {
-                let url = format!("{}{path}", opts.url);
-                run.client
-                    .get(url)
-                    .header("authorization", &run.callers[caller])
-            };
-            match phase {
-                Phase::Setup | Phase::Heartbeat => {
-                    let user = (i % n) as usize;
-                    let req = run
-                        .client
-                        .post(format!("{}/v1/presence/heartbeat", opts.url))
-                        .header("authorization", &run.users[user].auth)
-                        .header("content-type", "application/json")
-                        .body(HEARTBEAT_BODY);
-                    let sent = Instant::now();
-                    (req, Job::Heartbeat { user, sent })
-                }
-                Phase::Single => {
-                    let user = (i % n) as usize;
-                    let caller = ((i + ncall / 2) % ncall) as usize;
-                    let path = format!("/v1/presence/{}", run.users[user].id);
-                    (get(&path, caller), Job::Single { caller, user })
-                }
-                Phase::Batch => {
-                    let caller = (i % ncall) as usize;
-                    let ids = batch_ids(i, opts.users, opts.batch);
-                    let list: Vec<&str> = ids.iter().map(|&u| run.users[u].id.as_str()).collect();
-                    let path = format!("/v1/presence?users={}", list.join(","));
-                    (get(&path, caller), Job::Batch { caller, ids })
+    // A request is `(caller, users asked, heartbeat sent at)`.
+    let next = |i: u64| {
+        let run = run_cell.borrow();
+        let ncall = run.callers.len() as u64;
+        let (caller, users) = match phase {
+            Phase::Single => (((i + ncall / 2) % ncall) as usize, vec![(i % n) as usize]),
+            Phase::Batch => ((i % ncall) as usize, batch_ids(i, opts.users, opts.batch)),
+            _ => ((i % n) as usize, vec![(i % n) as usize]),
+        };
+        let ids: Vec<&str> = users.iter().map(|&u| run.users[u].0.as_str()).collect();
+        let rb = match phase {
+            Phase::Single => run.client.get(format!("{}/v1/presence/{}", run.url, ids[0])),
+            Phase::Batch => {
+                run.client.get(format!("{}/v1/presence?users={}", run.url, ids.join(",")))
+            }
+            _ => run.client.post(format!("{}/v1/presence/heartbeat", run.url)).body(HEARTBEAT_BODY),
+        };
+        let auth = if reading { &run.callers[caller] } else { &run.users[caller].1 };
+        let rb = rb.header("authorization", auth).header("content-type", "application/json");
+        (rb, (caller, users, Instant::now()))
+    };
+    let answer = |(caller, users, sent): (usize, Vec<usize>, Instant), a: Answer| {
+        let (mut t, mut run) = (tally.borrow_mut(), run_cell.borrow_mut());
+        let fail = |t: &mut Tally, code: &str| *t.errors.entry(code.to_owned()).or_default() += 1;
+        t.total += 1;
+        let counted = a.in_window || phase == Phase::Setup;
+        if counted {
+            t.lat.push(a.ms);
+            t.in_window += 1;
+            t.per_caller[caller] += 1;
+        }
+        let body = match drive::json_200(&a.result) {
+            Ok(b) => b,
+            Err(code) => {
+                t.rate_limited += u64::from(code == "http_429_rate_limited");
+                return fail(&mut t, &code);
+            }
+        };
+        let now = Instant::now();
+        let errors = match phase {
+            Phase::Batch => {
+                let asked: Vec<&str> = users.iter().map(|&u| run.users[u].0.as_str()).collect();
+                check_batch(&body, &asked, |i| run.present(users[i], now))
+            }
+            Phase::Single => {
+                let want =
+                    Expect { user: &run.users[users[0]].0, present: run.present(users[0], now) };
+                check_presence(&body, want).err().into_iter().collect()
+            }
+            _ => {
+                match check_presence(&body, Expect { user: &run.users[caller].0, present: true }) {
+                    Ok(()) => {
+                        let hb = &mut run.users[caller].2;
+                        *hb = Some(hb.map_or(sent, |h| h.max(sent)));
+                        vec![]
+                    }
+                    Err(e) => vec![e],
                 }
             }
-        },
-        |job, a: Answer| {
-            let mut t = tally.borrow_mut();
-            let mut run = run_cell.borrow_mut();
-            t.total += 1;
-            let now = Instant::now();
-            let counted = a.in_window || phase == Phase::Setup;
-            if counted {
-                t.lat.push(a.ms);
-                t.in_window += 1;
-                let caller = match &job {
-                    Job::Single { caller, .. } | Job::Batch { caller, .. } => *caller,
-                    Job::Heartbeat { user, .. } => *user,
-                };
-                t.per_caller[caller] += 1;
-            }
-            let body = match answer_body(&a, &mut t) {
-                Some(b) => b,
-                None => return,
-            };
-            match job {
-                Job::Heartbeat { user, sent } => {
-                    let want = Expect {
-                        user: &run.users[user].id,
-                        present: true,
-                    };
-                    match check_presence(&body, want) {
-                        Ok(()) => {
-                            let hb = &mut run.users[user].heartbeat;
-                            *hb = Some(hb.map_or(sent, |h| h.max(sent)));
-                        }
-                        Err(e) => t.fail(e),
-                    }
-                }
-                Job::Single { user, .. } => {
-                    let want = Expect {
-                        user: &run.users[user].id,
-                        present: run.present(user, now),
-                    };
-                    match check_presence(&body, want) {
-                        Ok(()) => t.reads += u64::from(counted),
-                        Err(e) => t.fail(e),
-                    }
-                }
-                Job::Batch { ids, .. } => {
-                    let asked: Vec<&str> = ids.iter().map(|&u| run.users[u].id.as_str()).collect();
-                    let errors = check_batch(&body, &asked, |i| run.present(ids[i], now));
-                    if errors.is_empty() {
-                        t.reads += if counted { ids.len() as u64 } else { 0 };
-                    }
-                    for e in errors {
-                        t.fail(e);
-                    }
-                }
-            }
-        },
-    )
-    .await;
+        };
+        if errors.is_empty() && reading && counted {
+            t.reads += users.len() as u64;
+        }
+        errors.into_iter().for_each(|e| fail(&mut t, e));
+    };
+    let outcome = closed_loop(opts.concurrency, until, watch, next, answer).await;
     let mut t = tally.into_inner();
-    for _ in 0..outcome.unanswered {
-        t.fail("unanswered_at_end");
-    }
+    t.errors.extend(
+        (outcome.unanswered > 0).then(|| ("unanswered_at_end".to_owned(), outcome.unanswered)),
+    );
     let secs = match phase {
         Phase::Setup => outcome.elapsed.as_secs_f64().max(1e-3),
         _ => opts.seconds,
@@ -477,405 +400,137 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
     let [p50, p99, max] = spread(&mut t.lat);
     let errors: u64 = t.errors.values().sum();
     let show = |x: Option<f64>| x.map_or("-".into(), |x| x.to_string());
+    let (name, rate) = (phase.name(), per_s(t.in_window));
     eprintln!(
-        "bench: presence {}: {} req/s, p50 {} ms, p99 {} ms, {errors} errors",
-        phase.name(),
-        per_s(t.in_window),
+        "bench: presence {name}: {rate} req/s, p50 {} ms, p99 {} ms, {errors} errors",
         show(p50),
-        show(p99),
+        show(p99)
     );
-    let reads = matches!(phase, Phase::Single | Phase::Batch).then(|| per_s(t.reads));
-    ordered_object(&[
-        ("phase", json!(phase.name())),
-        ("requests_per_s", json!(per_s(t.in_window))),
+    fields! {
+        "phase": name, "requests_per_s": rate,
         // Presence objects read per second (reads only).
-        ("reads_per_s", json!(reads)),
-        ("p50_ms", json!(p50)),
-        ("p99_ms", json!(p99)),
-        ("max_ms", json!(max)),
-        ("errors", json!(errors)),
-        ("rate_limited", json!(t.rate_limited)),
+        "reads_per_s": reading.then(|| per_s(t.reads)), "p50_ms": p50, "p99_ms": p99,
+        "max_ms": max, "errors": errors, "rate_limited": t.rate_limited,
         // Answers in the window (all of them for `setup`).
-        ("requests", json!(t.in_window)),
-        ("answers_total", json!(t.total)),
-        ("seconds", json!(round_to(secs, 3))),
-        ("concurrency", json!(opts.concurrency)),
-        ("users", json!(opts.users)),
-        (
-            "batch",
-            json!((phase == Phase::Batch).then_some(opts.batch)),
-        ),
-        ("callers", json!(k_callers)),
+        "requests": t.in_window, "answers_total": t.total, "seconds": round_to(secs, 3),
+        "concurrency": opts.concurrency, "users": opts.users,
+        "batch": (phase == Phase::Batch).then_some(opts.batch), "callers": k_callers,
         // The busiest caller's requests per second (the enterprise plan
         // allows 100 after a burst of 1000).
-        (
-            "max_caller_req_per_s",
-            json!(round_to(max_caller as f64 / secs, 1)),
-        ),
-        ("error_detail", json!(t.errors)),
-        ("cpu_pct", json!(outcome.cpu)),
-        ("generator", json!("xtask")),
-    ])
-}
-
-/// The JSON body of a 200 answer; anything else is counted and `None`.
-fn answer_body(a: &Answer, t: &mut Tally) -> Option<Value> {
-    let r = match &a.result {
-        Ok(r) => r,
-        Err(e) => {
-            t.fail(&format!("transport_{e}"));
-            return None;
-        }
-    };
-    if r.status != 200 {
-        let code = serde_json::from_slice::<Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-        match code {
-            Some(c) if r.status == 429 => {
-                if c == "rate_limited" {
-                    t.rate_limited += 1;
-                }
-                t.fail(&format!("http_429_{c}"));
-            }
-            _ => t.fail(&format!("http_{}", r.status)),
-        }
-        return None;
+        "max_caller_req_per_s": round_to(max_caller as f64 / secs, 1), "error_detail": t.errors,
+        "cpu_pct": outcome.cpu, "generator": "xtask",
     }
-    match serde_json::from_slice(&r.body) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            t.fail("bad_json");
-            None
-        }
-    }
-}
-
-/// The summary line of `bench presence`: per phase medians over the runs,
-/// and the issue's goal, a batch read of `batch` users costing no more than
-/// 3x a single read at p50.
-pub fn summarize(opts: &Options, runs: &[Vec<serde_json::Value>], problems: &[String]) -> Summary {
-    let by_phase: Vec<(String, Value)> = runs
-        .iter()
-        .flatten()
-        .filter_map(|v| Some((v["phase"].as_str()?.to_owned(), v.clone())))
-        .collect();
-    let names: Vec<String> = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat]
-        .iter()
-        .map(|p| p.name().to_owned())
-        .collect();
-    let st = Stats::of(&names, &by_phase, &METRICS);
-    let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
-    let p50_ratio = ratio.get("p50_ms").copied();
-    let goal_met = p50_ratio.map(|x| x <= 3.0);
-    let json = ordered_object(&[
-        ("summary", json!("bench presence")),
-        (
-            "shape",
-            json!({
-                "users": opts.users, "concurrency": opts.concurrency,
-                "seconds": opts.seconds, "batch": opts.batch, "callers": opts.callers(),
-            }),
-        ),
-        ("rounds", json!(runs.len())),
-        ("median", json!(st.median)),
-        ("min", json!(st.min)),
-        ("max", json!(st.max)),
-        ("batch_p50_over_single_p50", json!(p50_ratio)),
-        ("batch_p99_over_single_p99", json!(ratio.get("p99_ms"))),
-        (
-            "goal",
-            json!(format!("batch of {} p50 <= 3x single p50", opts.batch)),
-        ),
-        ("goal_met", json!(goal_met)),
-        ("errors", json!(st.errors)),
-        ("error_detail", json!(st.error_detail)),
-        ("ok", json!(problems.is_empty())),
-    ]);
-    let heading = format!(
-        "presence users={} concurrency={} seconds={} batch={} callers={}",
-        opts.users,
-        opts.concurrency,
-        opts.seconds,
-        opts.batch,
-        opts.callers()
-    );
-    let table = st.table(
-        &heading,
-        &names,
-        &METRICS,
-        &[("batch/single".to_owned(), ratio)],
-    );
-    Summary { table, json }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
+    use super::super::defaults;
     use super::*;
     use crate::bench::drive::fake;
-    use crate::bench::summary;
 
-    fn present(user: &str) -> Value {
-        json!({"userId": user, "status": "online", "lastSeen": "2025-01-01T00:00:00Z",
-               "activity": "bench", "connections": 0})
-    }
-
-    #[test]
-    fn presence_objects() {
-        let want = Expect {
-            user: "a",
-            present: true,
-        };
-        assert_eq!(check_presence(&present("a"), want), Ok(()));
-        assert_eq!(check_presence(&present("b"), want), Err("wrong_userId"));
-        let offline = json!({"userId": "a", "status": "offline", "connections": 0});
-        assert_eq!(check_presence(&offline, want), Err("stale_presence"));
-        let absent = Expect {
-            user: "a",
-            present: false,
-        };
-        assert_eq!(check_presence(&offline, absent), Ok(()), "old enough");
-        let mut busy = present("a");
-        busy["status"] = "busy".into();
-        assert_eq!(check_presence(&busy, want), Err("stale_presence"));
-        let mut no_seen = present("a");
-        no_seen.as_object_mut().unwrap().remove("lastSeen");
-        assert_eq!(check_presence(&no_seen, want), Err("stale_presence"));
-        for bad in [
-            json!([]),
-            json!({"status": "online", "connections": 0}),
-            json!({"userId": "a", "status": "gone", "connections": 0}),
-            json!({"userId": "a", "status": "online", "connections": -1}),
-            json!({"userId": "a", "status": "online", "connections": "1"}),
-            json!({"userId": "a", "status": "online", "connections": 0, "lastSeen": 5}),
-            json!({"userId": "a", "status": "online", "connections": 0, "activity": 1}),
-        ] {
-            assert_eq!(check_presence(&bad, absent), Err("bad_presence"), "{bad}");
+    fn presence(user: &str, on: bool) -> Value {
+        match on {
+            true => json!({"userId": user, "status": "online", "lastSeen": "2025-01-01T00:00:00Z",
+                "activity": "bench", "connections": 0}),
+            false => json!({"userId": user, "status": "offline", "connections": 0}),
         }
     }
 
     #[test]
-    fn batch_order() {
-        assert_eq!(order_check(&["a", "b", "c"], &["a", "b", "c"]), Ok(()));
+    fn presence_objects_and_batches() {
+        let (on, off) = (Expect { user: "a", present: true }, Expect { user: "a", present: false });
+        assert_eq!(check_presence(&presence("a", true), on), Ok(()));
+        assert_eq!(check_presence(&presence("b", true), on), Err("wrong_userId"));
+        assert_eq!(check_presence(&presence("a", false), on), Err("stale_presence"));
         assert_eq!(
-            order_check(&["a", "b", "c"], &["c", "b", "a"]),
-            Err("batch_out_of_order")
+            check_presence(&json!({"userId": "a", "status": "gone"}), off),
+            Err("bad_presence")
         );
-        assert_eq!(
-            order_check(&["a", "b", "c"], &["a", "b"]),
-            Err("batch_wrong_length")
-        );
-        assert_eq!(
-            order_check(&["a", "b", "c"], &["a", "b", "d"]),
-            Err("batch_wrong_users")
-        );
-        assert_eq!(
-            order_check(&["a", "b", "b"], &["a", "b", "a"]),
-            Err("batch_wrong_users"),
-            "a multiset, not a set"
-        );
-    }
-
-    #[test]
-    fn batch_answers() {
         let asked = ["a", "b", "c"];
-        let ok = json!({"users": [present("a"), present("b"), present("c")]});
-        assert!(check_batch(&ok, &asked, |_| true).is_empty());
-        let swapped = json!({"users": [present("b"), present("a"), present("c")]});
-        assert_eq!(
-            check_batch(&swapped, &asked, |_| true),
-            vec!["batch_out_of_order"]
-        );
-        let short = json!({"users": [present("a"), present("b")]});
-        assert_eq!(
-            check_batch(&short, &asked, |_| true),
-            vec!["batch_wrong_length"]
-        );
-        let offline = json!({"userId": "c", "status": "offline", "connections": 0});
-        let stale = json!({"users": [present("a"), present("b"), offline]});
-        assert_eq!(
-            check_batch(&stale, &asked, |_| true),
-            vec!["stale_presence"]
-        );
-        assert!(check_batch(&stale, &asked, |i| i < 2).is_empty());
-        assert_eq!(
-            check_batch(&json!({"user": []}), &asked, |_| true),
-            vec!["batch_without_users"]
-        );
-        let broken = json!({"users": [present("a"), {"userId": "b"}, present("c")]});
-        assert_eq!(check_batch(&broken, &asked, |_| true), vec!["bad_presence"]);
+        for (users, want) in [
+            ("abc", vec![]),
+            ("bac", vec!["batch_out_of_order"]),
+            ("ab", vec!["batch_wrong_length"]),
+            ("abd", vec!["batch_wrong_users"]),
+        ] {
+            let users: Vec<Value> = users.chars().map(|u| presence(&u.to_string(), true)).collect();
+            assert_eq!(check_batch(&json!({ "users": users }), &asked, |_| true), want);
+        }
+        assert_eq!((batch_ids(0, 200, 3), batch_ids(1, 200, 3)), (vec![0, 1, 2], vec![9, 8, 7]));
     }
 
-    #[test]
-    fn batches_rotate_and_alternate_direction() {
-        let b0 = batch_ids(0, 200, 100);
-        assert_eq!(b0, (0..100).collect::<Vec<_>>());
-        let b1 = batch_ids(1, 200, 100);
-        assert_eq!(b1, (7..107).rev().collect::<Vec<_>>());
-        // wraps around, ids distinct
-        let b = batch_ids(28, 200, 100);
-        assert_eq!(b[0], 196);
-        assert_eq!(b[4], 0);
-        let mut d = b.clone();
-        d.sort_unstable();
-        d.dedup();
-        assert_eq!(d.len(), 100);
-        assert_eq!(batch_ids(3, 5, 5).len(), 5);
-    }
-
-    #[derive(Clone, Copy, PartialEq)]
-    enum Fault {
-        None,
-        /// Batch answers in reverse order.
-        ReverseBatch,
-        /// Heartbeats are answered but not recorded.
-        ForgetHeartbeats,
-        /// Every 5th single read is a 500.
-        Errors,
-    }
-
-    /// Presence as the contract has it, for the users whose tokens it sees.
-    fn fake_presence(fault: Fault) -> u16 {
-        let seen: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
-        let reads = Arc::new(Mutex::new(0u64));
-        let object = |seen: &HashMap<String, bool>, u: &str| {
-            if seen.get(u).copied().unwrap_or(false) {
-                present(u)
-            } else {
-                json!({"userId": u, "status": "offline", "connections": 0})
-            }
-        };
-        fake::start(Arc::new(move |method, target, head, _body| {
-            if target == "/health" {
-                return (200, String::new(), "{}".into());
-            }
+    /// Presence as the contract has it (users online once they sent a
+    /// heartbeat), with a fault: `reverse` batch answers, `forget`
+    /// heartbeats, or every 5th single read a 500 (`errors`).
+    fn run_against(fault: &'static str) -> Vec<Value> {
+        let seen: Arc<Mutex<(Vec<String>, u64)>> = Arc::default();
+        let port = fake::start(Arc::new(move |method, target, h, _| {
             let mut seen = seen.lock().unwrap();
-            if method == "POST" && target == "/v1/presence/heartbeat" {
-                let token = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("authorization: Bearer "))
-                    .unwrap_or_default();
-                let key = jsonwebtoken::DecodingKey::from_secret(b"secret");
-                let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-                let Ok(d) = jsonwebtoken::decode::<Value>(token, &key, &v) else {
-                    return (
-                        401,
-                        String::new(),
-                        r#"{"error":{"code":"unauthorized"}}"#.into(),
-                    );
-                };
-                let user = d.claims["sub"].as_str().unwrap().to_owned();
-                if fault != Fault::ForgetHeartbeats {
-                    seen.insert(user.clone(), true);
+            let body = match (method, target) {
+                ("POST", "/v1/presence/heartbeat") => {
+                    let user = fake::claims(h, b"secret")["sub"].as_str().unwrap().to_owned();
+                    if fault != "forget" {
+                        seen.0.push(user.clone());
+                    }
+                    presence(&user, true)
                 }
-                return (200, String::new(), present(&user).to_string());
-            }
-            if let Some(list) = target.strip_prefix("/v1/presence?users=") {
-                let mut users: Vec<Value> = list.split(',').map(|u| object(&seen, u)).collect();
-                if fault == Fault::ReverseBatch {
-                    users.reverse();
+                (_, t) if t.starts_with("/v1/presence?users=") => {
+                    let mut users: Vec<Value> = t[19..]
+                        .split(',')
+                        .map(|u| presence(u, seen.0.iter().any(|s| s == u)))
+                        .collect();
+                    if fault == "reverse" {
+                        users.reverse();
+                    }
+                    json!({ "users": users })
                 }
-                return (200, String::new(), json!({ "users": users }).to_string());
-            }
-            if let Some(u) = target.strip_prefix("/v1/presence/") {
-                let mut n = reads.lock().unwrap();
-                *n += 1;
-                if fault == Fault::Errors && (*n).is_multiple_of(5) {
-                    return (
-                        500,
-                        String::new(),
-                        r#"{"error":{"code":"internal"}}"#.into(),
-                    );
+                (_, t) if t.starts_with("/v1/presence/") => {
+                    seen.1 += 1;
+                    if fault == "errors" && seen.1.is_multiple_of(5) {
+                        return (500, vec![], "{}".into());
+                    }
+                    presence(&t[13..], seen.0.iter().any(|s| s == &t[13..]))
                 }
-                return (200, String::new(), object(&seen, u).to_string());
-            }
-            (404, String::new(), "{}".into())
-        }))
-    }
-
-    fn run_against(fault: Fault) -> Vec<Value> {
-        let port = fake_presence(fault);
+                _ => json!({}),
+            };
+            (200, vec![], body.to_string())
+        }));
         let opts = Options {
-            url: format!("http://127.0.0.1:{port}"),
             users: 20,
             seconds: 0.3,
             concurrency: 4,
             batch: 10,
             callers: Some(5),
-            drain_seconds: 2.0,
-            user_prefix: None,
+            ..defaults::<Options>()
         };
-        let lines = run(&opts, "secret", &[]);
-        lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn phase<'a>(r: &'a [Value], name: &str) -> &'a Value {
-        r.iter().find(|p| p["phase"] == name).unwrap()
+        let lines = run(&opts, &format!("http://127.0.0.1:{port}"), "secret", &[]);
+        lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     #[test]
-    fn a_correct_server_passes_every_phase() {
-        let r = run_against(Fault::None);
-        assert!(summary::ok(&r), "{r:?}");
-        let names: Vec<&str> = r.iter().map(|p| p["phase"].as_str().unwrap()).collect();
-        assert_eq!(names, vec!["setup", "single", "batch", "heartbeat"]);
-        assert_eq!(phase(&r, "setup")["requests"], 20, "each user once");
-        let single = phase(&r, "single");
-        assert!(single["requests"].as_u64() > Some(10), "{single}");
-        assert_eq!(single["reads_per_s"], single["requests_per_s"]);
-        assert_eq!(single["callers"], 5);
-        let batch = phase(&r, "batch");
-        let reads = batch["reads_per_s"].as_u64().unwrap();
-        let requests = batch["requests_per_s"].as_u64().unwrap();
-        assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{batch}");
-        assert!(phase(&r, "heartbeat")["reads_per_s"].is_null());
-        assert_eq!(phase(&r, "heartbeat")["callers"], 20);
-        let s = summarize(&run_opts(), &[r], &[]);
-        let v: Value = serde_json::from_str(&s.json).unwrap();
-        assert!(v["batch_p50_over_single_p50"].is_number(), "{}", s.json);
-        assert!(v["median"]["batch"]["p50_ms"].is_number());
-        assert_eq!(v["ok"], true);
-        assert!(s.table.contains("batch/single"), "{}", s.table);
-    }
-
-    fn run_opts() -> Options {
-        Options {
-            users: 20,
-            batch: 10,
-            ..Options::default()
-        }
-    }
-
-    fn codes(phase: &Value) -> Vec<&String> {
-        phase["error_detail"].as_object().unwrap().keys().collect()
-    }
-
-    #[test]
-    fn faults_are_reported() {
-        let r = run_against(Fault::ReverseBatch);
-        assert!(phase(&r, "batch")["errors"].as_u64() > Some(0));
-        assert_eq!(codes(phase(&r, "batch")), vec!["batch_out_of_order"]);
-        assert_eq!(phase(&r, "single")["errors"], 0);
-
-        let r = run_against(Fault::ForgetHeartbeats);
-        assert_eq!(codes(phase(&r, "single")), vec!["stale_presence"]);
-        assert_eq!(codes(phase(&r, "batch")), vec!["stale_presence"]);
+    fn a_correct_server_passes_every_phase_and_faults_are_reported() {
+        let r = run_against("none");
+        assert!(r.iter().all(|p| p["errors"] == 0) && r.len() == 4, "{r:?}");
         assert_eq!(
-            phase(&r, "heartbeat")["errors"],
-            0,
-            "its answers were right"
+            (&r[0]["requests"], &r[1]["callers"], &r[3]["callers"]),
+            (&json!(20), &json!(5), &json!(20))
         );
-
-        let r = run_against(Fault::Errors);
-        let s = phase(&r, "single");
-        assert!(s["error_detail"]["http_500"].as_u64() > Some(0), "{s}");
-        assert!(!summary::ok(&r));
-        assert!(summary::error_detail(&r).contains_key("single:http_500"));
+        let (reads, requests) =
+            (r[2]["reads_per_s"].as_u64().unwrap(), r[2]["requests_per_s"].as_u64().unwrap());
+        assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
+        let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
+        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, &[]);
+        assert!(
+            s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single")
+        );
+        let codes = |r: &[Value]| {
+            r.iter().map(|p| p["error_detail"].to_string()).collect::<Vec<_>>().join(" ")
+        };
+        let stale = r#"{} {"stale_presence":"#;
+        assert!(codes(&run_against("forget")).starts_with(stale), "heartbeats right, reads stale");
+        assert!(codes(&run_against("reverse")).starts_with(r#"{} {} {"batch_out_of_order":"#));
+        assert!(codes(&run_against("errors")).starts_with(r#"{} {"http_500":"#));
     }
 }

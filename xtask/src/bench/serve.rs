@@ -15,11 +15,10 @@ use anyhow::{anyhow, Context, Result};
 /// runs `npm ci` there when its packages are missing or changed.
 pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let src = root.join("../shared/bench");
-    let src = src
-        .canonicalize()
-        .with_context(|| src.display().to_string())?;
+    let src = src.canonicalize().with_context(|| src.display().to_string())?;
     let dest = root.join("target/bench");
-    let changed = sync_tree(&src, &dest)?;
+    let mut changed = Vec::new();
+    sync_tree(&src, &dest, Path::new(""), &mut changed)?;
     if !changed.is_empty() {
         eprintln!(
             "bench: copied {} file(s) from {} to {}",
@@ -36,56 +35,33 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
         || !dest.join("node_modules/.package-lock.json").exists()
     {
         eprintln!("bench: npm ci in {}", dest.display());
-        crate::run(
-            Command::new("npm")
-                .current_dir(&dest)
-                .args(["ci", "--no-audit", "--no-fund"]),
-        )?;
+        crate::run(Command::new("npm").current_dir(&dest).args(["ci", "--no-audit", "--no-fund"]))?;
     }
     Ok(dest)
 }
 
-/// Makes `dest` hold `src`'s files (except `node_modules`), writing only
-/// those that are missing or differ; returns their relative paths.
-pub fn sync_tree(src: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let here = src.join(rel);
-        fs::create_dir_all(dest.join(rel)).with_context(|| dest.display().to_string())?;
-        let mut entries: Vec<_> = fs::read_dir(&here)
-            .with_context(|| here.display().to_string())?
-            .filter_map(Result::ok)
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            if name == "node_modules" {
-                continue;
-            }
-            let r = rel.join(&name);
-            let meta = fs::metadata(e.path()).with_context(|| r.display().to_string())?;
-            if meta.is_dir() {
-                walk(src, dest, &r, out)?;
-                continue;
-            }
-            let bytes = fs::read(e.path()).with_context(|| r.display().to_string())?;
-            let to = dest.join(&r);
-            if fs::read(&to).ok().as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
+/// Makes `dest` hold `src`'s files under `rel` (except `node_modules`),
+/// writing only those that are missing or differ; their relative paths go
+/// to `out`.
+fn sync_tree(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dest.join(rel)).with_context(|| dest.join(rel).display().to_string())?;
+    for e in fs::read_dir(src.join(rel))?.flatten().filter(|e| e.file_name() != "node_modules") {
+        let (r, meta) = (rel.join(e.file_name()), fs::metadata(e.path())?);
+        if meta.is_dir() {
+            sync_tree(src, dest, &r, out)?;
+            continue;
+        }
+        let (bytes, to) = (fs::read(e.path())?, dest.join(&r));
+        if fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
             let _ = fs::remove_file(&to); // a read-only copy cannot be overwritten
             fs::write(&to, &bytes).with_context(|| to.display().to_string())?;
-            use std::os::unix::fs::PermissionsExt;
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            let mode = if exec { 0o755 } else { 0o644 };
-            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
-                .with_context(|| to.display().to_string())?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
             out.push(r);
         }
-        Ok(())
     }
-    let mut out = Vec::new();
-    walk(src, dest, Path::new(""), &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// A server to benchmark.
@@ -103,9 +79,8 @@ impl Target {
             "rust" => ("rust".to_owned(), root.to_path_buf(), true),
             "js-ref" | "party-ref" | "quota-ref" => (name.to_owned(), bench.join(name), false),
             path => {
-                let dir = Path::new(path)
-                    .canonicalize()
-                    .with_context(|| format!("target {path}"))?;
+                let dir =
+                    Path::new(path).canonicalize().with_context(|| format!("target {path}"))?;
                 let label = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -118,49 +93,42 @@ impl Target {
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
             .ok_or_else(|| anyhow!("target {name}: no wrangler config in {}", dir.display()))?;
-        Ok(Target {
-            name: label,
-            dir,
-            config,
-            rust,
-        })
+        Ok(Target { name: label, dir, config, rust })
     }
 }
 
+/// Where the throw-away state folders go: the folder given, else the
+/// first writable of `/dev/shm` and the temp folder.
 pub fn state_root(given: Option<&Path>) -> PathBuf {
-    let candidates: Vec<PathBuf> = match given {
-        Some(p) => vec![p.to_path_buf()],
-        None => vec![PathBuf::from("/dev/shm"), std::env::temp_dir()],
-    };
-    for c in &candidates {
+    let tmp = std::env::temp_dir();
+    let candidates = given.map_or_else(|| vec!["/dev/shm".into(), tmp.clone()], |p| vec![p.into()]);
+    let writable = |c: &PathBuf| {
         let probe = c.join(format!(".sesh-bench-probe-{}", std::process::id()));
-        if fs::create_dir(&probe).is_ok() {
-            let _ = fs::remove_dir(&probe);
-            return c.clone();
-        }
-    }
-    std::env::temp_dir()
+        fs::create_dir(&probe).is_ok() && fs::remove_dir(&probe).is_ok()
+    };
+    candidates.into_iter().find(writable).unwrap_or(tmp)
 }
 
-/// Builds the Worker bundle (installing what is missing) and returns the
-/// `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
-pub fn prepare_rust(root: &Path) -> Result<String> {
+/// Builds the Worker bundle (installing what is missing; with `features`)
+/// and returns the `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
+pub fn prepare_rust(root: &Path, features: Option<&str>) -> Result<String> {
     let tools = crate::setup::all(root)?;
     eprintln!("bench: building the Worker bundle");
-    crate::build(root, &tools, None)?;
+    crate::build(root, &tools, features)?;
+    crate::setup::dev_vars(root)?;
     crate::setup::auth_secret(root)
 }
 
 /// One run on a server started by the shared launcher: fresh port and
 /// state, D1 migrations when the target has them, `node serve.mjs`, wait
-/// for `/health`, then `gen(base URL, server pids)`, then stop. The server log
+/// for `/health`, then `gen(server)`, then stop. The server log
 /// is removed when `clean` says the result is clean, kept (and named)
 /// otherwise.
 pub fn with_server<R>(
     t: &Target,
     bench: &Path,
     state_root: &Path,
-    gen: impl FnOnce(String, &[u32]) -> Result<R>,
+    gen: impl FnOnce(&mut sesh_launcher::Server) -> Result<R>,
     clean: impl Fn(&R) -> bool,
 ) -> Result<R> {
     let (dir, config, rust) = (t.dir.clone(), t.config.clone(), t.rust);
@@ -168,12 +136,11 @@ pub fn with_server<R>(
     let launch = sesh_launcher::Launch {
         name: format!("sesh-bench-{}", t.name),
         wrangler: bench.join("node_modules/.bin/wrangler"),
-        migrations: t.dir.join("migrations").is_dir().then(|| {
-            (
-                t.dir.clone(),
-                vec!["--config".into(), t.config.clone().into()],
-            )
-        }),
+        migrations: t
+            .dir
+            .join("migrations")
+            .is_dir()
+            .then(|| (t.dir.clone(), vec!["--config".into(), t.config.clone().into()])),
         state_root: state_root.to_path_buf(),
         serve: Box::new(move |port, state| {
             let mut cmd = Command::new("node");
@@ -192,51 +159,13 @@ pub fn with_server<R>(
     };
     let mut server = sesh_launcher::Server::start(launch)
         .with_context(|| format!("{} did not start", t.name))?;
-    eprintln!(
-        "bench: {} on {} (state {}, log {})",
-        t.name,
-        server.base,
-        server.state().display(),
-        server.log().display()
-    );
-    let result = gen(server.base.clone(), &server.pids());
+    let (state, log) = (server.state().display(), server.log().display());
+    eprintln!("bench: {} on {} (state {state}, log {log})", t.name, server.base);
+    let result = gen(&mut server);
     server.stop();
     if !matches!(&result, Ok(r) if clean(r)) {
         server.keep_log();
         eprintln!("bench: server log kept: {}", server.log().display());
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sync_tree_copies_only_what_differs() {
-        let base = std::env::temp_dir().join(format!("xtask-sync-{}", std::process::id()));
-        let (src, dest) = (base.join("src"), base.join("dest"));
-        fs::create_dir_all(src.join("sub")).unwrap();
-        fs::create_dir_all(src.join("node_modules")).unwrap();
-        fs::write(src.join("a.txt"), "a").unwrap();
-        fs::write(src.join("sub/b.txt"), "b").unwrap();
-        fs::write(src.join("node_modules/x"), "x").unwrap();
-        let first = sync_tree(&src, &dest).unwrap();
-        assert_eq!(
-            first,
-            vec![PathBuf::from("a.txt"), PathBuf::from("sub/b.txt")]
-        );
-        assert!(!dest.join("node_modules/x").exists());
-        assert!(
-            sync_tree(&src, &dest).unwrap().is_empty(),
-            "same: nothing copied"
-        );
-        fs::write(src.join("sub/b.txt"), "b2").unwrap();
-        assert_eq!(
-            sync_tree(&src, &dest).unwrap(),
-            vec![PathBuf::from("sub/b.txt")]
-        );
-        assert_eq!(fs::read_to_string(dest.join("sub/b.txt")).unwrap(), "b2");
-        let _ = fs::remove_dir_all(&base);
-    }
 }

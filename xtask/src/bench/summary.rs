@@ -33,12 +33,28 @@ pub fn spread(lat: &mut [f64]) -> [Option<f64>; 3] {
 
 /// A JSON object with its keys in the given order.
 pub fn ordered_object(fields: &[(&str, Value)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
-        .collect();
+    let body: Vec<String> =
+        fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();
     format!("{{{}}}", body.join(","))
 }
+
+/// A JSON object as a string, its keys in the order written:
+/// `fields! {"a": x, "b": y}` (each value as `json!` takes it).
+macro_rules! fields {
+    ($($k:literal: $v:expr),* $(,)?) => {
+        $crate::bench::summary::ordered_object(&[$(($k, serde_json::json!($v))),*])
+    };
+}
+pub(crate) use fields;
+
+/// The pairs of [`fields!`] as a `Vec`, to be completed before they
+/// become an object.
+macro_rules! pairs {
+    ($($k:literal: $v:expr),* $(,)?) => {
+        vec![$(($k, serde_json::json!($v))),*]
+    };
+}
+pub(crate) use pairs;
 
 /// A figure of one JSON line by name: a field (booleans count 1 or 0), a
 /// process's CPU (`cpu_<process>_pct`, as summarize.mjs names them), or
@@ -70,16 +86,12 @@ pub fn metric(v: &Value, name: &str) -> Option<f64> {
 
 /// Correctness errors of a line (a `fatal` line without a count is one).
 pub fn errors(v: &Value) -> u64 {
-    v["errors"]
-        .as_u64()
-        .unwrap_or(u64::from(v.get("fatal").is_some()))
+    v["errors"].as_u64().unwrap_or(u64::from(v.get("fatal").is_some()))
 }
 
 /// Whether a run's lines passed their checks.
 pub fn ok(lines: &[Value]) -> bool {
-    lines
-        .iter()
-        .all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
+    lines.iter().all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
 }
 
 /// A run's errors by code (`<phase>:<code>` for phase lines).
@@ -129,8 +141,7 @@ impl Stats {
         for n in names {
             let mine: Vec<&Value> = runs.iter().filter(|(t, _)| t == n).map(|r| &r.1).collect();
             st.rounds.insert(n.clone(), mine.len());
-            st.errors
-                .insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
+            st.errors.insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
             let detail = st.error_detail.entry(n.clone()).or_default();
             for v in &mine {
                 for (k, c) in v["error_detail"].as_object().into_iter().flatten() {
@@ -193,14 +204,12 @@ impl Stats {
             let mut row = vec![m.to_owned()];
             for n in names {
                 let cell = |t: &ByName| t.get(n).and_then(|x| x.get(m)).copied();
-                row.push(
-                    match (cell(&self.median), cell(&self.min), cell(&self.max)) {
-                        (Some(a), Some(lo), Some(hi)) => {
-                            format!("{} [{}..{}]", fmt(a), fmt(lo), fmt(hi))
-                        }
-                        _ => "-".into(),
-                    },
-                );
+                row.push(match (cell(&self.median), cell(&self.min), cell(&self.max)) {
+                    (Some(a), Some(lo), Some(hi)) => {
+                        format!("{} [{}..{}]", fmt(a), fmt(lo), fmt(hi))
+                    }
+                    _ => "-".into(),
+                });
             }
             for (_, r) in ratios {
                 row.push(r.get(m).map_or("-".into(), |x| fmt(*x)));
@@ -210,16 +219,11 @@ impl Stats {
         let widths: Vec<usize> = (0..rows[0].len())
             .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
             .collect();
-        let mut table = format!(
-            "\n{heading}; median [min..max] over rounds {}\n",
-            json!(self.rounds)
-        );
+        let mut table =
+            format!("\n{heading}; median [min..max] over rounds {}\n", json!(self.rounds));
         for r in &rows {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
+            let cells: Vec<String> =
+                r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             table.push_str(cells.join("  ").trim_end());
             table.push('\n');
         }
@@ -245,12 +249,7 @@ pub fn compare(
     problems: &[String],
 ) -> Summary {
     let st = Stats::of(names, runs, metrics);
-    let base = names
-        .iter()
-        .find(|n| *n == "rust")
-        .or(names.first())
-        .cloned()
-        .unwrap_or_default();
+    let base = names.iter().find(|n| *n == "rust").or(names.first()).cloned().unwrap_or_default();
     let ratios: Vec<(String, BTreeMap<String, f64>)> = names
         .iter()
         .filter(|n| **n != base)
@@ -258,122 +257,46 @@ pub fn compare(
         .collect();
     let ratio_json: BTreeMap<&str, &BTreeMap<String, f64>> =
         ratios.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let json = ordered_object(&[
-        ("summary", json!(title)),
-        ("shape", shape),
-        ("rounds", json!(st.rounds)),
-        ("median", json!(st.median)),
-        ("min", json!(st.min)),
-        ("max", json!(st.max)),
-        ("ratio", json!(ratio_json)),
-        ("errors", json!(st.errors)),
-        ("error_detail", json!(st.error_detail)),
-        ("ok", json!(problems.is_empty())),
-    ]);
-    Summary {
-        table: st.table(heading, names, metrics, &ratios),
-        json,
-    }
+    let json = fields! {
+        "summary": title, "shape": shape, "rounds": st.rounds, "median": st.median, "min": st.min,
+        "max": st.max, "ratio": ratio_json, "errors": st.errors, "error_detail": st.error_detail,
+        "ok": problems.is_empty(),
+    };
+    Summary { table: st.table(heading, names, metrics, &ratios), json }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(rate: f64, p99: f64, errors: u64) -> Value {
-        json!({"rate": rate, "p99": p99, "errors": errors, "error_detail": {"e": errors}})
-    }
-
     #[test]
-    fn medians_and_percentiles() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[3.0]), Some(3.0));
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&xs, 50.0), Some(50.0));
-        assert_eq!(percentile(&xs, 99.0), Some(99.0));
-        assert_eq!(percentile(&xs, 100.0), Some(100.0));
-        assert_eq!(percentile(&xs, 0.0), Some(1.0));
-        assert_eq!(percentile(&[], 50.0), None);
+    fn percentiles_are_nearest_rank_and_medians_average_the_middle() {
+        let xs: Vec<f64> = (1..=10).map(f64::from).collect();
+        let got: Vec<_> = [0.0, 50.0, 99.0, 100.0].map(|p| percentile(&xs, p)).to_vec();
+        assert_eq!(got, [Some(1.0), Some(5.0), Some(10.0), Some(10.0)]);
         assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
-        // 3 values: p50 is the 2nd, p99 the 3rd (ceil(0.99 * 3) = 3)
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), Some(2.0));
-        assert_eq!(percentile(&[1.0, 2.0, 3.0], 99.0), Some(3.0));
-        // 10 values: p50 = ceil(5) = 5th
-        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(percentile(&ten, 50.0), Some(5.0));
-        assert_eq!(percentile(&ten, 99.0), Some(10.0));
-    }
-
-    #[test]
-    fn figures_by_metric_name() {
-        let v = json!({"acks_per_s": 1000, "exact_ok": true, "p50_ms": null, "cpu_pct": {
-            "workerd": 50.0, "workerd_proxy": 5.0, "loadgen": 20.0, "machine": 80.0}});
-        assert_eq!(metric(&v, "cpu_workerd_pct"), Some(50.0));
-        assert_eq!(metric(&v, "cpu_proxy_pct"), Some(5.0));
-        assert_eq!(metric(&v, "cpu_loadgen_pct"), Some(20.0));
-        assert_eq!(metric(&v, "cpu_machine_pct"), Some(80.0));
-        assert_eq!(metric(&v, "cpu_node_pct"), None);
-        assert_eq!(metric(&v, "exact_ok"), Some(1.0));
-        assert_eq!(metric(&v, "p50_ms"), None);
-        // Half a core (0.5 s of CPU a second) over 1000 a second: 500 µs each.
+        assert_eq!((median(&[]), median(&[4.0, 1.0, 3.0, 2.0])), (None, Some(2.5)));
+        let v = json!({"acks_per_s": 1000, "exact_ok": true, "cpu_pct": {"workerd": 50.0}});
         assert_eq!(metric(&v, "workerd_cpu_us_per_ack"), Some(500.0));
-        assert_eq!(metric(&v, "workerd_cpu_us_per_check"), None);
-        let fatal = json!({"fatal": "x", "errors": 2, "exact_ok": false});
-        assert_eq!(metric(&fatal, "exact_ok"), None);
-        assert_eq!(metric(&fatal, "errors"), Some(2.0));
-        assert!(!ok(&[json!({"fatal": "x"})]));
-        assert_eq!(errors(&json!({"fatal": "x"})), 1);
-        assert!(!ok(&[json!({"errors": 0, "exact_ok": false})]));
-        assert!(ok(&[
-            json!({"errors": 0}),
-            json!({"errors": 0, "exact_ok": true})
-        ]));
-        let phases = [
-            json!({"phase": "single", "error_detail": {"http_500": 2}}),
-            json!({"phase": "batch", "error_detail": {"http_500": 1}}),
-        ];
-        let d = error_detail(&phases);
-        assert_eq!(d["single:http_500"], 2);
-        assert_eq!(d["batch:http_500"], 1);
+        assert_eq!(metric(&v, "exact_ok"), Some(1.0));
+        assert!(!ok(&[json!({"fatal": "x"})]) && !ok(&[json!({"errors": 0, "exact_ok": false})]));
     }
 
     #[test]
     fn ratios_are_rust_over_the_others() {
-        let runs = vec![
-            ("quota-ref".to_owned(), run(200.0, 10.0, 0)),
-            ("rust".to_owned(), run(100.0, 20.0, 1)),
-            ("quota-ref".to_owned(), run(200.0, 10.0, 0)),
-            ("rust".to_owned(), run(300.0, 40.0, 0)),
-        ];
-        let names = vec!["quota-ref".to_owned(), "rust".to_owned()];
-        let metrics = ["rate", "p99", "missing"];
-        let s = compare("t", json!({}), "shape", &names, &runs, &metrics, &[]);
+        let run = |r: f64, e: u64| json!({"rate": r, "errors": e, "error_detail": {"e": e}});
+        let runs: Vec<(String, Value)> =
+            [("q", 200.0, 0), ("rust", 100.0, 1), ("q", 200.0, 0), ("rust", 300.0, 0)]
+                .map(|(n, r, e)| (n.to_owned(), run(r, e)))
+                .to_vec();
+        let names = ["q".to_owned(), "rust".to_owned()];
+        let s = compare("t", json!({}), "shape", &names, &runs, &["rate", "x"], &[]);
         let v: Value = serde_json::from_str(&s.json).unwrap();
-        assert_eq!(v["median"]["rust"]["rate"], 200.0);
-        assert_eq!(v["min"]["rust"]["rate"], 100.0);
-        assert_eq!(v["max"]["rust"]["p99"], 40.0);
-        assert_eq!(v["ratio"]["rust/quota-ref"]["rate"], 1.0);
-        assert_eq!(v["ratio"]["rust/quota-ref"]["p99"], 3.0);
-        assert!(v["ratio"]["rust/quota-ref"].get("missing").is_none());
-        assert_eq!(v["rounds"]["rust"], 2);
-        assert_eq!(v["errors"]["rust"], 1);
-        assert_eq!(v["error_detail"]["rust"]["e"], 1);
-        assert_eq!(v["ok"], true);
-        assert!(s.table.contains("rust/quota-ref"), "{}", s.table);
+        assert_eq!(
+            (&v["median"]["rust"]["rate"], &v["ratio"]["rust/q"]["rate"]),
+            (&json!(200.0), &json!(1.0))
+        );
+        assert_eq!((&v["errors"]["rust"], &v["rounds"]["rust"]), (&json!(1), &json!(2)));
         assert!(s.table.contains("200 [100..300]"), "{}", s.table);
-    }
-
-    #[test]
-    fn a_ratio_needs_both_medians_and_a_nonzero_denominator() {
-        let runs = vec![
-            ("a".to_owned(), run(10.0, 0.0, 0)),
-            ("b".to_owned(), run(5.0, 0.0, 0)),
-        ];
-        let st = Stats::of(&["a".into(), "b".into()], &runs, &["rate", "p99"]);
-        let r = st.ratio("a", "b", &["rate", "p99", "x"]);
-        assert_eq!(r, BTreeMap::from([("rate".to_owned(), 2.0)]));
-        assert_eq!(st.get("c", "rate"), None);
     }
 }

@@ -1,0 +1,266 @@
+//! `bench history`: roll-ups and session lists over local D1, seeded with
+//! the Worker's own statements (`sesh::core::history::write_points` and
+//! `write_session`: partition DDL, registration, point months, roll-up
+//! marks) through the test build's `POST /__test/d1`.
+//!
+//! - Roll-up: `--points` points of `--users` users over the last
+//!   `--months` months (one session per user and month), then
+//!   `GET /cdn-cgi/handler/scheduled?cron=*&time=<now>` until no
+//!   `rollup_marks` row is left: points/s over the whole time.
+//! - List: `--sessions-per-month` sessions of one user in each of the last
+//!   24 months, then `GET /v1/sessions` over the last month and over the
+//!   last 24 months (`--requests` each, alternately, one at a time): p50
+//!   and p99 of each and the 24-month/1-month ratios.
+//!
+//! Errors: seeding or a run answering other than 200, points in D1 other
+//! than seeded, roll-up counts (`metrics_month`) other than the points,
+//! marks left after 200 runs, lists without sessions.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use reqwest::Client;
+use serde_json::{json, Map, Value};
+use sesh::core::history::{write_points, write_session, PartitionWrite, SessionRecord};
+use sesh::core::partition::{Existing, Month, Statement, LIST_PARTITIONS};
+use sesh::core::rollup;
+use sesh_protocol::SessionStatus;
+
+use super::drive::{self, block_on, expect, send};
+use super::summary::{fields, round_to, spread};
+use super::{positive, Served};
+
+/// Roll-ups and session lists over local D1.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct Options {
+    /// Points to roll up
+    #[arg(long, default_value_t = 1_000_000, value_parser = positive)]
+    pub points: usize,
+    /// Authors of the points
+    #[arg(long, default_value_t = 4, value_parser = positive)]
+    pub users: usize,
+    /// Months back the points spread over (at most 12: monthly tables)
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..=12))]
+    pub months: i64,
+    /// Sessions listed per month, over 24 months
+    #[arg(long, default_value_t = 20, value_parser = positive)]
+    pub sessions_per_month: usize,
+    /// List requests per range
+    #[arg(long, default_value_t = 200, value_parser = positive)]
+    pub requests: usize,
+}
+
+impl super::Gen for Options {
+    const TITLE: &'static str = "bench history";
+    const FEATURES: Option<&'static str> = Some("test-faults");
+
+    fn shape(&self) -> (String, Value) {
+        let (p, u, m, s, r) =
+            (self.points, self.users, self.months, self.sessions_per_month, self.requests);
+        let text =
+            format!("history points={p} users={u} months={m} sessions_per_month={s} requests={r}");
+        (
+            text,
+            json!({"points": p, "users": u, "months": m, "sessions_per_month": s, "requests": r}),
+        )
+    }
+
+    fn metrics(&self) -> &'static str {
+        "rollup_points_per_s rollup_s seed_points_per_s list_1m_p50_ms list_1m_p99_ms \
+            list_24m_p50_ms list_24m_p99_ms list_p50_ratio list_p99_ratio errors"
+    }
+
+    fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
+        let secret = s.secret()?.to_owned();
+        block_on(self.run_on(&s.url, &secret))?.map(|l| vec![l])
+    }
+}
+
+impl Options {
+    async fn run_on(&self, base: &str, secret: &str) -> Result<String> {
+        let (c, tag, now) = (drive::client()?, drive::tag(6), now_ms());
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut check = |ok: bool, code: &str| {
+            if !ok {
+                *errors.entry(code.to_owned()).or_default() += 1;
+            }
+        };
+        let t0 = Instant::now();
+        let per = self.points.div_ceil(self.users * self.months as usize);
+        let mut batch = Vec::new();
+        let mut seeded = 0;
+        for u in 0..self.users {
+            let user = format!("hist-{tag}-u{u}");
+            for m in 0..self.months {
+                let month = Month::from_index(Month::of(now).index() - m);
+                let (start, end) = (month.start_ms(), month.end_ms().min(now));
+                let n = per.min(self.points - seeded);
+                let step = (end - start) / n.max(1) as i64;
+                let points: Vec<(i64, String)> = (0..n)
+                    .map(|i| {
+                        let ts = start + i as i64 * step;
+                        let p = json!({"seq": i + 1, "userId": user, "kind": KINDS[i % 2], "value": i % 100, "ts": ts});
+                        (ts, p.to_string())
+                    })
+                    .collect();
+                seeded += n;
+                let id = uuid::Uuid::new_v4().to_string();
+                for chunk in points.chunks(3000) {
+                    batch.extend(write_points(&id, chunk, now));
+                    d1_batch(&c, base, &mut batch).await?;
+                }
+            }
+        }
+        let seed_s = t0.elapsed().as_secs_f64();
+        let stored: i64 = {
+            let tables =
+                d1_rows(&c, base, "SELECT name FROM partitions WHERE name LIKE 'session_points_%'")
+                    .await?;
+            let mut n = 0;
+            for t in tables.iter().filter_map(|r| r["name"].as_str()) {
+                n += count(&c, base, &format!("SELECT count(*) AS n FROM {t}")).await?;
+            }
+            n
+        };
+        check(stored == seeded as i64, "points_stored_mismatch");
+
+        let marks = count(&c, base, "SELECT count(*) AS n FROM rollup_marks").await?;
+        let t0 = Instant::now();
+        let (mut runs, mut via) = (0, "scheduled");
+        loop {
+            via = roll_up(&c, base, now, via).await?;
+            runs += 1;
+            let left = count(&c, base, "SELECT count(*) AS n FROM rollup_marks").await?;
+            if left == 0 || runs >= 200 {
+                check(left == 0, "marks_left");
+                break;
+            }
+        }
+        let rollup_s = t0.elapsed().as_secs_f64();
+        let rolled = count(&c, base, "SELECT sum(count) AS n FROM metrics_month").await?;
+        check(rolled == seeded as i64, "rollup_count_mismatch");
+
+        let owner = format!("hist-{tag}-lister");
+        let token = crate::mint(secret, &owner, "enterprise", None, 3600)?;
+        let (members, metadata) = (Vec::new(), Map::new());
+        for m in 0..24 {
+            let month = Month::from_index(Month::of(now).index() - m);
+            for i in 0..self.sessions_per_month {
+                let span =
+                    (month.end_ms().min(now) - month.start_ms()) / self.sessions_per_month as i64;
+                let started_at = month.start_ms() + i as i64 * span;
+                let bytes: [u8; 10] = uuid::Uuid::new_v4().as_bytes()[..10].try_into()?;
+                let id = uuid::Builder::from_unix_timestamp_millis(started_at as u64, &bytes)
+                    .into_uuid()
+                    .to_string();
+                let rec = SessionRecord {
+                    id: &id,
+                    owner_id: &owner,
+                    title: Some("history"),
+                    members: &members,
+                    metadata: &metadata,
+                    status: SessionStatus::Ended,
+                    started_at,
+                    ended_at: Some(started_at + 60_000),
+                    point_count: 0,
+                };
+                batch.push(write_session(&rec, now));
+            }
+            d1_batch(&c, base, &mut batch).await?;
+        }
+        let rfc = sesh::time::rfc3339;
+        let ranges = [
+            (Month::from_index(Month::of(now).index() - 1).start_ms(), "1m"),
+            (Month::from_index(Month::of(now).index() - 23).start_ms(), "24m"),
+        ];
+        let mut lat: [Vec<f64>; 2] = Default::default();
+        for i in 0..self.requests * 2 {
+            let (from, _) = ranges[i % 2];
+            let url = format!("{base}/v1/sessions?from={}&to={}", rfc(from), rfc(now + 1000));
+            let t = Instant::now();
+            let r = send(c.get(url).bearer_auth(&token)).await;
+            lat[i % 2].push(t.elapsed().as_secs_f64() * 1000.0);
+            match r {
+                Ok(r) if r.status == 200 => check(
+                    r.json()["sessions"].as_array().is_some_and(|s| !s.is_empty()),
+                    "list_empty",
+                ),
+                Ok(r) => check(false, &format!("list_http_{}", r.status)),
+                Err(e) => check(false, &format!("list_transport_{e}")),
+            }
+        }
+        let [p50_1, p99_1, _] = spread(&mut lat[0]);
+        let [p50_24, p99_24, _] = spread(&mut lat[1]);
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round_to(a / b, 3));
+        Ok(fields! {
+            "rollup_points_per_s": (seeded as f64 / rollup_s).round(),
+            "rollup_s": round_to(rollup_s, 2), "rollup_runs": runs, "rollup_via": via, "marks": marks,
+            "list_1m_p50_ms": p50_1, "list_1m_p99_ms": p99_1, "list_24m_p50_ms": p50_24,
+            "list_24m_p99_ms": p99_24, "list_p50_ratio": ratio(p50_24, p50_1),
+            "list_p99_ratio": ratio(p99_24, p99_1), "points": seeded, "users": self.users,
+            "months": self.months, "sessions": 24 * self.sessions_per_month,
+            "seed_s": round_to(seed_s, 1), "seed_points_per_s": (seeded as f64 / seed_s).round(),
+            "errors": errors.values().sum::<u64>(), "error_detail": errors, "generator": "xtask",
+        })
+    }
+}
+
+/// Two kinds, so that the roll-up groups by kind too.
+const KINDS: [&str; 2] = ["a", "b"];
+
+fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    d.map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One roll-up run as of `now`, the scheduled handler's:
+/// `GET /cdn-cgi/handler/scheduled` (`via` "scheduled"), or, where the
+/// runtime cannot deliver the event (wrangler 4.86 with `[assets]` answers
+/// 500 `exception`: a DataCloneError on `ScheduledController`), the same
+/// statements (`sesh::core::rollup`, one batch per marked month) through
+/// the test route (`via` "test_d1"). Answers how it ran.
+async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<&'static str> {
+    let url = format!("{base}/cdn-cgi/handler/scheduled?cron=*&time={now}");
+    if via == "scheduled" && send(c.get(url)).await.is_ok_and(|r| r.status == 200) {
+        return Ok(via);
+    }
+    let found =
+        d1(c, base, vec![Statement::new(LIST_PARTITIONS, vec![]), rollup::marked_months(12)])
+            .await?;
+    let existing = Existing::from_rows(&found[0])?;
+    for month in rollup::parse_marked_months(&found[1])? {
+        d1(c, base, rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH))
+            .await?;
+    }
+    Ok("test_d1")
+}
+
+/// Runs statements as one D1 batch; the rows of each.
+async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
+    let rb = c.post(format!("{base}/__test/d1")).json(&json!({ "batch": batch }));
+    let v = expect(rb, 200, "POST /__test/d1").await?;
+    Ok(serde_json::from_value(v["results"].clone())?)
+}
+
+/// Runs the writes as one D1 batch (each partition made sure of first) and
+/// empties `writes`.
+async fn d1_batch(c: &Client, base: &str, writes: &mut Vec<PartitionWrite>) -> Result<()> {
+    let batch = writes.drain(..).flat_map(|w| w.ensure.statements.into_iter().chain(w.statements));
+    d1(c, base, batch.collect()).await.map(drop)
+}
+
+/// The rows of one SQL statement.
+async fn d1_rows(c: &Client, base: &str, sql: &str) -> Result<Vec<Value>> {
+    let v = expect(c.post(format!("{base}/__test/d1")).body(sql.to_owned()), 200, sql).await?;
+    match v["rows"].as_array() {
+        Some(rows) => Ok(rows.clone()),
+        None => bail!("{sql}: no rows in {v}"),
+    }
+}
+
+/// The `n` of a one-row count.
+async fn count(c: &Client, base: &str, sql: &str) -> Result<i64> {
+    let rows = d1_rows(c, base, sql).await?;
+    Ok(rows.first().and_then(|r| r["n"].as_f64()).unwrap_or(0.0) as i64)
+}
