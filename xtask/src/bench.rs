@@ -39,9 +39,11 @@ use summary::Summary;
 
 /// The bench commands.
 #[derive(Subcommand)]
-#[command(after_help = "Run through `cargo xtask` (a debug build), the bench first builds the \
+#[command(
+    after_help = "Run through `cargo xtask` (a debug build), the bench first builds the \
     xtask optimised into target/xtask-bench and runs that, so that the generator takes less of \
-    the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this.")]
+    the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this."
+)]
 pub enum Bench {
     /// Session WebSockets: rust beside the JS references (which get
     /// ?user=, the rust target enterprise tokens)
@@ -163,7 +165,10 @@ fn targets(v: &str) -> Result<Targets, String> {
 
 /// An integer > 0.
 fn positive(v: &str) -> Result<usize, String> {
-    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| "must be a positive integer".into())
+    v.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "must be a positive integer".into())
 }
 
 /// A number > 0.
@@ -200,7 +205,9 @@ fn http_url(v: &str) -> Result<String, String> {
 
 /// The port of an `http://` URL.
 fn port_of(url: &str) -> Result<u16> {
-    reqwest::Url::parse(url)?.port_or_known_default().ok_or_else(|| anyhow!("no port in {url}"))
+    reqwest::Url::parse(url)?
+        .port_or_known_default()
+        .ok_or_else(|| anyhow!("no port in {url}"))
 }
 
 /// A generator's options as its command line has them by default.
@@ -224,13 +231,21 @@ pub struct Served<'a> {
 impl Served<'_> {
     /// A server the generator did not start: it cannot be restarted.
     fn running(url: String, pids: Vec<u32>, secret: Option<String>) -> Served<'static> {
-        Served { url, pids, secret, server: None }
+        Served {
+            url,
+            pids,
+            secret,
+            server: None,
+        }
     }
 
     /// Kills the runtime and starts it again on the same state (a new
     /// port): every object loads from storage when next called.
     pub fn restart(&mut self) -> Result<()> {
-        let s = self.server.as_mut().ok_or_else(|| anyhow!("no server to restart"))?;
+        let s = self
+            .server
+            .as_mut()
+            .ok_or_else(|| anyhow!("no server to restart"))?;
         s.crash_and_restart()?;
         (self.url, self.pids) = (s.base.clone(), s.pids());
         Ok(())
@@ -238,7 +253,9 @@ impl Served<'_> {
 
     /// The secret, for generators that need tokens.
     pub fn secret(&self) -> Result<&str> {
-        self.secret.as_deref().ok_or_else(|| anyhow!("this bench needs the rust target"))
+        self.secret
+            .as_deref()
+            .ok_or_else(|| anyhow!("this bench needs the rust target"))
     }
 }
 
@@ -285,8 +302,16 @@ pub fn run(b: Bench) -> Result<()> {
     }
     let rust = || vec!["rust".to_owned()];
     match b {
-        Bench::Sessions { servers, targets, gen } => with_servers(&servers, &targets.0, &gen),
-        Bench::Quota { servers, targets, gen } => with_servers(&servers, &targets.0, &gen),
+        Bench::Sessions {
+            servers,
+            targets,
+            gen,
+        } => with_servers(&servers, &targets.0, &gen),
+        Bench::Quota {
+            servers,
+            targets,
+            gen,
+        } => with_servers(&servers, &targets.0, &gen),
         Bench::Presence { servers, gen } => with_servers(&servers, &rust(), &gen),
         Bench::Wake { servers, gen } => with_servers(&servers, &rust(), &gen),
         Bench::History { servers, gen } => with_servers(&servers, &rust(), &gen),
@@ -329,7 +354,10 @@ fn exec_optimised() -> Result<()> {
 }
 
 fn parse_lines(lines: &[String]) -> Result<Vec<Value>> {
-    lines.iter().map(|l| serde_json::from_str(l).context("a report line is not JSON")).collect()
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).context("a report line is not JSON"))
+        .collect()
 }
 
 /// What is wrong with a run's lines, if anything.
@@ -362,7 +390,10 @@ fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
     if lines.len() > 1 {
         let runs: Vec<(String, Value)> =
             values.into_iter().map(|v| ("run".to_owned(), v)).collect();
-        return conclude(&gen.summarize(&["run".to_owned()], &runs, &problems), &problems);
+        return conclude(
+            &gen.summarize(&["run".to_owned()], &runs, &problems),
+            &problems,
+        );
     }
     match problems.first() {
         Some(p) => bail!("{p}"),
@@ -376,8 +407,10 @@ fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
 fn with_servers<G: Gen>(servers: &Servers, targets: &[String], gen: &G) -> Result<()> {
     let root = crate::root();
     let bench = serve::prepare_bench(&root)?;
-    let targets: Vec<serve::Target> =
-        targets.iter().map(|t| serve::Target::resolve(t, &root, &bench)).collect::<Result<_>>()?;
+    let targets: Vec<serve::Target> = targets
+        .iter()
+        .map(|t| serve::Target::resolve(t, &root, &bench))
+        .collect::<Result<_>>()?;
     let secret = match targets.iter().any(|t| t.rust) {
         true => Some(serve::prepare_rust(&root, G::FEATURES)?),
         false => None,
@@ -402,7 +435,12 @@ fn with_servers<G: Gen>(servers: &Servers, targets: &[String], gen: &G) -> Resul
                 &state_root,
                 |server| {
                     let (url, pids) = (server.base.clone(), server.pids());
-                    let mut s = Served { url, pids, secret, server: Some(server) };
+                    let mut s = Served {
+                        url,
+                        pids,
+                        secret,
+                        server: Some(server),
+                    };
                     let lines = g.run(&mut s)?;
                     Ok((parse_lines(&lines)?, lines))
                 },
@@ -431,7 +469,10 @@ fn conclude(summary: &Summary, problems: &[String]) -> Result<()> {
     eprint!("{}", summary.table);
     println!("{}", summary.json);
     if !problems.is_empty() {
-        bail!("correctness errors or failed runs:\n  {}", problems.join("\n  "));
+        bail!(
+            "correctness errors or failed runs:\n  {}",
+            problems.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -454,23 +495,43 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_reference_generators() {
-        let Ok(Bench::Sessions { servers, targets, gen }) = parse("sessions") else {
+        let Ok(Bench::Sessions {
+            servers,
+            targets,
+            gen,
+        }) = parse("sessions")
+        else {
             panic!("sessions parses");
         };
-        assert_eq!((targets.0, servers.rounds), (vec!["rust".into(), "js-ref".into()], 1));
-        assert_eq!((gen.sessions, gen.participants, gen.window, gen.seconds), (4, 5, 8, 10.0));
+        assert_eq!(
+            (targets.0, servers.rounds),
+            (vec!["rust".into(), "js-ref".into()], 1)
+        );
+        assert_eq!(
+            (gen.sessions, gen.participants, gen.window, gen.seconds),
+            (4, 5, 8, 10.0)
+        );
         let Ok(Bench::Quota { gen, .. }) = parse("quota --exact 50") else {
             panic!("exact parses");
         };
-        assert_eq!((gen.plan(), gen.resource()), ("free", quota::Resource::Points));
+        assert_eq!(
+            (gen.plan(), gen.resource()),
+            ("free", quota::Resource::Points)
+        );
         let Ok(Bench::Loadgen { alone, .. }) =
             parse("loadgen --url http://127.0.0.1:9/ --watch-pids 1,22")
         else {
             panic!("loadgen parses");
         };
-        assert_eq!((alone.url.as_str(), alone.watch_pids), ("http://127.0.0.1:9", vec![1, 22]));
-        for bad in ["quota --exact 5 --resource api", "presence --batch 101", "presence --users 50"]
-        {
+        assert_eq!(
+            (alone.url.as_str(), alone.watch_pids),
+            ("http://127.0.0.1:9", vec![1, 22])
+        );
+        for bad in [
+            "quota --exact 5 --resource api",
+            "presence --batch 101",
+            "presence --users 50",
+        ] {
             let valid = match parse(bad) {
                 Ok(Bench::Quota { gen, .. }) => gen.validate(),
                 Ok(Bench::Presence { gen, .. }) => gen.validate(),

@@ -70,7 +70,12 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Cmd::Dev { port } => dev(port),
         Cmd::Test => test(),
-        Cmd::Token { user, plan, role, ttl } => token(&user, &plan, role.map(|_| "service"), ttl),
+        Cmd::Token {
+            user,
+            plan,
+            role,
+            ttl,
+        } => token(&user, &plan, role.map(|_| "service"), ttl),
         Cmd::Build { features } => build_cmd(features),
         Cmd::Setup => setup::all(&root()).map(|_| ()),
         Cmd::Bench(b) => bench::run(b),
@@ -94,7 +99,9 @@ pub fn root() -> PathBuf {
 
 /// Runs a command to completion; an error names it.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -128,7 +135,10 @@ fn dev(port: u16) -> Result<()> {
 fn token(user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<()> {
     let root = root();
     setup::dev_vars(&root)?;
-    println!("{}", mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?);
+    println!(
+        "{}",
+        mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?
+    );
     Ok(())
 }
 
@@ -183,7 +193,9 @@ fn test() -> Result<()> {
     run(&mut cargo_with("fmt --all -- --check"))?;
 
     step("cargo clippy (host)");
-    run(&mut cargo_with("clippy --workspace --all-targets -- -D warnings"))?;
+    run(&mut cargo_with(
+        "clippy --workspace --all-targets -- -D warnings",
+    ))?;
 
     step("cargo clippy (wasm32)");
     run(&mut cargo_with(
@@ -195,8 +207,10 @@ fn test() -> Result<()> {
     run(&mut cargo_with("test --workspace --lib --bins"))?;
 
     step("wasm-bindgen tests (wasm32 in Node)");
-    run(cargo_with("test -p sesh --target wasm32-unknown-unknown --test wasm")
-        .env("PATH", setup::path_with(&tools.wasm_bindgen_dir())))?;
+    run(
+        cargo_with("test -p sesh --target wasm32-unknown-unknown --test wasm")
+            .env("PATH", setup::path_with(&tools.wasm_bindgen_dir())),
+    )?;
 
     step("build the Worker (with test fault switches)");
     build(&root, &tools, Some("test-faults"))?;

@@ -25,7 +25,10 @@ pub struct Tools {
 impl Tools {
     /// The folder holding `wasm-bindgen` and `wasm-bindgen-test-runner`.
     pub fn wasm_bindgen_dir(&self) -> PathBuf {
-        self.wasm_bindgen.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.wasm_bindgen
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 }
 
@@ -52,14 +55,21 @@ pub fn all(root: &Path) -> Result<Tools> {
     }
     npm_packages(root)?;
     dev_vars(root)?;
-    Ok(Tools { worker_build, wasm_bindgen })
+    Ok(Tools {
+        worker_build,
+        wasm_bindgen,
+    })
 }
 
 fn check_node() -> Result<()> {
     let v = version_of(Path::new("node"), "--version")
         .ok_or_else(|| anyhow!("node is not installed; Sesh needs Node.js >= 20 and npm"))?;
-    let major: u32 =
-        v.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let major: u32 = v
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if major < 20 {
         bail!("Node.js {v} is too old; Sesh needs >= 20");
     }
@@ -71,7 +81,10 @@ fn wasm_target() -> Result<()> {
         .args(["target", "list", "--installed"])
         .output()
         .context("rustup is needed")?;
-    if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-unknown-unknown")
+    {
         println!("setup: installing the wasm32-unknown-unknown target");
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
@@ -131,7 +144,10 @@ fn wasm_bindgen_version(root: &Path) -> Result<String> {
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l.trim() == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines.next().and_then(|v| v.trim().strip_prefix("version = \"")) {
+            if let Some(v) = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = \""))
+            {
                 return Ok(v.trim_end_matches('"').to_owned());
             }
         }
@@ -144,10 +160,14 @@ fn npm_packages(root: &Path) -> Result<()> {
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| v["version"].as_str().map(str::to_owned));
-    let playwright = root.join("node_modules/playwright-core/package.json").exists();
+    let playwright = root
+        .join("node_modules/playwright-core/package.json")
+        .exists();
     if installed.as_deref() != Some(WRANGLER_VERSION) || !playwright {
         println!("setup: installing npm packages (wrangler {WRANGLER_VERSION}) with npm ci");
-        run(Command::new("npm").current_dir(root).args(["ci", "--no-audit", "--no-fund"]))?;
+        run(Command::new("npm")
+            .current_dir(root)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
     }
     Ok(())
 }
@@ -159,7 +179,11 @@ pub fn dev_vars(root: &Path) -> Result<()> {
         return Ok(());
     }
     // 32 random bytes as 64 hex digits: two v4 UUIDs' random parts (122 bits each).
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     std::fs::write(&path, format!("AUTH_SECRET=\"{secret}\"\n")).context("writing .dev.vars")?;
     println!("setup: created .dev.vars with a random AUTH_SECRET");
     Ok(())

@@ -17,7 +17,9 @@ use super::summary::round_to;
 /// Runs `f` on a current-thread runtime: the generator takes as little as
 /// it can of the cores it shares with the server.
 pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok(rt.block_on(f))
 }
 
@@ -29,7 +31,11 @@ pub fn tag(n: usize) -> String {
 /// A keep-alive client: no proxy from the environment (the server is
 /// local), no Nagle delay, idle connections kept for the whole run.
 pub fn client() -> Result<Client> {
-    Ok(Client::builder().no_proxy().tcp_nodelay(true).pool_idle_timeout(None).build()?)
+    Ok(Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(None)
+        .build()?)
 }
 
 /// A whole answer.
@@ -54,7 +60,11 @@ impl Response {
     /// The status and the body's start, for error messages.
     pub fn head(&self) -> String {
         let text = String::from_utf8_lossy(&self.body);
-        format!("{} {}", self.status, text.chars().take(300).collect::<String>())
+        format!(
+            "{} {}",
+            self.status,
+            text.chars().take(300).collect::<String>()
+        )
     }
 }
 
@@ -64,7 +74,11 @@ pub async fn send(rb: RequestBuilder) -> Result<Response, String> {
     let r = rb.send().await.map_err(|e| error_name(&e))?;
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
     let body = r.bytes().await.map_err(|e| error_name(&e))?.to_vec();
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Sends a set-up request that must answer `want`; its JSON body.
@@ -84,9 +98,10 @@ pub fn json_200(a: &Result<Response, String>) -> Result<Value, String> {
     match (r.status, v) {
         (200, Some(v)) => Ok(v),
         (200, None) => Err("bad_json".into()),
-        (429, Some(v)) if v["error"]["code"].is_string() => {
-            Err(format!("http_429_{}", v["error"]["code"].as_str().unwrap_or_default()))
-        }
+        (429, Some(v)) if v["error"]["code"].is_string() => Err(format!(
+            "http_429_{}",
+            v["error"]["code"].as_str().unwrap_or_default()
+        )),
         (s, _) => Err(format!("http_{s}")),
     }
 }
@@ -170,7 +185,14 @@ pub async fn closed_loop<J>(
             last.set(Some(t));
             let ms = (t - t0).as_secs_f64() * 1000.0;
             let in_window = t <= end;
-            (*answer.borrow_mut())(job, Answer { result, ms, in_window });
+            (*answer.borrow_mut())(
+                job,
+                Answer {
+                    result,
+                    ms,
+                    in_window,
+                },
+            );
         }
     });
     let all = tokio::time::timeout(Duration::from_secs_f64(seconds + drain), join_all(workers));
@@ -187,7 +209,11 @@ pub async fn closed_loop<J>(
     }
     let c1 = c1.unwrap_or_else(|| cpu_snapshot(watch.0, watch.1));
     let stop = last.get().map_or(end, |l: Instant| l.min(end));
-    Outcome { unanswered: inflight.get(), elapsed: stop - start, cpu: cpu_report(&c0, &c1) }
+    Outcome {
+        unanswered: inflight.get(),
+        elapsed: stop - start,
+        cpu: cpu_report(&c0, &c1),
+    }
 }
 
 // ---- CPU -----------------------------------------------------------------
@@ -236,7 +262,10 @@ pub struct CpuSnapshot {
 
 /// The ticks of `pids` (the server listening on `port`) and of this process.
 pub fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
-    let procs = pids.iter().filter_map(|&p| Some((p, proc_cpu(p, port)?))).collect();
+    let procs = pids
+        .iter()
+        .filter_map(|&p| Some((p, proc_cpu(p, port)?)))
+        .collect();
     CpuSnapshot {
         at: Instant::now(),
         procs,
@@ -321,7 +350,10 @@ pub mod fake {
 
     /// The claims of a bearer token signed with `secret` (`Null` if none).
     pub fn claims(h: &hyper::HeaderMap, secret: &[u8]) -> serde_json::Value {
-        let token = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let token = h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let key = jsonwebtoken::DecodingKey::from_secret(secret);
         let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         jsonwebtoken::decode(token.trim_start_matches("Bearer "), &key, &v)

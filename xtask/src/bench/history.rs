@@ -56,8 +56,13 @@ impl super::Gen for Options {
     const FEATURES: Option<&'static str> = Some("test-faults");
 
     fn shape(&self) -> (String, Value) {
-        let (p, u, m, s, r) =
-            (self.points, self.users, self.months, self.sessions_per_month, self.requests);
+        let (p, u, m, s, r) = (
+            self.points,
+            self.users,
+            self.months,
+            self.sessions_per_month,
+            self.requests,
+        );
         let text =
             format!("history points={p} users={u} months={m} sessions_per_month={s} requests={r}");
         (
@@ -114,9 +119,12 @@ impl Options {
         }
         let seed_s = t0.elapsed().as_secs_f64();
         let stored: i64 = {
-            let tables =
-                d1_rows(&c, base, "SELECT name FROM partitions WHERE name LIKE 'session_points_%'")
-                    .await?;
+            let tables = d1_rows(
+                &c,
+                base,
+                "SELECT name FROM partitions WHERE name LIKE 'session_points_%'",
+            )
+            .await?;
             let mut n = 0;
             for t in tables.iter().filter_map(|r| r["name"].as_str()) {
                 n += count(&c, base, &format!("SELECT count(*) AS n FROM {t}")).await?;
@@ -171,19 +179,31 @@ impl Options {
         }
         let rfc = sesh::time::rfc3339;
         let ranges = [
-            (Month::from_index(Month::of(now).index() - 1).start_ms(), "1m"),
-            (Month::from_index(Month::of(now).index() - 23).start_ms(), "24m"),
+            (
+                Month::from_index(Month::of(now).index() - 1).start_ms(),
+                "1m",
+            ),
+            (
+                Month::from_index(Month::of(now).index() - 23).start_ms(),
+                "24m",
+            ),
         ];
         let mut lat: [Vec<f64>; 2] = Default::default();
         for i in 0..self.requests * 2 {
             let (from, _) = ranges[i % 2];
-            let url = format!("{base}/v1/sessions?from={}&to={}", rfc(from), rfc(now + 1000));
+            let url = format!(
+                "{base}/v1/sessions?from={}&to={}",
+                rfc(from),
+                rfc(now + 1000)
+            );
             let t = Instant::now();
             let r = send(c.get(url).bearer_auth(&token)).await;
             lat[i % 2].push(t.elapsed().as_secs_f64() * 1000.0);
             match r {
                 Ok(r) if r.status == 200 => check(
-                    r.json()["sessions"].as_array().is_some_and(|s| !s.is_empty()),
+                    r.json()["sessions"]
+                        .as_array()
+                        .is_some_and(|s| !s.is_empty()),
                     "list_empty",
                 ),
                 Ok(r) => check(false, &format!("list_http_{}", r.status)),
@@ -225,20 +245,32 @@ async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<
     if via == "scheduled" && send(c.get(url)).await.is_ok_and(|r| r.status == 200) {
         return Ok(via);
     }
-    let found =
-        d1(c, base, vec![Statement::new(LIST_PARTITIONS, vec![]), rollup::marked_months(12)])
-            .await?;
+    let found = d1(
+        c,
+        base,
+        vec![
+            Statement::new(LIST_PARTITIONS, vec![]),
+            rollup::marked_months(12),
+        ],
+    )
+    .await?;
     let existing = Existing::from_rows(&found[0])?;
     for month in rollup::parse_marked_months(&found[1])? {
-        d1(c, base, rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH))
-            .await?;
+        d1(
+            c,
+            base,
+            rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH),
+        )
+        .await?;
     }
     Ok("test_d1")
 }
 
 /// Runs statements as one D1 batch; the rows of each.
 async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
-    let rb = c.post(format!("{base}/__test/d1")).json(&json!({ "batch": batch }));
+    let rb = c
+        .post(format!("{base}/__test/d1"))
+        .json(&json!({ "batch": batch }));
     let v = expect(rb, 200, "POST /__test/d1").await?;
     Ok(serde_json::from_value(v["results"].clone())?)
 }
@@ -246,13 +278,20 @@ async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Val
 /// Runs the writes as one D1 batch (each partition made sure of first) and
 /// empties `writes`.
 async fn d1_batch(c: &Client, base: &str, writes: &mut Vec<PartitionWrite>) -> Result<()> {
-    let batch = writes.drain(..).flat_map(|w| w.ensure.statements.into_iter().chain(w.statements));
+    let batch = writes
+        .drain(..)
+        .flat_map(|w| w.ensure.statements.into_iter().chain(w.statements));
     d1(c, base, batch.collect()).await.map(drop)
 }
 
 /// The rows of one SQL statement.
 async fn d1_rows(c: &Client, base: &str, sql: &str) -> Result<Vec<Value>> {
-    let v = expect(c.post(format!("{base}/__test/d1")).body(sql.to_owned()), 200, sql).await?;
+    let v = expect(
+        c.post(format!("{base}/__test/d1")).body(sql.to_owned()),
+        200,
+        sql,
+    )
+    .await?;
     match v["rows"].as_array() {
         Some(rows) => Ok(rows.clone()),
         None => bail!("{sql}: no rows in {v}"),

@@ -74,10 +74,18 @@ impl super::Gen for Options {
     const TITLE: &'static str = "bench sessions";
 
     fn shape(&self) -> (String, Value) {
-        let (s, p, secs, w, r) =
-            (self.sessions, self.participants, self.seconds, self.window, self.rate);
+        let (s, p, secs, w, r) = (
+            self.sessions,
+            self.participants,
+            self.seconds,
+            self.window,
+            self.rate,
+        );
         let text = format!("sessions={s} participants={p} seconds={secs} window={w} rate={r}");
-        (text, json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}))
+        (
+            text,
+            json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}),
+        )
     }
 
     fn metrics(&self) -> &'static str {
@@ -89,7 +97,10 @@ impl super::Gen for Options {
     /// The rust worker gets created sessions and `?token=` (enterprise),
     /// the references `?user=`.
     fn for_target(&self, rust: bool, secret: Option<&str>) -> (Self, Option<String>) {
-        let opts = Options { create_sessions: rust, ..self.clone() };
+        let opts = Options {
+            create_sessions: rust,
+            ..self.clone()
+        };
         (opts, secret.filter(|_| rust).map(str::to_owned))
     }
 
@@ -122,8 +133,13 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Clock { start: Instant::now(), wall0_ms: wall.as_secs_f64() * 1000.0 }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock {
+            start: Instant::now(),
+            wall0_ms: wall.as_secs_f64() * 1000.0,
+        }
     }
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * 1000.0
@@ -228,8 +244,11 @@ struct Frame<'a> {
 
 fn integer(v: &Option<serde_json::Value>) -> Option<i64> {
     let v = v.as_ref()?;
-    v.as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
 }
 
 /// Checks one text frame for participant `p` of session `s`; true when it
@@ -264,9 +283,13 @@ fn check_frame(
             Ok(false)
         }
         "ack" => {
-            let n = point.filter(|&(ms, mp, _)| ms == s && mp == p).map(|(_, _, n)| n);
+            let n = point
+                .filter(|&(ms, mp, _)| ms == s && mp == p)
+                .map(|(_, _, n)| n);
             let slot = n.and_then(|n| sess.parts[p].inflight.iter().position(|x| x.0 == n));
-            let (n, t0) = sess.parts[p].inflight.swap_remove(slot.ok_or("unexpected_ack")?);
+            let (n, t0) = sess.parts[p]
+                .inflight
+                .swap_remove(slot.ok_or("unexpected_ack")?);
             sess.ack_lat.push(t - t0);
             if sh.in_window(t) {
                 sess.acks_in_window += 1;
@@ -532,7 +555,11 @@ impl Conn {
 fn error_code(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
-        e => format!("{e:?}").split(['(', ' ']).next().unwrap_or("other").to_owned(),
+        e => format!("{e:?}")
+            .split(['(', ' '])
+            .next()
+            .unwrap_or("other")
+            .to_owned(),
     }
 }
 
@@ -545,17 +572,26 @@ fn error_code(e: &tungstenite::Error) -> String {
 pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> Result<String> {
     let port = super::port_of(url)?;
     let tag = super::drive::tag(6);
-    let prefix = opts.user_prefix.clone().unwrap_or_else(|| format!("bench-{tag}"));
+    let prefix = opts
+        .user_prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench-{tag}"));
     let mut sessions = Vec::new();
     let mut urls: Vec<Vec<String>> = Vec::new();
     for s in 0..opts.sessions {
         let mut parts = Vec::new();
         for p in 0..opts.participants {
             let user_id = format!("{prefix}-s{s}-p{p}");
-            let token =
-                secret.map(|k| crate::mint(k, &user_id, "enterprise", None, 3600)).transpose()?;
+            let token = secret
+                .map(|k| crate::mint(k, &user_id, "enterprise", None, 3600))
+                .transpose()?;
             let received = vec![Vec::new(); opts.participants];
-            parts.push(Participant { user_id, token, received, ..Participant::default() });
+            parts.push(Participant {
+                user_id,
+                token,
+                received,
+                ..Participant::default()
+            });
         }
         let id = match opts.create_sessions {
             true => {
@@ -575,7 +611,10 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
                 })
                 .collect(),
         );
-        sessions.push(Session { parts, ..Session::default() });
+        sessions.push(Session {
+            parts,
+            ..Session::default()
+        });
     }
     let sh = Arc::new(Shared {
         opts: opts.clone(),
@@ -622,7 +661,12 @@ async fn drive(
         for (p, url) in row.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             joins.push(rx);
-            let conn = Conn { sh: Arc::clone(&sh), s, p, next_at: 0.0 };
+            let conn = Conn {
+                sh: Arc::clone(&sh),
+                s,
+                p,
+                next_at: 0.0,
+            };
             tasks.push(tokio::spawn(conn.run(url, phase_rx.clone(), tx)));
         }
     }
@@ -646,7 +690,9 @@ async fn drive(
         wait_for(drain, || {
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
-                sess.parts.iter().all(|pt| pt.inflight.is_empty() || pt.closed)
+                sess.parts
+                    .iter()
+                    .all(|pt| pt.inflight.is_empty() || pt.closed)
             })
         })
         .await;
@@ -654,7 +700,9 @@ async fn drive(
             (0..sh.sessions.len()).all(|s| {
                 let sess = sh.session(s);
                 let total: usize = sess.parts.iter().map(|pt| pt.ack_count).sum();
-                sess.parts.iter().all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
+                sess.parts
+                    .iter()
+                    .all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
             })
         })
         .await;
@@ -691,7 +739,11 @@ fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
         sess.fail_n("unacked_at_end", unacked as u64);
         if let Some(last) = sess.last_seq {
             let n = sess.seqs.len() as i64;
-            let bad = sess.seqs.iter().filter(|&&q| q <= last || q > last + n).count();
+            let bad = sess
+                .seqs
+                .iter()
+                .filter(|&&q| q <= last || q > last + n)
+                .count();
             sess.fail_n("seq_gap_or_out_of_range", bad as u64);
             let mut missing = 0u64;
             for &(from, n) in &sess.acked {
@@ -801,7 +853,8 @@ mod tests {
             let mut rooms = rooms.lock().unwrap();
             let room = rooms.entry(session.clone()).or_default();
             room.2.push((conn, tx.clone()));
-            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0)).unwrap();
+            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0))
+                .unwrap();
         }
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
@@ -864,7 +917,10 @@ mod tests {
     fn a_correct_server_passes_and_faults_are_reported() {
         let r = run_against(Fault::None, 0.0);
         let acks = r["acks_total"].as_u64().unwrap();
-        assert!(r["errors"] == 0 && acks > 20 && r["deliveries_total"] == 2 * acks, "{r}");
+        assert!(
+            r["errors"] == 0 && acks > 20 && r["deliveries_total"] == 2 * acks,
+            "{r}"
+        );
         // open loop: 6 participants x 100 points/s x 0.4 s = 240 points
         let r = run_against(Fault::None, 100.0);
         assert!(
@@ -876,7 +932,10 @@ mod tests {
             (Fault::ReuseSeq, json!({"duplicate_seq": 2})),
             (Fault::DropDelivery, json!({"missing_delivery": 2})),
             // each lost ack also leaves its seq out of the acked range
-            (Fault::LoseAck, json!({"seq_gap_or_out_of_range": 6, "unacked_at_end": 6})),
+            (
+                Fault::LoseAck,
+                json!({"seq_gap_or_out_of_range": 6, "unacked_at_end": 6}),
+            ),
         ] {
             assert_eq!(run_against(fault, 0.0)["error_detail"], want);
         }

@@ -77,7 +77,11 @@ impl Options {
             bail!("--batch takes at most {MAX_BATCH} ids");
         }
         if self.batch > self.users {
-            bail!("--batch {} needs at least as many --users ({})", self.batch, self.users);
+            bail!(
+                "--batch {} needs at least as many --users ({})",
+                self.batch,
+                self.users
+            );
         }
         Ok(())
     }
@@ -150,7 +154,11 @@ pub fn order_check(asked: &[&str], got: &[&str]) -> Result<(), &'static str> {
     let (mut a, mut g) = (asked.to_vec(), got.to_vec());
     a.sort_unstable();
     g.sort_unstable();
-    Err(if a == g { "batch_out_of_order" } else { "batch_wrong_users" })
+    Err(if a == g {
+        "batch_out_of_order"
+    } else {
+        "batch_wrong_users"
+    })
 }
 
 /// Checks a batch answer's body against the ids asked; the error codes
@@ -163,8 +171,10 @@ pub fn check_batch(
     let Some(users) = v.get("users").and_then(Value::as_array) else {
         return vec!["batch_without_users"];
     };
-    let got: Vec<&str> =
-        users.iter().map(|u| u.get("userId").and_then(Value::as_str).unwrap_or("")).collect();
+    let got: Vec<&str> = users
+        .iter()
+        .map(|u| u.get("userId").and_then(Value::as_str).unwrap_or(""))
+        .collect();
     let mut errors = Vec::new();
     if let Err(e) = order_check(asked, &got) {
         errors.push(e);
@@ -200,11 +210,19 @@ impl super::Gen for Options {
     const TITLE: &'static str = "bench presence";
 
     fn shape(&self) -> (String, Value) {
-        let (u, c, secs, b, k) =
-            (self.users, self.concurrency, self.seconds, self.batch, self.callers());
+        let (u, c, secs, b, k) = (
+            self.users,
+            self.concurrency,
+            self.seconds,
+            self.batch,
+            self.callers(),
+        );
         let text =
             format!("presence users={u} concurrency={c} seconds={secs} batch={b} callers={k}");
-        (text, json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k}))
+        (
+            text,
+            json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k}),
+        )
     }
 
     fn metrics(&self) -> &'static str {
@@ -237,7 +255,12 @@ impl super::Gen for Options {
             "goal_met": p50_ratio.map(|x| x <= 3.0), "errors": st.errors,
             "error_detail": st.error_detail, "ok": problems.is_empty(),
         };
-        let table = st.table(&heading, &names, &metrics, &[("batch/single".to_owned(), ratio)]);
+        let table = st.table(
+            &heading,
+            &names,
+            &metrics,
+            &[("batch/single".to_owned(), ratio)],
+        );
         Summary { table, json }
     }
 }
@@ -257,7 +280,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn present(&self, user: usize, now: Instant) -> bool {
-        self.users[user].2.is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
+        self.users[user]
+            .2
+            .is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
     }
 }
 
@@ -280,7 +305,10 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
     let mut lines = Vec::new();
     let mut go = || -> Result<()> {
         let port = super::port_of(url)?;
-        let prefix = opts.user_prefix.clone().unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
+        let prefix = opts
+            .user_prefix
+            .clone()
+            .unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
         let bearer = |id: &str| {
             crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
         };
@@ -291,10 +319,18 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
         // Callers are the users first, then readers of their own.
         let callers = (0..opts.callers())
             .map(|i| {
-                users.get(i).map_or_else(|| bearer(&format!("{prefix}-c{i}")), |u| Ok(u.1.clone()))
+                users
+                    .get(i)
+                    .map_or_else(|| bearer(&format!("{prefix}-c{i}")), |u| Ok(u.1.clone()))
             })
             .collect::<Result<Vec<String>>>()?;
-        let mut run = Run { opts, client: drive::client()?, url: url.to_owned(), users, callers };
+        let mut run = Run {
+            opts,
+            client: drive::client()?,
+            url: url.to_owned(),
+            users,
+            callers,
+        };
         drive::block_on(async {
             open_all(&run.client, &run.url, opts.concurrency).await?;
             for phase in PHASES {
@@ -313,13 +349,20 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
 async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> String {
     let (opts, n) = (run.opts, run.opts.users as u64);
     let reading = matches!(phase, Phase::Single | Phase::Batch);
-    let k_callers = if reading { run.callers.len() } else { opts.users };
+    let k_callers = if reading {
+        run.callers.len()
+    } else {
+        opts.users
+    };
     // Setup: each user once, however long it takes (within reason).
     let until = match phase {
         Phase::Setup => (120.0, Some(n), opts.drain_seconds),
         _ => (opts.seconds, None, opts.drain_seconds),
     };
-    let tally = RefCell::new(Tally { per_caller: vec![0; k_callers], ..Tally::default() });
+    let tally = RefCell::new(Tally {
+        per_caller: vec![0; k_callers],
+        ..Tally::default()
+    });
     let run_cell = RefCell::new(&mut *run);
     // A request is `(caller, users asked, heartbeat sent at)`.
     let next = |i: u64| {
@@ -332,14 +375,26 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
         };
         let ids: Vec<&str> = users.iter().map(|&u| run.users[u].0.as_str()).collect();
         let rb = match phase {
-            Phase::Single => run.client.get(format!("{}/v1/presence/{}", run.url, ids[0])),
+            Phase::Single => run
+                .client
+                .get(format!("{}/v1/presence/{}", run.url, ids[0])),
             Phase::Batch => {
-                run.client.get(format!("{}/v1/presence?users={}", run.url, ids.join(",")))
+                run.client
+                    .get(format!("{}/v1/presence?users={}", run.url, ids.join(",")))
             }
-            _ => run.client.post(format!("{}/v1/presence/heartbeat", run.url)).body(HEARTBEAT_BODY),
+            _ => run
+                .client
+                .post(format!("{}/v1/presence/heartbeat", run.url))
+                .body(HEARTBEAT_BODY),
         };
-        let auth = if reading { &run.callers[caller] } else { &run.users[caller].1 };
-        let rb = rb.header("authorization", auth).header("content-type", "application/json");
+        let auth = if reading {
+            &run.callers[caller]
+        } else {
+            &run.users[caller].1
+        };
+        let rb = rb
+            .header("authorization", auth)
+            .header("content-type", "application/json");
         (rb, (caller, users, Instant::now()))
     };
     let answer = |(caller, users, sent): (usize, Vec<usize>, Instant), a: Answer| {
@@ -366,12 +421,20 @@ async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> Str
                 check_batch(&body, &asked, |i| run.present(users[i], now))
             }
             Phase::Single => {
-                let want =
-                    Expect { user: &run.users[users[0]].0, present: run.present(users[0], now) };
+                let want = Expect {
+                    user: &run.users[users[0]].0,
+                    present: run.present(users[0], now),
+                };
                 check_presence(&body, want).err().into_iter().collect()
             }
             _ => {
-                match check_presence(&body, Expect { user: &run.users[caller].0, present: true }) {
+                match check_presence(
+                    &body,
+                    Expect {
+                        user: &run.users[caller].0,
+                        present: true,
+                    },
+                ) {
                     Ok(()) => {
                         let hb = &mut run.users[caller].2;
                         *hb = Some(hb.map_or(sent, |h| h.max(sent)));
@@ -440,10 +503,25 @@ mod tests {
 
     #[test]
     fn presence_objects_and_batches() {
-        let (on, off) = (Expect { user: "a", present: true }, Expect { user: "a", present: false });
+        let (on, off) = (
+            Expect {
+                user: "a",
+                present: true,
+            },
+            Expect {
+                user: "a",
+                present: false,
+            },
+        );
         assert_eq!(check_presence(&presence("a", true), on), Ok(()));
-        assert_eq!(check_presence(&presence("b", true), on), Err("wrong_userId"));
-        assert_eq!(check_presence(&presence("a", false), on), Err("stale_presence"));
+        assert_eq!(
+            check_presence(&presence("b", true), on),
+            Err("wrong_userId")
+        );
+        assert_eq!(
+            check_presence(&presence("a", false), on),
+            Err("stale_presence")
+        );
         assert_eq!(
             check_presence(&json!({"userId": "a", "status": "gone"}), off),
             Err("bad_presence")
@@ -455,10 +533,19 @@ mod tests {
             ("ab", vec!["batch_wrong_length"]),
             ("abd", vec!["batch_wrong_users"]),
         ] {
-            let users: Vec<Value> = users.chars().map(|u| presence(&u.to_string(), true)).collect();
-            assert_eq!(check_batch(&json!({ "users": users }), &asked, |_| true), want);
+            let users: Vec<Value> = users
+                .chars()
+                .map(|u| presence(&u.to_string(), true))
+                .collect();
+            assert_eq!(
+                check_batch(&json!({ "users": users }), &asked, |_| true),
+                want
+            );
         }
-        assert_eq!((batch_ids(0, 200, 3), batch_ids(1, 200, 3)), (vec![0, 1, 2], vec![9, 8, 7]));
+        assert_eq!(
+            (batch_ids(0, 200, 3), batch_ids(1, 200, 3)),
+            (vec![0, 1, 2], vec![9, 8, 7])
+        );
     }
 
     /// Presence as the contract has it (users online once they sent a
@@ -470,7 +557,10 @@ mod tests {
             let mut seen = seen.lock().unwrap();
             let body = match (method, target) {
                 ("POST", "/v1/presence/heartbeat") => {
-                    let user = fake::claims(h, b"secret")["sub"].as_str().unwrap().to_owned();
+                    let user = fake::claims(h, b"secret")["sub"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
                     if fault != "forget" {
                         seen.0.push(user.clone());
                     }
@@ -506,7 +596,10 @@ mod tests {
             ..defaults::<Options>()
         };
         let lines = run(&opts, &format!("http://127.0.0.1:{port}"), "secret", &[]);
-        lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
@@ -517,8 +610,10 @@ mod tests {
             (&r[0]["requests"], &r[1]["callers"], &r[3]["callers"]),
             (&json!(20), &json!(5), &json!(20))
         );
-        let (reads, requests) =
-            (r[2]["reads_per_s"].as_u64().unwrap(), r[2]["requests_per_s"].as_u64().unwrap());
+        let (reads, requests) = (
+            r[2]["reads_per_s"].as_u64().unwrap(),
+            r[2]["requests_per_s"].as_u64().unwrap(),
+        );
         assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
         let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
         let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, &[]);
@@ -526,10 +621,16 @@ mod tests {
             s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single")
         );
         let codes = |r: &[Value]| {
-            r.iter().map(|p| p["error_detail"].to_string()).collect::<Vec<_>>().join(" ")
+            r.iter()
+                .map(|p| p["error_detail"].to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let stale = r#"{} {"stale_presence":"#;
-        assert!(codes(&run_against("forget")).starts_with(stale), "heartbeats right, reads stale");
+        assert!(
+            codes(&run_against("forget")).starts_with(stale),
+            "heartbeats right, reads stale"
+        );
         assert!(codes(&run_against("reverse")).starts_with(r#"{} {} {"batch_out_of_order":"#));
         assert!(codes(&run_against("errors")).starts_with(r#"{} {"http_500":"#));
     }

@@ -202,7 +202,11 @@ fn ensure(ok: bool, code: &str) -> Result<(), String> {
 
 impl Checker {
     pub fn new(resource: Resource) -> Checker {
-        Checker { resource, seen: HashMap::new(), errors: BTreeMap::new() }
+        Checker {
+            resource,
+            seen: HashMap::new(),
+            errors: BTreeMap::new(),
+        }
     }
 
     pub fn fail(&mut self, code: &str) {
@@ -237,7 +241,9 @@ impl Checker {
         body: &[u8],
         subject: &str,
     ) -> Option<Decision> {
-        let d = Self::decision(status, policy, limit, body).map_err(|e| self.fail(&e)).ok()?;
+        let d = Self::decision(status, policy, limit, body)
+            .map_err(|e| self.fail(&e))
+            .ok()?;
         if d.allowed && d.limit.is_some() && self.resource != Resource::Api {
             let seen = self.seen.entry(subject.to_owned()).or_default();
             if !seen.insert(d.remaining.unwrap_or_default()) {
@@ -274,10 +280,20 @@ impl Checker {
             "bad_limit_remaining",
         )?;
         ensure(b.get("resetMs").and_then(count).is_some(), "bad_resetMs")?;
-        ensure(b.get("retryAfterMs").is_none_or(|v| count(v).is_some()), "bad_retryAfterMs")?;
-        ensure(status == 200 || b["error"]["code"].is_string(), "429_without_error")?;
+        ensure(
+            b.get("retryAfterMs").is_none_or(|v| count(v).is_some()),
+            "bad_retryAfterMs",
+        )?;
+        ensure(
+            status == 200 || b["error"]["code"].is_string(),
+            "429_without_error",
+        )?;
         ensure(headers_ok(policy, limit), "bad_ratelimit_headers")?;
-        Ok(Decision { allowed, remaining: rem, limit: lim })
+        Ok(Decision {
+            allowed,
+            remaining: rem,
+            limit: lim,
+        })
     }
 }
 
@@ -356,7 +372,10 @@ impl Gen<'_> {
             .header("content-type", "application/json")
             .body(body.to_vec());
         if !self.auth.is_empty() {
-            rb = rb.header("authorization", &self.auth[self.next_auth % self.auth.len()]);
+            rb = rb.header(
+                "authorization",
+                &self.auth[self.next_auth % self.auth.len()],
+            );
             self.next_auth += 1;
         }
         rb
@@ -421,7 +440,9 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
 
 fn prefix(opts: &Options) -> String {
     let random = || drive::tag(8);
-    opts.subject_prefix.clone().unwrap_or_else(|| format!("qg-{}", random()))
+    opts.subject_prefix
+        .clone()
+        .unwrap_or_else(|| format!("qg-{}", random()))
 }
 
 type Fields = Vec<(&'static str, Value)>;
@@ -430,7 +451,9 @@ async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<F
     let opts = gen.opts;
     open_all(&gen.client, &gen.base, opts.concurrency).await?;
     let prefix = prefix(opts);
-    let subjects: Vec<String> = (0..opts.subjects).map(|i| format!("{prefix}-{i}")).collect();
+    let subjects: Vec<String> = (0..opts.subjects)
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
     let bodies: Vec<Vec<u8>> = subjects.iter().map(|s| gen.body(s, opts.cost)).collect();
     let mut lat = Vec::new();
     let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
@@ -522,7 +545,9 @@ async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
     // and the check after the burst was denied with `remaining` 0.
     remainders.sort_unstable_by(|a, b| b.cmp(a));
     let remaining_values_ok = remainders.iter().rev().copied().eq(0..r);
-    let final_ok = last.as_ref().is_some_and(|d| !d.allowed && d.remaining == Some(0));
+    let final_ok = last
+        .as_ref()
+        .is_some_and(|d| !d.allowed && d.remaining == Some(0));
     let errors = gen.checker.count();
     let exact_ok = allowed == r && denied == r && remaining_values_ok && final_ok && errors == 0;
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
@@ -588,7 +613,14 @@ mod tests {
         let mut c = Checker::new(Resource::Points);
         let ok = r#"{"allowed":true,"limit":10,"remaining":4,"resetMs":100}"#;
         let d = c.check_parts(200, Some(POLICY), Some(LIMIT), ok.as_bytes(), "s");
-        assert_eq!(d, Some(Decision { allowed: true, remaining: Some(4), limit: Some(10) }));
+        assert_eq!(
+            d,
+            Some(Decision {
+                allowed: true,
+                remaining: Some(4),
+                limit: Some(10)
+            })
+        );
         // status, RateLimit headers or not, the error code, the body
         let cases = r#"
 200 h duplicate_remaining {"allowed":true,"limit":10,"remaining":4,"resetMs":100}
@@ -648,20 +680,32 @@ mod tests {
             if !allowed {
                 b["error"] = json!({"code": "quota_exceeded"});
             }
-            let headers = vec![("ratelimit-policy", POLICY.into()), ("ratelimit", LIMIT.into())];
+            let headers = vec![
+                ("ratelimit-policy", POLICY.into()),
+                ("ratelimit", LIMIT.into()),
+            ];
             (if allowed { 200 } else { 429 }, headers, b.to_string())
         }));
         format!("http://127.0.0.1:{port}")
     }
 
     fn run_on(url: &str, opts: Options) -> Value {
-        let o = Options { seconds: 0.3, subjects: 3, concurrency: 4, drain_seconds: 2.0, ..opts };
+        let o = Options {
+            seconds: 0.3,
+            subjects: 3,
+            concurrency: 4,
+            drain_seconds: 2.0,
+            ..opts
+        };
         serde_json::from_str(&run(&o, url, Some("secret"), &[])).unwrap()
     }
 
     #[test]
     fn exact_mode_passes_an_exact_server_and_catches_over_admission() {
-        let exact = |r| Options { exact: Some(r), ..defaults::<Options>() };
+        let exact = |r| Options {
+            exact: Some(r),
+            ..defaults::<Options>()
+        };
         let r = run_on(&fake_quota(100, false), exact(5));
         assert_eq!(
             (&r["exact_ok"], &r["allowed"], &r["denied"]),
@@ -669,7 +713,11 @@ mod tests {
             "{r}"
         );
         let r = run_on(&fake_quota(100, true), exact(5));
-        assert_eq!((&r["exact_ok"], &r["allowed"]), (&json!(false), &json!(6)), "{r}");
+        assert_eq!(
+            (&r["exact_ok"], &r["allowed"]),
+            (&json!(false), &json!(6)),
+            "{r}"
+        );
         assert_eq!(r["error_detail"]["duplicate_remaining"], 1);
         // 99 left after the first check: too few for R = 100
         let r = run_on(&fake_quota(100, false), exact(100));
@@ -681,7 +729,11 @@ mod tests {
 
     #[test]
     fn load_mode_counts_answers_and_rotates_service_tokens() {
-        let o = Options { resource: Some(Resource::Points), callers: 3, ..defaults() };
+        let o = Options {
+            resource: Some(Resource::Points),
+            callers: 3,
+            ..defaults()
+        };
         let r = run_on(&fake_quota(50, false), o);
         // 3 subjects x 50 units; service tokens, or 401
         assert_eq!(

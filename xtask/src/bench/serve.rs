@@ -15,7 +15,9 @@ use anyhow::{anyhow, Context, Result};
 /// runs `npm ci` there when its packages are missing or changed.
 pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let src = root.join("../shared/bench");
-    let src = src.canonicalize().with_context(|| src.display().to_string())?;
+    let src = src
+        .canonicalize()
+        .with_context(|| src.display().to_string())?;
     let dest = root.join("target/bench");
     let mut changed = Vec::new();
     sync_tree(&src, &dest, Path::new(""), &mut changed)?;
@@ -35,7 +37,11 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
         || !dest.join("node_modules/.package-lock.json").exists()
     {
         eprintln!("bench: npm ci in {}", dest.display());
-        crate::run(Command::new("npm").current_dir(&dest).args(["ci", "--no-audit", "--no-fund"]))?;
+        crate::run(
+            Command::new("npm")
+                .current_dir(&dest)
+                .args(["ci", "--no-audit", "--no-fund"]),
+        )?;
     }
     Ok(dest)
 }
@@ -46,7 +52,10 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
 fn sync_tree(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dest.join(rel)).with_context(|| dest.join(rel).display().to_string())?;
-    for e in fs::read_dir(src.join(rel))?.flatten().filter(|e| e.file_name() != "node_modules") {
+    for e in fs::read_dir(src.join(rel))?
+        .flatten()
+        .filter(|e| e.file_name() != "node_modules")
+    {
         let (r, meta) = (rel.join(e.file_name()), fs::metadata(e.path())?);
         if meta.is_dir() {
             sync_tree(src, dest, &r, out)?;
@@ -56,7 +65,11 @@ fn sync_tree(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Res
         if fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
             let _ = fs::remove_file(&to); // a read-only copy cannot be overwritten
             fs::write(&to, &bytes).with_context(|| to.display().to_string())?;
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
             out.push(r);
         }
@@ -79,8 +92,9 @@ impl Target {
             "rust" => ("rust".to_owned(), root.to_path_buf(), true),
             "js-ref" | "party-ref" | "quota-ref" => (name.to_owned(), bench.join(name), false),
             path => {
-                let dir =
-                    Path::new(path).canonicalize().with_context(|| format!("target {path}"))?;
+                let dir = Path::new(path)
+                    .canonicalize()
+                    .with_context(|| format!("target {path}"))?;
                 let label = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -93,7 +107,12 @@ impl Target {
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
             .ok_or_else(|| anyhow!("target {name}: no wrangler config in {}", dir.display()))?;
-        Ok(Target { name: label, dir, config, rust })
+        Ok(Target {
+            name: label,
+            dir,
+            config,
+            rust,
+        })
     }
 }
 
@@ -136,11 +155,12 @@ pub fn with_server<R>(
     let launch = sesh_launcher::Launch {
         name: format!("sesh-bench-{}", t.name),
         wrangler: bench.join("node_modules/.bin/wrangler"),
-        migrations: t
-            .dir
-            .join("migrations")
-            .is_dir()
-            .then(|| (t.dir.clone(), vec!["--config".into(), t.config.clone().into()])),
+        migrations: t.dir.join("migrations").is_dir().then(|| {
+            (
+                t.dir.clone(),
+                vec!["--config".into(), t.config.clone().into()],
+            )
+        }),
         state_root: state_root.to_path_buf(),
         serve: Box::new(move |port, state| {
             let mut cmd = Command::new("node");
@@ -160,7 +180,10 @@ pub fn with_server<R>(
     let mut server = sesh_launcher::Server::start(launch)
         .with_context(|| format!("{} did not start", t.name))?;
     let (state, log) = (server.state().display(), server.log().display());
-    eprintln!("bench: {} on {} (state {state}, log {log})", t.name, server.base);
+    eprintln!(
+        "bench: {} on {} (state {state}, log {log})",
+        t.name, server.base
+    );
     let result = gen(&mut server);
     server.stop();
     if !matches!(&result, Ok(r) if clean(r)) {

@@ -33,8 +33,10 @@ pub fn spread(lat: &mut [f64]) -> [Option<f64>; 3] {
 
 /// A JSON object with its keys in the given order.
 pub fn ordered_object(fields: &[(&str, Value)]) -> String {
-    let body: Vec<String> =
-        fields.iter().map(|(k, v)| format!("{}:{v}", Value::from(*k))).collect();
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
     format!("{{{}}}", body.join(","))
 }
 
@@ -86,12 +88,16 @@ pub fn metric(v: &Value, name: &str) -> Option<f64> {
 
 /// Correctness errors of a line (a `fatal` line without a count is one).
 pub fn errors(v: &Value) -> u64 {
-    v["errors"].as_u64().unwrap_or(u64::from(v.get("fatal").is_some()))
+    v["errors"]
+        .as_u64()
+        .unwrap_or(u64::from(v.get("fatal").is_some()))
 }
 
 /// Whether a run's lines passed their checks.
 pub fn ok(lines: &[Value]) -> bool {
-    lines.iter().all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
+    lines
+        .iter()
+        .all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
 }
 
 /// A run's errors by code (`<phase>:<code>` for phase lines).
@@ -141,7 +147,8 @@ impl Stats {
         for n in names {
             let mine: Vec<&Value> = runs.iter().filter(|(t, _)| t == n).map(|r| &r.1).collect();
             st.rounds.insert(n.clone(), mine.len());
-            st.errors.insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
+            st.errors
+                .insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
             let detail = st.error_detail.entry(n.clone()).or_default();
             for v in &mine {
                 for (k, c) in v["error_detail"].as_object().into_iter().flatten() {
@@ -204,12 +211,14 @@ impl Stats {
             let mut row = vec![m.to_owned()];
             for n in names {
                 let cell = |t: &ByName| t.get(n).and_then(|x| x.get(m)).copied();
-                row.push(match (cell(&self.median), cell(&self.min), cell(&self.max)) {
-                    (Some(a), Some(lo), Some(hi)) => {
-                        format!("{} [{}..{}]", fmt(a), fmt(lo), fmt(hi))
-                    }
-                    _ => "-".into(),
-                });
+                row.push(
+                    match (cell(&self.median), cell(&self.min), cell(&self.max)) {
+                        (Some(a), Some(lo), Some(hi)) => {
+                            format!("{} [{}..{}]", fmt(a), fmt(lo), fmt(hi))
+                        }
+                        _ => "-".into(),
+                    },
+                );
             }
             for (_, r) in ratios {
                 row.push(r.get(m).map_or("-".into(), |x| fmt(*x)));
@@ -219,11 +228,16 @@ impl Stats {
         let widths: Vec<usize> = (0..rows[0].len())
             .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
             .collect();
-        let mut table =
-            format!("\n{heading}; median [min..max] over rounds {}\n", json!(self.rounds));
+        let mut table = format!(
+            "\n{heading}; median [min..max] over rounds {}\n",
+            json!(self.rounds)
+        );
         for r in &rows {
-            let cells: Vec<String> =
-                r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
             table.push_str(cells.join("  ").trim_end());
             table.push('\n');
         }
@@ -249,7 +263,12 @@ pub fn compare(
     problems: &[String],
 ) -> Summary {
     let st = Stats::of(names, runs, metrics);
-    let base = names.iter().find(|n| *n == "rust").or(names.first()).cloned().unwrap_or_default();
+    let base = names
+        .iter()
+        .find(|n| *n == "rust")
+        .or(names.first())
+        .cloned()
+        .unwrap_or_default();
     let ratios: Vec<(String, BTreeMap<String, f64>)> = names
         .iter()
         .filter(|n| **n != base)
@@ -262,7 +281,10 @@ pub fn compare(
         "max": st.max, "ratio": ratio_json, "errors": st.errors, "error_detail": st.error_detail,
         "ok": problems.is_empty(),
     };
-    Summary { table: st.table(heading, names, metrics, &ratios), json }
+    Summary {
+        table: st.table(heading, names, metrics, &ratios),
+        json,
+    }
 }
 
 #[cfg(test)]
@@ -272,10 +294,15 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank_and_medians_average_the_middle() {
         let xs: Vec<f64> = (1..=10).map(f64::from).collect();
-        let got: Vec<_> = [0.0, 50.0, 99.0, 100.0].map(|p| percentile(&xs, p)).to_vec();
+        let got: Vec<_> = [0.0, 50.0, 99.0, 100.0]
+            .map(|p| percentile(&xs, p))
+            .to_vec();
         assert_eq!(got, [Some(1.0), Some(5.0), Some(10.0), Some(10.0)]);
         assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
-        assert_eq!((median(&[]), median(&[4.0, 1.0, 3.0, 2.0])), (None, Some(2.5)));
+        assert_eq!(
+            (median(&[]), median(&[4.0, 1.0, 3.0, 2.0])),
+            (None, Some(2.5))
+        );
         let v = json!({"acks_per_s": 1000, "exact_ok": true, "cpu_pct": {"workerd": 50.0}});
         assert_eq!(metric(&v, "workerd_cpu_us_per_ack"), Some(500.0));
         assert_eq!(metric(&v, "exact_ok"), Some(1.0));
@@ -285,10 +312,14 @@ mod tests {
     #[test]
     fn ratios_are_rust_over_the_others() {
         let run = |r: f64, e: u64| json!({"rate": r, "errors": e, "error_detail": {"e": e}});
-        let runs: Vec<(String, Value)> =
-            [("q", 200.0, 0), ("rust", 100.0, 1), ("q", 200.0, 0), ("rust", 300.0, 0)]
-                .map(|(n, r, e)| (n.to_owned(), run(r, e)))
-                .to_vec();
+        let runs: Vec<(String, Value)> = [
+            ("q", 200.0, 0),
+            ("rust", 100.0, 1),
+            ("q", 200.0, 0),
+            ("rust", 300.0, 0),
+        ]
+        .map(|(n, r, e)| (n.to_owned(), run(r, e)))
+        .to_vec();
         let names = ["q".to_owned(), "rust".to_owned()];
         let s = compare("t", json!({}), "shape", &names, &runs, &["rate", "x"], &[]);
         let v: Value = serde_json::from_str(&s.json).unwrap();
@@ -296,7 +327,10 @@ mod tests {
             (&v["median"]["rust"]["rate"], &v["ratio"]["rust/q"]["rate"]),
             (&json!(200.0), &json!(1.0))
         );
-        assert_eq!((&v["errors"]["rust"], &v["rounds"]["rust"]), (&json!(1), &json!(2)));
+        assert_eq!(
+            (&v["errors"]["rust"], &v["rounds"]["rust"]),
+            (&json!(1), &json!(2))
+        );
         assert!(s.table.contains("200 [100..300]"), "{}", s.table);
     }
 }

@@ -63,8 +63,13 @@ impl super::Gen for Options {
         let mut sessions = Vec::new();
         let t0 = Instant::now();
         for (name, n) in [("big", self.points), ("small", self.small)] {
-            let token =
-                crate::mint(&secret, &format!("wake-{tag}-{name}"), "enterprise", None, 7200)?;
+            let token = crate::mint(
+                &secret,
+                &format!("wake-{tag}-{name}"),
+                "enterprise",
+                None,
+                7200,
+            )?;
             let id = block_on(fill(&s.url, &token, n))??;
             sessions.push((name, id, token, n as u64));
         }
@@ -110,11 +115,21 @@ async fn fill(base: &str, token: &str, n: usize) -> Result<String> {
             .map(|i| json!({"id": format!("p{i}"), "kind": "bench", "value": i}))
             .collect();
         let url = format!("{base}/v1/sessions/{id}/points");
-        match send(client.post(url).bearer_auth(token).json(&json!({ "points": batch }))).await {
+        match send(
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "points": batch })),
+        )
+        .await
+        {
             Ok(r) if r.status == 200 => sent += batch.len(),
             // The owner's api rate (enterprise: 100/s after a burst of 1000).
             Ok(r) if r.status == 429 => {
-                let wait = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let wait = r
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             Ok(r) => bail!("POST points: {}", r.head()),
@@ -127,7 +142,10 @@ async fn fill(base: &str, token: &str, n: usize) -> Result<String> {
 /// Joins, awaits the welcome, sends one point and awaits its ack:
 /// `[connect to welcome, send to ack, connect to ack]` in ms.
 async fn wake(base: &str, id: &str, token: &str, stored: u64, point: &str) -> Result<[f64; 3]> {
-    let url = format!("ws{}/v1/sessions/{id}/ws?token={token}", base.trim_start_matches("http"));
+    let url = format!(
+        "ws{}/v1/sessions/{id}/ws?token={token}",
+        base.trim_start_matches("http")
+    );
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
     let t0 = Instant::now();
     let run = async {
@@ -147,7 +165,9 @@ async fn wake(base: &str, id: &str, token: &str, stored: u64, point: &str) -> Re
                 Some("ack") if v["id"] != point => {}
                 Some("ack") if v["seq"] != stored + 1 => bail!("ack_seq_not_next"),
                 Some("ack") => {
-                    let (w, s) = welcome.zip(sent).ok_or_else(|| anyhow!("ack_before_welcome"))?;
+                    let (w, s) = welcome
+                        .zip(sent)
+                        .ok_or_else(|| anyhow!("ack_before_welcome"))?;
                     let _ = ws.close(None).await;
                     return Ok([w, ms(s), ms(t0)]);
                 }
