@@ -291,19 +291,17 @@ impl ListQuery {
     pub fn answer(&self, rows: impl IntoIterator<Item = Value>) -> Result<SessionList, RowError> {
         let mut found = rows
             .into_iter()
-            .map(|r| {
-                let copy = col_int(&r, "copy").unwrap_or(0);
-                Ok((col_int(&r, "started_ms")?, session_from_row(&r)?, copy))
-            })
-            .collect::<Result<Vec<(Millis, SessionSummary, i64)>, RowError>>()?;
-        // Newest first; of a session found in two copies (a move under way)
-        // the yearly one, which later writes go to.
-        found.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)).then(a.2.cmp(&b.2)));
+            .map(|r| Ok((col_int(&r, "started_ms")?, session_from_row(&r)?)))
+            .collect::<Result<Vec<(Millis, SessionSummary)>, RowError>>()?;
+        // Newest first. A session is found once (a month's statement skips
+        // what its year table already has); the dedup keeps the answer
+        // right even if a caller passes rows twice.
+        found.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)));
         found.dedup_by(|a, b| a.1.id == b.1.id);
         let more = found.len() > self.limit as usize;
         found.truncate(self.limit as usize);
         let next_cursor = match found.last() {
-            Some((t, s, _)) if more => Some(encode_cursor(&CursorBody {
+            Some((t, s)) if more => Some(encode_cursor(&CursorBody {
                 v: CURSOR_VERSION,
                 t: *t,
                 i: s.id.clone(),
@@ -314,7 +312,7 @@ impl ListQuery {
             _ => None,
         };
         Ok(SessionList {
-            sessions: found.into_iter().map(|(_, s, _)| s).collect(),
+            sessions: found.into_iter().map(|(_, s)| s).collect(),
             next_cursor,
         })
     }
@@ -333,8 +331,7 @@ const SESSION_COLUMNS: [&str; 9] = [
     "point_count",
 ];
 
-// One table pair: read in index order and stopped after the limit. `copy`
-// ranks the yearly copy of a session first (it wins during a move).
+// One table pair: read in index order and stopped after the limit.
 // A month whose year table exists (a move under way) leaves out the
 // sessions the year table already has, so the newer copy is the one listed
 // and filtered by status.
@@ -343,12 +340,8 @@ fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
         .iter()
         .map(|c| format!("s.{c} AS {c}"))
         .collect();
-    let copy = match span {
-        Span::Year(_) => 0,
-        Span::Month(_) => 1,
-    };
     format!(
-        "SELECT m.started_at AS started_ms, {copy} AS copy, {cols} FROM {members} AS m \
+        "SELECT m.started_at AS started_ms, {cols} FROM {members} AS m \
          JOIN {sessions} AS s ON s.id = m.session_id \
          WHERE m.user_id = ?1 AND m.started_at >= ?2 \
          AND (m.started_at, m.session_id) < (?3, ?4){status}{shadow} \

@@ -580,26 +580,38 @@ pub(crate) mod testdb {
         }
     }
 
-    /// Runs one statement; rows as D1 gives them.
+    /// Runs one statement; rows as D1 gives them. Panics on an SQL error.
     pub fn run(db: &Connection, st: &Statement) -> Vec<Value> {
+        try_run(db, st).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs one statement, checking D1's limits (which panic: a statement
+    /// D1 would refuse is a bug); an SQL error is an `Err`.
+    pub fn try_run(db: &Connection, st: &Statement) -> Result<Vec<Value>, String> {
+        assert!(st.params.len() <= 100, "D1 binds at most 100 parameters");
+        assert!(st.sql.len() <= 100_000, "D1 statements are at most 100 KB");
+        // D1 refuses compound SELECTs of more than a few terms.
+        assert!(
+            st.sql.matches(" UNION ").count() <= 4,
+            "too many terms in compound SELECT: {}",
+            st.sql
+        );
         let mut stmt = db
             .prepare(&st.sql)
-            .unwrap_or_else(|e| panic!("{e}: {}", st.sql));
+            .map_err(|e| format!("{e}: {}", st.sql))?;
         assert_eq!(
             stmt.parameter_count(),
             st.params.len(),
             "parameter count of {}",
             st.sql
         );
-        assert!(st.params.len() <= 100, "D1 binds at most 100 parameters");
-        assert!(st.sql.len() <= 100_000, "D1 statements are at most 100 KB");
         let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         let params: Vec<Sql> = st.params.iter().map(to_sql).collect();
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params))
-            .unwrap_or_else(|e| panic!("{e}: {}", st.sql));
+            .map_err(|e| format!("{e}: {}", st.sql))?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next().unwrap_or_else(|e| panic!("{e}: {}", st.sql)) {
+        while let Some(row) = rows.next().map_err(|e| format!("{e}: {}", st.sql))? {
             let mut obj = Map::new();
             for (i, name) in names.iter().enumerate() {
                 let v = match row.get_ref(i).expect("column") {
@@ -613,7 +625,7 @@ pub(crate) mod testdb {
             }
             out.push(Value::Object(obj));
         }
-        out
+        Ok(out)
     }
 
     /// A tiny deterministic PRNG (xorshift64*), so seeded tests repeat.

@@ -400,10 +400,13 @@ impl QuotaCore {
             .ok_or_else(|| ApiError::Validation(format!("unknown plan {name:?}")))
     }
 
-    fn remember(&mut self, plan: &str) {
-        if self.last_plan.as_deref() != Some(plan) {
-            self.last_plan = Some(plan.to_owned());
+    // Answers whether the plan changed (the state then needs storing).
+    fn remember(&mut self, plan: &str) -> bool {
+        if self.last_plan.as_deref() == Some(plan) {
+            return false;
         }
+        self.last_plan = Some(plan.to_owned());
+        true
     }
 
     /// Carries out one call for `subject` at `now`. Synchronous from read
@@ -415,13 +418,16 @@ impl QuotaCore {
         plans: &Plans,
         now: Millis,
     ) -> Result<Reply, ApiError> {
-        let before = self.clone();
+        // The counters are `Copy`: comparing them is cheaper than cloning
+        // the whole core (this runs for every request's charge).
+        let before = self.state;
+        let mut plan_changed = false;
         let mut reply = match call {
             QuotaCall::Charge { plan: name } => {
                 let plan = Self::plan(plans, name)?;
                 let d = self.state.check(&plan, Resource::Api, 1, now);
                 if d.allowed {
-                    self.remember(name);
+                    plan_changed = self.remember(name);
                 }
                 let h = self.state.api_headers(&plan, now);
                 let mut headers = vec![("ratelimit-policy", h.policy()), ("ratelimit", h.limit())];
@@ -450,7 +456,7 @@ impl QuotaCore {
                 let plan = Self::plan(plans, name)?;
                 let mut d = self.state.check(&plan, *resource, *cost, now);
                 if d.allowed {
-                    self.remember(name);
+                    plan_changed = self.remember(name);
                 } else {
                     d.error = Some(refusal(*resource));
                 }
@@ -482,7 +488,7 @@ impl QuotaCore {
                 Reply::json(200, &serde_json::json!({ "plan": plan }))?
             }
         };
-        reply.changed = *self != before;
+        reply.changed = plan_changed || self.state != before;
         Ok(reply)
     }
 

@@ -91,7 +91,6 @@ pub(crate) mod mem {
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
 
-    use rusqlite::types::{Value as Sql, ValueRef};
     use rusqlite::Connection;
     use serde_json::{Map, Value};
 
@@ -170,54 +169,9 @@ pub(crate) mod mem {
         }
     }
 
-    fn to_sql(v: &Value) -> Sql {
-        match v {
-            Value::Null => Sql::Null,
-            Value::Bool(b) => Sql::Integer(i64::from(*b)),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => Sql::Integer(i),
-                None => Sql::Real(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => Sql::Text(s.clone()),
-            other => Sql::Text(other.to_string()),
-        }
-    }
-
-    /// Runs one statement, checking D1's limits; an SQL error is an `Err`.
+    /// Runs one statement as D1 would (the shared test runner).
     pub fn run(db: &Connection, st: &Statement) -> Result<Vec<Value>, String> {
-        assert!(st.params.len() <= 100, "D1 binds at most 100 parameters");
-        assert!(st.sql.len() <= 100_000, "D1 statements are at most 100 KB");
-        // D1 refuses compound SELECTs of more than a few terms.
-        assert!(
-            st.sql.matches(" UNION ").count() <= 4,
-            "too many terms in compound SELECT: {}",
-            st.sql
-        );
-        let mut stmt = db
-            .prepare(&st.sql)
-            .map_err(|e| format!("{e}: {}", st.sql))?;
-        assert_eq!(stmt.parameter_count(), st.params.len(), "{}", st.sql);
-        let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-        let params: Vec<Sql> = st.params.iter().map(to_sql).collect();
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params))
-            .map_err(|e| format!("{e}: {}", st.sql))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| format!("{e}: {}", st.sql))? {
-            let mut obj = Map::new();
-            for (i, name) in names.iter().enumerate() {
-                let v = match row.get_ref(i).expect("column") {
-                    ValueRef::Null => Value::Null,
-                    ValueRef::Integer(i) => Value::from(i),
-                    ValueRef::Real(f) => Value::from(f),
-                    ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
-                    ValueRef::Blob(_) => panic!("blob column {name}"),
-                };
-                obj.insert(name.clone(), v);
-            }
-            out.push(Value::Object(obj));
-        }
-        Ok(out)
+        crate::core::partition::testdb::try_run(db, st)
     }
 
     fn killed() -> LifecycleError {

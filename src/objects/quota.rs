@@ -57,17 +57,26 @@ impl QuotaDO {
             .plans
             .as_ref()
             .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
-        let mut core = self.load()?;
+        self.load()?;
+        let mut guard = self.core.borrow_mut();
+        let core = guard
+            .as_mut()
+            .ok_or_else(|| ApiError::Internal("quota not loaded".into()))?;
         let reply = core.apply(&caller.user, &call, plans, now_ms())?;
         if reply.changed {
-            self.save(&core)?;
+            if let Err(e) = self.save(core) {
+                // Memory must not run ahead of storage: read it again.
+                *guard = None;
+                return Err(e);
+            }
         }
         Ok(answer(reply))
     }
 
-    fn load(&self) -> Result<QuotaCore, ApiError> {
-        if let Some(c) = &*self.core.borrow() {
-            return Ok(c.clone());
+    /// Reads the subject's state once per object lifetime.
+    fn load(&self) -> Result<(), ApiError> {
+        if self.core.borrow().is_some() {
+            return Ok(());
         }
         self.sql
             .exec(
@@ -87,8 +96,8 @@ impl QuotaDO {
             },
             None => QuotaCore::default(),
         };
-        *self.core.borrow_mut() = Some(core.clone());
-        Ok(core)
+        *self.core.borrow_mut() = Some(core);
+        Ok(())
     }
 
     fn save(&self, core: &QuotaCore) -> Result<(), ApiError> {
@@ -100,7 +109,6 @@ impl QuotaDO {
                 vec![text.into(), core.last_plan.clone().into()],
             )
             .map_err(internal)?;
-        *self.core.borrow_mut() = Some(core.clone());
         Ok(())
     }
 }
