@@ -15,7 +15,7 @@ use crate::config::{AllowedOrigins, Plans};
 use crate::core::presence::{shard_name, shard_of};
 use crate::core::quota::H_RETRY_AFTER_MS;
 use crate::error::ApiError;
-use crate::http::{self, internal, Binding, Caller, Hop, H_REQUEST_ID};
+use crate::http::{self, internal, Answer, Binding, Caller, Hop, H_REQUEST_ID};
 use crate::ids;
 use crate::reads;
 use crate::route::{self, Route};
@@ -203,13 +203,18 @@ impl Gateway<'_> {
             Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                hop.presence(me, PresenceCall::Heartbeat { body }).await
+                let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await;
+                answer.map(Answer::into_response)
             }
-            Route::GetPresence(user) => hop.presence(&user, presence_get(&user)).await,
+            Route::GetPresence(user) => hop
+                .presence(&user, presence_get(&user))
+                .await
+                .map(Answer::into_response),
             Route::BatchPresence => self.batch_presence(url, caller).await,
             Route::GetQuota => {
                 let plan = caller.plan.clone();
-                hop.quota(me, QuotaCall::Overview { plan }).await
+                let answer = hop.quota(me, QuotaCall::Overview { plan }).await;
+                answer.map(Answer::into_response)
             }
             Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
             Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
@@ -244,7 +249,7 @@ impl Gateway<'_> {
                 }
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
                 let (subject, call) = quota_call(&route, &body)?;
-                hop.quota(&subject, call).await
+                hop.quota(&subject, call).await.map(Answer::into_response)
             }
         }
     }
@@ -374,17 +379,16 @@ impl Gateway<'_> {
     /// with nothing else done for it.
     async fn charge(&mut self, caller: &Caller) -> Result<(), ApiError> {
         let plan = caller.plan.clone();
-        let resp = self
+        let answer = self
             .hop(caller)
             .quota(&caller.user, QuotaCall::Charge { plan })
             .await?;
-        let h = resp.headers();
-        let header = |name: &str| h.get(name).ok().flatten();
+        let header = |name: &str| answer.header(name).map(str::to_owned);
         self.rate = header("ratelimit-policy").zip(header("ratelimit"));
-        match resp.status_code() {
+        match answer.status {
             204 => Ok(()),
             429 => Err(ApiError::RateLimited {
-                retry_after_ms: header(H_RETRY_AFTER_MS).and_then(|v| v.parse().ok()),
+                retry_after_ms: answer.header(H_RETRY_AFTER_MS).and_then(|v| v.parse().ok()),
             }),
             s => Err(ApiError::Unavailable(format!("quota charge answered {s}"))),
         }
@@ -397,11 +401,11 @@ impl Gateway<'_> {
             cost: 1,
             plan: caller.plan.clone(),
         };
-        let mut resp = self.hop(caller).quota(&caller.user, call).await?;
-        match resp.status_code() {
+        let answer = self.hop(caller).quota(&caller.user, call).await?;
+        match answer.status {
             200 => Ok(()),
             429 => {
-                let d: QuotaDecision = resp.json().await.map_err(internal)?;
+                let d: QuotaDecision = answer.parse()?;
                 Err(ApiError::QuotaExceeded {
                     message: "monthly sessions quota exceeded".into(),
                     retry_after_ms: d.retry_after_ms,
@@ -526,14 +530,14 @@ impl Gateway<'_> {
                 let call = PresenceCall::Batch {
                     users: users.clone(),
                 };
-                let mut resp = hop.presence(&shard_name(n), call).await?;
-                if resp.status_code() != 200 {
+                let answer = hop.presence(&shard_name(n), call).await?;
+                if answer.status != 200 {
                     return Err(ApiError::Internal(format!(
                         "presence shard answered {}",
-                        resp.status_code()
+                        answer.status
                     )));
                 }
-                let views: Vec<serde_json::Value> = resp.json().await.map_err(internal)?;
+                let views: Vec<serde_json::Value> = answer.parse()?;
                 Ok(users.into_iter().zip(views).collect::<Vec<_>>())
             }
         });

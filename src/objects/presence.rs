@@ -9,12 +9,13 @@ use std::cell::{Cell, RefCell};
 
 use serde::Deserialize;
 use sesh_protocol::{parse_body, Heartbeat};
+use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
-use crate::calls::{PresenceCall, SessionCall};
+use crate::calls::{PresenceCall, SessionCall, Wire};
 use crate::core::presence::{shard_name, shard_of, PresenceCore, PresenceState, ShardCore};
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller, Hop};
+use crate::http::{self, internal, Answer, Caller, Hop};
 use crate::time::{now_ms, Millis};
 
 #[derive(Deserialize)]
@@ -60,8 +61,15 @@ impl DurableObject for PresenceDO {
         }
     }
 
-    async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        Ok(http::respond(self.handle(req).await))
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let answer = match http::read_wire(&mut req).await {
+            Ok(wire) => match Caller::read(&req) {
+                Ok(caller) => self.handle(wire, &caller).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        Ok(Answer::of(answer).into_response())
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -73,9 +81,25 @@ impl DurableObject for PresenceDO {
     }
 }
 
+#[wasm_bindgen(wasm_bindgen_futures = ::worker::wasm_bindgen_futures)]
 impl PresenceDO {
-    async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
-        let call = PresenceCall::from_wire(http::read_wire(&mut req).await?)?;
+    /// One call over JS RPC (the arguments of `http::Hop`'s RPC call).
+    pub async fn rpc(
+        &self,
+        path: String,
+        user: String,
+        plan: String,
+        service: bool,
+        body: Option<Vec<u8>>,
+    ) -> JsValue {
+        let (wire, caller) = http::rpc_received(path, user, plan, service, body);
+        http::rpc_answer(Answer::of(self.handle(wire, &caller).await))
+    }
+}
+
+impl PresenceDO {
+    async fn handle(&self, wire: Wire, caller: &Caller) -> Result<Answer, ApiError> {
+        let call = PresenceCall::from_wire(wire)?;
         self.load()?;
         let now = now_ms();
         match call {
@@ -85,17 +109,16 @@ impl PresenceDO {
                     Some((_, c)) => c.view(&user_id, now),
                     None => self.fresh().view(&user_id, now),
                 };
-                http::json(200, &view)
+                Answer::json(200, &view)
             }
             PresenceCall::Heartbeat { body } => {
-                let caller = Caller::read(&req)?;
                 let beat: Heartbeat = parse_body(&body)?;
                 let (view, state) = self.update(&caller.user, |c| {
                     c.heartbeat(beat.status, beat.activity, now)
                 })?;
                 self.publish(&caller.user, state).await;
                 self.schedule().await?;
-                http::json(200, &view)
+                Answer::json(200, &view)
             }
             PresenceCall::Conn {
                 user_id,
@@ -112,12 +135,12 @@ impl PresenceDO {
                 })?;
                 self.publish(&user_id, state).await;
                 self.schedule().await?;
-                http::json(200, &view)
+                Answer::json(200, &view)
             }
             PresenceCall::Publish { user_id, state } => {
                 let state: PresenceState = serde_json::from_slice(&state).map_err(internal)?;
                 self.shard_publish(&user_id, state)?;
-                http::json(200, &serde_json::json!({}))
+                Answer::json(200, &serde_json::json!({}))
             }
             PresenceCall::Batch { users } => {
                 self.load_shard()?;
@@ -126,7 +149,7 @@ impl PresenceDO {
                     .as_ref()
                     .ok_or_else(|| ApiError::Internal("shard not loaded".into()))?;
                 let views: Vec<_> = users.iter().map(|u| shard.view(u, now)).collect();
-                http::json(200, &views)
+                Answer::json(200, &views)
             }
         }
     }
@@ -147,10 +170,10 @@ impl PresenceDO {
         };
         let shard = shard_name(shard_of(user));
         match hop.presence(&shard, call).await {
-            Ok(r) if r.status_code() == 200 => {}
+            Ok(r) if r.status == 200 => {}
             Ok(r) => http::log_error(
                 "PresenceDO",
-                &ApiError::Unavailable(format!("presence shard answered {}", r.status_code())),
+                &ApiError::Unavailable(format!("presence shard answered {}", r.status)),
             ),
             Err(e) => http::log_error("PresenceDO", &e),
         }

@@ -2,18 +2,20 @@
 //! decides, with the state written to SQLite before the answer leaves (the
 //! runtime's output gate holds the answer until the write is durable).
 //! Every call runs from read to write without an `await`, so concurrent
-//! requests cannot interleave: checks are exact.
+//! requests cannot interleave: checks are exact. Calls arrive over JS RPC
+//! (`rpc`, see `src/entry.mjs`); the fetch handler answers the same calls.
 
 use std::cell::RefCell;
 
 use serde::Deserialize;
+use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
-use crate::calls::QuotaCall;
+use crate::calls::{QuotaCall, Wire};
 use crate::config::Plans;
 use crate::core::quota::{QuotaCore, Reply};
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller};
+use crate::http::{self, internal, Answer, Caller};
 use crate::time::now_ms;
 
 #[derive(Deserialize)]
@@ -41,18 +43,33 @@ impl DurableObject for QuotaDO {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let answer = match http::read_wire(&mut req).await {
-            Ok(wire) => self.handle(&req, wire),
+            Ok(wire) => Caller::read(&req).and_then(|caller| self.handle(wire, &caller)),
             Err(e) => Err(e),
         };
-        Ok(http::respond(answer))
+        Ok(Answer::of(answer).into_response())
+    }
+}
+
+#[wasm_bindgen]
+impl QuotaDO {
+    /// One call over JS RPC (the arguments of `http::Hop`'s RPC call).
+    pub fn rpc(
+        &self,
+        path: String,
+        user: String,
+        plan: String,
+        service: bool,
+        body: Option<Vec<u8>>,
+    ) -> JsValue {
+        let (wire, caller) = http::rpc_received(path, user, plan, service, body);
+        http::rpc_answer(Answer::of(self.handle(wire, &caller)))
     }
 }
 
 impl QuotaDO {
     /// Everything here is synchronous: no other request runs in between.
-    fn handle(&self, req: &Request, wire: crate::calls::Wire) -> Result<Response, ApiError> {
+    fn handle(&self, wire: Wire, caller: &Caller) -> Result<Answer, ApiError> {
         let call = QuotaCall::from_wire(wire)?;
-        let caller = Caller::read(req)?;
         let plans = self
             .plans
             .as_ref()
@@ -113,15 +130,15 @@ impl QuotaDO {
     }
 }
 
-/// The runtime answer for a core reply.
-fn answer(reply: Reply) -> Response {
-    let resp = match reply.body {
-        Some(text) => http::json_text(reply.status, text),
-        None => http::empty(reply.status),
-    };
-    let headers = resp.headers();
-    for (name, value) in &reply.headers {
-        let _ = headers.set(name, value);
+/// The answer for a core reply.
+fn answer(reply: Reply) -> Answer {
+    Answer {
+        status: reply.status,
+        headers: reply
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        body: reply.body,
     }
-    resp
 }

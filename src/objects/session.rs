@@ -29,7 +29,7 @@ use crate::core::session::{
     Settlement, Units, Write,
 };
 use crate::error::ApiError;
-use crate::http::{self, internal, Caller, Hop};
+use crate::http::{self, internal, Answer, Caller, Hop};
 use crate::ids;
 use crate::time::{now_ms, Millis};
 
@@ -567,13 +567,11 @@ impl ActiveSessionDO {
         struct PlanAnswer {
             plan: String,
         }
-        let asked = match self
+        let asked = self
             .quota_call(&meta.owner_id, QuotaCall::CurrentPlan)
             .await
-        {
-            Some(mut resp) => resp.json::<PlanAnswer>().await.ok().map(|a| a.plan),
-            None => None,
-        };
+            .and_then(|a| a.parse::<PlanAnswer>().ok())
+            .map(|a| a.plan);
         Ok(asked.unwrap_or(meta.owner_plan))
     }
 
@@ -1040,19 +1038,18 @@ impl ActiveSessionDO {
             plan: plan.to_owned(),
             want,
         };
-        let mut resp = self.quota_call(owner, call).await?;
-        resp.json().await.ok()
+        self.quota_call(owner, call).await?.parse().ok()
     }
 
-    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<Response> {
+    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<Answer> {
         let caller = Caller::internal(subject);
         let hop = Hop {
             env: &self.env,
             caller: &caller,
             request_id: None,
         };
-        let resp = hop.quota(subject, call).await.ok()?;
-        (resp.status_code() == 200).then_some(resp)
+        let answer = hop.quota(subject, call).await.ok()?;
+        (answer.status == 200).then_some(answer)
     }
 
     /// Writes one planned batch to D1 and feeds the outcome to the core.
@@ -1162,7 +1159,7 @@ impl ActiveSessionDO {
                     online: r.online != 0,
                 };
                 let sent = hop.presence(&r.user_id, update).await;
-                if !matches!(sent, Ok(resp) if resp.status_code() == 200) {
+                if !matches!(sent, Ok(a) if a.status == 200) {
                     return Ok(false);
                 }
                 self.sql
