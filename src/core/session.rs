@@ -19,6 +19,7 @@ mod flush;
 mod ids;
 mod membership;
 mod stats;
+pub mod storage;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
@@ -153,16 +154,13 @@ pub struct Row {
     pub json: String,
 }
 
-/// What one storage transaction writes: the points, the units that paid for
-/// them, and the figures of the kinds they changed.
+/// What one storage write holds: the points, which pay their units and
+/// count their figures as they go in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
-    /// New points, in seq order.
+    /// New points, in seq order. Storing them also spends their units and
+    /// counts their values ([`storage`]'s triggers).
     pub points: Vec<Rc<Row>>,
-    /// Units after these points.
-    pub units: Units,
-    /// Figures of the kinds these points changed.
-    pub stats: Vec<(String, KindStats)>,
 }
 
 /// One D1 flush: the seq range, the session row's data, the point count.
@@ -214,7 +212,7 @@ pub enum Decision {
         /// The frame that ends the page.
         then: Rc<str>,
     },
-    /// Store these points, units and figures in one transaction, then
+    /// Store these points (with their units and figures) atomically, then
     /// report with [`SessionCore::stored`] before polling on.
     Store(Write),
     /// Persist the session record.
@@ -397,7 +395,7 @@ impl SessionCore {
                 },
             },
             conns: Conns::default(),
-            ids: IdCache::new(cfg.id_cache),
+            ids: IdCache::new(cfg.id_cache, r.last_seq == 0),
             write: None,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
@@ -437,17 +435,8 @@ impl SessionCore {
         }
         let w = self.write.as_mut().filter(|w| !w.polled)?;
         w.polled = true;
-        let stats = w
-            .stats_before
-            .iter()
-            .filter_map(|(k, _)| self.st.stats.get(k).map(|s| (k.clone(), s)))
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
-            .collect();
         Some(Decision::Store(Write {
             points: w.rows.iter().map(|(_, r)| Rc::clone(r)).collect(),
-            units: self.st.units,
-            stats,
         }))
     }
 
@@ -768,6 +757,9 @@ impl SessionCore {
         }
         if let Some(seq) = self.ids.get(user, id) {
             return Some(seq);
+        }
+        if self.ids.surely_new(user, id) {
+            return None;
         }
         let seq = ids.seq_of(user, id)?;
         self.ids.insert((user.to_owned(), id.to_owned()), seq);

@@ -24,6 +24,7 @@ use crate::config::Plans;
 use crate::core::d1;
 use crate::core::lifecycle::LifecycleConfig;
 use crate::core::quota::Reserved;
+use crate::core::session::storage;
 use crate::core::session::{
     point_frame, Append, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored, SessionCore,
     Settlement, Units, Write,
@@ -81,44 +82,6 @@ pub struct ActiveSessionDO {
     conn_ids: js_sys::WeakMap,
     send_fn: RefCell<Option<js_sys::Function>>,
 }
-
-// `points` is the write-ahead log and the source of reads and replays;
-// client ids are found through the partial index on (user_id, client_id),
-// never loaded whole. `units` and `stats` change in the same transaction
-// as the points that changed them.
-const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS session (\
-  k INTEGER PRIMARY KEY CHECK (k = 0), meta TEXT NOT NULL, meta_version INTEGER NOT NULL, \
-  flushed_meta_version INTEGER NOT NULL DEFAULT 0, flushed_seq INTEGER NOT NULL DEFAULT 0, \
-  units INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS points (\
-  seq INTEGER PRIMARY KEY, client_id TEXT, ts INTEGER NOT NULL, body TEXT NOT NULL, user_id TEXT);
-CREATE TABLE IF NOT EXISTS units (\
-  k INTEGER PRIMARY KEY CHECK (k = 0), day INTEGER NOT NULL, held INTEGER NOT NULL, used INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS stats (\
-  kind TEXT PRIMARY KEY, count INTEGER NOT NULL, sum REAL NOT NULL, min REAL NOT NULL, \
-  max REAL NOT NULL, last REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS presence_outbox (\
-  id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS settle_outbox (\
-  id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, plan TEXT NOT NULL, day INTEGER NOT NULL, \
-  used INTEGER NOT NULL, returned INTEGER NOT NULL);";
-
-// Storage written before client ids were scoped to users: the column is
-// added and filled once, and the stats computed once.
-const MIGRATE_POINTS: &str = "\
-ALTER TABLE points ADD COLUMN user_id TEXT;
-UPDATE points SET user_id = json_extract(body, '$.userId');
-INSERT OR REPLACE INTO stats (kind, count, sum, min, max, last) \
-  SELECT json_extract(body, '$.kind'), COUNT(*), SUM(json_extract(body, '$.value')), \
-  MIN(json_extract(body, '$.value')), MAX(json_extract(body, '$.value')), \
-  (SELECT json_extract(p2.body, '$.value') FROM points p2 \
-   WHERE json_extract(p2.body, '$.kind') = json_extract(points.body, '$.kind') \
-   AND json_extract(p2.body, '$.value') IS NOT NULL ORDER BY p2.seq DESC LIMIT 1) \
-  FROM points WHERE json_extract(body, '$.value') IS NOT NULL GROUP BY json_extract(body, '$.kind');";
-
-const INDEX: &str = "CREATE INDEX IF NOT EXISTS points_by_client ON points (user_id, client_id) \
-  WHERE client_id IS NOT NULL";
 
 /// How long before an undelivered outbox entry is tried again.
 const OUTBOX_RETRY_MS: Millis = 2_000;
@@ -449,15 +412,20 @@ impl ActiveSessionDO {
     /// Creates the tables (and migrates storage written before the
     /// `user_id` column) when they are missing.
     fn prepare_schema(&self) -> Result<(), ApiError> {
-        self.sql.exec(SCHEMA, None).map_err(internal)?;
-        if self
-            .sql
-            .exec("SELECT user_id FROM points LIMIT 0", None)
-            .is_err()
-        {
-            self.sql.exec(MIGRATE_POINTS, None).map_err(internal)?;
+        self.sql.exec(storage::SCHEMA, None).map_err(internal)?;
+        if self.sql.exec(storage::HAS_USER_ID, None).is_err() {
+            self.sql
+                .exec(storage::MIGRATE_USER_ID, None)
+                .map_err(internal)?;
         }
-        self.sql.exec(INDEX, None).map_err(internal)?;
+        if self.sql.exec(storage::HAS_KIND, None).is_err() {
+            self.sql
+                .exec(storage::MIGRATE_KIND, None)
+                .map_err(internal)?;
+        }
+        self.sql
+            .exec(storage::INDEX_AND_TRIGGERS, None)
+            .map_err(internal)?;
         Ok(())
     }
 
@@ -500,12 +468,12 @@ impl ActiveSessionDO {
             .map_err(internal)?;
         let units: Vec<UnitsRow> = self
             .sql
-            .exec("SELECT day, held, used FROM units WHERE k = 0", None)
+            .exec(storage::LOAD_UNITS, None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
         let stats: Vec<StatsRow> = self
             .sql
-            .exec("SELECT kind, count, sum, min, max, last FROM stats", None)
+            .exec(storage::LOAD_STATS, None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
         let mut sockets = HashMap::new();
@@ -935,51 +903,46 @@ impl ActiveSessionDO {
             .map_err(|e| ApiError::Internal(format!("storage transaction failed: {e:?}")))
     }
 
-    /// One write of the core: the points, their units and stats.
+    /// One write of the core: its points, in one statement (the triggers
+    /// spend their units and count their figures in the same statement).
     fn store(&self, w: &Write) -> Result<(), ApiError> {
-        let mut stmts = Vec::with_capacity(w.points.len() + w.stats.len() + 1);
-        for r in &w.points {
-            let p = &r.point;
-            stmts.push((
-                "INSERT INTO points (seq, client_id, ts, body, user_id) VALUES (?, ?, ?, ?, ?)",
-                vec![
-                    sql_seq(p.seq).into(),
-                    p.id.clone().into(),
-                    p.ts.into(),
-                    r.json.as_str().into(),
-                    p.user_id.as_str().into(),
-                ],
-            ));
-        }
-        stmts.push(units_stmt(w.units));
-        for (kind, s) in &w.stats {
-            stmts.push((
-                "INSERT INTO stats (kind, count, sum, min, max, last) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT(kind) DO UPDATE SET count = excluded.count, sum = excluded.sum, \
-                 min = excluded.min, max = excluded.max, last = excluded.last",
-                vec![
-                    kind.as_str().into(),
-                    (s.count as i64).into(),
-                    s.sum.into(),
-                    s.min.into(),
-                    s.max.into(),
-                    s.last.into(),
-                ],
-            ));
-        }
+        let stmt = match &w.points[..] {
+            [r] => {
+                let p = &r.point;
+                (
+                    storage::INSERT_POINT,
+                    vec![
+                        sql_seq(p.seq).into(),
+                        p.id.clone().into(),
+                        p.ts.into(),
+                        r.json.as_str().into(),
+                        p.user_id.as_str().into(),
+                        p.kind.as_str().into(),
+                        p.value.into(),
+                    ],
+                )
+            }
+            rows => (
+                storage::INSERT_POINTS,
+                vec![storage::points_json(rows).into()],
+            ),
+        };
         #[cfg(feature = "test-faults")]
         if w.points
             .iter()
             .any(|r| r.point.kind == crate::faults::FAIL_STORE_KIND)
         {
-            // Fails inside the transaction, after the points went in, so
+            // Fails after the points went in, in the same transaction, so
             // the rollback is what a test sees.
-            stmts.push((
-                "INSERT INTO no_such_table_injected_fault VALUES (1)",
-                Vec::new(),
-            ));
+            return self.atomic(vec![
+                stmt,
+                (
+                    "INSERT INTO no_such_table_injected_fault VALUES (1)",
+                    Vec::new(),
+                ),
+            ]);
         }
-        self.atomic(stmts)
+        self.sql.exec(stmt.0, stmt.1).map(|_| ()).map_err(internal)
     }
 
     fn save_meta(&self, meta: &Meta, version: u64) -> Result<(), ApiError> {
@@ -1219,8 +1182,7 @@ impl ActiveSessionDO {
 
 fn units_stmt(u: Units) -> (&'static str, Vec<SqlStorageValue>) {
     (
-        "INSERT INTO units (k, day, held, used) VALUES (0, ?, ?, ?) \
-         ON CONFLICT(k) DO UPDATE SET day = excluded.day, held = excluded.held, used = excluded.used",
+        storage::SAVE_UNITS,
         vec![u.day.into(), sql_seq(u.held).into(), sql_seq(u.used).into()],
     )
 }

@@ -44,11 +44,6 @@ impl Stats {
         }
     }
 
-    /// The figures of `kind`.
-    pub fn get(&self, kind: &str) -> Option<KindStats> {
-        self.by_kind.get(kind).copied()
-    }
-
     /// Every kind's figures.
     pub fn all(&self) -> &BTreeMap<String, KindStats> {
         &self.by_kind

@@ -53,8 +53,9 @@ struct World {
     stored_day: BTreeMap<u64, Millis>,
     // Seqs of the write just stored: their first ack names the sender.
     fresh: BTreeSet<u64>,
-    units: Units,
-    stats: BTreeMap<String, KindStats>,
+    // The object's SQLite storage, with the adapter's schema and
+    // statements: units and stats are what its triggers made of the points.
+    db: rusqlite::Connection,
     flushed: u64,
     meta_version: u64,
     d1: BTreeSet<u64>,
@@ -82,8 +83,7 @@ impl World {
             storage: BTreeMap::new(),
             stored_day: BTreeMap::new(),
             fresh: BTreeSet::new(),
-            units: Units::default(),
-            stats: BTreeMap::new(),
+            db: storage_db(),
             flushed: 0,
             meta_version: 0,
             d1: BTreeSet::new(),
@@ -141,14 +141,14 @@ impl World {
                 Decision::Reserve { want, .. } => self.reservations.push(want),
                 Decision::Store(w) => self.store(w),
                 Decision::SaveMeta { version, .. } => self.meta_version = version,
-                Decision::SaveUnits(u) => self.units = u,
+                Decision::SaveUnits(u) => self.save_units(u),
                 Decision::Settle {
                     settlement, units, ..
                 } => {
                     *self.settled_used.entry(settlement.day).or_default() += settlement.used;
                     *self.settled_returned.entry(settlement.day).or_default() +=
                         settlement.returned;
-                    self.units = units;
+                    self.save_units(units);
                 }
                 Decision::Flush(job) => {
                     let ok = !self.fail_flushes || self.rng.below(3) != 0;
@@ -201,9 +201,19 @@ impl World {
             );
             self.stored_day.insert(r.point.seq, day_of(self.now));
         }
-        self.units = w.units;
-        for (k, s) in w.stats {
-            self.stats.insert(k, s);
+        // Both of the adapter's statements: one point, or many at once.
+        if let [r] = &w.points[..] {
+            let p = &r.point;
+            self.db
+                .execute(
+                    storage::INSERT_POINT,
+                    rusqlite::params![p.seq, p.id, p.ts, r.json, p.user_id, p.kind, p.value],
+                )
+                .unwrap();
+        } else {
+            self.db
+                .execute(storage::INSERT_POINTS, [storage::points_json(&w.points)])
+                .unwrap();
         }
         self.core.stored(true, self.now);
     }
@@ -373,10 +383,10 @@ impl World {
                 .collect(),
             meta_version: self.meta_version,
             flushed_meta_version: 0,
-            units: self.units,
-            stats: self.stats.clone(),
+            units: self.stored_units(),
+            stats: self.stored_stats(),
         };
-        let (a, b) = (self.units, self.core.units());
+        let (a, b) = (self.stored_units(), self.core.units());
         assert_eq!(
             (a.held, a.used),
             (b.held, b.used),
@@ -387,6 +397,52 @@ impl World {
         }
         self.reservations.clear();
         self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
+    }
+}
+
+fn storage_db() -> rusqlite::Connection {
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    db.execute_batch(storage::SCHEMA).unwrap();
+    db.execute_batch(storage::INDEX_AND_TRIGGERS).unwrap();
+    db
+}
+
+impl World {
+    fn save_units(&self, u: Units) {
+        self.db
+            .execute(storage::SAVE_UNITS, (u.day, u.held, u.used))
+            .unwrap();
+    }
+
+    fn stored_units(&self) -> Units {
+        self.db
+            .query_row(storage::LOAD_UNITS, [], |r| {
+                Ok(Units {
+                    day: r.get(0)?,
+                    held: r.get(1)?,
+                    used: r.get(2)?,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    fn stored_stats(&self) -> BTreeMap<String, KindStats> {
+        let mut q = self.db.prepare(storage::LOAD_STATS).unwrap();
+        q.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                KindStats {
+                    count: r.get(1)?,
+                    sum: r.get(2)?,
+                    min: r.get(3)?,
+                    max: r.get(4)?,
+                    last: r.get(5)?,
+                },
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
     }
 }
 
@@ -433,7 +489,7 @@ fn random_interleavings_keep_the_invariants() {
         // Stats are those of what was stored, in memory and in storage.
         let expected = expected_stats(&w.storage);
         assert_eq!(w.core.view().stats, expected, "seed {seed}");
-        assert_eq!(w.stats, expected, "seed {seed}: stored stats");
+        assert_eq!(w.stored_stats(), expected, "seed {seed}: stored stats");
         // Everyone received each other's points once, in order, while live.
         for (conn, seqs) in &w.received {
             let mut sorted = seqs.clone();
