@@ -1,14 +1,16 @@
 // The Worker's entry module: worker-build's bundle (build/index.js) as it
-// is, except that the objects called over JS RPC are declared here as
-// `DurableObject` subclasses. The runtime offers RPC only on such classes
-// and worker-build's are plain, so each subclass holds the Rust object and
-// forwards to it; a fetch to an object costs about three times the runtime
-// CPU of an RPC call carrying the same data (see `http::Hop`).
+// is, except for the object classes, declared here as `DurableObject`
+// subclasses that hold the Rust object and forward to it:
+// - QuotaDO and PresenceDO serve JS RPC (`rpc`), which the runtime offers
+//   only on such classes; a fetch to an object costs about three times the
+//   runtime CPU of an RPC call carrying the same data (see `http::Hop`).
+// - ActiveSessionDO takes a WebSocket frame synchronously (`frame`) and
+//   returns a promise only when something is left to wait for (`finish`):
+//   most frames need none.
 import { DurableObject } from "cloudflare:workers";
 import * as rust from "../build/index.js";
 
 export default rust.default;
-export const ActiveSessionDO = rust.ActiveSessionDO;
 export const ExportDO = rust.ExportDO;
 
 export class QuotaDO extends DurableObject {
@@ -37,5 +39,27 @@ export class PresenceDO extends DurableObject {
   }
   rpc(path, user, plan, service, body) {
     return this.rust.rpc(path, user, plan, service, body);
+  }
+}
+
+export class ActiveSessionDO extends DurableObject {
+  constructor(ctx, env) {
+    super(ctx, env);
+    this.rust = new rust.ActiveSessionDO(ctx, env);
+  }
+  fetch(request) {
+    return this.rust.fetch(request);
+  }
+  alarm() {
+    return this.rust.alarm();
+  }
+  webSocketMessage(ws, message) {
+    if (this.rust.frame(ws, message)) return this.rust.finish();
+  }
+  webSocketClose(ws, code, reason, wasClean) {
+    return this.rust.webSocketClose(ws, code, reason, wasClean);
+  }
+  webSocketError(ws, error) {
+    return this.rust.webSocketError(ws, error);
   }
 }

@@ -81,6 +81,8 @@ pub struct ActiveSessionDO {
     settling: Cell<bool>,
     conn_ids: js_sys::WeakMap,
     send_fn: RefCell<Option<js_sys::Function>>,
+    // What frames left to wait for (`frame_now`), until `finish` runs it.
+    later: RefCell<Later>,
 }
 
 /// How long before an undelivered outbox entry is tried again.
@@ -189,6 +191,19 @@ struct Later {
 }
 
 impl Later {
+    /// Adds what `other` waits for (failures are logged where they happen).
+    fn merge(&mut self, other: Later) {
+        self.wake = match (self.wake, other.wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.presence |= other.presence;
+        self.settle |= other.settle;
+        self.reserves.extend(other.reserves);
+        self.flushes.extend(other.flushes);
+        self.retire |= other.retire;
+    }
+
     fn is_empty(&self) -> bool {
         self.wake.is_none()
             && !self.presence
@@ -248,6 +263,7 @@ impl DurableObject for ActiveSessionDO {
             settling: Cell::new(false),
             conn_ids: js_sys::WeakMap::new(),
             send_fn: RefCell::new(None),
+            later: RefCell::new(Later::default()),
         }
     }
 
@@ -261,8 +277,12 @@ impl DurableObject for ActiveSessionDO {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> worker::Result<()> {
-        if let Err(e) = self.on_message(&ws, message).await {
-            log_error(&e);
+        let message = match message {
+            WebSocketIncomingMessage::String(t) => JsValue::from_str(&t),
+            WebSocketIncomingMessage::Binary(b) => js_sys::Uint8Array::from(&b[..]).buffer().into(),
+        };
+        if self.frame_now(&ws, &message) {
+            self.finish_frames().await;
         }
         Ok(())
     }
@@ -289,6 +309,20 @@ impl DurableObject for ActiveSessionDO {
         self.alarm_at.set(None);
         self.on_alarm().await;
         Response::ok("")
+    }
+}
+
+#[wasm_bindgen(wasm_bindgen_futures = ::worker::wasm_bindgen_futures)]
+impl ActiveSessionDO {
+    /// A WebSocket frame without a promise (`src/entry.mjs`): true when
+    /// [`ActiveSessionDO::finish`] must run for what it left.
+    pub fn frame(&self, ws: worker::worker_sys::web_sys::WebSocket, message: JsValue) -> bool {
+        self.frame_now(&ws.into(), &message)
+    }
+
+    /// Carries out what frames left to wait for.
+    pub async fn finish(&self) {
+        self.finish_frames().await;
     }
 }
 
@@ -581,28 +615,62 @@ impl ActiveSessionDO {
         Response::from_websocket(pair.client).map_err(internal)
     }
 
-    async fn on_message(
-        &self,
-        ws: &WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<(), ApiError> {
+    /// A frame, carried out as far as it goes without waiting (the core,
+    /// storage, the sends); what must wait (a reservation, a flush, the
+    /// alarm, the outboxes) is left for [`ActiveSessionDO::finish`].
+    /// Returns whether anything was left. Most frames leave nothing, so the
+    /// runtime's handler needs no promise for them (`src/entry.mjs`).
+    fn frame_now(&self, ws: &WebSocket, message: &JsValue) -> bool {
         if let Err(e) = self.load() {
             let _ = ws.close(Some(e.close_code()), Some("server error"));
-            return Err(e);
+            log_error(&e);
+            return false;
         }
         let Some(conn) = self.conn_of(ws) else {
             let _ = ws.close(Some(1011), Some("lost connection state"));
-            return Ok(());
+            return false;
         };
         let now = now_ms();
         let sql = &self.sql;
-        self.feed(|c| match &message {
-            WebSocketIncomingMessage::String(text) => c.on_text(&conn, text, now, &mut SqlIds(sql)),
-            WebSocketIncomingMessage::Binary(b) => c.on_binary(&conn, b.len(), now),
-        })?;
-        // A failed write was told to its sender by the core; the socket
-        // stays open.
-        self.run().await
+        let fed = self.feed(|c| match message.as_string() {
+            Some(text) => c.on_text(&conn, &text, now, &mut SqlIds(sql)),
+            None => {
+                let len = message
+                    .dyn_ref::<js_sys::ArrayBuffer>()
+                    .map_or(0, |b| b.byte_length() as usize);
+                c.on_binary(&conn, len, now)
+            }
+        });
+        if let Err(e) = fed {
+            log_error(&e);
+            return false;
+        }
+        match self.run_sync() {
+            Ok(later) => {
+                // A failed write was told to its sender by the core; the
+                // socket stays open.
+                if let Some(e) = &later.failed {
+                    log_error(e);
+                }
+                if later.is_empty() {
+                    return false;
+                }
+                self.later.borrow_mut().merge(later);
+                true
+            }
+            Err(e) => {
+                log_error(&e);
+                false
+            }
+        }
+    }
+
+    /// Carries out what frames left to wait for.
+    async fn finish_frames(&self) {
+        let later = std::mem::take(&mut *self.later.borrow_mut());
+        if let Err(e) = self.run_later(later).await {
+            log_error(&e);
+        }
     }
 
     async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
@@ -767,9 +835,15 @@ impl ActiveSessionDO {
     /// (quota, D1, alarm, outboxes), so an ack never waits on another
     /// object. A failed write is reported after everything else ran.
     async fn run(&self) -> Result<(), ApiError> {
+        let later = self.run_sync()?;
+        self.run_later(later).await
+    }
+
+    /// Carries out `later`, then whatever that queued, until nothing is
+    /// left.
+    async fn run_later(&self, mut later: Later) -> Result<(), ApiError> {
         let mut failed = None;
         loop {
-            let later = self.run_sync()?;
             if later.failed.is_some() {
                 failed = later.failed.clone();
             }
@@ -799,6 +873,7 @@ impl ActiveSessionDO {
                 self.retire().await?;
                 break;
             }
+            later = self.run_sync()?;
         }
         failed.map_or(Ok(()), Err)
     }
