@@ -1,6 +1,6 @@
 //! Native tests of the session core on a virtual clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -1256,4 +1256,7 @@ fn point_frames_built_from_stored_json_are_the_wire_point_frame() {
     assert_eq!(parsed, ServerFrame::Point(p));
 }
 
+// rusqlite, which runs the object's statements, is a native-only
+// dev-dependency.
+#[cfg(not(target_arch = "wasm32"))]
 mod world;

@@ -3,6 +3,8 @@
 //! partial and failed reservations, day changes, replays, successful and
 //! failed flushes and restarts, with the adapter simulated.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn world_cfg() -> Config {
