@@ -49,15 +49,6 @@ macro_rules! fields {
 }
 pub(crate) use fields;
 
-/// The pairs of [`fields!`] as a `Vec`, to be completed before they
-/// become an object.
-macro_rules! pairs {
-    ($($k:literal: $v:expr),* $(,)?) => {
-        vec![$(($k, serde_json::json!($v))),*]
-    };
-}
-pub(crate) use pairs;
-
 /// A figure of one JSON line by name: a field (booleans count 1 or 0), a
 /// process's CPU (`cpu_<process>_pct`, as summarize.mjs names them), or
 /// workerd's CPU microseconds per ack or per check. A line that says the
