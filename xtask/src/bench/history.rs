@@ -55,7 +55,7 @@ impl super::Gen for Options {
     const TITLE: &'static str = "bench history";
     const FEATURES: Option<&'static str> = Some("test-faults");
 
-    fn shape(&self) -> (String, Value) {
+    fn shape(&self) -> Value {
         let (p, u, m, s, r) = (
             self.points,
             self.users,
@@ -63,12 +63,7 @@ impl super::Gen for Options {
             self.sessions_per_month,
             self.requests,
         );
-        let text =
-            format!("history points={p} users={u} months={m} sessions_per_month={s} requests={r}");
-        (
-            text,
-            json!({"points": p, "users": u, "months": m, "sessions_per_month": s, "requests": r}),
-        )
+        json!({"points": p, "users": u, "months": m, "sessions_per_month": s, "requests": r})
     }
 
     fn metrics(&self) -> &'static str {

@@ -70,13 +70,15 @@ pub struct Options {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench sessions";
 
-    fn shape(&self) -> (String, Value) {
-        let (s, p, secs) = (self.sessions, self.participants, self.seconds);
-        let (w, r) = (self.window, self.rate);
-        let text = format!("sessions={s} participants={p} seconds={secs} window={w} rate={r}");
-        let shape =
-            json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r});
-        (text, shape)
+    fn shape(&self) -> Value {
+        let (s, p, secs, w, r) = (
+            self.sessions,
+            self.participants,
+            self.seconds,
+            self.window,
+            self.rate,
+        );
+        json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r})
     }
 
     fn metrics(&self) -> &'static str {

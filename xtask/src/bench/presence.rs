@@ -162,19 +162,9 @@ const METRICS: &str = "requests_per_s reads_per_s p50_ms p99_ms max_ms errors ra
 impl super::Gen for Options {
     const TITLE: &'static str = "bench presence";
 
-    fn shape(&self) -> (String, Value) {
-        let (u, c, secs, b, k) = (
-            self.users,
-            self.concurrency,
-            self.seconds,
-            self.batch,
-            self.callers(),
-        );
-        let text =
-            format!("presence users={u} concurrency={c} seconds={secs} batch={b} callers={k}");
-        let shape =
-            json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k});
-        (text, shape)
+    fn shape(&self) -> Value {
+        let (u, c, secs, b) = (self.users, self.concurrency, self.seconds, self.batch);
+        json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": self.callers()})
     }
 
     fn metrics(&self) -> &'static str {
@@ -187,7 +177,7 @@ impl super::Gen for Options {
 
     /// Per phase medians over the runs, and the issue's goal: a batch read
     /// of `batch` users costing no more than 3x a single read at p50.
-    fn summarize(&self, _: &[String], runs: &[(String, Value)], problems: &[String]) -> Summary {
+    fn summarize(&self, _: &[String], runs: &[(String, Value)], ok: bool) -> Summary {
         let by_phase: Vec<(String, Value)> = runs
             .iter()
             .filter_map(|(_, v)| Some((v["phase"].as_str()?.to_owned(), v.clone())))
@@ -197,7 +187,7 @@ impl super::Gen for Options {
         let st = Stats::of(&names, &by_phase, &metrics);
         let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
         let p50_ratio = ratio.get("p50_ms").copied();
-        let (heading, shape) = self.shape();
+        let (heading, shape) = (super::Gen::heading(self), self.shape());
         let json = fields! {
             "summary": "bench presence", "shape": shape, "rounds": st.rounds.get("setup"),
             "median": st.median, "min": st.min, "max": st.max,
@@ -205,7 +195,7 @@ impl super::Gen for Options {
             "batch_p99_over_single_p99": ratio.get("p99_ms"),
             "goal": format!("batch of {} p50 <= 3x single p50", self.batch),
             "goal_met": p50_ratio.map(|x| x <= 3.0), "errors": st.errors,
-            "error_detail": st.error_detail, "ok": problems.is_empty(),
+            "error_detail": st.error_detail, "ok": ok,
         };
         let table = st.table(
             &heading,
@@ -496,7 +486,7 @@ mod tests {
         let requests = r[2]["requests_per_s"].as_u64().unwrap();
         assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
         let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
-        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, &[]);
+        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, true);
         assert!(
             s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single")
         );

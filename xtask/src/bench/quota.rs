@@ -248,23 +248,14 @@ impl Checker {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench quota";
 
-    fn shape(&self) -> (String, Value) {
+    fn shape(&self) -> Value {
         let (plan, resource, r) = (self.plan(), self.resource().name(), self.exact());
         if r > 0 {
-            let text = format!(
-                "quota exact R={r} ({} concurrent checks) plan={plan} resource={resource}",
-                2 * r
-            );
-            let shape = json!({"exact_R": r, "fired": 2 * r, "plan": plan, "resource": resource});
-            return (text, shape);
+            return json!({"exact_R": r, "fired": 2 * r, "plan": plan, "resource": resource});
         }
         let (n, c, secs, cost) = (self.subjects, self.concurrency, self.seconds, self.cost);
-        let text = format!(
-            "quota subjects={n} concurrency={c} seconds={secs} plan={plan} resource={resource} cost={cost}"
-        );
-        let shape = json!({"subjects": n, "concurrency": c, "seconds": secs, "plan": plan,
-            "resource": resource, "cost": cost, "callers": self.callers});
-        (text, shape)
+        json!({"subjects": n, "concurrency": c, "seconds": secs, "plan": plan,
+            "resource": resource, "cost": cost, "callers": self.callers})
     }
 
     fn metrics(&self) -> &'static str {

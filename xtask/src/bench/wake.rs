@@ -43,12 +43,8 @@ pub struct Options {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench wake";
 
-    fn shape(&self) -> (String, Value) {
-        let (p, s, t) = (self.points, self.small, self.trials);
-        (
-            format!("wake points={p} small={s} trials={t}"),
-            json!({"points": p, "small": s, "trials": t}),
-        )
+    fn shape(&self) -> Value {
+        json!({"points": self.points, "small": self.small, "trials": self.trials})
     }
 
     fn metrics(&self) -> &'static str {
