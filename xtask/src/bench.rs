@@ -1,23 +1,10 @@
 //! `cargo xtask bench`: the benchmarks of `../shared/bench` with their
-//! generators in Rust, each target served the same way (`serve.mjs`,
-//! inspector off) on a free port with a throw-away state folder:
-//!
-//! - `sessions`: session WebSockets (compare.sh + run.sh + loadgen.mjs),
-//!   the Rust worker beside the JS references, alternately;
-//! - `quota`: `POST /v1/quota/check` (quotagen.mjs), the Rust worker beside
-//!   `quota-ref`, alternately;
-//! - `presence`: presence reads and heartbeats, the Rust worker alone;
-//! - `wake`: a session with many stored points woken from cold beside one
-//!   with few, the Rust worker alone;
-//! - `history`: roll-ups and session lists over local D1, the Rust worker
-//!   alone (built with `test-faults` for its D1 route).
-//!
-//! `loadgen`, `quotagen` and `presencegen` run a generator alone against a
-//! server already running (`--url`). Each run prints `<target> {json}` (one
-//! line per phase for presence), then a summary table on stderr and one
-//! JSON summary line (medians, min, max, ratios of rust to each other
-//! target); the command fails when any run had correctness errors or did
-//! not run.
+//! generators in Rust (see README.md), each target served the same way
+//! (`serve.mjs`, inspector off) on a free port with a throw-away state
+//! folder, or (`loadgen`, `quotagen`, `presencegen`) a generator alone
+//! against a server already running. Each run prints `<target> {json}`,
+//! then a summary table on stderr and one JSON summary line; the command
+//! fails when any run had correctness errors or did not run.
 
 mod drive;
 mod history;
