@@ -32,6 +32,12 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
+/// The wall clock in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    d.map_or(0, |d| d.as_millis() as i64)
+}
+
 /// `n` random hex digits, for run tags and fresh ids.
 pub fn tag(n: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..n].to_owned()

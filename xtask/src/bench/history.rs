@@ -66,7 +66,7 @@ impl super::Gen for Options {
 
 impl Options {
     async fn run_on(&self, base: &str, secret: &str) -> Result<String> {
-        let (c, tag, now) = (drive::client()?, drive::tag(6), now_ms());
+        let (c, tag, now) = (drive::client()?, drive::tag(6), drive::now_ms());
         let mut errors = Errors::new();
         let mut check = |ok: bool, code: &str| (!ok).then(|| fail(&mut errors, code));
         let month = |back: i64| Month::from_index(Month::of(now).index() - back);
@@ -182,11 +182,6 @@ impl Options {
 
 /// Two kinds, so that the roll-up groups by kind too.
 const KINDS: [&str; 2] = ["a", "b"];
-
-fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    d.map_or(0, |d| d.as_millis() as i64)
-}
 
 /// One roll-up run as of `now`, the scheduled handler's:
 /// `GET /cdn-cgi/handler/scheduled` (`via` "scheduled"), or, where the

@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use futures_util::future::join_all;
@@ -125,6 +125,8 @@ enum Phase {
 #[derive(Default)]
 struct Part {
     user_id: String,
+    /// Where it joins (with `?token=` or `?user=`).
+    url: String,
     /// `(n, sent at)` of the points in flight.
     inflight: Vec<(usize, f64)>,
     /// Per point sent (index n): the seq its ack gave, and the seq its
@@ -338,7 +340,8 @@ async fn pump(sh: &Shared, s: usize, p: usize, next_at: &mut f64, ws: &mut Ws) {
 }
 
 /// One participant's connection, from the upgrade to the close.
-async fn connection(sh: &Shared, s: usize, p: usize, url: String) {
+async fn connection(sh: &Shared, s: usize, p: usize) {
+    let url = sh.state.borrow().sessions[s].parts[p].url.clone();
     let join_by = tokio::time::Instant::now() + Duration::from_secs_f64(sh.opts.connect_timeout);
     let mut phase = sh.phase.subscribe();
     // Frames here are ~200 bytes; tungstenite zeroes its whole read buffer
@@ -439,7 +442,7 @@ fn error_code(e: &tungstenite::Error) -> String {
             .split(['(', ' '])
             .next()
             .unwrap_or("other")
-            .to_owned(),
+            .into(),
     }
 }
 
@@ -450,22 +453,18 @@ fn error_code(e: &tungstenite::Error) -> String {
 /// `watch_pids` are the server's processes whose CPU is reported. Returns
 /// loadgen.mjs' JSON line.
 pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> Result<String> {
-    let port = super::port_of(url)?;
-    let tag = drive::tag(6);
+    let (port, tag) = (super::port_of(url)?, drive::tag(6));
     let prefix = opts
         .user_prefix
         .clone()
         .unwrap_or_else(|| format!("bench-{tag}"));
-    let (mut sessions, mut urls) = (Vec::new(), Vec::new());
+    let mut state = State::default();
     for s in 0..opts.sessions {
-        let users: Vec<String> = (0..opts.participants)
-            .map(|p| format!("{prefix}-s{s}-p{p}"))
-            .collect();
+        let user = |p| format!("{prefix}-s{s}-p{p}");
+        let users: Vec<String> = (0..opts.participants).map(user).collect();
         let mint = |u: &String| secret.map(|k| crate::mint(k, u, "enterprise", None, 3600));
-        let tokens = users
-            .iter()
-            .map(|u| mint(u).transpose())
-            .collect::<Result<Vec<_>>>()?;
+        let tokens = users.iter().map(|u| mint(u).transpose());
+        let tokens = tokens.collect::<Result<Vec<_>>>()?;
         let id = match &tokens[0] {
             Some(t) if opts.create_sessions => {
                 block_on(create_session(url, t, &format!("bench {s}"), &users[1..]))??
@@ -473,36 +472,28 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
             _ => uuid::Uuid::now_v7().to_string(),
         };
         let ws = format!("ws{}/v1/sessions/{id}/ws", url.trim_start_matches("http"));
-        let query = |(u, t): (&String, &Option<String>)| match t {
-            Some(t) => format!("{ws}?token={t}"),
-            None => format!("{ws}?user={u}"),
-        };
-        urls.push(users.iter().zip(&tokens).map(query).collect::<Vec<_>>());
-        let parts = users.into_iter().map(|user_id| Part {
-            user_id,
-            ..Part::default()
-        });
-        sessions.push(Session {
-            parts: parts.collect(),
-            ..Session::default()
-        });
+        let mut session = Session::default();
+        for (user_id, token) in users.into_iter().zip(tokens) {
+            let url = match token {
+                Some(t) => format!("{ws}?token={t}"),
+                None => format!("{ws}?user={user_id}"),
+            };
+            let mut part = Part::default();
+            (part.user_id, part.url) = (user_id, url);
+            session.parts.push(part);
+        }
+        state.sessions.push(session);
     }
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
     let sh = Shared {
         opts: opts.clone(),
         start: Instant::now(),
-        wall0_ms: wall.as_secs_f64() * 1000.0,
+        wall0_ms: drive::now_ms() as f64,
         tag,
         phase: watch::Sender::new(Phase::Join),
         window: Cell::new(None),
-        state: RefCell::new(State {
-            sessions,
-            ..State::default()
-        }),
+        state: RefCell::new(state),
     };
-    let cpu = block_on(drive(&sh, urls, (watch_pids, port)))?;
+    let cpu = block_on(drive(&sh, (watch_pids, port)))?;
     Ok(verify(sh, cpu))
 }
 
@@ -525,15 +516,9 @@ pub async fn create_session(
 
 /// Every connection, and the phases: join, send for the window (the CPU
 /// report's window), drain, close.
-async fn drive(
-    sh: &Shared,
-    urls: Vec<Vec<String>>,
-    watch: (&[u32], u16),
-) -> Option<BTreeMap<String, f64>> {
-    let conns = urls.into_iter().enumerate().flat_map(|(s, row)| {
-        let conn = move |(p, url)| connection(sh, s, p, url);
-        row.into_iter().enumerate().map(conn)
-    });
+async fn drive(sh: &Shared, watch: (&[u32], u16)) -> Option<BTreeMap<String, f64>> {
+    let (sessions, parts) = (sh.opts.sessions, sh.opts.participants);
+    let conns = (0..sessions).flat_map(|s| (0..parts).map(move |p| connection(sh, s, p)));
     let control = async {
         let join = Duration::from_secs_f64(sh.opts.connect_timeout + 5.0);
         wait_for(join, || sh.all(|_, p| p.welcome || p.closed)).await;

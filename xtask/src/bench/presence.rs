@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use super::drive::{self, closed_loop, fail, open_all, Tally};
+use super::drive::{self, closed_loop, fail, open_all, Answer, Tally};
 use super::summary::{fields, round_to, spread, Stats, Summary};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
@@ -212,6 +212,8 @@ impl super::Gen for Options {
 /// A user: id, authorization header, when its last accepted heartbeat was
 /// sent.
 type User = (String, String, Cell<Option<Instant>>);
+/// A request: caller, users asked, heartbeat sent at.
+type Job = (usize, Vec<usize>, Instant);
 
 /// Runs setup and the three phases against `url`, with tokens minted
 /// with `secret` (plan enterprise): one JSON line per phase, or one with
@@ -230,12 +232,12 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
             .map(|id| Ok((id.clone(), bearer(&id)?, Cell::new(None))))
             .collect::<Result<Vec<User>>>()?;
         // Callers are the users first, then readers of their own.
+        let caller = |i: usize| match users.get(i) {
+            Some(u) => Ok(u.1.clone()),
+            None => bearer(&format!("{prefix}-c{i}")),
+        };
         let callers = (0..opts.callers())
-            .map(|i| {
-                users
-                    .get(i)
-                    .map_or_else(|| bearer(&format!("{prefix}-c{i}")), |u| Ok(u.1.clone()))
-            })
+            .map(caller)
             .collect::<Result<Vec<String>>>()?;
         let client = drive::client()?;
         drive::block_on(async {
@@ -267,14 +269,10 @@ async fn run_phase(
         "setup" => (120.0, Some(n), opts.drain_seconds),
         _ => (opts.seconds, None, opts.drain_seconds),
     };
-    let present = |u: usize, now: Instant| {
-        users[u]
-            .2
-            .get()
-            .is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
-    };
+    let fresh = |t: Instant, now: Instant| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN;
+    let present = |u: usize, now| users[u].2.get().is_some_and(|t| fresh(t, now));
     let (mut reads, mut rate_limited, mut per_caller) = (0u64, 0u64, vec![0u64; k_callers]);
-    // A request is `(caller, users asked, heartbeat sent at)`.
+    let heartbeat = format!("{url}/v1/presence/heartbeat");
     let next = |i: u64| {
         let k = callers.len() as u64;
         let (caller, asked) = match phase {
@@ -283,62 +281,52 @@ async fn run_phase(
             _ => ((i % n) as usize, vec![(i % n) as usize]),
         };
         let ids: Vec<&str> = asked.iter().map(|&u| users[u].0.as_str()).collect();
-        let (rb, auth) = match phase {
-            "single" => (
-                client.get(format!("{url}/v1/presence/{}", ids[0])),
-                &callers[caller],
-            ),
-            "batch" => (
-                client.get(format!("{url}/v1/presence?users={}", ids.join(","))),
-                &callers[caller],
-            ),
-            _ => {
-                let rb = client.post(format!("{url}/v1/presence/heartbeat"));
-                (
-                    rb.body(r#"{"status":"online","activity":"bench"}"#),
-                    &users[caller].1,
-                )
-            }
+        let rb = match phase {
+            "single" => client.get(format!("{url}/v1/presence/{}", ids[0])),
+            "batch" => client.get(format!("{url}/v1/presence?users={}", ids.join(","))),
+            _ => client
+                .post(&heartbeat)
+                .body(r#"{"status":"online","activity":"bench"}"#),
         };
-        let rb = rb
-            .header("authorization", auth)
-            .header("content-type", "application/json");
-        (rb, (caller, asked, Instant::now()))
+        let auth = if reading {
+            &callers[caller]
+        } else {
+            &users[caller].1
+        };
+        let rb = rb.header("authorization", auth);
+        (
+            rb.header("content-type", "application/json"),
+            (caller, asked, Instant::now()),
+        )
     };
-    let answer =
-        |(caller, asked, sent): (usize, Vec<usize>, Instant), a: &_, counted, t: &mut Tally| {
-            if counted {
-                per_caller[caller] += 1;
+    let answer = |(caller, asked, sent): Job, a: &Answer, counted, t: &mut Tally| {
+        per_caller[caller] += u64::from(counted);
+        let body = match drive::json_200(a) {
+            Ok(b) => b,
+            Err(code) => {
+                rate_limited += u64::from(code == "http_429_rate_limited");
+                return fail(&mut t.errors, &code);
             }
-            let body = match drive::json_200(a) {
-                Ok(b) => b,
-                Err(code) => {
-                    rate_limited += u64::from(code == "http_429_rate_limited");
-                    return fail(&mut t.errors, &code);
-                }
-            };
-            let now = Instant::now();
-            let ids: Vec<&str> = asked.iter().map(|&u| users[u].0.as_str()).collect();
-            let errors = match phase {
-                "batch" => check_batch(&body, &ids, |i| present(asked[i], now)),
-                "single" => check_presence(&body, ids[0], present(asked[0], now))
-                    .err()
-                    .into_iter()
-                    .collect(),
-                _ => {
-                    let e = check_presence(&body, ids[0], true).err();
-                    if e.is_none() {
-                        let hb = &users[caller].2;
-                        hb.set(Some(hb.get().map_or(sent, |h| h.max(sent))));
-                    }
-                    e.into_iter().collect()
-                }
-            };
-            if errors.is_empty() && reading && counted {
-                reads += asked.len() as u64;
-            }
-            errors.into_iter().for_each(|e| fail(&mut t.errors, e));
         };
+        let now = Instant::now();
+        let ids: Vec<&str> = asked.iter().map(|&u| users[u].0.as_str()).collect();
+        let errors = match phase {
+            "batch" => check_batch(&body, &ids, |i| present(asked[i], now)),
+            "single" => Vec::from_iter(check_presence(&body, ids[0], present(asked[0], now)).err()),
+            _ => {
+                let e = check_presence(&body, ids[0], true).err();
+                let hb = &users[caller].2;
+                if e.is_none() {
+                    hb.set(Some(hb.get().map_or(sent, |h| h.max(sent))));
+                }
+                Vec::from_iter(e)
+            }
+        };
+        if errors.is_empty() && reading && counted {
+            reads += asked.len() as u64;
+        }
+        errors.into_iter().for_each(|e| fail(&mut t.errors, e));
+    };
     let mut t = closed_loop(opts.concurrency, until, watch, next, answer).await;
     let secs = match phase {
         "setup" => t.elapsed.as_secs_f64().max(1e-3),
@@ -350,10 +338,9 @@ async fn run_phase(
     let errors: u64 = t.errors.values().sum();
     let show = |x: Option<f64>| x.map_or("-".into(), |x| x.to_string());
     let (requests, rate) = (t.lat.len(), per_s(t.lat.len() as u64));
+    let (p50s, p99s) = (show(p50), show(p99));
     eprintln!(
-        "bench: presence {phase}: {rate} req/s, p50 {} ms, p99 {} ms, {errors} errors",
-        show(p50),
-        show(p99)
+        "bench: presence {phase}: {rate} req/s, p50 {p50s} ms, p99 {p99s} ms, {errors} errors"
     );
     fields! {
         "phase": phase, "requests_per_s": rate,
