@@ -1,23 +1,10 @@
 //! `cargo xtask bench`: the benchmarks of `../shared/bench` with their
-//! generators in Rust, each target served the same way (`serve.mjs`,
-//! inspector off) on a free port with a throw-away state folder:
-//!
-//! - `sessions`: session WebSockets (compare.sh + run.sh + loadgen.mjs),
-//!   the Rust worker beside the JS references, alternately;
-//! - `quota`: `POST /v1/quota/check` (quotagen.mjs), the Rust worker beside
-//!   `quota-ref`, alternately;
-//! - `presence`: presence reads and heartbeats, the Rust worker alone;
-//! - `wake`: a session with many stored points woken from cold beside one
-//!   with few, the Rust worker alone;
-//! - `history`: roll-ups and session lists over local D1, the Rust worker
-//!   alone (built with `test-faults` for its D1 route).
-//!
-//! `loadgen`, `quotagen` and `presencegen` run a generator alone against a
-//! server already running (`--url`). Each run prints `<target> {json}` (one
-//! line per phase for presence), then a summary table on stderr and one
-//! JSON summary line (medians, min, max, ratios of rust to each other
-//! target); the command fails when any run had correctness errors or did
-//! not run.
+//! generators in Rust (see README.md), each target served the same way
+//! (`serve.mjs`, inspector off) on a free port with a throw-away state
+//! folder, or (`loadgen`, `quotagen`, `presencegen`) a generator alone
+//! against a server already running. Each run prints `<target> {json}`,
+//! then a summary table on stderr and one JSON summary line; the command
+//! fails when any run had correctness errors or did not run.
 
 mod drive;
 mod history;
@@ -152,46 +139,40 @@ pub struct Alone {
 pub struct Targets(Vec<String>);
 
 fn targets(v: &str) -> Result<Targets, String> {
-    let t: Vec<String> = v
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if t.is_empty() {
-        return Err("names no target".into());
-    }
-    Ok(Targets(t))
+    let t = v.split([' ', '\t', '\n', ',']).filter(|t| !t.is_empty());
+    let t: Vec<String> = t.map(str::to_owned).collect();
+    checked(&t, |t| !t.is_empty(), "name a target").map(Targets)
 }
 
-/// An integer > 0.
+/// `v` parsed, if `ok` accepts it; else what it `must` be.
+fn checked<T: Clone>(v: &T, ok: fn(&T) -> bool, must: &str) -> Result<T, String> {
+    Some(v.clone())
+        .filter(ok)
+        .ok_or_else(|| format!("must {must}"))
+}
+
+fn parsed<T: Clone + std::str::FromStr>(
+    v: &str,
+    ok: fn(&T) -> bool,
+    must: &str,
+) -> Result<T, String> {
+    checked(&v.parse().map_err(|_| format!("must {must}"))?, ok, must)
+}
+
 fn positive(v: &str) -> Result<usize, String> {
-    v.parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| "must be a positive integer".into())
+    parsed(v, |n| *n > 0, "be a positive integer")
 }
 
-/// A number > 0.
 fn seconds(v: &str) -> Result<f64, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|x| x.is_finite() && *x > 0.0)
-        .ok_or_else(|| "must be a number > 0".into())
+    parsed(v, |x: &f64| x.is_finite() && *x > 0.0, "be a number > 0")
 }
 
-/// A number >= 0.
 fn non_negative(v: &str) -> Result<f64, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|x| x.is_finite() && *x >= 0.0)
-        .ok_or_else(|| "must be a number >= 0".into())
+    parsed(v, |x: &f64| x.is_finite() && *x >= 0.0, "be a number >= 0")
 }
 
 fn non_empty(v: &str) -> Result<String, String> {
-    if v.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(v.to_owned())
+    parsed(v, |s: &String| !s.is_empty(), "not be empty")
 }
 
 /// `http://host[:port]`, without a trailing slash.
@@ -205,9 +186,8 @@ fn http_url(v: &str) -> Result<String, String> {
 
 /// The port of an `http://` URL.
 fn port_of(url: &str) -> Result<u16> {
-    reqwest::Url::parse(url)?
-        .port_or_known_default()
-        .ok_or_else(|| anyhow!("no port in {url}"))
+    let port = reqwest::Url::parse(url)?.port_or_known_default();
+    port.ok_or_else(|| anyhow!("no port in {url}"))
 }
 
 /// A generator's options as its command line has them by default.
@@ -225,27 +205,15 @@ pub struct Served<'a> {
     pub pids: Vec<u32>,
     /// `.dev.vars`' `AUTH_SECRET` when the generator is to mint tokens.
     pub secret: Option<String>,
+    /// The server, when the bench started it (it can be restarted).
     server: Option<&'a mut sesh_launcher::Server>,
 }
 
 impl Served<'_> {
-    /// A server the generator did not start: it cannot be restarted.
-    fn running(url: String, pids: Vec<u32>, secret: Option<String>) -> Served<'static> {
-        Served {
-            url,
-            pids,
-            secret,
-            server: None,
-        }
-    }
-
     /// Kills the runtime and starts it again on the same state (a new
     /// port): every object loads from storage when next called.
     pub fn restart(&mut self) -> Result<()> {
-        let s = self
-            .server
-            .as_mut()
-            .ok_or_else(|| anyhow!("no server to restart"))?;
+        let s = self.server.as_mut().context("no server to restart")?;
         s.crash_and_restart()?;
         (self.url, self.pids) = (s.base.clone(), s.pids());
         Ok(())
@@ -255,9 +223,12 @@ impl Served<'_> {
     pub fn secret(&self) -> Result<&str> {
         self.secret
             .as_deref()
-            .ok_or_else(|| anyhow!("this bench needs the rust target"))
+            .context("this bench needs the rust target")
     }
 }
+
+/// A run's lines, as JSON, and what is wrong with them (see [`check`]).
+pub type Run = (Vec<String>, Vec<Value>, Option<String>);
 
 /// A generator as the benches drive it.
 trait Gen: Clone {
@@ -265,8 +236,8 @@ trait Gen: Clone {
     const TITLE: &'static str;
     /// The Worker's features when the bench serves the rust target.
     const FEATURES: Option<&'static str> = None;
-    /// The run's shape for people and as JSON.
-    fn shape(&self) -> (String, Value);
+    /// The run's shape (its options that matter).
+    fn shape(&self) -> Value;
     /// The figures summarised.
     fn metrics(&self) -> &'static str;
     /// The options and the token secret for one target.
@@ -275,17 +246,21 @@ trait Gen: Clone {
     }
     /// One run: its JSON lines.
     fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>>;
+    /// The shape for people: `quota plan=free resource=points ...`.
+    fn heading(&self) -> String {
+        let pairs = self.shape().as_object().cloned().unwrap_or_default();
+        let show = |v: Value| match v {
+            Value::String(s) => s,
+            v => v.as_f64().map_or(v.to_string(), |x| x.to_string()),
+        };
+        let pairs = pairs.into_iter().map(|(k, v)| format!(" {k}={}", show(v)));
+        Self::TITLE.trim_start_matches("bench ").to_owned() + &pairs.collect::<String>()
+    }
     /// The summary: targets side by side unless a bench has its own.
-    fn summarize(
-        &self,
-        names: &[String],
-        runs: &[(String, Value)],
-        problems: &[String],
-    ) -> Summary {
-        let (heading, shape) = self.shape();
-        let title = Self::TITLE;
+    fn summarize(&self, names: &[String], runs: &[(String, Value)], ok: bool) -> Summary {
         let metrics: Vec<&str> = self.metrics().split_whitespace().collect();
-        summary::compare(title, shape, &heading, names, runs, &metrics, problems)
+        let (title, shape, heading) = (Self::TITLE, self.shape(), self.heading());
+        summary::compare(title, shape, &heading, names, runs, &metrics, ok)
     }
 }
 
@@ -300,21 +275,21 @@ pub fn run(b: Bench) -> Result<()> {
     if cfg!(debug_assertions) && std::env::var_os("SESH_BENCH_DEBUG").is_none() {
         return exec_optimised();
     }
-    let rust = || vec!["rust".to_owned()];
+    let rust = &["rust".to_owned()];
     match b {
         Bench::Sessions {
             servers,
-            targets,
+            targets: t,
             gen,
-        } => with_servers(&servers, &targets.0, &gen),
+        } => with_servers(&servers, &t.0, &gen),
         Bench::Quota {
             servers,
-            targets,
+            targets: t,
             gen,
-        } => with_servers(&servers, &targets.0, &gen),
-        Bench::Presence { servers, gen } => with_servers(&servers, &rust(), &gen),
-        Bench::Wake { servers, gen } => with_servers(&servers, &rust(), &gen),
-        Bench::History { servers, gen } => with_servers(&servers, &rust(), &gen),
+        } => with_servers(&servers, &t.0, &gen),
+        Bench::Presence { servers, gen } => with_servers(&servers, rust, &gen),
+        Bench::Wake { servers, gen } => with_servers(&servers, rust, &gen),
+        Bench::History { servers, gen } => with_servers(&servers, rust, &gen),
         Bench::Loadgen { alone, tokens, gen } => {
             let tokens = tokens || gen.create_sessions;
             alone_run(alone, &gen, tokens)
@@ -333,10 +308,8 @@ fn exec_optimised() -> Result<()> {
     use std::os::unix::process::CommandExt;
     let root = crate::root();
     let target_dir = root.join("target/xtask-bench");
-    eprintln!(
-        "bench: building an optimised xtask into {} (a few minutes the first time)",
-        target_dir.display()
-    );
+    let dir = target_dir.display();
+    eprintln!("bench: building an optimised xtask into {dir} (a few minutes the first time)");
     crate::run(
         Command::new(crate::cargo())
             .current_dir(&root)
@@ -353,52 +326,48 @@ fn exec_optimised() -> Result<()> {
     Err(err).with_context(|| format!("could not run {}", bin.display()))
 }
 
-fn parse_lines(lines: &[String]) -> Result<Vec<Value>> {
-    lines
+/// A run's lines as JSON, and what is wrong with them, if anything.
+fn check(lines: &[String]) -> Result<(Vec<Value>, Option<String>)> {
+    let values = lines
         .iter()
-        .map(|l| serde_json::from_str(l).context("a report line is not JSON"))
-        .collect()
-}
-
-/// What is wrong with a run's lines, if anything.
-fn problem(values: &[Value]) -> Option<String> {
+        .map(|l| serde_json::from_str(l).context("a report line is not JSON"));
+    let values: Vec<Value> = values.collect::<Result<_>>()?;
     let exact = values.iter().any(|v| v["exact_ok"] == false);
-    (!summary::ok(values)).then(|| {
+    let problem = (!summary::ok(&values)).then(|| {
+        let n: u64 = values.iter().map(summary::errors).sum();
+        let exact = if exact { ", exact_ok false" } else { "" };
         format!(
-            "{} correctness errors{} {}",
-            values.iter().map(summary::errors).sum::<u64>(),
-            if exact { ", exact_ok false" } else { "" },
-            json!(summary::error_detail(values))
+            "{n} correctness errors{exact} {}",
+            json!(summary::error_detail(&values, true))
         )
-    })
+    });
+    Ok((values, problem))
 }
 
 /// A generator alone against `--url`: its lines, and for several lines
 /// (presence's phases) their summary; an error says what was wrong.
 fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
-    let secret = if tokens {
-        let root = crate::root();
+    let (root, mut secret) = (crate::root(), None);
+    if tokens {
         crate::setup::dev_vars(&root)?;
-        Some(crate::setup::auth_secret(&root)?)
-    } else {
-        None
-    };
-    let lines = gen.run(&mut Served::running(alone.url, alone.watch_pids, secret))?;
+        secret = Some(crate::setup::auth_secret(&root)?);
+    }
+    let (url, pids) = (alone.url, alone.watch_pids);
+    let lines = gen.run(&mut Served {
+        url,
+        pids,
+        secret,
+        server: None,
+    })?;
     lines.iter().for_each(|l| println!("{l}"));
-    let values = parse_lines(&lines)?;
-    let problems: Vec<String> = problem(&values).into_iter().collect();
+    let (values, problem) = check(&lines)?;
+    let problems: Vec<String> = problem.into_iter().collect();
     if lines.len() > 1 {
-        let runs: Vec<(String, Value)> =
-            values.into_iter().map(|v| ("run".to_owned(), v)).collect();
-        return conclude(
-            &gen.summarize(&["run".to_owned()], &runs, &problems),
-            &problems,
-        );
+        let runs: Vec<(String, Value)> = values.into_iter().map(|v| ("run".into(), v)).collect();
+        let summary = gen.summarize(&["run".to_owned()], &runs, problems.is_empty());
+        return conclude(&summary, &problems);
     }
-    match problems.first() {
-        Some(p) => bail!("{p}"),
-        None => Ok(()),
-    }
+    problems.first().map_or(Ok(()), |p| bail!("{p}"))
 }
 
 /// `rounds` rounds, each target served once per round in the order given:
@@ -411,57 +380,52 @@ fn with_servers<G: Gen>(servers: &Servers, targets: &[String], gen: &G) -> Resul
         .iter()
         .map(|t| serve::Target::resolve(t, &root, &bench))
         .collect::<Result<_>>()?;
-    let secret = match targets.iter().any(|t| t.rust) {
-        true => Some(serve::prepare_rust(&root, G::FEATURES)?),
-        false => None,
-    };
+    let mut secret = None;
+    if targets.iter().any(|t| t.rust) {
+        secret = Some(serve::prepare_rust(&root, G::FEATURES)?);
+    }
     let state_root = serve::state_root(servers.state_root.as_deref());
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    eprintln!(
-        "# {}: targets={} rounds={} {}; state under {}",
-        G::TITLE,
+    let (title, rounds, state) = (G::TITLE, servers.rounds, state_root.display());
+    let shape = format!(
+        "targets={} rounds={rounds} {}",
         names.join(","),
-        servers.rounds,
-        gen.shape().0,
-        state_root.display()
+        gen.heading()
     );
+    eprintln!("# {title}: {shape}; state under {state}");
     let (mut runs, mut problems) = (Vec::new(), Vec::new());
     for round in 1..=servers.rounds {
         for t in &targets {
             let (g, secret) = gen.for_target(t.rust, secret.as_deref());
-            let result = serve::with_server(
-                t,
-                &bench,
-                &state_root,
-                |server| {
-                    let (url, pids) = (server.base.clone(), server.pids());
-                    let mut s = Served {
-                        url,
-                        pids,
-                        secret,
-                        server: Some(server),
-                    };
-                    let lines = g.run(&mut s)?;
-                    Ok((parse_lines(&lines)?, lines))
-                },
-                |(values, _)| summary::ok(values),
-            );
+            let result = serve::with_server(t, &bench, &state_root, |server| {
+                let (url, pids) = (server.base.clone(), server.pids());
+                let lines = g.run(&mut Served {
+                    url,
+                    pids,
+                    secret,
+                    server: Some(server),
+                })?;
+                let (values, problem) = check(&lines)?;
+                Ok((lines, values, problem))
+            });
+            let name = &t.name;
             match result {
-                Ok((values, lines)) => {
-                    lines.iter().for_each(|l| println!("{} {l}", t.name));
-                    if let Some(p) = problem(&values) {
-                        problems.push(format!("{} round {round}: {p}", t.name));
-                    }
-                    runs.extend(values.into_iter().map(|v| (t.name.clone(), v)));
+                Ok((lines, values, problem)) => {
+                    lines.iter().for_each(|l| println!("{name} {l}"));
+                    problems.extend(problem.map(|p| format!("{name} round {round}: {p}")));
+                    runs.extend(values.into_iter().map(|v| (name.clone(), v)));
                 }
                 Err(e) => {
-                    eprintln!("bench: {} round {round}: {e:#}", t.name);
-                    problems.push(format!("{} round {round}: did not run: {e:#}", t.name));
+                    eprintln!("bench: {name} round {round}: {e:#}");
+                    problems.push(format!("{name} round {round}: did not run: {e:#}"));
                 }
             }
         }
     }
-    conclude(&gen.summarize(&names, &runs, &problems), &problems)
+    conclude(
+        &gen.summarize(&names, &runs, problems.is_empty()),
+        &problems,
+    )
 }
 
 /// Prints the summary; an error lists the problems.
@@ -494,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_reference_generators() {
+    fn options_parse_with_the_reference_generators_defaults_and_bad_ones_are_refused() {
         let Ok(Bench::Sessions {
             servers,
             targets,
@@ -507,10 +471,8 @@ mod tests {
             (targets.0, servers.rounds),
             (vec!["rust".into(), "js-ref".into()], 1)
         );
-        assert_eq!(
-            (gen.sessions, gen.participants, gen.window, gen.seconds),
-            (4, 5, 8, 10.0)
-        );
+        let shape = (gen.sessions, gen.participants, gen.window, gen.seconds);
+        assert_eq!(shape, (4, 5, 8, 10.0));
         let Ok(Bench::Quota { gen, .. }) = parse("quota --exact 50") else {
             panic!("exact parses");
         };
@@ -539,15 +501,12 @@ mod tests {
             };
             assert!(valid.is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn bad_options_are_refused() {
         let bad = "sessions --sessions 0; sessions --window 1.5; sessions --seconds nan; \
             sessions --rate -1; sessions --url http://127.0.0.1:1; loadgen --sessions 2; \
             loadgen --url ws://x:1; loadgen --url http://x:1/v1; loadgen --url http://x:1 --rounds 2; \
             quota --resource cpu; quota --cost 0; presence --targets rust; presencegen; \
-            wake --points 0; history --points 0; history --months 13";
+            wake --points 0; history --points 0; history --months 13; sessions --targets ,; \
+            quota --plan=";
         for b in bad.split(';') {
             assert!(parse(b).is_err(), "{b}");
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Developer commands for Sesh.
@@ -102,10 +102,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("could not start {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
+    status
+        .success()
+        .then_some(())
+        .with_context(|| format!("{cmd:?} failed ({status})"))
 }
 
 fn cargo() -> String {
@@ -122,23 +122,28 @@ fn dev(port: u16) -> Result<()> {
     println!("  health:  curl http://127.0.0.1:{port}/health");
     println!("  token:   cargo xtask token --user alice");
     println!("  call:    curl -H \"Authorization: Bearer $(cargo -q xtask token --user alice)\" http://127.0.0.1:{port}/v1/quota\n");
-    run(Command::new(setup::wrangler_bin(&root))
-        .current_dir(&root)
-        .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--persist-to")
-        .arg(&persist)
-        .args(["--show-interactive-dev-session=false"])
-        .env("SESH_PREBUILT", "1"))
+    run(&mut wrangler_dev(&root, port, &persist))
+}
+
+/// `wrangler dev` of the prebuilt bundle on `port` with its state under
+/// `persist`.
+fn wrangler_dev(root: &Path, port: u16, persist: &Path) -> Command {
+    let mut cmd = Command::new(setup::wrangler_bin(root));
+    cmd.current_dir(root)
+        .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()]);
+    cmd.arg("--persist-to")
+        .arg(persist)
+        .arg("--show-interactive-dev-session=false");
+    cmd.env("SESH_PREBUILT", "1");
+    cmd
 }
 
 /// Prints a token for `user` signed with `.dev.vars`' `AUTH_SECRET`.
 fn token(user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<()> {
     let root = root();
     setup::dev_vars(&root)?;
-    println!(
-        "{}",
-        mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?
-    );
+    let token = mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?;
+    println!("{token}");
     Ok(())
 }
 
@@ -189,22 +194,22 @@ fn test() -> Result<()> {
     };
     let step = |name: &str| println!("\n==> {name}");
 
-    step("cargo fmt --check");
-    run(&mut cargo_with("fmt --all -- --check"))?;
-
-    step("cargo clippy (host)");
-    run(&mut cargo_with(
-        "clippy --workspace --all-targets -- -D warnings",
-    ))?;
-
-    step("cargo clippy (wasm32)");
-    run(&mut cargo_with(
-        "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
-         --lib --tests --features test-faults -- -D warnings",
-    ))?;
-
-    step("native unit tests");
-    run(&mut cargo_with("test --workspace --lib --bins"))?;
+    for (name, args) in [
+        ("cargo fmt --check", "fmt --all -- --check"),
+        (
+            "cargo clippy (host)",
+            "clippy --workspace --all-targets -- -D warnings",
+        ),
+        (
+            "cargo clippy (wasm32)",
+            "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
+             --lib --tests --features test-faults -- -D warnings",
+        ),
+        ("native unit tests", "test --workspace --lib --bins"),
+    ] {
+        step(name);
+        run(&mut cargo_with(args))?;
+    }
 
     step("wasm-bindgen tests (wasm32 in Node)");
     run(
@@ -244,34 +249,21 @@ fn browser_client_tests(root: &Path, tools: &setup::Tools, chromium: &Path) -> R
         migrations: Some((root.to_path_buf(), Vec::new())),
         state_root: std::env::temp_dir(),
         serve: Box::new(move |port, state| {
-            let mut cmd = Command::new(setup::wrangler_bin(&dir));
-            cmd.current_dir(&dir)
-                .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-                .arg("--persist-to")
-                .arg(state)
-                .args([
-                    "--show-interactive-dev-session=false",
-                    "--log-level",
-                    "warn",
-                ])
-                .args(["--var", &format!("AUTH_SECRET:{SECRET}")])
-                .args(["--var", "ALLOWED_ORIGINS:*"])
-                .env("CI", "true")
-                .env("SESH_PREBUILT", "1");
+            let mut cmd = wrangler_dev(&dir, port, state);
+            cmd.args([
+                "--log-level",
+                "warn",
+                "--var",
+                &format!("AUTH_SECRET:{SECRET}"),
+            ]);
+            cmd.args(["--var", "ALLOWED_ORIGINS:*"]).env("CI", "true");
             cmd
         }),
     })?;
     let (a, b) = ("browser-a", "browser-b");
     let result = run(Command::new(cargo())
         .current_dir(root)
-        .args([
-            "test",
-            "-p",
-            "sesh-client",
-            "--target",
-            "wasm32-unknown-unknown",
-        ])
-        .args(["--test", "browser"])
+        .args("test -p sesh-client --target wasm32-unknown-unknown --test browser".split(' '))
         .env("PATH", setup::path_with(&tools.wasm_bindgen_dir()))
         .env("CHROMEDRIVER", chromium.with_file_name("chromedriver"))
         .env("WASM_BINDGEN_TEST_TIMEOUT", "180")

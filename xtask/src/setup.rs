@@ -62,15 +62,14 @@ pub fn all(root: &Path) -> Result<Tools> {
 }
 
 fn check_node() -> Result<()> {
-    let v = version_of(Path::new("node"), "--version")
-        .ok_or_else(|| anyhow!("node is not installed; Sesh needs Node.js >= 20 and npm"))?;
-    let major: u32 = v
+    let v = version_of(Path::new("node"), "--version");
+    let v = v.context("node is not installed; Sesh needs Node.js >= 20 and npm")?;
+    let major = v
         .trim_start_matches('v')
         .split('.')
         .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 20 {
+        .and_then(|m| m.parse().ok());
+    if major.unwrap_or(0) < 20 {
         bail!("Node.js {v} is too old; Sesh needs >= 20");
     }
     Ok(())
@@ -79,12 +78,9 @@ fn check_node() -> Result<()> {
 fn wasm_target() -> Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
-        .output()
-        .context("rustup is needed")?;
-    if !String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == "wasm32-unknown-unknown")
-    {
+        .output();
+    let out = String::from_utf8_lossy(&out.context("rustup is needed")?.stdout).into_owned();
+    if !out.lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
         println!("setup: installing the wasm32-unknown-unknown target");
         run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
     }
@@ -92,11 +88,9 @@ fn wasm_target() -> Result<()> {
 }
 
 fn cargo_bin() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap_or_else(|| PathBuf::from(".cargo"));
-    home.join("bin")
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"));
+    let home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or(home);
+    home.unwrap_or_else(|| PathBuf::from(".cargo")).join("bin")
 }
 
 /// `PATH` with `dir` in front.
@@ -110,49 +104,35 @@ pub fn path_with(dir: &Path) -> OsString {
 
 /// The trimmed first line a tool prints for `flag`, if it runs.
 fn version_of(bin: &Path, flag: &str) -> Option<String> {
-    let out = Command::new(bin).arg(flag).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
+    let out = Command::new(bin)
+        .arg(flag)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
 fn install_crate(name: &str, version: &str) -> Result<()> {
     println!("setup: installing {name} {version} from crates.io (a few minutes, once)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let locked = run(Command::new(&cargo).args([
-        "install",
-        name,
-        "--version",
-        version,
-        "--locked",
-        "--force",
-    ]));
-    if locked.is_ok() {
+    let install = ["install", name, "--version", version, "--force"];
+    if run(Command::new(crate::cargo()).args(install).arg("--locked")).is_ok() {
         return Ok(());
     }
     // A crate's lock file can name a dependency version the registry no
     // longer serves (yanked); resolving afresh is then the only way.
     println!("setup: locked install of {name} failed; retrying with fresh resolution");
-    run(Command::new(&cargo).args(["install", name, "--version", version, "--force"]))
+    run(Command::new(crate::cargo()).args(install))
 }
 
 /// The `wasm-bindgen` version in Cargo.lock: the CLI must match it exactly.
 fn wasm_bindgen_version(root: &Path) -> Result<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
-    let mut lines = lock.lines();
-    while let Some(l) = lines.next() {
-        if l.trim() == "name = \"wasm-bindgen\"" {
-            if let Some(v) = lines
-                .next()
-                .and_then(|v| v.trim().strip_prefix("version = \""))
-            {
-                return Ok(v.trim_end_matches('"').to_owned());
-            }
-        }
-    }
-    bail!("Cargo.lock has no wasm-bindgen entry")
+    let mut lines = lock.lines().map(str::trim);
+    let name = lines.find(|l| *l == "name = \"wasm-bindgen\"");
+    let version = name.and_then(|_| lines.next()?.strip_prefix("version = \""));
+    let version = version.context("Cargo.lock has no wasm-bindgen entry")?;
+    Ok(version.trim_end_matches('"').to_owned())
 }
 
 fn npm_packages(root: &Path) -> Result<()> {
@@ -179,11 +159,8 @@ pub fn dev_vars(root: &Path) -> Result<()> {
         return Ok(());
     }
     // 32 random bytes as 64 hex digits: two v4 UUIDs' random parts (122 bits each).
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let random = || uuid::Uuid::new_v4().simple();
+    let secret = format!("{}{}", random(), random());
     std::fs::write(&path, format!("AUTH_SECRET=\"{secret}\"\n")).context("writing .dev.vars")?;
     println!("setup: created .dev.vars with a random AUTH_SECRET");
     Ok(())

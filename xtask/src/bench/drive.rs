@@ -1,7 +1,8 @@
 //! What the generators share: one-thread tokio runtimes, reqwest's
 //! keep-alive pool with whole answers, the closed loop of the
-//! request/answer generators (presence, quota), and CPU use over a window
-//! from `/proc` (as loadgen.mjs and quotagen.mjs report it).
+//! request/answer generators (presence, quota) with its tallies, and CPU
+//! use over a window from `/proc` (as loadgen.mjs and quotagen.mjs report
+//! it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -14,6 +15,14 @@ use serde_json::Value;
 
 use super::summary::round_to;
 
+/// Correctness errors by code.
+pub type Errors = BTreeMap<String, u64>;
+
+/// Counts one error `code`.
+pub fn fail(errors: &mut Errors, code: &str) {
+    *errors.entry(code.to_owned()).or_default() += 1;
+}
+
 /// Runs `f` on a current-thread runtime: the generator takes as little as
 /// it can of the cores it shares with the server.
 pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
@@ -21,6 +30,12 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
         .enable_all()
         .build()?;
     Ok(rt.block_on(f))
+}
+
+/// The wall clock in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    d.map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `n` random hex digits, for run tags and fresh ids.
@@ -68,9 +83,11 @@ impl Response {
     }
 }
 
-/// Sends a request and reads the whole answer; an error is a short name of
-/// what failed (`ConnectionReset`, `TimedOut`, ...).
-pub async fn send(rb: RequestBuilder) -> Result<Response, String> {
+/// An answer, or a short name of what failed (`ConnectionReset`, ...).
+pub type Answer = Result<Response, String>;
+
+/// Sends a request and reads the whole answer.
+pub async fn send(rb: RequestBuilder) -> Answer {
     let r = rb.send().await.map_err(|e| error_name(&e))?;
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
     let body = r.bytes().await.map_err(|e| error_name(&e))?.to_vec();
@@ -92,7 +109,7 @@ pub async fn expect(rb: RequestBuilder, want: u16, what: &str) -> Result<Value> 
 
 /// The JSON body of a 200 answer, else what was wrong (`transport_<e>`,
 /// `http_429_<code>`, `http_<status>`, `bad_json`).
-pub fn json_200(a: &Result<Response, String>) -> Result<Value, String> {
+pub fn json_200(a: &Answer) -> Result<Value, String> {
     let r = a.as_ref().map_err(|e| format!("transport_{e}"))?;
     let v: Option<Value> = serde_json::from_slice(&r.body).ok();
     match (r.status, v) {
@@ -122,27 +139,6 @@ fn error_name(e: &reqwest::Error) -> String {
     }
 }
 
-/// One answer (or transport failure) as the loop hands it over.
-pub struct Answer {
-    pub result: Result<Response, String>,
-    /// From sending the request to the whole answer read.
-    pub ms: f64,
-    /// Whether it arrived within the window (answers after it are still
-    /// checked, but not counted in rates and latencies).
-    pub in_window: bool,
-}
-
-/// What the loop measured besides the answers.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Requests still unanswered after the drain (abandoned).
-    pub unanswered: u64,
-    /// From the first request to the last answer or the window's end.
-    pub elapsed: Duration,
-    /// CPU over the window (see [`cpu_report`]).
-    pub cpu: BTreeMap<String, f64>,
-}
-
 /// Opens `n` connections at once with `GET /health` (so the timed part
 /// starts warm); an error names the first that failed.
 pub async fn open_all(client: &Client, base: &str, n: usize) -> Result<()> {
@@ -153,27 +149,44 @@ pub async fn open_all(client: &Client, base: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// What the closed loop measured.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Latencies (ms, request sent to whole answer read) of the answers
+    /// counted: those within the window, or all of them with a budget.
+    pub lat: Vec<f64>,
+    /// Every answer, counted or not (later ones are still checked).
+    pub answers: u64,
+    /// With `unanswered_at_end`: requests still unanswered after the drain.
+    pub errors: Errors,
+    /// From the first request to the last answer or the window's end.
+    pub elapsed: Duration,
+    /// CPU over the window (see [`cpu_report`]).
+    pub cpu: BTreeMap<String, f64>,
+}
+
 /// Runs the closed loop with `concurrency` requests in flight for
 /// `seconds` (or until `budget` requests were sent), then waits up to
 /// `drain` for the rest: `next(i)` makes request number `i` (and whatever
-/// `answer` needs to check it), and `answer` gets each answer in arrival
-/// order. `watch` are the server's PIDs and port, for the CPU report.
+/// `answer` needs to check it), and `answer(job, answer, counted, tally)`
+/// gets each answer in arrival order. `watch` are the server's PIDs and
+/// port, for the CPU report.
 pub async fn closed_loop<J>(
     concurrency: usize,
     (seconds, budget, drain): (f64, Option<u64>, f64),
     watch: (&[u32], u16),
     next: impl FnMut(u64) -> (RequestBuilder, J),
-    answer: impl FnMut(J, Answer),
-) -> Outcome {
-    let (next, answer) = (RefCell::new(next), RefCell::new(answer));
+    answer: impl FnMut(J, &Answer, bool, &mut Tally),
+) -> Tally {
+    let (next, answer, tally) = (RefCell::new(next), RefCell::new(answer), RefCell::default());
     let (counter, inflight, last) = (Cell::new(0u64), Cell::new(0u64), Cell::new(None));
     let c0 = cpu_snapshot(watch.0, watch.1);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    let budget = budget.unwrap_or(u64::MAX);
-    let (next, answer, counter, inflight, last) = (&next, &answer, &counter, &inflight, &last);
+    let (next, answer, tally) = (&next, &answer, &tally);
+    let (counter, inflight, last) = (&counter, &inflight, &last);
     let workers = (0..concurrency).map(|_| async move {
-        while Instant::now() < end && counter.get() < budget {
+        while Instant::now() < end && counter.get() < budget.unwrap_or(u64::MAX) {
             let i = counter.get();
             counter.set(i + 1);
             let (req, job) = (*next.borrow_mut())(i);
@@ -183,16 +196,13 @@ pub async fn closed_loop<J>(
             let t = Instant::now();
             inflight.set(inflight.get() - 1);
             last.set(Some(t));
-            let ms = (t - t0).as_secs_f64() * 1000.0;
-            let in_window = t <= end;
-            (*answer.borrow_mut())(
-                job,
-                Answer {
-                    result,
-                    ms,
-                    in_window,
-                },
-            );
+            let mut tally: std::cell::RefMut<'_, Tally> = tally.borrow_mut();
+            let counted = t <= end || budget.is_some();
+            tally.answers += 1;
+            if counted {
+                tally.lat.push((t - t0).as_secs_f64() * 1000.0);
+            }
+            (*answer.borrow_mut())(job, &result, counted, &mut tally);
         }
     });
     let all = tokio::time::timeout(Duration::from_secs_f64(seconds + drain), join_all(workers));
@@ -208,12 +218,15 @@ pub async fn closed_loop<J>(
         }
     }
     let c1 = c1.unwrap_or_else(|| cpu_snapshot(watch.0, watch.1));
-    let stop = last.get().map_or(end, |l: Instant| l.min(end));
-    Outcome {
-        unanswered: inflight.get(),
-        elapsed: stop - start,
-        cpu: cpu_report(&c0, &c1),
+    let mut tally = tally.take();
+    if inflight.get() > 0 {
+        tally
+            .errors
+            .insert("unanswered_at_end".into(), inflight.get());
     }
+    tally.elapsed = last.get().map_or(end, |l: Instant| l.min(end)) - start;
+    tally.cpu = cpu_report(&c0, &c1);
+    tally
 }
 
 // ---- CPU -----------------------------------------------------------------
@@ -262,13 +275,10 @@ pub struct CpuSnapshot {
 
 /// The ticks of `pids` (the server listening on `port`) and of this process.
 pub fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
-    let procs = pids
-        .iter()
-        .filter_map(|&p| Some((p, proc_cpu(p, port)?)))
-        .collect();
+    let procs = pids.iter().filter_map(|&p| Some((p, proc_cpu(p, port)?)));
     CpuSnapshot {
         at: Instant::now(),
-        procs,
+        procs: procs.collect(),
         own: proc_cpu(std::process::id(), 0).map_or(0, |c| c.1),
         machine: machine_ticks(),
     }
@@ -278,24 +288,24 @@ pub fn cpu_snapshot(pids: &[u32], port: u16) -> CpuSnapshot {
 /// and all processes and the kernel as `machine` (100 = one core).
 pub fn cpu_report(a: &CpuSnapshot, b: &CpuSnapshot) -> BTreeMap<String, f64> {
     let secs = (b.at - a.at).as_secs_f64().max(1e-9);
-    let pct = |ticks: u64| ticks as f64 / CLK_TCK / secs * 100.0;
+    let pct = |t1: u64, t0: u64| t1.saturating_sub(t0) as f64 / CLK_TCK / secs * 100.0;
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for (pid, (comm, t1)) in &b.procs {
         if let Some((_, t0)) = a.procs.get(pid) {
-            *out.entry(comm.clone()).or_default() += pct(t1.saturating_sub(*t0));
+            *out.entry(comm.clone()).or_default() += pct(*t1, *t0);
         }
     }
-    out.insert("loadgen".into(), pct(b.own.saturating_sub(a.own)));
+    out.insert("loadgen".into(), pct(b.own, a.own));
     if let (Some(m0), Some(m1)) = (a.machine, b.machine) {
-        out.insert("machine".into(), pct(m1.saturating_sub(m0)));
+        out.insert("machine".into(), pct(m1, m0));
     }
     out.values_mut().for_each(|v| *v = round_to(*v, 1));
     out
 }
 
-/// The generators' tests' server: keep-alive HTTP/1.1 where
-/// `handler(method, target, headers, body)` answers `(status, headers,
-/// body)`.
+/// The generators' tests' server: keep-alive HTTP/1.1 where `handler`
+/// answers each request `(status, headers, body)`; a handler may take the
+/// connection over after a `101` (WebSocket) with [`hyper::upgrade::on`].
 #[cfg(test)]
 pub mod fake {
     use std::sync::Arc;
@@ -303,14 +313,14 @@ pub mod fake {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
 
-    /// What the HTTP side answers.
-    pub type Handler = dyn Fn(&str, &str, &hyper::HeaderMap, &[u8]) -> (u16, Vec<(&'static str, String)>, String)
-        + Send
-        + Sync;
+    /// A request with its whole body.
+    pub type Request = hyper::Request<Bytes>;
+    /// What the server answers.
+    pub type Handler = dyn Fn(Request) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
 
     /// Starts the server on a free port, on a thread of its own; returns
-    /// the port.
-    pub fn start(h: Arc<Handler>) -> u16 {
+    /// `http://127.0.0.1:PORT`.
+    pub fn start(h: Arc<Handler>) -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
@@ -325,9 +335,7 @@ pub mod fake {
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body = body.collect().await?.to_bytes();
-                                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                                let (status, headers, text) =
-                                    h(parts.method.as_str(), target, &parts.headers, &body);
+                                let (status, headers, text) = h(Request::from_parts(parts, body));
                                 let mut res = hyper::Response::builder().status(status);
                                 for (k, v) in headers {
                                     res = res.header(k, v);
@@ -339,24 +347,23 @@ pub mod fake {
                         },
                     );
                     let io = hyper_util::rt::TokioIo::new(sock);
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
-                    );
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                    tokio::spawn(conn.with_upgrades());
                 }
             })
         });
-        port
+        format!("http://127.0.0.1:{port}")
     }
 
     /// The claims of a bearer token signed with `secret` (`Null` if none).
-    pub fn claims(h: &hyper::HeaderMap, secret: &[u8]) -> serde_json::Value {
-        let token = h
+    pub fn claims(req: &Request, secret: &[u8]) -> serde_json::Value {
+        let token = req
+            .headers()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+            .and_then(|v| v.to_str().ok());
         let key = jsonwebtoken::DecodingKey::from_secret(secret);
         let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        jsonwebtoken::decode(token.trim_start_matches("Bearer "), &key, &v)
-            .map_or(serde_json::Value::Null, |d| d.claims)
+        let token = token.unwrap_or("").trim_start_matches("Bearer ");
+        jsonwebtoken::decode(token, &key, &v).map_or(serde_json::Value::Null, |d| d.claims)
     }
 }

@@ -1,25 +1,12 @@
-//! `bench history`: roll-ups and session lists over local D1, seeded with
-//! the Worker's own statements (`sesh::core::history::write_points` and
-//! `write_session`: partition DDL, registration, point months, roll-up
-//! marks) through the test build's `POST /__test/d1`.
-//!
-//! - Roll-up: `--points` points of `--users` users over the last
-//!   `--months` months (one session per user and month), then
-//!   `GET /cdn-cgi/handler/scheduled?cron=*&time=<now>` until no
-//!   `rollup_marks` row is left: points/s over the whole time.
-//! - List: `--sessions-per-month` sessions of one user in each of the last
-//!   24 months, then `GET /v1/sessions` over the last month and over the
-//!   last 24 months (`--requests` each, alternately, one at a time): p50
-//!   and p99 of each and the 24-month/1-month ratios.
-//!
-//! Errors: seeding or a run answering other than 200, points in D1 other
-//! than seeded, roll-up counts (`metrics_month`) other than the points,
-//! marks left after 200 runs, lists without sessions.
+//! `bench history` (see README.md): roll-ups and session lists over local
+//! D1, seeded with the Worker's own statements through the test build's
+//! `POST /__test/d1`. Errors: seeding or a run answering other than 200,
+//! points in D1 other than seeded, roll-up counts (`metrics_month`) other
+//! than the points, marks left after 200 runs, lists without sessions.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use reqwest::Client;
 use serde_json::{json, Map, Value};
 use sesh::core::history::{write_points, write_session, PartitionWrite, SessionRecord};
@@ -27,7 +14,7 @@ use sesh::core::partition::{Existing, Month, Statement, LIST_PARTITIONS};
 use sesh::core::rollup;
 use sesh_protocol::SessionStatus;
 
-use super::drive::{self, block_on, expect, send};
+use super::drive::{self, block_on, expect, fail, send, Errors};
 use super::summary::{fields, round_to, spread};
 use super::{positive, Served};
 
@@ -55,7 +42,7 @@ impl super::Gen for Options {
     const TITLE: &'static str = "bench history";
     const FEATURES: Option<&'static str> = Some("test-faults");
 
-    fn shape(&self) -> (String, Value) {
+    fn shape(&self) -> Value {
         let (p, u, m, s, r) = (
             self.points,
             self.users,
@@ -63,12 +50,7 @@ impl super::Gen for Options {
             self.sessions_per_month,
             self.requests,
         );
-        let text =
-            format!("history points={p} users={u} months={m} sessions_per_month={s} requests={r}");
-        (
-            text,
-            json!({"points": p, "users": u, "months": m, "sessions_per_month": s, "requests": r}),
-        )
+        json!({"points": p, "users": u, "months": m, "sessions_per_month": s, "requests": r})
     }
 
     fn metrics(&self) -> &'static str {
@@ -84,62 +66,51 @@ impl super::Gen for Options {
 
 impl Options {
     async fn run_on(&self, base: &str, secret: &str) -> Result<String> {
-        let (c, tag, now) = (drive::client()?, drive::tag(6), now_ms());
-        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-        let mut check = |ok: bool, code: &str| {
-            if !ok {
-                *errors.entry(code.to_owned()).or_default() += 1;
-            }
-        };
+        let (c, tag, now) = (drive::client()?, drive::tag(6), drive::now_ms());
+        let mut errors = Errors::new();
+        let mut check = |ok: bool, code: &str| (!ok).then(|| fail(&mut errors, code));
+        let month = |back: i64| Month::from_index(Month::of(now).index() - back);
         let t0 = Instant::now();
         let per = self.points.div_ceil(self.users * self.months as usize);
-        let mut batch = Vec::new();
-        let mut seeded = 0;
-        for u in 0..self.users {
-            let user = format!("hist-{tag}-u{u}");
-            for m in 0..self.months {
-                let month = Month::from_index(Month::of(now).index() - m);
-                let (start, end) = (month.start_ms(), month.end_ms().min(now));
-                let n = per.min(self.points - seeded);
-                let step = (end - start) / n.max(1) as i64;
-                let points: Vec<(i64, String)> = (0..n)
-                    .map(|i| {
-                        let ts = start + i as i64 * step;
-                        let p = json!({"seq": i + 1, "userId": user, "kind": KINDS[i % 2], "value": i % 100, "ts": ts});
-                        (ts, p.to_string())
-                    })
-                    .collect();
-                seeded += n;
-                let id = uuid::Uuid::new_v4().to_string();
-                for chunk in points.chunks(3000) {
-                    batch.extend(write_points(&id, chunk, now));
-                    d1_batch(&c, base, &mut batch).await?;
-                }
+        let (mut batch, mut seeded) = (Vec::new(), 0);
+        for (u, m) in (0..self.users).flat_map(|u| (0..self.months).map(move |m| (u, m))) {
+            let (user, month) = (format!("hist-{tag}-u{u}"), month(m));
+            let (start, end) = (month.start_ms(), month.end_ms().min(now));
+            let n = per.min(self.points - seeded);
+            let step = (end - start) / n.max(1) as i64;
+            let point = |i: usize| {
+                let ts = start + i as i64 * step;
+                let p = json!({"seq": i + 1, "userId": user, "kind": KINDS[i % 2], "value": i % 100, "ts": ts});
+                (ts, p.to_string())
+            };
+            let points: Vec<(i64, String)> = (0..n).map(point).collect();
+            seeded += n;
+            let id = uuid::Uuid::new_v4().to_string();
+            for chunk in points.chunks(3000) {
+                batch.extend(write_points(&id, chunk, now));
+                d1_batch(&c, base, &mut batch).await?;
             }
         }
         let seed_s = t0.elapsed().as_secs_f64();
-        let stored: i64 = {
-            let tables = d1_rows(
-                &c,
-                base,
-                "SELECT name FROM partitions WHERE name LIKE 'session_points_%'",
-            )
-            .await?;
-            let mut n = 0;
-            for t in tables.iter().filter_map(|r| r["name"].as_str()) {
-                n += count(&c, base, &format!("SELECT count(*) AS n FROM {t}")).await?;
-            }
-            n
-        };
+        let sql = "SELECT name FROM partitions WHERE name LIKE 'session_points_%'";
+        let mut stored = 0;
+        for t in d1_rows(&c, base, sql)
+            .await?
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+        {
+            stored += count(&c, base, &format!("SELECT count(*) AS n FROM {t}")).await?;
+        }
         check(stored == seeded as i64, "points_stored_mismatch");
 
-        let marks = count(&c, base, "SELECT count(*) AS n FROM rollup_marks").await?;
+        let marks_sql = "SELECT count(*) AS n FROM rollup_marks";
+        let marks = count(&c, base, marks_sql).await?;
         let t0 = Instant::now();
         let (mut runs, mut via) = (0, "scheduled");
         loop {
             via = roll_up(&c, base, now, via).await?;
             runs += 1;
-            let left = count(&c, base, "SELECT count(*) AS n FROM rollup_marks").await?;
+            let left = count(&c, base, marks_sql).await?;
             if left == 0 || runs >= 200 {
                 check(left == 0, "marks_left");
                 break;
@@ -153,17 +124,15 @@ impl Options {
         let token = crate::mint(secret, &owner, "enterprise", None, 3600)?;
         let (members, metadata) = (Vec::new(), Map::new());
         for m in 0..24 {
-            let month = Month::from_index(Month::of(now).index() - m);
-            for i in 0..self.sessions_per_month {
-                let span =
-                    (month.end_ms().min(now) - month.start_ms()) / self.sessions_per_month as i64;
-                let started_at = month.start_ms() + i as i64 * span;
+            let (month, k) = (month(m), self.sessions_per_month as i64);
+            for i in 0..k {
+                let started_at =
+                    month.start_ms() + i * ((month.end_ms().min(now) - month.start_ms()) / k);
                 let bytes: [u8; 10] = uuid::Uuid::new_v4().as_bytes()[..10].try_into()?;
                 let id = uuid::Builder::from_unix_timestamp_millis(started_at as u64, &bytes)
-                    .into_uuid()
-                    .to_string();
+                    .into_uuid();
                 let rec = SessionRecord {
-                    id: &id,
+                    id: &id.to_string(),
                     owner_id: &owner,
                     title: Some("history"),
                     members: &members,
@@ -177,25 +146,10 @@ impl Options {
             }
             d1_batch(&c, base, &mut batch).await?;
         }
-        let rfc = sesh::time::rfc3339;
-        let ranges = [
-            (
-                Month::from_index(Month::of(now).index() - 1).start_ms(),
-                "1m",
-            ),
-            (
-                Month::from_index(Month::of(now).index() - 23).start_ms(),
-                "24m",
-            ),
-        ];
-        let mut lat: [Vec<f64>; 2] = Default::default();
+        let (rfc, mut lat) = (sesh::time::rfc3339, [Vec::new(), Vec::new()]);
         for i in 0..self.requests * 2 {
-            let (from, _) = ranges[i % 2];
-            let url = format!(
-                "{base}/v1/sessions?from={}&to={}",
-                rfc(from),
-                rfc(now + 1000)
-            );
+            let from = rfc(month([1, 23][i % 2]).start_ms());
+            let url = format!("{base}/v1/sessions?from={from}&to={}", rfc(now + 1000));
             let t = Instant::now();
             let r = send(c.get(url).bearer_auth(&token)).await;
             lat[i % 2].push(t.elapsed().as_secs_f64() * 1000.0);
@@ -208,7 +162,7 @@ impl Options {
                 ),
                 Ok(r) => check(false, &format!("list_http_{}", r.status)),
                 Err(e) => check(false, &format!("list_transport_{e}")),
-            }
+            };
         }
         let [p50_1, p99_1, _] = spread(&mut lat[0]);
         let [p50_24, p99_24, _] = spread(&mut lat[1]);
@@ -229,11 +183,6 @@ impl Options {
 /// Two kinds, so that the roll-up groups by kind too.
 const KINDS: [&str; 2] = ["a", "b"];
 
-fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    d.map_or(0, |d| d.as_millis() as i64)
-}
-
 /// One roll-up run as of `now`, the scheduled handler's:
 /// `GET /cdn-cgi/handler/scheduled` (`via` "scheduled"), or, where the
 /// runtime cannot deliver the event (wrangler 4.86 with `[assets]` answers
@@ -245,23 +194,15 @@ async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<
     if via == "scheduled" && send(c.get(url)).await.is_ok_and(|r| r.status == 200) {
         return Ok(via);
     }
-    let found = d1(
-        c,
-        base,
-        vec![
-            Statement::new(LIST_PARTITIONS, vec![]),
-            rollup::marked_months(12),
-        ],
-    )
-    .await?;
+    let found = [
+        Statement::new(LIST_PARTITIONS, vec![]),
+        rollup::marked_months(12),
+    ];
+    let found = d1(c, base, found.into()).await?;
     let existing = Existing::from_rows(&found[0])?;
     for month in rollup::parse_marked_months(&found[1])? {
-        d1(
-            c,
-            base,
-            rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH),
-        )
-        .await?;
+        let batch = rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH);
+        d1(c, base, batch).await?;
     }
     Ok("test_d1")
 }
@@ -292,10 +233,8 @@ async fn d1_rows(c: &Client, base: &str, sql: &str) -> Result<Vec<Value>> {
         sql,
     )
     .await?;
-    match v["rows"].as_array() {
-        Some(rows) => Ok(rows.clone()),
-        None => bail!("{sql}: no rows in {v}"),
-    }
+    let rows = v["rows"].as_array().cloned();
+    rows.with_context(|| format!("{sql}: no rows in {v}"))
 }
 
 /// The `n` of a one-row count.

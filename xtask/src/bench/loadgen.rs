@@ -1,6 +1,5 @@
 //! Session WebSocket load generator and correctness checker: the job of
-//! `../shared/bench/loadgen.mjs`, in Rust, run in-process by `cargo xtask
-//! bench`.
+//! `../shared/bench/loadgen.mjs`, in Rust.
 //!
 //! S sessions x P participants join `/v1/sessions/{id}/ws`; for T seconds
 //! each participant keeps K points in flight (closed loop) or sends R
@@ -14,26 +13,24 @@
 //! - no ack is left unanswered after the drain (up to `drain_seconds`);
 //! - no error frames, unexpected closes or failed upgrades.
 //!
-//! One thread (a current-thread tokio runtime) drives every connection, so
-//! the generator takes as little as it can of the cores it shares with the
-//! server.
+//! One thread drives every connection.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::drive::{block_on, cpu_report, cpu_snapshot};
+use super::drive::{self, block_on, cpu_report, cpu_snapshot, fail, Errors};
 use super::summary::{fields, round_to, spread};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
@@ -73,7 +70,7 @@ pub struct Options {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench sessions";
 
-    fn shape(&self) -> (String, Value) {
+    fn shape(&self) -> Value {
         let (s, p, secs, w, r) = (
             self.sessions,
             self.participants,
@@ -81,11 +78,7 @@ impl super::Gen for Options {
             self.window,
             self.rate,
         );
-        let text = format!("sessions={s} participants={p} seconds={secs} window={w} rate={r}");
-        (
-            text,
-            json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r}),
-        )
+        json!({"sessions": s, "participants": p, "seconds": secs, "window": w, "rate": r})
     }
 
     fn metrics(&self) -> &'static str {
@@ -109,12 +102,8 @@ impl super::Gen for Options {
     }
 }
 
-/// A point id: `<tag>-<session>-<participant>-<n>`.
-fn point_id(tag: &str, s: usize, p: usize, n: usize) -> String {
-    format!("{tag}-{s}-{p}-{n}")
-}
-
-/// `(session, participant, n)` of a point id of this run (`tag`).
+/// `(session, participant, n)` of a point id of this run
+/// (`<tag>-<session>-<participant>-<n>`).
 fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
     let mut it = id.rsplitn(4, '-');
     let n = it.next()?.parse().ok()?;
@@ -125,30 +114,6 @@ fn parse_point_id(tag: &str, id: &str) -> Option<(usize, usize, usize)> {
 
 // ---- run state ---------------------------------------------------------
 
-/// Milliseconds since the run started, and the wall clock at that start.
-struct Clock {
-    start: Instant,
-    wall0_ms: f64,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Clock {
-            start: Instant::now(),
-            wall0_ms: wall.as_secs_f64() * 1000.0,
-        }
-    }
-    fn now(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * 1000.0
-    }
-    fn instant(&self, ms: f64) -> tokio::time::Instant {
-        (self.start + Duration::from_secs_f64(ms.max(0.0) / 1000.0)).into()
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
     Join,
@@ -157,28 +122,21 @@ enum Phase {
     Close,
 }
 
-#[derive(Clone, Copy, Default)]
-struct Seqs {
-    /// The seq the ack gave.
-    ack: Option<i64>,
-    /// The seq the first delivery carried, while no ack has come.
-    delivered: Option<i64>,
-}
-
 #[derive(Default)]
-struct Participant {
+struct Part {
     user_id: String,
-    token: Option<String>,
+    /// Where it joins (with `?token=` or `?user=`).
+    url: String,
     /// `(n, sent at)` of the points in flight.
     inflight: Vec<(usize, f64)>,
-    /// Per point sent (index n).
-    points: Vec<Seqs>,
-    ack_count: usize,
-    ack_in_window: u64,
+    /// Per point sent (index n): the seq its ack gave, and the seq its
+    /// first delivery carried.
+    points: Vec<(Option<i64>, Option<i64>)>,
+    acks: usize,
+    acks_in_window: u64,
     welcome: bool,
-    /// `[from participant][n]`: delivered here.
-    received: Vec<Vec<bool>>,
-    received_count: usize,
+    /// `(from participant, n)` delivered here.
+    received: HashSet<(usize, usize)>,
     closed: bool,
 }
 
@@ -190,41 +148,51 @@ struct Session {
     seqs: HashSet<i64>,
     /// `(participant, n)` of each acked point.
     acked: Vec<(usize, usize)>,
-    parts: Vec<Participant>,
-    errors: BTreeMap<String, u64>,
+    parts: Vec<Part>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: Vec<Session>,
+    errors: Errors,
     ack_lat: Vec<f64>,
     del_lat: Vec<f64>,
     acks_in_window: u64,
     deliveries_in_window: u64,
 }
 
-impl Session {
-    fn fail(&mut self, code: &str) {
-        self.fail_n(code, 1);
-    }
-    fn fail_n(&mut self, code: &str, n: u64) {
-        if n > 0 {
-            *self.errors.entry(code.to_owned()).or_default() += n;
-        }
-    }
-}
-
 struct Shared {
     opts: Options,
-    clock: Clock,
+    /// The run's start, and the wall clock then (ms): times are ms since.
+    start: Instant,
+    wall0_ms: f64,
     tag: String,
-    sending: AtomicBool,
-    /// `(start, end)` of the send window, in clock ms.
-    window: OnceLock<(f64, f64)>,
-    sessions: Vec<Mutex<Session>>,
+    phase: watch::Sender<Phase>,
+    /// `(start, end)` of the send window.
+    window: Cell<Option<(f64, f64)>>,
+    state: RefCell<State>,
 }
 
 impl Shared {
-    fn session(&self, s: usize) -> MutexGuard<'_, Session> {
-        self.sessions[s].lock().unwrap_or_else(|e| e.into_inner())
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+    fn instant(&self, ms: f64) -> tokio::time::Instant {
+        (self.start + Duration::from_secs_f64(ms.max(0.0) / 1000.0)).into()
     }
     fn in_window(&self, t: f64) -> bool {
-        self.window.get().is_some_and(|&(a, b)| t >= a && t <= b)
+        self.window.get().is_some_and(|(a, b)| t >= a && t <= b)
+    }
+    fn sending(&self) -> bool {
+        *self.phase.borrow() == Phase::Send
+    }
+    fn fail(&self, code: &str) {
+        fail(&mut self.state.borrow_mut().errors, code);
+    }
+    /// Whether `f` holds for every participant (with its session).
+    fn all(&self, f: impl Fn(&Session, &Part) -> bool) -> bool {
+        let st = self.state.borrow();
+        st.sessions.iter().all(|s| s.parts.iter().all(|p| f(s, p)))
     }
 }
 
@@ -242,118 +210,88 @@ struct Frame<'a> {
     data: Option<Value>,
 }
 
-fn integer(v: &Option<serde_json::Value>) -> Option<i64> {
+fn integer(v: &Option<Value>) -> Option<i64> {
     let v = v.as_ref()?;
-    v.as_i64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-            .map(|f| f as i64)
-    })
+    let f = v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15);
+    v.as_i64().or(f.map(|f| f as i64))
 }
 
 /// Checks one text frame for participant `p` of session `s`; true when it
 /// was an ack (so a slot in the window is free).
 fn on_frame(sh: &Shared, s: usize, p: usize, raw: &str) -> bool {
-    let mut sess = sh.session(s);
-    check_frame(sh, &mut sess, s, p, raw).unwrap_or_else(|code| {
-        sess.fail(&code);
+    let st = &mut *sh.state.borrow_mut();
+    check_frame(sh, st, s, p, raw).unwrap_or_else(|code| {
+        fail(&mut st.errors, &code);
         false
     })
 }
 
 /// [`on_frame`]'s checks: `Err` is an error that ends the frame's checks.
-fn check_frame(
-    sh: &Shared,
-    sess: &mut Session,
-    s: usize,
-    p: usize,
-    raw: &str,
-) -> Result<bool, String> {
-    let t = sh.clock.now();
+fn check_frame(sh: &Shared, st: &mut State, s: usize, p: usize, raw: &str) -> Result<bool, String> {
+    let t = sh.now();
     let m: Frame = serde_json::from_str(raw).map_err(|_| "bad_frame_json")?;
     let point = m.id.and_then(|id| parse_point_id(&sh.tag, id));
+    let (sess, errors) = (&mut st.sessions[s], &mut st.errors);
     match m.ty {
         "welcome" if sess.parts[p].welcome => Err("second_welcome".into()),
         "welcome" => {
             let last = integer(&m.last_seq).ok_or("welcome_without_lastSeq")?;
             sess.parts[p].welcome = true;
             if *sess.last_seq.get_or_insert(last) != last {
-                sess.fail("welcome_lastSeq_mismatch");
+                fail(errors, "welcome_lastSeq_mismatch");
             }
             Ok(false)
         }
         "ack" => {
-            let n = point
-                .filter(|&(ms, mp, _)| ms == s && mp == p)
-                .map(|(_, _, n)| n);
-            let slot = n.and_then(|n| sess.parts[p].inflight.iter().position(|x| x.0 == n));
-            let (n, t0) = sess.parts[p]
-                .inflight
-                .swap_remove(slot.ok_or("unexpected_ack")?);
-            sess.ack_lat.push(t - t0);
+            let part = &mut sess.parts[p];
+            let n = point.filter(|&(ms, mp, _)| ms == s && mp == p).map(|x| x.2);
+            let slot = n.and_then(|n| part.inflight.iter().position(|x| x.0 == n));
+            let (n, t0) = part.inflight.swap_remove(slot.ok_or("unexpected_ack")?);
+            st.ack_lat.push(t - t0);
             if sh.in_window(t) {
-                sess.acks_in_window += 1;
-                sess.parts[p].ack_in_window += 1;
+                st.acks_in_window += 1;
+                part.acks_in_window += 1;
             }
-            sess.parts[p].ack_count += 1;
+            part.acks += 1;
             sess.acked.push((p, n));
             let q = integer(&m.seq).ok_or("ack_without_seq")?;
             if !sess.seqs.insert(q) {
-                sess.fail("duplicate_seq");
+                fail(errors, "duplicate_seq");
             }
-            let info = &mut sess.parts[p].points[n];
-            info.ack = Some(q);
-            if info.delivered.is_some_and(|d| d != q) {
-                sess.fail("delivered_seq_differs_from_ack");
+            let (ack, delivered) = &mut part.points[n];
+            *ack = Some(q);
+            if delivered.is_some_and(|d| d != q) {
+                fail(errors, "delivered_seq_differs_from_ack");
             }
             Ok(true)
         }
         "point" => {
             let (fs, fp, n) = point.ok_or("unknown_point_delivered")?;
-            if fs != s {
-                let other = fs < sh.sessions.len();
-                return Err(if other {
-                    "point_from_other_session"
-                } else {
-                    "unknown_point_delivered"
-                }
-                .into());
-            }
-            if fp >= sess.parts.len() || n >= sess.parts[fp].points.len() {
+            if fs != s && fs < sh.opts.sessions {
+                return Err("point_from_other_session".into());
+            } else if fs != s || fp >= sess.parts.len() || n >= sess.parts[fp].points.len() {
                 return Err("unknown_point_delivered".into());
-            }
-            if fp == p {
+            } else if fp == p {
                 return Err("own_point_echoed".into());
-            }
-            let got = &mut sess.parts[p].received[fp];
-            got.resize(got.len().max(n + 1), false);
-            if std::mem::replace(&mut got[n], true) {
+            } else if !sess.parts[p].received.insert((fp, n)) {
                 return Err("duplicate_delivery".into());
             }
-            sess.parts[p].received_count += 1;
             if m.user_id != Some(sess.parts[fp].user_id.as_str()) {
-                sess.fail("wrong_userId");
+                fail(errors, "wrong_userId");
             }
-            let (dseq, info) = (integer(&m.seq), &mut sess.parts[fp].points[n]);
-            let code = match (info.ack, info.delivered) {
-                (Some(a), _) if dseq != Some(a) => Some("delivered_seq_differs_from_ack"),
-                (None, None) => {
-                    info.delivered = dseq;
-                    None
-                }
-                (None, d) if d != dseq => Some("delivered_seq_differs"),
-                _ => None,
-            };
-            code.into_iter().for_each(|c| sess.fail(c));
+            let (dseq, (ack, delivered)) = (integer(&m.seq), &mut sess.parts[fp].points[n]);
+            match (*ack, *delivered) {
+                (Some(a), _) if dseq != Some(a) => fail(errors, "delivered_seq_differs_from_ack"),
+                (None, None) => *delivered = dseq,
+                (None, d) if d != dseq => fail(errors, "delivered_seq_differs"),
+                _ => {}
+            }
             if sh.in_window(t) {
-                sess.deliveries_in_window += 1;
+                st.deliveries_in_window += 1;
             }
-            let sent = m
-                .data
-                .as_ref()
-                .and_then(|d| d["t"].as_f64())
-                .ok_or("delivery_without_send_time")?;
-            sess.del_lat.push(sh.clock.wall0_ms + t - sent);
+            let sent = m.data.as_ref().and_then(|d| d["t"].as_f64());
+            st.del_lat
+                .push(sh.wall0_ms + t - sent.ok_or("delivery_without_send_time")?);
             Ok(false)
         }
         "error" => Err(format!("server_error_{}", m.code.unwrap_or("undefined"))),
@@ -365,190 +303,135 @@ fn check_frame(
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// One participant's connection, from the upgrade to the close.
-struct Conn {
-    sh: Arc<Shared>,
-    s: usize,
-    p: usize,
-    /// Open loop: when the next point is due (clock ms).
-    next_at: f64,
+/// Sends as many points as the window (and, open loop, the rate with the
+/// next point due at `next_at`) allow.
+async fn pump(sh: &Shared, s: usize, p: usize, next_at: &mut f64, ws: &mut Ws) {
+    let mut frames = Vec::new();
+    {
+        let mut st = sh.state.borrow_mut();
+        let part = &mut st.sessions[s].parts[p];
+        while sh.sending() && part.inflight.len() < sh.opts.window && !part.closed {
+            let t = sh.now();
+            if sh.opts.rate > 0.0 {
+                if t < *next_at {
+                    break;
+                }
+                *next_at += 1000.0 / sh.opts.rate;
+            }
+            let n = part.points.len();
+            part.points.push((None, None));
+            part.inflight.push((n, t));
+            let (wall, tag) = (sh.wall0_ms + t, &sh.tag);
+            frames.push(format!(
+                r#"{{"type":"point","id":"{tag}-{s}-{p}-{n}","kind":"bench","value":{n},"ts":{},"data":{{"t":{wall:.3}}}}}"#,
+                wall as u64,
+            ));
+        }
+    }
+    let count = frames.len();
+    for f in frames {
+        if ws.feed(Message::text(f)).await.is_err() {
+            return; // the reading side sees the close
+        }
+    }
+    if count > 0 {
+        let _ = ws.flush().await;
+    }
 }
 
-impl Conn {
-    /// Sends as many points as the window (and the rate) allow.
-    async fn pump(&mut self, ws: &mut Ws) {
-        let sh = Arc::clone(&self.sh);
-        let opts = &sh.opts;
-        let mut frames = Vec::new();
-        {
-            let mut sess = sh.session(self.s);
-            let part = &mut sess.parts[self.p];
-            while sh.sending.load(Ordering::Relaxed)
-                && part.inflight.len() < opts.window
-                && !part.closed
-            {
-                let t = sh.clock.now();
-                if opts.rate > 0.0 {
-                    if t < self.next_at {
-                        break;
-                    }
-                    self.next_at += 1000.0 / opts.rate;
-                }
-                let n = part.points.len();
-                part.points.push(Seqs::default());
-                part.inflight.push((n, t));
-                let wall = sh.clock.wall0_ms + t;
-                frames.push(format!(
-                    r#"{{"type":"point","id":"{}","kind":"bench","value":{n},"ts":{},"data":{{"t":{wall:.3}}}}}"#,
-                    point_id(&sh.tag, self.s, self.p, n),
-                    wall as u64,
-                ));
-            }
+/// One participant's connection, from the upgrade to the close.
+async fn connection(sh: &Shared, s: usize, p: usize) {
+    let url = sh.state.borrow().sessions[s].parts[p].url.clone();
+    let join_by = tokio::time::Instant::now() + Duration::from_secs_f64(sh.opts.connect_timeout);
+    let mut phase = sh.phase.subscribe();
+    // Frames here are ~200 bytes; tungstenite zeroes its whole read buffer
+    // (128 KiB by default) before each read, which was a fifth of the
+    // generator's CPU.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let conn = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let mut ws = match tokio::time::timeout_at(join_by, conn).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(tungstenite::Error::Http(res))) => {
+            return finish(sh, s, p, &format!("upgrade_http_{}", res.status().as_u16()));
         }
-        let count = frames.len();
-        for f in frames {
-            if ws.feed(Message::text(f)).await.is_err() {
-                return; // the reading side sees the close
-            }
-        }
-        if count > 0 {
-            let _ = ws.flush().await;
-        }
-    }
-
-    fn fail(&self, code: &str) {
-        self.sh.session(self.s).fail(code);
-    }
-
-    fn inflight(&self) -> usize {
-        self.sh.session(self.s).parts[self.p].inflight.len()
-    }
-
-    async fn run(
-        mut self,
-        url: String,
-        mut phase: watch::Receiver<Phase>,
-        joined: oneshot::Sender<bool>,
-    ) {
-        let sh = Arc::clone(&self.sh);
-        let join_by =
-            tokio::time::Instant::now() + Duration::from_secs_f64(sh.opts.connect_timeout.max(0.0));
-        let mut joined = Some(joined);
-        let conn = tokio::time::timeout_at(
-            join_by,
-            // Frames here are ~200 bytes; tungstenite zeroes its whole read
-            // buffer (128 KiB by default) before each read, which was a
-            // fifth of the generator's CPU.
-            tokio_tungstenite::connect_async_with_config(
-                url,
-                Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
-                true,
-            ),
-        )
-        .await;
-        let mut ws = match conn {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(tungstenite::Error::Http(res))) => {
-                return self.finish(joined, &format!("upgrade_http_{}", res.status().as_u16()))
-            }
-            Ok(Err(e)) => return self.finish(joined, &format!("ws_error_{}", error_code(&e))),
-            Err(_) => return self.finish(joined, "join_timeout"),
+        Ok(Err(e)) => return finish(sh, s, p, &format!("ws_error_{}", error_code(&e))),
+        Err(_) => return finish(sh, s, p, "join_timeout"),
+    };
+    let (mut closing, mut close_by, mut next_at) = (false, tokio::time::Instant::now(), 0.0);
+    loop {
+        let (joined, inflight) = {
+            let st = sh.state.borrow();
+            let part = &st.sessions[s].parts[p];
+            (part.welcome || part.closed, part.inflight.len())
         };
-
-        let mut closing = false;
-        let mut close_by = tokio::time::Instant::now();
-        let mut phase_open = true;
-        loop {
-            let timer_on = sh.opts.rate > 0.0
-                && sh.sending.load(Ordering::Relaxed)
-                && self.inflight() < sh.opts.window;
-            let due = sh.clock.instant(self.next_at);
-            tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if on_frame(&sh, self.s, self.p, text.as_str()) {
-                            self.pump(&mut ws).await;
-                        }
-                        if joined.is_some() && sh.session(self.s).parts[self.p].welcome {
-                            let _ = joined.take().map(|j| j.send(true));
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => self.fail("binary_frame"),
-                    Some(Ok(Message::Close(frame))) => {
-                        if !closing {
-                            let code = frame.map_or(1005, |f| u16::from(f.code));
-                            self.fail(&format!("closed_by_server_{code}"));
-                        }
-                        closing = true;
-                        self.mark_closed();
-                        close_by = tokio::time::Instant::now() + Duration::from_secs(2);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        if !closing {
-                            self.fail(&format!("ws_error_{}", error_code(&e)));
-                            self.fail("closed_by_server_1006");
-                        }
-                        break;
-                    }
-                    None => {
-                        if !closing {
-                            self.fail("closed_by_server_1006");
-                        }
-                        break;
-                    }
-                },
-                _ = sleep_until(join_by), if joined.is_some() => {
-                    self.fail("join_timeout");
-                    let _ = joined.take().map(|j| j.send(false));
-                }
-                changed = phase.changed(), if phase_open => {
-                    if changed.is_err() {
-                        phase_open = false;
-                        continue;
-                    }
-                    let now = *phase.borrow_and_update();
-                    match now {
-                        Phase::Send => {
-                            let (start, _) = sh.window.get().copied().unwrap_or_default();
-                            if sh.opts.rate > 0.0 {
-                                let jitter = uuid::Uuid::new_v4().as_u64_pair().0 as f64 / u64::MAX as f64;
-                                self.next_at = start + jitter * 1000.0 / sh.opts.rate;
-                            }
-                            self.pump(&mut ws).await;
-                        }
-                        Phase::Close if !closing => {
-                            closing = true;
-                            close_by = tokio::time::Instant::now() + Duration::from_secs(2);
-                            let _ = ws
-                                .close(Some(CloseFrame {
-                                    code: CloseCode::Normal,
-                                    reason: "bench done".into(),
-                                }))
-                                .await;
-                        }
-                        _ => {}
+        let timer_on = sh.opts.rate > 0.0 && sh.sending() && inflight < sh.opts.window;
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if on_frame(sh, s, p, text.as_str()) {
+                        pump(sh, s, p, &mut next_at, &mut ws).await;
                     }
                 }
-                _ = sleep_until(due), if timer_on => self.pump(&mut ws).await,
-                _ = sleep_until(close_by), if closing => break,
+                Some(Ok(Message::Binary(_))) => sh.fail("binary_frame"),
+                Some(Ok(Message::Close(frame))) => {
+                    if !closing {
+                        let code = frame.map_or(1005, |f| u16::from(f.code));
+                        sh.fail(&format!("closed_by_server_{code}"));
+                    }
+                    closing = true;
+                    finish(sh, s, p, "");
+                    close_by = tokio::time::Instant::now() + Duration::from_secs(2);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    if !closing {
+                        sh.fail(&format!("ws_error_{}", error_code(&e)));
+                        sh.fail("closed_by_server_1006");
+                    }
+                    break;
+                }
+                None => {
+                    if !closing {
+                        sh.fail("closed_by_server_1006");
+                    }
+                    break;
+                }
+            },
+            // No welcome in time: this participant is out.
+            _ = sleep_until(join_by), if !joined => finish(sh, s, p, "join_timeout"),
+            Ok(()) = phase.changed() => match *phase.borrow_and_update() {
+                Phase::Send => {
+                    if sh.opts.rate > 0.0 {
+                        let start = sh.window.get().unwrap_or_default().0;
+                        let jitter = uuid::Uuid::new_v4().as_u64_pair().0 as f64 / u64::MAX as f64;
+                        next_at = start + jitter * 1000.0 / sh.opts.rate;
+                    }
+                    pump(sh, s, p, &mut next_at, &mut ws).await;
+                }
+                Phase::Close if !closing => {
+                    closing = true;
+                    close_by = tokio::time::Instant::now() + Duration::from_secs(2);
+                    let reason = "bench done".into();
+                    let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason })).await;
+                }
+                _ => {}
+            },
+            _ = sleep_until(sh.instant(next_at)), if timer_on => {
+                pump(sh, s, p, &mut next_at, &mut ws).await;
             }
+            _ = sleep_until(close_by), if closing => break,
         }
-        self.finish(joined, "");
     }
+    finish(sh, s, p, "");
+}
 
-    fn mark_closed(&self) {
-        self.sh.session(self.s).parts[self.p].closed = true;
+/// The connection is over (with error `code`, unless empty).
+fn finish(sh: &Shared, s: usize, p: usize, code: &str) {
+    let mut st = sh.state.borrow_mut();
+    if !code.is_empty() {
+        fail(&mut st.errors, code);
     }
-
-    /// The connection is over (with error `code`, unless empty).
-    fn finish(&self, joined: Option<oneshot::Sender<bool>>, code: &str) {
-        if !code.is_empty() {
-            self.fail(code);
-        }
-        self.mark_closed();
-        joined.map(|j| j.send(false));
-    }
+    st.sessions[s].parts[p].closed = true;
 }
 
 /// A short name for a WebSocket error, as in `ws_error_<name>`.
@@ -559,7 +442,7 @@ fn error_code(e: &tungstenite::Error) -> String {
             .split(['(', ' '])
             .next()
             .unwrap_or("other")
-            .to_owned(),
+            .into(),
     }
 }
 
@@ -570,62 +453,47 @@ fn error_code(e: &tungstenite::Error) -> String {
 /// `watch_pids` are the server's processes whose CPU is reported. Returns
 /// loadgen.mjs' JSON line.
 pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> Result<String> {
-    let port = super::port_of(url)?;
-    let tag = super::drive::tag(6);
+    let (port, tag) = (super::port_of(url)?, drive::tag(6));
     let prefix = opts
         .user_prefix
         .clone()
         .unwrap_or_else(|| format!("bench-{tag}"));
-    let mut sessions = Vec::new();
-    let mut urls: Vec<Vec<String>> = Vec::new();
+    let mut state = State::default();
     for s in 0..opts.sessions {
-        let mut parts = Vec::new();
-        for p in 0..opts.participants {
-            let user_id = format!("{prefix}-s{s}-p{p}");
-            let token = secret
-                .map(|k| crate::mint(k, &user_id, "enterprise", None, 3600))
-                .transpose()?;
-            let received = vec![Vec::new(); opts.participants];
-            parts.push(Participant {
-                user_id,
-                token,
-                received,
-                ..Participant::default()
-            });
-        }
-        let id = match opts.create_sessions {
-            true => {
-                let members: Vec<&str> = parts[1..].iter().map(|p| p.user_id.as_str()).collect();
-                let token = parts[0].token.as_deref().unwrap_or_default();
-                block_on(create_session(url, token, &format!("bench {s}"), &members))??
+        let user = |p| format!("{prefix}-s{s}-p{p}");
+        let users: Vec<String> = (0..opts.participants).map(user).collect();
+        let mint = |u: &String| secret.map(|k| crate::mint(k, u, "enterprise", None, 3600));
+        let tokens = users.iter().map(|u| mint(u).transpose());
+        let tokens = tokens.collect::<Result<Vec<_>>>()?;
+        let id = match &tokens[0] {
+            Some(t) if opts.create_sessions => {
+                block_on(create_session(url, t, &format!("bench {s}"), &users[1..]))??
             }
-            false => uuid::Uuid::now_v7().to_string(),
+            _ => uuid::Uuid::now_v7().to_string(),
         };
         let ws = format!("ws{}/v1/sessions/{id}/ws", url.trim_start_matches("http"));
-        urls.push(
-            parts
-                .iter()
-                .map(|pt| match &pt.token {
-                    Some(t) => format!("{ws}?token={t}"),
-                    None => format!("{ws}?user={}", pt.user_id),
-                })
-                .collect(),
-        );
-        sessions.push(Session {
-            parts,
-            ..Session::default()
-        });
+        let mut session = Session::default();
+        for (user_id, token) in users.into_iter().zip(tokens) {
+            let url = match token {
+                Some(t) => format!("{ws}?token={t}"),
+                None => format!("{ws}?user={user_id}"),
+            };
+            let mut part = Part::default();
+            (part.user_id, part.url) = (user_id, url);
+            session.parts.push(part);
+        }
+        state.sessions.push(session);
     }
-    let sh = Arc::new(Shared {
+    let sh = Shared {
         opts: opts.clone(),
-        clock: Clock::new(),
+        start: Instant::now(),
+        wall0_ms: drive::now_ms() as f64,
         tag,
-        sending: AtomicBool::new(false),
-        window: OnceLock::new(),
-        sessions: sessions.into_iter().map(Mutex::new).collect(),
-    });
-    let cpu = block_on(drive(Arc::clone(&sh), urls, watch_pids, port))?;
-    let sh = Arc::try_unwrap(sh).map_err(|_| anyhow!("connections still running"))?;
+        phase: watch::Sender::new(Phase::Join),
+        window: Cell::new(None),
+        state: RefCell::new(state),
+    };
+    let cpu = block_on(drive(&sh, (watch_pids, port)))?;
     Ok(verify(sh, cpu))
 }
 
@@ -634,167 +502,121 @@ pub async fn create_session(
     base: &str,
     token: &str,
     title: &str,
-    members: &[&str],
+    members: &[String],
 ) -> Result<String> {
-    let rb = super::drive::client()?
+    let rb = drive::client()?
         .post(format!("{base}/v1/sessions"))
         .bearer_auth(token)
         .timeout(Duration::from_secs(30))
         .json(&json!({ "title": title, "members": members }));
-    let v = super::drive::expect(rb, 201, "POST /v1/sessions").await?;
-    v["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("POST /v1/sessions answered without an id: {v}"))
+    let v = drive::expect(rb, 201, "POST /v1/sessions").await?;
+    let id = v["id"].as_str().map(str::to_owned);
+    id.ok_or_else(|| anyhow!("POST /v1/sessions answered without an id: {v}"))
 }
 
-async fn drive(
-    sh: Arc<Shared>,
-    urls: Vec<Vec<String>>,
-    watch_pids: &[u32],
-    port: u16,
-) -> Option<BTreeMap<String, f64>> {
-    let (phase_tx, phase_rx) = watch::channel(Phase::Join);
-    let mut tasks = Vec::new();
-    let mut joins = Vec::new();
-    for (s, row) in urls.into_iter().enumerate() {
-        for (p, url) in row.into_iter().enumerate() {
-            let (tx, rx) = oneshot::channel();
-            joins.push(rx);
-            let conn = Conn {
-                sh: Arc::clone(&sh),
-                s,
-                p,
-                next_at: 0.0,
-            };
-            tasks.push(tokio::spawn(conn.run(url, phase_rx.clone(), tx)));
+/// Every connection, and the phases: join, send for the window (the CPU
+/// report's window), drain, close.
+async fn drive(sh: &Shared, watch: (&[u32], u16)) -> Option<BTreeMap<String, f64>> {
+    let (sessions, parts) = (sh.opts.sessions, sh.opts.participants);
+    let conns = (0..sessions).flat_map(|s| (0..parts).map(move |p| connection(sh, s, p)));
+    let control = async {
+        let join = Duration::from_secs_f64(sh.opts.connect_timeout + 5.0);
+        wait_for(join, || sh.all(|_, p| p.welcome || p.closed)).await;
+        let mut cpu = None;
+        if sh.all(|_, p| p.welcome) {
+            let c0 = cpu_snapshot(watch.0, watch.1);
+            let start = sh.now();
+            let end = start + sh.opts.seconds * 1000.0;
+            sh.window.set(Some((start, end)));
+            sh.phase.send_replace(Phase::Send);
+            sleep_until(sh.instant(end)).await;
+            sh.phase.send_replace(Phase::Stop);
+            cpu = Some(cpu_report(&c0, &cpu_snapshot(watch.0, watch.1)));
+            // Drain: every sent point acked, then every acked point delivered.
+            let drain = Duration::from_secs_f64(sh.opts.drain_seconds);
+            wait_for(drain, || sh.all(|_, p| p.inflight.is_empty() || p.closed)).await;
+            let delivered =
+                |s: &Session, p: &Part| p.closed || p.received.len() + p.acks >= s.acked.len();
+            wait_for(drain, || sh.all(delivered)).await;
         }
-    }
-    let mut all_joined = true;
-    for j in joins {
-        all_joined &= j.await.unwrap_or(false);
-    }
-    let mut cpu = None;
-    if all_joined {
-        let c0 = cpu_snapshot(watch_pids, port);
-        let start = sh.clock.now();
-        let _ = sh.window.set((start, start + sh.opts.seconds * 1000.0));
-        sh.sending.store(true, Ordering::Relaxed);
-        let _ = phase_tx.send(Phase::Send);
-        sleep_until(sh.clock.instant(start + sh.opts.seconds * 1000.0)).await;
-        sh.sending.store(false, Ordering::Relaxed);
-        let _ = phase_tx.send(Phase::Stop);
-        cpu = Some(cpu_report(&c0, &cpu_snapshot(watch_pids, port)));
-        // Drain: every sent point acked, then every acked point delivered.
-        let drain = Duration::from_secs_f64(sh.opts.drain_seconds.max(0.0));
-        wait_for(drain, || {
-            (0..sh.sessions.len()).all(|s| {
-                let sess = sh.session(s);
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.inflight.is_empty() || pt.closed)
-            })
-        })
-        .await;
-        wait_for(drain, || {
-            (0..sh.sessions.len()).all(|s| {
-                let sess = sh.session(s);
-                let total: usize = sess.parts.iter().map(|pt| pt.ack_count).sum();
-                sess.parts
-                    .iter()
-                    .all(|pt| pt.closed || pt.received_count >= total - pt.ack_count)
-            })
-        })
-        .await;
-    }
-    let _ = phase_tx.send(Phase::Close);
-    for t in tasks {
-        let _ = t.await;
-    }
-    cpu
+        sh.phase.send_replace(Phase::Close);
+        cpu
+    };
+    tokio::join!(join_all(conns), control).1
 }
 
-async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() > end {
-            return false;
-        }
+    while !cond() && Instant::now() <= end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    true
 }
 
 /// The end-of-run checks and the figures.
 fn verify(sh: Shared, cpu: Option<BTreeMap<String, f64>>) -> String {
-    let opts = sh.opts;
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ack_lat = Vec::new();
-    let mut del_lat = Vec::new();
-    let (mut acks_in_window, mut deliveries_in_window) = (0u64, 0u64);
+    let (opts, mut st) = (sh.opts, sh.state.into_inner());
     let mut per_participant = Vec::new();
-    for sess in sh.sessions {
-        let mut sess = sess.into_inner().unwrap_or_else(|e| e.into_inner());
-        let unacked: usize = sess.parts.iter().map(|pt| pt.inflight.len()).sum();
-        sess.fail_n("unacked_at_end", unacked as u64);
+    for sess in &st.sessions {
+        let mut add = |code: &str, n: usize| {
+            if n > 0 {
+                *st.errors.entry(code.into()).or_default() += n as u64;
+            }
+        };
+        add(
+            "unacked_at_end",
+            sess.parts.iter().map(|p| p.inflight.len()).sum(),
+        );
         if let Some(last) = sess.last_seq {
             let n = sess.seqs.len() as i64;
-            let bad = sess
-                .seqs
-                .iter()
-                .filter(|&&q| q <= last || q > last + n)
-                .count();
-            sess.fail_n("seq_gap_or_out_of_range", bad as u64);
-            let mut missing = 0u64;
-            for &(from, n) in &sess.acked {
-                for (r, pt) in sess.parts.iter().enumerate() {
-                    if r != from && !pt.received[from].get(n).copied().unwrap_or(false) {
-                        missing += 1;
-                    }
-                }
-            }
-            sess.fail_n("missing_delivery", missing);
+            add(
+                "seq_gap_or_out_of_range",
+                sess.seqs
+                    .iter()
+                    .filter(|&&q| q <= last || q > last + n)
+                    .count(),
+            );
+            let missing = sess.acked.iter().map(|&(from, n)| {
+                let lost = |(r, p): (usize, &Part)| r != from && !p.received.contains(&(from, n));
+                sess.parts.iter().enumerate().filter(|&x| lost(x)).count()
+            });
+            add("missing_delivery", missing.sum());
         }
-        for (k, v) in sess.errors {
-            *errors.entry(k).or_default() += v;
-        }
-        ack_lat.extend(sess.ack_lat);
-        del_lat.extend(sess.del_lat);
-        acks_in_window += sess.acks_in_window;
-        deliveries_in_window += sess.deliveries_in_window;
-        per_participant.extend(sess.parts.iter().map(|pt| pt.ack_in_window));
+        per_participant.extend(sess.parts.iter().map(|p| p.acks_in_window));
     }
-    let mean = acks_in_window as f64 / per_participant.len().max(1) as f64;
+    let mean = st.acks_in_window as f64 / per_participant.len().max(1) as f64;
     let share_min = (mean > 0.0).then(|| {
         let min = per_participant.iter().copied().min().unwrap_or(0) as f64;
         round_to(min / mean, 3)
     });
     let per_s = |n: u64| (n as f64 / opts.seconds).round() as u64;
-    let [ack_p50, ack_p99, ack_max] = spread(&mut ack_lat);
-    let [del_p50, del_p99, _] = spread(&mut del_lat);
+    let [ack_p50, ack_p99, ack_max] = spread(&mut st.ack_lat);
+    let [del_p50, del_p99, _] = spread(&mut st.del_lat);
     // Keys in loadgen.mjs' order.
     fields! {
-        "acks_per_s": per_s(acks_in_window), "deliveries_per_s": per_s(deliveries_in_window),
+        "acks_per_s": per_s(st.acks_in_window), "deliveries_per_s": per_s(st.deliveries_in_window),
         "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "ack_max_ms": ack_max,
         "delivery_p50_ms": del_p50, "delivery_p99_ms": del_p99,
-        "errors": errors.values().sum::<u64>(), "sessions": opts.sessions,
+        "errors": st.errors.values().sum::<u64>(), "sessions": opts.sessions,
         "participants": opts.participants, "seconds": opts.seconds, "window": opts.window,
-        "rate": opts.rate, "ack_share_min": share_min, "acks_total": ack_lat.len(),
-        "deliveries_total": del_lat.len(), "error_detail": errors,
+        "rate": opts.rate, "ack_share_min": share_min, "acks_total": st.ack_lat.len(),
+        "deliveries_total": st.del_lat.len(), "error_detail": st.errors,
         "cpu_pct": cpu.unwrap_or_default(), "generator": "xtask",
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use futures_util::{SinkExt, StreamExt};
+    use hyper_util::rt::TokioIo;
     use tokio::sync::mpsc;
-    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
 
     use super::super::defaults;
     use super::*;
+    use crate::bench::drive::fake;
 
     #[derive(Clone, Copy, PartialEq)]
     enum Fault {
@@ -812,89 +634,76 @@ mod tests {
     }
 
     /// `(seq, points, peers)` per session.
-    type Rooms =
-        Arc<Mutex<BTreeMap<String, (i64, u64, Vec<(u64, mpsc::UnboundedSender<String>)>)>>>;
+    type Rooms = Mutex<BTreeMap<String, (i64, u64, Vec<(u64, mpsc::UnboundedSender<String>)>)>>;
 
     /// A session server speaking the frames the generator needs, correct
-    /// or with one fault; its port.
-    fn fake(fault: Fault) -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        l.set_nonblocking(true).unwrap();
-        std::thread::spawn(move || {
-            block_on(async move {
-                let l = tokio::net::TcpListener::from_std(l).unwrap();
-                let rooms = Rooms::default();
-                for conn in 0.. {
-                    let (sock, _) = l.accept().await.unwrap();
-                    tokio::spawn(serve(sock, conn, Arc::clone(&rooms), fault));
-                }
-            })
-        });
-        port
-    }
-
-    async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, fault: Fault) {
-        let mut uri = String::new();
-        #[allow(clippy::result_large_err)] // tungstenite's callback type
-        let callback = |req: &tungstenite::handshake::server::Request, res| {
-            uri = req.uri().to_string();
-            Ok(res)
-        };
-        let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await else {
-            return;
-        };
-        // /v1/sessions/{id}/ws?user=U
-        let session = uri.split('/').nth(3).unwrap_or_default().to_owned();
-        let user = uri.split("user=").nth(1).unwrap_or_default().to_owned();
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        {
-            let mut rooms = rooms.lock().unwrap();
-            let room = rooms.entry(session.clone()).or_default();
-            room.2.push((conn, tx.clone()));
-            tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0))
-                .unwrap();
-        }
-        tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                if sink.send(Message::text(m)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mine = 0;
-        while let Some(Ok(Message::Text(text))) = stream.next().await {
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            mine += 1;
-            let mut rooms = rooms.lock().unwrap();
-            let room = rooms.get_mut(&session).unwrap();
-            room.1 += 1;
-            let fifth = room.1 == 5;
-            room.0 += match fault {
-                Fault::SkipSeq if fifth => 2,
-                Fault::ReuseSeq if fifth => 0,
-                _ => 1,
-            };
-            let (seq, id) = (room.0, v["id"].as_str().unwrap());
-            if !(fault == Fault::LoseAck && mine == 3) {
-                let _ = tx.send(format!(r#"{{"type":"ack","id":"{id}","seq":{seq}}}"#));
-            }
-            let point =
-                json!({"type": "point", "id": id, "seq": seq, "userId": user, "data": v["data"]});
-            let mut dropped = !(fault == Fault::DropDelivery && fifth);
-            for (c, peer) in &room.2 {
-                if *c == conn && fault != Fault::EchoOwn
-                    || *c != conn && !std::mem::replace(&mut dropped, true)
+    /// or with one fault.
+    fn fake(fault: Fault) -> String {
+        let (rooms, conns) = (Arc::new(Rooms::default()), Arc::new(AtomicU64::new(0)));
+        fake::start(Arc::new(move |req| {
+            let key = req.headers()["sec-websocket-key"].as_bytes();
+            let accept = tungstenite::handshake::derive_accept_key(key);
+            // /v1/sessions/{id}/ws?user=U
+            let uri = req.uri().to_string();
+            let session = uri.split('/').nth(3).unwrap_or_default().to_owned();
+            let user = uri.split("user=").nth(1).unwrap_or_default().to_owned();
+            let (rooms, conn) = (Arc::clone(&rooms), conns.fetch_add(1, Ordering::Relaxed));
+            tokio::spawn(async move {
+                let io = TokioIo::new(hyper::upgrade::on(req).await.unwrap());
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
                 {
-                    continue;
+                    let mut rooms = rooms.lock().unwrap();
+                    let room = rooms.entry(session.clone()).or_default();
+                    room.2.push((conn, tx.clone()));
+                    tx.send(format!(r#"{{"type":"welcome","lastSeq":{}}}"#, room.0))
+                        .unwrap();
                 }
-                let _ = peer.send(point.to_string());
-            }
-        }
-        if let Some(room) = rooms.lock().unwrap().get_mut(&session) {
-            room.2.retain(|(c, _)| *c != conn);
-        }
+                tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        if sink.send(Message::text(m)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut mine = 0;
+                while let Some(Ok(Message::Text(text))) = stream.next().await {
+                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                    mine += 1;
+                    let mut rooms = rooms.lock().unwrap();
+                    let room = rooms.get_mut(&session).unwrap();
+                    room.1 += 1;
+                    let fifth = room.1 == 5;
+                    room.0 += match fault {
+                        Fault::SkipSeq if fifth => 2,
+                        Fault::ReuseSeq if fifth => 0,
+                        _ => 1,
+                    };
+                    let (seq, id) = (room.0, v["id"].as_str().unwrap());
+                    if !(fault == Fault::LoseAck && mine == 3) {
+                        let _ = tx.send(format!(r#"{{"type":"ack","id":"{id}","seq":{seq}}}"#));
+                    }
+                    let point = json!({"type": "point", "id": id, "seq": seq, "userId": user, "data": v["data"]});
+                    let mut dropped = !(fault == Fault::DropDelivery && fifth);
+                    for (c, peer) in &room.2 {
+                        if *c == conn && fault != Fault::EchoOwn
+                            || *c != conn && !std::mem::replace(&mut dropped, true)
+                        {
+                            continue;
+                        }
+                        let _ = peer.send(point.to_string());
+                    }
+                }
+                if let Some(room) = rooms.lock().unwrap().get_mut(&session) {
+                    room.2.retain(|(c, _)| *c != conn);
+                }
+            });
+            let headers = [("upgrade", "websocket"), ("connection", "upgrade")];
+            let mut headers: Vec<_> = headers.map(|(k, v)| (k, v.to_owned())).to_vec();
+            headers.push(("sec-websocket-accept", accept));
+            (101, headers, String::new())
+        }))
     }
 
     fn run_against(fault: Fault, rate: f64) -> Value {
@@ -907,10 +716,7 @@ mod tests {
             drain_seconds: 1.0,
             ..defaults()
         };
-        serde_json::from_str(
-            &run(&o, &format!("http://127.0.0.1:{}", fake(fault)), None, &[]).unwrap(),
-        )
-        .unwrap()
+        serde_json::from_str(&run(&o, &fake(fault), None, &[]).unwrap()).unwrap()
     }
 
     #[test]
@@ -923,10 +729,8 @@ mod tests {
         );
         // open loop: 6 participants x 100 points/s x 0.4 s = 240 points
         let r = run_against(Fault::None, 100.0);
-        assert!(
-            r["errors"] == 0 && (160..=260).contains(&r["acks_total"].as_u64().unwrap()),
-            "{r}"
-        );
+        let acks = r["acks_total"].as_u64().unwrap();
+        assert!(r["errors"] == 0 && (160..=260).contains(&acks), "{r}");
         for (fault, want) in [
             (Fault::SkipSeq, json!({"seq_gap_or_out_of_range": 2})),
             (Fault::ReuseSeq, json!({"duplicate_seq": 2})),
@@ -940,9 +744,7 @@ mod tests {
             assert_eq!(run_against(fault, 0.0)["error_detail"], want);
         }
         let r = run_against(Fault::EchoOwn, 0.0);
-        assert_eq!(
-            (&r["error_detail"]["own_point_echoed"], &r["errors"]),
-            (&r["acks_total"], &r["acks_total"])
-        );
+        let echoed = (&r["error_detail"]["own_point_echoed"], &r["errors"]);
+        assert_eq!(echoed, (&r["acks_total"], &r["acks_total"]));
     }
 }

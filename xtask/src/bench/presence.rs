@@ -1,32 +1,27 @@
-//! Presence load generator and checker, run in-process by `cargo xtask
-//! bench presence` against the Rust service (there is no reference).
-//!
-//! N users each heartbeat once with their own token (`setup`); then three
-//! phases of `seconds` each keep `concurrency` requests in flight over
-//! keep-alive connections: `single` (`GET /v1/presence/{id}`), `batch`
-//! (`GET /v1/presence?users=<batch ids>`) and `heartbeat` (`POST
-//! /v1/presence/heartbeat`, each user with its own token), each with its
-//! own figures. Reads rotate over `callers` caller tokens (by default the N
-//! users themselves), so that no caller comes near the enterprise plan's
-//! 100 requests/s: every request is charged to its caller.
+//! Presence load generator and checker (there is no reference): N users
+//! each heartbeat once with their own token (`setup`); then three phases
+//! of `seconds` each keep `concurrency` requests in flight: `single`
+//! (`GET /v1/presence/{id}`), `batch` (`GET /v1/presence?users=<ids>`) and
+//! `heartbeat` (`POST /v1/presence/heartbeat`, each user with its own
+//! token). Reads rotate over `callers` caller tokens (by default the N
+//! users), so that no caller comes near the enterprise plan's 100
+//! requests/s: every request is charged to its caller.
 //!
 //! Errors (per phase): answers other than 200 (a 429 is also counted in
-//! `rate_limited`), bodies that are not JSON or not presence objects, a
-//! presence of another user than asked, a user shown without the status
-//! `online`, activity `bench` and a `lastSeen` while its last heartbeat is
-//! recent, batch answers not of the length asked, in another order, or
-//! with other users, transport errors, and requests still unanswered after
-//! the drain.
+//! `rate_limited`), bodies that are not presence objects, a presence of
+//! another user than asked, a user shown without the status `online`,
+//! activity `bench` and a `lastSeen` while its last heartbeat is recent,
+//! batch answers not of the length asked, in another order, or with other
+//! users, transport errors, and requests still unanswered after the drain.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-use super::drive::{self, closed_loop, open_all, Answer};
+use super::drive::{self, closed_loop, fail, open_all, Answer, Tally};
 use super::summary::{fields, round_to, spread, Stats, Summary};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
@@ -37,7 +32,7 @@ const PRESENCE_TTL: Duration = Duration::from_secs(60);
 const TTL_MARGIN: Duration = Duration::from_secs(10);
 /// `MAX_PRESENCE_BATCH`.
 pub const MAX_BATCH: usize = 100;
-const HEARTBEAT_BODY: &[u8] = br#"{"status":"online","activity":"bench"}"#;
+const PHASES: [&str; 4] = ["setup", "single", "batch", "heartbeat"];
 
 /// Presence reads and heartbeats.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
@@ -75,8 +70,7 @@ impl Options {
     pub fn validate(&self) -> Result<()> {
         if self.batch > MAX_BATCH {
             bail!("--batch takes at most {MAX_BATCH} ids");
-        }
-        if self.batch > self.users {
+        } else if self.batch > self.users {
             bail!(
                 "--batch {} needs at least as many --users ({})",
                 self.batch,
@@ -87,82 +81,39 @@ impl Options {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Setup,
-    Single,
-    Batch,
-    Heartbeat,
-}
-
-const PHASES: [Phase; 4] = [Phase::Setup, Phase::Single, Phase::Batch, Phase::Heartbeat];
-
-impl Phase {
-    /// Its name in the lines.
-    pub fn name(self) -> &'static str {
-        ["setup", "single", "batch", "heartbeat"][self as usize]
-    }
-}
-
 // ---- checks --------------------------------------------------------------
 
-/// What a presence object is expected to show.
-#[derive(Clone, Copy, Debug)]
-pub struct Expect<'a> {
-    pub user: &'a str,
-    /// The user's last heartbeat is recent: `online`, activity `bench`,
-    /// and a `lastSeen`.
-    pub present: bool,
-}
-
-/// Checks one presence object; the error code when it is wrong.
-pub fn check_presence(v: &Value, want: Expect<'_>) -> Result<(), &'static str> {
+/// Checks one presence object of `user`; `present`: its last heartbeat is
+/// recent (`online`, activity `bench`, and a `lastSeen`). The error code
+/// when it is wrong.
+pub fn check_presence(v: &Value, user: &str, present: bool) -> Result<(), &'static str> {
     let Some(o) = v.as_object() else {
         return Err("bad_presence");
     };
-    let status = o.get("status").and_then(Value::as_str);
+    let (status, activity) = (o.get("status").and_then(Value::as_str), o.get("activity"));
     let shape_ok = o.get("userId").is_some_and(Value::is_string)
         && matches!(status, Some("online" | "away" | "busy" | "offline"))
         && o.get("connections").and_then(Value::as_u64).is_some()
         && o.get("lastSeen").is_none_or(Value::is_string)
-        && o.get("activity").is_none_or(Value::is_string);
+        && activity.is_none_or(Value::is_string);
     if !shape_ok {
-        return Err("bad_presence");
-    }
-    if o["userId"].as_str() != Some(want.user) {
-        return Err("wrong_userId");
-    }
-    if want.present
+        Err("bad_presence")
+    } else if o["userId"].as_str() != Some(user) {
+        Err("wrong_userId")
+    } else if present
         && (status != Some("online")
-            || o.get("activity").and_then(Value::as_str) != Some("bench")
+            || activity.and_then(Value::as_str) != Some("bench")
             || o.get("lastSeen").is_none())
     {
-        return Err("stale_presence");
-    }
-    Ok(())
-}
-
-/// The order check of a batch answer: the ids answered must be the ids
-/// asked, in the order asked.
-pub fn order_check(asked: &[&str], got: &[&str]) -> Result<(), &'static str> {
-    if asked.len() != got.len() {
-        return Err("batch_wrong_length");
-    }
-    if asked == got {
-        return Ok(());
-    }
-    let (mut a, mut g) = (asked.to_vec(), got.to_vec());
-    a.sort_unstable();
-    g.sort_unstable();
-    Err(if a == g {
-        "batch_out_of_order"
+        Err("stale_presence")
     } else {
-        "batch_wrong_users"
-    })
+        Ok(())
+    }
 }
 
-/// Checks a batch answer's body against the ids asked; the error codes
-/// (one per bad presence object, plus the order check's).
+/// Checks a batch answer's body against the ids asked: the ids answered
+/// must be the ids asked, in the order asked; the error codes (the order
+/// check's, then one per bad presence object).
 pub fn check_batch(
     v: &Value,
     asked: &[&str],
@@ -173,19 +124,21 @@ pub fn check_batch(
     };
     let got: Vec<&str> = users
         .iter()
-        .map(|u| u.get("userId").and_then(Value::as_str).unwrap_or(""))
+        .map(|u| u["userId"].as_str().unwrap_or(""))
         .collect();
-    let mut errors = Vec::new();
-    if let Err(e) = order_check(asked, &got) {
-        errors.push(e);
-    }
-    for (i, u) in users.iter().enumerate() {
+    let (mut a, mut g) = (asked.to_vec(), got.clone());
+    a.sort_unstable();
+    g.sort_unstable();
+    let mut errors = match () {
+        _ if asked.len() != got.len() => vec!["batch_wrong_length"],
+        _ if asked == got => vec![],
+        _ if a == g => vec!["batch_out_of_order"],
+        _ => vec!["batch_wrong_users"],
+    };
+    for (i, (u, user)) in users.iter().zip(&got).enumerate() {
         // The id itself is the order check's business.
-        let user = got[i];
-        let present = asked.get(i) == Some(&user) && present(i);
-        if let Err(e) = check_presence(u, Expect { user, present }) {
-            errors.push(e);
-        }
+        let present = asked.get(i) == Some(user) && present(i);
+        errors.extend(check_presence(u, user, present).err());
     }
     errors
 }
@@ -209,20 +162,9 @@ const METRICS: &str = "requests_per_s reads_per_s p50_ms p99_ms max_ms errors ra
 impl super::Gen for Options {
     const TITLE: &'static str = "bench presence";
 
-    fn shape(&self) -> (String, Value) {
-        let (u, c, secs, b, k) = (
-            self.users,
-            self.concurrency,
-            self.seconds,
-            self.batch,
-            self.callers(),
-        );
-        let text =
-            format!("presence users={u} concurrency={c} seconds={secs} batch={b} callers={k}");
-        (
-            text,
-            json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": k}),
-        )
+    fn shape(&self) -> Value {
+        let (u, c, secs, b) = (self.users, self.concurrency, self.seconds, self.batch);
+        json!({"users": u, "concurrency": c, "seconds": secs, "batch": b, "callers": self.callers()})
     }
 
     fn metrics(&self) -> &'static str {
@@ -235,17 +177,17 @@ impl super::Gen for Options {
 
     /// Per phase medians over the runs, and the issue's goal: a batch read
     /// of `batch` users costing no more than 3x a single read at p50.
-    fn summarize(&self, _: &[String], runs: &[(String, Value)], problems: &[String]) -> Summary {
+    fn summarize(&self, _: &[String], runs: &[(String, Value)], ok: bool) -> Summary {
         let by_phase: Vec<(String, Value)> = runs
             .iter()
             .filter_map(|(_, v)| Some((v["phase"].as_str()?.to_owned(), v.clone())))
             .collect();
-        let names: Vec<String> = PHASES.iter().map(|p| p.name().to_owned()).collect();
+        let names = PHASES.map(str::to_owned);
         let metrics: Vec<&str> = METRICS.split_whitespace().collect();
         let st = Stats::of(&names, &by_phase, &metrics);
         let ratio = st.ratio("batch", "single", &["p50_ms", "p99_ms", "requests_per_s"]);
         let p50_ratio = ratio.get("p50_ms").copied();
-        let (heading, shape) = self.shape();
+        let (heading, shape) = (super::Gen::heading(self), self.shape());
         let json = fields! {
             "summary": "bench presence", "shape": shape, "rounds": st.rounds.get("setup"),
             "median": st.median, "min": st.min, "max": st.max,
@@ -253,13 +195,13 @@ impl super::Gen for Options {
             "batch_p99_over_single_p99": ratio.get("p99_ms"),
             "goal": format!("batch of {} p50 <= 3x single p50", self.batch),
             "goal_met": p50_ratio.map(|x| x <= 3.0), "errors": st.errors,
-            "error_detail": st.error_detail, "ok": problems.is_empty(),
+            "error_detail": st.error_detail, "ok": ok,
         };
         let table = st.table(
             &heading,
             &names,
             &metrics,
-            &[("batch/single".to_owned(), ratio)],
+            &[("batch/single".into(), ratio)],
         );
         Summary { table, json }
     }
@@ -267,36 +209,11 @@ impl super::Gen for Options {
 
 // ---- run -----------------------------------------------------------------
 
-struct Run<'a> {
-    opts: &'a Options,
-    client: Client,
-    url: String,
-    /// Per user: id, authorization header, when its last accepted
-    /// heartbeat was sent.
-    users: Vec<(String, String, Option<Instant>)>,
-    /// Caller authorization headers for reads.
-    callers: Vec<String>,
-}
-
-impl Run<'_> {
-    fn present(&self, user: usize, now: Instant) -> bool {
-        self.users[user]
-            .2
-            .is_some_and(|t| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN)
-    }
-}
-
-/// Per-phase tallies.
-#[derive(Default)]
-struct Tally {
-    lat: Vec<f64>,
-    in_window: u64,
-    reads: u64,
-    total: u64,
-    rate_limited: u64,
-    per_caller: Vec<u64>,
-    errors: BTreeMap<String, u64>,
-}
+/// A user: id, authorization header, when its last accepted heartbeat was
+/// sent.
+type User = (String, String, Cell<Option<Instant>>);
+/// A request: caller, users asked, heartbeat sent at.
+type Job = (usize, Vec<usize>, Instant);
 
 /// Runs setup and the three phases against `url`, with tokens minted
 /// with `secret` (plan enterprise): one JSON line per phase, or one with
@@ -304,37 +221,30 @@ struct Tally {
 pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<String> {
     let mut lines = Vec::new();
     let mut go = || -> Result<()> {
-        let port = super::port_of(url)?;
-        let prefix = opts
-            .user_prefix
-            .clone()
-            .unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
+        let watch = (watch_pids, super::port_of(url)?);
+        let prefix = opts.user_prefix.clone();
+        let prefix = prefix.unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
         let bearer = |id: &str| {
             crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
         };
         let users = (0..opts.users)
             .map(|i| format!("{prefix}-u{i}"))
-            .map(|id| Ok((id.clone(), bearer(&id)?, None)))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|id| Ok((id.clone(), bearer(&id)?, Cell::new(None))))
+            .collect::<Result<Vec<User>>>()?;
         // Callers are the users first, then readers of their own.
-        let callers = (0..opts.callers())
-            .map(|i| {
-                users
-                    .get(i)
-                    .map_or_else(|| bearer(&format!("{prefix}-c{i}")), |u| Ok(u.1.clone()))
-            })
-            .collect::<Result<Vec<String>>>()?;
-        let mut run = Run {
-            opts,
-            client: drive::client()?,
-            url: url.to_owned(),
-            users,
-            callers,
+        let caller = |i: usize| match users.get(i) {
+            Some(u) => Ok(u.1.clone()),
+            None => bearer(&format!("{prefix}-c{i}")),
         };
+        let callers = (0..opts.callers())
+            .map(caller)
+            .collect::<Result<Vec<String>>>()?;
+        let client = drive::client()?;
         drive::block_on(async {
-            open_all(&run.client, &run.url, opts.concurrency).await?;
+            open_all(&client, url, opts.concurrency).await?;
             for phase in PHASES {
-                lines.push(run_phase(&mut run, phase, (watch_pids, port)).await);
+                let run = (opts, &client, url, &users[..], &callers[..]);
+                lines.push(run_phase(run, phase, watch).await);
             }
             Ok(())
         })?
@@ -346,142 +256,105 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
 }
 
 /// One phase: its JSON line (and a progress line on stderr).
-async fn run_phase(run: &mut Run<'_>, phase: Phase, watch: (&[u32], u16)) -> String {
-    let (opts, n) = (run.opts, run.opts.users as u64);
-    let reading = matches!(phase, Phase::Single | Phase::Batch);
-    let k_callers = if reading {
-        run.callers.len()
-    } else {
-        opts.users
-    };
+async fn run_phase(
+    (opts, client, url, users, callers): (&Options, &Client, &str, &[User], &[String]),
+    phase: &str,
+    watch: (&[u32], u16),
+) -> String {
+    let n = users.len() as u64;
+    let reading = matches!(phase, "single" | "batch");
+    let k_callers = if reading { callers.len() } else { users.len() };
     // Setup: each user once, however long it takes (within reason).
     let until = match phase {
-        Phase::Setup => (120.0, Some(n), opts.drain_seconds),
+        "setup" => (120.0, Some(n), opts.drain_seconds),
         _ => (opts.seconds, None, opts.drain_seconds),
     };
-    let tally = RefCell::new(Tally {
-        per_caller: vec![0; k_callers],
-        ..Tally::default()
-    });
-    let run_cell = RefCell::new(&mut *run);
-    // A request is `(caller, users asked, heartbeat sent at)`.
+    let fresh = |t: Instant, now: Instant| now.duration_since(t) < PRESENCE_TTL - TTL_MARGIN;
+    let present = |u: usize, now| users[u].2.get().is_some_and(|t| fresh(t, now));
+    let (mut reads, mut rate_limited, mut per_caller) = (0u64, 0u64, vec![0u64; k_callers]);
+    let heartbeat = format!("{url}/v1/presence/heartbeat");
     let next = |i: u64| {
-        let run = run_cell.borrow();
-        let ncall = run.callers.len() as u64;
-        let (caller, users) = match phase {
-            Phase::Single => (((i + ncall / 2) % ncall) as usize, vec![(i % n) as usize]),
-            Phase::Batch => ((i % ncall) as usize, batch_ids(i, opts.users, opts.batch)),
+        let k = callers.len() as u64;
+        let (caller, asked) = match phase {
+            "single" => (((i + k / 2) % k) as usize, vec![(i % n) as usize]),
+            "batch" => ((i % k) as usize, batch_ids(i, opts.users, opts.batch)),
             _ => ((i % n) as usize, vec![(i % n) as usize]),
         };
-        let ids: Vec<&str> = users.iter().map(|&u| run.users[u].0.as_str()).collect();
+        let ids: Vec<&str> = asked.iter().map(|&u| users[u].0.as_str()).collect();
         let rb = match phase {
-            Phase::Single => run
-                .client
-                .get(format!("{}/v1/presence/{}", run.url, ids[0])),
-            Phase::Batch => {
-                run.client
-                    .get(format!("{}/v1/presence?users={}", run.url, ids.join(",")))
-            }
-            _ => run
-                .client
-                .post(format!("{}/v1/presence/heartbeat", run.url))
-                .body(HEARTBEAT_BODY),
+            "single" => client.get(format!("{url}/v1/presence/{}", ids[0])),
+            "batch" => client.get(format!("{url}/v1/presence?users={}", ids.join(","))),
+            _ => client
+                .post(&heartbeat)
+                .body(r#"{"status":"online","activity":"bench"}"#),
         };
         let auth = if reading {
-            &run.callers[caller]
+            &callers[caller]
         } else {
-            &run.users[caller].1
+            &users[caller].1
         };
-        let rb = rb
-            .header("authorization", auth)
-            .header("content-type", "application/json");
-        (rb, (caller, users, Instant::now()))
+        let rb = rb.header("authorization", auth);
+        (
+            rb.header("content-type", "application/json"),
+            (caller, asked, Instant::now()),
+        )
     };
-    let answer = |(caller, users, sent): (usize, Vec<usize>, Instant), a: Answer| {
-        let (mut t, mut run) = (tally.borrow_mut(), run_cell.borrow_mut());
-        let fail = |t: &mut Tally, code: &str| *t.errors.entry(code.to_owned()).or_default() += 1;
-        t.total += 1;
-        let counted = a.in_window || phase == Phase::Setup;
-        if counted {
-            t.lat.push(a.ms);
-            t.in_window += 1;
-            t.per_caller[caller] += 1;
-        }
-        let body = match drive::json_200(&a.result) {
+    let answer = |(caller, asked, sent): Job, a: &Answer, counted, t: &mut Tally| {
+        per_caller[caller] += u64::from(counted);
+        let body = match drive::json_200(a) {
             Ok(b) => b,
             Err(code) => {
-                t.rate_limited += u64::from(code == "http_429_rate_limited");
-                return fail(&mut t, &code);
+                rate_limited += u64::from(code == "http_429_rate_limited");
+                return fail(&mut t.errors, &code);
             }
         };
         let now = Instant::now();
+        let ids: Vec<&str> = asked.iter().map(|&u| users[u].0.as_str()).collect();
         let errors = match phase {
-            Phase::Batch => {
-                let asked: Vec<&str> = users.iter().map(|&u| run.users[u].0.as_str()).collect();
-                check_batch(&body, &asked, |i| run.present(users[i], now))
-            }
-            Phase::Single => {
-                let want = Expect {
-                    user: &run.users[users[0]].0,
-                    present: run.present(users[0], now),
-                };
-                check_presence(&body, want).err().into_iter().collect()
-            }
+            "batch" => check_batch(&body, &ids, |i| present(asked[i], now)),
+            "single" => Vec::from_iter(check_presence(&body, ids[0], present(asked[0], now)).err()),
             _ => {
-                match check_presence(
-                    &body,
-                    Expect {
-                        user: &run.users[caller].0,
-                        present: true,
-                    },
-                ) {
-                    Ok(()) => {
-                        let hb = &mut run.users[caller].2;
-                        *hb = Some(hb.map_or(sent, |h| h.max(sent)));
-                        vec![]
-                    }
-                    Err(e) => vec![e],
+                let e = check_presence(&body, ids[0], true).err();
+                let hb = &users[caller].2;
+                if e.is_none() {
+                    hb.set(Some(hb.get().map_or(sent, |h| h.max(sent))));
                 }
+                Vec::from_iter(e)
             }
         };
         if errors.is_empty() && reading && counted {
-            t.reads += users.len() as u64;
+            reads += asked.len() as u64;
         }
-        errors.into_iter().for_each(|e| fail(&mut t, e));
+        errors.into_iter().for_each(|e| fail(&mut t.errors, e));
     };
-    let outcome = closed_loop(opts.concurrency, until, watch, next, answer).await;
-    let mut t = tally.into_inner();
-    t.errors.extend(
-        (outcome.unanswered > 0).then(|| ("unanswered_at_end".to_owned(), outcome.unanswered)),
-    );
+    let mut t = closed_loop(opts.concurrency, until, watch, next, answer).await;
     let secs = match phase {
-        Phase::Setup => outcome.elapsed.as_secs_f64().max(1e-3),
+        "setup" => t.elapsed.as_secs_f64().max(1e-3),
         _ => opts.seconds,
     };
     let per_s = |x: u64| (x as f64 / secs).round() as u64;
-    let max_caller = t.per_caller.iter().copied().max().unwrap_or(0);
+    let max_caller = per_caller.iter().copied().max().unwrap_or(0);
     let [p50, p99, max] = spread(&mut t.lat);
     let errors: u64 = t.errors.values().sum();
     let show = |x: Option<f64>| x.map_or("-".into(), |x| x.to_string());
-    let (name, rate) = (phase.name(), per_s(t.in_window));
+    let (requests, rate) = (t.lat.len(), per_s(t.lat.len() as u64));
+    let (p50s, p99s) = (show(p50), show(p99));
     eprintln!(
-        "bench: presence {name}: {rate} req/s, p50 {} ms, p99 {} ms, {errors} errors",
-        show(p50),
-        show(p99)
+        "bench: presence {phase}: {rate} req/s, p50 {p50s} ms, p99 {p99s} ms, {errors} errors"
     );
     fields! {
-        "phase": name, "requests_per_s": rate,
+        "phase": phase, "requests_per_s": rate,
         // Presence objects read per second (reads only).
-        "reads_per_s": reading.then(|| per_s(t.reads)), "p50_ms": p50, "p99_ms": p99,
-        "max_ms": max, "errors": errors, "rate_limited": t.rate_limited,
+        "reads_per_s": reading.then(|| per_s(reads)), "p50_ms": p50, "p99_ms": p99,
+        "max_ms": max, "errors": errors, "rate_limited": rate_limited,
         // Answers in the window (all of them for `setup`).
-        "requests": t.in_window, "answers_total": t.total, "seconds": round_to(secs, 3),
+        "requests": requests, "answers_total": t.answers, "seconds": round_to(secs, 3),
         "concurrency": opts.concurrency, "users": opts.users,
-        "batch": (phase == Phase::Batch).then_some(opts.batch), "callers": k_callers,
+        "batch": (phase == "batch").then_some(opts.batch), "callers": k_callers,
         // The busiest caller's requests per second (the enterprise plan
         // allows 100 after a burst of 1000).
         "max_caller_req_per_s": round_to(max_caller as f64 / secs, 1), "error_detail": t.errors,
-        "cpu_pct": outcome.cpu, "generator": "xtask",
+        "cpu_pct": t.cpu, "generator": "xtask",
     }
 }
 
@@ -503,30 +376,17 @@ mod tests {
 
     #[test]
     fn presence_objects_and_batches() {
-        let (on, off) = (
-            Expect {
-                user: "a",
-                present: true,
-            },
-            Expect {
-                user: "a",
-                present: false,
-            },
-        );
-        assert_eq!(check_presence(&presence("a", true), on), Ok(()));
+        assert_eq!(check_presence(&presence("a", true), "a", true), Ok(()));
         assert_eq!(
-            check_presence(&presence("b", true), on),
+            check_presence(&presence("b", true), "a", true),
             Err("wrong_userId")
         );
         assert_eq!(
-            check_presence(&presence("a", false), on),
+            check_presence(&presence("a", false), "a", true),
             Err("stale_presence")
         );
-        assert_eq!(
-            check_presence(&json!({"userId": "a", "status": "gone"}), off),
-            Err("bad_presence")
-        );
-        let asked = ["a", "b", "c"];
+        let gone = json!({"userId": "a", "status": "gone"});
+        assert_eq!(check_presence(&gone, "a", false), Err("bad_presence"));
         for (users, want) in [
             ("abc", vec![]),
             ("bac", vec!["batch_out_of_order"]),
@@ -538,7 +398,7 @@ mod tests {
                 .map(|u| presence(&u.to_string(), true))
                 .collect();
             assert_eq!(
-                check_batch(&json!({ "users": users }), &asked, |_| true),
+                check_batch(&json!({ "users": users }), &["a", "b", "c"], |_| true),
                 want
             );
         }
@@ -553,11 +413,12 @@ mod tests {
     /// heartbeats, or every 5th single read a 500 (`errors`).
     fn run_against(fault: &'static str) -> Vec<Value> {
         let seen: Arc<Mutex<(Vec<String>, u64)>> = Arc::default();
-        let port = fake::start(Arc::new(move |method, target, h, _| {
+        let url = fake::start(Arc::new(move |req| {
             let mut seen = seen.lock().unwrap();
-            let body = match (method, target) {
-                ("POST", "/v1/presence/heartbeat") => {
-                    let user = fake::claims(h, b"secret")["sub"]
+            let target = req.uri().to_string();
+            let body = match target.as_str() {
+                "/v1/presence/heartbeat" => {
+                    let user = fake::claims(&req, b"secret")["sub"]
                         .as_str()
                         .unwrap()
                         .to_owned();
@@ -566,17 +427,15 @@ mod tests {
                     }
                     presence(&user, true)
                 }
-                (_, t) if t.starts_with("/v1/presence?users=") => {
-                    let mut users: Vec<Value> = t[19..]
-                        .split(',')
-                        .map(|u| presence(u, seen.0.iter().any(|s| s == u)))
-                        .collect();
+                t if t.starts_with("/v1/presence?users=") => {
+                    let on = |u: &str| presence(u, seen.0.iter().any(|s| s == u));
+                    let mut users: Vec<Value> = t[19..].split(',').map(on).collect();
                     if fault == "reverse" {
                         users.reverse();
                     }
                     json!({ "users": users })
                 }
-                (_, t) if t.starts_with("/v1/presence/") => {
+                t if t.starts_with("/v1/presence/") => {
                     seen.1 += 1;
                     if fault == "errors" && seen.1.is_multiple_of(5) {
                         return (500, vec![], "{}".into());
@@ -595,7 +454,7 @@ mod tests {
             callers: Some(5),
             ..defaults::<Options>()
         };
-        let lines = run(&opts, &format!("http://127.0.0.1:{port}"), "secret", &[]);
+        let lines = run(&opts, &url, "secret", &[]);
         lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -610,17 +469,16 @@ mod tests {
             (&r[0]["requests"], &r[1]["callers"], &r[3]["callers"]),
             (&json!(20), &json!(5), &json!(20))
         );
-        let (reads, requests) = (
-            r[2]["reads_per_s"].as_u64().unwrap(),
-            r[2]["requests_per_s"].as_u64().unwrap(),
-        );
+        let reads = r[2]["reads_per_s"].as_u64().unwrap();
+        let requests = r[2]["requests_per_s"].as_u64().unwrap();
         assert!(reads > 0 && reads.abs_diff(10 * requests) <= 10, "{}", r[2]);
         let runs: Vec<(String, Value)> = r.into_iter().map(|v| ("rust".to_owned(), v)).collect();
-        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, &[]);
+        let s = super::super::Gen::summarize(&defaults::<Options>(), &[], &runs, true);
         assert!(
             s.json.contains("\"batch_p50_over_single_p50\":") && s.table.contains("batch/single")
         );
-        let codes = |r: &[Value]| {
+        let codes = |fault| {
+            let r = run_against(fault);
             r.iter()
                 .map(|p| p["error_detail"].to_string())
                 .collect::<Vec<_>>()
@@ -628,10 +486,10 @@ mod tests {
         };
         let stale = r#"{} {"stale_presence":"#;
         assert!(
-            codes(&run_against("forget")).starts_with(stale),
+            codes("forget").starts_with(stale),
             "heartbeats right, reads stale"
         );
-        assert!(codes(&run_against("reverse")).starts_with(r#"{} {} {"batch_out_of_order":"#));
-        assert!(codes(&run_against("errors")).starts_with(r#"{} {"http_500":"#));
+        assert!(codes("reverse").starts_with(r#"{} {} {"batch_out_of_order":"#));
+        assert!(codes("errors").starts_with(r#"{} {"http_500":"#));
     }
 }

@@ -1,36 +1,23 @@
 //! Quota check load generator and checker: the job of
-//! `../shared/bench/quotagen.mjs`, in Rust, run in-process by `cargo xtask
-//! bench quota`.
+//! `../shared/bench/quotagen.mjs`, in Rust.
 //!
-//! Load mode: `concurrency` checks (`POST /v1/quota/check`) in flight over
-//! keep-alive connections (opened with `GET /health` first), spread
-//! round-robin over `subjects` fresh subjects, for `seconds`. Answers in the
-//! window count; later ones are still checked.
+//! Load mode: `concurrency` checks (`POST /v1/quota/check`) in flight,
+//! round-robin over `subjects` fresh subjects, for `seconds`. Exact mode
+//! (`exact` = R): a fresh subject is brought to `remaining == R`, 2R cost-1
+//! checks go out at once over 2R connections, then one more (see
+//! `--exact`).
 //!
-//! Exact mode (`exact` = R): a fresh subject's counter (`points`, or
-//! `sessions`) of a plan with a finite limit is brought to `remaining == R`
-//! (a cost-1 check, then one of cost `remaining - R`), 2R cost-1 checks go
-//! out at once over 2R connections, then one more. `exact_ok`: exactly R
-//! admitted with `remaining` values R-1..0 once each, R denied, and a final
-//! 429 with `remaining` 0.
-//!
-//! Errors, as quotagen.mjs counts them: statuses other than 200/429, bodies
-//! that are not JSON or lack `allowed`/`limit`/`remaining`/`resetMs`,
-//! `allowed` not matching the status, a 429 without `error`, missing or
-//! malformed `RateLimit`/`RateLimit-Policy` headers, a counter's
-//! `remaining` repeated among one subject's admitted answers
-//! (over-admission), transport errors; a 429 without `allowed` (a limit in
-//! front of the check) is `http_429_<code>`. One more than quotagen.mjs:
+//! Errors, as quotagen.mjs counts them (see [`Checker`]), and one more:
 //! checks still unanswered after the drain (`unanswered_at_end`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
 use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
-use super::drive::{self, closed_loop, open_all, Answer, Response};
-use super::summary::{ordered_object, pairs, spread};
+use super::drive::{self, closed_loop, fail, open_all, Answer, Errors, Response};
+use super::summary::{fields, spread};
 use super::{non_empty, non_negative, positive, seconds, Served};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -92,19 +79,17 @@ impl Options {
     }
 
     pub fn plan(&self) -> &str {
-        match &self.plan {
-            Some(p) => p,
-            None if self.exact() > 0 => "free",
-            None => "enterprise",
-        }
+        let default = if self.exact() > 0 {
+            "free"
+        } else {
+            "enterprise"
+        };
+        self.plan.as_deref().unwrap_or(default)
     }
 
     pub fn resource(&self) -> Resource {
-        match self.resource {
-            Some(r) => r,
-            None if self.exact() > 0 => Resource::Points,
-            None => Resource::Api,
-        }
+        let default = [Resource::Api, Resource::Points][usize::from(self.exact() > 0)];
+        self.resource.unwrap_or(default)
     }
 
     /// The combinations quotagen.mjs refuses.
@@ -116,54 +101,41 @@ impl Options {
     }
 }
 
-/// The caller ids: `quotagen`, or `quotagen-1..K`.
-pub fn caller_ids(callers: usize) -> Vec<String> {
-    if callers == 1 {
-        vec!["quotagen".into()]
-    } else {
-        (1..=callers).map(|i| format!("quotagen-{i}")).collect()
-    }
-}
-
 // ---- checks --------------------------------------------------------------
 
-/// `"api";k=v;k=v` as quotagen.mjs reads it: the first item, and each
-/// parameter as a number (JavaScript's `Number`: empty is 0, anything
-/// unparsable NaN).
-pub fn sf_params(v: &str) -> (String, BTreeMap<String, f64>) {
-    let mut parts = v.split(';').map(str::trim);
-    let name = parts.next().unwrap_or("").to_owned();
-    let mut params = BTreeMap::new();
-    for p in parts {
+/// Parameter `key` of `"item";k=v;k=v` as quotagen.mjs reads it: a
+/// JavaScript `Number` (empty is 0, missing or unparsable NaN).
+fn sf_param(v: &str, key: &str) -> f64 {
+    let value = v.split(';').skip(1).map(str::trim).filter_map(|p| {
         let mut kv = p.split('=');
-        let k = kv.next().unwrap_or("").to_owned();
-        let x = match kv.next().map(str::trim) {
-            None => f64::NAN,
-            Some("") => 0.0,
-            Some(x) => x.parse().unwrap_or(f64::NAN),
-        };
-        params.insert(k, x);
+        (kv.next() == Some(key)).then(|| kv.next().map(str::trim))
+    });
+    match value.last().flatten() {
+        Some("") => 0.0,
+        Some(x) => x.parse().unwrap_or(f64::NAN),
+        None => f64::NAN,
     }
-    (name, params)
 }
 
 /// The `RateLimit-Policy` / `RateLimit` pair describes an `api` policy:
 /// `"api";q=<per min>;w=60` and `"api";r=<available, integer, 0..=q>;t=<0..=60>`.
 pub fn headers_ok(policy: Option<&str>, limit: Option<&str>) -> bool {
-    let (Some(policy), Some(limit)) = (policy, limit) else {
+    let (Some(p), Some(l)) = (policy, limit) else {
         return false;
     };
-    let (pn, p) = sf_params(policy);
-    let (sn, s) = sf_params(limit);
-    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
-    let (q, w, r, t) = (get(&p, "q"), get(&p, "w"), get(&s, "r"), get(&s, "t"));
-    pn == "\"api\""
-        && sn == "\"api\""
+    let api = |v: &str| v.split(';').next().map(str::trim) == Some("\"api\"");
+    let (q, w, r, t) = (
+        sf_param(p, "q"),
+        sf_param(p, "w"),
+        sf_param(l, "r"),
+        sf_param(l, "t"),
+    );
+    api(p)
+        && api(l)
         && q > 0.0
         && w == 60.0
         && r.fract() == 0.0
-        && r >= 0.0
-        && r <= q
+        && (0.0..=q).contains(&r)
         && (0.0..=60.0).contains(&t)
 }
 
@@ -173,122 +145,82 @@ fn count(v: &Value) -> Option<u64> {
     (f >= 0.0 && f.fract() == 0.0 && f <= 9_007_199_254_740_991.0).then_some(f as u64)
 }
 
-/// A well-formed check answer.
+/// A well-formed check answer (`remaining` and `limit` `None` when unlimited).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub allowed: bool,
-    /// `None` when unlimited.
     pub remaining: Option<u64>,
     pub limit: Option<u64>,
 }
 
-/// Checks answers as quotagen.mjs does and counts what is wrong.
+/// `Err(code)` unless `ok`.
+fn ensure(ok: bool, code: &str) -> Result<(), String> {
+    ok.then_some(()).ok_or_else(|| code.to_owned())
+}
+
+/// Checks answers as quotagen.mjs does: errors are statuses other than
+/// 200/429, bodies that are not JSON or lack `allowed`/`limit`/`remaining`/
+/// `resetMs`, `allowed` not matching the status, a 429 without `error`,
+/// missing or malformed `RateLimit`/`RateLimit-Policy` headers, a counter's
+/// `remaining` repeated among one subject's admitted answers
+/// (over-admission), transport errors; a 429 without `allowed` (a limit in
+/// front of the check) is `http_429_<code>`.
 #[derive(Debug)]
 pub struct Checker {
     resource: Resource,
     /// Per subject: the `remaining` values of its admitted counter checks.
     seen: HashMap<String, HashSet<u64>>,
-    pub errors: BTreeMap<String, u64>,
-}
-
-/// `Err(code)` unless `ok`.
-fn ensure(ok: bool, code: &str) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(code.to_owned())
-    }
 }
 
 impl Checker {
     pub fn new(resource: Resource) -> Checker {
-        Checker {
-            resource,
-            seen: HashMap::new(),
-            errors: BTreeMap::new(),
-        }
-    }
-
-    pub fn fail(&mut self, code: &str) {
-        *self.errors.entry(code.to_owned()).or_default() += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.errors.values().sum()
+        let seen = HashMap::new();
+        Checker { resource, seen }
     }
 
     /// The decision when `answer` is a well-formed check answer (also when
     /// it shows over-admission, so that what the server admitted counts).
-    pub fn check(&mut self, answer: &Result<Response, String>, subject: &str) -> Option<Decision> {
-        match answer {
-            Ok(r) => {
-                let (p, l) = (r.header("ratelimit-policy"), r.header("ratelimit"));
-                self.check_parts(r.status, p, l, &r.body, subject)
-            }
-            Err(e) => {
-                self.fail(&format!("transport_{e}"));
-                None
-            }
-        }
-    }
-
-    /// [`Checker::check`] of an answer's parts.
-    pub fn check_parts(
-        &mut self,
-        status: u16,
-        policy: Option<&str>,
-        limit: Option<&str>,
-        body: &[u8],
-        subject: &str,
-    ) -> Option<Decision> {
-        let d = Self::decision(status, policy, limit, body)
-            .map_err(|e| self.fail(&e))
+    pub fn check(&mut self, a: &Answer, subject: &str, errors: &mut Errors) -> Option<Decision> {
+        let d = a.as_ref().map_err(|e| format!("transport_{e}"));
+        let d = d
+            .and_then(Self::decision)
+            .map_err(|e| fail(errors, &e))
             .ok()?;
         if d.allowed && d.limit.is_some() && self.resource != Resource::Api {
             let seen = self.seen.entry(subject.to_owned()).or_default();
             if !seen.insert(d.remaining.unwrap_or_default()) {
                 // Over-admission: still counted as admitted.
-                self.fail("duplicate_remaining");
+                fail(errors, "duplicate_remaining");
             }
         }
         Some(d)
     }
 
-    fn decision(
-        status: u16,
-        policy: Option<&str>,
-        limit: Option<&str>,
-        body: &[u8],
-    ) -> Result<Decision, String> {
+    fn decision(r: &Response) -> Result<Decision, String> {
+        let status = r.status;
         ensure(status == 200 || status == 429, &format!("http_{status}"))?;
-        let b: Value = serde_json::from_slice(body).map_err(|_| "bad_json")?;
+        let b: Value = serde_json::from_slice(&r.body).map_err(|_| "bad_json")?;
         ensure(b.is_object() || b.is_array(), "bad_json")?;
         let Some(allowed) = b.get("allowed").and_then(Value::as_bool) else {
             let code = b["error"]["code"].as_str().unwrap_or("without_allowed");
-            return Err(if status == 429 {
-                format!("http_429_{code}")
-            } else {
-                "body_without_allowed".into()
+            return Err(match status {
+                429 => format!("http_429_{code}"),
+                _ => "body_without_allowed".into(),
             });
         };
         ensure(allowed == (status == 200), "allowed_status_mismatch")?;
         let (lim, rem) = (b.get("limit"), b.get("remaining"));
         let unlimited = matches!((lim, rem), (Some(Value::Null), Some(Value::Null)));
         let (lim, rem) = (lim.and_then(count), rem.and_then(count));
-        ensure(
-            unlimited || matches!((lim, rem), (Some(l), Some(r)) if r <= l),
-            "bad_limit_remaining",
-        )?;
+        let limited = matches!((lim, rem), (Some(l), Some(r)) if r <= l);
+        ensure(unlimited || limited, "bad_limit_remaining")?;
         ensure(b.get("resetMs").and_then(count).is_some(), "bad_resetMs")?;
-        ensure(
-            b.get("retryAfterMs").is_none_or(|v| count(v).is_some()),
-            "bad_retryAfterMs",
-        )?;
-        ensure(
-            status == 200 || b["error"]["code"].is_string(),
-            "429_without_error",
-        )?;
-        ensure(headers_ok(policy, limit), "bad_ratelimit_headers")?;
+        let retry_ok = b.get("retryAfterMs").is_none_or(|v| count(v).is_some());
+        ensure(retry_ok, "bad_retryAfterMs")?;
+        let error_ok = status == 200 || b["error"]["code"].is_string();
+        ensure(error_ok, "429_without_error")?;
+        let (p, l) = (r.header("ratelimit-policy"), r.header("ratelimit"));
+        ensure(headers_ok(p, l), "bad_ratelimit_headers")?;
         Ok(Decision {
             allowed,
             remaining: rem,
@@ -302,24 +234,14 @@ impl Checker {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench quota";
 
-    fn shape(&self) -> (String, Value) {
+    fn shape(&self) -> Value {
         let (plan, resource, r) = (self.plan(), self.resource().name(), self.exact());
         if r > 0 {
-            let text = format!(
-                "quota exact R={r} ({} concurrent checks) plan={plan} resource={resource}",
-                2 * r
-            );
-            return (
-                text,
-                json!({"exact_R": r, "fired": 2 * r, "plan": plan, "resource": resource}),
-            );
+            return json!({"exact_R": r, "fired": 2 * r, "plan": plan, "resource": resource});
         }
         let (n, c, secs, cost) = (self.subjects, self.concurrency, self.seconds, self.cost);
-        let text =
-            format!("quota subjects={n} concurrency={c} seconds={secs} plan={plan} resource={resource} cost={cost}");
-        let shape = json!({"subjects": n, "concurrency": c, "seconds": secs, "plan": plan,
-            "resource": resource, "cost": cost, "callers": self.callers});
-        (text, shape)
+        json!({"subjects": n, "concurrency": c, "seconds": secs, "plan": plan,
+            "resource": resource, "cost": cost, "callers": self.callers})
     }
 
     fn metrics(&self) -> &'static str {
@@ -348,161 +270,131 @@ struct Gen<'a> {
     opts: &'a Options,
     client: Client,
     base: String,
-    url: String,
+    /// The callers' `Authorization` headers, taken in turn.
     auth: Vec<String>,
-    next_auth: usize,
-    checker: Checker,
+    next_auth: std::cell::Cell<usize>,
 }
 
 impl Gen<'_> {
-    fn body(&self, subject: &str, cost: u64) -> Vec<u8> {
-        json!({
-            "subject": subject, "plan": self.opts.plan(),
-            "resource": self.opts.resource().name(), "cost": cost,
-        })
-        .to_string()
-        .into_bytes()
+    fn body(&self, subject: &str, cost: u64) -> String {
+        let (plan, resource) = (self.opts.plan(), self.opts.resource().name());
+        json!({"subject": subject, "plan": plan, "resource": resource, "cost": cost}).to_string()
     }
 
     /// A check request, with the next caller's token.
-    fn request(&mut self, body: &[u8]) -> RequestBuilder {
-        let mut rb = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .body(body.to_vec());
-        if !self.auth.is_empty() {
-            rb = rb.header(
-                "authorization",
-                &self.auth[self.next_auth % self.auth.len()],
-            );
-            self.next_auth += 1;
-        }
-        rb
+    fn request(&self, body: &str) -> RequestBuilder {
+        let rb = self.client.post(format!("{}/v1/quota/check", self.base));
+        let rb = rb.header("content-type", "application/json");
+        let rb = rb.body(body.to_owned());
+        let Some(auth) = self.auth.get(self.next_auth.get() % self.auth.len().max(1)) else {
+            return rb;
+        };
+        self.next_auth.set(self.next_auth.get() + 1);
+        rb.header("authorization", auth)
+    }
+
+    fn prefix(&self) -> String {
+        let random = || format!("qg-{}", drive::tag(8));
+        self.opts.subject_prefix.clone().unwrap_or_else(random)
     }
 }
 
 /// Runs the generator against `url`, with service tokens (plan
-/// enterprise, one per caller) minted with `secret` or no `Authorization`
-/// header (quota-ref accepts anything): quotagen.mjs' JSON line (a run that
-/// cannot be carried out has `fatal`).
+/// enterprise, one per caller: `quotagen`, or `quotagen-1..K`) minted with
+/// `secret` or no `Authorization` header (quota-ref accepts anything):
+/// quotagen.mjs' JSON line (a run that cannot be carried out has `fatal`).
 pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) -> String {
-    let mut checker = Checker::new(opts.resource());
-    let result = (|| {
-        let auth = caller_ids(opts.callers)
-            .iter()
-            .filter_map(|id| {
-                secret.map(|k| crate::mint(k, id, "enterprise", Some("service"), 3600))
-            })
-            .map(|t| t.map(|t| format!("Bearer {t}")))
-            .collect::<Result<_>>()?;
-        let mut gen = Gen {
+    let mut errors = Errors::new();
+    let line = (|| {
+        let ids: Vec<String> = match opts.callers {
+            1 => vec!["quotagen".into()],
+            k => (1..=k).map(|i| format!("quotagen-{i}")).collect(),
+        };
+        let mint = |k, id: &String| crate::mint(k, id, "enterprise", Some("service"), 3600);
+        let auth = secret.map_or(Ok(vec![]), |k| ids.iter().map(|id| mint(k, id)).collect())?;
+        let gen = Gen {
             opts,
             client: drive::client()?,
             base: url.to_owned(),
-            url: format!("{url}/v1/quota/check"),
-            auth,
-            next_auth: 0,
-            checker: Checker::new(opts.resource()),
+            auth: auth.into_iter().map(|t| format!("Bearer {t}")).collect(),
+            next_auth: Default::default(),
         };
-        let port = super::port_of(url)?;
-        let r = drive::block_on(async {
+        let watch = (watch_pids, super::port_of(url)?);
+        drive::block_on(async {
             match opts.exact() {
-                0 => load_mode(&mut gen, port, watch_pids).await,
-                _ => exact_mode(&mut gen).await,
+                0 => load_mode(&gen, watch).await,
+                _ => exact_mode(&gen, &mut errors).await,
             }
-        })?;
-        checker = gen.checker;
-        r
+        })?
     })();
-    // The modes leave `errors` and `error_detail` (null) where their lines
-    // have them; the checker's final counts go there.
-    let mut f = result.unwrap_or_else(|e| {
+    line.unwrap_or_else(|e| {
         let mode = if opts.exact() > 0 { "exact" } else { "load" };
-        let mut f = vec![("mode", json!(mode)), ("fatal", json!(format!("{e:#}")))];
-        f.extend([("errors", Value::Null), ("error_detail", Value::Null)]);
-        if opts.exact() > 0 {
-            f.push(("exact_ok", json!(false)));
+        let (n, exact_ok) = (
+            errors.values().sum::<u64>() + 1,
+            (opts.exact() > 0).then_some(false),
+        );
+        let mut v = fields! {"mode": mode, "fatal": format!("{e:#}"), "errors": n,
+        "error_detail": errors, "exact_ok": exact_ok, "generator": "xtask"};
+        if exact_ok.is_none() {
+            v = v.replace(",\"exact_ok\":null", "");
         }
-        f
-    });
-    let fatal = u64::from(f[1].0 == "fatal");
-    for (k, v) in &mut f {
-        match *k {
-            "errors" => *v = json!(checker.count() + fatal),
-            "error_detail" => *v = json!(checker.errors),
-            _ => {}
-        }
-    }
-    f.push(("generator", json!("xtask")));
-    ordered_object(&f)
-}
-
-fn prefix(opts: &Options) -> String {
-    let random = || drive::tag(8);
-    opts.subject_prefix
-        .clone()
-        .unwrap_or_else(|| format!("qg-{}", random()))
-}
-
-type Fields = Vec<(&'static str, Value)>;
-
-async fn load_mode(gen: &mut Gen<'_>, port: u16, watch_pids: &[u32]) -> Result<Fields> {
-    let opts = gen.opts;
-    open_all(&gen.client, &gen.base, opts.concurrency).await?;
-    let prefix = prefix(opts);
-    let subjects: Vec<String> = (0..opts.subjects)
-        .map(|i| format!("{prefix}-{i}"))
-        .collect();
-    let bodies: Vec<Vec<u8>> = subjects.iter().map(|s| gen.body(s, opts.cost)).collect();
-    let mut lat = Vec::new();
-    let (mut allowed, mut denied, mut total) = (0u64, 0u64, 0u64);
-    let gen_cell = std::cell::RefCell::new(gen);
-    let outcome = closed_loop(
-        opts.concurrency,
-        (opts.seconds, None, opts.drain_seconds),
-        (watch_pids, port),
-        |i| {
-            let s = (i % subjects.len() as u64) as usize;
-            (gen_cell.borrow_mut().request(&bodies[s]), s)
-        },
-        |s, a: Answer| {
-            total += 1;
-            let d = gen_cell.borrow_mut().checker.check(&a.result, &subjects[s]);
-            if !a.in_window {
-                return;
-            }
-            lat.push(a.ms);
-            match d {
-                Some(d) if d.allowed => allowed += 1,
-                Some(_) => denied += 1,
-                None => {}
-            }
-        },
-    )
-    .await;
-    let gen = gen_cell.into_inner();
-    for _ in 0..outcome.unanswered {
-        gen.checker.fail("unanswered_at_end");
-    }
-    let [p50, p99, max] = spread(&mut lat);
-    let callers = (!gen.auth.is_empty()).then_some(gen.auth.len());
-    Ok(pairs! {
-        "checks_per_s": ((allowed + denied) as f64 / opts.seconds).round() as u64,
-        "allowed": allowed, "denied": denied, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
-        "errors": Value::Null, "subjects": opts.subjects, "concurrency": opts.concurrency,
-        "seconds": opts.seconds, "plan": opts.plan(), "resource": opts.resource().name(),
-        "cost": opts.cost, "callers": callers, "answers_total": total, "error_detail": Value::Null,
-        "cpu_pct": outcome.cpu,
+        v
     })
 }
 
-async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
+async fn load_mode(gen: &Gen<'_>, watch: (&[u32], u16)) -> Result<String> {
+    let opts = gen.opts;
+    open_all(&gen.client, &gen.base, opts.concurrency).await?;
+    let prefix = gen.prefix();
+    let subjects: Vec<String> = (0..opts.subjects)
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
+    let bodies: Vec<String> = subjects.iter().map(|s| gen.body(s, opts.cost)).collect();
+    let (mut checker, mut allowed, mut denied) = (Checker::new(opts.resource()), 0u64, 0u64);
+    let mut t = closed_loop(
+        opts.concurrency,
+        (opts.seconds, None, opts.drain_seconds),
+        watch,
+        |i| {
+            let s = (i % subjects.len() as u64) as usize;
+            (gen.request(&bodies[s]), s)
+        },
+        |s, a, counted, t| match checker.check(a, &subjects[s], &mut t.errors) {
+            Some(d) if counted && d.allowed => allowed += 1,
+            Some(_) if counted => denied += 1,
+            _ => {}
+        },
+    )
+    .await;
+    let [p50, p99, max] = spread(&mut t.lat);
+    let callers = (!gen.auth.is_empty()).then_some(gen.auth.len());
+    Ok(fields! {
+        "checks_per_s": ((allowed + denied) as f64 / opts.seconds).round() as u64,
+        "allowed": allowed, "denied": denied, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+        "errors": t.errors.values().sum::<u64>(), "subjects": opts.subjects,
+        "concurrency": opts.concurrency, "seconds": opts.seconds, "plan": opts.plan(),
+        "resource": opts.resource().name(), "cost": opts.cost, "callers": callers,
+        "answers_total": t.answers, "error_detail": t.errors, "cpu_pct": t.cpu,
+        "generator": "xtask",
+    })
+}
+
+async fn exact_mode(gen: &Gen<'_>, errors: &mut Errors) -> Result<String> {
     let opts = gen.opts;
     let r = opts.exact() as u64;
-    let subject = format!("{}-exact", prefix(opts));
+    let subject = format!("{}-exact", gen.prefix());
     let (plan, resource) = (opts.plan(), opts.resource().name());
-    let mut b = step(gen, &subject, 1, "first check (cost 1)").await?;
+    let mut checker = Checker::new(opts.resource());
+    // One check of the set-up; an error says what failed.
+    let mut step = async |cost: u64, what: &str| {
+        let answer = drive::send(gen.request(&gen.body(&subject, cost))).await;
+        let d = checker.check(&answer, &subject, errors);
+        d.ok_or_else(|| match answer {
+            Err(e) => anyhow!("{what}: {e}"),
+            Ok(a) => anyhow!("{what}: {}", a.head()),
+        })
+    };
+    let mut b = step(1, "first check (cost 1)").await?;
     let Some(remaining) = b.remaining.filter(|_| b.allowed && b.limit.is_some()) else {
         bail!("plan {plan} has no finite {resource} limit or denied: {b:?}");
     };
@@ -511,7 +403,7 @@ async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
     }
     if remaining > r {
         let cost = remaining - r;
-        b = step(gen, &subject, cost, &format!("check of cost {cost}")).await?;
+        b = step(cost, &format!("check of cost {cost}")).await?;
     }
     if !b.allowed || b.remaining != Some(r) {
         bail!("could not bring remaining to {r}: {b:?}");
@@ -527,10 +419,9 @@ async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
         (a, t0.elapsed().as_secs_f64() * 1000.0)
     }))
     .await;
-    let (mut allowed, mut denied) = (0u64, 0u64);
-    let mut remainders = Vec::new();
+    let (mut allowed, mut denied, mut remainders) = (0u64, 0u64, Vec::new());
     for (a, _) in &answers {
-        match gen.checker.check(a, &subject) {
+        match checker.check(a, &subject, errors) {
             Some(d) if d.allowed => {
                 allowed += 1;
                 remainders.push(d.remaining.unwrap_or(u64::MAX));
@@ -539,44 +430,31 @@ async fn exact_mode(gen: &mut Gen<'_>) -> Result<Fields> {
             None => {}
         }
     }
-    let last_answer = drive::send(gen.request(&body)).await;
-    let last = gen.checker.check(&last_answer, &subject);
+    let last = checker.check(&drive::send(gen.request(&body)).await, &subject, errors);
     // The admitted answers' `remaining` values are exactly R-1, ..., 0,
     // and the check after the burst was denied with `remaining` 0.
-    remainders.sort_unstable_by(|a, b| b.cmp(a));
-    let remaining_values_ok = remainders.iter().rev().copied().eq(0..r);
+    remainders.sort_unstable();
+    let remaining_values_ok = remainders.into_iter().eq(0..r);
     let final_ok = last
         .as_ref()
         .is_some_and(|d| !d.allowed && d.remaining == Some(0));
-    let errors = gen.checker.count();
-    let exact_ok = allowed == r && denied == r && remaining_values_ok && final_ok && errors == 0;
+    let count: u64 = errors.values().sum();
+    let exact_ok = allowed == r && denied == r && remaining_values_ok && final_ok && count == 0;
     let mut lat: Vec<f64> = answers.iter().map(|(_, ms)| *ms).collect();
     let [p50, p99, max] = spread(&mut lat);
-    Ok(pairs! {
+    Ok(fields! {
         "mode": "exact", "exact_ok": exact_ok, "exact_R": r, "fired": n, "allowed": allowed,
         "denied": denied, "remaining_values_ok": remaining_values_ok,
         "final_denied": last.as_ref().map(|d| !d.allowed),
         "final_remaining": last.as_ref().and_then(|d| d.remaining), "p50_ms": p50, "p99_ms": p99,
-        "max_ms": max, "errors": Value::Null, "plan": plan, "resource": resource,
-        "error_detail": Value::Null,
-    })
-}
-
-/// One check of exact mode's set-up; an error says what failed.
-async fn step(gen: &mut Gen<'_>, subject: &str, cost: u64, what: &str) -> Result<Decision> {
-    let body = gen.body(subject, cost);
-    let answer = drive::send(gen.request(&body)).await;
-    if let Some(d) = gen.checker.check(&answer, subject) {
-        return Ok(d);
-    }
-    Err(match answer {
-        Err(e) => anyhow!("{what}: {e}"),
-        Ok(a) => anyhow!("{what}: {}", a.head()),
+        "max_ms": max, "errors": count, "plan": plan, "resource": resource,
+        "error_detail": errors, "generator": "xtask",
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     use super::super::defaults;
@@ -588,41 +466,31 @@ mod tests {
 
     #[test]
     fn ratelimit_headers_must_describe_the_api_policy() {
-        assert!(headers_ok(Some(POLICY), Some(LIMIT)));
-        assert!(
-            headers_ok(Some("\"api\";q=60;w=60"), Some("\"api\";r=;t=60")),
-            "Number(\"\") is 0"
-        );
-        let bad = [
-            "\"points\";q=9;w=60",
-            "api;q=6000;w=60",
-            "\"api\";q=6000;w=30",
-            "\"api\";r=6001;t=1",
-            "\"api\";r=1.5;t=1",
-            "\"api\";r=1;t=61",
-            "\"api\";r=1;t",
-        ];
-        for (i, b) in bad.iter().enumerate() {
-            let (p, l) = if i < 3 { (*b, LIMIT) } else { (POLICY, *b) };
-            assert!(!headers_ok(Some(p), Some(l)), "{b}");
+        // RateLimit-Policy, RateLimit, whether they pass (Number("") is 0)
+        let cases = r#"
+"api";q=6000;w=60 "api";r=999;t=1 ok
+"api";q=60;w=60 "api";r=;t=60 ok
+"points";q=9;w=60 "api";r=999;t=1 bad
+api;q=6000;w=60 "api";r=999;t=1 bad
+"api";q=6000;w=30 "api";r=999;t=1 bad
+"api";q=6000;w=60 "api";r=6001;t=1 bad
+"api";q=6000;w=60 "api";r=1.5;t=1 bad
+"api";q=6000;w=60 "api";r=1;t=61 bad
+"api";q=6000;w=60 "api";r=1;t bad
+"#;
+        for case in cases.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = case.split(' ').collect();
+            assert_eq!(headers_ok(Some(f[0]), Some(f[1])), f[2] == "ok", "{case}");
         }
+        assert!(!headers_ok(None, Some(LIMIT)));
     }
 
     #[test]
     fn answers_are_checked_like_quotagen() {
-        let mut c = Checker::new(Resource::Points);
-        let ok = r#"{"allowed":true,"limit":10,"remaining":4,"resetMs":100}"#;
-        let d = c.check_parts(200, Some(POLICY), Some(LIMIT), ok.as_bytes(), "s");
-        assert_eq!(
-            d,
-            Some(Decision {
-                allowed: true,
-                remaining: Some(4),
-                limit: Some(10)
-            })
-        );
-        // status, RateLimit headers or not, the error code, the body
+        let (mut c, mut errors) = (Checker::new(Resource::Points), Errors::new());
+        // status, RateLimit headers or not, the error code (or ok), the body
         let cases = r#"
+200 h ok {"allowed":true,"limit":10,"remaining":4,"resetMs":100}
 200 h duplicate_remaining {"allowed":true,"limit":10,"remaining":4,"resetMs":100}
 500 h http_500 {}
 200 h bad_json 3
@@ -638,43 +506,51 @@ mod tests {
 "#;
         for case in cases.lines().filter(|l| !l.is_empty()) {
             let f: Vec<&str> = case.splitn(4, ' ').collect();
-            let h = (f[1] == "h").then_some((POLICY, LIMIT));
-            let before = c.errors.get(f[2]).copied().unwrap_or(0);
-            let d = c.check_parts(
-                f[0].parse().unwrap(),
-                h.map(|h| h.0),
-                h.map(|h| h.1),
-                f[3].as_bytes(),
+            let mut headers = reqwest::header::HeaderMap::new();
+            if f[1] == "h" {
+                headers.insert("ratelimit-policy", POLICY.parse().unwrap());
+                headers.insert("ratelimit", LIMIT.parse().unwrap());
+            }
+            let (status, body) = (f[0].parse().unwrap(), f[3].as_bytes().to_vec());
+            let before = errors.get(f[2]).copied().unwrap_or(0);
+            let d = c.check(
+                &Ok(Response {
+                    status,
+                    headers,
+                    body,
+                }),
                 "s",
+                &mut errors,
             );
+            let want = if f[2] == "ok" { 0 } else { before + 1 };
             assert_eq!(
-                (d.is_some(), c.errors.get(f[2])),
-                (f[2] == "duplicate_remaining", Some(&(before + 1))),
+                (d.is_some(), errors.get(f[2]).copied().unwrap_or(0)),
+                (matches!(f[2], "ok" | "duplicate_remaining"), want),
                 "{case}"
             );
         }
-        assert_eq!(c.count(), 12, "{:?}", c.errors);
+        assert_eq!(errors.values().sum::<u64>(), 12, "{errors:?}");
+        assert!(c.check(&Err("TimedOut".into()), "s", &mut errors).is_none());
+        assert_eq!(errors["transport_TimedOut"], 1);
     }
 
     /// A counter per subject with `limit` units for service tokens; `over`
     /// admits one check too many.
     fn fake_quota(limit: u64, over: bool) -> String {
         let used: Arc<Mutex<(BTreeMap<String, u64>, bool)>> = Arc::default();
-        let port = fake::start(Arc::new(move |_, target, h, body| {
-            if target == "/health" {
+        fake::start(Arc::new(move |req| {
+            let who = fake::claims(&req, b"secret");
+            if req.uri() == "/health" {
                 return (200, vec![], "{}".into());
-            }
-            let who = fake::claims(h, b"secret");
-            if who["role"] != "service" || who["plan"] != "enterprise" {
+            } else if who["role"] != "service" || who["plan"] != "enterprise" {
                 return (401, vec![], "{}".into());
             }
-            let v: Value = serde_json::from_slice(body).unwrap();
-            let mut g = used.lock().unwrap();
-            let u = *g.0.get(v["subject"].as_str().unwrap()).unwrap_or(&0);
-            let cost = v["cost"].as_u64().unwrap();
+            let v: Value = serde_json::from_slice(req.body()).unwrap();
+            let (mut g, subject) = (used.lock().unwrap(), v["subject"].as_str().unwrap());
+            let (u, cost) = (*g.0.get(subject).unwrap_or(&0), v["cost"].as_u64().unwrap());
             let allowed = u + cost <= limit || over && !std::mem::replace(&mut g.1, true);
             let u = if allowed { (u + cost).min(limit) } else { u };
-            g.0.insert(v["subject"].as_str().unwrap().into(), u);
+            g.0.insert(subject.into(), u);
             let mut b =
                 json!({"allowed": allowed, "limit": limit, "remaining": limit - u, "resetMs": 1});
             if !allowed {
@@ -685,8 +561,7 @@ mod tests {
                 ("ratelimit", LIMIT.into()),
             ];
             (if allowed { 200 } else { 429 }, headers, b.to_string())
-        }));
-        format!("http://127.0.0.1:{port}")
+        }))
     }
 
     fn run_on(url: &str, opts: Options) -> Value {

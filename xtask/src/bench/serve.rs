@@ -2,14 +2,15 @@
 //! `target/bench` (with its npm packages), targets resolved to a wrangler
 //! config, and one server per run, started with `node serve.mjs` by the
 //! launcher the integration tests use too (free port, throw-away state
-//! folder, own process group, stopped with its descendants afterwards, on
-//! error, panic, or Ctrl-C).
+//! folder, stopped with its descendants afterwards, on error, panic, or
+//! Ctrl-C).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 
 /// Copies `../shared/bench` to `target/bench` (files that differ only) and
 /// runs `npm ci` there when its packages are missing or changed.
@@ -22,24 +23,20 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     let mut changed = Vec::new();
     sync_tree(&src, &dest, Path::new(""), &mut changed)?;
     if !changed.is_empty() {
-        eprintln!(
-            "bench: copied {} file(s) from {} to {}",
-            changed.len(),
-            src.display(),
-            dest.display()
-        );
+        let (n, from, to) = (changed.len(), src.display(), dest.display());
+        eprintln!("bench: copied {n} file(s) from {from} to {to}");
     }
-    let lock_changed = changed
+    let npm_changed = changed
         .iter()
-        .any(|p| p == Path::new("package-lock.json") || p == Path::new("package.json"));
-    if lock_changed
+        .any(|p| p.ends_with("package.json") || p.ends_with("package-lock.json"));
+    if npm_changed
         || !dest.join("node_modules/.bin/wrangler").exists()
         || !dest.join("node_modules/.package-lock.json").exists()
     {
         eprintln!("bench: npm ci in {}", dest.display());
+        let mut npm = Command::new("npm");
         crate::run(
-            Command::new("npm")
-                .current_dir(&dest)
+            npm.current_dir(&dest)
                 .args(["ci", "--no-audit", "--no-fund"]),
         )?;
     }
@@ -50,14 +47,12 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
 /// writing only those that are missing or differ; their relative paths go
 /// to `out`.
 fn sync_tree(src: &Path, dest: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dest.join(rel)).with_context(|| dest.join(rel).display().to_string())?;
-    for e in fs::read_dir(src.join(rel))?
-        .flatten()
-        .filter(|e| e.file_name() != "node_modules")
-    {
+    for e in fs::read_dir(src.join(rel))?.flatten() {
         let (r, meta) = (rel.join(e.file_name()), fs::metadata(e.path())?);
-        if meta.is_dir() {
+        if e.file_name() == "node_modules" {
+            continue;
+        } else if meta.is_dir() {
             sync_tree(src, dest, &r, out)?;
             continue;
         }
@@ -87,26 +82,25 @@ pub struct Target {
 }
 
 impl Target {
+    /// `rust`, a reference of `bench`, or a directory with a wrangler config.
     pub fn resolve(name: &str, root: &Path, bench: &Path) -> Result<Target> {
-        let (label, dir, rust) = match name {
-            "rust" => ("rust".to_owned(), root.to_path_buf(), true),
-            "js-ref" | "party-ref" | "quota-ref" => (name.to_owned(), bench.join(name), false),
-            path => {
-                let dir = Path::new(path)
-                    .canonicalize()
-                    .with_context(|| format!("target {path}"))?;
-                let label = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.to_owned());
-                (label, dir, false)
-            }
+        let dir = match name {
+            "rust" => root.to_path_buf(),
+            "js-ref" | "party-ref" | "quota-ref" => bench.join(name),
+            path => Path::new(path)
+                .canonicalize()
+                .with_context(|| format!("target {path}"))?,
+        };
+        let label = match dir.file_name() {
+            Some(n) if name != "rust" => n.to_string_lossy().into_owned(),
+            _ => name.to_owned(),
         };
         let config = ["wrangler.toml", "wrangler.jsonc", "wrangler.json"]
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| anyhow!("target {name}: no wrangler config in {}", dir.display()))?;
+            .with_context(|| format!("target {name}: no wrangler config in {}", dir.display()))?;
+        let rust = name == "rust";
         Ok(Target {
             name: label,
             dir,
@@ -140,22 +134,21 @@ pub fn prepare_rust(root: &Path, features: Option<&str>) -> Result<String> {
 
 /// One run on a server started by the shared launcher: fresh port and
 /// state, D1 migrations when the target has them, `node serve.mjs`, wait
-/// for `/health`, then `gen(server)`, then stop. The server log
-/// is removed when `clean` says the result is clean, kept (and named)
-/// otherwise.
-pub fn with_server<R>(
+/// for `/health`, then `gen(server)`, then stop. The server log is removed
+/// when the run is clean, kept (and named) otherwise.
+pub fn with_server(
     t: &Target,
     bench: &Path,
     state_root: &Path,
-    gen: impl FnOnce(&mut sesh_launcher::Server) -> Result<R>,
-    clean: impl Fn(&R) -> bool,
-) -> Result<R> {
+    gen: impl FnOnce(&mut sesh_launcher::Server) -> Result<super::Run>,
+) -> Result<super::Run> {
     let (dir, config, rust) = (t.dir.clone(), t.config.clone(), t.rust);
     let serve_mjs = bench.join("serve.mjs");
+    let migrations = t.dir.join("migrations").is_dir();
     let launch = sesh_launcher::Launch {
         name: format!("sesh-bench-{}", t.name),
         wrangler: bench.join("node_modules/.bin/wrangler"),
-        migrations: t.dir.join("migrations").is_dir().then(|| {
+        migrations: migrations.then(|| {
             (
                 t.dir.clone(),
                 vec!["--config".into(), t.config.clone().into()],
@@ -167,8 +160,8 @@ pub fn with_server<R>(
             cmd.current_dir(&dir)
                 .arg(&serve_mjs)
                 .arg("--config")
-                .arg(&config)
-                .args(["--port", &port.to_string(), "--persist-to"])
+                .arg(&config);
+            cmd.args(["--port", &port.to_string(), "--persist-to"])
                 .arg(state);
             if rust {
                 // The xtask has just built the bundle: wrangler's [build] step skips.
@@ -186,7 +179,7 @@ pub fn with_server<R>(
     );
     let result = gen(&mut server);
     server.stop();
-    if !matches!(&result, Ok(r) if clean(r)) {
+    if !matches!(&result, Ok((_, _, None))) {
         server.keep_log();
         eprintln!("bench: server log kept: {}", server.log().display());
     }

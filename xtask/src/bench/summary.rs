@@ -16,12 +16,9 @@ pub fn round_to(x: f64, digits: i32) -> f64 {
 /// The `p`th percentile (nearest rank, as loadgen.mjs) of ascending
 /// `sorted`, rounded to 0.01.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as i64 - 1;
-    let i = rank.clamp(0, sorted.len() as i64 - 1) as usize;
-    sorted.get(i).map(|x| round_to(*x, 2))
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let x = sorted.get(rank.clamp(1, sorted.len().max(1)) - 1)?;
+    Some(round_to(*x, 2))
 }
 
 /// p50, p99 (see [`percentile`]) and maximum (rounded to 0.1) of latencies.
@@ -49,15 +46,6 @@ macro_rules! fields {
 }
 pub(crate) use fields;
 
-/// The pairs of [`fields!`] as a `Vec`, to be completed before they
-/// become an object.
-macro_rules! pairs {
-    ($($k:literal: $v:expr),* $(,)?) => {
-        vec![$(($k, serde_json::json!($v))),*]
-    };
-}
-pub(crate) use pairs;
-
 /// A figure of one JSON line by name: a field (booleans count 1 or 0), a
 /// process's CPU (`cpu_<process>_pct`, as summarize.mjs names them), or
 /// workerd's CPU microseconds per ack or per check. A line that says the
@@ -72,16 +60,15 @@ pub fn metric(v: &Value, name: &str) -> Option<f64> {
         _ => None,
     };
     match name {
-        "cpu_workerd_pct" => cpu("workerd"),
         "cpu_proxy_pct" => cpu("workerd_proxy"),
-        "cpu_node_pct" => cpu("node"),
-        "cpu_loadgen_pct" => cpu("loadgen"),
-        "cpu_machine_pct" => cpu("machine"),
         "workerd_cpu_us_per_ack" => per("acks_per_s"),
         "workerd_cpu_us_per_check" => per("checks_per_s"),
-        _ => match &v[name] {
-            Value::Bool(b) => Some(f64::from(u8::from(*b))),
-            x => x.as_f64(),
+        _ => match name
+            .strip_prefix("cpu_")
+            .and_then(|n| n.strip_suffix("_pct"))
+        {
+            Some(process) => cpu(process),
+            None => v[name].as_bool().map(f64::from).or(v[name].as_f64()),
         },
     }
 }
@@ -95,19 +82,21 @@ pub fn errors(v: &Value) -> u64 {
 
 /// Whether a run's lines passed their checks.
 pub fn ok(lines: &[Value]) -> bool {
-    lines
-        .iter()
-        .all(|v| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false)
+    let ok = |v: &Value| errors(v) == 0 && v.get("fatal").is_none() && v["exact_ok"] != false;
+    lines.iter().all(ok)
 }
 
-/// A run's errors by code (`<phase>:<code>` for phase lines).
-pub fn error_detail(lines: &[Value]) -> BTreeMap<String, u64> {
+/// Lines' errors by code (`<phase>:<code>` for phase lines when `phases`).
+pub fn error_detail<'a>(
+    lines: impl IntoIterator<Item = &'a Value>,
+    phases: bool,
+) -> BTreeMap<String, u64> {
     let mut d = BTreeMap::new();
     for v in lines {
         for (k, n) in v["error_detail"].as_object().into_iter().flatten() {
             let key = match v["phase"].as_str() {
-                Some(p) => format!("{p}:{k}"),
-                None => k.clone(),
+                Some(p) if phases => format!("{p}:{k}"),
+                _ => k.clone(),
             };
             *d.entry(key).or_default() += n.as_u64().unwrap_or(0);
         }
@@ -149,42 +138,32 @@ impl Stats {
             st.rounds.insert(n.clone(), mine.len());
             st.errors
                 .insert(n.clone(), mine.iter().map(|v| errors(v)).sum());
-            let detail = st.error_detail.entry(n.clone()).or_default();
-            for v in &mine {
-                for (k, c) in v["error_detail"].as_object().into_iter().flatten() {
-                    *detail.entry(k.clone()).or_default() += c.as_u64().unwrap_or(0);
-                }
-            }
+            st.error_detail
+                .insert(n.clone(), error_detail(mine.iter().copied(), false));
             for &m in metrics {
                 let xs: Vec<f64> = mine.iter().filter_map(|v| metric(v, m)).collect();
                 let Some(med) = median(&xs) else { continue };
                 let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
                 let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 for (table, x) in [(&mut st.median, med), (&mut st.min, lo), (&mut st.max, hi)] {
-                    let row = table.entry(n.clone()).or_default();
-                    row.insert(m.to_owned(), round_to(x, 3));
+                    table
+                        .entry(n.clone())
+                        .or_default()
+                        .insert(m.to_owned(), round_to(x, 3));
                 }
             }
         }
         st
     }
 
-    /// The median of `metric` for `name`.
-    pub fn get(&self, name: &str, metric: &str) -> Option<f64> {
-        self.median.get(name)?.get(metric).copied()
-    }
-
     /// `median(num) / median(den)` for each metric both have (den != 0).
     pub fn ratio(&self, num: &str, den: &str, metrics: &[&str]) -> BTreeMap<String, f64> {
-        let mut r = BTreeMap::new();
-        for &m in metrics {
-            if let (Some(a), Some(b)) = (self.get(num, m), self.get(den, m)) {
-                if b != 0.0 {
-                    r.insert(m.to_owned(), round_to(a / b, 3));
-                }
-            }
-        }
-        r
+        let get = |n: &str, m: &str| self.median.get(n)?.get(m).copied();
+        let ratio = |m: &&str| match (get(num, m), get(den, m)) {
+            (Some(a), Some(b)) if b != 0.0 => Some((m.to_string(), round_to(a / b, 3))),
+            _ => None,
+        };
+        metrics.iter().filter_map(ratio).collect()
     }
 
     /// The table: one row per metric, `median [min..max]` per name, then
@@ -220,9 +199,11 @@ impl Stats {
                     },
                 );
             }
-            for (_, r) in ratios {
-                row.push(r.get(m).map_or("-".into(), |x| fmt(*x)));
-            }
+            row.extend(
+                ratios
+                    .iter()
+                    .map(|(_, r)| r.get(m).map_or("-".into(), |x| fmt(*x))),
+            );
             rows.push(row);
         }
         let widths: Vec<usize> = (0..rows[0].len())
@@ -260,7 +241,7 @@ pub fn compare(
     names: &[String],
     runs: &[(String, Value)],
     metrics: &[&str],
-    problems: &[String],
+    ok: bool,
 ) -> Summary {
     let st = Stats::of(names, runs, metrics);
     let base = names
@@ -279,7 +260,7 @@ pub fn compare(
     let json = fields! {
         "summary": title, "shape": shape, "rounds": st.rounds, "median": st.median, "min": st.min,
         "max": st.max, "ratio": ratio_json, "errors": st.errors, "error_detail": st.error_detail,
-        "ok": problems.is_empty(),
+        "ok": ok,
     };
     Summary {
         table: st.table(heading, names, metrics, &ratios),
@@ -292,41 +273,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank_and_medians_average_the_middle() {
+    fn figures_are_nearest_rank_percentiles_medians_and_ratios_of_rust_over_the_others() {
         let xs: Vec<f64> = (1..=10).map(f64::from).collect();
-        let got: Vec<_> = [0.0, 50.0, 99.0, 100.0]
-            .map(|p| percentile(&xs, p))
-            .to_vec();
+        let got = [0.0, 50.0, 99.0, 100.0].map(|p| percentile(&xs, p));
         assert_eq!(got, [Some(1.0), Some(5.0), Some(10.0), Some(10.0)]);
-        assert_eq!(percentile(&[7.126], 99.0), Some(7.13));
+        assert_eq!(
+            (percentile(&[7.126], 99.0), percentile(&[], 50.0)),
+            (Some(7.13), None)
+        );
         assert_eq!(
             (median(&[]), median(&[4.0, 1.0, 3.0, 2.0])),
             (None, Some(2.5))
         );
-        let v = json!({"acks_per_s": 1000, "exact_ok": true, "cpu_pct": {"workerd": 50.0}});
+        let v = json!({"acks_per_s": 1000, "exact_ok": true, "cpu_pct": {"workerd": 50.0, "workerd_proxy": 9}});
         assert_eq!(metric(&v, "workerd_cpu_us_per_ack"), Some(500.0));
-        assert_eq!(metric(&v, "exact_ok"), Some(1.0));
+        assert_eq!(
+            (metric(&v, "exact_ok"), metric(&v, "cpu_proxy_pct")),
+            (Some(1.0), Some(9.0))
+        );
         assert!(!ok(&[json!({"fatal": "x"})]) && !ok(&[json!({"errors": 0, "exact_ok": false})]));
-    }
 
-    #[test]
-    fn ratios_are_rust_over_the_others() {
         let run = |r: f64, e: u64| json!({"rate": r, "errors": e, "error_detail": {"e": e}});
-        let runs: Vec<(String, Value)> = [
+        let runs = [
             ("q", 200.0, 0),
             ("rust", 100.0, 1),
             ("q", 200.0, 0),
             ("rust", 300.0, 0),
-        ]
-        .map(|(n, r, e)| (n.to_owned(), run(r, e)))
-        .to_vec();
+        ];
+        let runs: Vec<(String, Value)> = runs.map(|(n, r, e)| (n.to_owned(), run(r, e))).to_vec();
         let names = ["q".to_owned(), "rust".to_owned()];
-        let s = compare("t", json!({}), "shape", &names, &runs, &["rate", "x"], &[]);
+        let s = compare("t", json!({}), "shape", &names, &runs, &["rate", "x"], true);
         let v: Value = serde_json::from_str(&s.json).unwrap();
-        assert_eq!(
-            (&v["median"]["rust"]["rate"], &v["ratio"]["rust/q"]["rate"]),
-            (&json!(200.0), &json!(1.0))
-        );
+        let rate = (&v["median"]["rust"]["rate"], &v["ratio"]["rust/q"]["rate"]);
+        assert_eq!(rate, (&json!(200.0), &json!(1.0)));
         assert_eq!(
             (&v["errors"]["rust"], &v["rounds"]["rust"]),
             (&json!(1), &json!(2))

@@ -1,20 +1,10 @@
-//! `bench wake`: what a session costs to wake with many stored points.
-//!
-//! Two sessions (enterprise owners: unlimited points) are filled over
-//! `POST /v1/sessions/{id}/points` in batches of 100: a big one with
-//! `--points` and a small one with `--small`. Then, `--trials` times, the
-//! runtime is killed (SIGKILL) and started again on the same state by the
-//! launcher, so that every object loads cold from its storage, and each
-//! session (alternately first) is joined over a WebSocket: the welcome
-//! awaited, one point sent, its ack awaited. The line has the medians of
-//! connect-to-welcome, send-to-ack and connect-to-ack (`*_total_ms`) per
-//! session and the big/small ratio of the total (goal: <= 2).
-//!
-//! Errors: failed fills, a welcome whose `lastSeq` is not the points
+//! `bench wake` (see README.md): two sessions filled over `POST
+//! .../points`, then per trial the runtime killed and started again on the
+//! same state and each session joined cold: connect to welcome, point to
+//! ack. Errors: failed fills, a welcome whose `lastSeq` is not the points
 //! stored, an ack whose `seq` is not `lastSeq + 1`, error frames, closes
 //! and timeouts.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -22,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::drive::{self, block_on, send};
+use super::drive::{self, block_on, fail, send, Errors};
 use super::summary::{fields, median, round_to};
 use super::{positive, Served};
 
@@ -43,12 +33,8 @@ pub struct Options {
 impl super::Gen for Options {
     const TITLE: &'static str = "bench wake";
 
-    fn shape(&self) -> (String, Value) {
-        let (p, s, t) = (self.points, self.small, self.trials);
-        (
-            format!("wake points={p} small={s} trials={t}"),
-            json!({"points": p, "small": s, "trials": t}),
-        )
+    fn shape(&self) -> Value {
+        json!({"points": self.points, "small": self.small, "trials": self.trials})
     }
 
     fn metrics(&self) -> &'static str {
@@ -57,21 +43,13 @@ impl super::Gen for Options {
     }
 
     fn run(&self, s: &mut Served<'_>) -> Result<Vec<String>> {
-        let secret = s.secret()?.to_owned();
-        let tag = drive::tag(6);
-        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-        let mut sessions = Vec::new();
-        let t0 = Instant::now();
+        let (secret, tag) = (s.secret()?.to_owned(), drive::tag(6));
+        let (mut errors, mut sessions, t0) = (Errors::new(), Vec::new(), Instant::now());
         for (name, n) in [("big", self.points), ("small", self.small)] {
-            let token = crate::mint(
-                &secret,
-                &format!("wake-{tag}-{name}"),
-                "enterprise",
-                None,
-                7200,
-            )?;
+            let user = format!("wake-{tag}-{name}");
+            let token = crate::mint(&secret, &user, "enterprise", None, 7200)?;
             let id = block_on(fill(&s.url, &token, n))??;
-            sessions.push((name, id, token, n as u64));
+            sessions.push((id, token, n as u64));
         }
         let fill_s = t0.elapsed().as_secs_f64();
         // (welcome, ack, total) ms per trial, per session
@@ -79,10 +57,10 @@ impl super::Gen for Options {
         for trial in 0..self.trials {
             s.restart()?;
             for k in [trial % 2, 1 - trial % 2] {
-                let (_, id, token, stored) = &mut sessions[k];
+                let (id, token, stored) = &mut sessions[k];
                 match block_on(wake(&s.url, id, token, *stored, &format!("{tag}-{trial}")))? {
                     Ok(t) => times[k].push(t),
-                    Err(e) => *errors.entry(format!("{e:#}")).or_default() += 1,
+                    Err(e) => fail(&mut errors, &format!("{e:#}")),
                 }
                 *stored += 1;
             }
@@ -115,22 +93,16 @@ async fn fill(base: &str, token: &str, n: usize) -> Result<String> {
             .map(|i| json!({"id": format!("p{i}"), "kind": "bench", "value": i}))
             .collect();
         let url = format!("{base}/v1/sessions/{id}/points");
-        match send(
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({ "points": batch })),
-        )
-        .await
-        {
+        let rb = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({ "points": batch }));
+        match send(rb).await {
             Ok(r) if r.status == 200 => sent += batch.len(),
             // The owner's api rate (enterprise: 100/s after a burst of 1000).
             Ok(r) if r.status == 429 => {
-                let wait = r
-                    .header("retry-after")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let wait = r.header("retry-after").and_then(|v| v.parse().ok());
+                tokio::time::sleep(Duration::from_secs(wait.unwrap_or(1))).await;
             }
             Ok(r) => bail!("POST points: {}", r.head()),
             Err(e) => bail!("POST points: {e}"),
