@@ -229,7 +229,7 @@ impl Options {
 /// Two kinds, so that the roll-up groups by kind too.
 const KINDS: [&str; 2] = ["a", "b"];
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     d.map_or(0, |d| d.as_millis() as i64)
 }
@@ -267,7 +267,7 @@ async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<
 }
 
 /// Runs statements as one D1 batch; the rows of each.
-async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
+pub(super) async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
     let rb = c
         .post(format!("{base}/__test/d1"))
         .json(&json!({ "batch": batch }));
@@ -277,7 +277,11 @@ async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Val
 
 /// Runs the writes as one D1 batch (each partition made sure of first) and
 /// empties `writes`.
-async fn d1_batch(c: &Client, base: &str, writes: &mut Vec<PartitionWrite>) -> Result<()> {
+pub(super) async fn d1_batch(
+    c: &Client,
+    base: &str,
+    writes: &mut Vec<PartitionWrite>,
+) -> Result<()> {
     let batch = writes
         .drain(..)
         .flat_map(|w| w.ensure.statements.into_iter().chain(w.statements));
@@ -299,7 +303,7 @@ async fn d1_rows(c: &Client, base: &str, sql: &str) -> Result<Vec<Value>> {
 }
 
 /// The `n` of a one-row count.
-async fn count(c: &Client, base: &str, sql: &str) -> Result<i64> {
+pub(super) async fn count(c: &Client, base: &str, sql: &str) -> Result<i64> {
     let rows = d1_rows(c, base, sql).await?;
     Ok(rows.first().and_then(|r| r["n"].as_f64()).unwrap_or(0.0) as i64)
 }
