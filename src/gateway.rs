@@ -291,7 +291,7 @@ impl Gateway<'_> {
             SessionCall::End if s.owner_id != caller.user => Err(ApiError::Forbidden(
                 "only the owner can end the session".into(),
             )),
-            SessionCall::Get | SessionCall::End => reads::session_answer(&s),
+            SessionCall::Get | SessionCall::End => reads::session_answer(self.env, &s).await,
             _ => Err(ApiError::SessionEnded),
         }
     }
@@ -332,8 +332,10 @@ impl Gateway<'_> {
         created
     }
 
-    /// Test builds only: the D1 fault switch and a route that runs one SQL
-    /// statement on D1, so integration tests can see what reached D1.
+    /// Test builds only: the D1 fault switch, a route that runs one SQL
+    /// statement on D1, so integration tests can see what reached D1, and
+    /// one that lists the `ARCHIVE` bucket (`?prefix=`) with each object's
+    /// size and SHA-256.
     #[cfg(feature = "test-faults")]
     async fn test_hook(&self, req: &mut Request, url: &Url) -> Option<Result<Response, ApiError>> {
         match url.path() {
@@ -350,6 +352,19 @@ impl Gateway<'_> {
                 ))
             }
             "/__test/d1" => Some(self.test_d1_query(req).await),
+            "/__test/r2" => {
+                let prefix = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "prefix")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                Some(
+                    match crate::lifecycle::test_listing(self.env, &prefix).await {
+                        Ok(objects) => http::json(200, &serde_json::json!({ "objects": objects })),
+                        Err(e) => Err(e),
+                    },
+                )
+            }
             _ => None,
         }
     }

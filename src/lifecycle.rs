@@ -102,3 +102,46 @@ pub async fn ended_points(
     let cloud = Cloud::new(env)?;
     Ok(crate::core::archive::ended_points(&cloud, session_id, after_seq, limit).await?)
 }
+
+/// The `stats` of an ended session from D1 or, once its points are
+/// pruned, from its archive (its live object, which kept them, is gone).
+pub async fn ended_stats(
+    env: &Env,
+    session_id: &str,
+) -> Result<std::collections::BTreeMap<String, sesh_protocol::KindStats>, ApiError> {
+    let cloud = Cloud::new(env)?;
+    Ok(crate::core::archive::ended_stats(&cloud, session_id).await?)
+}
+
+/// Test builds only (`GET /__test/r2?prefix=`): every object of the
+/// archive bucket under `prefix`, by key, as `{"key","bytes","sha256"}`,
+/// so integration tests can compare two runtimes' buckets.
+#[cfg(feature = "test-faults")]
+pub async fn test_listing(env: &Env, prefix: &str) -> Result<Vec<Value>, ApiError> {
+    let cloud = Cloud::new(env)?;
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut list = cloud.r2.list().prefix(prefix);
+        if let Some(c) = cursor.take() {
+            list = list.cursor(c);
+        }
+        let page = list.execute().await.map_err(http::internal)?;
+        keys.extend(page.objects().iter().map(worker::Object::key));
+        match page.cursor().filter(|_| page.truncated()) {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let bytes = cloud.get(&key).await?.unwrap_or_default();
+        out.push(serde_json::json!({
+            "key": key,
+            "bytes": bytes.len(),
+            "sha256": crate::core::archive::sha256_hex(&bytes),
+        }));
+    }
+    Ok(out)
+}

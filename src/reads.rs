@@ -84,10 +84,13 @@ pub async fn ended_session(env: &Env, id: &str) -> Result<Option<SessionSummary>
 }
 
 /// A member's view of an ended session from D1 (`GET /v1/sessions/{id}`):
-/// the session object with no live participants.
-pub fn session_answer(s: &SessionSummary) -> Result<Response, ApiError> {
+/// the session object with no live participants and its `stats` computed
+/// from its points (in D1, or in its archive once pruned).
+pub async fn session_answer(env: &Env, s: &SessionSummary) -> Result<Response, ApiError> {
     let mut v = serde_json::to_value(s).map_err(http::internal)?;
     v["participants"] = serde_json::json!([]);
+    let stats = crate::lifecycle::ended_stats(env, &s.id).await?;
+    v["stats"] = serde_json::to_value(stats).map_err(http::internal)?;
     http::json(200, &v)
 }
 

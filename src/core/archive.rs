@@ -30,6 +30,7 @@
 //! [`ARCHIVE_AFTER_MONTHS`]: crate::core::lifecycle::LifecycleConfig::archive_after_months
 //! [`DETAIL_RETENTION_MONTHS`]: crate::core::lifecycle::LifecycleConfig::detail_retention_months
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use flate2::read::MultiGzDecoder;
@@ -38,12 +39,12 @@ use flate2::Compression;
 use serde::Serialize;
 use serde_json::Value;
 use sesh_protocol::limits::MAX_READ_LIMIT;
-use sesh_protocol::{PointsPage, SessionSummary, StoredPoint};
+use sesh_protocol::{KindStats, PointsPage, SessionSummary, StoredPoint};
 use sha2::{Digest, Sha256};
 
 use crate::core::history::{
-    find_session, merge_points, parse_found_session, parse_point_months, point_months, points_page,
-    read_points, v7_time,
+    find_session, merge_points, merge_stats, parse_found_session, parse_point_months, point_months,
+    points_page, read_points, stats_statements, v7_time,
 };
 use crate::core::lifecycle::{cutoff_ms, existing, LifecycleConfig, Report};
 use crate::core::partition::{
@@ -357,6 +358,46 @@ pub async fn ended_points<B: Backend>(
             Ok(Some(points_page(&points, session.last_seq)?))
         }
     }
+}
+
+/// The `stats` of an ended session whose live object has no storage (it
+/// kept them): from a `GROUP BY` over its points in D1 or, once they are
+/// pruned, from its archive. Two D1 round trips, or one and an R2 read.
+pub async fn ended_stats<B: Backend>(
+    b: &B,
+    session_id: &str,
+) -> Result<BTreeMap<String, KindStats>, LifecycleError> {
+    let first = b
+        .batch(&[
+            Statement::new(LIST_PARTITIONS, vec![]),
+            point_months(session_id),
+            archive_state(session_id),
+        ])
+        .await?;
+    let ex = Existing::from_rows(&first[0])?;
+    match source(&first[1], &first[2])? {
+        Source::Archive(key) => Ok(stats_of(&fetch_archive(b, &key).await?.points)),
+        Source::D1(months) => {
+            let stmts = stats_statements(session_id, &months, &ex);
+            if stmts.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            Ok(merge_stats(&b.batch(&stmts).await?)?)
+        }
+    }
+}
+
+/// The `stats` of points in seq order, as the session object keeps them.
+pub fn stats_of(points: &[StoredPoint]) -> BTreeMap<String, KindStats> {
+    let mut out: BTreeMap<String, KindStats> = BTreeMap::new();
+    for p in points {
+        if let Some(v) = p.value {
+            out.entry(p.kind.clone())
+                .and_modify(|s| s.add(v))
+                .or_insert_with(|| KindStats::of(v));
+        }
+    }
+    out
 }
 
 /// Reads all of a session's points from D1, a page per round trip.

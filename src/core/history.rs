@@ -25,12 +25,16 @@
 //!    no points); [`parse_found_session`] (`None`: 404) gives the session,
 //!    [`points_page`] the page with the session's `last_seq`.
 
+use std::collections::BTreeMap;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
-use sesh_protocol::{PointsPage, SessionList, SessionStatus, SessionSummary, StoredPoint};
+use sesh_protocol::{
+    KindStats, PointsPage, SessionList, SessionStatus, SessionSummary, StoredPoint,
+};
 use thiserror::Error;
 
 use crate::core::d1::MAX_CHUNK_BYTES;
@@ -712,6 +716,93 @@ pub fn points_page(rows: &[Value], last_seq: u64) -> Result<PointsPage, RowError
         })
         .collect::<Result<Vec<_>, RowError>>()?;
     Ok(PointsPage { points, last_seq })
+}
+
+/// The statements computing session `session_id`'s `stats` from D1 (a
+/// retired session's object, which kept them, is gone): per points table
+/// of `months` that exists, one `GROUP BY kind` over the points with a
+/// value, with the seq and value of the highest such seq. A monthly table
+/// whose year table exists skips the points the year already has (a move
+/// under way), so no point counts twice. Run them in one batch and give
+/// their rows to [`merge_stats`]. Empty when there are none.
+pub fn stats_statements(session_id: &str, months: &[Month], existing: &Existing) -> Vec<Statement> {
+    let mut spans: Vec<Span> = months
+        .iter()
+        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
+        .filter(|s| existing.contains(TableKind::Points, *s))
+        .collect();
+    spans.sort();
+    spans.dedup();
+    spans
+        .iter()
+        .map(|s| {
+            let t = TableKind::Points.table(*s);
+            let skip = match s {
+                Span::Month(m) if existing.contains(TableKind::Points, Span::Year(m.year())) => {
+                    format!(
+                        " AND NOT EXISTS (SELECT 1 FROM {} AS y WHERE y.session_id = p.session_id \
+                         AND y.seq = p.seq)",
+                        TableKind::Points.table(Span::Year(m.year()))
+                    )
+                }
+                _ => String::new(),
+            };
+            Statement::new(
+                format!(
+                    "SELECT g.kind, g.n, g.sum, g.min, g.max, g.last_seq, q.value AS last FROM \
+                     (SELECT kind, count(*) AS n, sum(value) AS sum, min(value) AS min, \
+                     max(value) AS max, max(seq) AS last_seq FROM {t} AS p \
+                     WHERE session_id = ?1 AND value IS NOT NULL{skip} GROUP BY kind) AS g \
+                     JOIN {t} AS q ON q.session_id = ?1 AND q.seq = g.last_seq"
+                ),
+                vec![Value::from(session_id)],
+            )
+        })
+        .collect()
+}
+
+/// The `stats` of a session from the rows of [`stats_statements`]:
+/// counts and sums added, the extremes kept, `last` from the highest seq.
+pub fn merge_stats(results: &[Vec<Value>]) -> Result<BTreeMap<String, KindStats>, RowError> {
+    let mut out: BTreeMap<String, (i64, KindStats)> = BTreeMap::new();
+    for r in results.iter().flatten() {
+        let kind = col_str(r, "kind")?;
+        let f = |c: &'static str| {
+            col_opt_f64(r, c)?.ok_or(RowError::Column {
+                column: c,
+                expected: "a number",
+            })
+        };
+        let count = u64::try_from(col_int(r, "n")?).map_err(|_| RowError::Column {
+            column: "n",
+            expected: "a count",
+        })?;
+        let (seq, part) = (
+            col_int(r, "last_seq")?,
+            KindStats {
+                count,
+                sum: f("sum")?,
+                min: f("min")?,
+                max: f("max")?,
+                last: f("last")?,
+            },
+        );
+        match out.get_mut(&kind) {
+            None => {
+                out.insert(kind, (seq, part));
+            }
+            Some((last_seq, s)) => {
+                s.count += part.count;
+                s.sum += part.sum;
+                s.min = s.min.min(part.min);
+                s.max = s.max.max(part.max);
+                if seq > *last_seq {
+                    (*last_seq, s.last) = (seq, part.last);
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(k, (_, s))| (k, s)).collect())
 }
 
 // rusqlite, which runs the statements, is a native-only dev-dependency.

@@ -106,20 +106,34 @@ pub async fn call_at(
     headers: &[(&str, &str)],
 ) -> Answer {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut rb = client().request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        rb = rb.bearer_auth(t);
-    }
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    if let Some(b) = body {
-        rb = rb.header("content-type", "application/json").body(b);
-    }
-    let resp = rb.send().await.expect("request sent");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("body read");
+    let mut attempt = 0;
+    let (status, headers, text) = loop {
+        let mut rb = client().request(method.clone(), format!("{base}{path}"));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = &body {
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.clone());
+        }
+        let resp = rb.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body read");
+        // wrangler dev's proxy answers this (not the Worker) when its
+        // runtime was swapped while a request that it does not retry
+        // itself (not GET or HEAD) was on its way; it asks to send again.
+        attempt += 1;
+        if status == 503 && text.starts_with(PROXY_RESTARTED) && attempt < 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        break (status, headers, text);
+    };
     let body = if text.is_empty() {
         Value::Null
     } else {
@@ -132,6 +146,10 @@ pub async fn call_at(
         text,
     }
 }
+
+/// The start of wrangler dev's proxy answer to a request cut off by a
+/// swap of its runtime.
+pub const PROXY_RESTARTED: &str = "Your worker restarted mid-request.";
 
 /// GET with a token.
 pub async fn get(path: &str, token: &str) -> Answer {

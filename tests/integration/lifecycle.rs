@@ -1,11 +1,14 @@
-//! CONTRACT.md section 9 on a runtime of its own (its scheduled runs move,
-//! archive and prune everything old in its D1, which would disturb the
-//! shared server's tests): sessions with points across 30 months, the
+//! CONTRACT.md section 9 on runtimes of their own (their scheduled runs
+//! move, archive and prune everything old in their D1, which would disturb
+//! the shared server's tests): sessions with points across 30 months, the
 //! scheduled handler run as of now and of seven months later, every point
 //! read back once through the API (monthly, yearly and archived tiers), and
-//! a user export checked line by line and by its SHA-256.
+//! a user export checked line by line and by its SHA-256; and the same
+//! seed on two runtimes, one run without interruption and one SIGKILLed in
+//! the middle of a move and of an archive, ending with identical D1 and R2.
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use sesh::core::history::{write_points, write_session, SessionRecord};
@@ -18,8 +21,11 @@ use crate::client::{call_at, d1_at, d1_batch_at, unique, TestFn};
 use crate::harness::{service_token, user_token, Server};
 
 /// The tests of this module, by name.
-pub const TESTS: &[(&str, TestFn)] =
-    crate::test_list!("lifecycle", thirty_months_move_archive_prune_and_export);
+pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
+    "lifecycle",
+    thirty_months_move_archive_prune_and_export,
+    sigkill_mid_move_and_mid_archive_ends_as_an_uninterrupted_run
+);
 
 const POINTS: usize = 10;
 
@@ -59,13 +65,19 @@ fn seed(id: &str, owner: &str, members: &[String], ts: &[i64], write_now: i64) -
 }
 
 async fn all_points(base: &str, id: &str, token: &str) -> Vec<(u64, i64)> {
+    paged_points(base, id, token, 3).await
+}
+
+// Every point of a session through the API, `limit` per page, checking
+// `lastSeq` at the end.
+async fn paged_points(base: &str, id: &str, token: &str, limit: usize) -> Vec<(u64, i64)> {
     let mut out: Vec<(u64, i64)> = Vec::new();
     loop {
         let after = out.last().map_or(0, |p| p.0);
         let a = call_at(
             base,
             "GET",
-            &format!("/v1/sessions/{id}/points?afterSeq={after}&limit=3"),
+            &format!("/v1/sessions/{id}/points?afterSeq={after}&limit={limit}"),
             Some(token),
             None,
             &[],
@@ -77,11 +89,19 @@ async fn all_points(base: &str, id: &str, token: &str) -> Vec<(u64, i64)> {
             page.iter()
                 .map(|p| (p["seq"].as_u64().unwrap(), p["ts"].as_i64().unwrap())),
         );
-        if page.len() < 3 {
+        if page.len() < limit {
             assert_eq!(a.body["lastSeq"], out.len() as u64, "{id}");
             return out;
         }
     }
+}
+
+// A client whose requests fail instead of hanging when a run never ends.
+fn scheduled_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(180))
+        .build()
+        .expect("client")
 }
 
 // The scheduled handler as of `time`, with the server's log on failure.
@@ -90,7 +110,11 @@ async fn run_scheduled(server: &Server, time: i64) {
         "{}/cdn-cgi/handler/scheduled?cron=*/15+*+*+*+*&time={time}",
         server.base
     );
-    let resp = reqwest::get(url).await.expect("scheduled run");
+    let resp = scheduled_client()
+        .get(url)
+        .send()
+        .await
+        .expect("scheduled run");
     assert!(
         resp.status().is_success(),
         "scheduled: {}\n--- server log (tail) ---\n{}",
@@ -204,6 +228,24 @@ async fn thirty_months_move_archive_prune_and_export() {
         .await;
     }
     assert_eq!(left, 0, "pruned points are gone from D1");
+    // A retired session's stats come from its points: monthly, yearly, and
+    // the archive once pruned.
+    let want_stats =
+        serde_json::json!({"k": {"count": 10, "sum": 22.5, "min": 0.0, "max": 4.5, "last": 4.5}});
+    for i in [3, 15, 27] {
+        let id = &sessions[i].0;
+        let a = call_at(
+            &base,
+            "GET",
+            &format!("/v1/sessions/{id}"),
+            Some(&tu),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["stats"], want_stats, "session {i} months back");
+    }
     for ((id, _), w) in sessions.iter().zip(&want) {
         assert_eq!(&all_points(&base, id, &tu).await, w, "after: {id}");
     }
@@ -324,4 +366,316 @@ async fn thirty_months_move_archive_prune_and_export() {
     assert_eq!(metrics, day_rows);
     assert!(metrics > 0, "the roll-ups ran before the export");
     drop(server);
+}
+
+// The SIGKILL test's runtimes: partition moves three rows per statement
+// and runs of at most 150 round trips, so that moving 18 months takes
+// about six runs and archiving the 72 cold sessions three: a kill in a run
+// lands in the middle of the step.
+const KILL_VARS: &[(&str, &str)] = &[
+    ("LIFECYCLE_MOVE_CHUNK", "2"),
+    ("LIFECYCLE_MAX_CALLS", "150"),
+];
+const KILL_MONTHS: i64 = 30;
+const KILL_PER_MONTH: i64 = 4;
+const KILL_POINTS: i64 = 6;
+
+// A session's id and its points as (seq, ts).
+type Expected = (String, Vec<(u64, i64)>);
+
+// Sessions `KILL_PER_MONTH` a month over the last `KILL_MONTHS` months,
+// owned by `u` with `v` as a member, `KILL_POINTS` points each, flushed
+// when they happened: the statements and each session's (id, points).
+fn kill_seed(u: &str, v: &str, now: i64) -> (Vec<Vec<Statement>>, Vec<Expected>) {
+    let this = Month::of(now).index();
+    let (mut batches, mut sessions) = (Vec::new(), Vec::new());
+    for back in 0..KILL_MONTHS {
+        for k in 0..KILL_PER_MONTH {
+            let start = Month::from_index(this - back).start_ms() + (10 + k) * 86_400_000 + back;
+            let start = start.min(now - 3_600_000 - k);
+            let id = sesh::ids::new_session_id(start);
+            let ts: Vec<i64> = (1..=KILL_POINTS).map(|i| start + i * 60_000).collect();
+            batches.push(seed(&id, u, &[v.to_owned()], &ts, start));
+            let want = ts.iter().enumerate().map(|(i, t)| (i as u64 + 1, *t));
+            sessions.push((id, want.collect()));
+        }
+    }
+    (batches, sessions)
+}
+
+// Everything the lifecycle can touch: each D1 table (but the runtime's
+// own and the migrations log, which holds wall-clock times) with its rows
+// as sorted JSON text, and the archive bucket's objects with their sizes
+// and SHA-256.
+async fn state(base: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let names = d1_at(
+        base,
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, 4) != '_cf_' \
+         AND name NOT LIKE 'sqlite%' AND name != 'd1_migrations' ORDER BY name",
+    )
+    .await;
+    let mut out = std::collections::BTreeMap::new();
+    for n in names.iter().filter_map(|r| r["name"].as_str()) {
+        let mut rows: Vec<String> = d1_at(base, &format!("SELECT * FROM {n}"))
+            .await
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        rows.sort();
+        out.insert(n.to_owned(), rows);
+    }
+    let r2 = reqwest::get(format!("{base}/__test/r2?prefix="))
+        .await
+        .expect("r2 listing");
+    assert_eq!(r2.status().as_u16(), 200);
+    let listing: Value = r2.json().await.expect("r2 listing JSON");
+    let objects = listing["objects"].as_array().cloned().unwrap_or_default();
+    out.insert("r2:".into(), objects.iter().map(Value::to_string).collect());
+    out
+}
+
+// Scheduled runs as of `now` until one changes nothing (judged by the
+// progress tables and the tables left, then checked on the whole state);
+// the end state.
+async fn run_to_end(server: &Server, now: i64) -> std::collections::BTreeMap<String, Vec<String>> {
+    let progress = "SELECT (SELECT count(*) FROM partitions) || ',' || \
+        (SELECT count(*) || ',' || coalesce(sum(phase = 'done'), 0) || ',' || coalesce(sum(verified), 0) \
+         FROM partition_moves) || ',' || (SELECT count(*) || ',' || coalesce(sum(verified + pruned + \
+         manifested), 0) FROM archives) || ',' || (SELECT count(*) FROM rollup_marks) AS n";
+    let fingerprint = || async { d1_at(&server.base, progress).await[0]["n"].clone() };
+    let mut last = fingerprint().await;
+    for _ in 0..40 {
+        run_scheduled(server, now).await;
+        let next = fingerprint().await;
+        if next == last {
+            let end = state(&server.base).await;
+            run_scheduled(server, now).await;
+            assert_eq!(
+                state(&server.base).await,
+                end,
+                "a further run changes nothing"
+            );
+            return end;
+        }
+        last = next;
+    }
+    panic!("the lifecycle did not settle in 40 runs");
+}
+
+// The `n` of a one-row query, with the server's log when it fails.
+async fn polled(server: &Server, sql: &str) -> i64 {
+    let a = call_at(
+        &server.base,
+        "POST",
+        "/__test/d1",
+        None,
+        Some(sql.as_bytes().to_vec()),
+        &[],
+    )
+    .await;
+    match a.body["rows"][0]["n"].as_i64() {
+        Some(n) if a.status == 200 => n,
+        _ => panic!("d1 poll: {} {}\n{}", a.status, a.text, server.log_tail()),
+    }
+}
+
+// Starts a scheduled run as of `now` and kills the runtime with SIGKILL
+// `delay` into it (then starts it again on the same state), until a kill
+// landed after the run made progress: `progress` (a query answering `n`)
+// answers more than before the run. Requests to the runtime wait while a
+// run keeps it busy, so the moment is chosen by time, not by asking. A run
+// that ends before its kill is a whole run; a kill before any progress is
+// tried again later into the next run. Answers the restarted runtime.
+async fn kill_mid_run(server: Server, now: i64, mut delay: Duration, progress: &str) -> Server {
+    let mut server = server;
+    for _ in 0..8 {
+        let before = polled(&server, progress).await;
+        let url = format!(
+            "{}/cdn-cgi/handler/scheduled?cron=*/15+*+*+*+*&time={now}",
+            server.base
+        );
+        let run =
+            tokio::spawn(
+                async move { scheduled_client().get(url).send().await.map(|r| r.status()) },
+            );
+        tokio::time::sleep(delay).await;
+        if run.is_finished() {
+            let status = run.await.unwrap().expect("scheduled run");
+            assert!(
+                status.is_success(),
+                "scheduled: {status}\n{}",
+                server.log_tail()
+            );
+            continue;
+        }
+        server = tokio::task::spawn_blocking(move || {
+            server.crash_and_restart();
+            server
+        })
+        .await
+        .unwrap();
+        run.abort();
+        if polled(&server, progress).await > before {
+            return server;
+        }
+        delay = delay * 3 / 2;
+    }
+    panic!("no kill landed inside a run that made progress");
+}
+
+async fn sigkill_mid_move_and_mid_archive_ends_as_an_uninterrupted_run() {
+    // Fails instead of hanging if a runtime stops answering.
+    tokio::time::timeout(Duration::from_secs(600), sigkill_test())
+        .await
+        .expect("the SIGKILL test finished within 10 minutes");
+}
+
+async fn sigkill_test() {
+    let starting = [0, 1].map(|_| tokio::task::spawn_blocking(|| Server::start(KILL_VARS)));
+    let [reference, victim] = starting;
+    let (reference, victim) = (reference.await.unwrap(), victim.await.unwrap());
+    let (u, v) = (unique("kill-u"), unique("kill-v"));
+    let tu = user_token(&u, "enterprise");
+    let now = now_ms();
+    let this = Month::of(now).index();
+    let (batches, sessions) = kill_seed(&u, &v, now);
+    for b in &batches {
+        d1_batch_at(&reference.base, b).await;
+        d1_batch_at(&victim.base, b).await;
+    }
+    // Monthly tables of `prefix` 12 or more months old (due to move).
+    let oldest_kept = Month::from_index(this - 11).suffix();
+    let left = |prefix: &str| {
+        format!(
+            "SELECT count(*) AS n FROM partitions WHERE name GLOB \
+             '{prefix}[0-9][0-9][0-9][0-9]_[0-9][0-9]' AND name < '{prefix}{oldest_kept}'"
+        )
+    };
+    let cold = (KILL_MONTHS - 12) * KILL_PER_MONTH;
+    let pruned = (KILL_MONTHS - 24) * KILL_PER_MONTH;
+
+    // The first run's length sets when the kills come: halfway into it.
+    let t0 = Instant::now();
+    run_scheduled(&reference, now).await;
+    let run_time = t0.elapsed();
+    let expected = run_to_end(&reference, now).await;
+    let points_tables = |s: &std::collections::BTreeMap<String, Vec<String>>| {
+        s.keys()
+            .filter(|k| k.starts_with("session_points_"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The reference did all of it: 18 months moved, every cold session
+    // archived, the oldest pruned, and the objects and manifests in R2.
+    assert_eq!(count(&reference.base, &left("session_points_")).await, 0);
+    assert!(
+        points_tables(&expected).len() >= 12,
+        "{:?}",
+        points_tables(&expected)
+    );
+    assert_eq!(
+        count(
+            &reference.base,
+            "SELECT count(*) AS n FROM archives WHERE verified = 1"
+        )
+        .await,
+        cold
+    );
+    assert_eq!(
+        count(
+            &reference.base,
+            "SELECT count(*) AS n FROM archives WHERE pruned = 2"
+        )
+        .await,
+        pruned
+    );
+    let objects = &expected["r2:"];
+    assert!(
+        objects.len() as i64 > cold && objects.iter().any(|o| o.contains("archive/manifests/")),
+        "{objects:?}"
+    );
+    drop(reference);
+
+    // Killed while months are being moved (a run moves a sixth of them).
+    let victim = kill_mid_run(
+        victim,
+        now,
+        run_time / 2,
+        "SELECT count(*) + coalesce(sum(phase = 'done') + sum(k1 IS NOT NULL) + sum(verified), 0) \
+         AS n FROM partition_moves",
+    )
+    .await;
+    let moves_left = count(&victim.base, &left("session_points_")).await;
+    assert!(
+        moves_left > 0,
+        "the kill landed in the middle of the moves: {moves_left} months left"
+    );
+    assert_eq!(
+        count(&victim.base, "SELECT count(*) AS n FROM archives").await,
+        0,
+        "nothing archived before the moves are done"
+    );
+    // Mid-move, every point is readable once, from the monthly or the
+    // yearly copy.
+    for (id, want) in &sessions {
+        assert_eq!(
+            &paged_points(&victim.base, id, &tu, 5).await,
+            want,
+            "mid-move: {id}"
+        );
+    }
+
+    // Killed while cold sessions are being archived (a run archives a third
+    // of them), once the moves are done.
+    for _ in 0..20 {
+        if count(&victim.base, &left("session_points_")).await == 0 {
+            break;
+        }
+        run_scheduled(&victim, now).await;
+    }
+    let victim = kill_mid_run(
+        victim,
+        now,
+        run_time / 2,
+        "SELECT count(*) AS n FROM archives",
+    )
+    .await;
+    for prefix in ["sessions_", "session_members_", "session_points_"] {
+        assert_eq!(
+            count(&victim.base, &left(prefix)).await,
+            0,
+            "{prefix} moved"
+        );
+    }
+    let archived = count(&victim.base, "SELECT count(*) AS n FROM archives").await;
+    assert!(
+        archived > 0 && archived < cold,
+        "the kill landed in the middle of the archives: {archived} of {cold}"
+    );
+    for (id, want) in &sessions {
+        assert_eq!(
+            &paged_points(&victim.base, id, &tu, 5).await,
+            want,
+            "mid-archive: {id}"
+        );
+    }
+
+    // Run again until done: the same tables, rows, archive rows, objects
+    // and manifests as the uninterrupted run, and every point once.
+    let got = run_to_end(&victim, now).await;
+    let names =
+        |s: &std::collections::BTreeMap<String, Vec<String>>| s.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&expected), "the same tables");
+    for (name, rows) in &expected {
+        assert_eq!(got[name].len(), rows.len(), "rows of {name}");
+        assert_eq!(&got[name], rows, "{name}");
+    }
+    for (id, want) in &sessions {
+        assert_eq!(
+            &paged_points(&victim.base, id, &tu, 5).await,
+            want,
+            "after: {id}"
+        );
+    }
+    drop(victim);
 }

@@ -8,6 +8,7 @@
 
 mod drive;
 mod history;
+mod lifecycle;
 mod loadgen;
 mod presence;
 mod quota;
@@ -80,6 +81,14 @@ pub enum Bench {
         servers: Servers,
         #[command(flatten)]
         gen: history::Options,
+    },
+    /// Move, archive and export throughput (rows/s) over local D1 and R2;
+    /// rust alone, built with test-faults
+    Lifecycle {
+        #[command(flatten)]
+        servers: Servers,
+        #[command(flatten)]
+        gen: lifecycle::Options,
     },
     /// The session generator alone against a running server
     Loadgen {
@@ -290,6 +299,7 @@ pub fn run(b: Bench) -> Result<()> {
         Bench::Presence { servers, gen } => with_servers(&servers, rust, &gen),
         Bench::Wake { servers, gen } => with_servers(&servers, rust, &gen),
         Bench::History { servers, gen } => with_servers(&servers, rust, &gen),
+        Bench::Lifecycle { servers, gen } => with_servers(&servers, rust, &gen),
         Bench::Loadgen { alone, tokens, gen } => {
             let tokens = tokens || gen.create_sessions;
             alone_run(alone, &gen, tokens)
@@ -505,8 +515,8 @@ mod tests {
             sessions --rate -1; sessions --url http://127.0.0.1:1; loadgen --sessions 2; \
             loadgen --url ws://x:1; loadgen --url http://x:1/v1; loadgen --url http://x:1 --rounds 2; \
             quota --resource cpu; quota --cost 0; presence --targets rust; presencegen; \
-            wake --points 0; history --points 0; history --months 13; sessions --targets ,; \
-            quota --plan=";
+            wake --points 0; history --points 0; history --months 13; lifecycle --points 0; \
+            sessions --targets ,; quota --plan=";
         for b in bad.split(';') {
             assert!(parse(b).is_err(), "{b}");
         }

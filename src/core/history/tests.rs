@@ -574,6 +574,53 @@ fn ended_sessions_read_back_from_d1_across_partitions() {
 }
 
 #[test]
+fn retired_session_stats_count_each_point_once_across_partitions() {
+    let db = testdb::open();
+    let started = ms(2025, 2, 27);
+    let mut s = Sess::new(started, "alice", &[]);
+    // Two kinds over three months; every fourth point and the last "hr"
+    // carry no value, so `last` is not simply the last point's.
+    let pts: Vec<(Millis, String)> = (1..=41u64)
+        .map(|seq| {
+            let ts = started + seq as Millis * 2 * DAY_MS;
+            let kind = if seq % 2 == 0 { "pace" } else { "hr" };
+            let mut p = json!({"seq": seq, "userId": "alice", "kind": kind, "ts": ts});
+            if seq % 4 != 0 && seq != 41 {
+                p["value"] = json!(if kind == "hr" {
+                    seq as f64 / 2.0
+                } else {
+                    -(seq as f64)
+                });
+            }
+            (ts, p.to_string())
+        })
+        .collect();
+    s.count = pts.len() as u64;
+    s.status = SessionStatus::Ended;
+    let mut w = write_points(&s.id, &pts, started);
+    w.push(s.write(started));
+    apply(&db, w);
+    // March is half moved: its points are in both its table and 2025's.
+    copy_to_year(&db, Month::new(2025, 3).expect("month"), ms(2026, 3, 2));
+    let ex = existing(&db);
+    let months = parse_point_months(&testdb::run(&db, &point_months(&s.id))).expect("months");
+    let stmts = stats_statements(&s.id, &months, &ex);
+    assert_eq!(stmts.len(), 4, "2025, and March to May");
+    let rows: Vec<Vec<Value>> = stmts.iter().map(|st| testdb::run(&db, st)).collect();
+    let points: Vec<StoredPoint> = pts
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).expect("point"))
+        .collect();
+    let want = crate::core::archive::stats_of(&points);
+    assert_eq!((want["hr"].count, want["pace"].count), (20, 10));
+    assert_eq!(want["hr"].last, 39.0 / 2.0);
+    assert_eq!(want["pace"].last, -38.0);
+    assert_eq!(merge_stats(&rows).expect("rows"), want);
+    assert!(stats_statements(&s.id, &[], &ex).is_empty());
+    assert_eq!(merge_stats(&[]).expect("none"), BTreeMap::new());
+}
+
+#[test]
 fn point_months_and_partitions_follow_ts_and_age() {
     let now = ms(2026, 3, 10);
     let pts = vec![

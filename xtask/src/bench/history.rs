@@ -183,6 +183,11 @@ impl Options {
 /// Two kinds, so that the roll-up groups by kind too.
 const KINDS: [&str; 2] = ["a", "b"];
 
+pub(super) fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    d.map_or(0, |d| d.as_millis() as i64)
+}
+
 /// One roll-up run as of `now`, the scheduled handler's:
 /// `GET /cdn-cgi/handler/scheduled` (`via` "scheduled"), or, where the
 /// runtime cannot deliver the event (wrangler 4.86 with `[assets]` answers
@@ -208,7 +213,7 @@ async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<
 }
 
 /// Runs statements as one D1 batch; the rows of each.
-async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
+pub(super) async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Value>>> {
     let rb = c
         .post(format!("{base}/__test/d1"))
         .json(&json!({ "batch": batch }));
@@ -218,7 +223,11 @@ async fn d1(c: &Client, base: &str, batch: Vec<Statement>) -> Result<Vec<Vec<Val
 
 /// Runs the writes as one D1 batch (each partition made sure of first) and
 /// empties `writes`.
-async fn d1_batch(c: &Client, base: &str, writes: &mut Vec<PartitionWrite>) -> Result<()> {
+pub(super) async fn d1_batch(
+    c: &Client,
+    base: &str,
+    writes: &mut Vec<PartitionWrite>,
+) -> Result<()> {
     let batch = writes
         .drain(..)
         .flat_map(|w| w.ensure.statements.into_iter().chain(w.statements));
@@ -238,7 +247,7 @@ async fn d1_rows(c: &Client, base: &str, sql: &str) -> Result<Vec<Value>> {
 }
 
 /// The `n` of a one-row count.
-async fn count(c: &Client, base: &str, sql: &str) -> Result<i64> {
+pub(super) async fn count(c: &Client, base: &str, sql: &str) -> Result<i64> {
     let rows = d1_rows(c, base, sql).await?;
     Ok(rows.first().and_then(|r| r["n"].as_f64()).unwrap_or(0.0) as i64)
 }
