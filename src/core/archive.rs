@@ -305,6 +305,20 @@ pub fn source(months: &[Value], archive: &[Value]) -> Result<Source, LifecycleEr
     Ok(Source::D1(parse_point_months(months)?))
 }
 
+/// The partitions that exist and where an ended session's points are now:
+/// one D1 round trip.
+async fn locate<B: Backend>(b: &B, session_id: &str) -> Result<(Existing, Source), LifecycleError> {
+    let first = b
+        .batch(&[
+            Statement::new(LIST_PARTITIONS, vec![]),
+            point_months(session_id),
+            archive_state(session_id),
+        ])
+        .await?;
+    let ex = Existing::from_rows(&first[0])?;
+    Ok((ex, source(&first[1], &first[2])?))
+}
+
 /// Reads an archive object; a missing one is an error (it was verified).
 pub async fn fetch_archive<B: Backend>(b: &B, key: &str) -> Result<Decoded, LifecycleError> {
     let bytes = b.get(key).await?.ok_or_else(|| LifecycleError::Object {
@@ -328,15 +342,8 @@ pub async fn ended_points<B: Backend>(
     limit: u64,
 ) -> Result<Option<PointsPage>, LifecycleError> {
     let limit = limit.clamp(1, MAX_READ_LIMIT as u64);
-    let first = b
-        .batch(&[
-            Statement::new(LIST_PARTITIONS, vec![]),
-            point_months(session_id),
-            archive_state(session_id),
-        ])
-        .await?;
-    let ex = Existing::from_rows(&first[0])?;
-    match source(&first[1], &first[2])? {
+    let (ex, from) = locate(b, session_id).await?;
+    match from {
         Source::Archive(key) => Ok(Some(fetch_archive(b, &key).await?.page(after_seq, limit))),
         Source::D1(months) => {
             let Some(find) = find_session(session_id, &ex) else {
@@ -367,15 +374,8 @@ pub async fn ended_stats<B: Backend>(
     b: &B,
     session_id: &str,
 ) -> Result<BTreeMap<String, KindStats>, LifecycleError> {
-    let first = b
-        .batch(&[
-            Statement::new(LIST_PARTITIONS, vec![]),
-            point_months(session_id),
-            archive_state(session_id),
-        ])
-        .await?;
-    let ex = Existing::from_rows(&first[0])?;
-    match source(&first[1], &first[2])? {
+    let (ex, from) = locate(b, session_id).await?;
+    match from {
         Source::Archive(key) => Ok(stats_of(&fetch_archive(b, &key).await?.points)),
         Source::D1(months) => {
             let stmts = stats_statements(session_id, &months, &ex);

@@ -647,13 +647,7 @@ pub fn read_points(
     months: &[Month],
     existing: &Existing,
 ) -> Vec<Statement> {
-    let mut spans: Vec<Span> = months
-        .iter()
-        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
-        .filter(|s| existing.contains(TableKind::Points, *s))
-        .collect();
-    spans.sort();
-    spans.dedup();
+    let spans = point_spans(months, existing);
     let limit = limit.clamp(1, MAX_READ_LIMIT as u32);
     spans
         .iter()
@@ -718,6 +712,19 @@ pub fn points_page(rows: &[Value], last_seq: u64) -> Result<PointsPage, RowError
     Ok(PointsPage { points, last_seq })
 }
 
+/// The points tables that exist for `months`: each month's and its year's,
+/// in order, once each.
+fn point_spans(months: &[Month], existing: &Existing) -> Vec<Span> {
+    let mut spans: Vec<Span> = months
+        .iter()
+        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
+        .filter(|s| existing.contains(TableKind::Points, *s))
+        .collect();
+    spans.sort();
+    spans.dedup();
+    spans
+}
+
 /// The statements computing session `session_id`'s `stats` from D1 (a
 /// retired session's object, which kept them, is gone): per points table
 /// of `months` that exists, one `GROUP BY kind` over the points with a
@@ -726,13 +733,7 @@ pub fn points_page(rows: &[Value], last_seq: u64) -> Result<PointsPage, RowError
 /// under way), so no point counts twice. Run them in one batch and give
 /// their rows to [`merge_stats`]. Empty when there are none.
 pub fn stats_statements(session_id: &str, months: &[Month], existing: &Existing) -> Vec<Statement> {
-    let mut spans: Vec<Span> = months
-        .iter()
-        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
-        .filter(|s| existing.contains(TableKind::Points, *s))
-        .collect();
-    spans.sort();
-    spans.dedup();
+    let spans = point_spans(months, existing);
     spans
         .iter()
         .map(|s| {

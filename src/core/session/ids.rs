@@ -131,8 +131,10 @@ impl Layer {
         }
     }
 
-    fn probes(&self, h: u64) -> impl Iterator<Item = (usize, u64)> {
-        let n = self.bits.len() as u64 * 64;
+    /// The word and mask of each probe of `h` in `words` words (double
+    /// hashing).
+    fn probes(words: usize, h: u64) -> impl Iterator<Item = (usize, u64)> {
+        let n = words as u64 * 64;
         let (a, b) = (h, h.rotate_left(32) | 1);
         (0..PROBES).map(move |i| {
             let bit = a.wrapping_add(i.wrapping_mul(b)) % n;
@@ -141,7 +143,7 @@ impl Layer {
     }
 
     fn has(&self, h: u64) -> bool {
-        self.probes(h).all(|(w, m)| self.bits[w] & m != 0)
+        Layer::probes(self.bits.len(), h).all(|(w, m)| self.bits[w] & m != 0)
     }
 }
 
@@ -159,7 +161,7 @@ impl Seen {
             self.layers.push(Layer::new(cap));
         }
         if let Some(l) = self.layers.last_mut() {
-            for (w, m) in l.probes(h).collect::<Vec<_>>() {
+            for (w, m) in Layer::probes(l.bits.len(), h) {
                 l.bits[w] |= m;
             }
             l.len += 1;
