@@ -3,7 +3,12 @@
 //! have it). The switch is per isolate, which under `wrangler dev` is the
 //! whole Worker, objects included.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use serde_json::Value;
+
+use crate::core::partition::Statement;
+use crate::core::store::{Backend, LifecycleError};
 
 static D1_FAILING: AtomicBool = AtomicBool::new(false);
 static PRESENCE_FAILING: AtomicBool = AtomicBool::new(false);
@@ -32,4 +37,55 @@ pub fn set_presence_failing(on: bool) {
 /// Whether presence deliveries are to fail now.
 pub fn presence_failing() -> bool {
     PRESENCE_FAILING.load(Ordering::SeqCst)
+}
+
+static HANG_AFTER: AtomicU32 = AtomicU32::new(0);
+static LIFECYCLE_CALLS: AtomicU32 = AtomicU32::new(0);
+static HUNG: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next scheduled lifecycle run stop for good before its D1 or
+/// R2 call number `calls + 1` (0: never), so a test can SIGKILL the runtime
+/// at a known point inside a run that has done part of its work. A
+/// restarted runtime starts unarmed.
+pub fn arm_lifecycle_hang(calls: u32) {
+    HANG_AFTER.store(calls, Ordering::SeqCst);
+    LIFECYCLE_CALLS.store(0, Ordering::SeqCst);
+    HUNG.store(false, Ordering::SeqCst);
+}
+
+/// Whether a lifecycle run is stopped at its armed call.
+pub fn lifecycle_hung() -> bool {
+    HUNG.load(Ordering::SeqCst)
+}
+
+/// Counts a lifecycle call and, when it is past the armed one, waits
+/// (longer than any test) instead of going on. A timer, not a future that
+/// never wakes: the runtime cancels a handler with nothing left to wait for.
+async fn lifecycle_call() {
+    let armed = HANG_AFTER.load(Ordering::SeqCst);
+    if armed == 0 || LIFECYCLE_CALLS.fetch_add(1, Ordering::SeqCst) < armed {
+        return;
+    }
+    HUNG.store(true, Ordering::SeqCst);
+    worker::Delay::from(std::time::Duration::from_secs(3600)).await;
+}
+
+/// A lifecycle backend that stops at the armed call ([`arm_lifecycle_hang`]).
+pub struct Hanging<B>(pub B);
+
+impl<B: Backend> Backend for Hanging<B> {
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+        lifecycle_call().await;
+        self.0.batch(statements).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
+        lifecycle_call().await;
+        self.0.get(key).await
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
+        lifecycle_call().await;
+        self.0.put(key, bytes).await
+    }
 }

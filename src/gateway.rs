@@ -332,10 +332,11 @@ impl Gateway<'_> {
         created
     }
 
-    /// Test builds only: the D1 fault switch, a route that runs one SQL
-    /// statement on D1, so integration tests can see what reached D1, and
-    /// one that lists the `ARCHIVE` bucket (`?prefix=`) with each object's
-    /// size and SHA-256.
+    /// Test builds only: the D1 fault switch, the lifecycle hang
+    /// (`/__test/hang?after=N` arms it, every call answers whether a run
+    /// is stopped at it), a route that runs one SQL statement on D1, so
+    /// integration tests can see what reached D1, and one that lists the
+    /// `ARCHIVE` bucket (`?prefix=`) with each object's size and SHA-256.
     #[cfg(feature = "test-faults")]
     async fn test_hook(&self, req: &mut Request, url: &Url) -> Option<Result<Response, ApiError>> {
         match url.path() {
@@ -349,6 +350,19 @@ impl Gateway<'_> {
                 Some(http::json(
                     200,
                     &serde_json::json!({"d1Failing": on, "presenceFailing": presence}),
+                ))
+            }
+            "/__test/hang" => {
+                let after = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "after")
+                    .and_then(|(_, v)| v.parse().ok());
+                if let Some(calls) = after {
+                    crate::faults::arm_lifecycle_hang(calls);
+                }
+                Some(http::json(
+                    200,
+                    &serde_json::json!({"hung": crate::faults::lifecycle_hung()}),
                 ))
             }
             "/__test/d1" => Some(self.test_d1_query(req).await),

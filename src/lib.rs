@@ -11,14 +11,14 @@ pub mod config;
 pub mod console;
 pub mod core;
 pub mod error;
-#[cfg(feature = "test-faults")]
-pub mod faults;
 pub mod ids;
 pub mod route;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod db;
+#[cfg(all(target_arch = "wasm32", feature = "test-faults"))]
+pub mod faults;
 #[cfg(target_arch = "wasm32")]
 mod gateway;
 #[cfg(target_arch = "wasm32")]

@@ -88,6 +88,8 @@ pub fn config(env: &Env) -> LifecycleConfig {
 /// finish the work.
 pub async fn run_lifecycle(env: &Env, now: Millis) -> Result<Report, ApiError> {
     let cloud = Cloud::new(env)?;
+    #[cfg(feature = "test-faults")]
+    let cloud = crate::faults::Hanging(cloud);
     Ok(lifecycle::run(&cloud, now, &config(env)).await?)
 }
 
