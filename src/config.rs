@@ -188,6 +188,10 @@ pub struct Tuning {
     /// Points units a session holds without a point or a socket before it
     /// gives them back (`UNITS_IDLE_MS`, default 60000).
     pub units_idle_ms: u64,
+    /// Points units spent are settled as used at most this often
+    /// (`UNITS_SETTLE_MS`, default 1000), and within this long of being
+    /// spent.
+    pub units_settle_ms: u64,
 }
 
 impl Default for Tuning {
@@ -203,6 +207,7 @@ impl Default for Tuning {
             waiting_points_max: 1_000,
             waiting_bytes_max: 1 << 20,
             units_idle_ms: 60_000,
+            units_settle_ms: 1_000,
         }
     }
 }
@@ -228,6 +233,7 @@ impl Tuning {
             waiting_points_max: positive(&var, "WAITING_POINTS_MAX", d.waiting_points_max)?,
             waiting_bytes_max: positive(&var, "WAITING_BYTES_MAX", d.waiting_bytes_max)?,
             units_idle_ms: positive(&var, "UNITS_IDLE_MS", d.units_idle_ms)?,
+            units_settle_ms: positive(&var, "UNITS_SETTLE_MS", d.units_settle_ms)?,
         })
     }
 }

@@ -115,6 +115,10 @@ pub struct Config {
     pub waiting_max_bytes: usize,
     /// Units in hand go back after this long without a point or a socket.
     pub units_idle_ms: u64,
+    /// Spent units are settled as used at most this often, and within
+    /// this long of being spent (each settlement is a call to the quota
+    /// object, too dear for every D1 flush of a busy session).
+    pub units_settle_ms: u64,
     /// Client ids remembered in memory; older ones are looked up.
     pub id_cache: usize,
     /// An ended session's storage is deleted this long after the end, once
@@ -139,6 +143,7 @@ impl Default for Config {
             waiting_max_points: 1_000,
             waiting_max_bytes: 1 << 20,
             units_idle_ms: 60_000,
+            units_settle_ms: 1_000,
             id_cache: 10_000,
             ended_retention_ms: 7 * 86_400_000,
         }
@@ -347,6 +352,8 @@ pub struct SessionCore {
     // The size of the next reservation (see `Config::reserve_block`).
     block: u64,
     last_activity: Millis,
+    // When units were last settled (or the core was made).
+    settled_at: Millis,
     session_limit: Gcra,
     clock: VirtualClock,
     out: VecDeque<Decision>,
@@ -402,6 +409,7 @@ impl SessionCore {
             reserving: None,
             block: cfg.reserve_block,
             last_activity: now,
+            settled_at: now,
             session_limit: Gcra::new(cfg.session_frames_per_sec, cfg.session_frames_burst, &clock),
             clock,
             out: VecDeque::new(),
@@ -1032,6 +1040,7 @@ impl SessionCore {
     }
 
     fn push_settle(&mut self, settlement: Settlement) {
+        self.settled_at = self.clock.get();
         self.out.push_back(Decision::Settle {
             owner: self.st.meta.owner_id.clone(),
             plan: self.st.meta.owner_plan.clone(),
@@ -1125,6 +1134,16 @@ impl SessionCore {
             .then(|| self.last_activity + self.cfg.units_idle_ms as Millis)
     }
 
+    // When the spent units are next due to be settled as used: the
+    // interval after the last settlement, and only between writes (a
+    // pending write's units are spent in memory, not yet in storage).
+    fn settle_at(&self) -> Option<Millis> {
+        (self.st.units.used > 0 && self.write.is_none()).then(|| {
+            self.settled_at
+                .saturating_add(self.cfg.units_settle_ms as Millis)
+        })
+    }
+
     fn pending(&self) -> Pending {
         Pending {
             last_seq: self.st.last_seq,
@@ -1140,18 +1159,28 @@ impl SessionCore {
         self.st.flush.next_at(self.pending())
     }
 
-    /// When the object must wake next (flush, idle units, retirement), if
-    /// ever.
+    /// When the object must wake next (flush, units to settle, idle
+    /// units, retirement), if ever.
     pub fn next_wake(&self) -> Option<Millis> {
-        [self.next_flush_at(), self.idle_at(), self.retire_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_flush_at(),
+            self.settle_at(),
+            self.idle_at(),
+            self.retire_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    // A due flush goes out now; anything later is an alarm.
+    // A due flush or settlement goes out now; anything later is an alarm.
     fn schedule(&mut self) {
         let now = self.clock.get();
+        if self.settle_at().is_some_and(|at| at <= now) {
+            if let Some(s) = self.st.units.settle_used() {
+                self.push_settle(s);
+            }
+        }
         if self.next_flush_at().is_some_and(|at| at <= now) {
             let batch = self.st.flush.start(
                 self.st.last_seq,
@@ -1170,18 +1199,12 @@ impl SessionCore {
     }
 
     /// The outcome of a [`Decision::Flush`]. On success the adapter has
-    /// already stored the new watermark; the units the flushed points used
-    /// are settled.
+    /// already stored the new watermark.
     pub fn flush_done(&mut self, batch: FlushBatch, ok: bool, now: Millis) {
         self.tick_clock(now);
         let p = self.pending();
         if !self.st.flush.done(batch, ok, p) {
             return;
-        }
-        if ok {
-            if let Some(s) = self.st.units.settle_used() {
-                self.push_settle(s);
-            }
         }
         self.schedule();
     }

@@ -228,6 +228,7 @@ impl DurableObject for ActiveSessionDO {
             waiting_max_points: usize::try_from(t.waiting_points_max).unwrap_or(usize::MAX),
             waiting_max_bytes: usize::try_from(t.waiting_bytes_max).unwrap_or(usize::MAX),
             units_idle_ms: t.units_idle_ms,
+            units_settle_ms: t.units_settle_ms,
             ended_retention_ms: LifecycleConfig::from_vars(|k| http::var(&env, k))
                 .map(|c| c.ended_retention_ms.max(0) as u64)
                 .unwrap_or_else(|e| {

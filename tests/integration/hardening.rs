@@ -75,7 +75,7 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     the_points_quota_refusal_carries_retry_after_until_the_next_utc_day,
     started_at_lies_in_the_month_of_the_id,
     live_stats_are_in_the_session_object,
-    quota_shows_points_reserved_beside_used_and_used_is_exact_after_a_flush,
+    quota_shows_points_reserved_beside_used_and_used_is_exact_once_settled,
     a_failed_write_leaves_no_trace,
     the_owners_current_plan_applies_at_each_join,
     posting_to_an_ended_session_reserves_nothing,
@@ -357,7 +357,7 @@ async fn live_stats_are_in_the_session_object() {
     );
 }
 
-async fn quota_shows_points_reserved_beside_used_and_used_is_exact_after_a_flush() {
+async fn quota_shows_points_reserved_beside_used_and_used_is_exact_once_settled() {
     let owner = unique("q");
     let t = user_token(&owner, "free");
     let id = create_session_at(base(), &t, &[]).await;
@@ -378,8 +378,9 @@ async fn quota_shows_points_reserved_beside_used_and_used_is_exact_after_a_flush
         "blocks taken ahead: {}",
         q.text
     );
-    // Within a flush interval the used units are settled exactly; the rest
-    // stays reserved (whole blocks of 200, 400 ... taken).
+    // Within the settle interval (`UNITS_SETTLE_MS`) the used units are
+    // settled exactly; the rest stays reserved (whole blocks of 200, 400
+    // ... taken).
     let q = quota_until_at(base(), &t, |q| q["points"]["used"] == 3).await;
     let reserved = q["points"]["reserved"].as_u64().unwrap();
     assert!(reserved >= 197 && (reserved + 3) % 200 == 0, "{q}");

@@ -345,27 +345,37 @@ fn http_only_sessions_give_idle_units_back_from_the_alarm() {
         Ok(vec![1])
     );
     let a = drain(&mut c);
+    let settle_at = T0 + Config::default().units_settle_ms as Millis;
     let idle_at = T0 + Config::default().units_idle_ms as Millis;
     assert!(a
         .iter()
-        .any(|d| matches!(d, Decision::WakeAt(t) if *t <= idle_at)));
-    c.tick(idle_at - 1);
-    assert!(!drain(&mut c)
-        .iter()
-        .any(|d| matches!(d, Decision::Settle { .. })));
-    c.tick(idle_at);
-    let s = drain(&mut c).into_iter().find_map(|d| match d {
-        Decision::Settle { settlement, .. } => Some(settlement),
-        _ => None,
-    });
-    assert_eq!(
-        s,
-        Some(Settlement {
-            day: day_of(T0),
-            used: 1,
-            returned: 199
+        .any(|d| matches!(d, Decision::WakeAt(t) if *t <= settle_at)));
+    let settled = |c: &mut SessionCore| {
+        drain(c).into_iter().find_map(|d| match d {
+            Decision::Settle { settlement, .. } => Some(settlement),
+            _ => None,
         })
-    );
+    };
+    // The spent unit is settled as used a settle interval on; the unused
+    // ones go back once the session was idle long enough.
+    c.tick(settle_at - 1);
+    assert_eq!(settled(&mut c), None);
+    c.tick(settle_at);
+    let used = Settlement {
+        day: day_of(T0),
+        used: 1,
+        returned: 0,
+    };
+    assert_eq!(settled(&mut c), Some(used));
+    c.tick(idle_at - 1);
+    assert_eq!(settled(&mut c), None);
+    c.tick(idle_at);
+    let rest = Settlement {
+        day: day_of(T0),
+        used: 0,
+        returned: 199,
+    };
+    assert_eq!(settled(&mut c), Some(rest));
     assert_eq!(c.next_wake(), c.next_flush_at(), "nothing idle left");
 }
 
@@ -414,22 +424,49 @@ fn units_are_spent_on_their_own_day_and_settled_at_a_day_change() {
 }
 
 #[test]
-fn flushes_settle_the_units_they_used() {
+fn spent_units_are_settled_at_most_once_a_settle_interval() {
     let mut c = core();
+    let every = Config::default().units_settle_ms as Millis;
     c.join("c1", "owner", T0);
-    let mut job = None;
+    let settled = |c: &mut SessionCore| {
+        drain(c)
+            .into_iter()
+            .filter_map(|d| match d {
+                Decision::Settle { settlement, .. } => Some((settlement.used, settlement.returned)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
     for i in 0..10 {
         c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0 + i, &mut NoIds);
-        job = job.or(flush_job(&drain(&mut c)));
     }
-    let job = job.expect("a full batch");
-    c.flush_done(job.batch, true, T0 + 3_000);
-    let s = drain(&mut c).into_iter().find_map(|d| match d {
-        Decision::Settle { settlement, .. } => Some(settlement),
-        _ => None,
-    });
-    assert_eq!(s.map(|s| (s.used, s.returned)), Some((10, 0)));
+    assert_eq!(settled(&mut c), vec![], "not within the interval");
+    assert!(c.next_wake().is_some_and(|t| t <= T0 + every));
+    // The next point after the interval settles everything spent so far,
+    // itself included.
+    c.on_text(
+        "c1",
+        r#"{"type":"point","kind":"k"}"#,
+        T0 + every,
+        &mut NoIds,
+    );
+    assert_eq!(settled(&mut c), vec![(11, 0)]);
     assert_eq!(c.units().used, 0);
+    for i in 1..=5 {
+        c.on_text(
+            "c1",
+            r#"{"type":"point","kind":"k"}"#,
+            T0 + every + i,
+            &mut NoIds,
+        );
+    }
+    assert_eq!(settled(&mut c), vec![]);
+    // A quiet session settles from the alarm.
+    c.tick(T0 + 2 * every - 1);
+    assert_eq!(settled(&mut c), vec![]);
+    c.tick(T0 + 2 * every);
+    assert_eq!(settled(&mut c), vec![(5, 0)]);
+    assert!(c.next_wake().is_none_or(|t| t > T0 + 2 * every));
 }
 
 #[test]
