@@ -952,6 +952,9 @@ impl ActiveSessionDO {
                 }
                 Decision::Reserve { owner, plan, want } => later.reserves.push((owner, plan, want)),
                 Decision::Flush(job) => later.flushes.push(job),
+                // An alarm already armed as early leaves nothing to wait
+                // for, so a frame then needs no async step.
+                Decision::WakeAt(at) if self.alarm_at.get().is_some_and(|cur| cur <= at) => {}
                 Decision::WakeAt(at) => later.wake = Some(later.wake.map_or(at, |w| w.min(at))),
                 Decision::Retire => later.retire = true,
             }
