@@ -43,6 +43,7 @@ use crate::time::{rfc3339, Millis};
 use flood::{Gcra, Strikes};
 use flush::{FlushState, Pending};
 use membership::{participant, Conn, Conns};
+pub use stats::Checkpoint;
 use stats::Stats;
 
 /// How far ahead of server time a point's `ts` may lie.
@@ -119,6 +120,9 @@ pub struct Config {
     /// this long of being spent (each settlement is a call to the quota
     /// object, too dear for every D1 flush of a busy session).
     pub units_settle_ms: u64,
+    /// Stored points between two checkpoints of the stats (a wake-up
+    /// counts at most about this many points after the last one).
+    pub stats_every: u64,
     /// Client ids remembered in memory; older ones are looked up.
     pub id_cache: usize,
     /// An ended session's storage is deleted this long after the end, once
@@ -144,6 +148,7 @@ impl Default for Config {
             waiting_max_bytes: 1 << 20,
             units_idle_ms: 60_000,
             units_settle_ms: 1_000,
+            stats_every: 100,
             id_cache: 10_000,
             ended_retention_ms: 7 * 86_400_000,
         }
@@ -229,6 +234,9 @@ pub enum Decision {
     },
     /// Persist the units in hand.
     SaveUnits(Units),
+    /// Persist a stats checkpoint (figures and mark in one transaction),
+    /// then report with [`SessionCore::stats_saved`] before polling on.
+    SaveStats(Checkpoint),
     /// Tell the user's presence that a connection came or went (durable
     /// outbox, then delivery).
     Presence {
@@ -306,8 +314,12 @@ pub struct Restored {
     pub flushed_meta_version: u64,
     /// Points units held.
     pub units: Units,
-    /// Live figures per kind.
+    /// Live figures per kind, as of the stats checkpoint.
     pub stats: std::collections::BTreeMap<String, KindStats>,
+    /// The seq the checkpoint counts through.
+    pub stats_through: u64,
+    /// `(kind, value)` of the valued points stored after it, in order.
+    pub stats_tail: Vec<(String, f64)>,
 }
 
 /// The session's durable state as the core holds it.
@@ -394,7 +406,7 @@ impl SessionCore {
                 meta_version: r.meta_version,
                 last_seq: r.last_seq,
                 units: r.units,
-                stats: Stats::from_map(r.stats),
+                stats: Stats::restore_from(r.stats, r.stats_through, r.stats_tail),
                 flush: FlushState {
                     flushed_seq: r.flushed_seq.min(r.last_seq),
                     flushed_meta_version: r.flushed_meta_version,
@@ -864,6 +876,13 @@ impl SessionCore {
         for (conn, id, seq) in w.acks {
             self.send(&conn, &ServerFrame::Ack { id, seq });
         }
+        if let Some(c) = self
+            .st
+            .stats
+            .checkpoint(self.st.last_seq, self.cfg.stats_every)
+        {
+            self.out.push_back(Decision::SaveStats(c));
+        }
         self.last_activity = now;
         self.st.flush.note(now);
         if self.st.units.spendable(now) < self.block / 2 && !self.conns.0.is_empty() {
@@ -923,6 +942,11 @@ impl SessionCore {
             seqs.push(seq);
         }
         Ok(Append::Seqs(seqs))
+    }
+
+    /// The outcome of the [`Decision::SaveStats`] just carried out.
+    pub fn stats_saved(&mut self, ok: bool) {
+        self.st.stats.saved(ok);
     }
 
     /// Units an HTTP batch reserved for itself ([`Append::NeedUnits`]).

@@ -26,8 +26,8 @@ use crate::core::lifecycle::LifecycleConfig;
 use crate::core::quota::Reserved;
 use crate::core::session::storage;
 use crate::core::session::{
-    point_frame, Append, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored, SessionCore,
-    Settlement, Units, Write,
+    point_frame, Append, Checkpoint, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored,
+    SessionCore, Settlement, Units, Write,
 };
 use crate::error::ApiError;
 use crate::http::{self, internal, Answer, Caller, Hop};
@@ -114,6 +114,17 @@ struct StatsRow {
     min: f64,
     max: f64,
     last: f64,
+}
+
+#[derive(Deserialize)]
+struct MarkRow {
+    through_seq: i64,
+}
+
+#[derive(Deserialize)]
+struct TailRow {
+    kind: String,
+    value: f64,
 }
 
 #[derive(Deserialize)]
@@ -441,11 +452,9 @@ impl ActiveSessionDO {
         http::json(201, &view)
     }
 
-    /// Loads the session from storage once per object lifetime (also after
-    /// hibernation, when the sockets are still there). Reads a fixed number
-    /// of rows whatever the number of points.
     /// Creates the tables (and migrates storage written before the
-    /// `user_id` column) when they are missing.
+    /// `user_id` column, the trigger columns and the stats checkpoint)
+    /// when they are missing.
     fn prepare_schema(&self) -> Result<(), ApiError> {
         self.sql.exec(storage::SCHEMA, None).map_err(internal)?;
         if self.sql.exec(storage::HAS_USER_ID, None).is_err() {
@@ -464,6 +473,9 @@ impl ActiveSessionDO {
         Ok(())
     }
 
+    /// Loads the session from storage once per object lifetime (also after
+    /// hibernation, when the sockets are still there). Reads a bounded
+    /// number of rows whatever the number of points.
     fn load(&self) -> Result<(), ApiError> {
         if !matches!(&*self.core.borrow(), Loaded::Unread) {
             return Ok(());
@@ -511,6 +523,18 @@ impl ActiveSessionDO {
             .exec(storage::LOAD_STATS, None)
             .and_then(|c| c.to_array())
             .map_err(internal)?;
+        let mark: Vec<MarkRow> = self
+            .sql
+            .exec(storage::LOAD_STATS_MARK, None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let stats_through = mark.first().map_or(0, |m| m.through_seq.max(0) as u64);
+        // At most about `stats_every` rows: the points since the checkpoint.
+        let tail: Vec<TailRow> = self
+            .sql
+            .exec(storage::STATS_TAIL, vec![sql_seq(stats_through).into()])
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
         let mut sockets = HashMap::new();
         let mut conns = Vec::new();
         for ws in self.state.get_websockets() {
@@ -551,6 +575,8 @@ impl ActiveSessionDO {
                     (s.kind, figures)
                 })
                 .collect::<BTreeMap<_, _>>(),
+            stats_through,
+            stats_tail: tail.into_iter().map(|t| (t.kind, t.value)).collect(),
         };
         let core = SessionCore::restore(meta, self.cfg, restored, now_ms());
         *self.sockets.borrow_mut() = sockets;
@@ -929,6 +955,15 @@ impl ActiveSessionDO {
                 }
                 Decision::SaveMeta { meta, version } => self.save_meta(&meta, version)?,
                 Decision::SaveUnits(u) => self.atomic(vec![units_stmt(u)])?,
+                Decision::SaveStats(c) => {
+                    // A failed checkpoint only lengthens the next wake-up's
+                    // count; its kinds are written with the next one.
+                    let result = self.atomic(stats_stmts(&c));
+                    if let Err(e) = &result {
+                        log_error(e);
+                    }
+                    self.feed(|core| core.stats_saved(result.is_ok()))?;
+                }
                 Decision::Presence { user, conn, online } => {
                     self.sql
                         .exec(
@@ -1264,6 +1299,31 @@ fn units_stmt(u: Units) -> (&'static str, Vec<SqlStorageValue>) {
         storage::SAVE_UNITS,
         vec![u.day.into(), sql_seq(u.held).into(), sql_seq(u.used).into()],
     )
+}
+
+fn stats_stmts(c: &Checkpoint) -> Vec<(&'static str, Vec<SqlStorageValue>)> {
+    let mut stmts: Vec<_> = c
+        .kinds
+        .iter()
+        .map(|(kind, s)| {
+            (
+                storage::SAVE_STATS,
+                vec![
+                    kind.as_str().into(),
+                    sql_seq(s.count).into(),
+                    s.sum.into(),
+                    s.min.into(),
+                    s.max.into(),
+                    s.last.into(),
+                ],
+            )
+        })
+        .collect();
+    stmts.push((
+        storage::SAVE_STATS_MARK,
+        vec![sql_seq(c.through_seq).into()],
+    ));
+    stmts
 }
 
 fn settle_stmt(owner: String, plan: String, s: Settlement) -> (&'static str, Vec<SqlStorageValue>) {

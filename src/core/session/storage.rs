@@ -1,17 +1,19 @@
-//! The session object's own SQLite storage, as text: tables, the triggers
-//! that keep `units` and `stats` in step with every stored point, and the
-//! statements the adapter runs. Pure data; the native tests run it on
-//! SQLite beside the core.
+//! The session object's own SQLite storage, as text: tables, the trigger
+//! that keeps `units` in step with every stored point, the stats
+//! checkpoint, and the statements the adapter runs. Pure data; the native
+//! tests run it on SQLite beside the core.
 //!
-//! A point is stored with one statement: inserting it spends its unit and
-//! counts its value through the triggers, in the same statement, so a write
-//! is atomic without a transaction around several statements (the
-//! triggers do exactly what [`super::Units::spend`] and
-//! [`super::stats::Stats::add`] do in memory).
+//! A point is stored with one statement: inserting it spends its unit
+//! through the trigger (which does exactly what [`super::Units::spend`]
+//! does in memory), so a write is atomic without a transaction around
+//! several statements. The `stats` figures are a checkpoint: they count
+//! every point up to `stats_mark.through_seq`, and a wake-up counts the
+//! few stored after it ([`STATS_TAIL`]); a trigger counting every point
+//! cost more than the insert itself.
 
 // `points` is the write-ahead log and the source of reads and replays;
 // client ids are found through the partial index on (user_id, client_id),
-// never loaded whole. `kind` and `value` feed the stats trigger.
+// never loaded whole. `kind` and `value` feed the stats.
 /// The tables, created when missing.
 pub const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS session (\
@@ -26,6 +28,8 @@ CREATE TABLE IF NOT EXISTS units (\
 CREATE TABLE IF NOT EXISTS stats (\
   kind TEXT PRIMARY KEY, count INTEGER NOT NULL, sum REAL NOT NULL, min REAL NOT NULL, \
   max REAL NOT NULL, last REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS stats_mark (\
+  k INTEGER PRIMARY KEY CHECK (k = 0), through_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS presence_outbox (\
   id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, conn_id TEXT NOT NULL, online INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS settle_outbox (\
@@ -58,17 +62,17 @@ pub const MIGRATE_KIND: &str = "\
 ALTER TABLE points ADD COLUMN kind TEXT;
 ALTER TABLE points ADD COLUMN value REAL;";
 
-/// The client id index and the triggers, created when missing.
+/// The client id index and the units trigger, created when missing. Storage
+/// that has no stats mark yet had its stats counted by a trigger on every
+/// point (or has no points): its mark is its last seq, set before that
+/// trigger goes.
 pub const INDEX_AND_TRIGGERS: &str = "\
 CREATE INDEX IF NOT EXISTS points_by_client ON points (user_id, client_id) \
   WHERE client_id IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS points_spend AFTER INSERT ON points BEGIN \
   UPDATE units SET held = max(held - 1, 0), used = used + 1 WHERE k = 0; END;
-CREATE TRIGGER IF NOT EXISTS points_stats AFTER INSERT ON points WHEN NEW.value IS NOT NULL BEGIN \
-  INSERT INTO stats (kind, count, sum, min, max, last) \
-  VALUES (NEW.kind, 1, NEW.value, NEW.value, NEW.value, NEW.value) \
-  ON CONFLICT(kind) DO UPDATE SET count = count + 1, sum = sum + excluded.sum, \
-  min = min(min, excluded.min), max = max(max, excluded.max), last = excluded.last; END;";
+INSERT OR IGNORE INTO stats_mark (k, through_seq) SELECT 0, coalesce(MAX(seq), 0) FROM points;
+DROP TRIGGER IF EXISTS points_stats;";
 
 /// Stores one point: `seq, client_id, ts, body, user_id, kind, value`.
 pub const INSERT_POINT: &str =
@@ -101,8 +105,24 @@ pub const SAVE_UNITS: &str = "INSERT INTO units (k, day, held, used) VALUES (0, 
 /// The units in hand.
 pub const LOAD_UNITS: &str = "SELECT day, held, used FROM units WHERE k = 0";
 
-/// The figures of every kind.
+/// The figures of every kind, as of the mark.
 pub const LOAD_STATS: &str = "SELECT kind, count, sum, min, max, last FROM stats";
+
+/// The seq the stored figures count through.
+pub const LOAD_STATS_MARK: &str = "SELECT through_seq FROM stats_mark WHERE k = 0";
+
+/// The valued points after the mark (`?`), in order: `kind, value`.
+pub const STATS_TAIL: &str =
+    "SELECT kind, value FROM points WHERE seq > ? AND value IS NOT NULL ORDER BY seq";
+
+/// Sets one kind's figures: `kind, count, sum, min, max, last`.
+pub const SAVE_STATS: &str = "INSERT INTO stats (kind, count, sum, min, max, last) \
+  VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET count = excluded.count, \
+  sum = excluded.sum, min = excluded.min, max = excluded.max, last = excluded.last";
+
+/// Sets the mark: `through_seq`. In one transaction with the figures.
+pub const SAVE_STATS_MARK: &str = "INSERT INTO stats_mark (k, through_seq) VALUES (0, ?) \
+  ON CONFLICT(k) DO UPDATE SET through_seq = excluded.through_seq";
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
@@ -116,8 +136,21 @@ mod tests {
         c
     }
 
+    fn tail(c: &Connection, after: i64) -> Vec<(String, f64)> {
+        c.prepare(STATS_TAIL)
+            .unwrap()
+            .query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn mark(c: &Connection) -> i64 {
+        c.query_row(LOAD_STATS_MARK, [], |r| r.get(0)).unwrap()
+    }
+
     #[test]
-    fn one_statement_stores_many_points_with_their_units_and_stats() {
+    fn one_statement_stores_many_points_with_their_units() {
         let c = db();
         c.execute(SAVE_UNITS, (5, 10, 0)).unwrap();
         let rows = serde_json::json!([
@@ -130,18 +163,13 @@ mod tests {
             .query_row(LOAD_UNITS, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap();
         assert_eq!(units, (5, 7, 3));
-        let hr: (i64, f64, f64, f64, f64) = c
-            .query_row(
-                "SELECT count, sum, min, max, last FROM stats WHERE kind = 'hr'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .unwrap();
-        assert_eq!(hr, (2, 130.0, 60.0, 70.0, 60.0));
-        let kinds: i64 = c
-            .query_row("SELECT count(*) FROM stats", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(kinds, 1, "a point without a value counts in no figure");
+        // New storage: the figures count nothing yet, the tail has every
+        // valued point in order.
+        assert_eq!(mark(&c), 0);
+        assert_eq!(
+            tail(&c, 0),
+            vec![("hr".to_owned(), 70.0), ("hr".to_owned(), 60.0)]
+        );
         let seqs: Vec<(i64, Option<String>)> = c
             .prepare("SELECT seq, client_id FROM points ORDER BY seq")
             .unwrap()
@@ -156,12 +184,34 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_insert_leaves_units_and_stats_untouched() {
+    fn a_checkpoint_moves_the_mark_and_sets_the_figures() {
+        let c = db();
+        c.execute(INSERT_POINT, (1, "a", 7, "{}", "u", "hr", 70.0))
+            .unwrap();
+        c.execute(INSERT_POINT, (2, "b", 7, "{}", "u", "hr", 50.0))
+            .unwrap();
+        for _ in 0..2 {
+            c.execute(SAVE_STATS, ("hr", 1, 70.0, 70.0, 70.0, 70.0))
+                .unwrap();
+            c.execute(SAVE_STATS_MARK, [1]).unwrap();
+        }
+        let hr: (i64, f64) = c
+            .query_row("SELECT count, last FROM stats WHERE kind = 'hr'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(hr, (1, 70.0));
+        assert_eq!(mark(&c), 1);
+        assert_eq!(tail(&c, mark(&c)), vec![("hr".to_owned(), 50.0)]);
+    }
+
+    #[test]
+    fn a_failed_insert_leaves_units_and_points_untouched() {
         let c = db();
         c.execute(SAVE_UNITS, (5, 10, 0)).unwrap();
         c.execute(INSERT_POINT, (1, "a", 7, "{}", "u", "hr", 70.0))
             .unwrap();
-        // The seq is taken: the whole statement, triggers included, fails.
+        // The seq is taken: the whole statement, trigger included, fails.
         let rows = serde_json::json!([
             [2, "b", 7, "{}", "u", "hr", 1.0],
             [1, "c", 7, "{}", "u", "hr", 2.0]
@@ -173,12 +223,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(units, (9, 1));
-        let count: i64 = c
-            .query_row("SELECT count FROM stats WHERE kind = 'hr'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(count, 1);
+        assert_eq!(tail(&c, 0), vec![("hr".to_owned(), 70.0)]);
     }
 
     #[test]
@@ -201,5 +246,46 @@ mod tests {
             .query_row("SELECT used FROM units", [], |r| r.get(0))
             .unwrap();
         assert_eq!(used, 2);
+        assert_eq!(mark(&c), 1, "its figures counted the old point");
+        assert_eq!(tail(&c, mark(&c)), vec![("hr".to_owned(), 3.0)]);
+    }
+
+    #[test]
+    fn storage_of_the_stats_trigger_keeps_its_figures_and_loses_the_trigger() {
+        let c = Connection::open_in_memory().unwrap();
+        // As the previous version left it: figures kept by a trigger.
+        c.execute_batch(&SCHEMA.replace(
+            "CREATE TABLE IF NOT EXISTS stats_mark (\
+  k INTEGER PRIMARY KEY CHECK (k = 0), through_seq INTEGER NOT NULL);",
+            "",
+        ))
+        .unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER points_stats AFTER INSERT ON points WHEN NEW.value IS NOT NULL BEGIN \
+             INSERT INTO stats (kind, count, sum, min, max, last) \
+             VALUES (NEW.kind, 1, NEW.value, NEW.value, NEW.value, NEW.value) \
+             ON CONFLICT(kind) DO UPDATE SET count = count + 1, sum = sum + excluded.sum, \
+             min = min(min, excluded.min), max = max(max, excluded.max), last = excluded.last; END;",
+        )
+        .unwrap();
+        c.execute(INSERT_POINT, (1, "a", 7, "{}", "u", "hr", 70.0))
+            .unwrap();
+        c.execute(INSERT_POINT, (2, "b", 7, "{}", "u", "hr", 60.0))
+            .unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(INDEX_AND_TRIGGERS).unwrap();
+        assert_eq!(mark(&c), 2);
+        c.execute(INSERT_POINT, (3, "c", 7, "{}", "u", "hr", 10.0))
+            .unwrap();
+        let count: i64 = c
+            .query_row("SELECT count FROM stats WHERE kind = 'hr'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(count, 2, "the trigger is gone");
+        assert_eq!(tail(&c, mark(&c)), vec![("hr".to_owned(), 10.0)]);
+        // Preparing again changes nothing.
+        c.execute_batch(INDEX_AND_TRIGGERS).unwrap();
+        assert_eq!(mark(&c), 2);
     }
 }

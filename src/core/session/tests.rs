@@ -1258,9 +1258,18 @@ fn restore_continues_from_storage() {
             held: 1_000,
             used: 0,
         },
-        stats: Default::default(),
+        stats: [("hr".to_owned(), KindStats::of(60.0))].into(),
+        stats_through: 5,
+        stats_tail: vec![("hr".into(), 80.0), ("rr".into(), 12.0)],
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);
+    // The checkpoint and the points stored after it.
+    let stats = c.view().stats;
+    assert_eq!(
+        (stats["hr"].count, stats["hr"].sum, stats["hr"].last),
+        (2, 140.0, 80.0)
+    );
+    assert_eq!(stats["rr"].count, 1);
     assert!(
         drain(&mut c).contains(&Decision::WakeAt(T0 + 2_100)),
         "pending points get flushed"
@@ -1271,6 +1280,51 @@ fn restore_continues_from_storage() {
     c.tick(T0 + 2_100);
     let j = flush_job(&drain(&mut c)).unwrap();
     assert_eq!((j.batch.from, j.batch.to), (6, 8));
+}
+
+#[test]
+fn stats_are_checkpointed_every_so_many_points_and_a_failed_one_is_written_again() {
+    let cfg = Config {
+        stats_every: 3,
+        ..Config::default()
+    };
+    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    // Stores one point; the checkpoint that came with it, if one did.
+    let point = |c: &mut SessionCore, kind: &str, i: Millis| {
+        let text = format!(r#"{{"type":"point","kind":"{kind}","value":{i}}}"#);
+        c.on_text("c1", &text, T0 + i, &mut NoIds);
+        drain(c).into_iter().find_map(|d| match d {
+            Decision::SaveStats(cp) => Some(cp),
+            _ => None,
+        })
+    };
+    assert_eq!(point(&mut c, "a", 1), None);
+    assert_eq!(point(&mut c, "b", 2), None, "not yet");
+    let cp = point(&mut c, "a", 3).expect("after 3 points");
+    assert_eq!(cp.through_seq, 3);
+    let kinds: Vec<_> = cp
+        .kinds
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.count))
+        .collect();
+    assert_eq!(kinds, vec![("a", 2), ("b", 1)]);
+    // Not stored: its kinds go with the next one, whose mark is later.
+    c.stats_saved(false);
+    let cp = point(&mut c, "c", 4).expect("the mark did not move");
+    assert_eq!(cp.through_seq, 4);
+    let kinds: Vec<_> = cp.kinds.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, vec!["a", "b", "c"]);
+    c.stats_saved(true);
+    for i in 5..7 {
+        assert_eq!(point(&mut c, "c", i), None, "3 points after the new mark");
+    }
+    let cp = point(&mut c, "c", 7).expect("3 after 4");
+    assert_eq!(
+        (cp.through_seq, cp.kinds.len(), cp.kinds[0].1.count),
+        (7, 1, 4)
+    );
 }
 
 #[test]

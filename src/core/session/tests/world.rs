@@ -13,6 +13,7 @@ fn world_cfg() -> Config {
         replay_page: 4,
         units_idle_ms: 5_000,
         id_cache: 8,
+        stats_every: 3,
         ..Config::default()
     }
 }
@@ -144,6 +145,7 @@ impl World {
                 Decision::Store(w) => self.store(w),
                 Decision::SaveMeta { version, .. } => self.meta_version = version,
                 Decision::SaveUnits(u) => self.save_units(u),
+                Decision::SaveStats(c) => self.save_stats(&c),
                 Decision::Settle {
                     settlement, units, ..
                 } => {
@@ -387,6 +389,8 @@ impl World {
             flushed_meta_version: 0,
             units: self.stored_units(),
             stats: self.stored_stats(),
+            stats_through: self.stats_mark(),
+            stats_tail: self.stats_tail(),
         };
         let (a, b) = (self.stored_units(), self.core.units());
         assert_eq!(
@@ -426,6 +430,54 @@ impl World {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// A checkpoint in one transaction, or (sometimes) not at all.
+    fn save_stats(&mut self, c: &Checkpoint) {
+        if self.fail_writes && self.rng.below(4) == 0 {
+            self.core.stats_saved(false);
+            return;
+        }
+        let tx = self.db.transaction().unwrap();
+        for (kind, s) in &c.kinds {
+            tx.execute(
+                storage::SAVE_STATS,
+                rusqlite::params![kind, s.count, s.sum, s.min, s.max, s.last],
+            )
+            .unwrap();
+        }
+        tx.execute(storage::SAVE_STATS_MARK, [c.through_seq])
+            .unwrap();
+        tx.commit().unwrap();
+        self.core.stats_saved(true);
+    }
+
+    fn stats_mark(&self) -> u64 {
+        self.db
+            .query_row(storage::LOAD_STATS_MARK, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn stats_tail(&self) -> Vec<(String, f64)> {
+        let mut q = self.db.prepare(storage::STATS_TAIL).unwrap();
+        q.query_map([self.stats_mark()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// The figures a wake-up would have: the checkpoint and its tail.
+    fn restored_stats(&self) -> BTreeMap<String, KindStats> {
+        let mut m = self.stored_stats();
+        for (kind, v) in self.stats_tail() {
+            match m.get_mut(&kind) {
+                Some(s) => s.add(v),
+                None => {
+                    m.insert(kind, KindStats::of(v));
+                }
+            }
+        }
+        m
     }
 
     fn stored_stats(&self) -> BTreeMap<String, KindStats> {
@@ -491,7 +543,15 @@ fn random_interleavings_keep_the_invariants() {
         // Stats are those of what was stored, in memory and in storage.
         let expected = expected_stats(&w.storage);
         assert_eq!(w.core.view().stats, expected, "seed {seed}");
-        assert_eq!(w.stored_stats(), expected, "seed {seed}: stored stats");
+        assert_eq!(
+            w.restored_stats(),
+            expected,
+            "seed {seed}: stored checkpoint and tail"
+        );
+        assert!(
+            w.stats_tail().len() as u64 <= 2 * world_cfg().stats_every + 10,
+            "seed {seed}: the tail stays short"
+        );
         // Everyone received each other's points once, in order, while live.
         for (conn, seqs) in &w.received {
             let mut sorted = seqs.clone();
