@@ -205,6 +205,10 @@ fn test() -> Result<()> {
             "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
              --lib --tests --features test-faults -- -D warnings",
         ),
+        (
+            "cargo clippy (wasm32, the deployed build)",
+            "clippy -p sesh --target wasm32-unknown-unknown --lib -- -D warnings",
+        ),
         ("native unit tests", "test --workspace --lib --bins"),
     ] {
         step(name);
