@@ -161,7 +161,32 @@ impl Server {
             .with_context(|| format!("opening {}", self.log.display()))
     }
 
+    // Starts the server; when the runtime exits before it is healthy (two
+    // runtimes starting at once on one machine may race for a port), once
+    // or twice more on a new port. A server that cannot start fails all
+    // three times, with its log.
     fn spawn(&mut self) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.spawn_once() {
+                Err(e) if attempt < 3 && self.exited() => {
+                    eprintln!(
+                        "launcher: the server exited while starting (attempt {attempt}): {e:#}"
+                    );
+                    self.child = None;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    // Whether the server process has exited.
+    fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))))
+    }
+
+    fn spawn_once(&mut self) -> Result<()> {
         self.port = free_port()?;
         self.base = format!("http://127.0.0.1:{}", self.port);
         let mut cmd = (self.serve)(self.port, &self.state);

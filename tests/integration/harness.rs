@@ -47,6 +47,10 @@ impl Server {
                 let mut cmd = std::process::Command::new(wrangler());
                 cmd.current_dir(&dir)
                     .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+                    // Its own inspector port: two runtimes starting at once
+                    // both found the default 9229 free, and one failed.
+                    .arg("--inspector-port")
+                    .arg(sesh_launcher::free_port().unwrap_or(9229).to_string())
                     .arg("--persist-to")
                     .arg(state)
                     .args([

@@ -110,11 +110,13 @@ async fn run_scheduled(server: &Server, time: i64) {
         "{}/cdn-cgi/handler/scheduled?cron=*/15+*+*+*+*&time={time}",
         server.base
     );
-    let resp = scheduled_client()
-        .get(url)
-        .send()
-        .await
-        .expect("scheduled run");
+    let resp = match scheduled_client().get(url).send().await {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "scheduled run: {e}\n--- server log (tail) ---\n{}",
+            server.log_tail()
+        ),
+    };
     assert!(
         resp.status().is_success(),
         "scheduled: {}\n--- server log (tail) ---\n{}",
