@@ -467,23 +467,6 @@ async fn run_to_end(server: &Server, now: i64) -> std::collections::BTreeMap<Str
     panic!("the lifecycle did not settle in 40 runs");
 }
 
-// The `n` of a one-row query, with the server's log when it fails.
-async fn polled(server: &Server, sql: &str) -> i64 {
-    let a = call_at(
-        &server.base,
-        "POST",
-        "/__test/d1",
-        None,
-        Some(sql.as_bytes().to_vec()),
-        &[],
-    )
-    .await;
-    match a.body["rows"][0]["n"].as_i64() {
-        Some(n) if a.status == 200 => n,
-        _ => panic!("d1 poll: {} {}\n{}", a.status, a.text, server.log_tail()),
-    }
-}
-
 // Whether a scheduled run is stopped at the armed hang; `arm` arms it that
 // many D1/R2 calls into the next run.
 async fn hang(server: &Server, arm: Option<u32>) -> bool {
@@ -616,7 +599,7 @@ async fn sigkill_test() {
     let moving = "SELECT count(*) + coalesce(sum(phase = 'done') + sum(k1 IS NOT NULL) + \
         sum(verified), 0) AS n FROM partition_moves";
     assert!(
-        polled(&victim, moving).await > 0,
+        count(&victim.base, moving).await > 0,
         "the killed run had begun the moves"
     );
     let moves_left = count(&victim.base, &left("session_points_")).await;

@@ -44,20 +44,24 @@ impl Stats {
             mark,
             ..Stats::default()
         };
-        for (kind, value) in tail {
-            s.count(kind, value);
+        for (kind, value) in &tail {
+            s.count(kind, *value);
         }
         s
     }
 
-    fn count(&mut self, kind: String, value: f64) {
-        match self.by_kind.get_mut(&kind) {
+    // Per stored point: allocates only for a kind new to the figures or
+    // to the checkpoint.
+    fn count(&mut self, kind: &str, value: f64) {
+        match self.by_kind.get_mut(kind) {
             Some(s) => s.add(value),
             None => {
-                self.by_kind.insert(kind.clone(), KindStats::of(value));
+                self.by_kind.insert(kind.to_owned(), KindStats::of(value));
             }
         }
-        self.dirty.insert(kind);
+        if !self.dirty.contains(kind) {
+            self.dirty.insert(kind.to_owned());
+        }
     }
 
     /// Counts a numbered point (points come in seq order, so the latest is
@@ -65,7 +69,7 @@ impl Stats {
     pub fn add(&mut self, p: &StoredPoint) -> Option<(String, Option<KindStats>)> {
         let value = p.value?;
         let before = self.by_kind.get(&p.kind).copied();
-        self.count(p.kind.clone(), value);
+        self.count(&p.kind, value);
         Some((p.kind.clone(), before))
     }
 
