@@ -5,15 +5,13 @@
 //! right version, installing what is missing and saying so, so that a
 //! machine with only rustup, cargo, node and npm can run the project.
 
-mod bench;
-mod setup;
-
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use xtask::{build, cargo, mint, root, run, setup};
 
 /// Developer commands for Sesh.
 #[derive(Parser)]
@@ -55,9 +53,13 @@ enum Cmd {
     },
     /// Only install what is missing
     Setup,
-    /// Benchmarks against the JS references (and the generators alone)
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    /// Benchmarks against the JS references, and the generators alone:
+    /// `cargo xtask bench --help` (the `sesh-bench` crate, built optimised)
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 /// The only role a token can carry.
@@ -78,7 +80,7 @@ fn main() -> std::process::ExitCode {
         } => token(&user, &plan, role.map(|_| "service"), ttl),
         Cmd::Build { features } => build_cmd(features),
         Cmd::Setup => setup::all(&root()).map(|_| ()),
-        Cmd::Bench(b) => bench::run(b),
+        Cmd::Bench { args } => bench(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -87,29 +89,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root (the xtask lives one level below it).
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Runs a command to completion; an error names it.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {cmd:?}"))?;
-    status
-        .success()
-        .then_some(())
-        .with_context(|| format!("{cmd:?} failed ({status})"))
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn dev(port: u16) -> Result<()> {
@@ -147,19 +126,6 @@ fn token(user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<()> {
     Ok(())
 }
 
-/// An HS256 token for `user` on `plan` (with `role` if given), valid for
-/// `ttl` seconds, minted with a standard JWT library exactly as a
-/// third-party client would.
-pub fn mint(secret: &str, user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let mut claims = serde_json::json!({"sub": user, "plan": plan, "iat": now, "exp": now + ttl});
-    if let Some(r) = role {
-        claims["role"] = r.into();
-    }
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).context("signing failed")
-}
-
 fn build_cmd(features: Option<String>) -> Result<()> {
     // wrangler runs `cargo xtask build` before serving; when the xtask has
     // just built the bundle itself it says so, and building again would only
@@ -172,16 +138,28 @@ fn build_cmd(features: Option<String>) -> Result<()> {
     build(&root, &tools, features.as_deref())
 }
 
-/// Builds the Worker bundle into `build/` with worker-build.
-pub fn build(root: &Path, tools: &setup::Tools, features: Option<&str>) -> Result<()> {
-    let mut cmd = Command::new(&tools.worker_build);
-    cmd.current_dir(root)
-        .args(["--release", "--no-opt"])
-        .env("WASM_BINDGEN_BIN", &tools.wasm_bindgen);
-    if let Some(f) = features {
-        cmd.args(["--features", f]);
-    }
-    run(&mut cmd)
+/// Runs the benchmarks (`bench/`) with `args`. The generator shares two
+/// cores with the server it measures, and a debug build of it takes about
+/// twice the CPU of an optimised one, so they are built optimised, in a
+/// target folder of their own (no other build is disturbed or rebuilt).
+fn bench(args: &[OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let root = root();
+    let target_dir = root.join("target/xtask-bench");
+    let dir = target_dir.display();
+    eprintln!("bench: building the benchmarks optimised into {dir} (a few minutes the first time)");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--quiet", "--release", "-p", "sesh-bench"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
+        .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false"))?;
+    let bin = target_dir.join("release/sesh-bench");
+    let err = Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("could not run {}", bin.display()))
 }
 
 fn test() -> Result<()> {

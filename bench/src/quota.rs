@@ -310,7 +310,7 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
             1 => vec!["quotagen".into()],
             k => (1..=k).map(|i| format!("quotagen-{i}")).collect(),
         };
-        let mint = |k, id: &String| crate::mint(k, id, "enterprise", Some("service"), 3600);
+        let mint = |k, id: &String| xtask::mint(k, id, "enterprise", Some("service"), 3600);
         let auth = secret.map_or(Ok(vec![]), |k| ids.iter().map(|id| mint(k, id)).collect())?;
         let gen = Gen {
             opts,
@@ -459,7 +459,7 @@ mod tests {
 
     use super::super::defaults;
     use super::*;
-    use crate::bench::drive::fake;
+    use crate::drive::fake;
 
     const POLICY: &str = "\"api\";q=6000;w=60";
     const LIMIT: &str = "\"api\";r=999;t=1";

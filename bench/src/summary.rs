@@ -41,7 +41,7 @@ pub fn ordered_object(fields: &[(&str, Value)]) -> String {
 /// `fields! {"a": x, "b": y}` (each value as `json!` takes it).
 macro_rules! fields {
     ($($k:literal: $v:expr),* $(,)?) => {
-        $crate::bench::summary::ordered_object(&[$(($k, serde_json::json!($v))),*])
+        $crate::summary::ordered_object(&[$(($k, serde_json::json!($v))),*])
     };
 }
 pub(crate) use fields;

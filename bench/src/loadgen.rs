@@ -462,7 +462,7 @@ pub fn run(opts: &Options, url: &str, secret: Option<&str>, watch_pids: &[u32]) 
     for s in 0..opts.sessions {
         let user = |p| format!("{prefix}-s{s}-p{p}");
         let users: Vec<String> = (0..opts.participants).map(user).collect();
-        let mint = |u: &String| secret.map(|k| crate::mint(k, u, "enterprise", None, 3600));
+        let mint = |u: &String| secret.map(|k| xtask::mint(k, u, "enterprise", None, 3600));
         let tokens = users.iter().map(|u| mint(u).transpose());
         let tokens = tokens.collect::<Result<Vec<_>>>()?;
         let id = match &tokens[0] {
@@ -616,7 +616,7 @@ mod tests {
 
     use super::super::defaults;
     use super::*;
-    use crate::bench::drive::fake;
+    use crate::drive::fake;
 
     #[derive(Clone, Copy, PartialEq)]
     enum Fault {

@@ -78,12 +78,8 @@ impl Options {
             let (start, end) = (month.start_ms(), month.end_ms().min(now));
             let n = per.min(self.points - seeded);
             let step = (end - start) / n.max(1) as i64;
-            let point = |i: usize| {
-                let ts = start + i as i64 * step;
-                let p = json!({"seq": i + 1, "userId": user, "kind": KINDS[i % 2], "value": i % 100, "ts": ts});
-                (ts, p.to_string())
-            };
-            let points: Vec<(i64, String)> = (0..n).map(point).collect();
+            let points: Vec<(i64, String)> =
+                (0..n).map(|i| point(&user, i, start + i as i64 * step)).collect();
             seeded += n;
             let id = uuid::Uuid::new_v4().to_string();
             for chunk in points.chunks(3000) {
@@ -121,27 +117,15 @@ impl Options {
         check(rolled == seeded as i64, "rollup_count_mismatch");
 
         let owner = format!("hist-{tag}-lister");
-        let token = crate::mint(secret, &owner, "enterprise", None, 3600)?;
-        let (members, metadata) = (Vec::new(), Map::new());
+        let token = xtask::mint(secret, &owner, "enterprise", None, 3600)?;
+        let metadata = Map::new();
         for m in 0..24 {
             let (month, k) = (month(m), self.sessions_per_month as i64);
             for i in 0..k {
                 let started_at =
                     month.start_ms() + i * ((month.end_ms().min(now) - month.start_ms()) / k);
-                let bytes: [u8; 10] = uuid::Uuid::new_v4().as_bytes()[..10].try_into()?;
-                let id = uuid::Builder::from_unix_timestamp_millis(started_at as u64, &bytes)
-                    .into_uuid();
-                let rec = SessionRecord {
-                    id: &id.to_string(),
-                    owner_id: &owner,
-                    title: Some("history"),
-                    members: &members,
-                    metadata: &metadata,
-                    status: SessionStatus::Ended,
-                    started_at,
-                    ended_at: Some(started_at + 60_000),
-                    point_count: 0,
-                };
+                let id = session_id(started_at);
+                let rec = record(&id, &owner, &metadata, started_at, 0, SessionStatus::Ended);
                 batch.push(write_session(&rec, now));
             }
             d1_batch(&c, base, &mut batch).await?;
@@ -180,12 +164,42 @@ impl Options {
     }
 }
 
-/// Two kinds, so that the roll-up groups by kind too.
-const KINDS: [&str; 2] = ["a", "b"];
+/// Point `i` of `user`'s at `ts`, as a session's flush writes it: one of
+/// two kinds, so that the roll-up groups by kind too.
+pub(super) fn point(user: &str, i: usize, ts: i64) -> (i64, String) {
+    let kind = ["a", "b"][i % 2];
+    let p = json!({"seq": i + 1, "userId": user, "kind": kind, "value": i % 100, "ts": ts});
+    (ts, p.to_string())
+}
 
-pub(super) fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    d.map_or(0, |d| d.as_millis() as i64)
+/// A fresh session id (UUIDv7) for a session started at `started_at`: the
+/// Worker reads a session's month from its id.
+pub(super) fn session_id(started_at: i64) -> String {
+    let (secs, ms) = (started_at.div_euclid(1000), started_at.rem_euclid(1000));
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs as u64, ms as u32 * 1_000_000);
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// A session row of `user`'s with `points` points, as a flush writes it.
+pub(super) fn record<'a>(
+    id: &'a str,
+    user: &'a str,
+    metadata: &'a Map<String, Value>,
+    started_at: i64,
+    points: usize,
+    status: SessionStatus,
+) -> SessionRecord<'a> {
+    SessionRecord {
+        id,
+        owner_id: user,
+        title: Some("seeded"),
+        members: &[],
+        metadata,
+        status,
+        started_at,
+        ended_at: (status == SessionStatus::Ended).then_some(started_at + 3_600_000),
+        point_count: points as u64,
+    }
 }
 
 /// One roll-up run as of `now`, the scheduled handler's:

@@ -5,6 +5,9 @@
 //! against a server already running. Each run prints `<target> {json}`,
 //! then a summary table on stderr and one JSON summary line; the command
 //! fails when any run had correctness errors or did not run.
+//!
+//! `cargo xtask bench ...` builds this crate optimised and runs it (see
+//! the xtask); `cargo run -p sesh-bench -- ...` runs a debug build.
 
 mod drive;
 mod history;
@@ -17,7 +20,6 @@ mod summary;
 mod wake;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -25,13 +27,27 @@ use serde_json::{json, Value};
 
 use summary::Summary;
 
+/// Benchmarks of the service, beside the JS references where there is one.
+#[derive(clap::Parser)]
+#[command(name = "cargo xtask bench", bin_name = "cargo xtask bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli: Cli = clap::Parser::parse();
+    match run(cli.bench) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The bench commands.
 #[derive(Subcommand)]
-#[command(
-    after_help = "Run through `cargo xtask` (a debug build), the bench first builds the \
-    xtask optimised into target/xtask-bench and runs that, so that the generator takes less of \
-    the CPU it shares with the server; SESH_BENCH_DEBUG=1 skips this."
-)]
 pub enum Bench {
     /// Session WebSockets: rust beside the JS references (which get
     /// ?user=, the rust target enterprise tokens)
@@ -280,10 +296,6 @@ pub fn run(b: Bench) -> Result<()> {
         Bench::Presence { gen, .. } | Bench::Presencegen { gen, .. } => gen.validate()?,
         _ => {}
     }
-    // A typo fails above, before any build.
-    if cfg!(debug_assertions) && std::env::var_os("SESH_BENCH_DEBUG").is_none() {
-        return exec_optimised();
-    }
     let rust = &["rust".to_owned()];
     match b {
         Bench::Sessions {
@@ -309,33 +321,6 @@ pub fn run(b: Bench) -> Result<()> {
     }
 }
 
-/// The generator shares two cores with the server it measures, and a
-/// debug build of it (what `cargo xtask` runs) takes about twice the CPU of
-/// an optimised one. So the bench builds the xtask optimised, in a target
-/// folder of its own (no other build is disturbed or rebuilt), and runs
-/// that instead. `SESH_BENCH_DEBUG=1` keeps the debug build.
-fn exec_optimised() -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let root = crate::root();
-    let target_dir = root.join("target/xtask-bench");
-    let dir = target_dir.display();
-    eprintln!("bench: building an optimised xtask into {dir} (a few minutes the first time)");
-    crate::run(
-        Command::new(crate::cargo())
-            .current_dir(&root)
-            .args(["build", "--quiet", "--release", "-p", "xtask"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env("CARGO_PROFILE_RELEASE_LTO", "false")
-            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
-            .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false"),
-    )?;
-    let bin = target_dir.join("release/xtask");
-    let err = Command::new(&bin).args(std::env::args_os().skip(1)).exec();
-    Err(err).with_context(|| format!("could not run {}", bin.display()))
-}
-
 /// A run's lines as JSON, and what is wrong with them, if anything.
 fn check(lines: &[String]) -> Result<(Vec<Value>, Option<String>)> {
     let values = lines
@@ -357,10 +342,10 @@ fn check(lines: &[String]) -> Result<(Vec<Value>, Option<String>)> {
 /// A generator alone against `--url`: its lines, and for several lines
 /// (presence's phases) their summary; an error says what was wrong.
 fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
-    let (root, mut secret) = (crate::root(), None);
+    let (root, mut secret) = (xtask::root(), None);
     if tokens {
-        crate::setup::dev_vars(&root)?;
-        secret = Some(crate::setup::auth_secret(&root)?);
+        xtask::setup::dev_vars(&root)?;
+        secret = Some(xtask::setup::auth_secret(&root)?);
     }
     let (url, pids) = (alone.url, alone.watch_pids);
     let lines = gen.run(&mut Served {
@@ -384,7 +369,7 @@ fn alone_run<G: Gen>(alone: Alone, gen: &G, tokens: bool) -> Result<()> {
 /// the generator's lines printed as `<target> <json>`, then the summary;
 /// an error lists the runs with correctness errors or that did not run.
 fn with_servers<G: Gen>(servers: &Servers, targets: &[String], gen: &G) -> Result<()> {
-    let root = crate::root();
+    let root = xtask::root();
     let bench = serve::prepare_bench(&root)?;
     let targets: Vec<serve::Target> = targets
         .iter()
@@ -456,12 +441,6 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        bench: Bench,
-    }
 
     fn parse(s: &str) -> Result<Bench, clap::Error> {
         Cli::try_parse_from(["bench"].into_iter().chain(s.split_whitespace())).map(|c| c.bench)

@@ -225,7 +225,7 @@ pub fn run(opts: &Options, url: &str, secret: &str, watch_pids: &[u32]) -> Vec<S
         let prefix = opts.user_prefix.clone();
         let prefix = prefix.unwrap_or_else(|| format!("pres-{}", drive::tag(6)));
         let bearer = |id: &str| {
-            crate::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
+            xtask::mint(secret, id, "enterprise", None, 3600).map(|t| format!("Bearer {t}"))
         };
         let users = (0..opts.users)
             .map(|i| format!("{prefix}-u{i}"))
@@ -364,7 +364,7 @@ mod tests {
 
     use super::super::defaults;
     use super::*;
-    use crate::bench::drive::fake;
+    use crate::drive::fake;
 
     fn presence(user: &str, on: bool) -> Value {
         match on {

@@ -35,7 +35,7 @@ pub fn prepare_bench(root: &Path) -> Result<PathBuf> {
     {
         eprintln!("bench: npm ci in {}", dest.display());
         let mut npm = Command::new("npm");
-        crate::run(
+        xtask::run(
             npm.current_dir(&dest)
                 .args(["ci", "--no-audit", "--no-fund"]),
         )?;
@@ -125,11 +125,11 @@ pub fn state_root(given: Option<&Path>) -> PathBuf {
 /// Builds the Worker bundle (installing what is missing; with `features`)
 /// and returns the `AUTH_SECRET` of `.dev.vars`, for the `rust` target.
 pub fn prepare_rust(root: &Path, features: Option<&str>) -> Result<String> {
-    let tools = crate::setup::all(root)?;
+    let tools = xtask::setup::all(root)?;
     eprintln!("bench: building the Worker bundle");
-    crate::build(root, &tools, features)?;
-    crate::setup::dev_vars(root)?;
-    crate::setup::auth_secret(root)
+    xtask::build(root, &tools, features)?;
+    xtask::setup::dev_vars(root)?;
+    xtask::setup::auth_secret(root)
 }
 
 /// One run on a server started by the shared launcher: fresh port and

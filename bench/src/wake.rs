@@ -50,7 +50,7 @@ impl super::Gen for Options {
         // before either measured session wakes.
         for (name, n) in [("big", self.points), ("small", self.small), ("warm", 1)] {
             let user = format!("wake-{tag}-{name}");
-            let token = crate::mint(&secret, &user, "enterprise", None, 7200)?;
+            let token = xtask::mint(&secret, &user, "enterprise", None, 7200)?;
             let id = block_on(fill(&s.url, &token, n))??;
             sessions.push((id, token, n as u64));
         }

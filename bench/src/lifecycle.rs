@@ -19,18 +19,17 @@
 //! export that fails, counts other points or whose download does not
 //! match its size and SHA-256.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::{json, Map, Value};
 use sesh::core::archive::sha256_hex;
-use sesh::core::history::{write_points, write_session, SessionRecord};
+use sesh::core::history::{write_points, write_session};
 use sesh::core::partition::Month;
 use sesh_protocol::SessionStatus;
 
-use super::drive::{self, block_on, expect, send};
-use super::history::{count, d1, d1_batch, now_ms};
+use super::drive::{self, block_on, expect, fail, send, Errors};
+use super::history::{count, d1, d1_batch, point, record, session_id};
 use super::summary::{fields, round_to};
 use super::{positive, Served};
 
@@ -65,13 +64,9 @@ impl super::Gen for Options {
 
 impl Options {
     async fn run_on(&self, base: &str, secret: &str) -> Result<String> {
-        let (c, tag, now) = (drive::client()?, drive::tag(6), now_ms());
-        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-        let mut check = |ok: bool, code: &str| {
-            if !ok {
-                *errors.entry(code.to_owned()).or_default() += 1;
-            }
-        };
+        let (c, tag, now) = (drive::client()?, drive::tag(6), drive::now_ms());
+        let mut errors = Errors::new();
+        let mut check = |ok: bool, code: &str| (!ok).then(|| fail(&mut errors, code));
         let user = format!("life-{tag}");
         let month = Month::from_index(Month::of(now).index() - 13);
         let n_sessions = self.points.div_ceil(self.per_session);
@@ -83,17 +78,9 @@ impl Options {
         for s in 0..n_sessions {
             let started_at = month.start_ms() + s as i64 * span;
             let n = self.per_session.min(self.points - s * self.per_session);
-            let bytes: [u8; 10] = uuid::Uuid::new_v4().as_bytes()[..10].try_into()?;
-            let id = uuid::Builder::from_unix_timestamp_millis(started_at as u64, &bytes)
-                .into_uuid()
-                .to_string();
-            let points: Vec<(i64, String)> = (0..n)
-                .map(|i| {
-                    let ts = started_at + i as i64 * 1000;
-                    let p = json!({"seq": i + 1, "userId": user, "kind": "k", "value": i % 100, "ts": ts});
-                    (ts, p.to_string())
-                })
-                .collect();
+            let id = session_id(started_at);
+            let points: Vec<(i64, String)> =
+                (0..n).map(|i| point(&user, i, started_at + i as i64 * 1000)).collect();
             let rec = record(&id, &user, &metadata, started_at, n, SessionStatus::Active);
             writes.push(write_session(&rec, started_at));
             for chunk in points.chunks(3000) {
@@ -144,7 +131,7 @@ impl Options {
             "archived_points_mismatch",
         );
 
-        let token = crate::mint(secret, &user, "enterprise", None, 3600)?;
+        let token = xtask::mint(secret, &user, "enterprise", None, 3600)?;
         let path = format!("{base}/v1/users/{user}/exports");
         let t0 = Instant::now();
         let created = expect(c.post(&path).bearer_auth(&token), 202, "POST exports").await?;
@@ -179,28 +166,6 @@ impl Options {
             "points": self.points, "sessions": n_sessions, "seed_s": round_to(seed_s, 1),
             "errors": errors.values().sum::<u64>(), "error_detail": errors, "generator": "xtask",
         })
-    }
-}
-
-/// A session row of `user`'s, as a flush writes it.
-fn record<'a>(
-    id: &'a str,
-    user: &'a str,
-    metadata: &'a Map<String, Value>,
-    started_at: i64,
-    points: usize,
-    status: SessionStatus,
-) -> SessionRecord<'a> {
-    SessionRecord {
-        id,
-        owner_id: user,
-        title: Some("lifecycle"),
-        members: &[],
-        metadata,
-        status,
-        started_at,
-        ended_at: (status == SessionStatus::Ended).then_some(started_at + 3_600_000),
-        point_count: points as u64,
     }
 }
 
