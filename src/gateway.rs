@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
-    parse_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund, Resource,
+    parse_body, parse_optional_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund, Resource,
     DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
@@ -147,6 +147,7 @@ impl Gateway<'_> {
         let caller = self.admit(&req, &url).await?;
         let route = route::route(method.as_ref(), path)?;
         self.pattern = route.pattern();
+        http::refuse_declared_oversize(&req, MAX_BODY_BYTES)?;
         self.dispatch(route, req, &url, &caller).await
     }
 
@@ -315,7 +316,7 @@ impl Gateway<'_> {
     ) -> Result<Response, ApiError> {
         let session_id = ids::new_session_id(now_ms());
         let body = http::read_body(req, MAX_BODY_BYTES).await?;
-        parse_body::<CreateSession>(&body)?;
+        parse_optional_body::<CreateSession>(&body)?;
         self.charge_session(caller).await?;
         let created = self
             .hop(caller)

@@ -142,6 +142,17 @@ pub fn respond(r: Result<Response, ApiError>) -> Response {
     })
 }
 
+/// 413 for a request that says its body is over `limit` bytes, whatever
+/// the route: also one that reads no body (CONTRACT.md section 4). A body
+/// without a `Content-Length` is measured where it is read.
+pub fn refuse_declared_oversize(req: &Request, limit: usize) -> Result<(), ApiError> {
+    let declared = req.headers().get("content-length").ok().flatten();
+    match declared.and_then(|n| n.trim().parse::<usize>().ok()) {
+        Some(n) if n > limit => Err(ApiError::PayloadTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a request body of at most `limit` bytes: 413 beyond it. A
 /// `Content-Length` over the limit is refused before anything is read; a
 /// body without one (chunked) is read as a stream and refused as soon as it

@@ -195,12 +195,18 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+/// A session id path segment. Session ids are UUIDs, so any other segment
+/// names a session that cannot exist: `404`, as for any unknown session
+/// (CONTRACT.md section 5), with a message that says why.
 fn session_id(seg: &str) -> Result<String, ApiError> {
-    parse_session_id(seg).ok_or_else(|| ApiError::BadRequest("session id must be a UUID".into()))
+    parse_session_id(seg)
+        .ok_or_else(|| ApiError::NotFound("no such session: session ids are UUIDs".into()))
 }
 
+/// An export id path segment: a UUID, else `404` as for an unknown export.
 fn export_id(seg: &str) -> Result<String, ApiError> {
-    parse_session_id(seg).ok_or_else(|| ApiError::BadRequest("export id must be a UUID".into()))
+    parse_session_id(seg)
+        .ok_or_else(|| ApiError::NotFound("no such export: export ids are UUIDs".into()))
 }
 
 /// A user id path segment; clients may percent-encode `@` and `:`.
@@ -357,16 +363,21 @@ mod tests {
     }
 
     #[test]
-    fn malformed_ids_are_400_before_method_checks() {
+    fn malformed_ids_are_answered_before_method_checks() {
+        // A session or export id that is not a UUID names nothing: 404.
         for p in [
             "/v1/sessions/nope",
             "/v1/sessions/nope/ws",
             "/v1/sessions/123/points",
+            "/v1/users/bob/exports/nope",
+            "/v1/users/bob/exports/nope/download",
+        ] {
+            assert_eq!(route("GET", p).map_err(|e| e.status()), Err(404), "{p}");
+        }
+        for p in [
             "/v1/presence/a%2Fb",
             "/v1/presence/a%zz",
             "/v1/users/a%2Fb/metrics",
-            "/v1/users/bob/exports/nope",
-            "/v1/users/bob/exports/nope/download",
         ] {
             assert_eq!(route("GET", p).map_err(|e| e.status()), Err(400), "{p}");
         }

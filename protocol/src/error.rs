@@ -216,6 +216,17 @@ pub fn parse_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Bod
     Ok(value)
 }
 
+/// [`parse_body`] for a body whose fields are all optional (`POST
+/// /v1/sessions`, the presence heartbeat): an empty body, or one of only
+/// whitespace, reads as `{}`, so a bare `POST` is the request with every
+/// field left out.
+pub fn parse_optional_body<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, BodyError> {
+    match first_json_byte(bytes) {
+        None => parse_body(b"{}"),
+        Some(_) => parse_body(bytes),
+    }
+}
+
 /// True when `e`, from parsing `text`, means the text is not JSON at all
 /// (rather than JSON of the wrong shape).
 pub(crate) fn is_not_json(text: &str, e: &serde_json::Error) -> bool {
@@ -343,6 +354,27 @@ mod tests {
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
             }
         }
+    }
+
+    #[test]
+    fn an_optional_body_may_be_left_out_but_not_broken() {
+        let c: crate::CreateSession = parse_optional_body(b"").expect("empty is {}");
+        assert_eq!(c, parse_body(b"{}").expect("{} is valid"));
+        let c: crate::CreateSession = parse_optional_body(b" \n").expect("whitespace is {}");
+        assert_eq!(c, parse_body(b"{}").expect("{} is valid"));
+        assert!(matches!(
+            parse_optional_body::<crate::CreateSession>(b"{\"title\":"),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_optional_body::<crate::CreateSession>(b"{\"nope\":1}"),
+            Err(BodyError::Invalid(_))
+        ));
+        // A body whose fields are required is still refused when empty.
+        assert!(matches!(
+            parse_optional_body::<Probe>(b""),
+            Err(BodyError::Invalid(_))
+        ));
     }
 
     #[test]

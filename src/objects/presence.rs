@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 
 use serde::Deserialize;
-use sesh_protocol::{parse_body, Heartbeat};
+use sesh_protocol::{parse_optional_body, Heartbeat};
 use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
@@ -112,7 +112,7 @@ impl PresenceDO {
                 Answer::json(200, &view)
             }
             PresenceCall::Heartbeat { body } => {
-                let beat: Heartbeat = parse_body(&body)?;
+                let beat: Heartbeat = parse_optional_body(&body)?;
                 let (view, state) = self.update(&caller.user, |c| {
                     c.heartbeat(beat.status, beat.activity, now)
                 })?;

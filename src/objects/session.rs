@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{
-    parse_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted, PointsBatch,
+    parse_body, parse_optional_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted, PointsBatch,
     SessionStatus,
 };
 use wasm_bindgen::prelude::*;
@@ -347,7 +347,7 @@ impl ActiveSessionDO {
         let call = SessionCall::from_wire(http::read_wire(&mut req).await?)?;
         let caller = Caller::read(&req)?;
         if let SessionCall::Create { session_id, body } = call {
-            let create: CreateSession = parse_body(&body)?;
+            let create: CreateSession = parse_optional_body(&body)?;
             return self.create(&caller, create, session_id).await;
         }
         self.load()?;

@@ -4,7 +4,7 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
-use crate::client::{base, call, get, post, unique, TestFn};
+use crate::client::{base, call, create_session_at, get, post, unique, TestFn};
 use crate::harness::{now_secs, service_token, token, user_token, ALLOWED_ORIGIN, SECRET};
 
 const UNKNOWN_SESSION: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
@@ -20,10 +20,11 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     quota_object_reports_the_callers_plan,
     presence_object_reports_offline_for_a_stranger,
     presence_batch_keeps_the_order_and_limits_ids,
-    malformed_path_ids_are_400_not_500,
+    malformed_path_ids_are_404_or_400_not_500,
     unknown_session_is_404_from_the_object,
     session_create_then_get_by_members_only,
     bad_bodies_are_400_413_422,
+    bodies_whose_fields_are_all_optional_may_be_left_out,
     check_and_refund_need_a_service_token,
     cors_preflight_for_allowed_origins_only,
     websocket_upgrade_without_token_is_refused_401,
@@ -206,14 +207,15 @@ async fn presence_batch_keeps_the_order_and_limits_ids() {
         .assert_error(400, "bad_request");
 }
 
-async fn malformed_path_ids_are_400_not_500() {
+async fn malformed_path_ids_are_404_or_400_not_500() {
     let t = user_token(&unique("u"), "free");
+    // Session ids are UUIDs: any other id is an unknown session.
     get("/v1/sessions/not-a-uuid", &t)
         .await
-        .assert_error(400, "bad_request");
+        .assert_error(404, "not_found");
     get("/v1/sessions/not-a-uuid/points", &t)
         .await
-        .assert_error(400, "bad_request");
+        .assert_error(404, "not_found");
     get("/v1/presence/%ZZ", &t)
         .await
         .assert_error(400, "bad_request");
@@ -278,9 +280,27 @@ async fn bad_bodies_are_400_413_422() {
         .await
         .assert_error(422, "validation_failed");
     let big = vec![b' '; (1 << 20) + 1];
-    call("POST", "/v1/sessions", Some(&t), Some(big), &[])
+    call("POST", "/v1/sessions", Some(&t), Some(big.clone()), &[])
         .await
         .assert_error(413, "payload_too_large");
+    // Also on a route that reads no body.
+    let id = create_session_at(base(), &t, &[]).await;
+    let end = format!("/v1/sessions/{id}/end");
+    call("POST", &end, Some(&t), Some(big), &[])
+        .await
+        .assert_error(413, "payload_too_large");
+    assert_eq!(get(&format!("/v1/sessions/{id}"), &t).await.body["status"], "active");
+}
+
+async fn bodies_whose_fields_are_all_optional_may_be_left_out() {
+    let t = user_token(&unique("u"), "free");
+    let a = call("POST", "/v1/sessions", Some(&t), None, &[]).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!((&a.body["members"], &a.body["status"]), (&json!([]), &json!("active")));
+    let a = call("POST", "/v1/presence/heartbeat", Some(&t), None, &[]).await;
+    assert_eq!((a.status, &a.body["status"]), (200, &json!("online")), "{}", a.text);
+    let a = call("POST", "/v1/sessions", Some(&t), Some(b" ".to_vec()), &[]).await;
+    assert_eq!(a.status, 201, "{}", a.text);
 }
 
 async fn check_and_refund_need_a_service_token() {
