@@ -4,8 +4,8 @@
 use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
-    parse_body, parse_optional_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund, Resource,
-    DEFAULT_COST, DEFAULT_PLAN,
+    parse_body, parse_optional_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund,
+    Resource, DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 

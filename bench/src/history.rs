@@ -78,8 +78,9 @@ impl Options {
             let (start, end) = (month.start_ms(), month.end_ms().min(now));
             let n = per.min(self.points - seeded);
             let step = (end - start) / n.max(1) as i64;
-            let points: Vec<(i64, String)> =
-                (0..n).map(|i| point(&user, i, start + i as i64 * step)).collect();
+            let points: Vec<(i64, String)> = (0..n)
+                .map(|i| point(&user, i, start + i as i64 * step))
+                .collect();
             seeded += n;
             let id = uuid::Uuid::new_v4().to_string();
             for chunk in points.chunks(3000) {

@@ -79,8 +79,9 @@ impl Options {
             let started_at = month.start_ms() + s as i64 * span;
             let n = self.per_session.min(self.points - s * self.per_session);
             let id = session_id(started_at);
-            let points: Vec<(i64, String)> =
-                (0..n).map(|i| point(&user, i, started_at + i as i64 * 1000)).collect();
+            let points: Vec<(i64, String)> = (0..n)
+                .map(|i| point(&user, i, started_at + i as i64 * 1000))
+                .collect();
             let rec = record(&id, &user, &metadata, started_at, n, SessionStatus::Active);
             writes.push(write_session(&rec, started_at));
             for chunk in points.chunks(3000) {

@@ -2,14 +2,16 @@
 //! ([`SessionList`]) and `GET /v1/users/{userId}/metrics`
 //! ([`MetricsAnswer`]).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::session::SessionStatus;
+use crate::session::{KindStats, SessionStatus};
 
-/// A session as listed: the session object without `participants` (and
-/// without the live `stats`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A session as listed: the session object without `participants`, its
+/// `stats` as the session object had them at its last flush to D1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionSummary {
     /// Session id.
@@ -33,10 +35,12 @@ pub struct SessionSummary {
     pub point_count: u64,
     /// Highest seq flushed; seqs have no gaps, so it equals `pointCount`.
     pub last_seq: u64,
+    /// Figures per point kind over the points with a `value`.
+    pub stats: BTreeMap<String, KindStats>,
 }
 
 /// The answer to `GET /v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionList {
     /// The page, newest first.
@@ -103,12 +107,14 @@ mod tests {
                 ended_at: Some("2026-01-01T01:00:00.000Z".into()),
                 point_count: 3,
                 last_seq: 3,
+                stats: BTreeMap::from([("hr".into(), KindStats::of(0.1))]),
             }],
             next_cursor: Some("abc".into()),
         };
         let text = serde_json::to_string(&list).unwrap();
         assert!(text.contains(r#""nextCursor":"abc""#), "{text}");
         assert!(text.contains(r#""title":null"#), "{text}");
+        assert!(text.contains(r#""stats":{"hr":{"count":1,"#), "{text}");
         assert_eq!(serde_json::from_str::<SessionList>(&text).unwrap(), list);
         let last = SessionList {
             next_cursor: None,

@@ -2,7 +2,8 @@
 //! partition of its `ts` (monthly, or yearly once 12 months old), with the
 //! months the session has points in and the roll-up marks of their hours,
 //! and the session row with its member rows, in the partition of its start
-//! (CONTRACT.md sections 5 and 9). The statements come from the query layer
+//! (CONTRACT.md sections 5 and 9), and the `stats` of the kinds the points
+//! changed. The statements come from the query layer
 //! (`core::history`), which alone names partition tables; the session
 //! object only binds and runs them, as one batch.
 //!
@@ -10,7 +11,9 @@
 //! SQLite's `json_each`: a single bound parameter however many points, so
 //! D1's limit of 100 bound parameters per statement never binds a batch.
 
-use crate::core::history::{write_points, write_session, SessionRecord};
+use sesh_protocol::KindStats;
+
+use crate::core::history::{write_points, write_session, write_stats, SessionRecord};
 use crate::core::partition::Statement;
 use crate::core::session::Meta;
 use crate::time::Millis;
@@ -30,12 +33,13 @@ pub struct Plan {
 
 /// Plans one flush at `now`: the partitions it needs that `known` does not
 /// know of (created and registered in the same batch, before their first
-/// write), the points, and the session row with `point_count`. `points`
-/// are `(ts, stored JSON)` in seq order.
+/// write), the points, the session row with `point_count`, and `stats`.
+/// `points` are `(ts, stored JSON)` in seq order.
 pub fn plan(
     meta: &Meta,
     point_count: u64,
     points: &[(Millis, String)],
+    stats: &[(String, KindStats)],
     now: Millis,
     known: impl Fn(&str) -> bool,
 ) -> Plan {
@@ -61,6 +65,7 @@ pub fn plan(
         p.stmts.extend(w.statements);
         p.tables.extend(w.ensure.tables);
     }
+    p.stmts.extend(write_stats(&meta.id, stats));
     p
 }
 
@@ -96,7 +101,7 @@ mod tests {
             (DEC, json!({"seq":2,"ts":DEC,"userId":"bob"}).to_string()),
             (OLD, json!({"seq":3,"ts":OLD,"userId":"bob"}).to_string()),
         ];
-        let p = plan(&meta(), 3, &pts, DEC, |_| false);
+        let p = plan(&meta(), 3, &pts, &[], DEC, |_| false);
         let sql: Vec<&str> = p.stmts.iter().map(|s| s.sql.as_str()).collect();
         let first = |needle: &str| {
             sql.iter()
@@ -124,7 +129,7 @@ mod tests {
         assert!(p.tables.contains(&"session_points_2023".to_owned()));
         assert!(p.stmts.iter().all(|s| s.params.len() <= 100));
         // Known partitions are not created again.
-        let again = plan(&meta(), 3, &pts, DEC, |_| true);
+        let again = plan(&meta(), 3, &pts, &[], DEC, |_| true);
         assert!(again.stmts.iter().all(|s| !s.sql.starts_with("CREATE")));
         assert!(again.stmts.len() < p.stmts.len());
     }

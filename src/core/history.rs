@@ -345,12 +345,13 @@ fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
         .map(|c| format!("s.{c} AS {c}"))
         .collect();
     format!(
-        "SELECT m.started_at AS started_ms, {cols} FROM {members} AS m \
+        "SELECT m.started_at AS started_ms, {cols}, {stats} FROM {members} AS m \
          JOIN {sessions} AS s ON s.id = m.session_id \
          WHERE m.user_id = ?1 AND m.started_at >= ?2 \
          AND (m.started_at, m.session_id) < (?3, ?4){status}{shadow} \
          ORDER BY m.started_at DESC, m.session_id DESC LIMIT ?5",
         cols = cols.join(", "),
+        stats = stats_column("s.id"),
         members = TableKind::Members.table(span),
         sessions = TableKind::Sessions.table(span),
         status = if by_status { " AND s.status = ?6" } else { "" },
@@ -364,6 +365,30 @@ fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
             _ => String::new(),
         },
     )
+}
+
+// The `stats` of session `id` as one JSON array of `[kind, figures]`, the
+// figures as the flush wrote them (JSON text, kept as a string: reading
+// them back as JSON would print the numbers again, with fewer digits).
+fn stats_column(id: &str) -> String {
+    format!(
+        "(SELECT json_group_array(json_array(st.kind, st.stats)) FROM session_stats AS st \
+         WHERE st.session_id = {id}) AS stats"
+    )
+}
+
+fn stats_col(row: &Value) -> Result<BTreeMap<String, KindStats>, RowError> {
+    let pairs: Vec<(String, String)> = json_col(row, "stats")?;
+    pairs
+        .into_iter()
+        .map(|(kind, figures)| {
+            let f = serde_json::from_str(&figures).map_err(|e| RowError::Json {
+                column: "stats",
+                detail: e.to_string(),
+            })?;
+            Ok((kind, f))
+        })
+        .collect()
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(
@@ -403,7 +428,45 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
         ended_at: col_opt_str(row, "ended_at")?,
         point_count,
         last_seq: point_count,
+        stats: stats_col(row)?,
     })
+}
+
+/// Upserts a session's figures per kind into `session_stats` (CONTRACT.md
+/// section 5: listed sessions carry `stats`), for the flush's batch: JSON
+/// arrays of `[kind, figures as JSON text]` of at most
+/// `core::d1::MAX_CHUNK_BYTES`, one bound parameter per statement.
+pub fn write_stats(session_id: &str, stats: &[(String, KindStats)]) -> Vec<Statement> {
+    let mut arrays: Vec<Vec<Value>> = Vec::new();
+    let mut size = 0;
+    for (kind, figures) in stats {
+        let text = serde_json::to_string(figures).unwrap_or_default();
+        let pair = Value::from(vec![Value::from(kind.as_str()), Value::from(text)]);
+        let len = pair.to_string().len() + 1;
+        match arrays.last_mut() {
+            Some(a) if size + len <= MAX_CHUNK_BYTES => a.push(pair),
+            _ => {
+                arrays.push(vec![pair]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    arrays
+        .into_iter()
+        .map(|a| {
+            Statement::new(
+                "INSERT INTO session_stats (session_id, kind, stats) \
+                 SELECT ?1, json_extract(s.value, '$[0]'), json_extract(s.value, '$[1]') \
+                 FROM json_each(?2) AS s WHERE true \
+                 ON CONFLICT (session_id, kind) DO UPDATE SET stats = excluded.stats",
+                vec![
+                    Value::from(session_id),
+                    Value::from(Value::from(a).to_string()),
+                ],
+            )
+        })
+        .collect()
 }
 
 /// A session row as the flush writes it.
@@ -606,6 +669,7 @@ pub fn find_session(id: &str, existing: &Existing) -> Option<Statement> {
         .filter(|s| existing.contains(TableKind::Sessions, *s))
         .collect();
     let cols = SESSION_COLUMNS.join(", ");
+    let stats = stats_column("?1");
     let branches: Vec<String> = spans
         .iter()
         .enumerate()
@@ -619,7 +683,7 @@ pub fn find_session(id: &str, existing: &Existing) -> Option<Statement> {
     (!branches.is_empty()).then(|| {
         Statement::new(
             format!(
-                "SELECT {cols} FROM ({}) ORDER BY copy LIMIT 1",
+                "SELECT {cols}, {stats} FROM ({}) ORDER BY copy LIMIT 1",
                 branches.join(" UNION ALL ")
             ),
             vec![Value::from(id)],

@@ -557,13 +557,16 @@ pub(crate) mod testdb {
 
     use super::Statement;
 
-    /// Both migrations applied.
+    /// The migrations the flush and the reads need applied (0003, the
+    /// lifecycle's, is the lifecycle tests' own).
     pub fn open() -> Connection {
         let db = Connection::open_in_memory().expect("open");
         db.execute_batch(include_str!("../../migrations/0001_init.sql"))
             .expect("0001");
         db.execute_batch(include_str!("../../migrations/0002_history.sql"))
             .expect("0002");
+        db.execute_batch(include_str!("../../migrations/0004_session_stats.sql"))
+            .expect("0004");
         db
     }
 

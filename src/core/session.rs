@@ -173,7 +173,8 @@ pub struct Write {
     pub points: Vec<Rc<Row>>,
 }
 
-/// One D1 flush: the seq range, the session row's data, the point count.
+/// One D1 flush: the seq range, the session row's data, the point count,
+/// and the live `stats` of the kinds the range's points changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlushJob {
     /// The seq range and the record version.
@@ -182,6 +183,8 @@ pub struct FlushJob {
     pub meta: Meta,
     /// Points the row counts.
     pub point_count: u64,
+    /// Figures to upsert, per kind.
+    pub stats: Vec<(String, KindStats)>,
 }
 
 /// A decision for the adapter to carry out, in order.
@@ -375,9 +378,10 @@ impl SessionCore {
     /// A new session.
     pub fn create(meta: Meta, cfg: Config, now: Millis) -> SessionCore {
         let mut core = Self::build(meta, cfg, Restored::default(), now);
-        // The new row must reach D1 even if no point ever does.
+        // The new row must reach D1 even if no point ever does, and at
+        // once: the session list reads D1.
         core.st.meta_version = 1;
-        core.st.flush.note(now);
+        core.st.flush.note_urgent(now);
         core.save_meta();
         core.schedule();
         core
@@ -501,7 +505,7 @@ impl SessionCore {
             point_count: self.st.last_seq,
             last_seq: self.st.last_seq,
             participants: self.conns.participants(),
-            stats: self.st.stats.all().clone(),
+            stats: self.st.stats.all(),
         }
     }
 
@@ -1211,10 +1215,12 @@ impl SessionCore {
                 self.st.meta_version,
                 self.cfg.max_flush_points,
             );
+            let stats = self.st.stats.since(batch.from - 1, batch.to);
             self.out.push_back(Decision::Flush(FlushJob {
                 batch,
                 meta: self.st.meta.clone(),
                 point_count: batch.to.max(self.st.flush.flushed_seq),
+                stats,
             }));
         }
         if let Some(at) = self.next_wake() {

@@ -9,8 +9,8 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{
-    parse_body, parse_optional_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted, PointsBatch,
-    SessionStatus,
+    parse_body, parse_optional_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted,
+    PointsBatch, SessionStatus,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -1176,6 +1176,7 @@ impl ActiveSessionDO {
             &job.meta,
             job.point_count,
             &points,
+            &job.stats,
             now_ms(),
             super::partition_known,
         );

@@ -289,16 +289,27 @@ async fn bad_bodies_are_400_413_422() {
     call("POST", &end, Some(&t), Some(big), &[])
         .await
         .assert_error(413, "payload_too_large");
-    assert_eq!(get(&format!("/v1/sessions/{id}"), &t).await.body["status"], "active");
+    assert_eq!(
+        get(&format!("/v1/sessions/{id}"), &t).await.body["status"],
+        "active"
+    );
 }
 
 async fn bodies_whose_fields_are_all_optional_may_be_left_out() {
     let t = user_token(&unique("u"), "free");
     let a = call("POST", "/v1/sessions", Some(&t), None, &[]).await;
     assert_eq!(a.status, 201, "{}", a.text);
-    assert_eq!((&a.body["members"], &a.body["status"]), (&json!([]), &json!("active")));
+    assert_eq!(
+        (&a.body["members"], &a.body["status"]),
+        (&json!([]), &json!("active"))
+    );
     let a = call("POST", "/v1/presence/heartbeat", Some(&t), None, &[]).await;
-    assert_eq!((a.status, &a.body["status"]), (200, &json!("online")), "{}", a.text);
+    assert_eq!(
+        (a.status, &a.body["status"]),
+        (200, &json!("online")),
+        "{}",
+        a.text
+    );
     let a = call("POST", "/v1/sessions", Some(&t), Some(b" ".to_vec()), &[]).await;
     assert_eq!(a.status, 201, "{}", a.text);
 }

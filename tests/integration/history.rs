@@ -23,7 +23,7 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     "history",
     list_pages_through_250_sessions_across_14_months,
     list_rejects_bad_parameters,
-    created_session_is_listed_after_a_flush,
+    created_session_is_listed_at_once_with_the_stats_of_its_last_flush,
     retired_session_reads_back_from_d1,
     metrics_of_points_across_30_months_match_a_direct_computation,
     late_points_are_counted_after_the_next_run,
@@ -176,21 +176,49 @@ async fn list_rejects_bad_parameters() {
     assert_eq!(a.body, json!({"sessions": []}));
 }
 
-async fn created_session_is_listed_after_a_flush() {
+async fn created_session_is_listed_at_once_with_the_stats_of_its_last_flush() {
     let owner = unique("owner");
     let member = unique("member");
-    let id = create_session_at(base(), &user_token(&owner, "pro"), &[&member]).await;
-    // Listed within FLUSH_INTERVAL_MS (2 s) of its creation.
-    let mut listed = false;
+    let (ot, mt) = (user_token(&owner, "pro"), user_token(&member, "pro"));
+    let id = create_session_at(base(), &ot, &[&member]).await;
+    let answered = std::time::Instant::now();
+    // Listed within FLUSH_INTERVAL_MS (2 s) of its creation's answer.
+    let listed = |body: &Value| {
+        body["sessions"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["id"] == id.as_str()).cloned())
+    };
+    let mut found = None;
+    while found.is_none() && answered.elapsed() < std::time::Duration::from_millis(2_000) {
+        let a = get("/v1/sessions?limit=5", &mt).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        found = listed(&a.body);
+        if found.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let found = found.expect("a new session appears in its members' lists within 2 s");
+    assert_eq!(found["stats"], json!({}), "no points yet: {found}");
+    assert!(found.get("participants").is_none(), "{found}");
+    // Once flushed, a listed session's stats are the session object's.
+    let points = json!({"points": [
+        {"kind": "hr", "value": 0.1}, {"kind": "hr", "value": 0.2},
+        {"kind": "note"}, {"kind": "speed", "value": -3.5}
+    ]});
+    let a = crate::client::post(&format!("/v1/sessions/{id}/points"), &ot, &points).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let live = get(&format!("/v1/sessions/{id}"), &ot).await.body["stats"].clone();
+    assert_eq!(live["hr"]["count"], 2, "{live}");
+    let mut seen = Value::Null;
     for _ in 0..40 {
-        let (ids, _) = list_sessions_listing("limit=5", &user_token(&member, "pro")).await;
-        if ids.contains(&id) {
-            listed = true;
+        let a = get("/v1/sessions?limit=5", &mt).await;
+        seen = listed(&a.body).map_or(Value::Null, |s| s["stats"].clone());
+        if seen == live {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(listed, "a new session appears in its members' lists");
+    assert_eq!(seen, live, "listed stats equal the live ones after a flush");
 }
 
 async fn retired_session_reads_back_from_d1() {

@@ -15,6 +15,7 @@ fn summary(id: &str, n: u64) -> SessionSummary {
         ended_at: Some(rfc3339(ms(2024, 3, 2))),
         point_count: n,
         last_seq: n,
+        stats: Default::default(),
     }
 }
 

@@ -204,7 +204,7 @@ fn cursors_round_trip_and_garbage_is_rejected() {
     let row = |id: &str, t: Millis| {
         json!({"started_ms": t, "id": id, "owner_id": "u", "title": null, "members": "[]",
                "metadata": "{}", "status": "active", "started_at": rfc3339(t),
-               "ended_at": null, "point_count": 0})
+               "ended_at": null, "point_count": 0, "stats": "[]"})
     };
     let page = q
         .answer(vec![
@@ -678,4 +678,56 @@ fn large_flushes_are_chunked_and_land_once() {
         &Statement::new("SELECT count(*) AS n FROM session_points_2026_01", vec![]),
     );
     assert_eq!(n, vec![json!({"n": 12})]);
+}
+
+#[test]
+fn listed_and_found_sessions_carry_the_stats_the_flush_wrote_exactly() {
+    let db = testdb::open();
+    let now = ms(2026, 3, 10);
+    let s = Sess::new(now - DAY_MS, "ann", &["bob"]);
+    apply(&db, vec![s.write(now)]);
+    let listed = list_all(&db, "bob", ListParams::default(), now);
+    assert!(
+        listed.len() == 1 && listed[0].stats.is_empty(),
+        "{listed:?}"
+    );
+    // Figures whose shortest text needs 17 digits come back bit for bit.
+    let odd = KindStats {
+        count: 2,
+        sum: 0.1 + 0.2,
+        min: 0.1,
+        max: 0.2,
+        last: 1e-300,
+    };
+    testdb::batch(
+        &db,
+        &write_stats(
+            &s.id,
+            &[("hr".into(), KindStats::of(72.0)), ("x".into(), odd)],
+        ),
+    );
+    // A later flush replaces the figures of the kinds it carries.
+    let hr = KindStats {
+        count: 2,
+        sum: 150.0,
+        min: 72.0,
+        max: 78.0,
+        last: 78.0,
+    };
+    testdb::batch(&db, &write_stats(&s.id, &[("hr".into(), hr)]));
+    let want = BTreeMap::from([("hr".to_owned(), hr), ("x".to_owned(), odd)]);
+    let listed = list_all(&db, "ann", ListParams::default(), now);
+    assert_eq!(listed[0].stats, want);
+    let find = find_session(&s.id, &existing(&db)).expect("a partition");
+    let found = parse_found_session(&testdb::run(&db, &find)).expect("row");
+    assert_eq!(found.map(|f| f.stats), Some(want));
+    // Many kinds go out in several statements, each within D1's limits.
+    let many: Vec<(String, KindStats)> = (0..6000)
+        .map(|i| (format!("{i:064}"), KindStats::of(f64::from(i))))
+        .collect();
+    let stmts = write_stats(&s.id, &many);
+    assert!(stmts.len() > 1, "{}", stmts.len());
+    testdb::batch(&db, &stmts);
+    let listed = list_all(&db, "ann", ListParams::default(), now);
+    assert_eq!(listed[0].stats.len(), 6002);
 }

@@ -52,6 +52,8 @@ pub struct FlushState {
     pub failures: u32,
     /// No attempt before this after a failure.
     pub retry_at: Option<Millis>,
+    /// A change that goes out at once, not an interval later.
+    pub urgent: bool,
 }
 
 impl FlushState {
@@ -67,6 +69,14 @@ impl FlushState {
         }
     }
 
+    /// Notes a change D1 must see at once: a new session's row, so that
+    /// it is listed well within `FLUSH_INTERVAL_MS` of its creation
+    /// (CONTRACT.md section 5).
+    pub fn note_urgent(&mut self, now: Millis) {
+        self.note(now);
+        self.urgent = true;
+    }
+
     /// When the next flush is due, if anything is pending.
     pub fn next_at(&self, p: Pending) -> Option<Millis> {
         if self.in_flight.is_some() || !self.has_pending(p.last_seq, p.meta_version) {
@@ -76,7 +86,7 @@ impl FlushState {
             return Some(r);
         }
         let since = self.pending_since?;
-        if p.last_seq - self.flushed_seq >= u64::from(p.batch) {
+        if self.urgent || p.last_seq - self.flushed_seq >= u64::from(p.batch) {
             Some(since.min(p.now))
         } else {
             Some(since + p.interval_ms as Millis)
@@ -91,6 +101,7 @@ impl FlushState {
             meta_version,
         };
         self.in_flight = Some(batch);
+        self.urgent = false;
         batch
     }
 

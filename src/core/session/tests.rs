@@ -25,7 +25,16 @@ fn meta(max: u64) -> Meta {
 }
 
 fn core() -> SessionCore {
-    funded(SessionCore::create(meta(5), Config::default(), T0))
+    funded(created(meta(5), Config::default()))
+}
+
+/// A new session at T0 whose row reached D1 (the flush every creation
+/// starts at once).
+fn created(meta: Meta, cfg: Config) -> SessionCore {
+    let mut c = SessionCore::create(meta, cfg, T0);
+    let row = flush_job(&drain(&mut c)).expect("the row goes to D1 at once");
+    c.flush_done(row.batch, true, T0);
+    c
 }
 
 /// A core with plenty of points units of T0's day in hand.
@@ -169,7 +178,7 @@ fn presence_hears_of_every_join_and_leave() {
 
 #[test]
 fn points_wait_for_units_and_beyond_the_quota_get_quota_exceeded() {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let mut c = created(meta(5), Config::default());
     c.join("c1", "owner", T0);
     drain(&mut c);
     c.on_text(
@@ -227,7 +236,7 @@ fn points_waiting_for_units_are_bounded_in_count_and_bytes() {
         waiting_max_bytes: 200,
         ..Config::default()
     };
-    let mut c = SessionCore::create(meta(5), cfg, T0);
+    let mut c = created(meta(5), cfg);
     c.join("c1", "owner", T0);
     drain(&mut c);
     for i in 0..5 {
@@ -240,7 +249,7 @@ fn points_waiting_for_units_are_bounded_in_count_and_bytes() {
     assert_eq!(got["c1"][0]["code"], "rate_limited");
     assert!(got["c1"][0]["retryAfterMs"].as_u64().unwrap() > 0);
     // Bytes: one big point fills the queue.
-    let mut c = SessionCore::create(meta(5), cfg, T0);
+    let mut c = created(meta(5), cfg);
     c.join("c1", "owner", T0);
     drain(&mut c);
     let big = format!(
@@ -263,7 +272,7 @@ fn more_waiting_points_than_a_full_block_ask_again() {
         reserve_block: 2,
         ..Config::default()
     };
-    let mut c = SessionCore::create(meta(5), cfg, T0);
+    let mut c = created(meta(5), cfg);
     c.join("c1", "owner", T0);
     drain(&mut c);
     for i in 0..5 {
@@ -282,7 +291,7 @@ fn more_waiting_points_than_a_full_block_ask_again() {
 
 #[test]
 fn busy_sessions_reserve_bigger_blocks() {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let mut c = created(meta(5), Config::default());
     c.join("c1", "owner", T0);
     drain(&mut c);
     let mut asked = Vec::new();
@@ -309,7 +318,7 @@ fn busy_sessions_reserve_bigger_blocks() {
 
 #[test]
 fn spare_units_go_back_when_idle_or_ended() {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let mut c = created(meta(5), Config::default());
     c.join("c1", "owner", T0);
     c.on_text("c1", r#"{"type":"point","kind":"k"}"#, T0, &mut NoIds);
     drain(&mut c);
@@ -330,7 +339,7 @@ fn spare_units_go_back_when_idle_or_ended() {
 
 #[test]
 fn http_only_sessions_give_idle_units_back_from_the_alarm() {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let mut c = created(meta(5), Config::default());
     drain(&mut c);
     let Append::NeedUnits { want, .. } = c
         .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
@@ -471,7 +480,7 @@ fn spent_units_are_settled_at_most_once_a_settle_interval() {
 
 #[test]
 fn admit_refuses_strangers_ended_full_sessions_and_extra_seats() {
-    let mut c = funded(SessionCore::create(meta(2), Config::default(), T0));
+    let mut c = funded(created(meta(2), Config::default()));
     assert_eq!(c.admit("mallory").unwrap_err().status(), 403);
     c.join("a", "owner", T0);
     c.join("b", "bob", T0);
@@ -799,7 +808,7 @@ fn points_too_far_ahead_are_validation_failed() {
 
 #[test]
 fn the_http_batch_reserves_what_it_needs_or_is_refused_until_tomorrow() {
-    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let mut c = created(meta(5), Config::default());
     drain(&mut c);
     let batch: Vec<NewPoint> = (0..300).map(|_| NewPoint::new("k")).collect();
     let need = c
@@ -944,7 +953,7 @@ fn ping_pong_and_resume_replays_one_page_at_a_time() {
         replay_page: 2,
         ..Config::default()
     };
-    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    let mut c = funded(created(meta(5), cfg));
     c.join("c1", "owner", T0);
     for _ in 0..5 {
         send_point(&mut c, "c1", r#"{"type":"point","kind":"k"}"#, T0);
@@ -1009,7 +1018,7 @@ fn flooding_gets_rate_limited_then_closed_1008_and_others_are_not_slowed() {
         flood_close_after: 3,
         ..Config::default()
     };
-    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    let mut c = funded(created(meta(5), cfg));
     c.join("flood", "owner", T0);
     c.join("calm", "bob", T0);
     drain(&mut c);
@@ -1059,7 +1068,7 @@ fn the_session_wide_limit_caps_all_connections_together() {
         flood_close_after: 2,
         ..Config::default()
     };
-    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    let mut c = funded(created(meta(5), cfg));
     for conn in ["a", "b", "c"] {
         c.join(conn, "bob", T0);
     }
@@ -1098,7 +1107,7 @@ fn a_second_without_refusals_forgives_earlier_ones() {
         flood_close_after: 2,
         ..Config::default()
     };
-    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    let mut c = funded(created(meta(5), cfg));
     c.join("x", "owner", T0);
     let mut t = T0;
     for _ in 0..5 {
@@ -1115,16 +1124,14 @@ fn a_second_without_refusals_forgives_earlier_ones() {
 
 #[test]
 fn flush_when_batch_is_full_or_after_the_interval() {
-    let mut c = core();
-    // The new session row is due one interval after creation.
-    assert_eq!(c.next_flush_at(), Some(T0 + 2_000));
-    c.tick(T0 + 1_999);
-    assert_eq!(flush_job(&drain(&mut c)), None);
-    c.tick(T0 + 2_000);
-    let j = flush_job(&drain(&mut c)).unwrap();
+    // The new session row goes to D1 at once (the list reads D1).
+    let mut c = SessionCore::create(meta(5), Config::default(), T0);
+    let j = flush_job(&drain(&mut c)).expect("the row at creation");
     assert_eq!((j.batch.from, j.batch.to), (1, 0), "row only");
-    c.flush_done(j.batch, true, T0 + 2_000);
+    c.flush_done(j.batch, true, T0 + 5);
     assert_eq!(c.next_flush_at(), None);
+    c.add_units(1_000_000, day_of(T0), T0);
+    drain(&mut c);
 
     c.join("c1", "owner", T0);
     let t = T0 + 10_000;
@@ -1288,7 +1295,7 @@ fn stats_are_checkpointed_every_so_many_points_and_a_failed_one_is_written_again
         stats_every: 3,
         ..Config::default()
     };
-    let mut c = funded(SessionCore::create(meta(5), cfg, T0));
+    let mut c = funded(created(meta(5), cfg));
     c.join("c1", "owner", T0);
     drain(&mut c);
     // Stores one point; the checkpoint that came with it, if one did.
