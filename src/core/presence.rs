@@ -8,10 +8,16 @@
 //!   status they last chose (`online` if they never chose), absent ones
 //!   `offline`.
 //! - A connection is trusted for `ttl`; then the object asks the session
-//!   whether it still has it ([`PresenceCore::due_checks`]), so a session
-//!   that died without saying goodbye cannot keep a user online forever.
+//!   whether it still has it ([`Decision::Check`]), so a session that died
+//!   without saying goodbye cannot keep a user online forever.
+//!
+//! Events are method calls with the time (`connect`, `disconnect`,
+//! `heartbeat`, `alarm`, `confirmed`, `checked`); what the object must do
+//! comes out of one channel, [`PresenceCore::poll`], as [`Decision`]s that
+//! carry their data: store the state (its version bumped), publish it to
+//! the read shard, ask a session about a connection, set the alarm.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{HeartbeatStatus, Presence, PresenceStatus};
@@ -77,29 +83,64 @@ pub struct PresenceState {
     version: u64,
 }
 
+/// What the presence object must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Store this state (a change, its version bumped) before answering.
+    Save(PresenceState),
+    /// Tell the user's read shard of this stored state, before answering
+    /// (a shard that cannot be reached hears of the next change).
+    Publish(PresenceState),
+    /// Ask `session` whether it still has `conn`; answer with
+    /// [`PresenceCore::confirmed`], then [`PresenceCore::checked`].
+    Check {
+        /// The connection.
+        conn: String,
+        /// Its session.
+        session: String,
+    },
+    /// Wake up (the alarm) no later than this.
+    WakeAt(Millis),
+}
+
 /// One user's presence: the configuration (the TTL) beside the stored
-/// state, as in every core.
+/// state, as in every core, and the decisions not yet polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceCore {
     ttl: u64,
     state: PresenceState,
+    out: VecDeque<Decision>,
 }
 
 impl PresenceCore {
     /// The core of a user with stored `state`, under a TTL of `ttl` ms.
     pub fn new(ttl: u64, state: PresenceState) -> PresenceCore {
-        PresenceCore { ttl, state }
+        PresenceCore {
+            ttl,
+            state,
+            out: VecDeque::new(),
+        }
     }
 
-    /// The state to store.
+    /// The next decision to carry out.
+    pub fn poll(&mut self) -> Option<Decision> {
+        self.out.pop_front()
+    }
+
+    /// The state as stored.
     pub fn state(&self) -> &PresenceState {
         &self.state
     }
 
-    /// Marks a change about to be stored; answers its version.
-    pub fn bump(&mut self) -> u64 {
+    // A change to store: its version, the state to save and to publish,
+    // and the next wake-up.
+    fn commit(&mut self) {
         self.state.version += 1;
-        self.state.version
+        self.out.push_back(Decision::Save(self.state.clone()));
+        self.out.push_back(Decision::Publish(self.state.clone()));
+        if let Some(at) = self.next_wake() {
+            self.out.push_back(Decision::WakeAt(at));
+        }
     }
 
     /// A socket of this user joined `session_id`.
@@ -117,10 +158,16 @@ impl PresenceCore {
         self.state.grace_until = None;
         self.seen(now);
         self.tick(now);
+        self.commit();
     }
 
     /// A socket closed (or its session no longer has it).
     pub fn disconnect(&mut self, conn: &str, now: Millis) {
+        self.drop_conn(conn, now);
+        self.commit();
+    }
+
+    fn drop_conn(&mut self, conn: &str, now: Millis) {
         if self.state.conns.remove(conn).is_some() {
             self.seen(now);
             if self.state.conns.is_empty() {
@@ -146,6 +193,7 @@ impl PresenceCore {
         });
         self.seen(now);
         self.tick(now);
+        self.commit();
     }
 
     fn seen(&mut self, now: Millis) {
@@ -219,9 +267,30 @@ impl PresenceCore {
         }
     }
 
+    /// The alarm: what ran out is dropped, and each connection whose `ttl`
+    /// ran out unconfirmed is to be checked with its session
+    /// ([`Decision::Check`]); with none, the change is stored at once,
+    /// else after the answers ([`checked`](Self::checked)).
+    pub fn alarm(&mut self, now: Millis) {
+        self.tick(now);
+        let due = self.due_checks(now);
+        if due.is_empty() {
+            self.commit();
+        }
+        for (conn, session) in due {
+            self.out.push_back(Decision::Check { conn, session });
+        }
+    }
+
+    /// Every check of the alarm was answered: the state is stored.
+    pub fn checked(&mut self, now: Millis) {
+        self.tick(now);
+        self.commit();
+    }
+
     /// Connections whose `ttl` ran out unconfirmed: ask their session.
     /// Each is returned once until [`confirmed`](Self::confirmed) answers.
-    pub fn due_checks(&mut self, now: Millis) -> Vec<(String, String)> {
+    fn due_checks(&mut self, now: Millis) -> Vec<(String, String)> {
         let mut due = Vec::new();
         for (id, c) in &mut self.state.conns {
             if !c.checking && now - c.confirmed_at >= self.ttl as Millis {
@@ -244,7 +313,7 @@ impl PresenceCore {
                     c.failed_checks = 0;
                 }
             }
-            Some(false) => self.disconnect(conn, now),
+            Some(false) => self.drop_conn(conn, now),
             None => {
                 let gave_up = match self.state.conns.get_mut(conn) {
                     Some(c) => {
@@ -257,7 +326,7 @@ impl PresenceCore {
                     None => false,
                 };
                 if gave_up {
-                    self.disconnect(conn, now);
+                    self.drop_conn(conn, now);
                 }
             }
         }
@@ -265,7 +334,7 @@ impl PresenceCore {
 
     /// The next moment something can change without a request: a heartbeat
     /// or grace running out, or a connection due for a check.
-    pub fn next_wake(&self) -> Option<Millis> {
+    fn next_wake(&self) -> Option<Millis> {
         let ttl = self.ttl as Millis;
         let beat = self.state.beat.as_ref().map(|b| b.at + ttl);
         let conns = self
@@ -366,6 +435,46 @@ mod tests {
 
     fn status(p: &PresenceCore, now: Millis) -> PresenceStatus {
         p.view("u", now).status
+    }
+
+    fn drain(p: &mut PresenceCore) -> Vec<Decision> {
+        std::iter::from_fn(|| p.poll()).collect()
+    }
+
+    #[test]
+    fn events_come_out_as_decisions_that_carry_the_state() {
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        let ds = drain(&mut p);
+        let [Decision::Save(saved), Decision::Publish(published), Decision::WakeAt(at)] = &ds[..]
+        else {
+            panic!("{ds:?}");
+        };
+        assert_eq!((saved, saved.version, *at), (published, 1, T0 + 60_000));
+        // The alarm asks the session first; the state is stored after the
+        // answers.
+        p.alarm(T0 + 60_000);
+        let check = Decision::Check {
+            conn: "c1".into(),
+            session: "s1".into(),
+        };
+        assert_eq!(drain(&mut p), vec![check]);
+        p.confirmed("c1", Some(false), T0 + 60_001);
+        p.checked(T0 + 60_001);
+        let ds = drain(&mut p);
+        let [Decision::Save(s), Decision::Publish(_), Decision::WakeAt(at)] = &ds[..] else {
+            panic!("{ds:?}");
+        };
+        assert_eq!((s.version, s.conns.len()), (2, 0));
+        assert_eq!(*at, T0 + 60_001 + 5_000, "the grace runs out");
+        // An alarm with nothing to check stores at once; nothing is left to
+        // wake for.
+        p.alarm(T0 + 70_000);
+        let ds = drain(&mut p);
+        let [Decision::Save(s), Decision::Publish(_)] = &ds[..] else {
+            panic!("{ds:?}");
+        };
+        assert_eq!((s.version, s.status), (3, Some(PresenceStatus::Offline)));
     }
 
     #[test]
@@ -529,15 +638,22 @@ mod tests {
     fn shards_answer_exactly_what_the_user_objects_would() {
         let mut user = PresenceCore::new(TTL, PresenceState::default());
         let mut shard = ShardCore::new(TTL);
+        // What the user's object publishes: each stored change's state.
+        let published = |user: &mut PresenceCore| {
+            drain(user)
+                .into_iter()
+                .find_map(|d| match d {
+                    Decision::Publish(s) => Some(s),
+                    _ => None,
+                })
+                .expect("a stored change is published")
+        };
         user.heartbeat(Some(HeartbeatStatus::Away), Some("run".into()), T0);
-        user.bump();
-        assert!(shard.publish("u", user.state().clone()));
+        assert!(shard.publish("u", published(&mut user)));
         user.connect("c1", "s1", T0 + 10);
-        user.bump();
-        let newer = user.state().clone();
+        let newer = published(&mut user);
         user.disconnect("c1", T0 + 20);
-        user.bump();
-        assert!(shard.publish("u", user.state().clone()));
+        assert!(shard.publish("u", published(&mut user)));
         assert!(!shard.publish("u", newer), "an older publication loses");
         for now in [T0 + 20, T0 + 4_000, T0 + 59_999, T0 + 60_000, T0 + 90_000] {
             assert_eq!(shard.view("u", now), user.view("u", now), "at {now}");

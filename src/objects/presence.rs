@@ -1,6 +1,8 @@
 //! `PresenceDO`: one object per user id. Carries out what
-//! [`PresenceCore`] decides: the state in SQLite, the alarm at the next
-//! moment the status can change, and the checks with sessions. A few
+//! [`PresenceCore`] decides ([`Decision`]): the state in SQLite, its
+//! publication to the read shard, the checks with sessions (their answers
+//! go back to the core), and the alarm at the next moment the status can
+//! change. A few
 //! instances named by [`shard_name`] are read shards instead: every user
 //! object publishes each stored change to its shard, and a batch read asks
 //! only the shards ([`ShardCore`]).
@@ -13,7 +15,9 @@ use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
 use crate::calls::{PresenceCall, SessionCall, Wire};
-use crate::core::presence::{shard_name, shard_of, PresenceCore, PresenceState, ShardCore};
+use crate::core::presence::{
+    shard_name, shard_of, Decision, PresenceCore, PresenceState, ShardCore,
+};
 use crate::error::ApiError;
 use crate::http::{self, internal, Answer, Caller, Hop};
 use crate::time::{now_ms, Millis};
@@ -113,11 +117,11 @@ impl PresenceDO {
             }
             PresenceCall::Heartbeat { body } => {
                 let beat: Heartbeat = parse_optional_body(&body)?;
-                let (view, state) = self.update(&caller.user, |c| {
-                    c.heartbeat(beat.status, beat.activity, now)
-                })?;
-                self.publish(&caller.user, state).await;
-                self.schedule().await?;
+                let view = self
+                    .apply(&caller.user, |c| {
+                        c.heartbeat(beat.status, beat.activity, now)
+                    })
+                    .await?;
                 Answer::json(200, &view)
             }
             PresenceCall::Conn {
@@ -126,15 +130,15 @@ impl PresenceDO {
                 session_id,
                 online,
             } => {
-                let (view, state) = self.update(&user_id, |c| {
-                    if online {
-                        c.connect(&conn_id, &session_id, now);
-                    } else {
-                        c.disconnect(&conn_id, now);
-                    }
-                })?;
-                self.publish(&user_id, state).await;
-                self.schedule().await?;
+                let view = self
+                    .apply(&user_id, |c| {
+                        if online {
+                            c.connect(&conn_id, &session_id, now);
+                        } else {
+                            c.disconnect(&conn_id, now);
+                        }
+                    })
+                    .await?;
                 Answer::json(200, &view)
             }
             PresenceCall::Publish { user_id, state } => {
@@ -157,7 +161,11 @@ impl PresenceDO {
     /// Tells the user's read shard of their new state, before the change is
     /// answered, so a batch read after it sees it. A shard that cannot be
     /// reached is told again by the next change (logged meanwhile).
-    async fn publish(&self, user: &str, state: Vec<u8>) {
+    async fn publish(&self, user: &str, state: &PresenceState) {
+        let state = match serde_json::to_vec(state) {
+            Ok(s) => s,
+            Err(e) => return http::log_error("PresenceDO", &internal(e)),
+        };
         let caller = Caller::internal(user);
         let hop = Hop {
             env: &self.env,
@@ -248,21 +256,69 @@ impl PresenceDO {
         Ok(())
     }
 
-    /// Applies `f`, stores the new state, and answers the new view and the
-    /// stored state (for the read shard).
-    fn update(
+    /// Applies `event` to `user`'s core, carries out what it decided, and
+    /// answers the user's presence after it.
+    async fn apply(
         &self,
         user: &str,
-        f: impl FnOnce(&mut PresenceCore),
-    ) -> Result<(sesh_protocol::Presence, Vec<u8>), ApiError> {
+        event: impl FnOnce(&mut PresenceCore),
+    ) -> Result<sesh_protocol::Presence, ApiError> {
+        self.with_core(|id, core| {
+            event(core);
+            *id = Some(user.to_owned());
+        })?;
+        self.carry_out(user).await?;
+        self.with_core(|_, core| core.view(user, now_ms()))
+    }
+
+    /// `f` on the loaded core (and the user id, once known); no borrow is
+    /// held across an await.
+    fn with_core<T>(
+        &self,
+        f: impl FnOnce(&mut Option<String>, &mut PresenceCore) -> T,
+    ) -> Result<T, ApiError> {
         let mut guard = self.core.borrow_mut();
         let (id, core) = guard
             .as_mut()
             .ok_or_else(|| ApiError::Internal("presence not loaded".into()))?;
-        f(core);
-        core.bump();
-        *id = Some(user.to_owned());
-        let text = serde_json::to_string(core.state()).map_err(internal)?;
+        Ok(f(id, core))
+    }
+
+    /// Carries out the core's decisions in order. Checks are asked once
+    /// the rest is done, and their answers go back to the core, which then
+    /// decides what to store.
+    async fn carry_out(&self, user: &str) -> Result<(), ApiError> {
+        let mut checks = Vec::new();
+        loop {
+            match self.with_core(|_, c| c.poll())? {
+                Some(Decision::Save(state)) => self.save(user, &state)?,
+                Some(Decision::Publish(state)) => self.publish(user, &state).await,
+                Some(Decision::Check { conn, session }) => checks.push((conn, session)),
+                Some(Decision::WakeAt(at)) => {
+                    http::ensure_alarm(&self.state, &self.alarm_at, at).await?
+                }
+                None if checks.is_empty() => return Ok(()),
+                None => {
+                    let mut answers = Vec::with_capacity(checks.len());
+                    for (conn, session) in checks.drain(..) {
+                        let live = self.ask_session(user, &session, &conn).await;
+                        answers.push((conn, live));
+                    }
+                    let now = now_ms();
+                    self.with_core(|_, c| {
+                        for (conn, live) in answers {
+                            c.confirmed(&conn, live, now);
+                        }
+                        c.checked(now);
+                    })?;
+                }
+            }
+        }
+    }
+
+    /// Stores the user's state.
+    fn save(&self, user: &str, state: &PresenceState) -> Result<(), ApiError> {
+        let text = serde_json::to_string(state).map_err(internal)?;
         if !self.table_ready.replace(true) {
             self.sql
                 .exec(
@@ -278,44 +334,24 @@ impl PresenceDO {
                 vec![user.into(), text.as_str().into()],
             )
             .map_err(internal)?;
-        Ok((core.view(user, now_ms()), text.into_bytes()))
+        Ok(())
     }
 
-    /// Sets the alarm to the next moment the status can change.
-    async fn schedule(&self) -> Result<(), ApiError> {
-        let next = self.core.borrow().as_ref().and_then(|(_, c)| c.next_wake());
-        match next {
-            Some(at) => http::ensure_alarm(&self.state, &self.alarm_at, at).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Expires what ran out and asks sessions about connections whose
-    /// trust ran out.
+    /// The alarm: what ran out expires, and connections whose trust ran
+    /// out are checked with their sessions. A user never stored has
+    /// nothing to expire.
     async fn on_alarm(&self) -> Result<(), ApiError> {
         self.load()?;
-        let now = now_ms();
-        let (user, checks) = {
-            let mut guard = self.core.borrow_mut();
-            let Some((Some(user), core)) = guard.as_mut() else {
-                return Ok(());
-            };
-            core.tick(now);
-            (user.clone(), core.due_checks(now))
-        };
-        let mut answers = Vec::with_capacity(checks.len());
-        for (conn, session) in checks {
-            answers.push((conn.clone(), self.ask_session(&user, &session, &conn).await));
-        }
-        let now = now_ms();
-        let (_, state) = self.update(&user, |c| {
-            for (conn, live) in answers {
-                c.confirmed(&conn, live, now);
+        let user = self.with_core(|id, core| {
+            if id.is_some() {
+                core.alarm(now_ms());
             }
-            c.tick(now);
+            id.clone()
         })?;
-        self.publish(&user, state).await;
-        self.schedule().await
+        match user {
+            Some(user) => self.carry_out(&user).await,
+            None => Ok(()),
+        }
     }
 
     /// Whether `session` still has `conn`; `None` when it cannot be asked.
