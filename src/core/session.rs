@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_FRAME_BYTES;
 use sesh_protocol::{
-    ClientFrame, ErrorCode, KindStats, NewPoint, ServerFrame, Session, SessionStatus, StoredPoint,
+    session_id_unix_ms, ClientFrame, CreateSession, ErrorCode, KindStats, NewPoint, ServerFrame,
+    Session, SessionStatus, StoredPoint,
 };
 
 pub use flush::{retry_backoff_ms, FlushBatch};
@@ -76,6 +77,30 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The record of session `id`, created by `owner` on `plan` (whose cap
+    /// of live connections is `max_participants`) at `now`. Its start is the
+    /// time its v7 id encodes, so it lies in the id's month (the partition
+    /// its row goes to); `now` for an id of another version.
+    pub fn new(
+        id: String,
+        (owner, plan, max_participants): (&str, &str, u64),
+        create: CreateSession,
+        now: Millis,
+    ) -> Meta {
+        Meta {
+            started_at: session_id_unix_ms(&id).unwrap_or(now),
+            id,
+            owner_id: owner.to_owned(),
+            title: create.title,
+            members: create.members.unwrap_or_default(),
+            metadata: create.metadata.unwrap_or_default(),
+            status: SessionStatus::Active,
+            ended_at: None,
+            max_participants,
+            owner_plan: plan.to_owned(),
+        }
+    }
+
     /// Whether `user` may read, join and write.
     pub fn is_member(&self, user: &str) -> bool {
         self.owner_id == user || self.members.iter().any(|m| m == user)

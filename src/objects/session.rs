@@ -9,8 +9,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use sesh_protocol::{
-    parse_body, parse_optional_body, session_id_unix_ms, CreateSession, KindStats, PointsAccepted,
-    PointsBatch, SessionStatus,
+    parse_body, parse_optional_body, CreateSession, KindStats, PointsAccepted, PointsBatch,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -432,19 +431,8 @@ impl ActiveSessionDO {
             .map(|p| p.participants_per_session)
             .ok_or_else(|| ApiError::Internal(format!("unknown plan {}", caller.plan)))?;
         let now = now_ms();
-        let meta = Meta {
-            // The start lies in the month the v7 id encodes (its partition).
-            started_at: session_id_unix_ms(&id).unwrap_or(now),
-            id,
-            owner_id: caller.user.clone(),
-            title: create.title,
-            members: create.members.unwrap_or_default(),
-            metadata: create.metadata.unwrap_or_default(),
-            status: SessionStatus::Active,
-            ended_at: None,
-            max_participants,
-            owner_plan: caller.plan.clone(),
-        };
+        let owner = (caller.user.as_str(), caller.plan.as_str(), max_participants);
+        let meta = Meta::new(id, owner, create, now);
         let core = SessionCore::create(meta, self.cfg, now);
         let view = core.view();
         *self.core.borrow_mut() = Loaded::Live(Box::new(core));

@@ -1358,3 +1358,24 @@ fn point_frames_built_from_stored_json_are_the_wire_point_frame() {
 // dev-dependency.
 #[cfg(not(target_arch = "wasm32"))]
 mod world;
+
+#[test]
+fn a_new_record_starts_at_its_v7_ids_time() {
+    let create = CreateSession {
+        title: Some("run".into()),
+        members: Some(vec!["bob".into()]),
+        metadata: None,
+    };
+    let id = crate::ids::new_session_id(T0 - 5_000);
+    let m = Meta::new(id.clone(), ("ann", "pro", 25), create.clone(), T0);
+    assert_eq!((m.started_at, m.id.as_str()), (T0 - 5_000, id.as_str()));
+    assert_eq!((m.owner_id.as_str(), m.owner_plan.as_str()), ("ann", "pro"));
+    assert_eq!(
+        (m.members.len(), m.max_participants, m.ended_at),
+        (1, 25, None)
+    );
+    assert!(m.metadata.is_empty() && m.status == SessionStatus::Active);
+    // A v4 id encodes no time: the record starts now.
+    let v4 = "0190a6b2-7c3d-4e4f-8a5b-6c7d8e9f0a1b".to_owned();
+    assert_eq!(Meta::new(v4, ("ann", "pro", 25), create, T0).started_at, T0);
+}
