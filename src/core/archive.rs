@@ -5,7 +5,7 @@
 //! **Format.** One object per session at
 //! `archive/sessions/{YYYY}/{sessionId}.ndjson.gz` (YYYY: the start year):
 //! gzip of NDJSON whose first line is the session as `GET /v1/sessions`
-//! lists it (`{"id","ownerId",…,"pointCount","lastSeq"}`), then one line
+//! lists it (`{"id","ownerId",…,"pointCount","lastSeq","stats"}`), then one line
 //! per point in seq order, each exactly as `GET …/points` shows it. The
 //! object's SHA-256 (hex, of the gzip bytes) and point count are recorded
 //! in D1 (`archives`) and in the manifest of the start quarter,

@@ -377,18 +377,14 @@ fn stats_column(id: &str) -> String {
     )
 }
 
+// A kind whose figures do not read back is left out rather than failing
+// the whole list: a sum beyond the range of a double is written as `null`.
 fn stats_col(row: &Value) -> Result<BTreeMap<String, KindStats>, RowError> {
     let pairs: Vec<(String, String)> = json_col(row, "stats")?;
-    pairs
+    Ok(pairs
         .into_iter()
-        .map(|(kind, figures)| {
-            let f = serde_json::from_str(&figures).map_err(|e| RowError::Json {
-                column: "stats",
-                detail: e.to_string(),
-            })?;
-            Ok((kind, f))
-        })
-        .collect()
+        .filter_map(|(kind, figures)| Some((kind, serde_json::from_str(&figures).ok()?)))
+        .collect())
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(

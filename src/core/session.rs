@@ -879,6 +879,7 @@ impl SessionCore {
                 };
                 self.send(&conn, &frame);
             }
+            self.schedule();
             return;
         }
         for (key, seq) in w.ids {
@@ -1234,7 +1235,9 @@ impl SessionCore {
                 self.push_settle(s);
             }
         }
-        if self.next_flush_at().is_some_and(|at| at <= now) {
+        // Not while numbered points wait to be stored: a flush carries the
+        // live figures, which must count exactly the stored points.
+        if self.write.is_none() && self.next_flush_at().is_some_and(|at| at <= now) {
             let batch = self.st.flush.start(
                 self.st.last_seq,
                 self.st.meta_version,

@@ -291,7 +291,15 @@ impl PresenceDO {
         let mut checks = Vec::new();
         loop {
             match self.with_core(|_, c| c.poll())? {
-                Some(Decision::Save(state)) => self.save(user, &state)?,
+                Some(Decision::Save(state)) => {
+                    if let Err(e) = self.save(user, &state) {
+                        // A change not stored is not published either: the
+                        // core (and what it still had to do) is dropped and
+                        // read again from storage by the next call.
+                        *self.core.borrow_mut() = None;
+                        return Err(e);
+                    }
+                }
                 Some(Decision::Publish(state)) => self.publish(user, &state).await,
                 Some(Decision::Check { conn, session }) => checks.push((conn, session)),
                 Some(Decision::WakeAt(at)) => {

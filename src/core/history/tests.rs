@@ -731,3 +731,46 @@ fn listed_and_found_sessions_carry_the_stats_the_flush_wrote_exactly() {
     let listed = list_all(&db, "ann", ListParams::default(), now);
     assert_eq!(listed[0].stats.len(), 6002);
 }
+
+#[test]
+fn figures_of_any_double_read_back_exactly_and_a_broken_one_is_left_out() {
+    let db = testdb::open();
+    let now = ms(2026, 3, 10);
+    let s = Sess::new(now - DAY_MS, "ann", &[]);
+    apply(&db, vec![s.write(now)]);
+    let mut rng = Rng(7);
+    let any = |rng: &mut Rng| {
+        let x = f64::from_bits(rng.next());
+        if x.is_finite() {
+            x
+        } else {
+            0.5
+        }
+    };
+    let figures: Vec<(String, KindStats)> = (0..500)
+        .map(|i| {
+            let f = KindStats {
+                count: 1,
+                sum: any(&mut rng),
+                min: any(&mut rng),
+                max: any(&mut rng),
+                last: any(&mut rng),
+            };
+            (format!("k{i}"), f)
+        })
+        .collect();
+    testdb::batch(&db, &write_stats(&s.id, &figures));
+    // A sum beyond a double's range is written as null: that kind is left
+    // out, the rest of the answer stands.
+    let overflow = KindStats {
+        count: 2,
+        sum: f64::INFINITY,
+        min: 1e308,
+        max: 1e308,
+        last: 1e308,
+    };
+    testdb::batch(&db, &write_stats(&s.id, &[("huge".into(), overflow)]));
+    let listed = list_all(&db, "ann", ListParams::default(), now);
+    let want: BTreeMap<String, KindStats> = figures.into_iter().collect();
+    assert_eq!(listed[0].stats, want);
+}

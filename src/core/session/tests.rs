@@ -1379,3 +1379,36 @@ fn a_new_record_starts_at_its_v7_ids_time() {
     let v4 = "0190a6b2-7c3d-4e4f-8a5b-6c7d8e9f0a1b".to_owned();
     assert_eq!(Meta::new(v4, ("ann", "pro", 25), create, T0).started_at, T0);
 }
+
+#[test]
+fn a_flush_never_starts_while_numbered_points_wait_to_be_stored() {
+    let mut c = created(meta(5), Config::default());
+    c.add_units(20, day_of(T0), T0);
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    let point = |c: &mut SessionCore, kind: &str| {
+        let text = format!(r#"{{"type":"point","kind":"{kind}","value":1}}"#);
+        c.on_text("c1", &text, T0, &mut NoIds);
+        drain(c)
+    };
+    let mut first = None;
+    for _ in 0..20 {
+        first = first.or(flush_job(&point(&mut c, "a")));
+    }
+    let first = first.expect("a full batch goes at once");
+    assert_eq!((first.batch.to, c.last_seq()), (10, 20));
+    // The 21st point waits for units; once they are granted it is numbered
+    // and its write queued, not stored yet, when the first flush lands with
+    // a full batch pending.
+    point(&mut c, "b");
+    c.granted(200, day_of(T0), T0, &mut NoIds);
+    c.flush_done(first.batch, true, T0);
+    let ds: Vec<Decision> = std::iter::from_fn(|| c.poll()).collect();
+    assert!(ds.iter().any(|d| matches!(d, Decision::Store(_))), "{ds:?}");
+    assert_eq!(flush_job(&ds), None, "no flush while a write waits");
+    c.stored(false, T0);
+    let next = flush_job(&drain(&mut c)).expect("the stored points go now");
+    assert_eq!((next.batch.from, next.batch.to), (11, 20));
+    let kinds: Vec<&str> = next.stats.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["a"], "no figure of the failed write reaches D1");
+}
