@@ -234,6 +234,16 @@ impl ExportRow {
     }
 }
 
+/// Failed steps in a row after which the export is marked `failed`.
+pub const MAX_FAILURES: u32 = 20;
+
+/// After the `failures`-th failed step in a row: the wait before the next
+/// attempt (1 s doubling to a minute, as a session's D1 retries), or `None`
+/// when the export gives up and is marked failed ([`fail`]).
+pub fn retry_after(failures: u32) -> Option<Millis> {
+    (failures < MAX_FAILURES).then(|| crate::core::session::retry_backoff_ms(failures) as Millis)
+}
+
 /// What is left after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

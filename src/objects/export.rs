@@ -19,9 +19,6 @@ use crate::time::now_ms;
 const K_ID: &str = "id";
 const K_FAILURES: &str = "failures";
 
-/// Failed steps in a row after which the export is marked `failed`.
-const MAX_FAILURES: u32 = 20;
-
 /// One user export (CONTRACT.md section 9).
 #[durable_object]
 pub struct ExportDO {
@@ -108,13 +105,12 @@ impl ExportDO {
                     .unwrap_or(0)
                     + 1;
                 storage.put(K_FAILURES, failures).await.map_err(internal)?;
-                if failures >= MAX_FAILURES {
-                    query(&cloud, export::fail(&id, &e.to_string(), now_ms())).await?;
-                    return Err(e.into());
+                match export::retry_after(failures) {
+                    Some(wait) => http::set_alarm(&self.state, now_ms() + wait).await?,
+                    None => {
+                        query(&cloud, export::fail(&id, &e.to_string(), now_ms())).await?;
+                    }
                 }
-                // Backoff: 1 s doubling to a minute, then the alarm retries.
-                let wait = 1000i64 << failures.min(6);
-                http::set_alarm(&self.state, now_ms() + wait.min(60_000)).await?;
                 Err(e.into())
             }
         }

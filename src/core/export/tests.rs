@@ -177,3 +177,12 @@ fn a_user_without_data_gets_an_empty_gzip_file() {
     assert_eq!(row.sha256.unwrap(), sha256_hex(&bytes));
     assert!(ExportRow::from_rows(&[]).unwrap().is_none());
 }
+
+#[test]
+fn failed_steps_back_off_to_a_minute_then_the_export_gives_up() {
+    let waits: Vec<Option<Millis>> = (1..=7).map(retry_after).collect();
+    let secs = [1, 2, 4, 8, 16, 32, 60].map(|s| Some(s * 1000));
+    assert_eq!(waits, secs);
+    assert_eq!(retry_after(MAX_FAILURES - 1), Some(60_000));
+    assert_eq!(retry_after(MAX_FAILURES), None);
+}
