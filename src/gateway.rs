@@ -437,9 +437,12 @@ impl Gateway<'_> {
         match answer.status {
             200 => Ok(()),
             429 => {
+                // The quota object words the refusal.
                 let d: QuotaDecision = answer.parse()?;
                 Err(ApiError::QuotaExceeded {
-                    message: "monthly sessions quota exceeded".into(),
+                    message: d
+                        .error
+                        .map_or_else(|| "sessions quota exceeded".into(), |e| e.message),
                     retry_after_ms: d.retry_after_ms,
                 })
             }
