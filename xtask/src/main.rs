@@ -259,3 +259,30 @@ fn browser_client_tests(root: &Path, tools: &setup::Tools, chromium: &Path) -> R
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench_args(line: &str) -> Vec<String> {
+        let cli = Cli::try_parse_from(line.split_whitespace()).expect("parses");
+        let Cmd::Bench { args } = cli.command else {
+            panic!("{line} is a bench command");
+        };
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn bench_hands_the_rest_of_the_line_to_the_benchmarks_help_included() {
+        assert_eq!(
+            bench_args("xtask bench sessions --rounds 3 --targets rust"),
+            ["sessions", "--rounds", "3", "--targets", "rust"]
+        );
+        assert_eq!(bench_args("xtask bench --help"), ["--help"]);
+        assert_eq!(bench_args("xtask bench quota -h"), ["quota", "-h"]);
+        assert!(bench_args("xtask bench").is_empty());
+        assert!(Cli::try_parse_from(["xtask", "dev", "--port", "x"]).is_err());
+    }
+}
