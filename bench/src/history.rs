@@ -10,8 +10,7 @@ use anyhow::{Context, Result};
 use reqwest::Client;
 use serde_json::{json, Map, Value};
 use sesh::core::history::{write_points, write_session, PartitionWrite, SessionRecord};
-use sesh::core::partition::{Existing, Month, Statement, LIST_PARTITIONS};
-use sesh::core::rollup;
+use sesh::core::partition::{Month, Statement};
 use sesh_protocol::SessionStatus;
 
 use super::drive::{self, block_on, expect, fail, send, Errors};
@@ -103,9 +102,9 @@ impl Options {
         let marks_sql = "SELECT count(*) AS n FROM rollup_marks";
         let marks = count(&c, base, marks_sql).await?;
         let t0 = Instant::now();
-        let (mut runs, mut via) = (0, "scheduled");
+        let mut runs = 0;
         loop {
-            via = roll_up(&c, base, now, via).await?;
+            roll_up(&c, base, now).await?;
             runs += 1;
             let left = count(&c, base, marks_sql).await?;
             if left == 0 || runs >= 200 {
@@ -154,7 +153,7 @@ impl Options {
         let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round_to(a / b, 3));
         Ok(fields! {
             "rollup_points_per_s": (seeded as f64 / rollup_s).round(),
-            "rollup_s": round_to(rollup_s, 2), "rollup_runs": runs, "rollup_via": via, "marks": marks,
+            "rollup_s": round_to(rollup_s, 2), "rollup_runs": runs, "marks": marks,
             "list_1m_p50_ms": p50_1, "list_1m_p99_ms": p99_1, "list_24m_p50_ms": p50_24,
             "list_24m_p99_ms": p99_24, "list_p50_ratio": ratio(p50_24, p50_1),
             "list_p99_ratio": ratio(p99_24, p99_1), "points": seeded, "users": self.users,
@@ -203,28 +202,11 @@ pub(super) fn record<'a>(
     }
 }
 
-/// One roll-up run as of `now`, the scheduled handler's:
-/// `GET /cdn-cgi/handler/scheduled` (`via` "scheduled"), or, where the
-/// runtime cannot deliver the event (wrangler 4.86 with `[assets]` answers
-/// 500 `exception`: a DataCloneError on `ScheduledController`), the same
-/// statements (`sesh::core::rollup`, one batch per marked month) through
-/// the test route (`via` "test_d1"). Answers how it ran.
-async fn roll_up(c: &Client, base: &str, now: i64, via: &'static str) -> Result<&'static str> {
+/// One roll-up run as of `now`: the scheduled handler, through
+/// `GET /cdn-cgi/handler/scheduled`.
+async fn roll_up(c: &Client, base: &str, now: i64) -> Result<()> {
     let url = format!("{base}/cdn-cgi/handler/scheduled?cron=*&time={now}");
-    if via == "scheduled" && send(c.get(url)).await.is_ok_and(|r| r.status == 200) {
-        return Ok(via);
-    }
-    let found = [
-        Statement::new(LIST_PARTITIONS, vec![]),
-        rollup::marked_months(12),
-    ];
-    let found = d1(c, base, found.into()).await?;
-    let existing = Existing::from_rows(&found[0])?;
-    for month in rollup::parse_marked_months(&found[1])? {
-        let batch = rollup::rollup_batch(month, &existing, rollup::DEFAULT_MARKS_PER_BATCH);
-        d1(c, base, batch).await?;
-    }
-    Ok("test_d1")
+    expect(c.get(url), 200, "scheduled run").await.map(drop)
 }
 
 /// Runs statements as one D1 batch; the rows of each.

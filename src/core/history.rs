@@ -431,7 +431,8 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
 /// Upserts a session's figures per kind into `session_stats` (CONTRACT.md
 /// section 5: listed sessions carry `stats`), for the flush's batch: JSON
 /// arrays of `[kind, figures as JSON text]` of at most
-/// `core::d1::MAX_CHUNK_BYTES`, one bound parameter per statement.
+/// `core::d1::MAX_CHUNK_BYTES`, bound with the session id, one statement
+/// per array.
 pub fn write_stats(session_id: &str, stats: &[(String, KindStats)]) -> Vec<Statement> {
     let mut arrays: Vec<Vec<Value>> = Vec::new();
     let mut size = 0;

@@ -127,7 +127,7 @@ impl PresenceCore {
         self.out.pop_front()
     }
 
-    /// The state as stored.
+    /// The state in memory (what the next `Save` will store).
     pub fn state(&self) -> &PresenceState {
         &self.state
     }

@@ -199,7 +199,8 @@ pub struct Write {
 }
 
 /// One D1 flush: the seq range, the session row's data, the point count,
-/// and the live `stats` of the kinds the range's points changed.
+/// and the live `stats` of every kind changed after the points already in
+/// D1 (they may count stored points past the range).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlushJob {
     /// The seq range and the record version.

@@ -163,9 +163,9 @@ impl Stats {
     }
 
     /// The figures of the kinds changed by a point after seq `after`, for
-    /// a flush of the points `after+1 ..= to` (none when `to <= after`). A
-    /// kind restored from storage may have changed anywhere up to the last
-    /// stored seq, so it goes with every flush until one past it went out.
+    /// a flush of the points `after+1 ..= to`. A kind restored from storage
+    /// may have changed anywhere up to the last stored seq, so it goes with
+    /// every flush (a row-only one too) until one past it went out.
     pub fn since(&mut self, after: u64, to: u64) -> Vec<(String, KindStats)> {
         let mut out = Vec::new();
         for (k, f) in &mut self.by_kind {
