@@ -367,13 +367,21 @@ fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
     )
 }
 
+/// The kinds whose figures a session read from D1 carries at most (the
+/// first by name): a kind's figures take about 200 bytes, and D1 answers
+/// no value over 2 MB, so a session with many thousands of kinds must not
+/// fail every list it is in. `GET /v1/sessions/{id}` of a live session
+/// has them all.
+pub const MAX_LISTED_KINDS: usize = 256;
+
 // The `stats` of session `id` as one JSON array of `[kind, figures]`, the
 // figures as the flush wrote them (JSON text, kept as a string: reading
 // them back as JSON would print the numbers again, with fewer digits).
 fn stats_column(id: &str) -> String {
     format!(
-        "(SELECT json_group_array(json_array(st.kind, st.stats)) FROM session_stats AS st \
-         WHERE st.session_id = {id}) AS stats"
+        "(SELECT json_group_array(json_array(st.kind, st.stats)) FROM \
+         (SELECT kind, stats FROM session_stats WHERE session_id = {id} \
+         ORDER BY kind LIMIT {MAX_LISTED_KINDS}) AS st) AS stats"
     )
 }
 
