@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
 use sesh_protocol::{
     KindStats, PointsPage, SessionList, SessionStatus, SessionSummary, StoredPoint,
@@ -442,33 +442,21 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
 /// `core::d1::MAX_CHUNK_BYTES`, bound with the session id, one statement
 /// per array.
 pub fn write_stats(session_id: &str, stats: &[(String, KindStats)]) -> Vec<Statement> {
-    let mut arrays: Vec<Vec<Value>> = Vec::new();
-    let mut size = 0;
+    let mut arrays = Vec::new();
     for (kind, figures) in stats {
         let text = serde_json::to_string(figures).unwrap_or_default();
-        let pair = Value::from(vec![Value::from(kind.as_str()), Value::from(text)]);
-        let len = pair.to_string().len() + 1;
-        match arrays.last_mut() {
-            Some(a) if size + len <= MAX_CHUNK_BYTES => a.push(pair),
-            _ => {
-                arrays.push(vec![pair]);
-                size = 0;
-            }
-        }
-        size += len;
+        push_chunked(&mut arrays, &json!([kind, text]).to_string());
     }
     arrays
         .into_iter()
-        .map(|a| {
+        .map(|mut a| {
+            a.push(']');
             Statement::new(
                 "INSERT INTO session_stats (session_id, kind, stats) \
                  SELECT ?1, json_extract(s.value, '$[0]'), json_extract(s.value, '$[1]') \
                  FROM json_each(?2) AS s WHERE true \
                  ON CONFLICT (session_id, kind) DO UPDATE SET stats = excluded.stats",
-                vec![
-                    Value::from(session_id),
-                    Value::from(Value::from(a).to_string()),
-                ],
+                vec![Value::from(session_id), Value::from(a)],
             )
         })
         .collect()
@@ -566,6 +554,19 @@ pub fn write_session(rec: &SessionRecord<'_>, now: Millis) -> PartitionWrite {
     }
 }
 
+/// Appends the JSON text `item` to the last of `arrays` (JSON arrays left
+/// open, to be closed with `]`) while it stays within `MAX_CHUNK_BYTES`,
+/// else opens a new one: each array is one bound parameter.
+fn push_chunked(arrays: &mut Vec<String>, item: &str) {
+    match arrays.last_mut() {
+        Some(arr) if arr.len() + item.len() + 2 <= MAX_CHUNK_BYTES => {
+            arr.push(',');
+            arr.push_str(item);
+        }
+        _ => arrays.push(format!("[{item}")),
+    }
+}
+
 /// The statements of a flush's points of session `session_id`: stored
 /// points `(ts, JSON as the API returns it)` grouped by
 /// [`write_partition`]`(ts, now)` into JSON arrays of at most
@@ -588,14 +589,7 @@ pub fn write_points(
                 out.len() - 1
             }
         };
-        let arrays = &mut out[idx].1;
-        match arrays.last_mut() {
-            Some(arr) if arr.len() + body.len() + 2 <= MAX_CHUNK_BYTES => {
-                arr.push(',');
-                arr.push_str(body);
-            }
-            _ => arrays.push(format!("[{body}")),
-        }
+        push_chunked(&mut out[idx].1, body);
     }
     out.into_iter()
         .map(|(span, arrays)| PartitionWrite {

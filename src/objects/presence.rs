@@ -263,17 +263,17 @@ impl PresenceDO {
         user: &str,
         event: impl FnOnce(&mut PresenceCore),
     ) -> Result<sesh_protocol::Presence, ApiError> {
-        self.with_core(|id, core| {
+        self.feed(|id, core| {
             event(core);
             *id = Some(user.to_owned());
         })?;
         self.carry_out(user).await?;
-        self.with_core(|_, core| core.view(user, now_ms()))
+        self.feed(|_, core| core.view(user, now_ms()))
     }
 
-    /// `f` on the loaded core (and the user id, once known); no borrow is
-    /// held across an await.
-    fn with_core<T>(
+    /// `f` on the loaded core (and the user id, once known): an event, a
+    /// poll or a read; no borrow is held across an await.
+    fn feed<T>(
         &self,
         f: impl FnOnce(&mut Option<String>, &mut PresenceCore) -> T,
     ) -> Result<T, ApiError> {
@@ -290,7 +290,7 @@ impl PresenceDO {
     async fn carry_out(&self, user: &str) -> Result<(), ApiError> {
         let mut checks = Vec::new();
         loop {
-            match self.with_core(|_, c| c.poll())? {
+            match self.feed(|_, c| c.poll())? {
                 Some(Decision::Save(state)) => {
                     if let Err(e) = self.save(user, &state) {
                         // A change not stored is not published either: the
@@ -313,7 +313,7 @@ impl PresenceDO {
                         answers.push((conn, live));
                     }
                     let now = now_ms();
-                    self.with_core(|_, c| {
+                    self.feed(|_, c| {
                         for (conn, live) in answers {
                             c.confirmed(&conn, live, now);
                         }
@@ -350,7 +350,7 @@ impl PresenceDO {
     /// nothing to expire.
     async fn on_alarm(&self) -> Result<(), ApiError> {
         self.load()?;
-        let user = self.with_core(|id, core| {
+        let user = self.feed(|id, core| {
             if id.is_some() {
                 core.alarm(now_ms());
             }
