@@ -6,9 +6,9 @@ use serde_json::Value;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, Env};
 
-use crate::core::partition::{Existing, Statement, LIST_PARTITIONS};
+use crate::edge::http::internal;
 use crate::error::ApiError;
-use crate::http::internal;
+use sesh_core::data::partition::{Existing, Statement, LIST_PARTITIONS};
 
 /// The D1 database.
 pub fn database(env: &Env) -> Result<D1Database, ApiError> {

@@ -7,7 +7,11 @@
 
 use sesh_protocol::{BodyError, ErrorBody, ErrorCode, FrameError};
 
-use crate::auth::AuthError;
+use sesh_core::auth::AuthError;
+use sesh_core::calls::CallError;
+use sesh_core::quota::QuotaError;
+use sesh_core::route::RouteError;
+use sesh_core::session::SessionError;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,25 +204,76 @@ impl From<FrameError> for ApiError {
     }
 }
 
-impl From<crate::core::history::QueryError> for ApiError {
-    fn from(e: crate::core::history::QueryError) -> Self {
+impl From<sesh_core::data::history::QueryError> for ApiError {
+    fn from(e: sesh_core::data::history::QueryError) -> Self {
         ApiError::BadRequest(e.to_string())
     }
 }
 
-impl From<crate::core::partition::RowError> for ApiError {
-    fn from(e: crate::core::partition::RowError) -> Self {
+impl From<sesh_core::data::partition::RowError> for ApiError {
+    fn from(e: sesh_core::data::partition::RowError) -> Self {
         ApiError::Internal(format!("D1 row: {e}"))
     }
 }
 
-impl From<crate::core::rollup::MetricsError> for ApiError {
-    fn from(e: crate::core::rollup::MetricsError) -> Self {
+impl From<sesh_core::data::rollup::MetricsError> for ApiError {
+    fn from(e: sesh_core::data::rollup::MetricsError) -> Self {
         match e {
-            crate::core::rollup::MetricsError::TooManyBuckets => {
+            sesh_core::data::rollup::MetricsError::TooManyBuckets => {
                 ApiError::BadRequest(e.to_string())
             }
-            crate::core::rollup::MetricsError::Row(r) => r.into(),
+            sesh_core::data::rollup::MetricsError::Row(r) => r.into(),
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::BadRequest(m) => Self::BadRequest(m),
+            RouteError::NotFound(m) => Self::NotFound(m),
+            RouteError::MethodNotAllowed { allow } => Self::MethodNotAllowed { allow },
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Forbidden(m) => Self::Forbidden(m),
+            SessionError::Ended => Self::SessionEnded,
+            SessionError::Validation(m) => Self::Validation(m),
+            SessionError::QuotaExceeded {
+                message,
+                retry_after_ms,
+            } => Self::QuotaExceeded {
+                message,
+                retry_after_ms,
+            },
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::UnknownPlan(_) => Self::Validation(e.to_string()),
+            QuotaError::Encode(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        Self::Internal(format!("internal call: {e}"))
+    }
+}
+
+impl From<sesh_core::lifecycle::store::LifecycleError> for ApiError {
+    fn from(e: sesh_core::lifecycle::store::LifecycleError) -> Self {
+        match e {
+            sesh_core::lifecycle::store::LifecycleError::Store(m) => Self::Unavailable(m),
+            other => Self::Internal(other.to_string()),
         }
     }
 }

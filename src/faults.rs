@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use serde_json::Value;
 
-use crate::core::partition::Statement;
-use crate::core::store::{Backend, LifecycleError};
+use sesh_core::data::partition::Statement;
+use sesh_core::lifecycle::store::{Backend, LifecycleError};
 
 static D1_FAILING: AtomicBool = AtomicBool::new(false);
 static PRESENCE_FAILING: AtomicBool = AtomicBool::new(false);

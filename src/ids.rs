@@ -3,7 +3,7 @@
 
 use uuid::{NoContext, Timestamp, Uuid};
 
-use crate::time::Millis;
+use sesh_core::time::Millis;
 
 /// A new session id: a UUIDv7 carrying `now_ms`.
 pub fn new_session_id(now_ms: Millis) -> String {

@@ -8,13 +8,13 @@ use serde_json::Value;
 use sesh_protocol::PointsPage;
 use worker::{Bucket, D1Database, Env};
 
-use crate::core::lifecycle::{self, LifecycleConfig, Report};
-use crate::core::partition::Statement;
-use crate::core::store::{Backend, LifecycleError};
 use crate::db;
+use crate::edge::http;
 use crate::error::ApiError;
-use crate::http;
-use crate::time::Millis;
+use sesh_core::data::partition::Statement;
+use sesh_core::lifecycle::store::{Backend, LifecycleError};
+use sesh_core::lifecycle::{self, LifecycleConfig, Report};
+use sesh_core::time::Millis;
 
 /// D1 and the archive bucket.
 pub struct Cloud {
@@ -64,15 +64,6 @@ impl Backend for Cloud {
     }
 }
 
-impl From<LifecycleError> for ApiError {
-    fn from(e: LifecycleError) -> Self {
-        match e {
-            LifecycleError::Store(d) => ApiError::Unavailable(d),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
 /// The lifecycle settings from the vars; a malformed var is logged and the
 /// defaults used (the scheduled run must go on).
 pub fn config(env: &Env) -> LifecycleConfig {
@@ -102,7 +93,7 @@ pub async fn ended_points(
     limit: u64,
 ) -> Result<Option<PointsPage>, ApiError> {
     let cloud = Cloud::new(env)?;
-    Ok(crate::core::archive::ended_points(&cloud, session_id, after_seq, limit).await?)
+    Ok(sesh_core::lifecycle::archive::ended_points(&cloud, session_id, after_seq, limit).await?)
 }
 
 /// The `stats` of an ended session from D1 or, once its points are
@@ -112,7 +103,7 @@ pub async fn ended_stats(
     session_id: &str,
 ) -> Result<std::collections::BTreeMap<String, sesh_protocol::KindStats>, ApiError> {
     let cloud = Cloud::new(env)?;
-    Ok(crate::core::archive::ended_stats(&cloud, session_id).await?)
+    Ok(sesh_core::lifecycle::archive::ended_stats(&cloud, session_id).await?)
 }
 
 /// Test builds only (`GET /__test/r2?prefix=`): every object of the
@@ -142,7 +133,7 @@ pub async fn test_listing(env: &Env, prefix: &str) -> Result<Vec<Value>, ApiErro
         out.push(serde_json::json!({
             "key": key,
             "bytes": bytes.len(),
-            "sha256": crate::core::archive::sha256_hex(&bytes),
+            "sha256": sesh_core::lifecycle::archive::sha256_hex(&bytes),
         }));
     }
     Ok(out)

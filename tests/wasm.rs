@@ -7,8 +7,8 @@
 use serde_json::json;
 use wasm_bindgen_test::wasm_bindgen_test;
 
-use sesh::auth::{self, AuthError};
 use sesh::{ids, time};
+use sesh_core::auth::{self, AuthError};
 use sesh_protocol::{ClientFrame, FrameError, ServerFrame};
 
 const SECRET: &[u8] = b"wasm-secret";
@@ -47,8 +47,8 @@ fn clock_is_real_utc_milliseconds() {
     // After 2025-01-01 and before 2100: a real clock, in milliseconds.
     assert!(a > 1_735_689_600_000 && a < 4_102_444_800_000, "{a}");
     assert!(time::now_ms() >= a);
-    assert_eq!(time::rfc3339(0), "1970-01-01T00:00:00.000Z");
-    assert_eq!(time::month_suffix(1_769_904_000_000), "2026_02");
+    assert_eq!(sesh_core::time::rfc3339(0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(sesh_core::time::month_suffix(1_769_904_000_000), "2026_02");
 }
 
 #[wasm_bindgen_test]
@@ -90,8 +90,8 @@ fn protocol_parsing_matches_native() {
 
 #[wasm_bindgen_test]
 fn quota_gcra_and_calendar_counters_match_native() {
-    use sesh::config::Plans;
-    use sesh::core::quota::QuotaState;
+    use sesh_core::config::Plans;
+    use sesh_core::quota::QuotaState;
     use sesh_protocol::Resource;
 
     let plans = Plans::default();
@@ -113,7 +113,7 @@ fn quota_gcra_and_calendar_counters_match_native() {
 
 #[wasm_bindgen_test]
 fn session_flood_limit_runs_on_the_virtual_clock() {
-    use sesh::core::session::{Config, Decision, Meta, NoIds, SessionCore};
+    use sesh_core::session::{Config, Decision, Meta, NoIds, SessionCore};
     use sesh_protocol::SessionStatus;
 
     let now = time::now_ms();

@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use reqwest::Client;
 use serde_json::{json, Map, Value};
-use sesh::core::history::{write_points, write_session, PartitionWrite, SessionRecord};
-use sesh::core::partition::{Month, Statement};
+use sesh_core::data::history::{write_points, write_session, PartitionWrite, SessionRecord};
+use sesh_core::data::partition::{Month, Statement};
 use sesh_protocol::SessionStatus;
 
 use super::drive::{self, block_on, expect, fail, send, Errors};
@@ -130,7 +130,7 @@ impl Options {
             }
             d1_batch(&c, base, &mut batch).await?;
         }
-        let (rfc, mut lat) = (sesh::time::rfc3339, [Vec::new(), Vec::new()]);
+        let (rfc, mut lat) = (sesh_core::time::rfc3339, [Vec::new(), Vec::new()]);
         for i in 0..self.requests * 2 {
             let from = rfc(month([1, 23][i % 2]).start_ms());
             let url = format!("{base}/v1/sessions?from={from}&to={}", rfc(now + 1000));

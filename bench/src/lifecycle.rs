@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::{json, Map, Value};
-use sesh::core::archive::sha256_hex;
-use sesh::core::history::{write_points, write_session};
-use sesh::core::partition::Month;
+use sesh_core::data::history::{write_points, write_session};
+use sesh_core::data::partition::Month;
+use sesh_core::lifecycle::archive::sha256_hex;
 use sesh_protocol::SessionStatus;
 
 use super::drive::{self, block_on, expect, fail, send, Errors};
@@ -170,8 +170,8 @@ impl Options {
     }
 }
 
-fn sql(s: &str) -> sesh::core::partition::Statement {
-    sesh::core::partition::Statement::new(s, vec![])
+fn sql(s: &str) -> sesh_core::data::partition::Statement {
+    sesh_core::data::partition::Statement::new(s, vec![])
 }
 
 /// Scheduled runs as of `now`, one after the other, until `query`'s `n`

@@ -197,7 +197,7 @@ pub async fn d1_at(base: &str, sql: &str) -> Vec<Value> {
 /// each statement's rows.
 pub async fn d1_batch_at(
     base: &str,
-    stmts: &[sesh::core::partition::Statement],
+    stmts: &[sesh_core::data::partition::Statement],
 ) -> Vec<Vec<Value>> {
     let body = serde_json::json!({ "batch": stmts })
         .to_string()

@@ -191,7 +191,7 @@ async fn two_clients_survive_a_sigkill_with_every_point_once() {
     }
     let ended = ca.end_session(&id).await.expect("end");
     assert_eq!(ended.point_count, 2 * N as u64);
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     let rows: Vec<Value> = d1_at(
         &server.base,
         &format!(

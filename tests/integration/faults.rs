@@ -7,7 +7,7 @@ use crate::client::{call_at, create_session_at, d1_at, set_d1_failing_at, unique
 use crate::harness::{user_token, Server};
 
 async fn d1_seqs(base: &str, id: &str) -> Vec<u64> {
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     d1_at(
         base,
         &format!("SELECT seq FROM session_points_{month} WHERE session_id = '{id}' ORDER BY seq"),
@@ -19,7 +19,7 @@ async fn d1_seqs(base: &str, id: &str) -> Vec<u64> {
 }
 
 async fn d1_table_exists(base: &str) -> bool {
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     !d1_at(
         base,
         &format!("SELECT name FROM sqlite_master WHERE name = 'session_points_{month}'"),
@@ -206,7 +206,7 @@ async fn d1_failures_keep_points_pending_until_they_land_once() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(d1_seqs(&base, &id).await.len(), 23);
-    let rows: Vec<Value> = d1_at(&base, &format!("SELECT COUNT(*) AS n, COUNT(DISTINCT seq) AS d FROM session_points_{} WHERE session_id = '{id}'", sesh::time::month_suffix(sesh::time::now_ms()))).await;
+    let rows: Vec<Value> = d1_at(&base, &format!("SELECT COUNT(*) AS n, COUNT(DISTINCT seq) AS d FROM session_points_{} WHERE session_id = '{id}'", sesh_core::time::month_suffix(sesh::time::now_ms()))).await;
     assert_eq!(rows, vec![json!({"n": 23, "d": 23})]);
     drop(server);
 }

@@ -322,7 +322,7 @@ async fn started_at_lies_in_the_month_of_the_id() {
     let from_id = sesh_protocol::session_id_unix_ms(&id).expect("a v7 id");
     assert_eq!(
         g.body["startedAt"],
-        sesh::time::rfc3339(from_id),
+        sesh_core::time::rfc3339(from_id),
         "{}",
         g.text
     );
@@ -539,7 +539,7 @@ async fn an_alarm_whose_presence_step_fails_still_flushes_and_rearms() {
             .await;
         next_of(&mut ws, "ack").await;
     }
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     let sql = format!("SELECT seq FROM session_points_{month} WHERE session_id = '{id}'");
     let mut rows = Vec::new();
     for _ in 0..50 {

@@ -6,10 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
-use sesh::core::history::{write_points, write_session, SessionRecord};
-use sesh::core::partition::Statement;
-use sesh::core::rollup::{day_start, hour_start, month_start, week_start};
-use sesh::time::{now_ms, rfc3339};
+use sesh::time::now_ms;
+use sesh_core::data::history::{write_points, write_session, SessionRecord};
+use sesh_core::data::partition::Statement;
+use sesh_core::data::rollup::{day_start, hour_start, month_start, week_start};
+use sesh_core::time::rfc3339;
 use sesh_protocol::SessionStatus;
 
 use crate::client::{
@@ -244,7 +245,7 @@ async fn retired_session_reads_back_from_d1() {
     stmts.push(Statement::new(
         format!(
             "UPDATE sessions_{} SET point_count = 5 WHERE id = ?1",
-            sesh::time::month_suffix(started)
+            sesh_core::time::month_suffix(started)
         ),
         vec![json!(id)],
     ));
@@ -425,7 +426,7 @@ async fn metrics_of_points_across_30_months_match_a_direct_computation() {
         .iter()
         .filter_map(|r| r["name"].as_str().map(str::to_owned))
         .collect();
-    let yearly = sesh::time::month_suffix(now - 25 * MONTH)[..4].to_owned();
+    let yearly = sesh_core::time::month_suffix(now - 25 * MONTH)[..4].to_owned();
     assert!(
         tables.contains(&format!("session_points_{yearly}")),
         "{tables:?}"
@@ -433,7 +434,7 @@ async fn metrics_of_points_across_30_months_match_a_direct_computation() {
     assert!(
         tables.contains(&format!(
             "session_points_{}",
-            sesh::time::month_suffix(now - DAY)
+            sesh_core::time::month_suffix(now - DAY)
         )),
         "{tables:?}"
     );
@@ -564,7 +565,7 @@ async fn an_ended_session_retires_its_storage_and_still_reads_back() {
     );
     // A title only D1 has tells which answers: the live object keeps its
     // own. Written once the end's flush is in (it rewrites the row).
-    let month = sesh::time::month_suffix(sesh::core::history::v7_time(&id).unwrap());
+    let month = sesh_core::time::month_suffix(sesh_core::data::history::v7_time(&id).unwrap());
     let row = format!("SELECT status, point_count FROM sessions_{month} WHERE id = '{id}'");
     for _ in 0..100 {
         if d1_at(b, &row).await == vec![json!({"status": "ended", "point_count": 25})] {

@@ -11,9 +11,9 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use sesh::core::history::{write_points, write_session, SessionRecord};
-use sesh::core::partition::{Month, Statement};
 use sesh::time::now_ms;
+use sesh_core::data::history::{write_points, write_session, SessionRecord};
+use sesh_core::data::partition::{Month, Statement};
 use sesh_protocol::SessionStatus;
 use sha2::{Digest, Sha256};
 
@@ -31,7 +31,7 @@ const POINTS: usize = 10;
 
 // A session and its points written to D1 as a flush at `write_now` does.
 fn seed(id: &str, owner: &str, members: &[String], ts: &[i64], write_now: i64) -> Vec<Statement> {
-    let started = sesh::core::history::v7_time(id).expect("v7 id");
+    let started = sesh_core::data::history::v7_time(id).expect("v7 id");
     let points: Vec<(i64, String)> = ts
         .iter()
         .enumerate()
@@ -359,7 +359,7 @@ async fn thirty_months_move_archive_prune_and_export() {
         .map(|(id, _)| id.clone())
         .zip(want.iter().cloned())
         .collect();
-    expect.sort_by_key(|(id, _)| sesh::core::history::v7_time(id));
+    expect.sort_by_key(|(id, _)| sesh_core::data::history::v7_time(id));
     assert_eq!(got, expect, "exactly u's sessions and points");
     assert_eq!(status["sessions"], expect.len());
     assert_eq!(status["points"], 30 * POINTS + 2);

@@ -23,7 +23,7 @@ fn point(id: &str, kind: &str) -> Value {
 
 /// Rows of this session in a D1 points partition of the current month.
 async fn d1_points(id: &str) -> Vec<Value> {
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     d1_at(
         base(),
         &format!("SELECT seq, user_id, client_id, kind, value, data FROM session_points_{month} WHERE session_id = '{id}' ORDER BY seq"),
@@ -429,7 +429,7 @@ async fn end_notifies_closes_and_refuses_further_writes() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["client_id"], "e1");
     assert_eq!(rows[0]["data"], r#"{"k":"e1"}"#);
-    let month = sesh::time::month_suffix(sesh::time::now_ms());
+    let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     let s = d1_at(
         base(),
         &format!("SELECT status, point_count, owner_id FROM sessions_{month} WHERE id = '{id}'"),
@@ -485,7 +485,7 @@ async fn points_of_another_month_land_in_that_months_partition() {
     )
     .await;
     assert_eq!(rows, vec![json!({"seq": 1})]);
-    let month = sesh::time::month_suffix(recent);
+    let month = sesh_core::time::month_suffix(recent);
     let rows = d1_at(
         base(),
         &format!("SELECT seq FROM session_points_{month} WHERE session_id = '{id}'"),

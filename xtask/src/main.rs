@@ -180,7 +180,7 @@ fn test() -> Result<()> {
         ),
         (
             "cargo clippy (wasm32)",
-            "clippy -p sesh -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
+            "clippy -p sesh -p sesh-core -p sesh-protocol -p sesh-client --target wasm32-unknown-unknown \
              --lib --tests --features test-faults -- -D warnings",
         ),
         (
@@ -217,7 +217,7 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// sesh-client compiled to wasm32 (client/tests/browser.rs) in headless
+/// sesh-client compiled to wasm32 (clients/rust/tests/browser.rs) in headless
 /// Chromium through chromedriver, against a throw-away `wrangler dev` of
 /// the bundle just built that allows any origin (the runner's page is on
 /// another port). The base URL and two users' tokens reach the test at

@@ -1,0 +1,292 @@
+//! What the lifecycle work (partition moves, archives, pruning, exports)
+//! needs from the platform, as one small trait: run a D1 batch, get and put
+//! an R2 object. The drivers in `lifecycle`, `archive` and `export` decide
+//! every statement and key; the Worker's adapter (`crate::lifecycle`) only
+//! carries them out, and native tests run them on SQLite and a map.
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::data::partition::{RowError, Statement};
+
+/// A failure of the lifecycle work. None is the client's fault: the edge
+/// maps `Store` to 503 `unavailable` and the rest to 500 `internal`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LifecycleError {
+    /// D1 or R2 failed (the message is for the log).
+    #[error("storage: {0}")]
+    Store(String),
+    /// A D1 row did not have the expected shape.
+    #[error(transparent)]
+    Row(#[from] RowError),
+    /// An archive or export object is missing or damaged.
+    #[error("object {key}: {detail}")]
+    Object {
+        /// The R2 key.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// D1 and R2, as the drivers use them. Every call is one round trip; a
+/// batch runs as one transaction (all or nothing), as D1's `batch()` does.
+// The Worker is single-threaded and never sends these futures elsewhere,
+// so the missing `Send` bound the lint warns about is what is wanted.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// Runs the statements as one D1 batch; the rows of each, in order.
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError>;
+    /// The R2 object at `key`, `None` when there is none.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError>;
+    /// Writes the R2 object at `key` (replacing any).
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError>;
+}
+
+/// Runs one statement; its rows.
+pub async fn query<B: Backend>(b: &B, st: Statement) -> Result<Vec<Value>, LifecycleError> {
+    Ok(b.batch(std::slice::from_ref(&st))
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// A bound on the round trips of one run, so a run stays within the
+/// runtime's limits (subrequests, wall time) and stops early instead;
+/// the next run at the same time goes on from the recorded progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    left: u32,
+}
+
+impl Budget {
+    /// A budget of `calls` round trips.
+    pub fn new(calls: u32) -> Budget {
+        Budget { left: calls }
+    }
+
+    /// Takes `n` calls; `false` (and nothing taken) when fewer are left.
+    pub fn take(&mut self, n: u32) -> bool {
+        if self.left >= n {
+            self.left -= n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether at least `n` calls are left.
+    pub fn has(&self, n: u32) -> bool {
+        self.left >= n
+    }
+}
+
+/// The test backend: D1 as in-memory SQLite (statements run as
+/// `partition::testdb` does, but a failing batch rolls back and answers an
+/// error, as D1 does), R2 as a map, and a kill switch that fails the n-th
+/// call, before or after doing its work.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub(crate) mod mem {
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+
+    use rusqlite::Connection;
+    use serde_json::{Map, Value};
+
+    use super::{Backend, LifecycleError};
+    use crate::data::partition::Statement;
+
+    /// When the kill switch trips.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kill {
+        /// The call fails without doing anything.
+        Before,
+        /// The call does its work, then reports a failure (the answer was
+        /// lost).
+        After,
+    }
+
+    /// In-memory D1 and R2.
+    pub struct Mem {
+        pub db: Connection,
+        pub blobs: RefCell<BTreeMap<String, Vec<u8>>>,
+        pub calls: Cell<u64>,
+        pub kill: Cell<Option<(u64, Kill)>>,
+    }
+
+    impl Mem {
+        /// All migrations applied, no objects.
+        pub fn new() -> Mem {
+            let db = crate::data::partition::testdb::open();
+            db.execute_batch(include_str!("../../../migrations/0003_lifecycle.sql"))
+                .expect("0003");
+            Mem {
+                db,
+                blobs: RefCell::new(BTreeMap::new()),
+                calls: Cell::new(0),
+                kill: Cell::new(None),
+            }
+        }
+
+        // Counts the call; the kill mode when this is the doomed one.
+        fn tick(&self) -> Option<Kill> {
+            let n = self.calls.get();
+            self.calls.set(n + 1);
+            match self.kill.get() {
+                Some((at, k)) if at == n => Some(k),
+                _ => None,
+            }
+        }
+
+        /// Every table's rows (partition tables included), sorted, as text:
+        /// what "the same end state" compares.
+        pub fn dump(&self) -> String {
+            let mut names: Vec<String> = self
+                .db
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .expect("prepare")
+                .query_map([], |r| r.get(0))
+                .expect("query")
+                .map(|r| r.expect("row"))
+                .collect();
+            names.retain(|n| !n.starts_with("sqlite_"));
+            let mut out = String::new();
+            for n in names {
+                let rows = run(
+                    &self.db,
+                    &Statement::new(format!("SELECT * FROM {n}"), vec![]),
+                )
+                .expect("dump");
+                let mut lines: Vec<String> = rows.iter().map(Value::to_string).collect();
+                lines.sort();
+                out.push_str(&format!("{n}:\n{}\n", lines.join("\n")));
+            }
+            for (k, v) in self.blobs.borrow().iter() {
+                out.push_str(&format!("blob {k}: {} bytes\n", v.len()));
+            }
+            out
+        }
+    }
+
+    /// Runs one statement as D1 would (the shared test runner).
+    pub fn run(db: &Connection, st: &Statement) -> Result<Vec<Value>, String> {
+        crate::data::partition::testdb::try_run(db, st)
+    }
+
+    fn killed() -> LifecycleError {
+        LifecycleError::Store("killed".into())
+    }
+
+    impl Backend for Mem {
+        async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+            let kill = self.tick();
+            if kill == Some(Kill::Before) {
+                return Err(killed());
+            }
+            self.db.execute_batch("BEGIN").expect("begin");
+            let mut out = Vec::new();
+            for st in statements {
+                match run(&self.db, st) {
+                    Ok(rows) => out.push(rows),
+                    Err(e) => {
+                        self.db.execute_batch("ROLLBACK").expect("rollback");
+                        return Err(LifecycleError::Store(e));
+                    }
+                }
+            }
+            self.db.execute_batch("COMMIT").expect("commit");
+            match kill {
+                Some(_) => Err(killed()),
+                None => Ok(out),
+            }
+        }
+
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
+            if self.tick().is_some() {
+                return Err(killed());
+            }
+            Ok(self.blobs.borrow().get(key).cloned())
+        }
+
+        async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
+            let kill = self.tick();
+            if kill == Some(Kill::Before) {
+                return Err(killed());
+            }
+            self.blobs.borrow_mut().insert(key.to_owned(), bytes);
+            match kill {
+                Some(_) => Err(killed()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Writes a session and its points (seqs 1.., one per `ts`, authored
+    /// by the owner, value = seq) as a flush at `write_now` would, with the
+    /// history layout (members, point months, roll-up marks).
+    pub fn seed(
+        m: &Mem,
+        id: &str,
+        owner: &str,
+        members: &[String],
+        ts: &[crate::time::Millis],
+        ended: bool,
+        write_now: crate::time::Millis,
+    ) {
+        use crate::data::history::{write_points, write_session, SessionRecord};
+        let started = crate::data::history::v7_time(id).expect("v7 id");
+        let points: Vec<(crate::time::Millis, String)> = ts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let p = serde_json::json!({"seq": i + 1, "userId": owner, "kind": "k",
+                    "value": i + 1, "data": {"i": i}, "ts": t});
+                (*t, p.to_string())
+            })
+            .collect();
+        let metadata = Map::new();
+        let rec = SessionRecord {
+            id,
+            owner_id: owner,
+            title: Some("t"),
+            members,
+            metadata: &metadata,
+            status: if ended {
+                sesh_protocol::SessionStatus::Ended
+            } else {
+                sesh_protocol::SessionStatus::Active
+            },
+            started_at: started,
+            ended_at: ended.then_some(started + 1000),
+            point_count: ts.len() as u64,
+        };
+        let mut stmts = Vec::new();
+        for w in write_points(id, &points, write_now)
+            .into_iter()
+            .chain([write_session(&rec, write_now)])
+        {
+            stmts.extend(w.ensure.statements);
+            stmts.extend(w.statements);
+        }
+        crate::data::partition::testdb::batch(&m.db, &stmts);
+    }
+
+    /// A v7 session id created at `ms`, the same on every call with the
+    /// same `ms` and `n`.
+    pub fn sid(ms: crate::time::Millis, n: u16) -> String {
+        let hex = format!("{:012x}", ms);
+        format!("{}-{}-7000-8000-{:012x}", &hex[..8], &hex[8..12], n)
+    }
+
+    /// Runs a future whose awaits are all ready at once (the memory
+    /// backend never waits).
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the memory backend never waits"),
+        }
+    }
+}

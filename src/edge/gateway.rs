@@ -1,0 +1,686 @@
+//! The Worker's fetch handler: request id, CORS, routing, authentication,
+//! then one hop to the Durable Object that owns the request's id.
+
+use futures_util::future::join_all;
+use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
+use sesh_protocol::{
+    parse_body, parse_optional_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund,
+    Resource, DEFAULT_COST, DEFAULT_PLAN,
+};
+use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
+
+use crate::edge::http::{self, internal, Answer, Binding, Caller, Hop, H_REQUEST_ID};
+use crate::edge::reads;
+use crate::error::ApiError;
+use crate::ids;
+use crate::time::now_ms;
+use sesh_core::auth::{self, AuthError, Claims};
+use sesh_core::calls::{ExportCall, PresenceCall, QuotaCall, SessionCall};
+use sesh_core::config::{AllowedOrigins, Plans};
+use sesh_core::presence::{shard_name, shard_of};
+use sesh_core::quota::H_RETRY_AFTER_MS;
+use sesh_core::route::{self, Route};
+
+/// Headers a browser may send cross-origin, and those it may read.
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
+const CORS_EXPOSE_HEADERS: &str = "x-request-id, ratelimit, ratelimit-policy, retry-after";
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let started = now_ms();
+    let request_id = req
+        .headers()
+        .get(H_REQUEST_ID)
+        .ok()
+        .flatten()
+        .filter(|v| ids::is_acceptable_request_id(v))
+        .unwrap_or_else(ids::new_random_id);
+    let method = req.method().to_string();
+    let origin = req.headers().get("origin").ok().flatten();
+    let config = settings(&env);
+    let origins = &config.origins;
+
+    let mut g = Gateway {
+        env: &env,
+        request_id: &request_id,
+        origin: origin.as_deref(),
+        origins,
+        config: &config,
+        pattern: "-",
+        user: None,
+        rate: None,
+    };
+    let result = g.handle(req).await;
+    let (pattern, user, rate) = (g.pattern, g.user.take(), g.rate.take());
+    let status_err = result
+        .as_ref()
+        .err()
+        .map(|e| (e.status(), e.log_detail().map(str::to_owned)));
+    let resp = http::respond(result);
+    let status = status_err.as_ref().map_or(resp.status_code(), |(s, _)| *s);
+
+    let headers = resp.headers().clone();
+    let _ = headers.set(H_REQUEST_ID, &request_id);
+    if let Some((policy, limit)) = rate {
+        let _ = headers.set("ratelimit-policy", &policy);
+        let _ = headers.set("ratelimit", &limit);
+    }
+    if let Some(o) = origin.as_deref().filter(|o| origins.allows(o)) {
+        let _ = headers.set("access-control-allow-origin", o);
+        let _ = headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
+        let _ = headers.append("vary", "Origin");
+    }
+    if config.log.logs(status) {
+        // One structured line per request; never the token.
+        let mut line = serde_json::json!({
+            "level": if status >= 500 { "error" } else { "info" },
+            "requestId": request_id,
+            "method": method,
+            "route": pattern,
+            "status": status,
+            "durationMs": now_ms() - started,
+        });
+        if let Some(u) = user {
+            line["user"] = u.into();
+        }
+        if let Some((_, Some(detail))) = status_err {
+            line["error"] = detail.into();
+        }
+        worker::console_log!("{line}");
+    }
+    Ok(resp.with_headers(headers))
+}
+
+struct Gateway<'a> {
+    env: &'a Env,
+    request_id: &'a str,
+    origin: Option<&'a str>,
+    origins: &'a AllowedOrigins,
+    config: &'a Settings,
+    pattern: &'static str,
+    user: Option<String>,
+    // The caller's `api` policy after the charge (`RateLimit-Policy`,
+    // `RateLimit`), for the answer's headers.
+    rate: Option<(String, String)>,
+}
+
+impl Gateway<'_> {
+    /// Preflight, health, then for `/v1`: token, `api` charge, route, and
+    /// the one hop to the object that owns the request's id.
+    async fn handle(&mut self, req: Request) -> Result<Response, ApiError> {
+        let method = req.method();
+        if method == Method::Options {
+            return self.preflight(&req);
+        }
+        let url = req.url().map_err(internal)?;
+        #[cfg(feature = "test-faults")]
+        let mut req = req;
+        #[cfg(feature = "test-faults")]
+        if let Some(answer) = self.test_hook(&mut req, &url).await {
+            return answer;
+        }
+        let path = url.path();
+        if path == "/console" {
+            // The page's relative links need the trailing slash.
+            self.pattern = "/console/";
+            let headers = Headers::new();
+            let _ = headers.set("location", "/console/");
+            return Ok(http::empty(308).with_headers(headers));
+        }
+        let reading = method == Method::Get || method == Method::Head;
+        if let Some((content_type, text)) = crate::edge::console::asset(path).filter(|_| reading) {
+            self.pattern = "/console/";
+            let resp = http::json_text(200, text.to_owned());
+            let _ = resp.headers().set("content-type", content_type);
+            return Ok(resp);
+        }
+        if !route::is_api_path(path) {
+            // Outside /v1 there is only the health check.
+            self.pattern = route::route(method.as_ref(), path)?.pattern();
+            let health = Health {
+                status: "ok".into(),
+            };
+            return http::json(200, &health);
+        }
+        // Every /v1 request is authenticated and charged before any other
+        // work, routing included (CONTRACT.md section 7).
+        let caller = self.admit(&req, &url).await?;
+        let route = route::route(method.as_ref(), path)?;
+        self.pattern = route.pattern();
+        http::refuse_declared_oversize(&req, MAX_BODY_BYTES)?;
+        self.dispatch(route, req, &url, &caller).await
+    }
+
+    /// The caller of a `/v1` request: a verified token with a configured
+    /// plan, charged one `api` unit unless it is a service token.
+    async fn admit(&mut self, req: &Request, url: &Url) -> Result<Caller, ApiError> {
+        let claims = self.authenticate(req, url, route::is_socket_path(url.path()))?;
+        self.user = Some(claims.sub.clone());
+        let plans = self
+            .config
+            .plans
+            .as_ref()
+            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
+        if plans.get(&claims.plan).is_none() {
+            return Err(AuthError::InvalidClaim("plan").into());
+        }
+        let caller = Caller {
+            user: claims.sub,
+            plan: claims.plan,
+            service: claims.service,
+        };
+        if !caller.service {
+            self.charge(&caller).await?;
+        }
+        Ok(caller)
+    }
+
+    /// The typed call for a route, sent to the object that owns its id.
+    async fn dispatch(
+        &self,
+        route: Route,
+        mut req: Request,
+        url: &Url,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let hop = self.hop(caller);
+        let me = caller.user.as_str();
+        match route {
+            Route::Health => Err(ApiError::NotFound("no such route".into())),
+            Route::CreateSession => self.create_session(&mut req, caller).await,
+            Route::GetSession(id) => self.read_session(&id, SessionCall::Get, caller).await,
+            Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
+            Route::AppendPoints(id) => {
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                self.read_session(&id, SessionCall::Append { body }, caller)
+                    .await
+            }
+            Route::ReadPoints(id) => {
+                let (after_seq, limit) = route::parse_read_query(
+                    query(url, "afterSeq").as_deref(),
+                    query(url, "limit").as_deref(),
+                )?;
+                let call = SessionCall::Read { after_seq, limit };
+                self.read_session(&id, call, caller).await
+            }
+            Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
+            Route::Heartbeat => {
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await;
+                answer.map(Answer::into_response)
+            }
+            Route::GetPresence(user) => hop
+                .presence(&user, presence_get(&user))
+                .await
+                .map(Answer::into_response),
+            Route::BatchPresence => self.batch_presence(url, caller).await,
+            Route::GetQuota => {
+                let plan = caller.plan.clone();
+                let answer = hop.quota(me, QuotaCall::Overview { plan }).await;
+                answer.map(Answer::into_response)
+            }
+            Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
+            Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
+            Route::CreateExport(user) => {
+                may_export(caller, &user)?;
+                let export_id = ids::new_session_id(now_ms());
+                let call = ExportCall::Start {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::GetExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Status {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::DownloadExport(user, export_id) => {
+                may_export(caller, &user)?;
+                let call = ExportCall::Download {
+                    export_id: export_id.clone(),
+                    user_id: user,
+                };
+                hop.export(&export_id, call).await
+            }
+            Route::CheckQuota | Route::RefundQuota => {
+                if !caller.service {
+                    return Err(ApiError::Forbidden("a service token is required".into()));
+                }
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                let (subject, call) = quota_call(&route, &body)?;
+                hop.quota(&subject, call).await.map(Answer::into_response)
+            }
+        }
+    }
+
+    /// A call to a session: its live object answers; once that object has
+    /// no storage (the session ended and was retired), D1 does: reads from
+    /// D1, ending again is the session as it ended, new points are 409.
+    async fn read_session(
+        &self,
+        id: &str,
+        call: SessionCall,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        // What to answer from D1, noted before the call moves (an append's
+        // body is not copied).
+        let kind = match &call {
+            SessionCall::Read { after_seq, limit } => SessionCall::Read {
+                after_seq: *after_seq,
+                limit: *limit,
+            },
+            SessionCall::Get => SessionCall::Get,
+            SessionCall::End => SessionCall::End,
+            _ => SessionCall::Socket,
+        };
+        let live = self.hop(caller).session(id, call).await?;
+        if live.status_code() != 404 {
+            return Ok(live);
+        }
+        let Some(s) = reads::ended_session(self.env, id).await? else {
+            return Ok(live);
+        };
+        if !reads::is_member(&s, &caller.user) {
+            return Err(ApiError::Forbidden("not a member of this session".into()));
+        }
+        match kind {
+            SessionCall::Read { after_seq, limit } => {
+                reads::ended_points(self.env, &s, after_seq, limit).await
+            }
+            SessionCall::End if s.owner_id != caller.user => Err(ApiError::Forbidden(
+                "only the owner can end the session".into(),
+            )),
+            SessionCall::Get | SessionCall::End => reads::session_answer(self.env, &s).await,
+            _ => Err(ApiError::SessionEnded),
+        }
+    }
+
+    fn hop<'h>(&'h self, caller: &'h Caller) -> Hop<'h> {
+        Hop {
+            env: self.env,
+            caller,
+            request_id: Some(self.request_id),
+        }
+    }
+
+    /// `POST /v1/sessions`: a valid body takes one `sessions` unit, given
+    /// back when the session could not be created.
+    async fn create_session(
+        &self,
+        req: &mut Request,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        let session_id = ids::new_session_id(now_ms());
+        let body = http::read_body(req, MAX_BODY_BYTES).await?;
+        parse_optional_body::<CreateSession>(&body)?;
+        self.charge_session(caller).await?;
+        let created = self
+            .hop(caller)
+            .session(
+                &session_id.clone(),
+                SessionCall::Create { session_id, body },
+            )
+            .await;
+        if !matches!(&created, Ok(r) if r.status_code() == 201) {
+            let refund = QuotaCall::Refund {
+                resource: Resource::Sessions,
+                cost: 1,
+            };
+            let _ = self.hop(caller).quota(&caller.user, refund).await;
+        }
+        created
+    }
+
+    /// Test builds only: the D1 fault switch, the lifecycle hang
+    /// (`/__test/hang?after=N` arms it, every call answers whether a run
+    /// is stopped at it), a route that runs one SQL statement on D1, so
+    /// integration tests can see what reached D1, and one that lists the
+    /// `ARCHIVE` bucket (`?prefix=`) with each object's size and SHA-256.
+    #[cfg(feature = "test-faults")]
+    async fn test_hook(&self, req: &mut Request, url: &Url) -> Option<Result<Response, ApiError>> {
+        match url.path() {
+            "/__test/faults" => {
+                let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
+                crate::faults::set_d1_failing(on);
+                let presence = url
+                    .query_pairs()
+                    .any(|(k, v)| k == "presence" && v == "fail");
+                crate::faults::set_presence_failing(presence);
+                Some(http::json(
+                    200,
+                    &serde_json::json!({"d1Failing": on, "presenceFailing": presence}),
+                ))
+            }
+            "/__test/hang" => {
+                let after = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "after")
+                    .and_then(|(_, v)| v.parse().ok());
+                if let Some(calls) = after {
+                    crate::faults::arm_lifecycle_hang(calls);
+                }
+                Some(http::json(
+                    200,
+                    &serde_json::json!({"hung": crate::faults::lifecycle_hung()}),
+                ))
+            }
+            "/__test/d1" => Some(self.test_d1_query(req).await),
+            "/__test/r2" => {
+                let prefix = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "prefix")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                Some(
+                    match crate::lifecycle::test_listing(self.env, &prefix).await {
+                        Ok(objects) => http::json(200, &serde_json::json!({ "objects": objects })),
+                        Err(e) => Err(e),
+                    },
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// A body of plain SQL runs as one statement and answers `{"rows"}`; a
+    /// JSON `{"batch":[{"sql","params"}]}` runs as one D1 batch and answers
+    /// `{"results":[rows...]}` (tests write rows the API cannot, such as
+    /// sessions started months ago).
+    #[cfg(feature = "test-faults")]
+    async fn test_d1_query(&self, req: &mut Request) -> Result<Response, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            batch: Vec<sesh_core::data::partition::Statement>,
+        }
+        let text = req.text().await.map_err(internal)?;
+        let d1 = crate::db::database(self.env)?;
+        if let Ok(b) = serde_json::from_str::<Batch>(&text) {
+            let results = crate::db::batch(&d1, &b.batch).await?;
+            return http::json(200, &serde_json::json!({ "results": results }));
+        }
+        let st = sesh_core::data::partition::Statement::new(text, Vec::new());
+        let rows = crate::db::query(&d1, &st).await?;
+        http::json(200, &serde_json::json!({ "rows": rows }))
+    }
+
+    /// Charges the caller's `api` unit for this request: 429 when denied,
+    /// with nothing else done for it.
+    async fn charge(&mut self, caller: &Caller) -> Result<(), ApiError> {
+        let plan = caller.plan.clone();
+        let answer = self
+            .hop(caller)
+            .quota(&caller.user, QuotaCall::Charge { plan })
+            .await?;
+        let header = |name: &str| answer.header(name).map(str::to_owned);
+        self.rate = header("ratelimit-policy").zip(header("ratelimit"));
+        match answer.status {
+            204 => Ok(()),
+            429 => Err(ApiError::RateLimited {
+                retry_after_ms: answer.header(H_RETRY_AFTER_MS).and_then(|v| v.parse().ok()),
+            }),
+            s => Err(ApiError::Unavailable(format!("quota charge answered {s}"))),
+        }
+    }
+
+    /// Takes one `sessions` unit of the caller's plan.
+    async fn charge_session(&self, caller: &Caller) -> Result<(), ApiError> {
+        let call = QuotaCall::Check {
+            resource: Resource::Sessions,
+            cost: 1,
+            plan: caller.plan.clone(),
+        };
+        let answer = self.hop(caller).quota(&caller.user, call).await?;
+        match answer.status {
+            200 => Ok(()),
+            429 => {
+                // The quota object words the refusal.
+                let d: QuotaDecision = answer.parse()?;
+                Err(ApiError::QuotaExceeded {
+                    message: d
+                        .error
+                        .map_or_else(|| "sessions quota exceeded".into(), |e| e.message),
+                    retry_after_ms: d.retry_after_ms,
+                })
+            }
+            s => Err(ApiError::Unavailable(format!(
+                "sessions quota answered {s}"
+            ))),
+        }
+    }
+
+    fn preflight(&self, req: &Request) -> Result<Response, ApiError> {
+        let origin = self
+            .origin
+            .ok_or_else(|| ApiError::BadRequest("CORS preflight without Origin".into()))?;
+        if !self.origins.allows(origin) {
+            return Err(ApiError::Forbidden("origin not allowed".into()));
+        }
+        let headers = Headers::new();
+        let _ = headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
+        let asked = req
+            .headers()
+            .get("access-control-request-headers")
+            .ok()
+            .flatten();
+        let _ = headers.set(
+            "access-control-allow-headers",
+            asked.as_deref().unwrap_or(CORS_ALLOW_HEADERS),
+        );
+        let _ = headers.set("access-control-max-age", "600");
+        Ok(Response::empty()
+            .map_err(internal)?
+            .with_status(204)
+            .with_headers(headers))
+    }
+
+    fn authenticate(&self, req: &Request, url: &Url, socket: bool) -> Result<Claims, ApiError> {
+        let header = req.headers().get("authorization").ok().flatten();
+        let token = match header.as_deref() {
+            Some(h) => auth::bearer(h).ok_or(AuthError::Malformed)?.to_owned(),
+            None if socket => query(url, "token").ok_or(AuthError::Missing)?.into_owned(),
+            None => return Err(AuthError::Missing.into()),
+        };
+        let secret = self
+            .config
+            .secret
+            .as_deref()
+            .ok_or_else(|| ApiError::Internal("AUTH_SECRET is not configured".into()))?;
+        Ok(auth::verify(&token, secret.as_bytes(), now_ms() / 1000)?)
+    }
+
+    /// A WebSocket upgrade goes to the session with the client's upgrade
+    /// headers, less the token and anything posing as an internal header.
+    /// A browser on a page not on the origin list (nor of this origin) is
+    /// refused when the list is configured; clients that send no `Origin`
+    /// are not browsers.
+    async fn upgrade(
+        &self,
+        id: &str,
+        req: &Request,
+        caller: &Caller,
+    ) -> Result<Response, ApiError> {
+        if let Some(o) = self.origin {
+            // A page of this very origin (the console) is not cross-origin.
+            let same_origin = req
+                .url()
+                .is_ok_and(|u| u.origin().ascii_serialization().eq_ignore_ascii_case(o));
+            if self.origins.is_configured() && !self.origins.allows(o) && !same_origin {
+                return Err(ApiError::Forbidden("origin not allowed".into()));
+            }
+        }
+        let headers = req.headers().clone();
+        let _ = headers.delete("authorization");
+        http::strip_internal_headers(&headers);
+        caller.write(&headers).map_err(internal)?;
+        let _ = headers.set(H_REQUEST_ID, self.request_id);
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get).with_headers(headers);
+        let path = SessionCall::Socket.into_wire().path();
+        let inner =
+            Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
+        let resp = http::stub(self.env, Binding::Session, id)?
+            .fetch_with_request(inner)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("session unreachable: {e}")))?;
+        if resp.status_code() == 404 {
+            // A retired session ended long ago: joining it is 409, as before.
+            if let Some(s) = reads::ended_session(self.env, id).await? {
+                if !reads::is_member(&s, &caller.user) {
+                    return Err(ApiError::Forbidden("not a member of this session".into()));
+                }
+                return Err(ApiError::SessionEnded);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// `GET /v1/presence?users=a,b,c`: one request per read shard holding
+    /// any of the users (not one per user), all in flight at once, answers
+    /// in the order asked.
+    async fn batch_presence(&self, url: &Url, caller: &Caller) -> Result<Response, ApiError> {
+        let users = query(url, "users")
+            .ok_or_else(|| ApiError::BadRequest("query parameter `users` is required".into()))?;
+        let ids: Vec<String> = users
+            .split(',')
+            .map(|u| route::user_id(u.trim()))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() || ids.len() > MAX_PRESENCE_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "`users` takes 1 to {MAX_PRESENCE_BATCH} ids"
+            )));
+        }
+        // One call per read shard holding any of the users, all at once.
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for u in &ids {
+            by_shard.entry(shard_of(u)).or_default().push(u.clone());
+        }
+        let hop = self.hop(caller);
+        let calls = by_shard.into_iter().map(|(n, users)| {
+            let hop = &hop;
+            async move {
+                let call = PresenceCall::Batch {
+                    users: users.clone(),
+                };
+                let answer = hop.presence(&shard_name(n), call).await?;
+                if answer.status != 200 {
+                    return Err(ApiError::Internal(format!(
+                        "presence shard answered {}",
+                        answer.status
+                    )));
+                }
+                let views: Vec<serde_json::Value> = answer.parse()?;
+                Ok(users.into_iter().zip(views).collect::<Vec<_>>())
+            }
+        });
+        let mut found: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        for r in join_all(calls).await {
+            found.extend(r?);
+        }
+        let users: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
+            .collect();
+        http::json(200, &serde_json::json!({ "users": users }))
+    }
+}
+
+/// Exports are for the user themself or a service token.
+fn may_export(caller: &Caller, user: &str) -> Result<(), ApiError> {
+    if caller.service || caller.user == user {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "exports are for the user themself or a service token".into(),
+        ))
+    }
+}
+
+fn presence_get(user: &str) -> PresenceCall {
+    PresenceCall::Get {
+        user_id: user.to_owned(),
+    }
+}
+
+/// The subject and call of a validated `/v1/quota/check` or `/refund` body.
+fn quota_call(route: &Route, body: &[u8]) -> Result<(String, QuotaCall), ApiError> {
+    if *route == Route::CheckQuota {
+        let c = parse_body::<QuotaCheck>(body)?;
+        let call = QuotaCall::Check {
+            resource: c.resource,
+            cost: c.cost.unwrap_or(DEFAULT_COST),
+            plan: c.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned()),
+        };
+        Ok((c.subject, call))
+    } else {
+        let r = parse_body::<QuotaRefund>(body)?;
+        let call = QuotaCall::Refund {
+            resource: r.resource,
+            cost: r.cost,
+        };
+        Ok((r.subject, call))
+    }
+}
+
+/// A query parameter, decoded.
+fn query<'u>(url: &'u Url, name: &str) -> Option<std::borrow::Cow<'u, str>> {
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// The gateway's configuration, read from the environment once per
+/// isolate (vars and secrets only change with a new deployment, which
+/// starts new isolates): reading a binding is a JS round trip each time.
+struct Settings {
+    secret: Option<String>,
+    origins: AllowedOrigins,
+    plans: Result<Plans, String>,
+    log: LogMode,
+}
+
+/// Which requests get a log line (`REQUEST_LOG`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogMode {
+    All,
+    Errors,
+    ServerErrors,
+}
+
+impl LogMode {
+    fn logs(self, status: u16) -> bool {
+        match self {
+            LogMode::All => true,
+            LogMode::Errors => status >= 400,
+            LogMode::ServerErrors => status >= 500,
+        }
+    }
+}
+
+thread_local! {
+    static SETTINGS: std::cell::RefCell<Option<std::rc::Rc<Settings>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn settings(env: &Env) -> std::rc::Rc<Settings> {
+    SETTINGS.with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                std::rc::Rc::new(Settings {
+                    secret: http::var(env, "AUTH_SECRET").filter(|s| !s.is_empty()),
+                    origins: AllowedOrigins::parse(http::var(env, "ALLOWED_ORIGINS").as_deref()),
+                    plans: Plans::parse(http::var(env, "PLANS").as_deref()),
+                    log: match http::var(env, "REQUEST_LOG").as_deref() {
+                        Some("all") => LogMode::All,
+                        Some("off") => LogMode::ServerErrors,
+                        // A line for every request costs more runtime CPU
+                        // than a quota check itself (bench quota); the
+                        // platform's invocation logs record every request.
+                        _ => LogMode::Errors,
+                    },
+                })
+            })
+            .clone()
+    })
+}

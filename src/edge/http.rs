@@ -1,0 +1,542 @@
+//! Small HTTP helpers shared by the gateway and the objects: JSON answers,
+//! error answers, bounded body reads, and the identity headers the gateway
+//! passes to objects.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::{Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, State};
+
+use crate::error::ApiError;
+use sesh_core::calls::{PresenceCall, QuotaCall, SessionCall, Wire};
+use sesh_core::config::Tuning;
+use sesh_core::time::Millis;
+
+/// Header carrying the verified caller's user id from the gateway to an
+/// object. Objects are reachable only through the gateway, so it is trusted.
+pub const H_USER: &str = "x-sesh-user";
+/// Header carrying the verified caller's plan name.
+pub const H_PLAN: &str = "x-sesh-plan";
+/// Header set to `1` when the caller used a service token.
+pub const H_SERVICE: &str = "x-sesh-service";
+/// The request id, echoed to clients and passed to objects for their logs.
+pub const H_REQUEST_ID: &str = "x-request-id";
+
+/// The verified caller, as an object sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User id (`sub`).
+    pub user: String,
+    /// Plan name.
+    pub plan: String,
+    /// Service token.
+    pub service: bool,
+}
+
+impl Caller {
+    /// The caller of a request one object makes to another on `user`'s
+    /// behalf (trusted, like a service token).
+    pub fn internal(user: &str) -> Caller {
+        Caller {
+            user: user.to_owned(),
+            plan: "free".into(),
+            service: true,
+        }
+    }
+
+    /// Writes the caller into headers for an internal request.
+    pub fn write(&self, h: &Headers) -> worker::Result<()> {
+        h.set(H_USER, &self.user)?;
+        h.set(H_PLAN, &self.plan)?;
+        if self.service {
+            h.set(H_SERVICE, "1")?;
+        }
+        Ok(())
+    }
+
+    /// Reads the caller from an internal request. A missing header means the
+    /// request did not come through the gateway: a bug, hence `Internal`.
+    pub fn read(req: &Request) -> Result<Caller, ApiError> {
+        let h = req.headers();
+        let user = h
+            .get(H_USER)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ApiError::Internal("object request without caller".into()))?;
+        let plan = h
+            .get(H_PLAN)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "free".into());
+        let service = h.get(H_SERVICE).ok().flatten().is_some_and(|v| v == "1");
+        Ok(Caller {
+            user,
+            plan,
+            service,
+        })
+    }
+}
+
+/// A JSON answer with the given status.
+pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response, ApiError> {
+    let text = serde_json::to_string(body).map_err(internal)?;
+    Ok(json_text(status, text))
+}
+
+/// A JSON answer from already serialized text.
+pub fn json_text(status: u16, text: String) -> Response {
+    let headers = Headers::new();
+    // Setting a valid header name and value on a fresh Headers cannot fail.
+    let _ = headers.set("content-type", "application/json");
+    ResponseBuilder::new()
+        .with_status(status)
+        .with_headers(headers)
+        .fixed(text.into_bytes())
+}
+
+/// An answer with no body.
+pub fn empty(status: u16) -> Response {
+    ResponseBuilder::new().with_status(status).empty()
+}
+
+/// A var or secret as a string, `None` when unset (`.dev.vars` and
+/// `wrangler secret` values arrive as plain strings either way). The one
+/// way configuration is read from the environment.
+pub fn var(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string())
+}
+
+/// The tuning knobs from the environment. A malformed var is logged and
+/// its default used: an object must come up even when misconfigured.
+pub fn tuning(env: &Env) -> Tuning {
+    Tuning::from_vars(|k| var(env, k)).unwrap_or_else(|e| {
+        worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
+        Tuning::default()
+    })
+}
+
+/// Logs an error of a Durable Object's own work (an alarm, a socket), one
+/// structured line; internal detail stays in the log.
+pub fn log_error(object: &str, e: &ApiError) {
+    let detail = e.log_detail().map_or_else(|| e.to_string(), str::to_owned);
+    worker::console_error!(
+        "{}",
+        serde_json::json!({"level": "error", "object": object, "error": detail})
+    );
+}
+
+/// The JSON error answer for `e`, with `Allow` and `Retry-After` where they
+/// apply. Infallible: an answer must always go out.
+pub fn error_response(e: &ApiError) -> Response {
+    Answer::error(e).into_response()
+}
+
+/// Turns a handler result into a response.
+pub fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(|e| {
+        if e.log_detail().is_some() {
+            log_error("-", &e);
+        }
+        error_response(&e)
+    })
+}
+
+/// 413 for a request that says its body is over `limit` bytes, whatever
+/// the route: also one that reads no body (CONTRACT.md section 4). A body
+/// without a `Content-Length` is measured where it is read.
+pub fn refuse_declared_oversize(req: &Request, limit: usize) -> Result<(), ApiError> {
+    let declared = req.headers().get("content-length").ok().flatten();
+    match declared.and_then(|n| n.trim().parse::<usize>().ok()) {
+        Some(n) if n > limit => Err(ApiError::PayloadTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes: 413 beyond it. A
+/// `Content-Length` over the limit is refused before anything is read; a
+/// body without one (chunked) is read as a stream and refused as soon as it
+/// passes the limit, so no oversized body is ever held whole.
+pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+
+    let too_large = ApiError::PayloadTooLarge { limit };
+    if let Ok(Some(len)) = req.headers().get("content-length") {
+        match len.trim().parse::<usize>() {
+            Ok(n) if n > limit => return Err(too_large),
+            // A known length within the limit is read whole, in one step
+            // (a stream costs a reader and a promise per chunk).
+            Ok(_) => {
+                return req.bytes().await.map_err(|e| {
+                    ApiError::BadRequest(format!("could not read the request body: {e}"))
+                })
+            }
+            Err(_) => return Err(ApiError::BadRequest("invalid Content-Length".into())),
+        }
+    }
+    let mut stream = match req.stream() {
+        Ok(s) => s,
+        // No body at all.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Removes every `x-sesh-*` header: those are the gateway's word to the
+/// objects, and a client must never be able to speak it.
+pub fn strip_internal_headers(headers: &Headers) {
+    let names: Vec<String> = headers
+        .keys()
+        .filter(|k| k.to_ascii_lowercase().starts_with("x-sesh-"))
+        .collect();
+    for name in names {
+        let _ = headers.delete(&name);
+    }
+}
+
+/// Maps a runtime error to an internal error (detail kept for the log).
+pub fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// An object's answer as plain data: status, headers and JSON text. It is
+/// what an object hands back over RPC, and what becomes a runtime response
+/// only where one is needed (an object's fetch, or the gateway's answer to
+/// its client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers beside `content-type`.
+    pub headers: Vec<(String, String)>,
+    /// JSON text, if any.
+    pub body: Option<String>,
+}
+
+impl Answer {
+    /// A JSON answer.
+    pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Answer, ApiError> {
+        let text = serde_json::to_string(body).map_err(internal)?;
+        Ok(Answer::text(status, text))
+    }
+
+    /// A JSON answer from already serialized text.
+    pub fn text(status: u16, text: String) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Some(text),
+        }
+    }
+
+    /// The contract's JSON error for `e`, with `Allow` and `Retry-After`
+    /// where they apply.
+    pub fn error(e: &ApiError) -> Answer {
+        let text = serde_json::to_string(&e.body()).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"internal error"}}"#.to_owned()
+        });
+        let mut a = Answer::text(e.status(), text);
+        if let ApiError::MethodNotAllowed { allow } = e {
+            a.headers.push(("allow".into(), allow.join(", ")));
+        }
+        if let Some(s) = e.retry_after_secs() {
+            a.headers.push(("retry-after".into(), s.to_string()));
+        }
+        a
+    }
+
+    /// The answer for a handler's result (errors logged when they carry
+    /// internal detail).
+    pub fn of(r: Result<Answer, ApiError>) -> Answer {
+        r.unwrap_or_else(|e| {
+            if e.log_detail().is_some() {
+                log_error("-", &e);
+            }
+            Answer::error(&e)
+        })
+    }
+
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as `T`; a missing or malformed body is a bug of the
+    /// object that answered.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_str(self.body.as_deref().unwrap_or("null")).map_err(internal)
+    }
+
+    /// The runtime response.
+    pub fn into_response(self) -> Response {
+        let resp = match self.body {
+            Some(text) => json_text(self.status, text),
+            None => empty(self.status),
+        };
+        let headers = resp.headers();
+        for (name, value) in &self.headers {
+            let _ = headers.set(name, value);
+        }
+        resp
+    }
+
+    /// The RPC form: `[status, body or null, name, value, ...]`.
+    fn to_js(&self) -> JsValue {
+        let a = js_sys::Array::new();
+        a.push(&JsValue::from(self.status));
+        a.push(
+            &self
+                .body
+                .as_deref()
+                .map_or(JsValue::NULL, JsValue::from_str),
+        );
+        for (k, v) in &self.headers {
+            a.push(&JsValue::from_str(k));
+            a.push(&JsValue::from_str(v));
+        }
+        a.into()
+    }
+
+    fn from_js(v: JsValue) -> Result<Answer, ApiError> {
+        let a: js_sys::Array = v
+            .dyn_into()
+            .map_err(|_| ApiError::Internal("RPC answer is not an array".into()))?;
+        let status = a
+            .get(0)
+            .as_f64()
+            .and_then(|s| u16::try_from(s as i64).ok())
+            .ok_or_else(|| ApiError::Internal("RPC answer without status".into()))?;
+        let headers = (2..a.length())
+            .step_by(2)
+            .filter_map(|i| Some((a.get(i).as_string()?, a.get(i + 1).as_string()?)))
+            .collect();
+        Ok(Answer {
+            status,
+            headers,
+            body: a.get(1).as_string(),
+        })
+    }
+}
+
+#[wasm_bindgen(wasm_bindgen_futures = ::worker::wasm_bindgen_futures)]
+extern "C" {
+    /// The stub of an object class that serves JS RPC (declared as a
+    /// `DurableObject` subclass in `src/entry.mjs`).
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type RpcStub;
+
+    // The one RPC method, `rpc(path, user, plan, service, body)`.
+    #[wasm_bindgen(method, catch, js_name = rpc)]
+    async fn rpc(
+        this: &RpcStub,
+        path: &str,
+        user: &str,
+        plan: &str,
+        service: bool,
+        body: JsValue,
+    ) -> Result<JsValue, JsValue>;
+}
+
+/// A call received over RPC: the typed call's wire form and the caller,
+/// as [`Hop`] sent them.
+pub fn rpc_received(
+    path: String,
+    user: String,
+    plan: String,
+    service: bool,
+    body: Option<Vec<u8>>,
+) -> (Wire, Caller) {
+    let (op, query) = match path.split_once('?') {
+        Some((op, q)) => (op, Some(q)),
+        None => (path.as_str(), None),
+    };
+    let mut wire = Wire::parse(op, query);
+    wire.body = body;
+    (
+        wire,
+        Caller {
+            user,
+            plan,
+            service,
+        },
+    )
+}
+
+/// An object's answer in its RPC form.
+pub fn rpc_answer(answer: Answer) -> JsValue {
+    answer.to_js()
+}
+
+/// The Durable Object classes, by their binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// `ACTIVE_SESSION`: one object per session id.
+    Session,
+    /// `PRESENCE`: one object per user id.
+    Presence,
+    /// `QUOTA`: one object per subject.
+    Quota,
+    /// `EXPORT`: one object per user export.
+    Export,
+}
+
+impl Binding {
+    /// The binding's name in `wrangler.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Binding::Session => "ACTIVE_SESSION",
+            Binding::Presence => "PRESENCE",
+            Binding::Quota => "QUOTA",
+            Binding::Export => "EXPORT",
+        }
+    }
+}
+
+/// Whom an internal call is for and on whose behalf: the target object and
+/// the caller, plus the request id for the object's logs.
+pub struct Hop<'a> {
+    /// The environment holding the bindings.
+    pub env: &'a Env,
+    /// The verified caller.
+    pub caller: &'a Caller,
+    /// The request id of the client request, if any.
+    pub request_id: Option<&'a str>,
+}
+
+impl Hop<'_> {
+    /// Asks the session object `id`.
+    pub async fn session(&self, id: &str, call: SessionCall) -> Result<Response, ApiError> {
+        self.call(Binding::Session, id, call.into_wire()).await
+    }
+
+    /// Asks the presence object of `user` (over RPC).
+    pub async fn presence(&self, user: &str, call: PresenceCall) -> Result<Answer, ApiError> {
+        self.rpc(Binding::Presence, user, call.into_wire()).await
+    }
+
+    /// Asks the object of export `call`'s id.
+    pub async fn export(
+        &self,
+        id: &str,
+        call: sesh_core::calls::ExportCall,
+    ) -> Result<Response, ApiError> {
+        self.call(Binding::Export, id, call.into_wire()).await
+    }
+
+    /// Asks the quota object of `subject` (over RPC).
+    pub async fn quota(&self, subject: &str, call: QuotaCall) -> Result<Answer, ApiError> {
+        self.rpc(Binding::Quota, subject, call.into_wire()).await
+    }
+
+    /// One call over JS RPC: no request or response objects, no body
+    /// streams (a fetch to an object costs about three times the runtime
+    /// CPU of an RPC call with the same data). A transport failure is
+    /// `Unavailable`.
+    async fn rpc(&self, to: Binding, name: &str, wire: Wire) -> Result<Answer, ApiError> {
+        let stub: RpcStub = stub(self.env, to, name)?.into_rpc();
+        let body = wire
+            .body
+            .as_deref()
+            .map_or(JsValue::UNDEFINED, |b| js_sys::Uint8Array::from(b).into());
+        let c = self.caller;
+        let answer = stub
+            .rpc(&wire.path(), &c.user, &c.plan, c.service, body)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{} unreachable: {e:?}", to.name())))?;
+        Answer::from_js(answer)
+    }
+
+    /// Sends one internal request. A transport failure is `Unavailable`.
+    async fn call(&self, to: Binding, name: &str, wire: Wire) -> Result<Response, ApiError> {
+        let headers = Headers::new();
+        self.caller.write(&headers).map_err(internal)?;
+        if let Some(id) = self.request_id {
+            let _ = headers.set(H_REQUEST_ID, id);
+        }
+        let mut init = RequestInit::new();
+        init.with_headers(headers);
+        match &wire.body {
+            Some(b) => {
+                init.with_method(Method::Post)
+                    .with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
+            }
+            None => {
+                init.with_method(Method::Get);
+            }
+        }
+        let url = format!("https://object{}", wire.path());
+        let req = Request::new_with_init(&url, &init).map_err(internal)?;
+        stub(self.env, to, name)?
+            .fetch_with_request(req)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{} unreachable: {e}", to.name())))
+    }
+}
+
+/// The typed call an object received: operation and query from the URL,
+/// the body when the method carries one.
+pub async fn read_wire(req: &mut Request) -> Result<Wire, ApiError> {
+    let url = req.url().map_err(internal)?;
+    let mut wire = Wire::parse(url.path(), url.query());
+    if req.method() == Method::Post {
+        wire.body = Some(req.bytes().await.map_err(internal)?);
+    }
+    Ok(wire)
+}
+
+thread_local! {
+    // Durable Object namespaces by binding name, looked up once per isolate.
+    static NAMESPACES: std::cell::RefCell<std::collections::HashMap<String, worker::ObjectNamespace>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The stub of the object `name` of `binding`.
+pub fn stub(env: &Env, binding: Binding, name: &str) -> Result<worker::Stub, ApiError> {
+    let binding = binding.name();
+    let fail = |e: worker::Error| ApiError::Internal(format!("binding {binding}: {e}"));
+    let ns = NAMESPACES.with(|cell| {
+        if let Some(ns) = cell.borrow().get(binding) {
+            return Ok(ns.clone());
+        }
+        let ns = env.durable_object(binding)?;
+        cell.borrow_mut().insert(binding.to_owned(), ns.clone());
+        Ok(ns)
+    });
+    ns.and_then(|ns| ns.id_from_name(name)?.get_stub())
+        .map_err(fail)
+}
+
+/// Makes sure the object's alarm fires no later than `at`: only ever
+/// earlier, since a later wake is left to the alarm already set, which
+/// re-arms for what is still pending when it fires. `armed` is the object's
+/// note of the alarm it set (cleared when the alarm runs).
+pub async fn ensure_alarm(
+    state: &State,
+    armed: &std::cell::Cell<Option<Millis>>,
+    at: Millis,
+) -> Result<(), ApiError> {
+    if armed.get().is_none_or(|cur| at < cur) {
+        set_alarm(state, at).await?;
+        armed.set(Some(at));
+    }
+    Ok(())
+}
+
+/// Sets the object's alarm to the moment `at` (ms since the epoch). The
+/// runtime's `setAlarm` also takes offsets; this always passes a moment.
+pub async fn set_alarm(state: &State, at: Millis) -> Result<(), ApiError> {
+    let moment = chrono::DateTime::from_timestamp_millis(at.max(0)).unwrap_or_default();
+    state.storage().set_alarm(moment).await.map_err(internal)
+}
