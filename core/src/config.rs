@@ -154,6 +154,11 @@ impl Plans {
     pub fn get(&self, name: &str) -> Option<&Plan> {
         self.0.get(name)
     }
+
+    /// Every plan's name, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
 }
 
 /// Tuning knobs from vars, with the contract's defaults.

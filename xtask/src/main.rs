@@ -28,6 +28,10 @@ enum Cmd {
     Dev {
         #[arg(long, default_value_t = 8787)]
         port: u16,
+        /// The folder of the local D1, Durable Object and R2 state (default:
+        /// .wrangler/state in the checkout; delete it to start afresh)
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
     },
     /// The whole suite: fmt, clippy (host and wasm32), native tests,
     /// wasm-bindgen tests in Node and (the browser client) in headless
@@ -42,8 +46,8 @@ enum Cmd {
         plan: String,
         #[arg(long)]
         role: Option<Role>,
-        /// Seconds until it expires
-        #[arg(long, default_value_t = 3600)]
+        /// Seconds until it expires (at least 1)
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
         ttl: u64,
     },
     /// Build the Worker bundle into build/ (wrangler runs this)
@@ -70,7 +74,7 @@ enum Role {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Dev { port } => dev(port),
+        Cmd::Dev { port, state } => dev(port, state),
         Cmd::Test => test(),
         Cmd::Token {
             user,
@@ -91,13 +95,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn dev(port: u16) -> Result<()> {
+fn dev(port: u16, state: Option<std::path::PathBuf>) -> Result<()> {
     let root = root();
+    let persist = match state {
+        Some(dir) => std::env::current_dir()?.join(dir),
+        None => root.join(".wrangler/state"),
+    };
+    let _lock = xtask::lock_state(&persist)?;
     let tools = setup::all(&root)?;
-    let persist = root.join(".wrangler/state");
     setup::migrate(&root, &persist)?;
     build(&root, &tools, None)?;
     println!("\nSesh is starting on http://127.0.0.1:{port}");
+    println!(
+        "  state:   {} (delete it to start afresh)",
+        persist.display()
+    );
     println!("  health:  curl http://127.0.0.1:{port}/health");
     println!("  token:   cargo xtask token --user alice");
     println!("  call:    curl -H \"Authorization: Bearer $(cargo -q xtask token --user alice)\" http://127.0.0.1:{port}/v1/quota\n");
@@ -120,6 +132,18 @@ fn wrangler_dev(root: &Path, port: u16, persist: &Path) -> Command {
 /// Prints a token for `user` signed with `.dev.vars`' `AUTH_SECRET`.
 fn token(user: &str, plan: &str, role: Option<&str>, ttl: u64) -> Result<()> {
     let root = root();
+    // The server's own rules, so a token printed here is one it accepts.
+    if !sesh_protocol::is_valid_user_id(user) {
+        anyhow::bail!("--user {user:?}: a user id is 1-128 characters of [A-Za-z0-9_.:@-]");
+    }
+    let plans = sesh_core::config::Plans::parse(setup::plans_var(&root)?.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if plans.get(plan).is_none() {
+        anyhow::bail!(
+            "--plan {plan:?}: the server knows the plans {}",
+            plans.names().join(", ")
+        );
+    }
     setup::dev_vars(&root)?;
     let token = mint(&setup::auth_secret(&root)?, user, plan, role, ttl)?;
     println!("{token}");

@@ -189,6 +189,26 @@ pub fn auth_secret(root: &Path) -> Result<String> {
         .ok_or_else(|| anyhow!("AUTH_SECRET is missing from .dev.vars"))
 }
 
+/// The `PLANS` the local server runs with: `.dev.vars` overrides
+/// `wrangler.toml`'s `[vars]`, as `wrangler dev` does. A TOML basic string
+/// is read with JSON's string rules, which it shares for every escape a
+/// plan table needs.
+pub fn plans_var(root: &Path) -> Result<Option<String>> {
+    let dev = std::fs::read_to_string(root.join(".dev.vars")).unwrap_or_default();
+    if let Some(v) = dev.lines().find_map(|l| l.trim().strip_prefix("PLANS=")) {
+        let v = v.trim();
+        let v = serde_json::from_str::<String>(v).unwrap_or_else(|_| v.to_owned());
+        return Ok(Some(v));
+    }
+    let toml =
+        std::fs::read_to_string(root.join("wrangler.toml")).context("reading wrangler.toml")?;
+    Ok(toml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("PLANS"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .find_map(|v| serde_json::from_str::<String>(v.trim()).ok()))
+}
+
 /// Debian's Chromium and its driver for the browser tests, installed with
 /// apt when missing (the tests run as root; nothing is downloaded from
 /// outside the package registries). Answers the browser's path.
