@@ -275,16 +275,20 @@ impl AllowedOrigins {
         AllowedOrigins { list }
     }
 
-    /// Whether the var is set at all.
-    pub fn is_configured(&self) -> bool {
-        self.list.is_some()
-    }
-
     /// Whether a browser `Origin` may call the API cross-origin.
     pub fn allows(&self, origin: &str) -> bool {
         self.list
             .as_ref()
             .is_some_and(|l| l.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)))
+    }
+
+    /// Whether a browser page of `origin` may open a session's WebSocket.
+    /// The same rule as CORS, so an empty list lets no other site's page
+    /// in (a WebSocket is not subject to CORS, so the gateway is the only
+    /// guard); a page of the Worker's own origin (the console) is always
+    /// admitted.
+    pub fn admits_socket(&self, origin: &str, same_origin: bool) -> bool {
+        same_origin || self.allows(origin)
     }
 }
 
@@ -374,12 +378,17 @@ mod tests {
     #[test]
     fn allowed_origins() {
         let a = AllowedOrigins::parse(Some("https://app.example.com, http://localhost:3000/"));
-        assert!(a.is_configured());
         assert!(a.allows("https://app.example.com"));
         assert!(a.allows("http://localhost:3000"));
         assert!(!a.allows("https://evil.example.com"));
         let none = AllowedOrigins::parse(None);
-        assert!(!none.is_configured() && !none.allows("https://app.example.com"));
+        assert!(!none.allows("https://app.example.com"));
+        // Sockets follow CORS: an empty list admits only the Worker's own
+        // pages, a list only its origins.
+        assert!(!none.admits_socket("https://app.example.com", false));
+        assert!(none.admits_socket("http://127.0.0.1:8787", true));
+        assert!(a.admits_socket("https://app.example.com", false));
+        assert!(!a.admits_socket("https://evil.example.com", false));
         assert!(AllowedOrigins::parse(Some("*")).allows("https://any.example"));
     }
 }

@@ -495,8 +495,8 @@ impl Gateway<'_> {
     /// A WebSocket upgrade goes to the session with the client's upgrade
     /// headers, less the token and anything posing as an internal header.
     /// A browser on a page not on the origin list (nor of this origin) is
-    /// refused when the list is configured; clients that send no `Origin`
-    /// are not browsers.
+    /// refused as CORS refuses it (an empty list allows none); clients that
+    /// send no `Origin` are not browsers.
     async fn upgrade(
         &self,
         id: &str,
@@ -508,7 +508,7 @@ impl Gateway<'_> {
             let same_origin = req
                 .url()
                 .is_ok_and(|u| u.origin().ascii_serialization().eq_ignore_ascii_case(o));
-            if self.origins.is_configured() && !self.origins.allows(o) && !same_origin {
+            if !self.origins.admits_socket(o, same_origin) {
                 return Err(ApiError::Forbidden("origin not allowed".into()));
             }
         }
