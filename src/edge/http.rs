@@ -148,22 +148,68 @@ pub fn respond(r: Result<Response, ApiError>) -> Response {
 pub fn refuse_declared_oversize(req: &Request, limit: usize) -> Result<(), ApiError> {
     let declared = req.headers().get("content-length").ok().flatten();
     match declared.and_then(|n| n.trim().parse::<usize>().ok()) {
-        Some(n) if n > limit => Err(ApiError::PayloadTooLarge { limit }),
+        Some(n) if n > limit => {
+            cancel_body(req);
+            Err(ApiError::PayloadTooLarge { limit })
+        }
         _ => Ok(()),
     }
 }
 
+/// Tells the runtime that the rest of the body will not be read. A body
+/// left unread and uncancelled behind an early answer kept the local
+/// runtime waiting on it: after a chunked upload over the limit got its
+/// 413, the next request hung until the runtime restarted ("Your worker
+/// restarted mid-request").
+fn cancel_body(req: &Request) {
+    if let Some(body) = req.inner().body() {
+        // The promise settles once the stream is torn down; nothing waits
+        // on it.
+        let _ = body.cancel();
+    }
+}
+
+/// Reads and drops the rest of a refused body, up to [`DRAIN_BYTES`], then
+/// cancels what is left.
+async fn drain(reader: &worker::web_sys::ReadableStreamDefaultReader) {
+    use worker::wasm_bindgen_futures::JsFuture;
+    let mut seen = 0usize;
+    while seen < DRAIN_BYTES {
+        let Ok(step) = JsFuture::from(reader.read()).await else {
+            return;
+        };
+        if js_sys::Reflect::get(&step, &"done".into()).map_or(true, |d| d.as_bool().unwrap_or(true))
+        {
+            return;
+        }
+        seen += js_sys::Reflect::get(&step, &"value".into()).map_or(0, |v| {
+            v.unchecked_into::<js_sys::Uint8Array>().length() as usize
+        });
+    }
+    let _ = reader.cancel();
+}
+
+/// How much of a refused chunked body is read and dropped.
+const DRAIN_BYTES: usize = 64 << 20;
+
 /// Reads a request body of at most `limit` bytes: 413 beyond it. A
 /// `Content-Length` over the limit is refused before anything is read; a
 /// body without one (chunked) is read as a stream and refused as soon as it
-/// passes the limit, so no oversized body is ever held whole.
+/// passes the limit, so no oversized body is ever held whole. Either way the
+/// rest of a refused body is cancelled.
 pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
-    use futures_util::StreamExt;
+    use worker::wasm_bindgen_futures::JsFuture;
+    use worker::web_sys::ReadableStreamDefaultReader;
 
     let too_large = ApiError::PayloadTooLarge { limit };
+    let unreadable =
+        |e: JsValue| ApiError::BadRequest(format!("could not read the request body: {e:?}"));
     if let Ok(Some(len)) = req.headers().get("content-length") {
         match len.trim().parse::<usize>() {
-            Ok(n) if n > limit => return Err(too_large),
+            Ok(n) if n > limit => {
+                cancel_body(req);
+                return Err(too_large);
+            }
             // A known length within the limit is read whole, in one step
             // (a stream costs a reader and a promise per chunk).
             Ok(_) => {
@@ -174,21 +220,30 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiEr
             Err(_) => return Err(ApiError::BadRequest("invalid Content-Length".into())),
         }
     }
-    let mut stream = match req.stream() {
-        Ok(s) => s,
-        // No body at all.
-        Err(_) => return Ok(Vec::new()),
+    let Some(stream) = req.inner().body() else {
+        return Ok(Vec::new());
     };
+    // The runtime's own reader, so a refused body can be cancelled.
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
+    loop {
+        let step = JsFuture::from(reader.read()).await.map_err(unreadable)?;
+        let done = js_sys::Reflect::get(&step, &"done".into()).map_err(unreadable)?;
+        if done.as_bool().unwrap_or(true) {
+            return Ok(body);
+        }
+        let chunk: js_sys::Uint8Array = js_sys::Reflect::get(&step, &"value".into())
+            .map_err(unreadable)?
+            .unchecked_into();
+        let n = chunk.length() as usize;
+        if body.len() + n > limit {
+            drain(&reader).await;
             return Err(too_large);
         }
-        body.extend_from_slice(&chunk);
+        let start = body.len();
+        body.resize(start + n, 0);
+        chunk.copy_to(&mut body[start..]);
     }
-    Ok(body)
 }
 
 /// Removes every `x-sesh-*` header: those are the gateway's word to the
