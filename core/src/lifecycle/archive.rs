@@ -24,9 +24,10 @@ use crate::lifecycle::format::{
     archive_key, count, encode, manifest_key, quarter, verify, ArchiveObject, Manifest,
     ManifestEntry,
 };
-use crate::lifecycle::reads::{finished, AllPoints};
+use crate::lifecycle::reads::AllPoints;
 use crate::lifecycle::store::{
-    first_rows, object, one, rows, stored, Answer, Budget, Driver, Io, LifecycleError, Poll,
+    finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io, LifecycleError,
+    Poll,
 };
 use crate::time::{rfc3339, Millis};
 

@@ -18,13 +18,18 @@
 //! step killed after its put writes the same part again. The last step
 //! reads the parts back in order for the file's size and SHA-256 and sets
 //! `status` `done`. The download streams the parts in order.
+//!
+//! **Failures.** A step that fails is tried again after a wait that doubles
+//! from 1 s to a minute; after [`MAX_FAILURES`] in a row the export is
+//! marked `failed`. [`after_step`] decides, from the count of failures in a
+//! row that the export's object keeps and hands it; the object only stores
+//! the count, sets the alarm and runs the statement it is given.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
-use sha2::{Digest, Sha256};
-
 use sesh_protocol::PointsPage;
+use sha2::{Digest, Sha256};
 
 use crate::data::history::{
     find_session, merge_points, parse_found_session, point_months, points_page, read_points,
@@ -34,9 +39,9 @@ use crate::data::partition::{
     LIST_PARTITIONS,
 };
 use crate::lifecycle::format::{hex, NdjsonGz};
-use crate::lifecycle::reads::{archive_state, decoded, finished, source, Source};
+use crate::lifecycle::reads::{archive_state, decoded, source, Source};
 use crate::lifecycle::store::{
-    first_rows, object, one, rows, stored, Answer, Driver, Io, LifecycleError, Poll,
+    finished, first_rows, object, one, rows, stored, Answer, Driver, Io, LifecycleError, Poll,
 };
 use crate::time::{rfc3339, Millis};
 

@@ -34,7 +34,7 @@ use crate::data::partition::Month;
 use crate::lifecycle::archive::Archive;
 use crate::lifecycle::moves::Moves;
 use crate::lifecycle::prune::Prune;
-use crate::lifecycle::store::{Answer, Budget, Driver, LifecycleError, Poll};
+use crate::lifecycle::store::{finished, Answer, Budget, Driver, LifecycleError, Poll};
 use crate::time::Millis;
 
 /// The lifecycle settings (Worker vars; README's configuration table).
@@ -215,7 +215,7 @@ impl Driver for Run {
                         (complete, p.budget)
                     }
                 },
-                Stage::Done => return Err(reads::finished()),
+                Stage::Done => return Err(finished()),
             };
             let next = match (&self.stage, complete) {
                 (Stage::Moves(_), true) => Stage::Archive(Archive::new(

@@ -23,9 +23,8 @@ use crate::data::partition::{
     col_int, col_opt_str, col_str, due_moves, ensure_points, ensure_sessions, Existing, Month,
     Span, Statement, TableKind, LIST_PARTITIONS,
 };
-use crate::lifecycle::reads::finished;
 use crate::lifecycle::store::{
-    first_rows, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
+    finished, first_rows, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
 };
 use crate::time::Millis;
 

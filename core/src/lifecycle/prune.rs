@@ -18,9 +18,8 @@ use crate::data::partition::{
     col_int, col_str, Existing, Span, Statement, TableKind, LIST_PARTITIONS,
 };
 use crate::lifecycle::format::{count, verify};
-use crate::lifecycle::reads::finished;
 use crate::lifecycle::store::{
-    first_rows, object, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
+    finished, first_rows, object, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
 };
 use crate::time::Millis;
 

@@ -15,7 +15,7 @@ use crate::data::history::{
 };
 use crate::data::partition::{col_int, col_str, Existing, Month, Statement, LIST_PARTITIONS};
 use crate::lifecycle::format::{decode, stats_of, Decoded};
-use crate::lifecycle::store::{object, rows, Answer, Driver, Io, LifecycleError, Poll};
+use crate::lifecycle::store::{finished, object, rows, Answer, Driver, Io, LifecycleError, Poll};
 
 /// The archive state of a session: `(key, pruned)` when it has a verified
 /// archive.
@@ -218,11 +218,6 @@ impl Driver for EndedStats {
     fn handle(&mut self, answer: Answer) {
         self.answer = Some(answer);
     }
-}
-
-/// Polling a driver that is already done is a bug of its carrier.
-pub(crate) fn finished() -> LifecycleError {
-    LifecycleError::Store("polled after it was done".into())
 }
 
 /// All of a session's points from D1, a page per round trip (the archive

@@ -51,17 +51,6 @@ pub enum Io {
     },
 }
 
-impl Io {
-    /// The request's name, for errors and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Io::Batch(_) => "batch",
-            Io::Get(_) => "get",
-            Io::Put { .. } => "put",
-        }
-    }
-}
-
 /// The answer to an [`Io`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -165,6 +154,12 @@ fn mismatch(wanted: &str, got: Option<Answer>) -> LifecycleError {
         "wanted {wanted}, got {}",
         got.as_ref().map_or("no answer", Answer::name)
     ))
+}
+
+/// Polling a driver that is already done (or in the middle of a step it
+/// lost) is a bug of its carrier; it fails the drive.
+pub(crate) fn finished() -> LifecycleError {
+    LifecycleError::Store("polled after it was done".into())
 }
 
 /// A one-statement batch.

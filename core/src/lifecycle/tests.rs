@@ -310,3 +310,30 @@ fn rows_written_to_a_moving_month_after_its_check_are_not_lost() {
         expected(&[start + 1, start + 2, start + 3])
     );
 }
+
+#[test]
+fn a_driver_fails_on_an_answer_that_is_not_to_its_request() {
+    let id = sid(ms(2024, 1, 1), 1);
+    let mut d = crate::lifecycle::reads::EndedStats::new(&id);
+    assert!(matches!(
+        d.poll().unwrap(),
+        Poll::Io(crate::lifecycle::store::Io::Batch(_))
+    ));
+    d.handle(Answer::Stored);
+    let e = d.poll().unwrap_err();
+    assert!(e.to_string().contains("wanted rows"), "{e}");
+    // A run asks for nothing before its first poll and stops at a zero
+    // budget without a request.
+    let mut r = Run::new(
+        ms(2026, 7, 15),
+        &LifecycleConfig {
+            max_calls: 0,
+            ..LifecycleConfig::default()
+        },
+    );
+    match r.poll().unwrap() {
+        Poll::Done(report) => assert!(!report.complete),
+        Poll::Io(io) => panic!("{io:?}"),
+    }
+    assert!(r.poll().is_err(), "polled after it was done");
+}
