@@ -5,10 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use serde_json::Value;
-
-use sesh_core::data::partition::Statement;
-use sesh_core::lifecycle::store::{Backend, LifecycleError};
+use crate::lifecycle::Carrier;
+use sesh_core::lifecycle::store::{Answer, Io, LifecycleError};
 
 static D1_FAILING: AtomicBool = AtomicBool::new(false);
 static PRESENCE_FAILING: AtomicBool = AtomicBool::new(false);
@@ -70,22 +68,12 @@ async fn lifecycle_call() {
     worker::Delay::from(std::time::Duration::from_secs(3600)).await;
 }
 
-/// A lifecycle backend that stops at the armed call ([`arm_lifecycle_hang`]).
-pub struct Hanging<B>(pub B);
+/// A lifecycle carrier that stops at the armed call ([`arm_lifecycle_hang`]).
+pub struct Hanging<C>(pub C);
 
-impl<B: Backend> Backend for Hanging<B> {
-    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+impl<C: Carrier> Carrier for Hanging<C> {
+    async fn carry(&self, io: Io) -> Result<Answer, LifecycleError> {
         lifecycle_call().await;
-        self.0.batch(statements).await
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
-        lifecycle_call().await;
-        self.0.get(key).await
-    }
-
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
-        lifecycle_call().await;
-        self.0.put(key, bytes).await
+        self.0.carry(io).await
     }
 }

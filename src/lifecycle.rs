@@ -1,8 +1,8 @@
 //! The Worker's side of the data lifecycle (CONTRACT.md section 9): D1 and
-//! the `ARCHIVE` R2 bucket behind the cores' [`Backend`], the scheduled
-//! run, and the read of an ended session's points from D1 or its archive.
-//! Everything it does is decided in `core::lifecycle`, `core::archive` and
-//! `core::export`.
+//! the `ARCHIVE` R2 bucket as the [`Carrier`] of the lifecycle drivers'
+//! requests, the scheduled run, and the read of an ended session's points
+//! from D1 or its archive. Everything it does is decided by the drivers of
+//! `sesh_core::lifecycle`; [`drive`] only carries their requests out.
 
 use serde_json::Value;
 use sesh_protocol::PointsPage;
@@ -12,8 +12,9 @@ use crate::db;
 use crate::edge::http;
 use crate::error::ApiError;
 use sesh_core::data::partition::Statement;
-use sesh_core::lifecycle::store::{Backend, LifecycleError};
-use sesh_core::lifecycle::{self, LifecycleConfig, Report};
+use sesh_core::lifecycle::reads::{EndedPoints, EndedStats};
+use sesh_core::lifecycle::store::{Answer, Driver, Io, LifecycleError, Poll};
+use sesh_core::lifecycle::{LifecycleConfig, Report, Run};
 use sesh_core::time::Millis;
 
 /// D1 and the archive bucket.
@@ -41,14 +42,52 @@ fn store(e: impl std::fmt::Display) -> LifecycleError {
     LifecycleError::Store(e.to_string())
 }
 
-impl Backend for Cloud {
-    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+/// What carries a driver's requests out: one round trip per request.
+// The Worker is single-threaded and never sends these futures elsewhere,
+// so the missing `Send` bound the lint warns about is what is wanted.
+#[allow(async_fn_in_trait)]
+pub trait Carrier {
+    /// Carries out one request; its answer.
+    async fn carry(&self, io: Io) -> Result<Answer, LifecycleError>;
+}
+
+/// Runs a driver to its end: each request it emits is carried out and the
+/// answer handed back (the native tests' loop, with an `await`).
+pub async fn drive<C: Carrier, D: Driver>(
+    c: &C,
+    mut driver: D,
+) -> Result<D::Output, LifecycleError> {
+    loop {
+        match driver.poll()? {
+            Poll::Done(out) => return Ok(out),
+            Poll::Io(io) => {
+                let answer = c.carry(io).await?;
+                driver.handle(answer);
+            }
+        }
+    }
+}
+
+impl Cloud {
+    /// Runs the statements as one D1 batch; the rows of each.
+    pub async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
         db::batch(&self.d1, statements).await.map_err(|e| {
             LifecycleError::Store(e.log_detail().map_or_else(|| e.to_string(), str::to_owned))
         })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
+    /// Runs one statement; its rows.
+    pub async fn query(&self, st: Statement) -> Result<Vec<Value>, LifecycleError> {
+        Ok(self
+            .batch(std::slice::from_ref(&st))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// The R2 object at `key`, `None` when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
         let Some(obj) = self.r2.get(key).execute().await.map_err(store)? else {
             return Ok(None);
         };
@@ -61,6 +100,16 @@ impl Backend for Cloud {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
         self.r2.put(key, bytes).execute().await.map_err(store)?;
         Ok(())
+    }
+}
+
+impl Carrier for Cloud {
+    async fn carry(&self, io: Io) -> Result<Answer, LifecycleError> {
+        match io {
+            Io::Batch(statements) => self.batch(&statements).await.map(Answer::Rows),
+            Io::Get(key) => self.get(&key).await.map(Answer::Object),
+            Io::Put { key, bytes } => self.put(&key, bytes).await.map(|()| Answer::Stored),
+        }
     }
 }
 
@@ -81,7 +130,7 @@ pub async fn run_lifecycle(env: &Env, now: Millis) -> Result<Report, ApiError> {
     let cloud = Cloud::new(env)?;
     #[cfg(feature = "test-faults")]
     let cloud = crate::faults::Hanging(cloud);
-    Ok(lifecycle::run(&cloud, now, &config(env)).await?)
+    Ok(drive(&cloud, Run::new(now, &config(env))).await?)
 }
 
 /// A page of an ended session's points from D1 or, once its points are
@@ -93,7 +142,7 @@ pub async fn ended_points(
     limit: u64,
 ) -> Result<Option<PointsPage>, ApiError> {
     let cloud = Cloud::new(env)?;
-    Ok(sesh_core::lifecycle::archive::ended_points(&cloud, session_id, after_seq, limit).await?)
+    Ok(drive(&cloud, EndedPoints::new(session_id, after_seq, limit)).await?)
 }
 
 /// The `stats` of an ended session from D1 or, once its points are
@@ -103,7 +152,7 @@ pub async fn ended_stats(
     session_id: &str,
 ) -> Result<std::collections::BTreeMap<String, sesh_protocol::KindStats>, ApiError> {
     let cloud = Cloud::new(env)?;
-    Ok(sesh_core::lifecycle::archive::ended_stats(&cloud, session_id).await?)
+    Ok(drive(&cloud, EndedStats::new(session_id)).await?)
 }
 
 /// Test builds only (`GET /__test/r2?prefix=`): every object of the
@@ -133,7 +182,7 @@ pub async fn test_listing(env: &Env, prefix: &str) -> Result<Vec<Value>, ApiErro
         out.push(serde_json::json!({
             "key": key,
             "bytes": bytes.len(),
-            "sha256": sesh_core::lifecycle::archive::sha256_hex(&bytes),
+            "sha256": sesh_core::lifecycle::format::sha256_hex(&bytes),
         }));
     }
     Ok(out)

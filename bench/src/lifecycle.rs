@@ -25,7 +25,7 @@ use anyhow::Result;
 use serde_json::{json, Map, Value};
 use sesh_core::data::history::{write_points, write_session};
 use sesh_core::data::partition::Month;
-use sesh_core::lifecycle::archive::sha256_hex;
+use sesh_core::lifecycle::format::sha256_hex;
 use sesh_protocol::SessionStatus;
 
 use super::drive::{self, block_on, expect, fail, send, Errors};

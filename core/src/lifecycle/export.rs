@@ -18,10 +18,17 @@
 //! step killed after its put writes the same part again. The last step
 //! reads the parts back in order for the file's size and SHA-256 and sets
 //! `status` `done`. The download streams the parts in order.
+//!
+//! **Failures.** A step that fails is tried again after a wait that doubles
+//! from 1 s to a minute; after [`MAX_FAILURES`] in a row the export is
+//! marked `failed`. [`after_step`] decides, from the count of failures in a
+//! row that the export's object keeps and hands it; the object only stores
+//! the count, sets the alarm and runs the statement it is given.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
+use sesh_protocol::PointsPage;
 use sha2::{Digest, Sha256};
 
 use crate::data::history::{
@@ -29,10 +36,13 @@ use crate::data::history::{
 };
 use crate::data::partition::{
     col_int, col_opt_f64, col_opt_str, col_str, Existing, RowError, Statement, TableKind,
+    LIST_PARTITIONS,
 };
-use crate::lifecycle::archive::{archive_state, fetch_archive, hex, source, NdjsonGz, Source};
-use crate::lifecycle::existing;
-use crate::lifecycle::store::{query, Backend, LifecycleError};
+use crate::lifecycle::format::{hex, NdjsonGz};
+use crate::lifecycle::reads::{archive_state, decoded, source, Source};
+use crate::lifecycle::store::{
+    finished, first_rows, object, one, rows, stored, Answer, Driver, Io, LifecycleError, Poll,
+};
 use crate::time::{rfc3339, Millis};
 
 /// The R2 key of an export's part `n`.
@@ -238,10 +248,13 @@ impl ExportRow {
 pub const MAX_FAILURES: u32 = 20;
 
 /// After the `failures`-th failed step in a row: the wait before the next
-/// attempt (1 s doubling to a minute, as a session's D1 retries), or `None`
-/// when the export gives up and is marked failed ([`fail`]).
+/// attempt (1 s doubling to a minute), or `None` when the export gives up
+/// and is marked failed ([`fail`]).
+// The export's own policy: a step is an alarm of its own object, so it
+// owes nothing to the session's flush retries, though the shape is alike.
 pub fn retry_after(failures: u32) -> Option<Millis> {
-    (failures < MAX_FAILURES).then(|| crate::session::retry_backoff_ms(failures) as Millis)
+    let doubling: Millis = 1 << failures.saturating_sub(1).min(6);
+    (failures < MAX_FAILURES).then_some((1_000 * doubling).min(60_000))
 }
 
 /// What is left after a step.
@@ -322,192 +335,462 @@ fn first_session(answers: Vec<Vec<Value>>) -> Result<Option<(Millis, String)>, R
     Ok(best)
 }
 
-/// Runs one step of export `id` at `now`, writing at most `step_points`
-/// lines.
-pub async fn step<B: Backend>(
-    b: &B,
-    id: &str,
-    now: Millis,
-    step_points: u32,
-) -> Result<Step, LifecycleError> {
-    let Some(row) = ExportRow::from_rows(&query(b, load(id)).await?)? else {
-        return Ok(Step::Finished);
-    };
-    if matches!(row.status, Status::Done | Status::Failed) {
-        return Ok(Step::Finished);
-    }
-    if row.progress.phase == Phase::Finish {
-        finish(b, &row, now).await?;
-        return Ok(Step::Finished);
-    }
-    let ex = existing(b).await?;
-    let mut p = row.progress.clone();
-    let (mut sessions, mut points) = (row.sessions, row.points);
-    let mut out = NdjsonGz::new();
-    let mut room = u64::from(step_points.max(1));
-    while room > 0 && p.phase != Phase::Finish {
-        match (p.phase, p.current.clone()) {
-            (Phase::Sessions, None) => {
-                let batch = next_session(&row.user_id, &p.after, &ex);
-                let answers = if batch.is_empty() {
-                    Vec::new()
-                } else {
-                    b.batch(&batch).await?
-                };
-                let Some((started_ms, sid)) = first_session(answers)? else {
-                    p.phase = Phase::Metrics;
-                    continue;
-                };
-                let found = match find_session(&sid, &ex) {
-                    Some(st) => parse_found_session(&query(b, st).await?)?,
-                    None => None,
-                };
-                match found {
-                    Some(s) => {
-                        out.line(&session_line(&s));
-                        sessions += 1;
-                        room -= 1;
-                        p.current = Some(Current {
-                            id: sid,
-                            started_ms,
-                            after_seq: 0,
-                        });
-                    }
-                    // A member row without its session row (not written
-                    // yet): nothing to export for it.
-                    None => p.after = Some((started_ms, sid)),
-                }
-            }
-            (Phase::Sessions, Some(cur)) => {
-                let limit = room.min(MAX_READ_LIMIT as u64);
-                let src = b
-                    .batch(&[point_months(&cur.id), archive_state(&cur.id)])
-                    .await?;
-                let page = match source(&src[0], &src[1])? {
-                    Source::Archive(key) => {
-                        fetch_archive(b, &key).await?.page(cur.after_seq, limit)
-                    }
-                    Source::D1(months) => {
-                        let stmts = read_points(&cur.id, cur.after_seq, limit as u32, &months, &ex);
-                        let rows = if stmts.is_empty() {
-                            Vec::new()
-                        } else {
-                            b.batch(&stmts).await?
-                        };
-                        points_page(&merge_points(&rows, limit), 0)?
-                    }
-                };
-                let n = page.points.len() as u64;
-                for pt in &page.points {
-                    out.line(&point_line(&cur.id, pt));
-                }
-                points += n;
-                room = room.saturating_sub(n.max(1));
-                match page.points.last() {
-                    Some(last) if n == limit => {
-                        p.current = Some(Current {
-                            after_seq: last.seq,
-                            ..cur
-                        });
-                    }
-                    _ => {
-                        p.after = Some((cur.started_ms, cur.id));
-                        p.current = None;
-                    }
-                }
-            }
-            (Phase::Metrics, _) => {
-                let limit = room.min(1000);
-                let (t, kind) = p
-                    .metric_after
-                    .clone()
-                    .unwrap_or((Millis::MIN, String::new()));
-                let rows = query(
-                    b,
-                    Statement::new(
-                        "SELECT start_ms, kind, count, value_count, sum, min, max FROM metrics_day \
-                         WHERE user_id = ?1 AND (start_ms, kind) > (?2, ?3) \
-                         ORDER BY start_ms, kind LIMIT ?4",
-                        vec![
-                            Value::from(row.user_id.as_str()),
-                            Value::from(t),
-                            Value::from(kind),
-                            Value::from(limit),
-                        ],
-                    ),
-                )
-                .await?;
-                for r in &rows {
-                    out.line(&metric_line(r)?);
-                }
-                let n = rows.len() as u64;
-                room = room.saturating_sub(n.max(1));
-                match rows.last() {
-                    Some(last) if n == limit => {
-                        p.metric_after = Some((col_int(last, "start_ms")?, col_str(last, "kind")?))
-                    }
-                    _ => p.phase = Phase::Finish,
-                }
-            }
-            (Phase::Finish, _) => {}
-        }
-    }
-    let mut parts = row.parts;
-    if out.lines() > 0 {
-        b.put(&part_key(id, parts), out.finish()).await?;
-        parts += 1;
-    }
-    let state = serde_json::to_string(&p).unwrap_or_default();
-    b.batch(&[Statement::new(
-        "UPDATE exports SET status = 'running', state = ?2, parts = ?3, sessions = ?4, \
-         points = ?5, updated_at = ?6 WHERE id = ?1 AND parts = ?7 AND status != 'done'",
-        vec![
-            Value::from(id),
-            Value::from(state),
-            Value::from(parts),
-            Value::from(sessions),
-            Value::from(points),
-            Value::from(now),
-            Value::from(row.parts),
-        ],
-    )])
-    .await?;
-    Ok(Step::More)
+#[derive(Debug)]
+enum State {
+    Load,
+    Loaded,
+    Existing(ExportRow),
+    // Write lines until the step's room is used up.
+    Lines,
+    NextSession,
+    Found(Millis, String),
+    Source(Current, u64),
+    ArchivePage(Current, u64, String),
+    D1Page(Current, u64),
+    Metrics(u64),
+    // The step's part is stored; advance the row.
+    PartPut,
+    Advanced,
+    // The last step: the file's size and checksum from its parts.
+    FinishEmpty(ExportRow),
+    FinishPart(u32),
+    FinishDone,
+    Done,
 }
 
-// Size and SHA-256 of the whole file from its parts, then `done`.
-async fn finish<B: Backend>(b: &B, row: &ExportRow, now: Millis) -> Result<(), LifecycleError> {
-    let mut parts = row.parts;
-    if parts == 0 {
-        // A user with nothing to export still gets a valid (empty) gzip file.
-        b.put(&part_key(&row.id, 0), NdjsonGz::new().finish())
-            .await?;
-        parts = 1;
+// What one step has written so far (its row as read, and its lines).
+struct Work {
+    row: ExportRow,
+    ex: Existing,
+    p: Progress,
+    sessions: u64,
+    points: u64,
+    out: NdjsonGz,
+    room: u64,
+}
+
+// The last step's reading of the parts.
+struct Finish {
+    id: String,
+    parts: u32,
+    sha: Sha256,
+    bytes: u64,
+}
+
+/// One step of an export (one alarm of its object): writes at most
+/// `step_points` lines as one part and advances the row, or, once every
+/// line is written, reads the parts back for the file's size and SHA-256
+/// and sets it done. Done with [`Step::More`] when more steps are due.
+pub struct ExportStep {
+    id: String,
+    now: Millis,
+    step_points: u32,
+    work: Option<Work>,
+    finish: Option<Finish>,
+    state: State,
+    answer: Option<Answer>,
+}
+
+impl std::fmt::Debug for ExportStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportStep")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
     }
-    let mut sha = Sha256::new();
-    let mut bytes = 0u64;
-    for n in 0..parts {
-        let key = part_key(&row.id, n);
-        let part = b.get(&key).await?.ok_or(LifecycleError::Object {
-            key,
-            detail: "missing".into(),
-        })?;
-        sha.update(&part);
-        bytes += part.len() as u64;
+}
+
+impl ExportStep {
+    /// A step of export `id` at `now`.
+    pub fn new(id: &str, now: Millis, step_points: u32) -> ExportStep {
+        ExportStep {
+            id: id.to_owned(),
+            now,
+            step_points,
+            work: None,
+            finish: None,
+            state: State::Load,
+            answer: None,
+        }
     }
-    b.batch(&[Statement::new(
-        "UPDATE exports SET status = 'done', parts = ?2, bytes = ?3, sha256 = ?4, updated_at = ?5 \
-         WHERE id = ?1 AND status != 'done'",
-        vec![
-            Value::from(row.id.as_str()),
-            Value::from(parts),
-            Value::from(bytes),
-            Value::from(hex(&sha.finalize())),
-            Value::from(now),
-        ],
-    )])
-    .await?;
-    Ok(())
+
+    fn io(&mut self, next: State, io: Io) -> Result<Poll<Step>, LifecycleError> {
+        self.state = next;
+        Ok(Poll::Io(io))
+    }
+
+    fn work(&mut self) -> Result<&mut Work, LifecycleError> {
+        self.work.as_mut().ok_or_else(finished)
+    }
+
+    // Reads part `n` back, or sets the export done once all are read.
+    fn finish_from(&mut self, n: u32) -> Result<Poll<Step>, LifecycleError> {
+        let f = self.finish.as_ref().ok_or_else(finished)?;
+        if n < f.parts {
+            let key = part_key(&f.id, n);
+            return self.io(State::FinishPart(n), Io::Get(key));
+        }
+        let done = Statement::new(
+            "UPDATE exports SET status = 'done', parts = ?2, bytes = ?3, sha256 = ?4, updated_at = ?5 \
+             WHERE id = ?1 AND status != 'done'",
+            vec![
+                Value::from(f.id.as_str()),
+                Value::from(f.parts),
+                Value::from(f.bytes),
+                Value::from(hex(&f.sha.clone().finalize())),
+                Value::from(self.now),
+            ],
+        );
+        self.io(State::FinishDone, one(done))
+    }
+
+    // Stores the step's part (if it has lines), else advances the row.
+    fn write(&mut self) -> Result<Poll<Step>, LifecycleError> {
+        let w = self.work()?;
+        if w.out.lines() > 0 {
+            let out = std::mem::take(&mut w.out);
+            let key = part_key(&w.row.id, w.row.parts);
+            return self.io(
+                State::PartPut,
+                Io::Put {
+                    key,
+                    bytes: out.finish(),
+                },
+            );
+        }
+        self.advance(false)
+    }
+
+    // Advances the row only if `parts` is still what the step read: a step
+    // killed after its put writes the same part again.
+    fn advance(&mut self, put: bool) -> Result<Poll<Step>, LifecycleError> {
+        let now = self.now;
+        let w = self.work()?;
+        let parts = w.row.parts + u32::from(put);
+        let state = serde_json::to_string(&w.p).unwrap_or_default();
+        let update = Statement::new(
+            "UPDATE exports SET status = 'running', state = ?2, parts = ?3, sessions = ?4, \
+             points = ?5, updated_at = ?6 WHERE id = ?1 AND parts = ?7 AND status != 'done'",
+            vec![
+                Value::from(w.row.id.as_str()),
+                Value::from(state),
+                Value::from(parts),
+                Value::from(w.sessions),
+                Value::from(w.points),
+                Value::from(now),
+                Value::from(w.row.parts),
+            ],
+        );
+        self.io(State::Advanced, one(update))
+    }
+
+    // Takes the page of the current session's points.
+    fn take_page(
+        &mut self,
+        cur: Current,
+        limit: u64,
+        page: PointsPage,
+    ) -> Result<(), LifecycleError> {
+        let w = self.work()?;
+        let n = page.points.len() as u64;
+        for pt in &page.points {
+            w.out.line(&point_line(&cur.id, pt));
+        }
+        w.points += n;
+        w.room = w.room.saturating_sub(n.max(1));
+        match page.points.last() {
+            Some(last) if n == limit => {
+                w.p.current = Some(Current {
+                    after_seq: last.seq,
+                    ..cur
+                });
+            }
+            _ => {
+                w.p.after = Some((cur.started_ms, cur.id));
+                w.p.current = None;
+            }
+        }
+        self.state = State::Lines;
+        Ok(())
+    }
+}
+
+impl Driver for ExportStep {
+    type Output = Step;
+
+    fn poll(&mut self) -> Result<Poll<Step>, LifecycleError> {
+        loop {
+            let answer = self.answer.take();
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Load => {
+                    let io = one(load(&self.id));
+                    return self.io(State::Loaded, io);
+                }
+                State::Loaded => {
+                    let Some(row) = ExportRow::from_rows(&first_rows(answer)?)? else {
+                        return Ok(Poll::Done(Step::Finished));
+                    };
+                    if matches!(row.status, Status::Done | Status::Failed) {
+                        return Ok(Poll::Done(Step::Finished));
+                    }
+                    if row.progress.phase == Phase::Finish {
+                        if row.parts == 0 {
+                            // A user with nothing to export still gets a
+                            // valid (empty) gzip file.
+                            let key = part_key(&row.id, 0);
+                            return self.io(
+                                State::FinishEmpty(row),
+                                Io::Put {
+                                    key,
+                                    bytes: NdjsonGz::new().finish(),
+                                },
+                            );
+                        }
+                        self.finish = Some(Finish {
+                            id: row.id.clone(),
+                            parts: row.parts,
+                            sha: Sha256::new(),
+                            bytes: 0,
+                        });
+                        return self.finish_from(0);
+                    }
+                    return self.io(
+                        State::Existing(row),
+                        one(Statement::new(LIST_PARTITIONS, vec![])),
+                    );
+                }
+                State::Existing(row) => {
+                    let ex = Existing::from_rows(&first_rows(answer)?)?;
+                    self.work = Some(Work {
+                        p: row.progress.clone(),
+                        sessions: row.sessions,
+                        points: row.points,
+                        row,
+                        ex,
+                        out: NdjsonGz::new(),
+                        room: u64::from(self.step_points.max(1)),
+                    });
+                    self.state = State::Lines;
+                }
+                State::Lines => {
+                    let w = self.work()?;
+                    if w.room == 0 || w.p.phase == Phase::Finish {
+                        return self.write();
+                    }
+                    match (w.p.phase, w.p.current.clone()) {
+                        (Phase::Sessions, None) => {
+                            let batch = next_session(&w.row.user_id, &w.p.after, &w.ex);
+                            if batch.is_empty() {
+                                self.answer = Some(Answer::Rows(Vec::new()));
+                                self.state = State::NextSession;
+                                continue;
+                            }
+                            return self.io(State::NextSession, Io::Batch(batch));
+                        }
+                        (Phase::Sessions, Some(cur)) => {
+                            let limit = w.room.min(MAX_READ_LIMIT as u64);
+                            let batch = vec![point_months(&cur.id), archive_state(&cur.id)];
+                            return self.io(State::Source(cur, limit), Io::Batch(batch));
+                        }
+                        (Phase::Metrics, _) => {
+                            let limit = w.room.min(1000);
+                            let (t, kind) =
+                                w.p.metric_after
+                                    .clone()
+                                    .unwrap_or((Millis::MIN, String::new()));
+                            let read = Statement::new(
+                                "SELECT start_ms, kind, count, value_count, sum, min, max FROM metrics_day \
+                                 WHERE user_id = ?1 AND (start_ms, kind) > (?2, ?3) \
+                                 ORDER BY start_ms, kind LIMIT ?4",
+                                vec![
+                                    Value::from(w.row.user_id.as_str()),
+                                    Value::from(t),
+                                    Value::from(kind),
+                                    Value::from(limit),
+                                ],
+                            );
+                            return self.io(State::Metrics(limit), one(read));
+                        }
+                        (Phase::Finish, _) => return self.write(),
+                    }
+                }
+                State::NextSession => {
+                    let w = self.work()?;
+                    let Some((started_ms, sid)) = first_session(rows(answer)?)? else {
+                        w.p.phase = Phase::Metrics;
+                        self.state = State::Lines;
+                        continue;
+                    };
+                    match find_session(&sid, &w.ex) {
+                        Some(st) => return self.io(State::Found(started_ms, sid), one(st)),
+                        None => {
+                            w.p.after = Some((started_ms, sid));
+                            self.state = State::Lines;
+                        }
+                    }
+                }
+                State::Found(started_ms, sid) => {
+                    let found = parse_found_session(&first_rows(answer)?)?;
+                    let w = self.work()?;
+                    match found {
+                        Some(s) => {
+                            w.out.line(&session_line(&s));
+                            w.sessions += 1;
+                            w.room -= 1;
+                            w.p.current = Some(Current {
+                                id: sid,
+                                started_ms,
+                                after_seq: 0,
+                            });
+                        }
+                        // A member row without its session row (not written
+                        // yet): nothing to export for it.
+                        None => w.p.after = Some((started_ms, sid)),
+                    }
+                    self.state = State::Lines;
+                }
+                State::Source(cur, limit) => {
+                    let src = rows(answer)?;
+                    let none = Vec::new();
+                    let from = source(src.first().unwrap_or(&none), src.get(1).unwrap_or(&none))?;
+                    match from {
+                        Source::Archive(key) => {
+                            let get = Io::Get(key.clone());
+                            return self.io(State::ArchivePage(cur, limit, key), get);
+                        }
+                        Source::D1(months) => {
+                            let w = self.work()?;
+                            let stmts =
+                                read_points(&cur.id, cur.after_seq, limit as u32, &months, &w.ex);
+                            if stmts.is_empty() {
+                                self.answer = Some(Answer::Rows(Vec::new()));
+                                self.state = State::D1Page(cur, limit);
+                                continue;
+                            }
+                            return self.io(State::D1Page(cur, limit), Io::Batch(stmts));
+                        }
+                    }
+                }
+                State::ArchivePage(cur, limit, key) => {
+                    let page = decoded(&key, answer)?.page(cur.after_seq, limit);
+                    self.take_page(cur, limit, page)?;
+                }
+                State::D1Page(cur, limit) => {
+                    let page = points_page(&merge_points(&rows(answer)?, limit), 0)?;
+                    self.take_page(cur, limit, page)?;
+                }
+                State::Metrics(limit) => {
+                    let rows = first_rows(answer)?;
+                    let w = self.work()?;
+                    for r in &rows {
+                        w.out.line(&metric_line(r)?);
+                    }
+                    let n = rows.len() as u64;
+                    w.room = w.room.saturating_sub(n.max(1));
+                    match rows.last() {
+                        Some(last) if n == limit => {
+                            w.p.metric_after =
+                                Some((col_int(last, "start_ms")?, col_str(last, "kind")?))
+                        }
+                        _ => w.p.phase = Phase::Finish,
+                    }
+                    self.state = State::Lines;
+                }
+                State::PartPut => {
+                    stored(answer)?;
+                    return self.advance(true);
+                }
+                State::Advanced => {
+                    rows(answer)?;
+                    return Ok(Poll::Done(Step::More));
+                }
+                State::FinishEmpty(row) => {
+                    stored(answer)?;
+                    self.finish = Some(Finish {
+                        id: row.id,
+                        parts: 1,
+                        sha: Sha256::new(),
+                        bytes: 0,
+                    });
+                    return self.finish_from(0);
+                }
+                State::FinishPart(n) => {
+                    let f = self.finish.as_mut().ok_or_else(finished)?;
+                    let key = part_key(&f.id, n);
+                    let part = object(answer)?.ok_or(LifecycleError::Object {
+                        key,
+                        detail: "missing".into(),
+                    })?;
+                    f.sha.update(&part);
+                    f.bytes += part.len() as u64;
+                    return self.finish_from(n + 1);
+                }
+                State::FinishDone => {
+                    rows(answer)?;
+                    return Ok(Poll::Done(Step::Finished));
+                }
+                State::Done => return Err(finished()),
+            }
+        }
+    }
+
+    fn handle(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+}
+
+/// What the export's object does after a step, from the step's outcome and
+/// the failed steps in a row before it (kept by the object).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterStep {
+    /// Run the next step at `at`; the count of failures starts again at 0.
+    Next {
+        /// When (the step's end: at once).
+        at: Millis,
+    },
+    /// Nothing more to do (done, failed or unknown).
+    Stop,
+    /// Store `failures` and try again at `at`.
+    Retry {
+        /// Failed steps in a row, this one included.
+        failures: u32,
+        /// When to try again.
+        at: Millis,
+    },
+    /// Store `failures` and give up: `write` marks the export failed.
+    GiveUp {
+        /// Failed steps in a row, this one included.
+        failures: u32,
+        /// The statement that marks it failed, with the reason.
+        write: Statement,
+    },
+}
+
+/// The object's next move after a step of export `id` that ended at `now`
+/// with `outcome`, `failures` failed steps in a row before it.
+pub fn after_step(
+    id: &str,
+    outcome: &Result<Step, LifecycleError>,
+    failures: u32,
+    now: Millis,
+) -> AfterStep {
+    match outcome {
+        Ok(Step::More) => AfterStep::Next { at: now },
+        Ok(Step::Finished) => AfterStep::Stop,
+        Err(e) => {
+            let failures = failures.saturating_add(1);
+            match retry_after(failures) {
+                Some(wait) => AfterStep::Retry {
+                    failures,
+                    at: now + wait,
+                },
+                None => AfterStep::GiveUp {
+                    failures,
+                    write: fail(id, &e.to_string(), now),
+                },
+            }
+        }
+    }
 }
 
 // rusqlite, which runs the statements, is a native-only dev-dependency.

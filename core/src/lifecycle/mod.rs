@@ -1,40 +1,40 @@
 //! The data lifecycle of CONTRACT.md section 9, run by the scheduled
-//! handler at the event's time `now`: what is due, and the partition moves.
-//! Archives and pruning are in [`crate::lifecycle::archive`], exports in
-//! [`crate::lifecycle::export`].
+//! handler at the event's time `now`, and the user exports.
 //!
-//! [`run`] does, in order, as far as its [`Budget`] of round trips allows
-//! (a run that stops early reports `complete: false`; the next run at the
-//! same time goes on from the progress recorded in D1):
+//! Every step is a sans-IO [`Driver`]: it emits the D1 or R2 request it
+//! needs next ([`store::Io`]) and takes the answer back, so no function
+//! here waits; the Worker's adapter carries the requests out. Each step is
+//! a file, and this module only orchestrates. [`Run`] does, in order, as
+//! far as its [`Budget`] of round trips allows (a run that stops early
+//! reports `complete: false`; the next run at the same time goes on from
+//! the progress recorded in D1):
 //!
-//! 1. **Moves.** Every monthly partition whose month is 12 or more months
-//!    before `now`'s month ([`due_moves`]) moves into its yearly tables:
-//!    the yearly tables are made sure of; then for each of the month's
-//!    tables (sessions, members, points) its rows are copied with
-//!    `INSERT OR IGNORE` in keyset chunks of `move_chunk` rows (a session
-//!    row already in the yearly table, written there by a later upsert,
-//!    wins), then checked chunk by chunk to be in the yearly table, and
-//!    when all of the month's tables are checked, one batch drops them and
-//!    unregisters them, guarded by their row counts (a row written to a
-//!    monthly table after its check fails the batch and restarts that
-//!    table's copy). Each chunk is one D1 batch that also moves the cursor
-//!    in `partition_moves`, so a run killed at any statement resumes where
-//!    the last batch left off and ends in the same state. Readers see both
-//!    copies during a move and keep one (see `partition`).
-//! 2. **Archives** of cold ended sessions to R2, with quarterly manifests.
-//! 3. **Pruning** of archived sessions' detailed points.
+//! 1. **Moves** ([`moves`]) of monthly partitions 12 or more months back
+//!    into their yearly tables.
+//! 2. **Archives** ([`archive`]) of cold ended sessions to R2, with
+//!    quarterly manifests, in the [`format`] the reads share.
+//! 3. **Pruning** ([`prune`]) of archived sessions' detailed points.
+//!
+//! Exports ([`export`]) run one step per alarm of their own object; the
+//! reads of a retired session ([`reads`]) are drivers too.
+//!
+//! Dependencies go one way: this module uses the steps; the steps use
+//! [`store`], [`format`] and [`reads`] (and the data layer), never this
+//! module, so what they need of the configuration is passed in.
 
 pub mod archive;
 pub mod export;
+pub mod format;
+pub mod moves;
+pub mod prune;
+pub mod reads;
 pub mod store;
 
-use serde_json::Value;
-
-use crate::data::partition::{
-    col_int, col_opt_str, col_str, due_moves, ensure_points, ensure_sessions, Existing, Month,
-    Span, Statement, TableKind, LIST_PARTITIONS,
-};
-use crate::lifecycle::store::{query, Backend, Budget, LifecycleError};
+use crate::data::partition::Month;
+use crate::lifecycle::archive::Archive;
+use crate::lifecycle::moves::Moves;
+use crate::lifecycle::prune::Prune;
+use crate::lifecycle::store::{finished, Answer, Budget, Driver, LifecycleError, Poll};
 use crate::time::Millis;
 
 /// The lifecycle settings (Worker vars; README's configuration table).
@@ -152,453 +152,101 @@ pub fn cutoff_ms(now: Millis, months: u32) -> Millis {
     Month::from_index(Month::of(now).index() - i64::from(months) + 1).start_ms()
 }
 
-/// Does all lifecycle work due at `now` that the budget allows: moves,
-/// archives, pruning.
-pub async fn run<B: Backend>(
-    b: &B,
+/// All lifecycle work due at `now` that the budget of
+/// [`LifecycleConfig::max_calls`] round trips allows: moves, then
+/// archives, then pruning, each step only once the one before is complete.
+/// Done with the run's [`Report`].
+#[derive(Debug)]
+pub struct Run {
     now: Millis,
-    cfg: &LifecycleConfig,
-) -> Result<Report, LifecycleError> {
-    let mut budget = Budget::new(cfg.max_calls);
-    let mut report = Report::default();
-    let moves_done = run_moves(b, now, cfg, &mut budget, &mut report).await?;
-    let archive_done = moves_done
-        && crate::lifecycle::archive::run_archive(b, now, cfg, &mut budget, &mut report).await?;
-    let prune_done = archive_done
-        && crate::lifecycle::archive::run_prune(b, now, cfg, &mut budget, &mut report).await?;
-    report.complete = prune_done;
-    Ok(report)
+    cfg: LifecycleConfig,
+    report: Report,
+    stage: Stage,
 }
 
-/// Reads the partitions registry.
-pub async fn existing<B: Backend>(b: &B) -> Result<Existing, LifecycleError> {
-    let rows = query(b, Statement::new(LIST_PARTITIONS, vec![])).await?;
-    Ok(Existing::from_rows(&rows)?)
-}
-
-const KINDS: [TableKind; 3] = [TableKind::Sessions, TableKind::Members, TableKind::Points];
-
-fn columns(kind: TableKind) -> &'static [&'static str] {
-    match kind {
-        TableKind::Sessions => &[
-            "id",
-            "owner_id",
-            "title",
-            "members",
-            "metadata",
-            "status",
-            "started_at",
-            "ended_at",
-            "point_count",
-        ],
-        TableKind::Members => &["user_id", "started_at", "session_id"],
-        TableKind::Points => &[
-            "session_id",
-            "seq",
-            "user_id",
-            "client_id",
-            "kind",
-            "value",
-            "data",
-            "ts",
-        ],
-    }
-}
-
-// The primary key, the keyset order of the chunks. Its columns are stored
-// in `partition_moves` as k1 (text), k2 (integer), k3 (text).
-fn key(kind: TableKind) -> &'static [(&'static str, &'static str)] {
-    match kind {
-        TableKind::Sessions => &[("id", "k1")],
-        TableKind::Members => &[
-            ("user_id", "k1"),
-            ("started_at", "k2"),
-            ("session_id", "k3"),
-        ],
-        TableKind::Points => &[("session_id", "k1"), ("seq", "k2")],
-    }
-}
-
-fn key_list(kind: TableKind, alias: &str) -> String {
-    let cols: Vec<String> = key(kind)
-        .iter()
-        .map(|(c, _)| format!("{alias}{c}"))
-        .collect();
-    format!("({})", cols.join(", "))
-}
-
-// `(key) > (?first, ...)`, or always true without a cursor.
-fn after(
-    kind: TableKind,
-    cursor: &Option<Vec<Value>>,
-    alias: &str,
-    first: usize,
-) -> (String, Vec<Value>) {
-    match cursor {
-        None => ("1 = 1".into(), vec![]),
-        Some(c) => {
-            let ph: Vec<String> = (0..c.len()).map(|i| format!("?{}", first + i)).collect();
-            (
-                format!("{} > ({})", key_list(kind, alias), ph.join(", ")),
-                c.clone(),
-            )
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Copy,
-    Verify,
-    Verified,
+#[derive(Debug)]
+enum Stage {
+    Moves(Moves),
+    Archive(Archive),
+    Prune(Prune),
     Done,
 }
 
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Copy => "copy",
-            Phase::Verify => "verify",
-            Phase::Verified => "verified",
-            Phase::Done => "done",
+impl Run {
+    /// The run at `now` (the scheduled event's time).
+    pub fn new(now: Millis, cfg: &LifecycleConfig) -> Run {
+        Run {
+            now,
+            cfg: *cfg,
+            report: Report::default(),
+            stage: Stage::Moves(Moves::new(now, cfg.move_chunk, Budget::new(cfg.max_calls))),
         }
     }
-
-    fn parse(s: &str) -> Option<Phase> {
-        [Phase::Copy, Phase::Verify, Phase::Verified, Phase::Done]
-            .into_iter()
-            .find(|p| p.as_str() == s)
-    }
 }
 
-#[derive(Debug, Clone)]
-struct MoveState {
-    kind: TableKind,
-    table: String,
-    yearly: String,
-    phase: Phase,
-    cursor: Option<Vec<Value>>,
-    verified: i64,
-}
+impl Driver for Run {
+    type Output = Report;
 
-// The statement that sets a table's move row to `phase` with `cursor`.
-fn save(st: &MoveState, now: Millis) -> Statement {
-    let mut ks = [Value::Null, Value::Null, Value::Null];
-    if let Some(c) = &st.cursor {
-        for ((_, k), v) in key(st.kind).iter().zip(c) {
-            let i = match *k {
-                "k1" => 0,
-                "k2" => 1,
-                _ => 2,
+    fn poll(&mut self) -> Result<Poll<Report>, LifecycleError> {
+        loop {
+            // Each step's polls; when one is done, its figures go to the
+            // report and what is left of the budget to the next step.
+            let (complete, budget) = match &mut self.stage {
+                Stage::Moves(m) => match m.poll()? {
+                    Poll::Io(io) => return Ok(Poll::Io(io)),
+                    Poll::Done(complete) => {
+                        self.report.moved = std::mem::take(&mut m.moved);
+                        (complete, m.budget)
+                    }
+                },
+                Stage::Archive(a) => match a.poll()? {
+                    Poll::Io(io) => return Ok(Poll::Io(io)),
+                    Poll::Done(complete) => {
+                        self.report.archived = a.archived;
+                        self.report.manifests = a.manifests;
+                        self.report.deferred = a.deferred;
+                        (complete, a.budget)
+                    }
+                },
+                Stage::Prune(p) => match p.poll()? {
+                    Poll::Io(io) => return Ok(Poll::Io(io)),
+                    Poll::Done(complete) => {
+                        self.report.pruned = p.pruned;
+                        (complete, p.budget)
+                    }
+                },
+                Stage::Done => return Err(finished()),
             };
-            ks[i] = v.clone();
+            let next = match (&self.stage, complete) {
+                (Stage::Moves(_), true) => Stage::Archive(Archive::new(
+                    self.now,
+                    cutoff_ms(self.now, self.cfg.archive_after_months),
+                    budget,
+                )),
+                (Stage::Archive(_), true) => Stage::Prune(Prune::new(
+                    cutoff_ms(self.now, self.cfg.detail_retention_months),
+                    self.cfg.prune_chunk,
+                    budget,
+                )),
+                _ => {
+                    self.stage = Stage::Done;
+                    let mut report = std::mem::take(&mut self.report);
+                    report.complete = complete;
+                    return Ok(Poll::Done(report));
+                }
+            };
+            self.stage = next;
         }
     }
-    let [k1, k2, k3] = ks;
-    Statement::new(
-        "UPDATE partition_moves SET phase = ?2, k1 = ?3, k2 = ?4, k3 = ?5, verified = ?6, \
-         updated_at = ?7 WHERE tbl = ?1",
-        vec![
-            Value::from(st.table.as_str()),
-            Value::from(st.phase.as_str()),
-            k1,
-            k2,
-            k3,
-            Value::from(st.verified),
-            Value::from(now),
-        ],
-    )
-}
 
-// Starts a move row; a row left `done` by an earlier move of a table that
-// was written again (so exists again) starts over.
-fn start_move(table: &str, now: Millis) -> Statement {
-    Statement::new(
-        "INSERT INTO partition_moves (tbl, phase, verified, updated_at) VALUES (?1, 'copy', 0, ?2) \
-         ON CONFLICT(tbl) DO UPDATE SET phase = 'copy', k1 = NULL, k2 = NULL, k3 = NULL, \
-         verified = 0, updated_at = excluded.updated_at WHERE partition_moves.phase = 'done'",
-        vec![Value::from(table), Value::from(now)],
-    )
-}
-
-fn parse_state(kind: TableKind, month: Month, row: &Value) -> Result<MoveState, LifecycleError> {
-    let phase =
-        Phase::parse(&col_str(row, "phase")?).ok_or(crate::data::partition::RowError::Column {
-            column: "phase",
-            expected: "a move phase",
-        })?;
-    let cursor = col_opt_str(row, "k1")?.map(|_| {
-        key(kind)
-            .iter()
-            .map(|(_, k)| row.get(*k).cloned().unwrap_or(Value::Null))
-            .collect()
-    });
-    Ok(MoveState {
-        kind,
-        table: kind.table(Span::Month(month)),
-        yearly: kind.table(Span::Year(month.year())),
-        phase,
-        cursor,
-        verified: col_int(row, "verified")?,
-    })
-}
-
-async fn run_moves<B: Backend>(
-    b: &B,
-    now: Millis,
-    cfg: &LifecycleConfig,
-    budget: &mut Budget,
-    report: &mut Report,
-) -> Result<bool, LifecycleError> {
-    if !budget.take(1) {
-        return Ok(false);
-    }
-    let ex = existing(b).await?;
-    for month in due_moves(&ex, now) {
-        if !move_month(b, month, &ex, now, cfg, budget, report).await? {
-            return Ok(false);
+    fn handle(&mut self, answer: Answer) {
+        match &mut self.stage {
+            Stage::Moves(m) => m.handle(answer),
+            Stage::Archive(a) => a.handle(answer),
+            Stage::Prune(p) => p.handle(answer),
+            Stage::Done => {}
         }
     }
-    Ok(true)
-}
-
-/// Moves one month's tables into their year; `false` when the budget ran
-/// out first.
-async fn move_month<B: Backend>(
-    b: &B,
-    month: Month,
-    ex: &Existing,
-    now: Millis,
-    cfg: &LifecycleConfig,
-    budget: &mut Budget,
-    report: &mut Report,
-) -> Result<bool, LifecycleError> {
-    let kinds: Vec<TableKind> = KINDS
-        .into_iter()
-        .filter(|k| ex.contains(*k, Span::Month(month)))
-        .collect();
-    let year = Span::Year(month.year());
-    let mut start = ensure_sessions(year, now).statements;
-    start.extend(ensure_points(year, now).statements);
-    for k in &kinds {
-        start.push(start_move(&k.table(Span::Month(month)), now));
-    }
-    let tables: Vec<String> = kinds.iter().map(|k| k.table(Span::Month(month))).collect();
-    start.push(Statement::new(
-        "SELECT tbl, phase, k1, k2, k3, verified FROM partition_moves \
-         WHERE tbl IN (SELECT value FROM json_each(?1))",
-        vec![Value::from(Value::from(tables.clone()).to_string())],
-    ));
-    if !budget.take(1) {
-        return Ok(false);
-    }
-    let rows = b.batch(&start).await?.pop().unwrap_or_default();
-    let mut states = Vec::new();
-    for k in &kinds {
-        let table = k.table(Span::Month(month));
-        let row = rows
-            .iter()
-            .find(|r| r.get("tbl").and_then(Value::as_str) == Some(table.as_str()))
-            .ok_or_else(|| LifecycleError::Store(format!("no move row for {table}")))?;
-        states.push(parse_state(*k, month, row)?);
-    }
-    for st in &mut states {
-        while matches!(st.phase, Phase::Copy | Phase::Verify) {
-            if !budget.take(2) {
-                return Ok(false);
-            }
-            match st.phase {
-                Phase::Copy => copy_chunk(b, st, cfg.move_chunk, now).await?,
-                _ => verify_chunk(b, st, cfg.move_chunk, now).await?,
-            }
-        }
-    }
-    if !budget.take(2) {
-        return Ok(false);
-    }
-    drop_month(b, &mut states, now, report).await
-}
-
-// The key of the last row of the next chunk; `None` when fewer than `n`
-// rows remain after the cursor.
-async fn chunk_end<B: Backend>(
-    b: &B,
-    st: &MoveState,
-    n: u32,
-) -> Result<Option<Vec<Value>>, LifecycleError> {
-    let (cond, mut params) = after(st.kind, &st.cursor, "", 2);
-    params.insert(0, Value::from(n.max(1) - 1));
-    let cols: Vec<&str> = key(st.kind).iter().map(|(c, _)| *c).collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {cond} ORDER BY {} LIMIT 1 OFFSET ?1",
-        cols.join(", "),
-        st.table,
-        cols.join(", ")
-    );
-    let rows = query(b, Statement::new(sql, params)).await?;
-    Ok(rows.first().map(|r| {
-        cols.iter()
-            .map(|c| r.get(*c).cloned().unwrap_or(Value::Null))
-            .collect()
-    }))
-}
-
-// The rows after the cursor up to `end` (inclusive; all when `None`).
-fn range(
-    st: &MoveState,
-    end: &Option<Vec<Value>>,
-    alias: &str,
-    first: usize,
-) -> (String, Vec<Value>) {
-    let (mut cond, mut params) = after(st.kind, &st.cursor, alias, first);
-    if let Some(e) = end {
-        let ph: Vec<String> = (0..e.len())
-            .map(|i| format!("?{}", first + params.len() + i))
-            .collect();
-        cond = format!(
-            "{cond} AND {} <= ({})",
-            key_list(st.kind, alias),
-            ph.join(", ")
-        );
-        params.extend(e.iter().cloned());
-    }
-    (cond, params)
-}
-
-async fn copy_chunk<B: Backend>(
-    b: &B,
-    st: &mut MoveState,
-    n: u32,
-    now: Millis,
-) -> Result<(), LifecycleError> {
-    let end = chunk_end(b, st, n).await?;
-    let (cond, params) = range(st, &end, "", 1);
-    let cols = columns(st.kind).join(", ");
-    let copy = Statement::new(
-        format!(
-            "INSERT OR IGNORE INTO {} ({cols}) SELECT {cols} FROM {} WHERE {cond}",
-            st.yearly, st.table
-        ),
-        params,
-    );
-    let mut next = st.clone();
-    match end {
-        Some(e) => next.cursor = Some(e),
-        None => {
-            next.phase = Phase::Verify;
-            next.cursor = None;
-            next.verified = 0;
-        }
-    }
-    b.batch(&[copy, save(&next, now)]).await?;
-    *st = next;
-    Ok(())
-}
-
-async fn verify_chunk<B: Backend>(
-    b: &B,
-    st: &mut MoveState,
-    n: u32,
-    now: Millis,
-) -> Result<(), LifecycleError> {
-    let end = chunk_end(b, st, n).await?;
-    let (cond, params) = range(st, &end, "m.", 1);
-    let same: Vec<String> = key(st.kind)
-        .iter()
-        .map(|(c, _)| format!("y.{c} = m.{c}"))
-        .collect();
-    let check = Statement::new(
-        format!(
-            "SELECT count(*) AS n, coalesce(sum(NOT EXISTS (SELECT 1 FROM {} AS y WHERE {})), 0) \
-             AS missing FROM {} AS m WHERE {cond}",
-            st.yearly,
-            same.join(" AND "),
-            st.table
-        ),
-        params,
-    );
-    let rows = query(b, check).await?;
-    let row = rows.first().cloned().unwrap_or(Value::Null);
-    let (count, missing) = (col_int(&row, "n")?, col_int(&row, "missing")?);
-    let mut next = st.clone();
-    if missing > 0 {
-        // Rows the copy did not bring over (written behind its cursor):
-        // copy again from the start; INSERT OR IGNORE makes that cheap.
-        next.phase = Phase::Copy;
-        next.cursor = None;
-        next.verified = 0;
-    } else {
-        next.verified += count;
-        match end {
-            Some(e) => next.cursor = Some(e),
-            None => {
-                next.phase = Phase::Verified;
-                next.cursor = None;
-            }
-        }
-    }
-    b.batch(&[save(&next, now)]).await?;
-    *st = next;
-    Ok(())
-}
-
-async fn drop_month<B: Backend>(
-    b: &B,
-    states: &mut [MoveState],
-    now: Millis,
-    report: &mut Report,
-) -> Result<bool, LifecycleError> {
-    let counts: Vec<Statement> = states
-        .iter()
-        .map(|s| Statement::new(format!("SELECT count(*) AS n FROM {}", s.table), vec![]))
-        .collect();
-    let got = b.batch(&counts).await?;
-    let mut stale = false;
-    for (st, rows) in states.iter_mut().zip(&got) {
-        let n = rows
-            .first()
-            .map(|r| col_int(r, "n"))
-            .transpose()?
-            .unwrap_or(0);
-        if n != st.verified {
-            // Rows arrived after the check: check (and copy) again.
-            st.phase = Phase::Copy;
-            st.cursor = None;
-            st.verified = 0;
-            b.batch(&[save(st, now)]).await?;
-            stale = true;
-        }
-    }
-    if stale {
-        return Ok(false);
-    }
-    let mut batch = Vec::new();
-    for st in states.iter() {
-        // Fails the whole batch (json() of text that is not JSON) if a row
-        // reached the table since it was counted.
-        batch.push(Statement::new(
-            format!(
-                "SELECT json('not json ' || n) FROM (SELECT count(*) AS n FROM {}) WHERE n != ?1",
-                st.table
-            ),
-            vec![Value::from(st.verified)],
-        ));
-    }
-    for st in states.iter_mut() {
-        batch.push(Statement::new(
-            format!("DROP TABLE IF EXISTS {}", st.table),
-            vec![],
-        ));
-        batch.push(Statement::new(
-            "DELETE FROM partitions WHERE name = ?1",
-            vec![Value::from(st.table.as_str())],
-        ));
-        st.phase = Phase::Done;
-        batch.push(save(st, now));
-    }
-    b.batch(&batch).await?;
-    report.moved.extend(states.iter().map(|s| s.table.clone()));
-    Ok(true)
 }
 
 // rusqlite, which runs the statements, is a native-only dev-dependency.

@@ -1,8 +1,10 @@
-//! What the lifecycle work (partition moves, archives, pruning, exports)
-//! needs from the platform, as one small trait: run a D1 batch, get and put
-//! an R2 object. The drivers in `lifecycle`, `archive` and `export` decide
-//! every statement and key; the Worker's adapter (`crate::lifecycle`) only
-//! carries them out, and native tests run them on SQLite and a map.
+//! What the lifecycle work (partition moves, archives, pruning, exports,
+//! retired-session reads) needs from the platform, as requests a driver
+//! emits: run a D1 batch, get and put an R2 object ([`Io`], answered by an
+//! [`Answer`]). The drivers decide every statement and key and never wait;
+//! the Worker's adapter (`crate::lifecycle` of the Worker crate) carries
+//! their requests out in one small loop, and native tests run the same
+//! loop ([`drive`]) on SQLite and a map.
 
 use serde_json::Value;
 use thiserror::Error;
@@ -29,27 +31,140 @@ pub enum LifecycleError {
     },
 }
 
-/// D1 and R2, as the drivers use them. Every call is one round trip; a
-/// batch runs as one transaction (all or nothing), as D1's `batch()` does.
-// The Worker is single-threaded and never sends these futures elsewhere,
-// so the missing `Send` bound the lint warns about is what is wanted.
-#[allow(async_fn_in_trait)]
-pub trait Backend {
-    /// Runs the statements as one D1 batch; the rows of each, in order.
-    async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError>;
-    /// The R2 object at `key`, `None` when there is none.
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError>;
-    /// Writes the R2 object at `key` (replacing any).
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError>;
+/// A request a driver needs carried out: one D1 or R2 round trip. A batch
+/// runs as one transaction (all or nothing), as D1's `batch()` does.
+// New kinds of request (R2 multipart uploads, ranged reads) are new
+// variants with their own `Answer`; a carrier that meets one it does not
+// know is a build error, not a silent skip.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Io {
+    /// Run these statements as one D1 batch; answered by [`Answer::Rows`].
+    Batch(Vec<Statement>),
+    /// Read the R2 object at this key; answered by [`Answer::Object`].
+    Get(String),
+    /// Write (replace) the R2 object at `key`; answered by [`Answer::Stored`].
+    Put {
+        /// The R2 key.
+        key: String,
+        /// The whole object.
+        bytes: Vec<u8>,
+    },
 }
 
-/// Runs one statement; its rows.
-pub async fn query<B: Backend>(b: &B, st: Statement) -> Result<Vec<Value>, LifecycleError> {
-    Ok(b.batch(std::slice::from_ref(&st))
-        .await?
-        .into_iter()
-        .next()
-        .unwrap_or_default())
+/// The answer to an [`Io`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The rows of each statement of a batch, in order.
+    Rows(Vec<Vec<Value>>),
+    /// The object read, `None` when there is none.
+    Object(Option<Vec<u8>>),
+    /// The object is written.
+    Stored,
+}
+
+impl Answer {
+    fn name(&self) -> &'static str {
+        match self {
+            Answer::Rows(_) => "rows",
+            Answer::Object(_) => "an object",
+            Answer::Stored => "stored",
+        }
+    }
+}
+
+/// What a driver's [`Driver::poll`] gives: a request to carry out, or its
+/// output once it is done.
+#[derive(Debug)]
+pub enum Poll<T> {
+    /// Carry this out and hand the answer to [`Driver::handle`].
+    Io(Io),
+    /// The driver is done.
+    Done(T),
+}
+
+/// A lifecycle driver: a state machine that asks for one D1 or R2 round
+/// trip at a time and never waits itself (quinn-proto's `poll_transmit` /
+/// `handle_event`). The carrier calls [`poll`](Driver::poll); on
+/// [`Poll::Io`] it carries the request out and hands the answer to
+/// [`handle`](Driver::handle), then polls again. A failed request ends the
+/// drive with its error (the driver is dropped): every driver keeps its
+/// progress in D1, so a new one goes on from there.
+pub trait Driver {
+    /// What the driver answers when done.
+    type Output;
+    /// The next request, or the output.
+    fn poll(&mut self) -> Result<Poll<Self::Output>, LifecycleError>;
+    /// The answer to the request the last `poll` gave.
+    fn handle(&mut self, answer: Answer);
+}
+
+/// Runs a driver to its end with a synchronous carrier (native tests, and
+/// anything else that can answer at once); the Worker's adapter has the
+/// same loop with an `await` in it.
+pub fn drive<D: Driver>(
+    mut driver: D,
+    mut carry: impl FnMut(Io) -> Result<Answer, LifecycleError>,
+) -> Result<D::Output, LifecycleError> {
+    loop {
+        match driver.poll()? {
+            Poll::Done(out) => return Ok(out),
+            Poll::Io(io) => {
+                let answer = carry(io)?;
+                driver.handle(answer);
+            }
+        }
+    }
+}
+
+/// The answer a driver waits for, which must be there and be rows: the
+/// rows of each statement.
+pub fn rows(answer: Option<Answer>) -> Result<Vec<Vec<Value>>, LifecycleError> {
+    match answer {
+        Some(Answer::Rows(r)) => Ok(r),
+        other => Err(mismatch("rows", other)),
+    }
+}
+
+/// The rows of a one-statement batch.
+pub fn first_rows(answer: Option<Answer>) -> Result<Vec<Value>, LifecycleError> {
+    Ok(rows(answer)?.into_iter().next().unwrap_or_default())
+}
+
+/// The answer to a get: the object, `None` when there is none.
+pub fn object(answer: Option<Answer>) -> Result<Option<Vec<u8>>, LifecycleError> {
+    match answer {
+        Some(Answer::Object(o)) => Ok(o),
+        other => Err(mismatch("an object", other)),
+    }
+}
+
+/// The answer to a put.
+pub fn stored(answer: Option<Answer>) -> Result<(), LifecycleError> {
+    match answer {
+        Some(Answer::Stored) => Ok(()),
+        other => Err(mismatch("stored", other)),
+    }
+}
+
+// A carrier that answered the wrong request (or a driver polled without
+// its answer) is a bug in the adapter; it fails the run like a storage
+// error so the next run starts afresh.
+fn mismatch(wanted: &str, got: Option<Answer>) -> LifecycleError {
+    LifecycleError::Store(format!(
+        "wanted {wanted}, got {}",
+        got.as_ref().map_or("no answer", Answer::name)
+    ))
+}
+
+/// Polling a driver that is already done (or in the middle of a step it
+/// lost) is a bug of its carrier; it fails the drive.
+pub(crate) fn finished() -> LifecycleError {
+    LifecycleError::Store("polled after it was done".into())
+}
+
+/// A one-statement batch.
+pub fn one(st: Statement) -> Io {
+    Io::Batch(vec![st])
 }
 
 /// A bound on the round trips of one run, so a run stays within the
@@ -94,7 +209,7 @@ pub(crate) mod mem {
     use rusqlite::Connection;
     use serde_json::{Map, Value};
 
-    use super::{Backend, LifecycleError};
+    use super::{Answer, Driver, Io, LifecycleError};
     use crate::data::partition::Statement;
 
     /// When the kill switch trips.
@@ -178,8 +293,19 @@ pub(crate) mod mem {
         LifecycleError::Store("killed".into())
     }
 
-    impl Backend for Mem {
-        async fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
+    impl Mem {
+        /// Carries out one request, as D1 and R2 would (the kill switch
+        /// counts every call).
+        pub fn call(&self, io: Io) -> Result<Answer, LifecycleError> {
+            match io {
+                Io::Batch(statements) => self.batch(&statements).map(Answer::Rows),
+                Io::Get(key) => self.get(&key).map(Answer::Object),
+                Io::Put { key, bytes } => self.put(&key, bytes).map(|()| Answer::Stored),
+            }
+        }
+
+        /// Runs the statements as one batch.
+        pub fn batch(&self, statements: &[Statement]) -> Result<Vec<Vec<Value>>, LifecycleError> {
             let kill = self.tick();
             if kill == Some(Kill::Before) {
                 return Err(killed());
@@ -202,14 +328,19 @@ pub(crate) mod mem {
             }
         }
 
-        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
+        /// Runs one statement; its rows.
+        pub fn query(&self, st: Statement) -> Result<Vec<Value>, LifecycleError> {
+            Ok(self.batch(&[st])?.into_iter().next().unwrap_or_default())
+        }
+
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
             if self.tick().is_some() {
                 return Err(killed());
             }
             Ok(self.blobs.borrow().get(key).cloned())
         }
 
-        async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
+        fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), LifecycleError> {
             let kill = self.tick();
             if kill == Some(Kill::Before) {
                 return Err(killed());
@@ -219,6 +350,11 @@ pub(crate) mod mem {
                 Some(_) => Err(killed()),
                 None => Ok(()),
             }
+        }
+
+        /// Runs a driver to its end against this backend.
+        pub fn drive<D: Driver>(&self, driver: D) -> Result<D::Output, LifecycleError> {
+            super::drive(driver, |io| self.call(io))
         }
     }
 
@@ -277,16 +413,5 @@ pub(crate) mod mem {
     pub fn sid(ms: crate::time::Millis, n: u16) -> String {
         let hex = format!("{:012x}", ms);
         format!("{}-{}-7000-8000-{:012x}", &hex[..8], &hex[8..12], n)
-    }
-
-    /// Runs a future whose awaits are all ready at once (the memory
-    /// backend never waits).
-    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match f.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => panic!("the memory backend never waits"),
-        }
     }
 }

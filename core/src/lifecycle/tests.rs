@@ -1,7 +1,8 @@
 use super::*;
+use crate::data::partition::Statement;
 use crate::data::partition::{days_from_civil, DAY_MS};
-use crate::lifecycle::archive::ended_points;
-use crate::lifecycle::store::mem::{block_on, seed, sid, Kill, Mem};
+use crate::lifecycle::reads::EndedPoints;
+use crate::lifecycle::store::mem::{seed, sid, Kill, Mem};
 
 pub(crate) fn ms(y: i64, m: u32, d: u32) -> Millis {
     days_from_civil(y, m, d) * DAY_MS
@@ -46,7 +47,7 @@ fn tables(m: &Mem) -> Vec<String> {
 fn run_until_complete(m: &Mem, now: Millis, cfg: &LifecycleConfig) -> Vec<Report> {
     let mut reports = Vec::new();
     for _ in 0..200 {
-        let r = block_on(run(m, now, cfg)).expect("run");
+        let r = m.drive(Run::new(now, cfg)).expect("run");
         let done = r.complete;
         reports.push(r);
         if done {
@@ -61,7 +62,8 @@ fn read_all(m: &Mem, id: &str) -> Vec<(u64, Millis)> {
     let mut out = Vec::new();
     loop {
         let after = out.last().map_or(0, |(s, _)| *s);
-        let page = block_on(ended_points(m, id, after, 3))
+        let page = m
+            .drive(EndedPoints::new(id, after, 3))
             .expect("read")
             .expect("session found");
         let n = page.points.len();
@@ -204,7 +206,7 @@ fn thirty_months_move_archive_and_prune_and_every_point_reads_once() {
     assert_eq!(rows[0]["n"], 12);
     // A second run at the same time has nothing to do.
     let before = m.dump();
-    let again = block_on(run(&m, now, &cfg)).unwrap();
+    let again = m.drive(Run::new(now, &cfg)).unwrap();
     assert!(again.complete && again.archived == 0 && again.pruned == 0 && again.moved.is_empty());
     assert_eq!(m.dump(), before);
 }
@@ -265,7 +267,7 @@ fn a_run_killed_at_any_call_resumes_to_the_same_end_state() {
         for kill in [Kill::Before, Kill::After] {
             let m = setup();
             m.kill.set(Some((at, kill)));
-            let first = block_on(run(&m, now, &cfg));
+            let first = m.drive(Run::new(now, &cfg));
             assert!(first.is_err() || first.as_ref().is_ok_and(|r| r.complete));
             m.kill.set(None);
             run_until_complete(&m, now, &cfg);
@@ -286,7 +288,7 @@ fn rows_written_to_a_moving_month_after_its_check_are_not_lost() {
         max_calls: 1 + 1 + 3 * 4 + 1,
         ..LifecycleConfig::default()
     };
-    let r = block_on(run(&m, now, &cfg)).unwrap();
+    let r = m.drive(Run::new(now, &cfg)).unwrap();
     assert!(!r.complete);
     assert!(r.moved.is_empty(), "{r:?}");
     // A late flush lands in the monthly table (its session row, written
@@ -307,4 +309,31 @@ fn rows_written_to_a_moving_month_after_its_check_are_not_lost() {
         read_all(&m, &id),
         expected(&[start + 1, start + 2, start + 3])
     );
+}
+
+#[test]
+fn a_driver_fails_on_an_answer_that_is_not_to_its_request() {
+    let id = sid(ms(2024, 1, 1), 1);
+    let mut d = crate::lifecycle::reads::EndedStats::new(&id);
+    assert!(matches!(
+        d.poll().unwrap(),
+        Poll::Io(crate::lifecycle::store::Io::Batch(_))
+    ));
+    d.handle(Answer::Stored);
+    let e = d.poll().unwrap_err();
+    assert!(e.to_string().contains("wanted rows"), "{e}");
+    // A run asks for nothing before its first poll and stops at a zero
+    // budget without a request.
+    let mut r = Run::new(
+        ms(2026, 7, 15),
+        &LifecycleConfig {
+            max_calls: 0,
+            ..LifecycleConfig::default()
+        },
+    );
+    match r.poll().unwrap() {
+        Poll::Done(report) => assert!(!report.complete),
+        Poll::Io(io) => panic!("{io:?}"),
+    }
+    assert!(r.poll().is_err(), "polled after it was done");
 }

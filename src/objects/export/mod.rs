@@ -1,19 +1,22 @@
-//! `ExportDO`: one object per user export. Carries out `core::export`: it
-//! creates the export's row, runs one step per alarm until the file is
-//! done (the alarm survives restarts of the runtime, the progress is in
-//! D1), and answers the status and the download (the parts streamed in
-//! order).
+//! `ExportDO`: one object per user export. Carries out
+//! `sesh_core::lifecycle::export`: it creates the export's row, runs one
+//! step per alarm until the file is done (the alarm survives restarts of
+//! the runtime, the progress is in D1), and answers the status and the
+//! download (the parts streamed in order). When to step again, retry or
+//! give up is the core's [`after_step`]; the object keeps only the count of
+//! failed steps it is handed back.
 
 use futures_util::StreamExt;
 use worker::{durable_object, DurableObject, Env, Request, Response, State};
 
 use crate::edge::http::{self, internal};
 use crate::error::ApiError;
-use crate::lifecycle::{config, Cloud};
+use crate::lifecycle::{config, drive, Cloud};
 use crate::time::now_ms;
 use sesh_core::calls::ExportCall;
-use sesh_core::lifecycle::export::{self, part_key, ExportRow, Status, Step};
-use sesh_core::lifecycle::store::query;
+use sesh_core::lifecycle::export::{
+    self, after_step, part_key, AfterStep, ExportRow, ExportStep, Status,
+};
 
 // Storage keys: the export id, and consecutive failed steps.
 const K_ID: &str = "id";
@@ -50,7 +53,9 @@ impl ExportDO {
         match call {
             ExportCall::Start { export_id, user_id } => {
                 let now = now_ms();
-                query(&cloud, export::create(&export_id, &user_id, now)).await?;
+                cloud
+                    .query(export::create(&export_id, &user_id, now))
+                    .await?;
                 self.state
                     .storage()
                     .put(K_ID, &export_id)
@@ -79,7 +84,7 @@ impl ExportDO {
 
     // The export's row, which must belong to `user` (else: not found).
     async fn row(&self, cloud: &Cloud, id: &str, user: &str) -> Result<ExportRow, ApiError> {
-        ExportRow::from_rows(&query(cloud, export::load(id)).await?)?
+        ExportRow::from_rows(&cloud.query(export::load(id)).await?)?
             .filter(|r| r.user_id == user)
             .ok_or_else(|| ApiError::NotFound("no such export".into()))
     }
@@ -91,29 +96,28 @@ impl ExportDO {
         };
         let cloud = Cloud::new(&self.env)?;
         let step_points = config(&self.env).export_step_points;
-        match export::step(&cloud, &id, now_ms(), step_points).await {
-            Ok(Step::More) => {
+        let outcome = drive(&cloud, ExportStep::new(&id, now_ms(), step_points)).await;
+        let failures = storage
+            .get::<u32>(K_FAILURES)
+            .await
+            .map_err(internal)?
+            .unwrap_or(0);
+        match after_step(&id, &outcome, failures, now_ms()) {
+            AfterStep::Next { at } => {
                 storage.put(K_FAILURES, 0u32).await.map_err(internal)?;
-                http::set_alarm(&self.state, now_ms()).await
+                http::set_alarm(&self.state, at).await?;
             }
-            Ok(Step::Finished) => Ok(()),
-            Err(e) => {
-                let failures = storage
-                    .get::<u32>(K_FAILURES)
-                    .await
-                    .map_err(internal)?
-                    .unwrap_or(0)
-                    + 1;
+            AfterStep::Stop => {}
+            AfterStep::Retry { failures, at } => {
                 storage.put(K_FAILURES, failures).await.map_err(internal)?;
-                match export::retry_after(failures) {
-                    Some(wait) => http::set_alarm(&self.state, now_ms() + wait).await?,
-                    None => {
-                        query(&cloud, export::fail(&id, &e.to_string(), now_ms())).await?;
-                    }
-                }
-                Err(e.into())
+                http::set_alarm(&self.state, at).await?;
+            }
+            AfterStep::GiveUp { failures, write } => {
+                storage.put(K_FAILURES, failures).await.map_err(internal)?;
+                cloud.query(write).await?;
             }
         }
+        outcome.map(drop).map_err(ApiError::from)
     }
 }
 

@@ -611,7 +611,7 @@ fn retired_session_stats_count_each_point_once_across_partitions() {
         .iter()
         .map(|(_, b)| serde_json::from_str(b).expect("point"))
         .collect();
-    let want = crate::lifecycle::archive::stats_of(&points);
+    let want = crate::lifecycle::format::stats_of(&points);
     assert_eq!((want["hr"].count, want["pace"].count), (20, 10));
     assert_eq!(want["hr"].last, 39.0 / 2.0);
     assert_eq!(want["pace"].last, -38.0);

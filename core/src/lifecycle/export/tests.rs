@@ -1,8 +1,8 @@
 use super::*;
-use crate::lifecycle::archive::{gunzip_lines, sha256_hex};
-use crate::lifecycle::store::mem::{block_on, seed, sid, Kill, Mem};
+use crate::lifecycle::format::{gunzip_lines, sha256_hex};
+use crate::lifecycle::store::mem::{seed, sid, Kill, Mem};
 use crate::lifecycle::tests::{ms, thirty_months};
-use crate::lifecycle::{run, LifecycleConfig};
+use crate::lifecycle::{LifecycleConfig, Run};
 
 const EXPORT: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
 
@@ -34,15 +34,16 @@ fn world() -> (Mem, Vec<(String, usize)>) {
          INSERT INTO metrics_day VALUES ('bob', 1704067200000, 'k', 9, 9, 9.0, 1.0, 1.0);",
     )
     .unwrap();
-    block_on(run(&m, ms(2026, 7, 15), &LifecycleConfig::default())).unwrap();
+    m.drive(Run::new(ms(2026, 7, 15), &LifecycleConfig::default()))
+        .unwrap();
     (m, want)
 }
 
 fn drive(m: &Mem, step_points: u32) -> ExportRow {
-    block_on(m.batch(&[create(EXPORT, "alice", 1)])).unwrap();
+    m.batch(&[create(EXPORT, "alice", 1)]).unwrap();
     for _ in 0..1000 {
-        if block_on(step(m, EXPORT, 2, step_points)).unwrap() == Step::Finished {
-            let rows = block_on(query(m, load(EXPORT))).unwrap();
+        if m.drive(ExportStep::new(EXPORT, 2, step_points)).unwrap() == Step::Finished {
+            let rows = m.query(load(EXPORT)).unwrap();
             return ExportRow::from_rows(&rows).unwrap().unwrap();
         }
     }
@@ -110,7 +111,10 @@ fn an_export_holds_exactly_the_users_sessions_points_and_metrics() {
     assert_eq!(status["status"], "done");
     assert_eq!(status["sha256"], sha256_hex(&bytes).as_str());
     // Another step changes nothing.
-    assert_eq!(block_on(step(&m, EXPORT, 3, 7)).unwrap(), Step::Finished);
+    assert_eq!(
+        m.drive(ExportStep::new(EXPORT, 3, 7)).unwrap(),
+        Step::Finished
+    );
 }
 
 // Three sessions of alice: pruned to the archive, yearly, monthly.
@@ -123,7 +127,8 @@ fn small_world() -> Mem {
     }
     m.db.execute_batch("INSERT INTO metrics_day VALUES ('alice', 0, 'k', 3, 3, 6.0, 1.0, 3.0)")
         .unwrap();
-    block_on(run(&m, ms(2026, 7, 15), &LifecycleConfig::default())).unwrap();
+    m.drive(Run::new(ms(2026, 7, 15), &LifecycleConfig::default()))
+        .unwrap();
     m
 }
 
@@ -143,10 +148,10 @@ fn an_export_killed_at_any_call_ends_with_the_same_file() {
             let (m, _) = world();
             m.kill.set(Some((m.calls.get() + at, kill)));
             // A failed creation is answered as an error; the client asks again.
-            while block_on(m.batch(&[create(EXPORT, "alice", 1)])).is_err() {}
+            while m.batch(&[create(EXPORT, "alice", 1)]).is_err() {}
             let mut finished = false;
             for _ in 0..1000 {
-                match block_on(step(&m, EXPORT, 2, 3)) {
+                match m.drive(ExportStep::new(EXPORT, 2, 3)) {
                     Ok(Step::Finished) => {
                         finished = true;
                         break;
@@ -156,7 +161,7 @@ fn an_export_killed_at_any_call_ends_with_the_same_file() {
             }
             assert!(finished, "killed {kill:?} at {at}");
             m.kill.set(None);
-            let rows = block_on(query(&m, load(EXPORT))).unwrap();
+            let rows = m.query(load(EXPORT)).unwrap();
             let row = ExportRow::from_rows(&rows).unwrap().unwrap();
             assert_eq!(row, want_row, "killed {kill:?} at {at}");
             assert_eq!(file(&m, &row), want, "killed {kill:?} at {at}");
@@ -185,4 +190,51 @@ fn failed_steps_back_off_to_a_minute_then_the_export_gives_up() {
     assert_eq!(waits, secs);
     assert_eq!(retry_after(MAX_FAILURES - 1), Some(60_000));
     assert_eq!(retry_after(MAX_FAILURES), None);
+}
+
+#[test]
+fn the_export_core_counts_failures_and_decides_retry_or_give_up() {
+    let boom = Err(LifecycleError::Store("d1 down".into()));
+    assert_eq!(
+        after_step(EXPORT, &Ok(Step::More), 5, 100),
+        AfterStep::Next { at: 100 }
+    );
+    assert_eq!(
+        after_step(EXPORT, &Ok(Step::Finished), 5, 100),
+        AfterStep::Stop
+    );
+    assert_eq!(
+        after_step(EXPORT, &boom, 0, 100),
+        AfterStep::Retry {
+            failures: 1,
+            at: 1_100
+        }
+    );
+    assert_eq!(
+        after_step(EXPORT, &boom, 8, 100),
+        AfterStep::Retry {
+            failures: 9,
+            at: 60_100
+        }
+    );
+    // The last failure marks the export failed, with the reason.
+    match after_step(EXPORT, &boom, MAX_FAILURES - 1, 100) {
+        AfterStep::GiveUp { failures, write } => {
+            assert_eq!(failures, MAX_FAILURES);
+            assert_eq!(write, fail(EXPORT, "storage: d1 down", 100));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Carried out on a real row: it is failed, and no step runs again.
+    let m = Mem::new();
+    m.batch(&[create(EXPORT, "alice", 1)]).unwrap();
+    m.batch(&[fail(EXPORT, "storage: d1 down", 2)]).unwrap();
+    let row = ExportRow::from_rows(&m.query(load(EXPORT)).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, Status::Failed);
+    assert_eq!(
+        m.drive(ExportStep::new(EXPORT, 3, 7)).unwrap(),
+        Step::Finished
+    );
 }

@@ -1,0 +1,274 @@
+//! The prune step of the scheduled run (CONTRACT.md section 9): the D1
+//! points of archived sessions whose start month is
+//! `DETAIL_RETENTION_MONTHS` or more back are deleted.
+//!
+//! For each verified archive past the cutoff: read the object back from R2
+//! and check count and checksum again; then set `pruned` 1 (reads now go
+//! to the archive), delete the session's points from every points table in
+//! chunks, and set `pruned` 2. Sessions rows and metrics stay. An object
+//! that is not what was recorded is set unverified instead, so the archive
+//! step writes it again before anything is deleted.
+
+use std::collections::VecDeque;
+
+use serde_json::Value;
+
+use crate::data::history::{parse_point_months, point_months};
+use crate::data::partition::{
+    col_int, col_str, Existing, Span, Statement, TableKind, LIST_PARTITIONS,
+};
+use crate::lifecycle::format::{count, verify};
+use crate::lifecycle::store::{
+    finished, first_rows, object, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
+};
+use crate::time::Millis;
+
+// An archive due for pruning, as listed.
+#[derive(Debug, Clone)]
+struct Due {
+    id: String,
+    key: String,
+    points: u64,
+    sha256: String,
+    pruned: i64,
+}
+
+#[derive(Debug)]
+enum State {
+    // List the next archives due.
+    Start,
+    Listed,
+    Existing,
+    NextArchive,
+    // The object read back for its check.
+    ReadBack(String),
+    // The object failed its check and is set unverified.
+    Unverified,
+    // `pruned` is 1: reads go to the archive.
+    Marked(String),
+    // Read the session's point months.
+    Months(String),
+    MonthsRead(String),
+    // Delete a chunk of the first span left.
+    NextChunk(String),
+    Deleted(String),
+    Finish(String),
+    Pruned,
+    Done,
+}
+
+/// Deletes the D1 points of archived sessions started before `cutoff`,
+/// each only after its archive was read back and verified, as far as the
+/// budget allows. Done with `true` when nothing is left to prune, `false`
+/// when it stopped at the budget.
+#[derive(Debug)]
+pub struct Prune {
+    cutoff: Millis,
+    chunk: u32,
+    /// The round trips left.
+    pub budget: Budget,
+    /// Sessions whose D1 points were deleted.
+    pub pruned: u32,
+    ex: Existing,
+    due: VecDeque<Due>,
+    spans: VecDeque<Span>,
+    state: State,
+    answer: Option<Answer>,
+}
+
+impl Prune {
+    /// The prune step: archives of sessions started before `cutoff` (the
+    /// first millisecond of the first month not old enough), `prune_chunk`
+    /// points deleted per statement.
+    pub fn new(cutoff: Millis, prune_chunk: u32, budget: Budget) -> Prune {
+        Prune {
+            cutoff,
+            chunk: prune_chunk,
+            budget,
+            pruned: 0,
+            ex: Existing::default(),
+            due: VecDeque::new(),
+            spans: VecDeque::new(),
+            state: State::Start,
+            answer: None,
+        }
+    }
+
+    fn io(&mut self, next: State, io: Io) -> Result<Poll<bool>, LifecycleError> {
+        self.state = next;
+        Ok(Poll::Io(io))
+    }
+}
+
+impl Driver for Prune {
+    type Output = bool;
+
+    fn poll(&mut self) -> Result<Poll<bool>, LifecycleError> {
+        loop {
+            let answer = self.answer.take();
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Start => {
+                    if !self.budget.take(2) {
+                        return Ok(Poll::Done(false));
+                    }
+                    let list = Statement::new(
+                        "SELECT session_id, key, points, sha256, pruned FROM archives \
+                         WHERE verified = 1 AND pruned < 2 AND started_ms < ?1 ORDER BY session_id LIMIT 20",
+                        vec![Value::from(self.cutoff)],
+                    );
+                    return self.io(State::Listed, one(list));
+                }
+                State::Listed => {
+                    let rows = first_rows(answer)?;
+                    if rows.is_empty() {
+                        return Ok(Poll::Done(true));
+                    }
+                    self.due = rows
+                        .iter()
+                        .map(|r| {
+                            Ok(Due {
+                                id: col_str(r, "session_id")?,
+                                key: col_str(r, "key")?,
+                                points: count(r, "points")?,
+                                sha256: col_str(r, "sha256")?,
+                                pruned: col_int(r, "pruned")?,
+                            })
+                        })
+                        .collect::<Result<_, LifecycleError>>()?;
+                    return self.io(
+                        State::Existing,
+                        one(Statement::new(LIST_PARTITIONS, vec![])),
+                    );
+                }
+                State::Existing => {
+                    self.ex = Existing::from_rows(&first_rows(answer)?)?;
+                    self.state = State::NextArchive;
+                }
+                State::NextArchive => {
+                    let Some(d) = self.due.front().cloned() else {
+                        self.state = State::Start;
+                        continue;
+                    };
+                    if d.pruned != 0 {
+                        self.state = State::Months(d.id);
+                        continue;
+                    }
+                    if !self.budget.take(2) {
+                        return Ok(Poll::Done(false));
+                    }
+                    return self.io(State::ReadBack(d.id), Io::Get(d.key));
+                }
+                State::ReadBack(id) => {
+                    let bytes = object(answer)?.unwrap_or_default();
+                    let d = self.due.front().cloned().ok_or_else(finished)?;
+                    if verify(&bytes, d.points, &d.sha256).is_err() {
+                        // The object is not what was recorded: archive it
+                        // again (next run) before anything is deleted.
+                        let unverify = Statement::new(
+                            "UPDATE archives SET verified = 0 WHERE session_id = ?1",
+                            vec![Value::from(id.as_str())],
+                        );
+                        return self.io(State::Unverified, one(unverify));
+                    }
+                    let mark = Statement::new(
+                        "UPDATE archives SET pruned = 1 WHERE session_id = ?1 AND pruned = 0",
+                        vec![Value::from(id.as_str())],
+                    );
+                    return self.io(State::Marked(id), one(mark));
+                }
+                State::Unverified => {
+                    rows(answer)?;
+                    self.due.pop_front();
+                    self.state = State::NextArchive;
+                }
+                State::Marked(id) => {
+                    rows(answer)?;
+                    self.state = State::Months(id);
+                }
+                State::Months(id) => {
+                    if !self.budget.take(1) {
+                        return Ok(Poll::Done(false));
+                    }
+                    let io = one(point_months(&id));
+                    return self.io(State::MonthsRead(id), io);
+                }
+                State::MonthsRead(id) => {
+                    let months = parse_point_months(&first_rows(answer)?)?;
+                    let mut spans: Vec<Span> = months
+                        .iter()
+                        .flat_map(|m| [Span::Year(m.year()), Span::Month(*m)])
+                        .filter(|s| self.ex.contains(TableKind::Points, *s))
+                        .collect();
+                    spans.sort();
+                    spans.dedup();
+                    self.spans = spans.into();
+                    self.state = State::NextChunk(id);
+                }
+                State::NextChunk(id) => {
+                    let Some(s) = self.spans.front().copied() else {
+                        self.state = State::Finish(id);
+                        continue;
+                    };
+                    if !self.budget.take(1) {
+                        return Ok(Poll::Done(false));
+                    }
+                    let t = TableKind::Points.table(s);
+                    let batch = vec![
+                        Statement::new(
+                            format!(
+                                "DELETE FROM {t} WHERE session_id = ?1 AND seq IN \
+                                 (SELECT seq FROM {t} WHERE session_id = ?1 ORDER BY seq LIMIT ?2)"
+                            ),
+                            vec![Value::from(id.as_str()), Value::from(self.chunk)],
+                        ),
+                        Statement::new(
+                            format!("SELECT count(*) AS n FROM {t} WHERE session_id = ?1"),
+                            vec![Value::from(id.as_str())],
+                        ),
+                    ];
+                    return self.io(State::Deleted(id), Io::Batch(batch));
+                }
+                State::Deleted(id) => {
+                    let rows = rows(answer)?;
+                    let left = rows
+                        .get(1)
+                        .and_then(|r| r.first())
+                        .map(|r| col_int(r, "n"))
+                        .transpose()?
+                        .unwrap_or(0);
+                    if left == 0 {
+                        self.spans.pop_front();
+                    }
+                    self.state = State::NextChunk(id);
+                }
+                State::Finish(id) => {
+                    if !self.budget.take(1) {
+                        return Ok(Poll::Done(false));
+                    }
+                    let batch = vec![
+                        Statement::new(
+                            "DELETE FROM session_point_months WHERE session_id = ?1",
+                            vec![Value::from(id.as_str())],
+                        ),
+                        Statement::new(
+                            "UPDATE archives SET pruned = 2 WHERE session_id = ?1",
+                            vec![Value::from(id.as_str())],
+                        ),
+                    ];
+                    return self.io(State::Pruned, Io::Batch(batch));
+                }
+                State::Pruned => {
+                    rows(answer)?;
+                    self.due.pop_front();
+                    self.pruned += 1;
+                    self.state = State::NextArchive;
+                }
+                State::Done => return Err(finished()),
+            }
+        }
+    }
+
+    fn handle(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+}
