@@ -21,8 +21,8 @@ export class QuotaDO extends DurableObject {
   fetch(request) {
     return this.rust.fetch(request);
   }
-  rpc(path, user, plan, service, body) {
-    return this.rust.rpc(path, user, plan, service, body);
+  rpc(call, user, plan, service, payload) {
+    return this.rust.rpc(call, user, plan, service, payload);
   }
 }
 
@@ -37,8 +37,8 @@ export class PresenceDO extends DurableObject {
   alarm() {
     return this.rust.alarm();
   }
-  rpc(path, user, plan, service, body) {
-    return this.rust.rpc(path, user, plan, service, body);
+  rpc(call, user, plan, service, payload) {
+    return this.rust.rpc(call, user, plan, service, payload);
   }
 }
 

@@ -258,7 +258,6 @@ impl From<QuotaError> for ApiError {
     fn from(e: QuotaError) -> Self {
         match e {
             QuotaError::UnknownPlan(_) => Self::Validation(e.to_string()),
-            QuotaError::Encode(_) => Self::Internal(e.to_string()),
         }
     }
 }

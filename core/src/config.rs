@@ -150,6 +150,25 @@ impl Plans {
         Ok(plans)
     }
 
+    /// The deployment's plan table from its `PLANS` var: the one policy
+    /// for a malformed value, used by the gateway and every object. It is
+    /// reported to `log` and the default plans (the contract's) are used,
+    /// as for every other var ([`Tuning::from_vars`]): each reader reads
+    /// the var once (per isolate, or per object lifetime), so the error is
+    /// logged once there. Why not refuse with 500: a var only changes with
+    /// a deployment, and a typo in it would otherwise take every request
+    /// of every user down, sockets and sessions in flight included, where
+    /// the defaults keep the service to the documented limits; refusing in
+    /// some places and not others (as before) let the quota object and the
+    /// session disagree about one plan. A token naming a plan only the
+    /// broken value defined is refused as an invalid claim.
+    pub fn from_var(src: Option<&str>, log: impl FnOnce(&str)) -> Plans {
+        Plans::parse(src).unwrap_or_else(|e| {
+            log(&e);
+            Plans::default()
+        })
+    }
+
     /// The plan of that name, if configured.
     pub fn get(&self, name: &str) -> Option<&Plan> {
         self.0.get(name)
@@ -348,6 +367,19 @@ mod tests {
         // The edges themselves are fine.
         let ok = r#"{"free":{"api_per_min":60000000,"api_burst":1000,"points":9007199254740992}}"#;
         assert!(Plans::parse(Some(ok)).is_ok());
+    }
+
+    #[test]
+    fn a_malformed_plans_var_is_logged_once_and_the_defaults_used() {
+        let mut logged = Vec::new();
+        let plans = Plans::from_var(Some("{"), |e| logged.push(e.to_owned()));
+        assert_eq!(plans, Plans::default());
+        assert_eq!(logged.len(), 1);
+        assert!(logged[0].starts_with("PLANS"), "{}", logged[0]);
+        let custom = r#"{"team":{"api_per_min":5}}"#;
+        let plans = Plans::from_var(Some(custom), |e| panic!("{e}"));
+        assert_eq!(plans.get("team").map(|p| p.api_per_min), Some(5));
+        assert_eq!(Plans::from_var(None, |e| panic!("{e}")), Plans::default());
     }
 
     #[test]

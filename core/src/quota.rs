@@ -22,7 +22,6 @@ use sesh_protocol::{
     ErrorCode, ErrorDetail, QuotaDecision, QuotaOverview, Resource, ResourceUsage, DEFAULT_PLAN,
 };
 
-use crate::calls::QuotaCall;
 use crate::clock::VirtualClock;
 use crate::config::{Plan, Plans};
 use thiserror::Error;
@@ -33,9 +32,6 @@ pub enum QuotaError {
     /// A call named a plan that `PLANS` does not have.
     #[error("unknown plan {0:?}")]
     UnknownPlan(String),
-    /// An answer could not be encoded (a bug; for the log).
-    #[error("encoding an answer: {0}")]
-    Encode(String),
 }
 use crate::time::{rfc3339, Millis};
 
@@ -66,7 +62,8 @@ pub struct QuotaState {
     pub points: Counter,
 }
 
-/// The `api` policy as the IETF rate-limit headers describe it.
+/// The state of the `api` rate limit, in the terms of the IETF rate-limit
+/// headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiHeaders {
     /// Requests per minute (`q`).
@@ -78,14 +75,65 @@ pub struct ApiHeaders {
 }
 
 impl ApiHeaders {
+    /// The values of the rate-limit headers.
+    pub fn rate(&self) -> RateLimit {
+        RateLimit {
+            resource: Resource::Api,
+            quota: self.per_min,
+            window_secs: 60,
+            remaining: self.available,
+            reset_secs: self.full_in_secs,
+        }
+    }
+
     /// `RateLimit-Policy` value.
     pub fn policy(&self) -> String {
-        format!("\"api\";q={};w=60", self.per_min)
+        self.rate().policy()
     }
 
     /// `RateLimit` value.
     pub fn limit(&self) -> String {
-        format!("\"api\";r={};t={}", self.available, self.full_in_secs)
+        self.rate().limit()
+    }
+}
+
+/// One resource's rate-limit policy and standing, as data: the edge turns
+/// it into the `RateLimit-Policy` and `RateLimit` headers
+/// ([`RateLimit::policy`], [`RateLimit::limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// The resource the policy is named after.
+    pub resource: Resource,
+    /// Units per window (`q`).
+    pub quota: u64,
+    /// The window in seconds (`w`).
+    pub window_secs: u64,
+    /// Units left now (`r`).
+    pub remaining: u64,
+    /// Seconds until the window (or the burst) is whole again (`t`).
+    pub reset_secs: u64,
+}
+
+impl RateLimit {
+    /// The `RateLimit-Policy` value, e.g. `"points";q=10000;w=86400`.
+    pub fn policy(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.resource.as_str(),
+            self.quota,
+            self.window_secs
+        )
+    }
+
+    /// The `RateLimit` value, e.g. `"points";r=9996;t=60`.
+    pub fn limit(&self) -> String {
+        format!(
+            "\"{}\";r={};t={}",
+            self.resource.as_str(),
+            self.remaining,
+            self.reset_secs
+        )
     }
 }
 
@@ -257,33 +305,24 @@ impl QuotaState {
         }
     }
 
-    /// The IETF rate-limit headers (`RateLimit-Policy`, `RateLimit`) of
-    /// `res`, e.g. `"points";q=10000;w=86400`; `None` for an unlimited
-    /// counter, which has no policy to describe.
-    pub fn rate_headers(
-        &mut self,
-        plan: &Plan,
-        res: Resource,
-        now: Millis,
-    ) -> Option<(String, String)> {
+    /// The rate-limit policy and standing of `res` (the IETF
+    /// `RateLimit-Policy` and `RateLimit` headers' values); `None` for an
+    /// unlimited counter, which has no policy to describe.
+    pub fn rate_headers(&mut self, plan: &Plan, res: Resource, now: Millis) -> Option<RateLimit> {
         if res == Resource::Api {
-            let h = self.api_headers(plan, now);
-            return Some((h.policy(), h.limit()));
+            return Some(self.api_headers(plan, now).rate());
         }
         let (limit, bounds) = self.calendar(plan, res, now);
         let limit = limit?;
         let counter = self.counter_mut(res);
         roll(counter, bounds.0);
-        let name = res.as_str();
-        let window_s = (bounds.1 - bounds.0) / 1000;
-        let reset_s = ((bounds.1 - now).max(0) as u64).div_ceil(1000);
-        Some((
-            format!("\"{name}\";q={limit};w={window_s}"),
-            format!(
-                "\"{name}\";r={};t={reset_s}",
-                limit.saturating_sub(counter.used)
-            ),
-        ))
+        Some(RateLimit {
+            resource: res,
+            quota: limit,
+            window_secs: ((bounds.1 - bounds.0) / 1000) as u64,
+            remaining: limit.saturating_sub(counter.used),
+            reset_secs: ((bounds.1 - now).max(0) as u64).div_ceil(1000),
+        })
     }
 
     /// What `GET /v1/quota` shows for `res`.
@@ -385,23 +424,40 @@ pub struct QuotaCore {
     pub last_plan: Option<String>,
 }
 
-/// What the object answers to a call, and whether the state must be
-/// stored first.
+/// The outcome of one operation: its answer, and whether the state
+/// changed (then it must be stored before the answer leaves).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body; `None` for a headers-only answer.
-    pub body: Option<String>,
-    /// Headers to set.
-    pub headers: Vec<(&'static str, String)>,
-    /// The state changed: store it before the answer leaves.
+pub struct Applied<T> {
+    /// What to answer.
+    pub answer: T,
+    /// The state changed: store it first.
     pub changed: bool,
 }
 
-/// Header of a refused charge: the wait in milliseconds (internal, read by
-/// the gateway).
-pub const H_RETRY_AFTER_MS: &str = "x-sesh-retry-after-ms";
+/// The answer to a request's `api` charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Charged {
+    /// The request may go on.
+    pub allowed: bool,
+    /// The `api` rate limit after the charge.
+    pub rate: RateLimit,
+    /// On a refusal, the wait in milliseconds until a unit is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The answer to a check or a refund: the decision, and the checked
+/// resource's own rate limit (`None` when it is unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Decided {
+    /// The decision, as the client sees it.
+    pub decision: QuotaDecision,
+    /// The resource's rate limit after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
+}
 
 impl QuotaCore {
     fn plan(plans: &Plans, name: &str) -> Result<Plan, QuotaError> {
@@ -420,125 +476,144 @@ impl QuotaCore {
         true
     }
 
-    /// Carries out one call for `subject` at `now`. Synchronous from read
-    /// to write, so concurrent calls cannot interleave.
-    pub fn apply(
-        &mut self,
-        subject: &str,
-        call: &QuotaCall,
-        plans: &Plans,
-        now: Millis,
-    ) -> Result<Reply, QuotaError> {
-        // The counters are `Copy`: comparing them is cheaper than cloning
-        // the whole core (this runs for every request's charge).
-        let before = self.state;
-        let mut plan_changed = false;
-        let mut reply = match call {
-            QuotaCall::Charge { plan: name } => {
-                let plan = Self::plan(plans, name)?;
-                let d = self.state.check(&plan, Resource::Api, 1, now);
-                if d.allowed {
-                    plan_changed = self.remember(name);
-                }
-                let h = self.state.api_headers(&plan, now);
-                let mut headers = vec![("ratelimit-policy", h.policy()), ("ratelimit", h.limit())];
-                if let Some(ms) = d.retry_after_ms {
-                    headers.push((H_RETRY_AFTER_MS, ms.to_string()));
-                }
-                let status = if d.allowed { 204 } else { 429 };
-                Reply::new(status, None, headers)
-            }
-            QuotaCall::Overview { plan: name } => {
-                let plan = Self::plan(plans, name)?;
-                let view = QuotaOverview {
-                    subject: subject.to_owned(),
-                    plan: name.clone(),
-                    api: self.state.usage(&plan, Resource::Api, now),
-                    sessions: self.state.usage(&plan, Resource::Sessions, now),
-                    points: self.state.usage(&plan, Resource::Points, now),
-                };
-                Reply::json(200, &view)?
-            }
-            QuotaCall::Check {
-                resource,
-                cost,
-                plan: name,
-            } => {
-                let plan = Self::plan(plans, name)?;
-                let mut d = self.state.check(&plan, *resource, *cost, now);
-                if d.allowed {
-                    plan_changed = self.remember(name);
-                } else {
-                    d.error = Some(refusal(*resource));
-                }
-                self.decision_reply(&plan, *resource, &d, now)?
-            }
-            QuotaCall::Refund { resource, cost } => {
-                let name = self.last_plan.clone();
-                let plan = Self::plan(plans, name.as_deref().unwrap_or(DEFAULT_PLAN))?;
-                let d = self.state.refund(&plan, *resource, *cost, now);
-                self.decision_reply(&plan, *resource, &d, now)?
-            }
-            QuotaCall::Reserve { plan: name, want } => {
-                let plan = Self::plan(plans, name)?;
-                let (granted, day) = self.state.reserve(&plan, *want, now);
-                Reply::json(200, &Reserved { granted, day })?
-            }
-            QuotaCall::Settle {
-                plan: name,
-                day,
-                used,
-                returned,
-            } => {
-                let plan = Self::plan(plans, name)?;
-                self.state.settle(&plan, *day, *used, *returned, now);
-                Reply::json(200, &serde_json::json!({}))?
-            }
-            QuotaCall::CurrentPlan => {
-                let plan = self.last_plan.as_deref().unwrap_or(DEFAULT_PLAN);
-                Reply::json(200, &serde_json::json!({ "plan": plan }))?
-            }
-        };
-        reply.changed = plan_changed || self.state != before;
-        Ok(reply)
+    // The counters are `Copy`: comparing them with the state before is
+    // cheaper than cloning the whole core (this runs for every request's
+    // charge).
+    fn applied<T>(&self, before: QuotaState, plan_changed: bool, answer: T) -> Applied<T> {
+        Applied {
+            answer,
+            changed: plan_changed || self.state != before,
+        }
     }
 
-    /// A check's or refund's answer, with the checked resource's own
-    /// rate-limit headers and `Retry-After` on a refusal where a wait helps.
-    fn decision_reply(
+    /// One `api` unit of plan `name` for a request. Each operation is
+    /// synchronous from read to write, so concurrent calls cannot
+    /// interleave.
+    pub fn charge(
+        &mut self,
+        plans: &Plans,
+        name: &str,
+        now: Millis,
+    ) -> Result<Applied<Charged>, QuotaError> {
+        let before = self.state;
+        let plan = Self::plan(plans, name)?;
+        let d = self.state.check(&plan, Resource::Api, 1, now);
+        let plan_changed = d.allowed && self.remember(name);
+        let charged = Charged {
+            allowed: d.allowed,
+            rate: self.state.api_headers(&plan, now).rate(),
+            retry_after_ms: d.retry_after_ms,
+        };
+        Ok(self.applied(before, plan_changed, charged))
+    }
+
+    /// `subject`'s usage of every resource under plan `name`.
+    pub fn overview(
+        &mut self,
+        subject: &str,
+        plans: &Plans,
+        name: &str,
+        now: Millis,
+    ) -> Result<Applied<QuotaOverview>, QuotaError> {
+        let before = self.state;
+        let plan = Self::plan(plans, name)?;
+        let view = QuotaOverview {
+            subject: subject.to_owned(),
+            plan: name.to_owned(),
+            api: self.state.usage(&plan, Resource::Api, now),
+            sessions: self.state.usage(&plan, Resource::Sessions, now),
+            points: self.state.usage(&plan, Resource::Points, now),
+        };
+        Ok(self.applied(before, false, view))
+    }
+
+    /// Takes `cost` units of `res` under plan `name` if they are all there.
+    pub fn check(
+        &mut self,
+        plans: &Plans,
+        res: Resource,
+        cost: u64,
+        name: &str,
+        now: Millis,
+    ) -> Result<Applied<Decided>, QuotaError> {
+        let before = self.state;
+        let plan = Self::plan(plans, name)?;
+        let mut d = self.state.check(&plan, res, cost, now);
+        let mut plan_changed = false;
+        if d.allowed {
+            plan_changed = self.remember(name);
+        } else {
+            d.error = Some(refusal(res));
+        }
+        let decided = self.decided(&plan, res, d, now);
+        Ok(self.applied(before, plan_changed, decided))
+    }
+
+    /// Gives `cost` units of `res` back, under the last plan seen.
+    pub fn refund(
+        &mut self,
+        plans: &Plans,
+        res: Resource,
+        cost: u64,
+        now: Millis,
+    ) -> Result<Applied<Decided>, QuotaError> {
+        let before = self.state;
+        let name = self.last_plan.as_deref().unwrap_or(DEFAULT_PLAN);
+        let plan = Self::plan(plans, name)?;
+        let d = self.state.refund(&plan, res, cost, now);
+        let decided = self.decided(&plan, res, d, now);
+        Ok(self.applied(before, false, decided))
+    }
+
+    /// A session reserves up to `want` points units of plan `name`.
+    pub fn reserve(
+        &mut self,
+        plans: &Plans,
+        name: &str,
+        want: u64,
+        now: Millis,
+    ) -> Result<Applied<Reserved>, QuotaError> {
+        let before = self.state;
+        let plan = Self::plan(plans, name)?;
+        let (granted, day) = self.state.reserve(&plan, want, now);
+        Ok(self.applied(before, false, Reserved { granted, day }))
+    }
+
+    /// A session settles units it reserved on the UTC day starting at
+    /// `day`: `used` recorded points, `returned` go back.
+    pub fn settle(
+        &mut self,
+        plans: &Plans,
+        name: &str,
+        day: Millis,
+        used: u64,
+        returned: u64,
+        now: Millis,
+    ) -> Result<Applied<()>, QuotaError> {
+        let before = self.state;
+        let plan = Self::plan(plans, name)?;
+        self.state.settle(&plan, day, used, returned, now);
+        Ok(self.applied(before, false, ()))
+    }
+
+    /// The plan the subject was last seen under (`free` if never).
+    pub fn current_plan(&self) -> &str {
+        self.last_plan.as_deref().unwrap_or(DEFAULT_PLAN)
+    }
+
+    /// A check's or refund's answer, with the checked resource's own rate
+    /// limit.
+    fn decided(
         &mut self,
         plan: &Plan,
         res: Resource,
-        d: &QuotaDecision,
+        decision: QuotaDecision,
         now: Millis,
-    ) -> Result<Reply, QuotaError> {
-        let mut headers = Vec::new();
-        if let Some((policy, limit)) = self.state.rate_headers(plan, res, now) {
-            headers.push(("ratelimit-policy", policy));
-            headers.push(("ratelimit", limit));
+    ) -> Decided {
+        Decided {
+            rate: self.state.rate_headers(plan, res, now),
+            decision,
         }
-        if let Some(ms) = d.retry_after_ms.filter(|_| !d.allowed) {
-            headers.push(("retry-after", ms.div_ceil(1000).max(1).to_string()));
-        }
-        let mut reply = Reply::json(if d.allowed { 200 } else { 429 }, d)?;
-        reply.headers = headers;
-        Ok(reply)
-    }
-}
-
-impl Reply {
-    fn new(status: u16, body: Option<String>, headers: Vec<(&'static str, String)>) -> Reply {
-        Reply {
-            status,
-            body,
-            headers,
-            changed: false,
-        }
-    }
-
-    fn json<T: Serialize>(status: u16, body: &T) -> Result<Reply, QuotaError> {
-        let text = serde_json::to_string(body).map_err(|e| QuotaError::Encode(e.to_string()))?;
-        Ok(Reply::new(status, Some(text), Vec::new()))
     }
 }
 

@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
-    parse_body, parse_optional_body, CreateSession, Health, QuotaCheck, QuotaDecision, QuotaRefund,
+    parse_body, parse_optional_body, CreateSession, Health, Presence, QuotaCheck, QuotaRefund,
     Resource, DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
@@ -15,10 +15,13 @@ use crate::error::ApiError;
 use crate::ids;
 use crate::time::now_ms;
 use sesh_core::auth::{self, AuthError, Claims};
-use sesh_core::calls::{ExportCall, PresenceCall, QuotaCall, SessionCall};
+use sesh_core::calls::{
+    Answered, ExportCall, Frame, PresenceAnswer, PresenceCall, QuotaAnswer, QuotaCall, SessionCall,
+    H_CALL,
+};
 use sesh_core::config::{AllowedOrigins, Plans};
 use sesh_core::presence::{shard_name, shard_of};
-use sesh_core::quota::H_RETRY_AFTER_MS;
+use sesh_core::quota::{Decided, RateLimit};
 use sesh_core::route::{self, Route};
 
 /// Headers a browser may send cross-origin, and those it may read.
@@ -61,9 +64,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 
     let headers = resp.headers().clone();
     let _ = headers.set(H_REQUEST_ID, &request_id);
-    if let Some((policy, limit)) = rate {
-        let _ = headers.set("ratelimit-policy", &policy);
-        let _ = headers.set("ratelimit", &limit);
+    if let Some(rate) = &rate {
+        http::set_rate(&headers, rate);
     }
     if let Some(o) = origin.as_deref().filter(|o| origins.allows(o)) {
         let _ = headers.set("access-control-allow-origin", o);
@@ -99,9 +101,9 @@ struct Gateway<'a> {
     config: &'a Settings,
     pattern: &'static str,
     user: Option<String>,
-    // The caller's `api` policy after the charge (`RateLimit-Policy`,
-    // `RateLimit`), for the answer's headers.
-    rate: Option<(String, String)>,
+    // The caller's `api` policy after the charge, for the answer's
+    // `RateLimit-Policy` and `RateLimit` headers.
+    rate: Option<RateLimit>,
 }
 
 impl Gateway<'_> {
@@ -156,12 +158,7 @@ impl Gateway<'_> {
     async fn admit(&mut self, req: &Request, url: &Url) -> Result<Caller, ApiError> {
         let claims = self.authenticate(req, url, route::is_socket_path(url.path()))?;
         self.user = Some(claims.sub.clone());
-        let plans = self
-            .config
-            .plans
-            .as_ref()
-            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
-        if plans.get(&claims.plan).is_none() {
+        if self.config.plans.get(&claims.plan).is_none() {
             return Err(AuthError::InvalidClaim("plan").into());
         }
         let caller = Caller {
@@ -206,18 +203,17 @@ impl Gateway<'_> {
             Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
-                let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await;
-                answer.map(Answer::into_response)
+                let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await?;
+                presence_response(answer)
             }
-            Route::GetPresence(user) => hop
-                .presence(&user, presence_get(&user))
-                .await
-                .map(Answer::into_response),
+            Route::GetPresence(user) => {
+                let answer = hop.presence(&user, presence_get(&user)).await?;
+                presence_response(answer)
+            }
             Route::BatchPresence => self.batch_presence(url, caller).await,
             Route::GetQuota => {
                 let plan = caller.plan.clone();
-                let answer = hop.quota(me, QuotaCall::Overview { plan }).await;
-                answer.map(Answer::into_response)
+                http::quota_response(hop.quota(me, QuotaCall::Overview { plan }).await?)
             }
             Route::ListSessions => reads::list_sessions(self.env, url, caller).await,
             Route::UserMetrics(user) => reads::user_metrics(self.env, url, caller, &user).await,
@@ -252,7 +248,7 @@ impl Gateway<'_> {
                 }
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
                 let (subject, call) = quota_call(&route, &body)?;
-                hop.quota(&subject, call).await.map(Answer::into_response)
+                http::quota_response(hop.quota(&subject, call).await?)
             }
         }
     }
@@ -415,14 +411,24 @@ impl Gateway<'_> {
             .hop(caller)
             .quota(&caller.user, QuotaCall::Charge { plan })
             .await?;
-        let header = |name: &str| answer.header(name).map(str::to_owned);
-        self.rate = header("ratelimit-policy").zip(header("ratelimit"));
-        match answer.status {
-            204 => Ok(()),
-            429 => Err(ApiError::RateLimited {
-                retry_after_ms: answer.header(H_RETRY_AFTER_MS).and_then(|v| v.parse().ok()),
-            }),
-            s => Err(ApiError::Unavailable(format!("quota charge answered {s}"))),
+        match answer {
+            Ok(QuotaAnswer::Charged(c)) => {
+                self.rate = Some(c.rate);
+                if c.allowed {
+                    Ok(())
+                } else {
+                    Err(ApiError::RateLimited {
+                        retry_after_ms: c.retry_after_ms,
+                    })
+                }
+            }
+            Ok(other) => Err(ApiError::Internal(format!(
+                "quota charge answered {other:?}"
+            ))),
+            Err(f) => Err(ApiError::Unavailable(format!(
+                "quota charge answered {}",
+                f.status
+            ))),
         }
     }
 
@@ -434,20 +440,21 @@ impl Gateway<'_> {
             plan: caller.plan.clone(),
         };
         let answer = self.hop(caller).quota(&caller.user, call).await?;
-        match answer.status {
-            200 => Ok(()),
-            429 => {
-                // The quota object words the refusal.
-                let d: QuotaDecision = answer.parse()?;
-                Err(ApiError::QuotaExceeded {
-                    message: d
-                        .error
-                        .map_or_else(|| "sessions quota exceeded".into(), |e| e.message),
-                    retry_after_ms: d.retry_after_ms,
-                })
-            }
-            s => Err(ApiError::Unavailable(format!(
-                "sessions quota answered {s}"
+        match answer {
+            Ok(QuotaAnswer::Decided(Decided { decision: d, .. })) if d.allowed => Ok(()),
+            // The quota object words the refusal.
+            Ok(QuotaAnswer::Decided(Decided { decision: d, .. })) => Err(ApiError::QuotaExceeded {
+                message: d
+                    .error
+                    .map_or_else(|| "sessions quota exceeded".into(), |e| e.message),
+                retry_after_ms: d.retry_after_ms,
+            }),
+            Ok(other) => Err(ApiError::Internal(format!(
+                "sessions quota answered {other:?}"
+            ))),
+            Err(f) => Err(ApiError::Unavailable(format!(
+                "sessions quota answered {}",
+                f.status
             ))),
         }
     }
@@ -517,11 +524,11 @@ impl Gateway<'_> {
         http::strip_internal_headers(&headers);
         caller.write(&headers).map_err(internal)?;
         let _ = headers.set(H_REQUEST_ID, self.request_id);
+        let call = Frame::encode(SessionCall::Socket)?;
+        headers.set(H_CALL, &call.call).map_err(internal)?;
         let mut init = RequestInit::new();
         init.with_method(Method::Get).with_headers(headers);
-        let path = SessionCall::Socket.into_wire().path();
-        let inner =
-            Request::new_with_init(&format!("https://object{path}"), &init).map_err(internal)?;
+        let inner = Request::new_with_init(http::OBJECT_URL, &init).map_err(internal)?;
         let resp = http::stub(self.env, Binding::Session, id)?
             .fetch_with_request(inner)
             .await
@@ -565,25 +572,28 @@ impl Gateway<'_> {
                 let call = PresenceCall::Batch {
                     users: users.clone(),
                 };
-                let answer = hop.presence(&shard_name(n), call).await?;
-                if answer.status != 200 {
-                    return Err(ApiError::Internal(format!(
-                        "presence shard answered {}",
-                        answer.status
-                    )));
-                }
-                let views: Vec<serde_json::Value> = answer.parse()?;
+                let views = match hop.presence(&shard_name(n), call).await? {
+                    Ok(PresenceAnswer::Views(views)) => views,
+                    Ok(other) => {
+                        return Err(ApiError::Internal(format!(
+                            "presence shard answered {other:?}"
+                        )))
+                    }
+                    Err(f) => {
+                        return Err(ApiError::Internal(format!(
+                            "presence shard answered {}",
+                            f.status
+                        )))
+                    }
+                };
                 Ok(users.into_iter().zip(views).collect::<Vec<_>>())
             }
         });
-        let mut found: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        let mut found: std::collections::HashMap<String, Presence> = Default::default();
         for r in join_all(calls).await {
             found.extend(r?);
         }
-        let users: Vec<serde_json::Value> = ids
-            .iter()
-            .map(|u| found.get(u).cloned().unwrap_or(serde_json::Value::Null))
-            .collect();
+        let users: Vec<Option<&Presence>> = ids.iter().map(|u| found.get(u)).collect();
         http::json(200, &serde_json::json!({ "users": users }))
     }
 }
@@ -596,6 +606,17 @@ fn may_export(caller: &Caller, user: &str) -> Result<(), ApiError> {
         Err(ApiError::Forbidden(
             "exports are for the user themself or a service token".into(),
         ))
+    }
+}
+
+/// The client's response to a user's presence (or the object's refusal).
+fn presence_response(answered: Answered<PresenceAnswer>) -> Result<Response, ApiError> {
+    match answered {
+        Ok(PresenceAnswer::View(view)) => http::json(200, &view),
+        Ok(other) => Err(ApiError::Internal(format!(
+            "presence answered {other:?} to a client's call"
+        ))),
+        Err(f) => Ok(Answer::failure(f).into_response()),
     }
 }
 
@@ -636,7 +657,7 @@ fn query<'u>(url: &'u Url, name: &str) -> Option<std::borrow::Cow<'u, str>> {
 struct Settings {
     secret: Option<String>,
     origins: AllowedOrigins,
-    plans: Result<Plans, String>,
+    plans: Plans,
     log: LogMode,
 }
 
@@ -670,7 +691,7 @@ fn settings(env: &Env) -> std::rc::Rc<Settings> {
                 std::rc::Rc::new(Settings {
                     secret: http::var(env, "AUTH_SECRET").filter(|s| !s.is_empty()),
                     origins: AllowedOrigins::parse(http::var(env, "ALLOWED_ORIGINS").as_deref()),
-                    plans: Plans::parse(http::var(env, "PLANS").as_deref()),
+                    plans: http::plans(env),
                     log: match http::var(env, "REQUEST_LOG").as_deref() {
                         Some("all") => LogMode::All,
                         Some("off") => LogMode::ServerErrors,

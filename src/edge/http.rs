@@ -2,15 +2,17 @@
 //! error answers, bounded body reads, and the identity headers the gateway
 //! passes to objects.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, ResponseBuilder, State};
 
 use crate::error::ApiError;
-use sesh_core::calls::{PresenceCall, QuotaCall, SessionCall, Wire};
-use sesh_core::config::Tuning;
+use sesh_core::calls::{
+    self, Answered, Call, ExportCall, Failure, Frame, PresenceCall, QuotaAnswer, QuotaCall,
+    SessionCall, H_CALL,
+};
+use sesh_core::config::{Plans, Tuning};
+use sesh_core::quota::RateLimit;
 use sesh_core::time::Millis;
 
 /// Header carrying the verified caller's user id from the gateway to an
@@ -113,6 +115,14 @@ pub fn tuning(env: &Env) -> Tuning {
     Tuning::from_vars(|k| var(env, k)).unwrap_or_else(|e| {
         worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
         Tuning::default()
+    })
+}
+
+/// The plan table from the environment, under the one policy for a
+/// malformed `PLANS` ([`Plans::from_var`]): logged, and the defaults used.
+pub fn plans(env: &Env) -> Plans {
+    Plans::from_var(var(env, "PLANS").as_deref(), |e| {
+        worker::console_error!("{}", serde_json::json!({"level": "error", "error": e}));
     })
 }
 
@@ -309,29 +319,13 @@ impl Answer {
         a
     }
 
-    /// The answer for a handler's result (errors logged when they carry
-    /// internal detail).
-    pub fn of(r: Result<Answer, ApiError>) -> Answer {
-        r.unwrap_or_else(|e| {
-            if e.log_detail().is_some() {
-                log_error("-", &e);
-            }
-            Answer::error(&e)
-        })
-    }
-
-    /// The value of header `name` (lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body parsed as `T`; a missing or malformed body is a bug of the
-    /// object that answered.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_json::from_str(self.body.as_deref().unwrap_or("null")).map_err(internal)
+    /// The answer for an object's refusal.
+    pub fn failure(f: Failure) -> Answer {
+        let mut a = Answer::json(f.status, &f.body).unwrap_or_else(|e| Answer::error(&e));
+        if let Some(s) = f.retry_after_secs {
+            a.headers.push(("retry-after".into(), s.to_string()));
+        }
+        a
     }
 
     /// The runtime response.
@@ -346,42 +340,50 @@ impl Answer {
         }
         resp
     }
+}
 
-    /// The RPC form: `[status, body or null, name, value, ...]`.
-    fn to_js(&self) -> JsValue {
-        let a = js_sys::Array::new();
-        a.push(&JsValue::from(self.status));
-        a.push(
-            &self
-                .body
-                .as_deref()
-                .map_or(JsValue::NULL, JsValue::from_str),
-        );
-        for (k, v) in &self.headers {
-            a.push(&JsValue::from_str(k));
-            a.push(&JsValue::from_str(v));
-        }
-        a.into()
+/// An object's refusal of a call, as it travels back (internal detail
+/// logged here, where it happened, never sent).
+pub fn failure(e: &ApiError) -> Failure {
+    if e.log_detail().is_some() {
+        log_error("-", e);
     }
+    Failure {
+        status: e.status(),
+        body: e.body(),
+        retry_after_secs: e.retry_after_secs(),
+    }
+}
 
-    fn from_js(v: JsValue) -> Result<Answer, ApiError> {
-        let a: js_sys::Array = v
-            .dyn_into()
-            .map_err(|_| ApiError::Internal("RPC answer is not an array".into()))?;
-        let status = a
-            .get(0)
-            .as_f64()
-            .and_then(|s| u16::try_from(s as i64).ok())
-            .ok_or_else(|| ApiError::Internal("RPC answer without status".into()))?;
-        let headers = (2..a.length())
-            .step_by(2)
-            .filter_map(|i| Some((a.get(i).as_string()?, a.get(i + 1).as_string()?)))
-            .collect();
-        Ok(Answer {
-            status,
-            headers,
-            body: a.get(1).as_string(),
-        })
+/// Sets the rate-limit headers of `rate`: the one place they are written.
+pub fn set_rate(headers: &Headers, rate: &RateLimit) {
+    let _ = headers.set("ratelimit-policy", &rate.policy());
+    let _ = headers.set("ratelimit", &rate.limit());
+}
+
+/// The client's response to a quota answer the gateway passes on: the
+/// overview, or a check's or refund's decision (429 when refused, with
+/// `Retry-After` where a wait helps) with the resource's rate-limit
+/// headers; a refusal as the object worded it.
+pub fn quota_response(answered: Answered<QuotaAnswer>) -> Result<Response, ApiError> {
+    match answered {
+        Ok(QuotaAnswer::Overview(view)) => json(200, &view),
+        Ok(QuotaAnswer::Decided(d)) => {
+            let status = if d.decision.allowed { 200 } else { 429 };
+            let resp = json(status, &d.decision)?;
+            let headers = resp.headers();
+            if let Some(rate) = &d.rate {
+                set_rate(headers, rate);
+            }
+            if let Some(ms) = d.decision.retry_after_ms.filter(|_| !d.decision.allowed) {
+                let _ = headers.set("retry-after", &ms.div_ceil(1000).max(1).to_string());
+            }
+            Ok(resp)
+        }
+        Ok(other) => Err(ApiError::Internal(format!(
+            "quota answered {other:?} to a client's call"
+        ))),
+        Err(f) => Ok(Answer::failure(f).into_response()),
     }
 }
 
@@ -392,46 +394,55 @@ extern "C" {
     #[wasm_bindgen(extends = js_sys::Object)]
     type RpcStub;
 
-    // The one RPC method, `rpc(path, user, plan, service, body)`.
+    // The one RPC method, `rpc(call, user, plan, service, payload)`: the
+    // call's JSON, the caller, and the payload beside the JSON (a byte
+    // array, or `undefined`). It answers the JSON of the answer.
     #[wasm_bindgen(method, catch, js_name = rpc)]
     async fn rpc(
         this: &RpcStub,
-        path: &str,
+        call: &str,
         user: &str,
         plan: &str,
         service: bool,
-        body: JsValue,
+        payload: JsValue,
     ) -> Result<JsValue, JsValue>;
 }
 
-/// A call received over RPC: the typed call's wire form and the caller,
-/// as [`Hop`] sent them.
-pub fn rpc_received(
-    path: String,
+/// A call received over RPC, decoded, and the caller, as [`Hop`] sent
+/// them.
+pub fn rpc_received<C: Call>(
+    call: String,
     user: String,
     plan: String,
     service: bool,
-    body: Option<Vec<u8>>,
-) -> (Wire, Caller) {
-    let (op, query) = match path.split_once('?') {
-        Some((op, q)) => (op, Some(q)),
-        None => (path.as_str(), None),
+    payload: Option<Vec<u8>>,
+) -> Result<(C, Caller), ApiError> {
+    let call = Frame { call, payload }.decode()?;
+    let caller = Caller {
+        user,
+        plan,
+        service,
     };
-    let mut wire = Wire::parse(op, query);
-    wire.body = body;
-    (
-        wire,
-        Caller {
-            user,
-            plan,
-            service,
-        },
-    )
+    Ok((call, caller))
 }
 
-/// An object's answer in its RPC form.
-pub fn rpc_answer(answer: Answer) -> JsValue {
-    answer.to_js()
+/// An object's answer or refusal in its RPC form (the JSON of
+/// [`Answered`]).
+pub fn rpc_answer<A: Serialize>(r: Result<A, ApiError>) -> JsValue {
+    JsValue::from_str(&answer_text(r))
+}
+
+/// An object's answer or refusal to a fetch that carried a typed call.
+pub fn fetch_answer<A: Serialize>(r: Result<A, ApiError>) -> Response {
+    json_text(200, answer_text(r))
+}
+
+fn answer_text<A: Serialize>(r: Result<A, ApiError>) -> String {
+    let answered = r.map_err(|e| failure(&e));
+    calls::encode_answer(&answered).unwrap_or_else(|e| {
+        let f = failure(&ApiError::from(e));
+        calls::encode_answer::<()>(&Err(f)).unwrap_or_default()
+    })
 }
 
 /// The Durable Object classes, by their binding.
@@ -471,58 +482,75 @@ pub struct Hop<'a> {
 }
 
 impl Hop<'_> {
-    /// Asks the session object `id`.
+    /// Asks the session object `id`; its answer is the client's.
     pub async fn session(&self, id: &str, call: SessionCall) -> Result<Response, ApiError> {
-        self.call(Binding::Session, id, call.into_wire()).await
+        self.call(Binding::Session, id, call).await
     }
 
     /// Asks the presence object of `user` (over RPC).
-    pub async fn presence(&self, user: &str, call: PresenceCall) -> Result<Answer, ApiError> {
-        self.rpc(Binding::Presence, user, call.into_wire()).await
+    pub async fn presence(
+        &self,
+        user: &str,
+        call: PresenceCall,
+    ) -> Result<Answered<<PresenceCall as Call>::Answer>, ApiError> {
+        self.rpc(Binding::Presence, user, call).await
     }
 
-    /// Asks the object of export `call`'s id.
-    pub async fn export(
-        &self,
-        id: &str,
-        call: sesh_core::calls::ExportCall,
-    ) -> Result<Response, ApiError> {
-        self.call(Binding::Export, id, call.into_wire()).await
+    /// Asks the object of export `call`'s id; its answer is the client's.
+    pub async fn export(&self, id: &str, call: ExportCall) -> Result<Response, ApiError> {
+        self.call(Binding::Export, id, call).await
     }
 
     /// Asks the quota object of `subject` (over RPC).
-    pub async fn quota(&self, subject: &str, call: QuotaCall) -> Result<Answer, ApiError> {
-        self.rpc(Binding::Quota, subject, call.into_wire()).await
+    pub async fn quota(
+        &self,
+        subject: &str,
+        call: QuotaCall,
+    ) -> Result<Answered<QuotaAnswer>, ApiError> {
+        self.rpc(Binding::Quota, subject, call).await
     }
 
     /// One call over JS RPC: no request or response objects, no body
     /// streams (a fetch to an object costs about three times the runtime
     /// CPU of an RPC call with the same data). A transport failure is
-    /// `Unavailable`.
-    async fn rpc(&self, to: Binding, name: &str, wire: Wire) -> Result<Answer, ApiError> {
+    /// `Unavailable`; an answer that does not decode is `Internal`.
+    async fn rpc<C: Call>(
+        &self,
+        to: Binding,
+        name: &str,
+        call: C,
+    ) -> Result<Answered<C::Answer>, ApiError> {
+        let frame = Frame::encode(call)?;
         let stub: RpcStub = stub(self.env, to, name)?.into_rpc();
-        let body = wire
-            .body
+        let payload = frame
+            .payload
             .as_deref()
             .map_or(JsValue::UNDEFINED, |b| js_sys::Uint8Array::from(b).into());
         let c = self.caller;
         let answer = stub
-            .rpc(&wire.path(), &c.user, &c.plan, c.service, body)
+            .rpc(&frame.call, &c.user, &c.plan, c.service, payload)
             .await
             .map_err(|e| ApiError::Unavailable(format!("{} unreachable: {e:?}", to.name())))?;
-        Answer::from_js(answer)
+        let text = answer
+            .as_string()
+            .ok_or_else(|| ApiError::Internal(format!("{} answered no text", to.name())))?;
+        Ok(calls::decode_answer(&text)?)
     }
 
-    /// Sends one internal request. A transport failure is `Unavailable`.
-    async fn call(&self, to: Binding, name: &str, wire: Wire) -> Result<Response, ApiError> {
+    /// Sends one internal request carrying `call`: its JSON in the
+    /// [`H_CALL`] header, its payload as the body. A transport failure is
+    /// `Unavailable`.
+    async fn call<C: Call>(&self, to: Binding, name: &str, call: C) -> Result<Response, ApiError> {
+        let frame = Frame::encode(call)?;
         let headers = Headers::new();
         self.caller.write(&headers).map_err(internal)?;
+        headers.set(H_CALL, &frame.call).map_err(internal)?;
         if let Some(id) = self.request_id {
             let _ = headers.set(H_REQUEST_ID, id);
         }
         let mut init = RequestInit::new();
         init.with_headers(headers);
-        match &wire.body {
+        match &frame.payload {
             Some(b) => {
                 init.with_method(Method::Post)
                     .with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
@@ -531,8 +559,7 @@ impl Hop<'_> {
                 init.with_method(Method::Get);
             }
         }
-        let url = format!("https://object{}", wire.path());
-        let req = Request::new_with_init(&url, &init).map_err(internal)?;
+        let req = Request::new_with_init(OBJECT_URL, &init).map_err(internal)?;
         stub(self.env, to, name)?
             .fetch_with_request(req)
             .await
@@ -540,15 +567,25 @@ impl Hop<'_> {
     }
 }
 
-/// The typed call an object received: operation and query from the URL,
-/// the body when the method carries one.
-pub async fn read_wire(req: &mut Request) -> Result<Wire, ApiError> {
-    let url = req.url().map_err(internal)?;
-    let mut wire = Wire::parse(url.path(), url.query());
-    if req.method() == Method::Post {
-        wire.body = Some(req.bytes().await.map_err(internal)?);
-    }
-    Ok(wire)
+/// The URL of every internal fetch: the call is in [`H_CALL`], not here.
+pub const OBJECT_URL: &str = "https://object/call";
+
+/// The typed call an object received over a fetch: the JSON from the
+/// [`H_CALL`] header, the payload from the body when the method carries
+/// one.
+pub async fn read_call<C: Call>(req: &mut Request) -> Result<C, ApiError> {
+    let call = req
+        .headers()
+        .get(H_CALL)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::Internal("object request without a call".into()))?;
+    let payload = if req.method() == Method::Post {
+        Some(req.bytes().await.map_err(internal)?)
+    } else {
+        None
+    };
+    Ok(Frame { call, payload }.decode()?)
 }
 
 thread_local! {

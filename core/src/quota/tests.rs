@@ -179,20 +179,24 @@ fn counters_describe_their_own_rate_limit_policy() {
     let mut s = QuotaState::default();
     s.check(&free, Resource::Points, 4, T0);
     assert_eq!(
-        s.rate_headers(&free, Resource::Points, T0),
+        s.rate_headers(&free, Resource::Points, T0)
+            .map(|r| (r.policy(), r.limit())),
         Some((
             "\"points\";q=10000;w=86400".to_owned(),
             "\"points\";r=9996;t=60".to_owned()
         ))
     );
-    let (policy, _) = s.rate_headers(&free, Resource::Sessions, T0).unwrap();
+    let policy = s
+        .rate_headers(&free, Resource::Sessions, T0)
+        .unwrap()
+        .policy();
     assert_eq!(
         policy, "\"sessions\";q=30;w=2592000",
         "November has 30 days"
     );
     let ent = plan("enterprise");
     assert_eq!(s.rate_headers(&ent, Resource::Points, T0), None);
-    let (policy, _) = s.rate_headers(&free, Resource::Api, T0).unwrap();
+    let policy = s.rate_headers(&free, Resource::Api, T0).unwrap().policy();
     assert_eq!(policy, "\"api\";q=60;w=60");
 }
 
@@ -218,4 +222,89 @@ fn state_survives_storage() {
     let back: QuotaState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);
     assert_eq!(back.api_headers(&free, T0).available, 17);
+}
+
+#[test]
+fn a_refused_charge_changes_nothing_and_says_how_long_to_wait() {
+    let plans = Plans::default();
+    let mut core = QuotaCore::default();
+    let first = core.charge(&plans, "free", T0).unwrap();
+    assert!(first.answer.allowed && first.changed);
+    assert_eq!(core.last_plan.as_deref(), Some("free"));
+    assert_eq!(first.answer.rate.policy(), "\"api\";q=60;w=60");
+    assert_eq!(first.answer.rate.limit(), "\"api\";r=19;t=1");
+    assert_eq!(first.answer.retry_after_ms, None);
+    for _ in 0..19 {
+        assert!(core.charge(&plans, "free", T0).unwrap().answer.allowed);
+    }
+    let refused = core.charge(&plans, "free", T0).unwrap();
+    assert!(!refused.answer.allowed);
+    assert!(!refused.changed, "nothing to store");
+    assert_eq!(refused.answer.retry_after_ms, Some(1_000));
+    assert_eq!(refused.answer.rate.remaining, 0);
+    assert_eq!(
+        core.charge(&plans, "gold", T0),
+        Err(QuotaError::UnknownPlan("gold".into()))
+    );
+}
+
+#[test]
+fn a_check_remembers_its_plan_and_a_refund_uses_it() {
+    let plans = Plans::default();
+    let mut core = QuotaCore::default();
+    assert_eq!(core.current_plan(), DEFAULT_PLAN);
+    let took = core
+        .check(&plans, Resource::Sessions, 1, "pro", T0)
+        .unwrap();
+    assert!(took.changed && took.answer.decision.allowed);
+    assert_eq!(core.current_plan(), "pro");
+    let rate = took.answer.rate.unwrap();
+    assert_eq!(rate.resource, Resource::Sessions);
+    assert_eq!(rate.remaining, rate.quota - 1);
+    let refused = core
+        .check(&plans, Resource::Sessions, 1_000_000, "free", T0)
+        .unwrap();
+    assert!(
+        !refused.changed,
+        "a refusal stores nothing, not even the plan"
+    );
+    assert_eq!(core.current_plan(), "pro");
+    let d = refused.answer.decision;
+    assert!(!d.allowed);
+    assert_eq!(d.error.map(|e| e.code), Some(ErrorCode::QuotaExceeded));
+    // Given back under `pro`, the plan last seen, whose limit it shows.
+    let back = core.refund(&plans, Resource::Sessions, 1, T0).unwrap();
+    assert!(back.changed);
+    assert_eq!(back.answer.decision.remaining, Some(rate.quota));
+    let unlimited = core
+        .check(&plans, Resource::Points, 1, "enterprise", T0)
+        .unwrap();
+    assert_eq!(
+        unlimited.answer.rate, None,
+        "an unlimited counter has no policy"
+    );
+}
+
+#[test]
+fn reservations_settle_through_the_core() {
+    let plans = Plans::default();
+    let mut core = QuotaCore::default();
+    let r = core.reserve(&plans, "free", 100, T0).unwrap();
+    assert!(r.changed);
+    assert_eq!(r.answer.granted, 100);
+    let s = core
+        .settle(&plans, "free", r.answer.day, 40, 60, T0)
+        .unwrap();
+    assert!(s.changed);
+    assert_eq!(
+        (core.state.points.used, core.state.points.reserved),
+        (40, 0)
+    );
+    // The first overview rolls the untouched sessions counter into this
+    // month (a change to store); the next one reads only.
+    assert!(core.overview("u", &plans, "free", T0).unwrap().changed);
+    let view = core.overview("u", &plans, "free", T0).unwrap();
+    assert!(!view.changed);
+    assert_eq!(view.answer.points.used, 40);
+    assert_eq!(view.answer.subject, "u");
 }

@@ -48,7 +48,7 @@ impl DurableObject for ExportDO {
 
 impl ExportDO {
     async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
-        let call = ExportCall::from_wire(http::read_wire(&mut req).await?)?;
+        let call: ExportCall = http::read_call(&mut req).await?;
         let cloud = Cloud::new(&self.env)?;
         match call {
             ExportCall::Start { export_id, user_id } => {

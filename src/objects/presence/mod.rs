@@ -14,10 +14,10 @@ use sesh_protocol::{parse_optional_body, Heartbeat};
 use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
-use crate::edge::http::{self, internal, Answer, Caller, Hop};
+use crate::edge::http::{self, internal, Caller, Hop};
 use crate::error::ApiError;
 use crate::time::{now_ms, Millis};
-use sesh_core::calls::{PresenceCall, SessionCall, Wire};
+use sesh_core::calls::{self, PresenceAnswer, PresenceCall, SessionAnswer, SessionCall};
 use sesh_core::presence::{shard_name, shard_of, Decision, PresenceCore, PresenceState, ShardCore};
 
 #[derive(Deserialize)]
@@ -64,14 +64,14 @@ impl DurableObject for PresenceDO {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let answer = match http::read_wire(&mut req).await {
-            Ok(wire) => match Caller::read(&req) {
-                Ok(caller) => self.handle(wire, &caller).await,
+        let answer = match http::read_call(&mut req).await {
+            Ok(call) => match Caller::read(&req) {
+                Ok(caller) => self.handle(call, &caller).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
-        Ok(Answer::of(answer).into_response())
+        Ok(http::fetch_answer(answer))
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -88,20 +88,26 @@ impl PresenceDO {
     /// One call over JS RPC (the arguments of `http::Hop`'s RPC call).
     pub async fn rpc(
         &self,
-        path: String,
+        call: String,
         user: String,
         plan: String,
         service: bool,
-        body: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
     ) -> JsValue {
-        let (wire, caller) = http::rpc_received(path, user, plan, service, body);
-        http::rpc_answer(Answer::of(self.handle(wire, &caller).await))
+        let answer = match http::rpc_received(call, user, plan, service, payload) {
+            Ok((call, caller)) => self.handle(call, &caller).await,
+            Err(e) => Err(e),
+        };
+        http::rpc_answer(answer)
     }
 }
 
 impl PresenceDO {
-    async fn handle(&self, wire: Wire, caller: &Caller) -> Result<Answer, ApiError> {
-        let call = PresenceCall::from_wire(wire)?;
+    async fn handle(
+        &self,
+        call: PresenceCall,
+        caller: &Caller,
+    ) -> Result<PresenceAnswer, ApiError> {
         self.load()?;
         let now = now_ms();
         match call {
@@ -111,7 +117,7 @@ impl PresenceDO {
                     Some((_, c)) => c.view(&user_id, now),
                     None => self.fresh().view(&user_id, now),
                 };
-                Answer::json(200, &view)
+                Ok(PresenceAnswer::View(view))
             }
             PresenceCall::Heartbeat { body } => {
                 let beat: Heartbeat = parse_optional_body(&body)?;
@@ -120,7 +126,7 @@ impl PresenceDO {
                         c.heartbeat(beat.status, beat.activity, now)
                     })
                     .await?;
-                Answer::json(200, &view)
+                Ok(PresenceAnswer::View(view))
             }
             PresenceCall::Conn {
                 user_id,
@@ -137,12 +143,11 @@ impl PresenceDO {
                         }
                     })
                     .await?;
-                Answer::json(200, &view)
+                Ok(PresenceAnswer::View(view))
             }
             PresenceCall::Publish { user_id, state } => {
-                let state: PresenceState = serde_json::from_slice(&state).map_err(internal)?;
                 self.shard_publish(&user_id, state)?;
-                Answer::json(200, &serde_json::json!({}))
+                Ok(PresenceAnswer::Published)
             }
             PresenceCall::Batch { users } => {
                 self.load_shard()?;
@@ -150,8 +155,8 @@ impl PresenceDO {
                 let shard = shard
                     .as_ref()
                     .ok_or_else(|| ApiError::Internal("shard not loaded".into()))?;
-                let views: Vec<_> = users.iter().map(|u| shard.view(u, now)).collect();
-                Answer::json(200, &views)
+                let views = users.iter().map(|u| shard.view(u, now)).collect();
+                Ok(PresenceAnswer::Views(views))
             }
         }
     }
@@ -160,10 +165,6 @@ impl PresenceDO {
     /// answered, so a batch read after it sees it. A shard that cannot be
     /// reached is told again by the next change (logged meanwhile).
     async fn publish(&self, user: &str, state: &PresenceState) {
-        let state = match serde_json::to_vec(state) {
-            Ok(s) => s,
-            Err(e) => return http::log_error("PresenceDO", &internal(e)),
-        };
         let caller = Caller::internal(user);
         let hop = Hop {
             env: &self.env,
@@ -172,14 +173,14 @@ impl PresenceDO {
         };
         let call = PresenceCall::Publish {
             user_id: user.to_owned(),
-            state,
+            state: state.clone(),
         };
         let shard = shard_name(shard_of(user));
         match hop.presence(&shard, call).await {
-            Ok(r) if r.status == 200 => {}
-            Ok(r) => http::log_error(
+            Ok(Ok(_)) => {}
+            Ok(Err(f)) => http::log_error(
                 "PresenceDO",
-                &ApiError::Unavailable(format!("presence shard answered {}", r.status)),
+                &ApiError::Unavailable(format!("presence shard answered {}", f.status)),
             ),
             Err(e) => http::log_error("PresenceDO", &e),
         }
@@ -375,7 +376,17 @@ impl PresenceDO {
         if resp.status_code() == 404 {
             return Some(false);
         }
-        let v: serde_json::Value = resp.json().await.ok()?;
-        v["live"].as_bool()
+        if resp.status_code() != 200 {
+            return None;
+        }
+        let text = resp.text().await.ok()?;
+        // A live session's answer that does not decode is a bug: logged.
+        match calls::strict::<SessionAnswer>(&text) {
+            Ok(SessionAnswer::Live(live)) => Some(live),
+            Err(e) => {
+                http::log_error("PresenceDO", &e.into());
+                None
+            }
+        }
     }
 }

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use worker::{durable_object, DurableObject, Env, Request, Response, SqlStorage, State};
 
-use crate::edge::http::{self, internal, Answer, Caller};
+use crate::edge::http::{self, internal, Caller};
 use crate::error::ApiError;
-use crate::time::now_ms;
-use sesh_core::calls::{QuotaCall, Wire};
+use crate::time::{now_ms, Millis};
+use sesh_core::calls::{QuotaAnswer, QuotaCall};
 use sesh_core::config::Plans;
-use sesh_core::quota::{QuotaCore, Reply};
+use sesh_core::quota::{Applied, QuotaCore, QuotaError};
 
 #[derive(Deserialize)]
 struct Row {
@@ -28,7 +28,7 @@ struct Row {
 #[durable_object]
 pub struct QuotaDO {
     sql: SqlStorage,
-    plans: Result<Plans, String>,
+    plans: Plans,
     core: RefCell<Option<QuotaCore>>,
 }
 
@@ -36,17 +36,17 @@ impl DurableObject for QuotaDO {
     fn new(state: State, env: Env) -> Self {
         Self {
             sql: state.storage().sql(),
-            plans: Plans::parse(http::var(&env, "PLANS").as_deref()),
+            plans: http::plans(&env),
             core: RefCell::new(None),
         }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let answer = match http::read_wire(&mut req).await {
-            Ok(wire) => Caller::read(&req).and_then(|caller| self.handle(wire, &caller)),
+        let answer = match http::read_call(&mut req).await {
+            Ok(call) => Caller::read(&req).and_then(|caller| self.handle(call, &caller)),
             Err(e) => Err(e),
         };
-        Ok(Answer::of(answer).into_response())
+        Ok(http::fetch_answer(answer))
     }
 }
 
@@ -55,39 +55,34 @@ impl QuotaDO {
     /// One call over JS RPC (the arguments of `http::Hop`'s RPC call).
     pub fn rpc(
         &self,
-        path: String,
+        call: String,
         user: String,
         plan: String,
         service: bool,
-        body: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
     ) -> JsValue {
-        let (wire, caller) = http::rpc_received(path, user, plan, service, body);
-        http::rpc_answer(Answer::of(self.handle(wire, &caller)))
+        let received = http::rpc_received(call, user, plan, service, payload);
+        http::rpc_answer(received.and_then(|(call, caller)| self.handle(call, &caller)))
     }
 }
 
 impl QuotaDO {
     /// Everything here is synchronous: no other request runs in between.
-    fn handle(&self, wire: Wire, caller: &Caller) -> Result<Answer, ApiError> {
-        let call = QuotaCall::from_wire(wire)?;
-        let plans = self
-            .plans
-            .as_ref()
-            .map_err(|e| ApiError::Internal(format!("configuration: {e}")))?;
+    fn handle(&self, call: QuotaCall, caller: &Caller) -> Result<QuotaAnswer, ApiError> {
         self.load()?;
         let mut guard = self.core.borrow_mut();
         let core = guard
             .as_mut()
             .ok_or_else(|| ApiError::Internal("quota not loaded".into()))?;
-        let reply = core.apply(&caller.user, &call, plans, now_ms())?;
-        if reply.changed {
+        let applied = apply(core, &caller.user, call, &self.plans, now_ms())?;
+        if applied.changed {
             if let Err(e) = self.save(core) {
                 // Memory must not run ahead of storage: read it again.
                 *guard = None;
                 return Err(e);
             }
         }
-        Ok(answer(reply))
+        Ok(applied.answer)
     }
 
     /// Reads the subject's state once per object lifetime.
@@ -130,15 +125,54 @@ impl QuotaDO {
     }
 }
 
-/// The answer for a core reply.
-fn answer(reply: Reply) -> Answer {
-    Answer {
-        status: reply.status,
-        headers: reply
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        body: reply.body,
+/// Turns a decoded call into the core's operation, and its outcome into
+/// the call's answer.
+fn apply(
+    core: &mut QuotaCore,
+    subject: &str,
+    call: QuotaCall,
+    plans: &Plans,
+    now: Millis,
+) -> Result<Applied<QuotaAnswer>, QuotaError> {
+    fn map<T>(a: Applied<T>, f: impl FnOnce(T) -> QuotaAnswer) -> Applied<QuotaAnswer> {
+        Applied {
+            answer: f(a.answer),
+            changed: a.changed,
+        }
     }
+    Ok(match call {
+        QuotaCall::Charge { plan } => map(core.charge(plans, &plan, now)?, QuotaAnswer::Charged),
+        QuotaCall::Overview { plan } => map(
+            core.overview(subject, plans, &plan, now)?,
+            QuotaAnswer::Overview,
+        ),
+        QuotaCall::Check {
+            resource,
+            cost,
+            plan,
+        } => map(
+            core.check(plans, resource, cost, &plan, now)?,
+            QuotaAnswer::Decided,
+        ),
+        QuotaCall::Refund { resource, cost } => map(
+            core.refund(plans, resource, cost, now)?,
+            QuotaAnswer::Decided,
+        ),
+        QuotaCall::Reserve { plan, want } => map(
+            core.reserve(plans, &plan, want, now)?,
+            QuotaAnswer::Reserved,
+        ),
+        QuotaCall::Settle {
+            plan,
+            day,
+            used,
+            returned,
+        } => map(core.settle(plans, &plan, day, used, returned, now)?, |()| {
+            QuotaAnswer::Settled
+        }),
+        QuotaCall::CurrentPlan => Applied {
+            answer: QuotaAnswer::Plan(core.current_plan().to_owned()),
+            changed: false,
+        },
+    })
 }

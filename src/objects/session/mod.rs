@@ -18,11 +18,11 @@ use worker::{
     WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::edge::http::{self, internal, Answer, Caller, Hop};
+use crate::edge::http::{self, internal, Caller, Hop};
 use crate::error::ApiError;
 use crate::ids;
 use crate::time::{now_ms, Millis};
-use sesh_core::calls::{PresenceCall, QuotaCall, SessionCall};
+use sesh_core::calls::{PresenceCall, QuotaAnswer, QuotaCall, SessionAnswer, SessionCall};
 use sesh_core::config::Plans;
 use sesh_core::data::d1;
 use sesh_core::lifecycle::LifecycleConfig;
@@ -247,10 +247,7 @@ impl DurableObject for ActiveSessionDO {
                 }),
             ..Config::default()
         };
-        let plans = Plans::parse(http::var(&env, "PLANS").as_deref()).unwrap_or_else(|e| {
-            log_error(&ApiError::Internal(format!("configuration: {e}")));
-            Plans::default()
-        });
+        let plans = http::plans(&env);
         // The runtime answers the exact ping text itself, without waking
         // a hibernating object; other pings reach `on_text`.
         match worker::worker_sys::WebSocketRequestResponsePair::new(PING, PONG) {
@@ -343,7 +340,7 @@ fn log_error(e: &ApiError) {
 
 impl ActiveSessionDO {
     async fn handle(&self, mut req: Request) -> Result<Response, ApiError> {
-        let call = SessionCall::from_wire(http::read_wire(&mut req).await?)?;
+        let call: SessionCall = http::read_call(&mut req).await?;
         let caller = Caller::read(&req)?;
         if let SessionCall::Create { session_id, body } = call {
             let create: CreateSession = parse_optional_body(&body)?;
@@ -353,7 +350,7 @@ impl ActiveSessionDO {
         if let SessionCall::HasConn { conn_id } = &call {
             // From a PresenceDO checking a connection it was told about.
             let live = self.feed(|c| c.has_conn(conn_id))?;
-            return http::json(200, &serde_json::json!({ "live": live }));
+            return http::json(200, &SessionAnswer::Live(live));
         }
         self.feed(|c| c.check_member(&caller.user))??;
         match call {
@@ -580,15 +577,13 @@ impl ActiveSessionDO {
         if caller.user == meta.owner_id {
             return Ok(caller.plan.clone());
         }
-        #[derive(Deserialize)]
-        struct PlanAnswer {
-            plan: String,
-        }
-        let asked = self
+        let asked = match self
             .quota_call(&meta.owner_id, QuotaCall::CurrentPlan)
             .await
-            .and_then(|a| a.parse::<PlanAnswer>().ok())
-            .map(|a| a.plan);
+        {
+            Some(QuotaAnswer::Plan(plan)) => Some(plan),
+            _ => None,
+        };
         Ok(asked.unwrap_or(meta.owner_plan))
     }
 
@@ -1104,18 +1099,20 @@ impl ActiveSessionDO {
             plan: plan.to_owned(),
             want,
         };
-        self.quota_call(owner, call).await?.parse().ok()
+        match self.quota_call(owner, call).await? {
+            QuotaAnswer::Reserved(r) => Some(r),
+            _ => None,
+        }
     }
 
-    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<Answer> {
+    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<QuotaAnswer> {
         let caller = Caller::internal(subject);
         let hop = Hop {
             env: &self.env,
             caller: &caller,
             request_id: None,
         };
-        let answer = hop.quota(subject, call).await.ok()?;
-        (answer.status == 200).then_some(answer)
+        hop.quota(subject, call).await.ok()?.ok()
     }
 
     /// Writes one planned batch to D1 and feeds the outcome to the core.
@@ -1226,7 +1223,7 @@ impl ActiveSessionDO {
                     online: r.online != 0,
                 };
                 let sent = hop.presence(&r.user_id, update).await;
-                if !matches!(sent, Ok(a) if a.status == 200) {
+                if !matches!(sent, Ok(Ok(_))) {
                     return Ok(false);
                 }
                 self.sql
