@@ -178,33 +178,6 @@ pub async fn existing<B: Backend>(b: &B) -> Result<Existing, LifecycleError> {
 
 const KINDS: [TableKind; 3] = [TableKind::Sessions, TableKind::Members, TableKind::Points];
 
-fn columns(kind: TableKind) -> &'static [&'static str] {
-    match kind {
-        TableKind::Sessions => &[
-            "id",
-            "owner_id",
-            "title",
-            "members",
-            "metadata",
-            "status",
-            "started_at",
-            "ended_at",
-            "point_count",
-        ],
-        TableKind::Members => &["user_id", "started_at", "session_id"],
-        TableKind::Points => &[
-            "session_id",
-            "seq",
-            "user_id",
-            "client_id",
-            "kind",
-            "value",
-            "data",
-            "ts",
-        ],
-    }
-}
-
 // The primary key, the keyset order of the chunks. Its columns are stored
 // in `partition_moves` as k1 (text), k2 (integer), k3 (text).
 fn key(kind: TableKind) -> &'static [(&'static str, &'static str)] {
@@ -473,7 +446,7 @@ async fn copy_chunk<B: Backend>(
 ) -> Result<(), LifecycleError> {
     let end = chunk_end(b, st, n).await?;
     let (cond, params) = range(st, &end, "", 1);
-    let cols = columns(st.kind).join(", ");
+    let cols = st.kind.column_list("");
     let copy = Statement::new(
         format!(
             "INSERT OR IGNORE INTO {} ({cols}) SELECT {cols} FROM {} WHERE {cond}",
