@@ -15,9 +15,11 @@
 //! 4. pass all their rows, in any order, to [`ListQuery::answer`] and send it.
 //!
 //! Flushing a session (one batch, as today): for each [`PartitionWrite`] of
-//! [`write_points`] and of [`write_session`], its `ensure.statements`
+//! [`write_points`] and of [`write_session`] (the session record, the
+//! [`SessionSummary`] the list reads back), its `ensure.statements`
 //! (unless the isolate already created all of `ensure.tables`), then its
-//! `statements`. After success, remember `ensure.tables`.
+//! `statements`, then [`write_stats`]. After success, remember
+//! `ensure.tables`. The flush plan puts these in order.
 //!
 //! Reading an ended session whose object is gone:
 //! 1. one batch: `LIST_PARTITIONS` and [`point_months`];
