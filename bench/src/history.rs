@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use reqwest::Client;
 use serde_json::{json, Map, Value};
-use sesh_core::data::history::{write_points, write_session, PartitionWrite, SessionRecord};
+use sesh_core::data::history::{write_points, write_session, PartitionWrite};
 use sesh_core::data::partition::{Month, Statement};
-use sesh_protocol::SessionStatus;
+use sesh_protocol::{SessionStatus, SessionSummary};
 
 use super::drive::{self, block_on, expect, fail, send, Errors};
 use super::summary::{fields, round_to, spread};
@@ -118,15 +118,14 @@ impl Options {
 
         let owner = format!("hist-{tag}-lister");
         let token = xtask::mint(secret, &owner, "enterprise", None, 3600)?;
-        let metadata = Map::new();
         for m in 0..24 {
             let (month, k) = (month(m), self.sessions_per_month as i64);
             for i in 0..k {
                 let started_at =
                     month.start_ms() + i * ((month.end_ms().min(now) - month.start_ms()) / k);
                 let id = session_id(started_at);
-                let rec = record(&id, &owner, &metadata, started_at, 0, SessionStatus::Ended);
-                batch.push(write_session(&rec, now));
+                let rec = record(&id, &owner, started_at, 0, SessionStatus::Ended);
+                batch.push(write_session(&rec, now)?);
             }
             d1_batch(&c, base, &mut batch).await?;
         }
@@ -181,24 +180,26 @@ pub(super) fn session_id(started_at: i64) -> String {
 }
 
 /// A session row of `user`'s with `points` points, as a flush writes it.
-pub(super) fn record<'a>(
-    id: &'a str,
-    user: &'a str,
-    metadata: &'a Map<String, Value>,
+pub(super) fn record(
+    id: &str,
+    user: &str,
     started_at: i64,
     points: usize,
     status: SessionStatus,
-) -> SessionRecord<'a> {
-    SessionRecord {
-        id,
-        owner_id: user,
-        title: Some("seeded"),
-        members: &[],
-        metadata,
+) -> SessionSummary {
+    let rfc3339 = sesh_core::time::rfc3339;
+    SessionSummary {
+        id: id.to_owned(),
+        owner_id: user.to_owned(),
+        title: Some("seeded".to_owned()),
+        members: Vec::new(),
+        metadata: Map::new(),
         status,
-        started_at,
-        ended_at: (status == SessionStatus::Ended).then_some(started_at + 3_600_000),
+        started_at: rfc3339(started_at),
+        ended_at: (status == SessionStatus::Ended).then(|| rfc3339(started_at + 3_600_000)),
         point_count: points as u64,
+        last_seq: points as u64,
+        stats: Default::default(),
     }
 }
 

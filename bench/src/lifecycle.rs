@@ -22,7 +22,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sesh_core::data::history::{write_points, write_session};
 use sesh_core::data::partition::Month;
 use sesh_core::lifecycle::format::sha256_hex;
@@ -71,7 +71,6 @@ impl Options {
         let month = Month::from_index(Month::of(now).index() - 13);
         let n_sessions = self.points.div_ceil(self.per_session);
         let span = (month.end_ms() - month.start_ms()) / n_sessions as i64;
-        let metadata = Map::new();
         let t0 = Instant::now();
         let mut sessions: Vec<(String, i64, usize)> = Vec::new();
         let (mut writes, mut pending) = (Vec::new(), 0);
@@ -82,8 +81,8 @@ impl Options {
             let points: Vec<(i64, String)> = (0..n)
                 .map(|i| point(&user, i, started_at + i as i64 * 1000))
                 .collect();
-            let rec = record(&id, &user, &metadata, started_at, n, SessionStatus::Active);
-            writes.push(write_session(&rec, started_at));
+            let rec = record(&id, &user, started_at, n, SessionStatus::Active);
+            writes.push(write_session(&rec, started_at)?);
             for chunk in points.chunks(3000) {
                 writes.extend(write_points(&id, chunk, started_at));
                 pending += chunk.len();
@@ -116,12 +115,14 @@ impl Options {
 
         for chunk in sessions.chunks(200) {
             let end = |(id, at, n): &(String, i64, usize)| {
-                write_session(
-                    &record(id, &user, &metadata, *at, *n, SessionStatus::Ended),
-                    now,
-                )
+                write_session(&record(id, &user, *at, *n, SessionStatus::Ended), now)
             };
-            d1_batch(&c, base, &mut chunk.iter().map(end).collect()).await?;
+            d1_batch(
+                &c,
+                base,
+                &mut chunk.iter().map(end).collect::<Result<_, _>>()?,
+            )
+            .await?;
         }
         let archived = "SELECT count(*) AS n FROM archives WHERE verified = 1 AND manifested = 1";
         let (archive_s, archive_runs) = until(&c, base, now, archived, n_sessions as i64).await?;

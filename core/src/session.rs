@@ -19,6 +19,7 @@ mod flood;
 mod flush;
 mod ids;
 mod membership;
+mod record;
 mod stats;
 pub mod storage;
 mod units;
@@ -40,7 +41,7 @@ pub use membership::ConnId;
 pub use units::{day_of, until_next_day, Settlement, Units};
 
 use crate::clock::VirtualClock;
-use crate::time::{rfc3339, Millis};
+use crate::time::Millis;
 pub use error::SessionError;
 use flood::{Gcra, Strikes};
 use flush::{FlushState, Pending};
@@ -519,20 +520,11 @@ impl SessionCore {
 
     /// The session as answered over HTTP, with live participants and stats.
     pub fn view(&self) -> Session {
-        let m = &self.st.meta;
+        let mut summary = self.st.meta.record(self.st.last_seq);
+        summary.stats = self.st.stats.all();
         Session {
-            id: m.id.clone(),
-            owner_id: m.owner_id.clone(),
-            title: m.title.clone(),
-            members: m.members.clone(),
-            metadata: m.metadata.clone(),
-            status: m.status,
-            started_at: rfc3339(m.started_at),
-            ended_at: m.ended_at.map(rfc3339),
-            point_count: self.st.last_seq,
-            last_seq: self.st.last_seq,
+            summary,
             participants: self.conns.participants(),
-            stats: self.st.stats.all(),
         }
     }
 

@@ -2,42 +2,9 @@
 //! ([`SessionList`]) and `GET /v1/users/{userId}/metrics`
 //! ([`MetricsAnswer`]).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::session::{KindStats, SessionStatus};
-
-/// A session as listed: the session object without `participants`, its
-/// `stats` as the session object had them at its last flush to D1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
-pub struct SessionSummary {
-    /// Session id.
-    pub id: String,
-    /// Owner.
-    pub owner_id: String,
-    /// Title, `null` when none.
-    pub title: Option<String>,
-    /// Members besides the owner.
-    pub members: Vec<String>,
-    /// Metadata object.
-    pub metadata: Map<String, Value>,
-    /// Active or ended (as of the last flush to D1).
-    pub status: SessionStatus,
-    /// Creation time, RFC 3339 UTC.
-    pub started_at: String,
-    /// End time, RFC 3339 UTC, once ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    /// Points flushed so far.
-    pub point_count: u64,
-    /// Highest seq flushed; seqs have no gaps, so it equals `pointCount`.
-    pub last_seq: u64,
-    /// Figures per point kind over the points with a `value`.
-    pub stats: BTreeMap<String, KindStats>,
-}
+use crate::session::SessionSummary;
 
 /// The answer to `GET /v1/sessions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +50,6 @@ pub struct Bucket {
 }
 
 object_only!(
-    SessionSummary: "a session summary object",
     SessionList: "a session list object",
     MetricsAnswer: "a metrics object",
     Bucket: "a metrics bucket object",
@@ -91,7 +57,12 @@ object_only!(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::Map;
+
     use super::*;
+    use crate::session::{KindStats, SessionStatus};
 
     #[test]
     fn session_list_round_trips_and_is_strict() {

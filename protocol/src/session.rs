@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::error::Validate;
@@ -89,10 +91,18 @@ pub struct Participant {
     pub joined_at: String,
 }
 
-/// The session object of the HTTP API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
-pub struct Session {
+/// The session record: the session object of the HTTP API without its
+/// live `participants`. It is one row type for every place a session is
+/// read or written as a whole: the sessions listed by `GET /v1/sessions`
+/// (its `stats` as the session had them at its last flush to D1), the row
+/// a flush writes to D1, the session line of an archive and of an export,
+/// and the core of [`Session`].
+///
+/// Its JSON is an object with exactly these fields (unknown or repeated
+/// ones are refused); [`Session`] writes and reads the same fields with
+/// `participants` between `lastSeq` and `stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSummary {
     /// Session id (UUID, lowercase).
     pub id: String,
     /// The user who created it.
@@ -108,18 +118,226 @@ pub struct Session {
     /// Creation time, RFC 3339 UTC.
     pub started_at: String,
     /// End time, RFC 3339 UTC; absent while active.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
     /// Points recorded so far.
     pub point_count: u64,
-    /// Highest `seq` so far (0 before the first point).
+    /// Highest `seq` so far (0 before the first point); seqs have no gaps,
+    /// so it equals `pointCount`.
     pub last_seq: u64,
+    /// Figures per point `kind`, over the points that carry a `value`
+    /// (`{}` when none did).
+    pub stats: BTreeMap<String, KindStats>,
+}
+
+impl SessionSummary {
+    /// True when `user_id` is the owner or one of the members.
+    pub fn is_member(&self, user_id: &str) -> bool {
+        self.owner_id == user_id || self.members.iter().any(|m| m == user_id)
+    }
+}
+
+/// The session object of the HTTP API (`GET /v1/sessions/{id}`, the
+/// creation's and the end's answers): the record and its live connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// Everything but the participants. In a session object `stats` may be
+    /// absent (answers that predate it); it then reads as `{}`.
+    pub summary: SessionSummary,
     /// Live connections.
     pub participants: Vec<Participant>,
-    /// Live figures per point `kind`, over the points that carry a `value`
-    /// (`{}` when none did). Absent only in answers that predate it.
-    #[serde(default)]
-    pub stats: BTreeMap<String, KindStats>,
+}
+
+impl Session {
+    /// True when `user_id` is the owner or one of the members.
+    pub fn is_member(&self, user_id: &str) -> bool {
+        self.summary.is_member(user_id)
+    }
+}
+
+// The record's fields in wire order; a session object has `participants`
+// after `lastSeq`. Written out by hand because serde's `flatten` does not
+// combine with `deny_unknown_fields`.
+const SUMMARY_FIELDS: &[&str] = &[
+    "id",
+    "ownerId",
+    "title",
+    "members",
+    "metadata",
+    "status",
+    "startedAt",
+    "endedAt",
+    "pointCount",
+    "lastSeq",
+    "stats",
+];
+
+const SESSION_FIELDS: &[&str] = &[
+    "id",
+    "ownerId",
+    "title",
+    "members",
+    "metadata",
+    "status",
+    "startedAt",
+    "endedAt",
+    "pointCount",
+    "lastSeq",
+    "participants",
+    "stats",
+];
+
+fn serialize_record<S: Serializer>(
+    rec: &SessionSummary,
+    participants: Option<&[Participant]>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let len = 10 + usize::from(rec.ended_at.is_some()) + usize::from(participants.is_some());
+    let name = if participants.is_some() {
+        "Session"
+    } else {
+        "SessionSummary"
+    };
+    let mut st = serializer.serialize_struct(name, len)?;
+    st.serialize_field("id", &rec.id)?;
+    st.serialize_field("ownerId", &rec.owner_id)?;
+    st.serialize_field("title", &rec.title)?;
+    st.serialize_field("members", &rec.members)?;
+    st.serialize_field("metadata", &rec.metadata)?;
+    st.serialize_field("status", &rec.status)?;
+    st.serialize_field("startedAt", &rec.started_at)?;
+    match &rec.ended_at {
+        Some(t) => st.serialize_field("endedAt", t)?,
+        None => st.skip_field("endedAt")?,
+    }
+    st.serialize_field("pointCount", &rec.point_count)?;
+    st.serialize_field("lastSeq", &rec.last_seq)?;
+    if let Some(p) = participants {
+        st.serialize_field("participants", p)?;
+    }
+    st.serialize_field("stats", &rec.stats)?;
+    st.end()
+}
+
+// Reads a record, and with `session` its participants too (required; a
+// summary has none) with `stats` optional. Every field at most once, no other field; `title`
+// and `endedAt` may be absent (as `null` and as none), as derived `Option`
+// fields may.
+struct RecordVisitor {
+    session: bool,
+}
+
+fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    field: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(field));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+fn required<T, E: de::Error>(slot: Option<T>, field: &'static str) -> Result<T, E> {
+    slot.ok_or_else(|| E::missing_field(field))
+}
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = (SessionSummary, Vec<Participant>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.session {
+            "a session object"
+        } else {
+            "a session summary object"
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut owner_id, mut title, mut members, mut metadata) =
+            (None, None, None::<Option<String>>, None, None);
+        let (mut status, mut started_at, mut ended_at, mut point_count, mut last_seq) =
+            (None, None, None::<Option<String>>, None, None);
+        let (mut participants, mut stats) = (None, None);
+        let fields = if self.session {
+            SESSION_FIELDS
+        } else {
+            SUMMARY_FIELDS
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "id" => once(&mut map, &mut id, "id")?,
+                "ownerId" => once(&mut map, &mut owner_id, "ownerId")?,
+                "title" => once(&mut map, &mut title, "title")?,
+                "members" => once(&mut map, &mut members, "members")?,
+                "metadata" => once(&mut map, &mut metadata, "metadata")?,
+                "status" => once(&mut map, &mut status, "status")?,
+                "startedAt" => once(&mut map, &mut started_at, "startedAt")?,
+                "endedAt" => once(&mut map, &mut ended_at, "endedAt")?,
+                "pointCount" => once(&mut map, &mut point_count, "pointCount")?,
+                "lastSeq" => once(&mut map, &mut last_seq, "lastSeq")?,
+                "participants" if self.session => {
+                    once(&mut map, &mut participants, "participants")?
+                }
+                "stats" => once(&mut map, &mut stats, "stats")?,
+                other => return Err(de::Error::unknown_field(other, fields)),
+            }
+        }
+        let stats = match stats {
+            Some(s) => s,
+            None if self.session => BTreeMap::new(),
+            None => return Err(de::Error::missing_field("stats")),
+        };
+        let participants = if self.session {
+            required(participants, "participants")?
+        } else {
+            Vec::new()
+        };
+        let summary = SessionSummary {
+            id: required(id, "id")?,
+            owner_id: required(owner_id, "ownerId")?,
+            title: title.flatten(),
+            members: required(members, "members")?,
+            metadata: required(metadata, "metadata")?,
+            status: required(status, "status")?,
+            started_at: required(started_at, "startedAt")?,
+            ended_at: ended_at.flatten(),
+            point_count: required(point_count, "pointCount")?,
+            last_seq: required(last_seq, "lastSeq")?,
+            stats,
+        };
+        Ok((summary, participants))
+    }
+}
+
+impl Serialize for SessionSummary {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_record(self, None, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionSummary {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (summary, _) = deserializer.deserialize_map(RecordVisitor { session: false })?;
+        Ok(summary)
+    }
+}
+
+impl Serialize for Session {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_record(&self.summary, Some(&self.participants), serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Session {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (summary, participants) =
+            deserializer.deserialize_map(RecordVisitor { session: true })?;
+        Ok(Session {
+            summary,
+            participants,
+        })
+    }
 }
 
 /// Figures of one point `kind` over the points that carry a `value`.
@@ -157,13 +375,6 @@ impl KindStats {
         self.min = self.min.min(value);
         self.max = self.max.max(value);
         self.last = value;
-    }
-}
-
-impl Session {
-    /// True when `user_id` is the owner or one of the members.
-    pub fn is_member(&self, user_id: &str) -> bool {
-        self.owner_id == user_id || self.members.iter().any(|m| m == user_id)
     }
 }
 
@@ -321,7 +532,6 @@ pub struct PointsPage {
 object_only!(
     CreateSession: "a session creation object",
     Participant: "a participant object",
-    Session: "a session object",
     KindStats: "a stats object",
     StoredPoint: "a stored point object",
     PointsBatch: "an object with `points`",
@@ -352,8 +562,8 @@ mod tests {
         }
     }
 
-    fn session() -> Session {
-        Session {
+    fn summary() -> SessionSummary {
+        SessionSummary {
             id: "0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b".into(),
             owner_id: "alice".into(),
             title: None,
@@ -364,8 +574,14 @@ mod tests {
             ended_at: None,
             point_count: 0,
             last_seq: 0,
-            participants: vec![],
             stats: BTreeMap::new(),
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            summary: summary(),
+            participants: vec![],
         }
     }
 
@@ -391,12 +607,12 @@ mod tests {
     #[test]
     fn ended_session_round_trips() {
         let mut s = session();
-        s.title = Some("Morning run".into());
-        s.status = SessionStatus::Ended;
-        s.ended_at = Some("2024-10-27T04:00:00Z".into());
-        s.metadata = obj(json!({"a": 1}));
-        s.point_count = 3;
-        s.last_seq = 3;
+        s.summary.title = Some("Morning run".into());
+        s.summary.status = SessionStatus::Ended;
+        s.summary.ended_at = Some("2024-10-27T04:00:00Z".into());
+        s.summary.metadata = obj(json!({"a": 1}));
+        s.summary.point_count = 3;
+        s.summary.last_seq = 3;
         s.participants = vec![Participant {
             conn_id: "c1".into(),
             user_id: "bob".into(),
@@ -428,7 +644,7 @@ mod tests {
                 last: 60.0
             }
         );
-        s.stats.insert("hr".into(), hr);
+        s.summary.stats.insert("hr".into(), hr);
         let json = round_trip(&s);
         assert!(
             json.contains(
@@ -448,7 +664,102 @@ mod tests {
         let mut v = serde_json::to_value(session()).expect("serialize");
         v.as_object_mut().expect("object").remove("stats");
         let parsed: Session = serde_json::from_value(v).expect("stats may be absent");
-        assert!(parsed.stats.is_empty());
+        assert!(parsed.summary.stats.is_empty());
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v.as_object_mut().expect("object").remove("stats");
+        assert!(
+            serde_json::from_value::<SessionSummary>(v).is_err(),
+            "a listed session has its stats"
+        );
+    }
+
+    #[test]
+    fn a_session_is_its_summary_with_participants_in_between() {
+        let mut s = session();
+        s.summary.ended_at = Some("2024-10-27T04:00:00Z".into());
+        s.summary.stats.insert("hr".into(), KindStats::of(1.0));
+        s.participants = vec![Participant {
+            conn_id: "c1".into(),
+            user_id: "bob".into(),
+            joined_at: "2024-10-27T03:34:00Z".into(),
+        }];
+        let whole = round_trip(&s);
+        let part = round_trip(&s.summary);
+        let (head, stats) = part.split_at(part.find(r#","stats":"#).expect("stats"));
+        assert_eq!(
+            whole,
+            format!(
+                r#"{head},"participants":[{{"connId":"c1","userId":"bob","joinedAt":"2024-10-27T03:34:00Z"}}]{stats}"#
+            )
+        );
+        assert!(head.ends_with(r#""endedAt":"2024-10-27T04:00:00Z","pointCount":0,"lastSeq":0"#));
+        // Field order on input is free, as for any object.
+        let mut v = serde_json::to_value(&s).expect("serialize");
+        let reordered: Map<String, Value> = std::mem::take(v.as_object_mut().expect("object"))
+            .into_iter()
+            .rev()
+            .collect();
+        let back: Session = serde_json::from_value(Value::Object(reordered)).expect("any order");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn summary_and_session_refuse_what_the_other_has_and_repeats() {
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v["participants"] = json!([]);
+        let err = serde_json::from_value::<SessionSummary>(v).expect_err("no participants");
+        assert!(
+            err.to_string().contains("unknown field `participants`"),
+            "{err}"
+        );
+        let mut v = serde_json::to_value(session()).expect("serialize");
+        v.as_object_mut().expect("object").remove("participants");
+        let err = serde_json::from_value::<Session>(v).expect_err("participants required");
+        assert!(
+            err.to_string().contains("missing field `participants`"),
+            "{err}"
+        );
+        for field in [
+            "id",
+            "ownerId",
+            "members",
+            "metadata",
+            "status",
+            "startedAt",
+            "pointCount",
+            "lastSeq",
+        ] {
+            let mut v = serde_json::to_value(session()).expect("serialize");
+            v.as_object_mut().expect("object").remove(field);
+            let err = serde_json::from_value::<Session>(v).expect_err(field);
+            assert!(
+                err.to_string()
+                    .contains(&format!("missing field `{field}`")),
+                "{err}"
+            );
+        }
+        // As derived `Option` fields: an absent title reads as none.
+        let mut v = serde_json::to_value(session()).expect("serialize");
+        v.as_object_mut().expect("object").remove("title");
+        assert_eq!(
+            serde_json::from_value::<Session>(v).expect("no title"),
+            session()
+        );
+        let text = serde_json::to_string(&session()).expect("serialize");
+        let twice = text.replacen(r#""lastSeq":0"#, r#""lastSeq":0,"lastSeq":1"#, 1);
+        let err = serde_json::from_str::<Session>(&twice).expect_err("repeated field");
+        assert!(
+            err.to_string().contains("duplicate field `lastSeq`"),
+            "{err}"
+        );
+        let text = serde_json::to_string(&summary()).expect("serialize");
+        let twice = text.replacen(r#""title":null"#, r#""title":null,"title":"x""#, 1);
+        assert!(serde_json::from_str::<SessionSummary>(&twice).is_err());
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v["pointCount"] = json!(-1);
+        assert!(serde_json::from_value::<SessionSummary>(v).is_err());
+        assert!(serde_json::from_str::<SessionSummary>("[]").is_err());
+        assert!(serde_json::from_str::<Session>(r#""session""#).is_err());
     }
 
     #[test]
@@ -456,6 +767,9 @@ mod tests {
         let mut v = serde_json::to_value(session()).expect("serialize");
         v["surprise"] = json!(true);
         assert!(serde_json::from_value::<Session>(v).is_err());
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v["surprise"] = json!(true);
+        assert!(serde_json::from_value::<SessionSummary>(v).is_err());
         let mut v = serde_json::to_value(session()).expect("serialize");
         v["status"] = json!("paused");
         assert!(serde_json::from_value::<Session>(v).is_err());

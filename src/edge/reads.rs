@@ -6,7 +6,7 @@
 
 use worker::{Env, Response, Url};
 
-use sesh_protocol::SessionSummary;
+use sesh_protocol::{Session, SessionSummary};
 
 use crate::db;
 use crate::edge::http::{self, Caller};
@@ -87,11 +87,12 @@ pub async fn ended_session(env: &Env, id: &str) -> Result<Option<SessionSummary>
 /// the session object with no live participants and its `stats` computed
 /// from its points (in D1, or in its archive once pruned).
 pub async fn session_answer(env: &Env, s: &SessionSummary) -> Result<Response, ApiError> {
-    let mut v = serde_json::to_value(s).map_err(http::internal)?;
-    v["participants"] = serde_json::json!([]);
     let stats = crate::lifecycle::ended_stats(env, &s.id).await?;
-    v["stats"] = serde_json::to_value(stats).map_err(http::internal)?;
-    http::json(200, &v)
+    let session = Session {
+        summary: SessionSummary { stats, ..s.clone() },
+        participants: Vec::new(),
+    };
+    http::json(200, &session)
 }
 
 /// Points of an ended session (`GET .../points`), in seq order: from D1,
@@ -110,5 +111,5 @@ pub async fn ended_points(
 
 /// Whether `user` may read session `s` (its owner or a member).
 pub fn is_member(s: &SessionSummary, user: &str) -> bool {
-    s.owner_id == user || s.members.iter().any(|m| m == user)
+    s.is_member(user)
 }

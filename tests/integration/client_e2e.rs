@@ -97,7 +97,7 @@ async fn two_clients_survive_a_sigkill_with_every_point_once() {
         })
         .await
         .expect("create session");
-    let id = session.id.clone();
+    let id = session.summary.id.clone();
     let mut la = ca.join(&id);
     let mut lb = cb.join(&id);
     for live in [&mut la, &mut lb] {
@@ -190,7 +190,7 @@ async fn two_clients_survive_a_sigkill_with_every_point_once() {
         assert_eq!(p.id.as_deref(), Some(ack.id.as_str()));
     }
     let ended = ca.end_session(&id).await.expect("end");
-    assert_eq!(ended.point_count, 2 * N as u64);
+    assert_eq!(ended.summary.point_count, 2 * N as u64);
     let month = sesh_core::time::month_suffix(sesh::time::now_ms());
     let rows: Vec<Value> = d1_at(
         &server.base,

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 use sesh::time::now_ms;
-use sesh_core::data::history::{write_points, write_session, SessionRecord};
+use sesh_core::data::history::{write_points, write_session};
 use sesh_core::data::partition::Statement;
 use sesh_core::data::rollup::{day_start, hour_start, month_start, week_start};
 use sesh_core::time::rfc3339;
-use sesh_protocol::SessionStatus;
+use sesh_protocol::{SessionStatus, SessionSummary};
 
 use crate::client::{
     base, call_at, create_session_at, d1_at, d1_batch_at, get, run_scheduled_at, set_d1_failing_at,
@@ -39,27 +39,29 @@ const MONTH: i64 = 30 * DAY;
 /// each started at its own time.
 async fn seed_sessions(sessions: &[(String, String, Vec<String>, i64, bool)]) {
     let now = now_ms();
-    let meta = Map::new();
     let mut stmts: Vec<Statement> = Vec::new();
     for (id, owner, members, started, ended) in sessions {
         let w = write_session(
-            &SessionRecord {
-                id,
-                owner_id: owner,
-                title: Some("seeded"),
-                members,
-                metadata: &meta,
+            &SessionSummary {
+                id: id.clone(),
+                owner_id: owner.clone(),
+                title: Some("seeded".into()),
+                members: members.clone(),
+                metadata: Map::new(),
                 status: if *ended {
                     SessionStatus::Ended
                 } else {
                     SessionStatus::Active
                 },
-                started_at: *started,
-                ended_at: ended.then_some(*started + 1000),
+                started_at: rfc3339(*started),
+                ended_at: ended.then(|| rfc3339(*started + 1000)),
                 point_count: 0,
+                last_seq: 0,
+                stats: BTreeMap::new(),
             },
             now,
-        );
+        )
+        .expect("an RFC 3339 start");
         stmts.extend(w.ensure.statements);
         stmts.extend(w.statements);
         if stmts.len() > 60 {

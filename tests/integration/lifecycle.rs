@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use sesh::time::now_ms;
-use sesh_core::data::history::{write_points, write_session, SessionRecord};
+use sesh_core::data::history::{write_points, write_session};
 use sesh_core::data::partition::{Month, Statement};
-use sesh_protocol::SessionStatus;
+use sesh_core::time::rfc3339;
+use sesh_protocol::{SessionStatus, SessionSummary};
 use sha2::{Digest, Sha256};
 
 use crate::client::{call_at, d1_at, d1_batch_at, unique, TestFn};
@@ -41,22 +42,23 @@ fn seed(id: &str, owner: &str, members: &[String], ts: &[i64], write_now: i64) -
             (*t, p.to_string())
         })
         .collect();
-    let meta = Map::new();
-    let rec = SessionRecord {
-        id,
-        owner_id: owner,
-        title: Some("old"),
-        members,
-        metadata: &meta,
+    let rec = SessionSummary {
+        id: id.to_owned(),
+        owner_id: owner.to_owned(),
+        title: Some("old".into()),
+        members: members.to_vec(),
+        metadata: Map::new(),
         status: SessionStatus::Ended,
-        started_at: started,
-        ended_at: Some(started + 60_000),
+        started_at: rfc3339(started),
+        ended_at: Some(rfc3339(started + 60_000)),
         point_count: ts.len() as u64,
+        last_seq: ts.len() as u64,
+        stats: Default::default(),
     };
     let mut out = Vec::new();
     for w in write_points(id, &points, write_now)
         .into_iter()
-        .chain([write_session(&rec, write_now)])
+        .chain([write_session(&rec, write_now).expect("an RFC 3339 start")])
     {
         out.extend(w.ensure.statements);
         out.extend(w.statements);

@@ -316,7 +316,7 @@ async fn refusal(client: &Client, session: &str, e: tokio_tungstenite_wasm::Erro
     if cfg!(target_arch = "wasm32") {
         match client.session(session).await {
             Err(err) if matches!(err.status, Some(401 | 403 | 404)) => return err,
-            Ok(s) if s.status == SessionStatus::Ended => {
+            Ok(s) if s.summary.status == SessionStatus::Ended => {
                 let mut err = Error::new("session_ended", "the session has ended");
                 err.status = Some(409);
                 return err;

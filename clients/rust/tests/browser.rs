@@ -166,7 +166,7 @@ async fn pair(env: &Env, title: &str) -> Pair {
     )
     .await
     .unwrap_or_else(|e| panic!("create the session: {e}"));
-    let (mut la, mut lb) = (a.join(&session.id), b.join(&session.id));
+    let (mut la, mut lb) = (a.join(&session.summary.id), b.join(&session.summary.id));
     let (mut seen_a, mut seen_b) = (Seen::default(), Seen::default());
     read_until(&mut la, &mut seen_a, "A joins", |s| s.connects == 1).await;
     read_until(&mut lb, &mut seen_b, "B joins", |s| s.connects == 1).await;
@@ -176,7 +176,7 @@ async fn pair(env: &Env, title: &str) -> Pair {
         user_a,
         user_b,
         calls_a,
-        session: session.id,
+        session: session.summary.id,
         la,
         lb,
         seen_a,

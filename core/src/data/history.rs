@@ -15,9 +15,11 @@
 //! 4. pass all their rows, in any order, to [`ListQuery::answer`] and send it.
 //!
 //! Flushing a session (one batch, as today): for each [`PartitionWrite`] of
-//! [`write_points`] and of [`write_session`], its `ensure.statements`
+//! [`write_points`] and of [`write_session`] (the session record, the
+//! [`SessionSummary`] the list reads back), its `ensure.statements`
 //! (unless the isolate already created all of `ensure.tables`), then its
-//! `statements`. After success, remember `ensure.tables`.
+//! `statements`, then [`write_stats`]. After success, remember
+//! `ensure.tables`. The flush plan puts these in order.
 //!
 //! Reading an ended session whose object is gone:
 //! 1. one batch: `LIST_PARTITIONS` and [`point_months`];
@@ -30,19 +32,21 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sesh_protocol::limits::MAX_READ_LIMIT;
 use sesh_protocol::{
     KindStats, PointsPage, SessionList, SessionStatus, SessionSummary, StoredPoint,
 };
 use thiserror::Error;
 
-use crate::data::d1::MAX_CHUNK_BYTES;
 use crate::data::partition::{
     col_int, col_opt_f64, col_opt_str, col_str, ensure_points, ensure_sessions, plan,
     write_partition, Ensure, Existing, Month, RowError, Span, Statement, TableKind, DAY_MS,
 };
 use crate::time::Millis;
+
+/// Largest JSON array bound to one insert (D1 caps a bound value at 2 MB).
+pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Sessions per page when `limit` is absent.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -322,27 +326,15 @@ impl ListQuery {
     }
 }
 
-// The session columns as read, `s` being the table alias.
-const SESSION_COLUMNS: [&str; 9] = [
-    "id",
-    "owner_id",
-    "title",
-    "members",
-    "metadata",
-    "status",
-    "started_at",
-    "ended_at",
-    "point_count",
-];
-
 // One table pair: read in index order and stopped after the limit.
 // A month whose year table exists (a move under way) leaves out the
 // sessions the year table already has, so the newer copy is the one listed
 // and filtered by status.
 fn list_sql(span: Span, by_status: bool, existing: &Existing) -> String {
-    let cols: Vec<String> = SESSION_COLUMNS
+    let cols: Vec<String> = TableKind::Sessions
+        .columns()
         .iter()
-        .map(|c| format!("s.{c} AS {c}"))
+        .map(|(c, _)| format!("s.{c} AS {c}"))
         .collect();
     format!(
         "SELECT m.started_at AS started_ms, {cols}, {stats} FROM {members} AS m \
@@ -439,7 +431,7 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
 /// Upserts a session's figures per kind into `session_stats` (CONTRACT.md
 /// section 5: listed sessions carry `stats`), for the flush's batch: JSON
 /// arrays of `[kind, figures as JSON text]` of at most
-/// `core::d1::MAX_CHUNK_BYTES`, bound with the session id, one statement
+/// [`MAX_CHUNK_BYTES`], bound with the session id, one statement
 /// per array.
 pub fn write_stats(session_id: &str, stats: &[(String, KindStats)]) -> Vec<Statement> {
     let mut arrays = Vec::new();
@@ -462,29 +454,6 @@ pub fn write_stats(session_id: &str, stats: &[(String, KindStats)]) -> Vec<State
         .collect()
 }
 
-/// A session row as the flush writes it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SessionRecord<'a> {
-    /// Session id (v7 UUID).
-    pub id: &'a str,
-    /// Owner.
-    pub owner_id: &'a str,
-    /// Title.
-    pub title: Option<&'a str>,
-    /// Members besides the owner.
-    pub members: &'a [String],
-    /// Metadata object.
-    pub metadata: &'a Map<String, Value>,
-    /// Active or ended.
-    pub status: SessionStatus,
-    /// Creation time.
-    pub started_at: Millis,
-    /// End time.
-    pub ended_at: Option<Millis>,
-    /// Points recorded so far (the count never goes down in D1).
-    pub point_count: u64,
-}
-
 /// Statements writing to one partition, with what makes it exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionWrite {
@@ -497,61 +466,72 @@ pub struct PartitionWrite {
     pub statements: Vec<Statement>,
 }
 
-/// The session row and its member rows (the owner included), for the same
-/// batch as the flush's points; the partition is
-/// [`write_partition`]`(started_at, now)`. The row is upserted as
-/// the flush always did (the count never goes down); member rows are only
-/// ever added.
-pub fn write_session(rec: &SessionRecord<'_>, now: Millis) -> PartitionWrite {
-    let span = write_partition(rec.started_at, now);
+/// The session row of `rec` and its member rows (the owner included), for
+/// the same batch as the flush's points (its `stats` are not in the row:
+/// [`write_stats`] writes the figures of the kinds a flush changed); the
+/// partition is [`write_partition`]`(started_at, now)`. The row is upserted
+/// as the flush always did (the count never goes down); member rows are
+/// only ever added. An error: `started_at` is not RFC 3339 (a record this
+/// server did not make).
+pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite, RowError> {
+    let started_ms = parse_time("startedAt", &rec.started_at).map_err(|_| RowError::Column {
+        column: "started_at",
+        expected: "an RFC 3339 date-time",
+    })?;
+    let span = write_partition(started_ms, now);
     let sessions = TableKind::Sessions.table(span);
+    let placeholders: Vec<String> = (1..=TableKind::Sessions.columns().len())
+        .map(|i| format!("?{i}"))
+        .collect();
     let upsert = format!(
-        "INSERT INTO {t} (id, owner_id, title, members, metadata, status, started_at, ended_at, point_count) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+        "INSERT INTO {t} ({cols}) VALUES ({placeholders}) \
          ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
          metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
          point_count = max({t}.point_count, excluded.point_count)",
-        t = sessions
+        t = sessions,
+        cols = TableKind::Sessions.column_list(""),
+        placeholders = placeholders.join(", "),
     );
-    let mut everyone: Vec<&str> = vec![rec.owner_id];
+    let mut everyone: Vec<&str> = vec![rec.owner_id.as_str()];
     everyone.extend(rec.members.iter().map(String::as_str));
     everyone.sort_unstable();
     everyone.dedup();
     let members_sql = format!(
-        "INSERT OR IGNORE INTO {} (user_id, started_at, session_id) \
-         SELECT m.value, ?2, ?1 FROM json_each(?3) AS m",
-        TableKind::Members.table(span)
+        "INSERT OR IGNORE INTO {} ({}) SELECT m.value, ?2, ?1 FROM json_each(?3) AS m",
+        TableKind::Members.table(span),
+        TableKind::Members.column_list("")
     );
     let statements = vec![
+        // In the order of `TableKind::Sessions.columns()`, as
+        // `session_from_row` reads them back.
         Statement::new(
             upsert,
             vec![
-                Value::from(rec.id),
-                Value::from(rec.owner_id),
-                rec.title.map_or(Value::Null, Value::from),
-                Value::from(Value::from(rec.members.to_vec()).to_string()),
+                Value::from(rec.id.as_str()),
+                Value::from(rec.owner_id.as_str()),
+                rec.title.as_deref().map_or(Value::Null, Value::from),
+                Value::from(Value::from(rec.members.clone()).to_string()),
                 Value::from(Value::Object(rec.metadata.clone()).to_string()),
                 Value::from(rec.status.as_str()),
-                Value::from(crate::time::rfc3339(rec.started_at)),
-                rec.ended_at
-                    .map_or(Value::Null, |t| Value::from(crate::time::rfc3339(t))),
+                Value::from(rec.started_at.as_str()),
+                rec.ended_at.as_deref().map_or(Value::Null, Value::from),
                 Value::from(rec.point_count),
             ],
         ),
         Statement::new(
             members_sql,
             vec![
-                Value::from(rec.id),
-                Value::from(rec.started_at),
+                Value::from(rec.id.as_str()),
+                Value::from(started_ms),
                 Value::from(Value::from(everyone).to_string()),
             ],
         ),
     ];
-    PartitionWrite {
+    Ok(PartitionWrite {
         span,
         ensure: ensure_sessions(span, now),
         statements,
-    }
+    })
 }
 
 /// Appends the JSON text `item` to the last of `arrays` (JSON arrays left
@@ -570,9 +550,10 @@ fn push_chunked(arrays: &mut Vec<String>, item: &str) {
 /// The statements of a flush's points of session `session_id`: stored
 /// points `(ts, JSON as the API returns it)` grouped by
 /// [`write_partition`]`(ts, now)` into JSON arrays of at most
-/// `core::d1::MAX_CHUNK_BYTES`, each array bound as one parameter of three
+/// [`MAX_CHUNK_BYTES`], each array bound as one parameter of three
 /// statements: the points insert (`INSERT OR IGNORE` on `(session_id,
-/// seq)`), the session's point months and the roll-up marks. Run them all
+/// seq)`), the session's point months and the roll-up marks
+/// ([`mark_statement`]). Run them all
 /// in the batch that writes the session row.
 pub fn write_points(
     session_id: &str,
@@ -608,7 +589,7 @@ pub fn write_points(
                             RECORD_POINT_MONTHS,
                             vec![Value::from(session_id), Value::from(arr.as_str())],
                         ),
-                        crate::data::rollup::mark_statement(&arr),
+                        mark_statement(&arr),
                     ]
                 })
                 .collect(),
@@ -618,12 +599,26 @@ pub fn write_points(
 
 fn insert_points_sql(span: Span) -> String {
     format!(
-        "INSERT OR IGNORE INTO {} (session_id, seq, user_id, client_id, kind, value, data, ts) \
+        "INSERT OR IGNORE INTO {} ({}) \
          SELECT ?1, json_extract(p.value, '$.seq'), json_extract(p.value, '$.userId'), \
          json_extract(p.value, '$.id'), json_extract(p.value, '$.kind'), \
          json_extract(p.value, '$.value'), json_extract(p.value, '$.data'), \
          json_extract(p.value, '$.ts') FROM json_each(?2) AS p",
-        TableKind::Points.table(span)
+        TableKind::Points.table(span),
+        TableKind::Points.column_list("")
+    )
+}
+
+/// Marks the (author, hour) buckets of a JSON array of stored points (`?1`)
+/// for the roll-up to recompute. Runs in the batch
+/// that inserts those points.
+pub fn mark_statement(points_json: &str) -> Statement {
+    Statement::new(
+        "INSERT OR IGNORE INTO rollup_marks (month, hour_ms, user_id) \
+         SELECT DISTINCT strftime('%Y_%m', t / 1000, 'unixepoch'), t - t % 3600000, u \
+         FROM (SELECT json_extract(p.value, '$.ts') AS t, json_extract(p.value, '$.userId') AS u \
+         FROM json_each(?1) AS p)",
+        vec![Value::from(points_json)],
     )
 }
 
@@ -667,7 +662,7 @@ pub fn find_session(id: &str, existing: &Existing) -> Option<Statement> {
         .into_iter()
         .filter(|s| existing.contains(TableKind::Sessions, *s))
         .collect();
-    let cols = SESSION_COLUMNS.join(", ");
+    let cols = TableKind::Sessions.column_list("");
     let stats = stats_column("?1");
     let branches: Vec<String> = spans
         .iter()

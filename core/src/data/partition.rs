@@ -56,8 +56,9 @@ impl Statement {
     }
 }
 
-/// A row read back from D1 that does not have the expected shape. This is a
-/// bug or a damaged table, never the caller's input: answer 500.
+/// A row read back from D1 (or a record to write to it) that does not have
+/// the expected shape. This is a bug or a damaged table, never the
+/// caller's input: answer 500.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RowError {
     /// A column is missing or of the wrong type.
@@ -325,35 +326,80 @@ impl TableKind {
         format!("{}{}", self.prefix(), span.suffix())
     }
 
+    /// The columns of this kind's tables, in order, each with its
+    /// declaration: the one column list that creates the tables and that
+    /// the writes, the reads and the moves name.
+    pub fn columns(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            // Ids are UUIDs, `members` and `metadata` JSON text, times
+            // RFC 3339 UTC with milliseconds, so they also sort as text.
+            TableKind::Sessions => &[
+                ("id", "TEXT PRIMARY KEY"),
+                ("owner_id", "TEXT NOT NULL"),
+                ("title", "TEXT"),
+                ("members", "TEXT NOT NULL"),
+                ("metadata", "TEXT NOT NULL"),
+                ("status", "TEXT NOT NULL"),
+                ("started_at", "TEXT NOT NULL"),
+                ("ended_at", "TEXT"),
+                ("point_count", "INTEGER NOT NULL"),
+            ],
+            TableKind::Members => &[
+                ("user_id", "TEXT NOT NULL"),
+                ("started_at", "INTEGER NOT NULL"),
+                ("session_id", "TEXT NOT NULL"),
+            ],
+            TableKind::Points => &[
+                ("session_id", "TEXT NOT NULL"),
+                ("seq", "INTEGER NOT NULL"),
+                ("user_id", "TEXT NOT NULL"),
+                ("client_id", "TEXT"),
+                ("kind", "TEXT NOT NULL"),
+                ("value", "REAL"),
+                ("data", "TEXT"),
+                ("ts", "INTEGER NOT NULL"),
+            ],
+        }
+    }
+
+    /// The names of [`TableKind::columns`], in order, joined by `", "`,
+    /// each after `prefix` (a table alias with its dot, or nothing).
+    pub fn column_list(self, prefix: &str) -> String {
+        let names: Vec<String> = self
+            .columns()
+            .iter()
+            .map(|(name, _)| format!("{prefix}{name}"))
+            .collect();
+        names.join(", ")
+    }
+
     /// `CREATE TABLE IF NOT EXISTS` (and its indexes) for a span.
     pub fn create(self, span: Span) -> Vec<String> {
         let t = self.table(span);
+        let mut defs: Vec<String> = self
+            .columns()
+            .iter()
+            .map(|(name, decl)| format!("{name} {decl}"))
+            .collect();
         match self {
-            // Today's columns (core::d1); ids are UUIDs, `members` and
-            // `metadata` JSON text, times RFC 3339 UTC with milliseconds, so
-            // they also sort as text.
-            TableKind::Sessions => vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 id TEXT PRIMARY KEY, owner_id TEXT NOT NULL, title TEXT, members TEXT NOT NULL, \
-                 metadata TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, \
-                 ended_at TEXT, point_count INTEGER NOT NULL)"
-            )],
+            TableKind::Sessions => {}
             // The key is the list query's order, so "sessions of user U
             // started in a range, newest first" is one index range scan.
-            TableKind::Members => vec![format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                 user_id TEXT NOT NULL, started_at INTEGER NOT NULL, session_id TEXT NOT NULL, \
-                 PRIMARY KEY (user_id, started_at, session_id)) WITHOUT ROWID"
-            )],
+            TableKind::Members => defs.push("PRIMARY KEY (user_id, started_at, session_id)".into()),
             // `(session_id, seq)` makes a repeated flush harmless; the
             // `(user_id, ts)` index serves the roll-up of one user's hour.
+            TableKind::Points => defs.push("PRIMARY KEY (session_id, seq)".into()),
+        }
+        let defs = defs.join(", ");
+        match self {
+            TableKind::Sessions => vec![format!("CREATE TABLE IF NOT EXISTS {t} ({defs})")],
+            TableKind::Members => {
+                vec![format!(
+                    "CREATE TABLE IF NOT EXISTS {t} ({defs}) WITHOUT ROWID"
+                )]
+            }
             TableKind::Points => vec![
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {t} (\
-                     session_id TEXT NOT NULL, seq INTEGER NOT NULL, user_id TEXT NOT NULL, \
-                     client_id TEXT, kind TEXT NOT NULL, value REAL, data TEXT, ts INTEGER NOT NULL, \
-                     PRIMARY KEY (session_id, seq))"
-                ),
+                format!("CREATE TABLE IF NOT EXISTS {t} ({defs})"),
                 format!("CREATE INDEX IF NOT EXISTS {t}_user_ts ON {t} (user_id, ts)"),
             ],
         }
@@ -555,7 +601,7 @@ pub(crate) mod testdb {
     use rusqlite::Connection;
     use serde_json::{Map, Value};
 
-    use super::Statement;
+    use crate::data::partition::Statement;
 
     /// The migrations the flush and the reads need applied (0003, the
     /// lifecycle's, is the lifecycle tests' own).
@@ -908,5 +954,41 @@ mod tests {
         assert!(ex.contains(TableKind::Points, Span::Year(2024)));
         assert_eq!(ex.spans(TableKind::Points).count(), 1);
         assert!(Existing::from_rows(&[serde_json::json!({"name": 3})]).is_err());
+    }
+
+    #[test]
+    fn tables_are_created_as_d1_already_has_them() {
+        // The text the partitions in D1 were created with before the
+        // columns were one list: a new partition must be the same table.
+        let m = Span::Month(month(2026, 1));
+        assert_eq!(
+            TableKind::Sessions.create(m),
+            vec!["CREATE TABLE IF NOT EXISTS sessions_2026_01 (id TEXT PRIMARY KEY, \
+                  owner_id TEXT NOT NULL, title TEXT, members TEXT NOT NULL, metadata TEXT NOT NULL, \
+                  status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, \
+                  point_count INTEGER NOT NULL)"]
+        );
+        assert_eq!(
+            TableKind::Members.create(m),
+            vec![
+                "CREATE TABLE IF NOT EXISTS session_members_2026_01 (user_id TEXT NOT NULL, \
+                  started_at INTEGER NOT NULL, session_id TEXT NOT NULL, \
+                  PRIMARY KEY (user_id, started_at, session_id)) WITHOUT ROWID"
+            ]
+        );
+        assert_eq!(
+            TableKind::Points.create(Span::Year(2024)),
+            vec![
+                "CREATE TABLE IF NOT EXISTS session_points_2024 (session_id TEXT NOT NULL, \
+                 seq INTEGER NOT NULL, user_id TEXT NOT NULL, client_id TEXT, kind TEXT NOT NULL, \
+                 value REAL, data TEXT, ts INTEGER NOT NULL, PRIMARY KEY (session_id, seq))",
+                "CREATE INDEX IF NOT EXISTS session_points_2024_user_ts ON session_points_2024 \
+                 (user_id, ts)"
+            ]
+        );
+        assert_eq!(
+            TableKind::Members.column_list("m."),
+            "m.user_id, m.started_at, m.session_id"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! raw points.
 //!
 //! - The flush that writes points also writes, in the same batch,
-//!   [`mark_statement`]: the (author, hour) buckets it touched.
+//!   [`mark_statement`](crate::data::history::mark_statement): the
+//!   (author, hour) buckets it touched.
 //! - The scheduled handler, at `now`:
 //!   1. runs [`LIST_PARTITIONS`](crate::data::partition::LIST_PARTITIONS) and
 //!      [`marked_months`] (one batch), builds an
@@ -131,18 +132,6 @@ impl Granularity {
             Granularity::Month => 365 * DAY_MS,
         }
     }
-}
-
-/// Marks the (author, hour) buckets of a JSON array of stored points (`?1`)
-/// for recomputation. Runs in the batch that inserts those points.
-pub fn mark_statement(points_json: &str) -> Statement {
-    Statement::new(
-        "INSERT OR IGNORE INTO rollup_marks (month, hour_ms, user_id) \
-         SELECT DISTINCT strftime('%Y_%m', t / 1000, 'unixepoch'), t - t % 3600000, u \
-         FROM (SELECT json_extract(p.value, '$.ts') AS t, json_extract(p.value, '$.userId') AS u \
-         FROM json_each(?1) AS p)",
-        vec![Value::from(points_json)],
-    )
 }
 
 /// The months that have marks, oldest first, at most `limit`: one index

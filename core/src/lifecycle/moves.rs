@@ -30,33 +30,6 @@ use crate::time::Millis;
 
 const KINDS: [TableKind; 3] = [TableKind::Sessions, TableKind::Members, TableKind::Points];
 
-fn columns(kind: TableKind) -> &'static [&'static str] {
-    match kind {
-        TableKind::Sessions => &[
-            "id",
-            "owner_id",
-            "title",
-            "members",
-            "metadata",
-            "status",
-            "started_at",
-            "ended_at",
-            "point_count",
-        ],
-        TableKind::Members => &["user_id", "started_at", "session_id"],
-        TableKind::Points => &[
-            "session_id",
-            "seq",
-            "user_id",
-            "client_id",
-            "kind",
-            "value",
-            "data",
-            "ts",
-        ],
-    }
-}
-
 // The primary key, the keyset order of the chunks. Its columns are stored
 // in `partition_moves` as k1 (text), k2 (integer), k3 (text).
 fn key(kind: TableKind) -> &'static [(&'static str, &'static str)] {
@@ -489,7 +462,7 @@ fn chunk_end_key(st: &MoveState, rows: &[Value]) -> Option<Vec<Value>> {
 // The copy of a chunk, and the table's state once it is done.
 fn copy_chunk(st: &MoveState, end: Option<Vec<Value>>) -> (Statement, MoveState) {
     let (cond, params) = range(st, &end, "", 1);
-    let cols = columns(st.kind).join(", ");
+    let cols = st.kind.column_list("");
     let copy = Statement::new(
         format!(
             "INSERT OR IGNORE INTO {} ({cols}) SELECT {cols} FROM {} WHERE {cond}",

@@ -370,7 +370,8 @@ pub(crate) mod mem {
         ended: bool,
         write_now: crate::time::Millis,
     ) {
-        use crate::data::history::{write_points, write_session, SessionRecord};
+        use crate::data::history::{write_points, write_session};
+        use crate::time::rfc3339;
         let started = crate::data::history::v7_time(id).expect("v7 id");
         let points: Vec<(crate::time::Millis, String)> = ts
             .iter()
@@ -381,26 +382,27 @@ pub(crate) mod mem {
                 (*t, p.to_string())
             })
             .collect();
-        let metadata = Map::new();
-        let rec = SessionRecord {
-            id,
-            owner_id: owner,
-            title: Some("t"),
-            members,
-            metadata: &metadata,
+        let rec = sesh_protocol::SessionSummary {
+            id: id.to_owned(),
+            owner_id: owner.to_owned(),
+            title: Some("t".to_owned()),
+            members: members.to_vec(),
+            metadata: Map::new(),
             status: if ended {
                 sesh_protocol::SessionStatus::Ended
             } else {
                 sesh_protocol::SessionStatus::Active
             },
-            started_at: started,
-            ended_at: ended.then_some(started + 1000),
+            started_at: rfc3339(started),
+            ended_at: ended.then(|| rfc3339(started + 1000)),
             point_count: ts.len() as u64,
+            last_seq: ts.len() as u64,
+            stats: Default::default(),
         };
         let mut stmts = Vec::new();
         for w in write_points(id, &points, write_now)
             .into_iter()
-            .chain([write_session(&rec, write_now)])
+            .chain([write_session(&rec, write_now).expect("an RFC 3339 start")])
         {
             stmts.extend(w.ensure.statements);
             stmts.extend(w.statements);

@@ -693,7 +693,7 @@ fn a_failed_write_leaves_no_trace() {
     )
     .unwrap();
     let units = c.units();
-    let stats = c.view().stats;
+    let stats = c.view().summary.stats;
     c.on_text(
         "c1",
         r#"{"type":"point","id":"a","kind":"hr","value":9}"#,
@@ -714,7 +714,7 @@ fn a_failed_write_leaves_no_trace() {
     assert!(!got.contains_key("c2"), "nothing broadcast");
     assert_eq!(c.last_seq(), 1);
     assert_eq!(c.units(), units);
-    assert_eq!(c.view().stats, stats);
+    assert_eq!(c.view().summary.stats, stats);
     // The id is free again and no gap appears.
     let again = send_point(&mut c, "c1", r#"{"type":"point","id":"a","kind":"k"}"#, T0).unwrap();
     assert_eq!(again.seq, 2);
@@ -845,7 +845,7 @@ fn stats_follow_what_was_stored() {
         );
     }
     send_point(&mut c, "c1", r#"{"type":"point","kind":"hr"}"#, T0);
-    let s = c.view().stats;
+    let s = c.view().summary.stats;
     assert_eq!(
         s["hr"],
         KindStats {
@@ -867,16 +867,16 @@ fn stats_follow_what_was_stored() {
         panic!("a write");
     };
     assert_eq!(w.points.len(), 1);
-    assert_eq!(c.view().stats["hr"].max, 100.0);
+    assert_eq!(c.view().summary.stats["hr"].max, 100.0);
     c.stored(true, T0);
     // Restored from storage, not recomputed.
     let r = Restored {
         last_seq: 6,
-        stats: c.view().stats,
+        stats: c.view().summary.stats,
         ..Restored::default()
     };
     let c2 = SessionCore::restore(meta(5), Config::default(), r, T0);
-    assert_eq!(c2.view().stats["hr"].count, 4);
+    assert_eq!(c2.view().summary.stats["hr"].count, 4);
 }
 
 #[test]
@@ -1221,7 +1221,7 @@ fn end_broadcasts_closes_everyone_and_flushes_now() {
         a.iter().any(|d| matches!(d, Decision::Settle { .. })),
         "units settled"
     );
-    assert_eq!(c.view().status, SessionStatus::Ended);
+    assert_eq!(c.view().summary.status, SessionStatus::Ended);
     let e = http(&mut c, "owner", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e, SessionError::Ended);
     assert_eq!(c.end("owner", T0 + 60), Ok(()), "ending twice is fine");
@@ -1262,7 +1262,7 @@ fn restore_continues_from_storage() {
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);
     // The checkpoint and the points stored after it.
-    let stats = c.view().stats;
+    let stats = c.view().summary.stats;
     assert_eq!(
         (stats["hr"].count, stats["hr"].sum, stats["hr"].last),
         (2, 140.0, 80.0)

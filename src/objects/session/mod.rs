@@ -1159,13 +1159,12 @@ impl ActiveSessionDO {
         };
         let points: Vec<(Millis, String)> = rows.into_iter().map(|r| (r.ts, r.body)).collect();
         let plan = d1::plan(
-            &job.meta,
-            job.point_count,
+            &job.meta.record(job.point_count),
             &points,
             &job.stats,
             now_ms(),
             super::partition_known,
-        );
+        )?;
         let db = crate::db::database(&self.env)?;
         crate::db::batch(&db, &plan.stmts).await?;
         for table in plan.tables {

@@ -46,25 +46,28 @@ impl Sess {
         }
     }
 
-    fn write(&self, now: Millis) -> PartitionWrite {
+    fn record(&self) -> SessionSummary {
         let metadata = json!({"n": self.count})
             .as_object()
             .cloned()
             .unwrap_or_default();
-        write_session(
-            &SessionRecord {
-                id: &self.id,
-                owner_id: &self.owner,
-                title: Some("t"),
-                members: &self.members,
-                metadata: &metadata,
-                status: self.status,
-                started_at: self.started,
-                ended_at: (self.status == SessionStatus::Ended).then_some(self.started + 1000),
-                point_count: self.count,
-            },
-            now,
-        )
+        SessionSummary {
+            id: self.id.clone(),
+            owner_id: self.owner.clone(),
+            title: Some("t".into()),
+            members: self.members.clone(),
+            metadata,
+            status: self.status,
+            started_at: rfc3339(self.started),
+            ended_at: (self.status == SessionStatus::Ended).then(|| rfc3339(self.started + 1000)),
+            point_count: self.count,
+            last_seq: self.count,
+            stats: BTreeMap::new(),
+        }
+    }
+
+    fn write(&self, now: Millis) -> PartitionWrite {
+        write_session(&self.record(), now).expect("an RFC 3339 start")
     }
 }
 

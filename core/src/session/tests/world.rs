@@ -542,7 +542,7 @@ fn random_interleavings_keep_the_invariants() {
         }
         // Stats are those of what was stored, in memory and in storage.
         let expected = expected_stats(&w.storage);
-        assert_eq!(w.core.view().stats, expected, "seed {seed}");
+        assert_eq!(w.core.view().summary.stats, expected, "seed {seed}");
         assert_eq!(
             w.restored_stats(),
             expected,
