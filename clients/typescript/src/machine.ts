@@ -216,6 +216,7 @@ export class Machine {
   private pingSent: number | undefined;
   private gapSince: number | undefined;
   private liveState: JsonObject | undefined;
+  private stopReason: SeshError | undefined;
   private readonly participantsByConn = new Map<string, Participant>();
   private readonly out: Output[] = [];
 
@@ -244,6 +245,11 @@ export class Machine {
   /** Whether the machine has stopped for good. */
   get stopped(): boolean {
     return this.link.s === "stopped";
+  }
+
+  /** Why it stopped (`undefined` while it runs). */
+  get reason(): SeshError | undefined {
+    return this.stopReason;
   }
 
   /** The user id the server authenticated (after the first welcome). */
@@ -302,7 +308,7 @@ export class Machine {
       return id;
     };
     if (this.link.s === "stopped" || this.link.s === "finishing") {
-      const reason = this.link.s === "finishing" ? this.link.reason : undefined;
+      const reason = this.link.s === "finishing" ? this.link.reason : this.stopReason;
       return refuse(reason ?? closedError("the live session is closed"));
     }
     if (typeof id !== "string" || chars(id) < 1 || chars(id) > MAX_ID_CHARS) {
@@ -770,6 +776,10 @@ export class Machine {
     this.out.push({ type: "closeSocket" });
     // A stored point of ours whose ack was lost leaves a gap the watermark
     // cannot pass, so nothing is missing when the watermark is at the end.
+    if (this.watermark === undefined && this.startAfter !== undefined) {
+      // Never joined, but asked for the points after `afterSeq`: read them.
+      this.watermark = Math.min(this.startAfter, lastSeq ?? this.startAfter);
+    }
     const w = this.watermark;
     if (w !== undefined && (lastSeq === undefined || lastSeq > w)) {
       this.link = { s: "finishing", reason, lastSeq };
@@ -789,6 +799,7 @@ export class Machine {
   private stop(reason: SeshError): void {
     if (this.link.s === "stopped") return;
     this.link = { s: "stopped" };
+    this.stopReason = reason;
     this.out.push({ type: "closeSocket" });
     for (const p of this.pending.splice(0)) {
       this.out.push({ type: "refused", id: p.id, error: reason });

@@ -700,3 +700,26 @@ test("random drops and crashes keep exactly-once, in order", () => {
     sim.check();
   }
 });
+
+test("a first join refused as ended reads the points after afterSeq over HTTP", () => {
+  const m = machine(1, { ...OPTS, afterSeq: 1 });
+  m.start(0);
+  drain(m);
+  m.connectFailed(1, new SeshError({ status: 409, code: "session_ended", message: "ended" }), 3);
+  const out = drain(m);
+  assert.deepEqual(out.at(-1), { type: "catchUp", afterSeq: 1 });
+  m.caughtUp(2, [2, 3].map((seq) => ({ seq, userId: "b", kind: "k", ts: 0 })));
+  const fin = drain(m);
+  assert.deepEqual(
+    fin.filter((o) => o.name === "point").map((o) => o.data.seq),
+    [2, 3],
+  );
+  assert.deepEqual(fin.find((o) => o.name === "ended").data, { lastSeq: 3 });
+  // Without afterSeq there is nothing it asked for: it just stops.
+  const n = machine();
+  n.start(0);
+  drain(n);
+  n.connectFailed(1, new SeshError({ status: 409, code: "session_ended", message: "ended" }), 3);
+  assert.ok(!drain(n).some((o) => o.type === "catchUp"));
+  assert.ok(n.stopped);
+});
