@@ -177,7 +177,7 @@ test("the live session: refused joins stop with the refusal", async () => {
   assert.deepEqual(seen, [1, 2], "what it asked for is read over HTTP when the join is refused");
 });
 
-test("the live session: error frames reject the send they are about", async () => {
+test("the live session: error frames reject the send they are about", async (t) => {
   const a = as("ts-err-owner3");
   const s = await a.createSession();
   const live = a.join(s.id);
@@ -196,6 +196,11 @@ test("the live session: error frames reject the send they are about", async () =
   live.on("error", (x) => errors.push(x));
   live.signal({ cursor: 1 }); // not served yet: answered with an error frame
   await waitFor(() => errors.length > 0 || live.status !== "open", 1000, "an answer to the signal").catch(() => {});
+  t.diagnostic(
+    `a signal frame (contract section 10) was answered: ${
+      errors.length ? `error ${errors[0].code}: ${errors[0].message}` : "with nothing (served)"
+    }`,
+  );
   await live.close();
   assert.equal(live.status, "closed");
   await assert.rejects(live.send({ kind: "k" }), (x) => x.code === "closed");
