@@ -35,7 +35,8 @@ enum Cmd {
     },
     /// The whole suite: fmt, clippy (host and wasm32), native tests,
     /// wasm-bindgen tests in Node and (the browser client) in headless
-    /// Chromium, integration tests against a throw-away `wrangler dev`
+    /// Chromium, integration tests against a throw-away `wrangler dev`,
+    /// the TypeScript client's tests
     Test,
     /// Print a token signed with AUTH_SECRET from .dev.vars
     Token {
@@ -235,9 +236,44 @@ fn test() -> Result<()> {
         .env("SESH_WRANGLER", setup::wrangler_bin(&root))
         .env("SESH_PREBUILT", "1")
         .env("SESH_BROWSER_TESTS", "1")
-        .env("CHROMIUM", chromium))?;
+        .env("CHROMIUM", &chromium))?;
+
+    step("TypeScript client (clients/typescript): build, unit tests, Node and Chromium tests against wrangler dev");
+    typescript_client_tests(&root, &chromium)?;
 
     println!("\nall test stages passed");
+    Ok(())
+}
+
+/// The TypeScript client `@sesh/client`: `npm ci` when its node_modules is
+/// missing or older than its package-lock.json, the build (tsc), the state
+/// machine's unit tests, then its Node and Chromium tests, which start
+/// their own throw-away `wrangler dev` of the bundle just built (each
+/// kills and restarts it on the same port and state).
+fn typescript_client_tests(root: &Path, chromium: &Path) -> Result<()> {
+    let dir = root.join("clients/typescript");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let lock = modified(&dir.join("package-lock.json"));
+    // npm writes node_modules/.package-lock.json on every install.
+    let installed = modified(&dir.join("node_modules/.package-lock.json"))
+        .or_else(|| modified(&dir.join("node_modules")));
+    if installed.is_none() || installed < lock {
+        run(Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    let npm_run = |script: &str| {
+        let mut c = Command::new("npm");
+        c.current_dir(&dir)
+            .args(["run", script])
+            .env("SESH_ROOT", root)
+            .env("SESH_WRANGLER", setup::wrangler_bin(root))
+            .env("CHROMIUM", chromium);
+        c
+    };
+    for script in ["build", "test:unit", "test:node", "test:browser"] {
+        run(&mut npm_run(script))?;
+    }
     Ok(())
 }
 
