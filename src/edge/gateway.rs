@@ -467,7 +467,10 @@ impl Gateway<'_> {
             return Err(ApiError::Forbidden("origin not allowed".into()));
         }
         let headers = Headers::new();
-        let _ = headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
+        let _ = headers.set(
+            "access-control-allow-methods",
+            "GET, POST, PUT, DELETE, OPTIONS",
+        );
         let asked = req
             .headers()
             .get("access-control-request-headers")
