@@ -18,7 +18,9 @@ use crate::edge::http::{self, internal, Answer, Caller, Hop};
 use crate::error::ApiError;
 use crate::time::{now_ms, Millis};
 use sesh_core::calls::{PresenceCall, SessionCall, Wire};
-use sesh_core::presence::{shard_name, shard_of, Decision, PresenceCore, PresenceState, ShardCore};
+use sesh_core::presence::{
+    shard_name, shard_of, CheckAnswer, Decision, PresenceCore, PresenceState, ShardCore,
+};
 
 #[derive(Deserialize)]
 struct Row {
@@ -360,8 +362,8 @@ impl PresenceDO {
         }
     }
 
-    /// Whether `session` still has `conn`; `None` when it cannot be asked.
-    async fn ask_session(&self, user: &str, session: &str, conn: &str) -> Option<bool> {
+    /// What `session` answers about `conn`, as the core takes it.
+    async fn ask_session(&self, user: &str, session: &str, conn: &str) -> CheckAnswer {
         let caller = Caller::internal(user);
         let hop = Hop {
             env: &self.env,
@@ -371,11 +373,16 @@ impl PresenceDO {
         let call = SessionCall::HasConn {
             conn_id: conn.to_owned(),
         };
-        let mut resp = hop.session(session, call).await.ok()?;
+        let Ok(mut resp) = hop.session(session, call).await else {
+            return CheckAnswer::Unreachable;
+        };
         if resp.status_code() == 404 {
-            return Some(false);
+            return CheckAnswer::NoSuchSession;
         }
-        let v: serde_json::Value = resp.json().await.ok()?;
-        v["live"].as_bool()
+        let v: Option<serde_json::Value> = resp.json().await.ok();
+        match v.and_then(|v| v["live"].as_bool()) {
+            Some(live) => CheckAnswer::Has(live),
+            None => CheckAnswer::Unreachable,
+        }
     }
 }
