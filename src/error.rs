@@ -250,6 +250,8 @@ impl From<SessionError> for ApiError {
                 message,
                 retry_after_ms,
             },
+            SessionError::Unavailable(m) => Self::Unavailable(m),
+            SessionError::Storage(m) => Self::Internal(m),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod data;
 pub mod lifecycle;
+pub mod outbox;
 pub mod presence;
 pub mod quota;
 pub mod route;

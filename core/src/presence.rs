@@ -103,6 +103,17 @@ pub enum Decision {
     WakeAt(Millis),
 }
 
+/// What a session answered to a [`Decision::Check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckAnswer {
+    /// The session answered whether it still has the connection.
+    Has(bool),
+    /// The session does not exist (never did, or was retired).
+    NoSuchSession,
+    /// The session could not be asked.
+    Unreachable,
+}
+
 /// One user's presence: the configuration (the TTL) beside the stored
 /// state, as in every core, and the decisions not yet polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,9 +313,15 @@ impl PresenceCore {
     }
 
     /// The session's answer about `conn`: still live (trust it for another
-    /// `ttl`), or gone (drop it, as a close). `None`: the session could not
-    /// be asked; a later check asks again.
-    pub fn confirmed(&mut self, conn: &str, live: Option<bool>, now: Millis) {
+    /// `ttl`), or gone (drop it, as a close); a session that no longer
+    /// exists has no connection either. The session could not be asked: a
+    /// later check asks again, until [`MAX_FAILED_CHECKS`] in a row.
+    pub fn confirmed(&mut self, conn: &str, answer: CheckAnswer, now: Millis) {
+        let live = match answer {
+            CheckAnswer::Has(live) => Some(live),
+            CheckAnswer::NoSuchSession => Some(false),
+            CheckAnswer::Unreachable => None,
+        };
         match live {
             Some(true) => {
                 if let Some(c) = self.state.conns.get_mut(conn) {
@@ -459,7 +476,7 @@ mod tests {
             session: "s1".into(),
         };
         assert_eq!(drain(&mut p), vec![check]);
-        p.confirmed("c1", Some(false), T0 + 60_001);
+        p.confirmed("c1", CheckAnswer::Has(false), T0 + 60_001);
         p.checked(T0 + 60_001);
         let ds = drain(&mut p);
         let [Decision::Save(s), Decision::Publish(_), Decision::WakeAt(at)] = &ds[..] else {
@@ -475,6 +492,21 @@ mod tests {
             panic!("{ds:?}");
         };
         assert_eq!((s.version, s.status), (3, Some(PresenceStatus::Offline)));
+    }
+
+    #[test]
+    fn a_session_that_no_longer_exists_has_no_connection() {
+        let mut p = PresenceCore::new(TTL, PresenceState::default());
+        p.connect("c1", "s1", T0);
+        p.connect("c2", "s2", T0);
+        drain(&mut p);
+        p.alarm(T0 + 60_000);
+        assert_eq!(drain(&mut p).len(), 2, "both checked");
+        p.confirmed("c1", CheckAnswer::NoSuchSession, T0 + 60_001);
+        p.confirmed("c2", CheckAnswer::Unreachable, T0 + 60_001);
+        p.checked(T0 + 60_001);
+        assert_eq!(p.connections(), 1, "gone, and asked again later");
+        assert!(p.state().conns.contains_key("c2"));
     }
 
     #[test]
@@ -568,16 +600,16 @@ mod tests {
         assert_eq!(p.due_checks(T0 + 59_999), vec![]);
         assert_eq!(p.due_checks(T0 + 60_000), vec![("c1".into(), "s1".into())]);
         assert_eq!(p.due_checks(T0 + 60_000), vec![], "asked once");
-        p.confirmed("c1", Some(true), T0 + 60_005);
+        p.confirmed("c1", CheckAnswer::Has(true), T0 + 60_005);
         assert_eq!(p.next_wake(), Some(T0 + 60_010), "c2 is next");
         let due = p.due_checks(T0 + 60_010);
         assert_eq!(due, vec![("c2".into(), "s2".into())]);
-        p.confirmed("c2", Some(false), T0 + 60_020);
+        p.confirmed("c2", CheckAnswer::Has(false), T0 + 60_020);
         assert_eq!(p.connections(), 1, "the session no longer has c2");
         // A session that cannot be asked is asked again soon.
         let due = p.due_checks(T0 + 120_005);
         assert_eq!(due, vec![("c1".into(), "s1".into())]);
-        p.confirmed("c1", None, T0 + 120_005);
+        p.confirmed("c1", CheckAnswer::Unreachable, T0 + 120_005);
         assert_eq!(p.connections(), 1);
         assert_eq!(p.next_wake(), Some(T0 + 121_005));
     }
@@ -602,7 +634,7 @@ mod tests {
             let due = p.next_wake().unwrap().max(now);
             now = due;
             assert_eq!(p.due_checks(now).len(), 1);
-            p.confirmed("c1", None, now);
+            p.confirmed("c1", CheckAnswer::Unreachable, now);
         }
         assert_eq!(
             p.connections(),
@@ -623,14 +655,14 @@ mod tests {
         let mut now = T0 + TTL as Millis;
         for _ in 1..MAX_FAILED_CHECKS {
             p.due_checks(now);
-            p.confirmed("c1", None, now);
+            p.confirmed("c1", CheckAnswer::Unreachable, now);
             now = p.next_wake().unwrap();
         }
         p.due_checks(now);
-        p.confirmed("c1", Some(true), now);
+        p.confirmed("c1", CheckAnswer::Has(true), now);
         now += TTL as Millis;
         p.due_checks(now);
-        p.confirmed("c1", None, now);
+        p.confirmed("c1", CheckAnswer::Unreachable, now);
         assert_eq!(p.connections(), 1);
     }
 

@@ -37,10 +37,12 @@ use sesh_protocol::{
 
 pub use flush::{retry_backoff_ms, FlushBatch};
 pub use ids::{IdCache, IdKey, IdLookup, NoIds};
-pub use membership::ConnId;
+pub use membership::{retired_call, ConnId, RetiredAnswer, RetiredCall};
 pub use units::{day_of, until_next_day, Settlement, Units};
 
 use crate::clock::VirtualClock;
+use crate::config::Plans;
+use crate::outbox::{Outbox, RETRY_MS};
 use crate::time::Millis;
 pub use error::SessionError;
 use flood::{Gcra, Strikes};
@@ -105,7 +107,7 @@ impl Meta {
 
     /// Whether `user` may read, join and write.
     pub fn is_member(&self, user: &str) -> bool {
-        self.owner_id == user || self.members.iter().any(|m| m == user)
+        membership::check_member_of(&self.owner_id, &self.members, user).is_ok()
     }
 }
 
@@ -153,7 +155,8 @@ pub struct Config {
     /// Client ids remembered in memory; older ones are looked up.
     pub id_cache: usize,
     /// An ended session's storage is deleted this long after the end, once
-    /// everything is in D1 and every unit is settled (`ENDED_RETENTION_MS`).
+    /// everything is in D1, every unit is settled and both outboxes are
+    /// delivered (`ENDED_RETENTION_MS`).
     pub ended_retention_ms: u64,
 }
 
@@ -268,9 +271,11 @@ pub enum Decision {
     /// Persist a stats checkpoint (figures and mark in one transaction),
     /// then report with [`SessionCore::stats_saved`] before polling on.
     SaveStats(Checkpoint),
-    /// Tell the user's presence that a connection came or went (durable
-    /// outbox, then delivery).
+    /// Put entry `id` in the presence outbox: the user's presence is to
+    /// hear that a connection came or went ([`Decision::Deliver`] follows).
     Presence {
+        /// The entry's id (stable: the receiver applies it once).
+        id: u64,
         /// Whose presence.
         user: String,
         /// The connection.
@@ -289,9 +294,11 @@ pub enum Decision {
         want: u64,
     },
     /// Settle units with the owner's quota: in one transaction put the
-    /// settlement in the durable outbox and persist `units`; deliver it
-    /// (retried until delivered).
+    /// settlement in the settlement outbox as entry `id` and persist
+    /// `units` ([`Decision::Deliver`] follows).
     Settle {
+        /// The entry's id (stable: the receiver applies it once).
+        id: u64,
         /// The session owner.
         owner: String,
         /// The owner's plan.
@@ -304,30 +311,76 @@ pub enum Decision {
     /// Write this batch to D1, then report with
     /// [`SessionCore::flush_done`].
     Flush(FlushJob),
+    /// Deliver an outbox entry to its receiver, then report with
+    /// [`SessionCore::delivered`] (and delete it from storage) or
+    /// [`SessionCore::undeliverable`]. One entry per outbox is out at a time.
+    Deliver {
+        /// Which outbox, and the entry's id there.
+        id: EntryId,
+        /// What to deliver.
+        item: Outgoing,
+    },
+    /// Ask the owner's quota for the owner's current plan, then report
+    /// with [`SessionCore::plan_known`].
+    AskPlan {
+        /// The session owner.
+        owner: String,
+    },
+    /// The answer to the HTTP batch `batch` of [`SessionCore::append`]:
+    /// its seqs once its points are stored, or why it was refused.
+    Appended {
+        /// The batch.
+        batch: u64,
+        /// Its seqs, in request order, or the refusal.
+        result: Result<Vec<u64>, SessionError>,
+    },
     /// Make sure the object wakes (alarm) no later than this.
     WakeAt(Millis),
-    /// The session ended long enough ago and everything of it is in D1 and
-    /// settled: delete the object's storage (once its outboxes are empty).
+    /// The session ended long enough ago, everything of it is in D1 and
+    /// settled, and both outboxes are delivered: delete the object's
+    /// storage (report a failure with [`SessionCore::retire_failed`]).
     /// Reads are answered from D1 afterwards.
     Retire,
 }
 
-/// The answer of [`SessionCore::append`].
+/// An entry of one of the session's outboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryId {
+    /// Of the presence outbox.
+    Presence(u64),
+    /// Of the settlement outbox.
+    Settle(u64),
+}
+
+/// What a user's presence hears about one of the user's connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Append {
-    /// Numbered (or known): the seqs, in request order; the points are in
-    /// the pending write.
-    Seqs(Vec<u64>),
-    /// Units are short: reserve `want` for `owner` under `plan`, give the
-    /// answer to [`SessionCore::add_units`], and append again.
-    NeedUnits {
-        /// The session owner.
-        owner: String,
-        /// The owner's plan.
-        plan: String,
-        /// Units to ask for.
-        want: u64,
-    },
+pub struct PresenceNote {
+    /// Whose presence.
+    pub user: String,
+    /// The connection.
+    pub conn: ConnId,
+    /// Joined (`true`) or gone (`false`).
+    pub online: bool,
+}
+
+/// A settlement for the owner's quota object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleNote {
+    /// The session owner.
+    pub owner: String,
+    /// The owner's plan.
+    pub plan: String,
+    /// What to settle.
+    pub settlement: Settlement,
+}
+
+/// What a [`Decision::Deliver`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// To the user's presence object.
+    Presence(PresenceNote),
+    /// To the owner's quota object.
+    Settle(SettleNote),
 }
 
 /// What storage holds, to rebuild a core after a wake-up.
@@ -351,6 +404,12 @@ pub struct Restored {
     pub stats_through: u64,
     /// `(kind, value)` of the valued points stored after it, in order.
     pub stats_tail: Vec<(String, f64)>,
+    /// Undelivered presence entries, with their ids.
+    pub presence_outbox: Vec<(u64, PresenceNote)>,
+    /// Undelivered settlements, with their ids.
+    pub settle_outbox: Vec<(u64, SettleNote)>,
+    /// The highest ids ever given in the outboxes (presence, settlements).
+    pub outbox_last_ids: (u64, u64),
 }
 
 /// The session's durable state as the core holds it.
@@ -370,8 +429,17 @@ struct Waiting {
     bytes: usize,
 }
 
+/// An HTTP batch waiting for a reservation.
+struct Batch {
+    id: u64,
+    user: String,
+    points: Vec<NewPoint>,
+}
+
 /// Points numbered and not stored yet, with what to undo if the write fails.
 struct PendingWrite {
+    // HTTP batches answered once the write is stored: (batch, seqs).
+    batches: Vec<(u64, Vec<u64>)>,
     rows: Vec<(Option<ConnId>, Rc<Row>)>,
     ids: HashMap<IdKey, u64>,
     // Repeats of a pending point, acked once it is stored.
@@ -390,7 +458,11 @@ pub struct SessionCore {
     write: Option<PendingWrite>,
     waiting: VecDeque<Waiting>,
     waiting_bytes: usize,
-    // The size of a socket reservation that is out, if one is.
+    batches: VecDeque<Batch>,
+    next_batch: u64,
+    presence_out: Outbox<PresenceNote>,
+    settle_out: Outbox<SettleNote>,
+    // The size of the reservation that is out, if one is.
     reserving: Option<u64>,
     // The size of the next reservation (see `Config::reserve_block`).
     block: u64,
@@ -450,6 +522,10 @@ impl SessionCore {
             write: None,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
+            batches: VecDeque::new(),
+            next_batch: 1,
+            presence_out: Outbox::restore(r.presence_outbox, r.outbox_last_ids.0),
+            settle_out: Outbox::restore(r.settle_outbox, r.outbox_last_ids.1),
             reserving: None,
             block: cfg.reserve_block,
             last_activity: now,
@@ -577,11 +653,7 @@ impl SessionCore {
         };
         self.send(conn, &welcome);
         self.broadcast(Some(conn), &ServerFrame::Joined(p));
-        self.out.push_back(Decision::Presence {
-            user: user.to_owned(),
-            conn: conn.to_owned(),
-            online: true,
-        });
+        self.note_presence(user.to_owned(), conn.to_owned(), true);
     }
 
     /// A socket closed or failed: `left` to the others. Unknown connections
@@ -598,14 +670,10 @@ impl SessionCore {
                 user_id: c.user_id.clone(),
             },
         );
-        self.out.push_back(Decision::Presence {
-            user: c.user_id,
-            conn: conn.to_owned(),
-            online: false,
-        });
+        self.note_presence(c.user_id, conn.to_owned(), false);
         self.waiting.retain(|w| w.conn != conn);
         self.waiting_bytes = self.waiting.iter().map(|w| w.bytes).sum();
-        if self.conns.0.is_empty() && self.waiting.is_empty() && self.write.is_none() {
+        if self.is_idle() {
             // Idle: units in hand go back to the owner.
             self.settle_all();
         }
@@ -773,7 +841,7 @@ impl SessionCore {
             point: p,
             bytes,
         });
-        self.request_units();
+        self.request_units(0);
     }
 
     fn check_point(&self, p: &NewPoint, now: Millis) -> Result<(), SessionError> {
@@ -822,6 +890,7 @@ impl SessionCore {
         let last_seq = self.st.last_seq;
         let units = self.st.units;
         let w = self.write.get_or_insert_with(|| PendingWrite {
+            batches: Vec::new(),
             rows: Vec::new(),
             ids: HashMap::new(),
             acks: Vec::new(),
@@ -873,6 +942,10 @@ impl SessionCore {
                 };
                 self.send(&conn, &frame);
             }
+            for (batch, _) in w.batches {
+                let e = SessionError::Storage("the points could not be stored".into());
+                self.answer(batch, Err(e));
+            }
             self.schedule();
             return;
         }
@@ -900,6 +973,9 @@ impl SessionCore {
         for (conn, id, seq) in w.acks {
             self.send(&conn, &ServerFrame::Ack { id, seq });
         }
+        for (batch, seqs) in w.batches {
+            self.answer(batch, Ok(seqs));
+        }
         if let Some(c) = self
             .st
             .stats
@@ -911,23 +987,25 @@ impl SessionCore {
         self.st.flush.note(now);
         if self.st.units.spendable(now) < self.block / 2 && !self.conns.0.is_empty() {
             // Top up before running dry, so socket points rarely wait.
-            self.request_units();
+            self.request_units(0);
         }
         self.schedule();
     }
 
-    /// `POST .../points` by `user`: all or nothing. Units for every new
-    /// point must be in hand first: when they are short, the answer says
-    /// what to reserve (with `may_reserve`), or the batch is refused with
-    /// `quota_exceeded` until the next UTC day.
+    /// `POST .../points` by `user`: all or nothing. A refusal of the
+    /// request itself (not a member, ended, a bad point) comes back at
+    /// once; otherwise the batch gets an id, and its answer comes as
+    /// [`Decision::Appended`]: its seqs once its points are stored, or
+    /// `quota_exceeded` until the next UTC day. Units for every new point
+    /// must be in hand first; when they are short, the batch waits for the
+    /// reservation socket points use ([`Decision::Reserve`]).
     pub fn append(
         &mut self,
         user: &str,
         points: Vec<NewPoint>,
-        may_reserve: bool,
         now: Millis,
         ids: &mut dyn IdLookup,
-    ) -> Result<Append, SessionError> {
+    ) -> Result<u64, SessionError> {
         self.tick_clock(now);
         self.check_member(user)?;
         for (i, p) in points.iter().enumerate() {
@@ -938,36 +1016,68 @@ impl SessionCore {
                 other => other,
             })?;
         }
-        let mut seen = std::collections::HashSet::new();
-        let mut need = 0u64;
-        for p in &points {
-            let new = match p.id.as_deref() {
-                Some(id) => self.known(user, Some(id), ids).is_none() && seen.insert(id),
-                None => true,
-            };
-            need += u64::from(new);
-        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.batches.push_back(Batch {
+            id,
+            user: user.to_owned(),
+            points,
+        });
         self.roll_day(now);
-        let have = self.st.units.spendable(now);
-        if need > have {
-            if !may_reserve {
-                return Err(points_exhausted(now));
+        self.number_batches(None, now, ids);
+        Ok(id)
+    }
+
+    // Numbers the waiting HTTP batches that the units in hand cover, in
+    // order. One that is short waits for a reservation, or, after a grant
+    // that was not in full (the quota ran out), is refused.
+    fn number_batches(&mut self, grant_in_full: Option<bool>, now: Millis, ids: &mut dyn IdLookup) {
+        while let Some(b) = self.batches.pop_front() {
+            let mut seen = std::collections::HashSet::new();
+            let mut need = 0u64;
+            for p in &b.points {
+                let new = match p.id.as_deref() {
+                    Some(id) => self.known(&b.user, Some(id), ids).is_none() && seen.insert(id),
+                    None => true,
+                };
+                need += u64::from(new);
             }
-            return Ok(Append::NeedUnits {
-                owner: self.st.meta.owner_id.clone(),
-                plan: self.st.meta.owner_plan.clone(),
-                want: self.cfg.reserve_block.max(need - have),
-            });
+            let have = self.st.units.spendable(now);
+            if need > have {
+                if grant_in_full == Some(false) {
+                    self.answer(b.id, Err(points_exhausted(now)));
+                    continue;
+                }
+                self.request_units(need - have);
+                self.batches.push_front(b);
+                return;
+            }
+            let mut seqs = Vec::with_capacity(b.points.len());
+            for p in b.points {
+                let seq = match self.known(&b.user, p.id.as_deref(), ids) {
+                    Some(seq) => seq,
+                    None => self.number(None, &b.user, p, now),
+                };
+                seqs.push(seq);
+            }
+            let last = self.st.last_seq;
+            match self.write.as_mut() {
+                // Answered once its points (or the first of a repeat) are
+                // stored.
+                Some(w) if seqs.iter().any(|s| *s > last) => w.batches.push((b.id, seqs)),
+                _ => self.answer(b.id, Ok(seqs)),
+            }
         }
-        let mut seqs = Vec::with_capacity(points.len());
-        for p in points {
-            let seq = match self.known(user, p.id.as_deref(), ids) {
-                Some(seq) => seq,
-                None => self.number(None, user, p, now),
-            };
-            seqs.push(seq);
+    }
+
+    fn answer(&mut self, batch: u64, result: Result<Vec<u64>, SessionError>) {
+        self.out.push_back(Decision::Appended { batch, result });
+    }
+
+    fn refuse_batches(&mut self, e: &SessionError) {
+        while let Some(b) = self.batches.pop_front() {
+            self.answer(b.id, Err(e.clone()));
         }
-        Ok(Append::Seqs(seqs))
     }
 
     /// The outcome of the [`Decision::SaveStats`] just carried out.
@@ -975,12 +1085,40 @@ impl SessionCore {
         self.st.stats.saved(ok);
     }
 
-    /// Units an HTTP batch reserved for itself ([`Append::NeedUnits`]).
-    pub fn add_units(&mut self, granted: u64, day: Millis, now: Millis) {
-        self.tick_clock(now);
-        self.take_grant(granted, day);
-        if self.st.meta.status == SessionStatus::Ended {
-            self.settle_all();
+    /// A call by `user` whose token says `plan`: the owner's own token
+    /// tells the owner's current plan, which the session takes (with its
+    /// participants cap in `plans`). Returns whether `user` is the owner.
+    pub fn caller_plan(&mut self, user: &str, plan: &str, plans: &Plans) -> bool {
+        if user != self.st.meta.owner_id {
+            return false;
+        }
+        self.use_plan(plan, plans);
+        true
+    }
+
+    /// Before `user` (on `plan`) joins: the participants cap must be the
+    /// owner's current plan's. The owner's own token tells it; for anyone
+    /// else the core asks the owner's quota ([`Decision::AskPlan`]).
+    pub fn want_plan(&mut self, user: &str, plan: &str, plans: &Plans) {
+        if !self.caller_plan(user, plan, plans) {
+            self.out.push_back(Decision::AskPlan {
+                owner: self.st.meta.owner_id.clone(),
+            });
+        }
+    }
+
+    /// The answer to [`Decision::AskPlan`]: the plan the owner's quota last
+    /// saw, or `None` when it could not be asked (the plan stored with the
+    /// session then stands). A plan that `plans` does not know changes
+    /// nothing.
+    pub fn plan_known(&mut self, plan: Option<&str>, plans: &Plans) {
+        let plan = plan.map_or_else(|| self.st.meta.owner_plan.clone(), str::to_owned);
+        self.use_plan(&plan, plans);
+    }
+
+    fn use_plan(&mut self, plan: &str, plans: &Plans) {
+        if let Some(p) = plans.get(plan) {
+            self.set_plan(plan, p.participants_per_session);
         }
     }
 
@@ -992,20 +1130,23 @@ impl SessionCore {
         }
     }
 
-    fn request_units(&mut self) {
+    // Asks for a block of units (at least `at_least`), unless a
+    // reservation is out already.
+    fn request_units(&mut self, at_least: u64) {
         if self.reserving.is_none() && self.st.meta.status == SessionStatus::Active {
-            self.reserving = Some(self.block);
+            let want = self.block.max(at_least);
+            self.reserving = Some(want);
             self.out.push_back(Decision::Reserve {
                 owner: self.st.meta.owner_id.clone(),
                 plan: self.st.meta.owner_plan.clone(),
-                want: self.block,
+                want,
             });
         }
     }
 
     /// A [`Decision::Reserve`] came back with `granted` units of `day`.
-    /// Waiting points are numbered now, in order; when the quota ran out
-    /// the rest get `quota_exceeded` error frames.
+    /// Waiting points are numbered now, in order, then waiting HTTP
+    /// batches; when the quota ran out the rest get `quota_exceeded`.
     pub fn granted(&mut self, granted: u64, day: Millis, now: Millis, ids: &mut dyn IdLookup) {
         self.tick_clock(now);
         let want = self.reserving.take().unwrap_or(self.block);
@@ -1022,6 +1163,11 @@ impl SessionCore {
             return;
         }
         self.roll_day(now);
+        self.number_waiting(full, now, ids);
+        self.number_batches(Some(full), now, ids);
+    }
+
+    fn number_waiting(&mut self, full: bool, now: Millis, ids: &mut dyn IdLookup) {
         while let Some(front) = self.waiting.front() {
             let id = front.point.id.clone();
             let Some(user) = self.conns.0.get(&front.conn).map(|c| c.user_id.clone()) else {
@@ -1038,7 +1184,7 @@ impl SessionCore {
             if self.st.units.spendable(now) == 0 {
                 if full {
                     // More are waiting than this block held: ask again.
-                    self.request_units();
+                    self.request_units(0);
                     return;
                 }
                 let e = points_exhausted(now);
@@ -1061,10 +1207,14 @@ impl SessionCore {
     }
 
     /// The owner's quota could not be asked: waiting points get an
-    /// `unavailable` error frame (never a silent drop); the client resends.
+    /// `unavailable` error frame (never a silent drop; the client resends),
+    /// waiting HTTP batches an `unavailable` answer.
     pub fn reserve_failed(&mut self, now: Millis) {
         self.tick_clock(now);
         self.reserving = None;
+        self.refuse_batches(&SessionError::Unavailable(
+            "could not reserve points quota".into(),
+        ));
         while let Some(w) = self.waiting.pop_front() {
             let frame = ServerFrame::Error {
                 code: ErrorCode::Unavailable,
@@ -1091,12 +1241,77 @@ impl SessionCore {
 
     fn push_settle(&mut self, settlement: Settlement) {
         self.settled_at = self.clock.get();
-        self.out.push_back(Decision::Settle {
+        let note = SettleNote {
             owner: self.st.meta.owner_id.clone(),
             plan: self.st.meta.owner_plan.clone(),
             settlement,
+        };
+        let id = self.settle_out.push(note.clone());
+        self.out.push_back(Decision::Settle {
+            id,
+            owner: note.owner,
+            plan: note.plan,
+            settlement,
             units: self.st.units,
         });
+        self.pump();
+    }
+
+    fn note_presence(&mut self, user: String, conn: ConnId, online: bool) {
+        let note = PresenceNote { user, conn, online };
+        let id = self.presence_out.push(note.clone());
+        self.out.push_back(Decision::Presence {
+            id,
+            user: note.user,
+            conn: note.conn,
+            online,
+        });
+        self.pump();
+    }
+
+    // The next entry of each outbox goes out when none is out and no
+    // retry pause runs.
+    fn pump(&mut self) {
+        let now = self.clock.get();
+        if let Some((n, note)) = self.presence_out.next(now) {
+            self.out.push_back(Decision::Deliver {
+                id: EntryId::Presence(n),
+                item: Outgoing::Presence(note),
+            });
+        }
+        if let Some((n, note)) = self.settle_out.next(now) {
+            self.out.push_back(Decision::Deliver {
+                id: EntryId::Settle(n),
+                item: Outgoing::Settle(note),
+            });
+        }
+    }
+
+    /// The receiver took outbox entry `id` ([`Decision::Deliver`]); the
+    /// adapter deletes it from storage. The next entry goes out.
+    pub fn delivered(&mut self, id: EntryId, now: Millis) {
+        self.tick_clock(now);
+        match id {
+            EntryId::Presence(n) => self.presence_out.delivered(n),
+            EntryId::Settle(n) => self.settle_out.delivered(n),
+        };
+        self.schedule();
+    }
+
+    /// Outbox entry `id` could not be delivered: it stays, and its outbox
+    /// tries again after a pause (an alarm).
+    pub fn undeliverable(&mut self, id: EntryId, now: Millis) {
+        self.tick_clock(now);
+        match id {
+            EntryId::Presence(n) => self.presence_out.undeliverable(n, now),
+            EntryId::Settle(n) => self.settle_out.undeliverable(n, now),
+        }
+        self.schedule();
+    }
+
+    /// Undelivered outbox entries (presence, settlements).
+    pub fn outbox_len(&self) -> (usize, usize) {
+        (self.presence_out.len(), self.settle_out.len())
     }
 
     /// Ends the session (owner only): `ended` to everyone, every socket
@@ -1125,11 +1340,7 @@ impl SessionCore {
         );
         let conns = std::mem::take(&mut self.conns.0);
         for (conn, c) in conns {
-            self.out.push_back(Decision::Presence {
-                user: c.user_id,
-                conn: conn.clone(),
-                online: false,
-            });
+            self.note_presence(c.user_id, conn.clone(), false);
             self.out.push_back(Decision::Close {
                 conn,
                 code: 1000,
@@ -1138,6 +1349,7 @@ impl SessionCore {
         }
         self.waiting.clear();
         self.waiting_bytes = 0;
+        self.refuse_batches(&SessionError::Ended);
         self.settle_all();
         // Everything goes to D1 now, not after the interval.
         self.st.flush.pending_since = Some(now - self.cfg.flush_interval_ms as Millis);
@@ -1160,9 +1372,18 @@ impl SessionCore {
         self.schedule();
     }
 
+    /// The storage could not be deleted ([`Decision::Retire`]): the alarm
+    /// tries again after a pause.
+    pub fn retire_failed(&mut self, now: Millis) {
+        self.tick_clock(now);
+        self.out
+            .push_back(Decision::WakeAt(now.saturating_add(RETRY_MS)));
+    }
+
     /// When an ended session's storage may go: `ended_retention_ms` after
-    /// the end, once every point and the final record are in D1 and no unit
-    /// is held or unsettled. `None` while any of that is missing.
+    /// the end, once every point and the final record are in D1, no unit
+    /// is held or unsettled, and both outboxes are delivered. `None` while
+    /// any of that is missing.
     pub fn retire_at(&self) -> Option<Millis> {
         let ended = self.st.meta.ended_at?;
         let f = &self.st.flush;
@@ -1172,16 +1393,25 @@ impl SessionCore {
             && u.held == 0
             && u.used == 0
             && self.write.is_none()
-            && self.conns.0.is_empty();
+            && self.conns.0.is_empty()
+            && self.presence_out.is_empty()
+            && self.settle_out.is_empty();
         done.then(|| ended.saturating_add(self.cfg.ended_retention_ms as Millis))
     }
 
     // When units in hand go back for want of use.
     fn idle_at(&self) -> Option<Millis> {
         let u = self.st.units;
-        let idle = self.conns.0.is_empty() && self.waiting.is_empty() && self.write.is_none();
-        (idle && (u.held > 0 || u.used > 0))
+        (self.is_idle() && (u.held > 0 || u.used > 0))
             .then(|| self.last_activity + self.cfg.units_idle_ms as Millis)
+    }
+
+    // No socket, and no point waiting for units or storage.
+    fn is_idle(&self) -> bool {
+        self.conns.0.is_empty()
+            && self.waiting.is_empty()
+            && self.batches.is_empty()
+            && self.write.is_none()
     }
 
     // When the spent units are next due to be settled as used: the
@@ -1210,12 +1440,14 @@ impl SessionCore {
     }
 
     /// When the object must wake next (flush, units to settle, idle
-    /// units, retirement), if ever.
+    /// units, an outbox to retry, retirement), if ever.
     pub fn next_wake(&self) -> Option<Millis> {
         [
             self.next_flush_at(),
             self.settle_at(),
             self.idle_at(),
+            self.presence_out.wake_at(),
+            self.settle_out.wake_at(),
             self.retire_at(),
         ]
         .into_iter()
@@ -1223,9 +1455,11 @@ impl SessionCore {
         .min()
     }
 
-    // A due flush or settlement goes out now; anything later is an alarm.
+    // A due flush, settlement or outbox retry goes out now; anything later
+    // is an alarm.
     fn schedule(&mut self) {
         let now = self.clock.get();
+        self.pump();
         if self.settle_at().is_some_and(|at| at <= now) {
             if let Some(s) = self.st.units.settle_used() {
                 self.push_settle(s);

@@ -23,6 +23,7 @@ use sesh_core::config::{AllowedOrigins, Plans};
 use sesh_core::presence::{shard_name, shard_of};
 use sesh_core::quota::{Decided, RateLimit};
 use sesh_core::route::{self, Route};
+use sesh_core::session::{retired_call, RetiredAnswer, RetiredCall};
 
 /// Headers a browser may send cross-origin, and those it may read.
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
@@ -264,14 +265,14 @@ impl Gateway<'_> {
     ) -> Result<Response, ApiError> {
         // What to answer from D1, noted before the call moves (an append's
         // body is not copied).
-        let kind = match &call {
-            SessionCall::Read { after_seq, limit } => SessionCall::Read {
+        let retired = match &call {
+            SessionCall::Read { after_seq, limit } => RetiredCall::Read {
                 after_seq: *after_seq,
                 limit: *limit,
             },
-            SessionCall::Get => SessionCall::Get,
-            SessionCall::End => SessionCall::End,
-            _ => SessionCall::Socket,
+            SessionCall::Get => RetiredCall::Get,
+            SessionCall::End => RetiredCall::End,
+            _ => RetiredCall::Change,
         };
         let live = self.hop(caller).session(id, call).await?;
         if live.status_code() != 404 {
@@ -280,18 +281,11 @@ impl Gateway<'_> {
         let Some(s) = reads::ended_session(self.env, id).await? else {
             return Ok(live);
         };
-        if !reads::is_member(&s, &caller.user) {
-            return Err(ApiError::Forbidden("not a member of this session".into()));
-        }
-        match kind {
-            SessionCall::Read { after_seq, limit } => {
+        match retired_call(&s.owner_id, &s.members, &caller.user, retired)? {
+            RetiredAnswer::Points { after_seq, limit } => {
                 reads::ended_points(self.env, &s, after_seq, limit).await
             }
-            SessionCall::End if s.owner_id != caller.user => Err(ApiError::Forbidden(
-                "only the owner can end the session".into(),
-            )),
-            SessionCall::Get | SessionCall::End => reads::session_answer(self.env, &s).await,
-            _ => Err(ApiError::SessionEnded),
+            RetiredAnswer::Session => reads::session_answer(self.env, &s).await,
         }
     }
 
@@ -539,10 +533,7 @@ impl Gateway<'_> {
         if resp.status_code() == 404 {
             // A retired session ended long ago: joining it is 409, as before.
             if let Some(s) = reads::ended_session(self.env, id).await? {
-                if !reads::is_member(&s, &caller.user) {
-                    return Err(ApiError::Forbidden("not a member of this session".into()));
-                }
-                return Err(ApiError::SessionEnded);
+                retired_call(&s.owner_id, &s.members, &caller.user, RetiredCall::Change)?;
             }
         }
         Ok(resp)

@@ -108,8 +108,3 @@ pub async fn ended_points(
         None => Err(ApiError::NotFound("no such session".into())),
     }
 }
-
-/// Whether `user` may read session `s` (its owner or a member).
-pub fn is_member(s: &SessionSummary, user: &str) -> bool {
-    s.is_member(user)
-}

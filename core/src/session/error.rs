@@ -27,6 +27,13 @@ pub enum SessionError {
         /// How long until it allows the request again, when known.
         retry_after_ms: Option<u64>,
     },
+    /// Something the request needs could not be asked (the owner's quota
+    /// object); trying again may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The session's storage failed the write; nothing of it was kept.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl SessionError {
@@ -37,6 +44,8 @@ impl SessionError {
             Self::Ended => ErrorCode::SessionEnded,
             Self::Validation(_) => ErrorCode::ValidationFailed,
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Storage(_) => ErrorCode::Internal,
         }
     }
 

@@ -58,7 +58,13 @@ pub fn participant(id: &str, c: &Conn) -> Participant {
 
 /// Checks that `user` is a member.
 pub fn check_member(meta: &Meta, user: &str) -> Result<(), SessionError> {
-    if meta.is_member(user) {
+    check_member_of(&meta.owner_id, &meta.members, user)
+}
+
+/// Checks that `user` is the owner or one of `members`: the one rule for a
+/// live session's record and for an ended one's as D1 keeps it.
+pub fn check_member_of(owner: &str, members: &[String], user: &str) -> Result<(), SessionError> {
+    if owner == user || members.iter().any(|m| m == user) {
         Ok(())
     } else {
         Err(SessionError::Forbidden(
@@ -97,4 +103,56 @@ pub fn admit(
         });
     }
     Ok(())
+}
+
+/// A call on an ended session whose object is retired (its storage gone;
+/// D1 holds the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetiredCall {
+    /// `GET .../points`.
+    Read {
+        /// Exclusive lower bound.
+        after_seq: u64,
+        /// Page size.
+        limit: u64,
+    },
+    /// `GET /v1/sessions/{id}`.
+    Get,
+    /// `POST .../end`: ending again.
+    End,
+    /// Anything that would change the session (a socket, new points).
+    Change,
+}
+
+/// What D1 answers for a [`RetiredCall`] that is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetiredAnswer {
+    /// A page of its points.
+    Points {
+        /// Exclusive lower bound.
+        after_seq: u64,
+        /// Page size.
+        limit: u64,
+    },
+    /// The session as it ended (ending again changes nothing).
+    Session,
+}
+
+/// The rules for a retired session, the same as its live object applied:
+/// members read, only the owner ends (again), nothing changes it.
+pub fn retired_call(
+    owner: &str,
+    members: &[String],
+    user: &str,
+    call: RetiredCall,
+) -> Result<RetiredAnswer, SessionError> {
+    check_member_of(owner, members, user)?;
+    match call {
+        RetiredCall::Read { after_seq, limit } => Ok(RetiredAnswer::Points { after_seq, limit }),
+        RetiredCall::End if owner != user => Err(SessionError::Forbidden(
+            "only the owner can end the session".into(),
+        )),
+        RetiredCall::Get | RetiredCall::End => Ok(RetiredAnswer::Session),
+        RetiredCall::Change => Err(SessionError::Ended),
+    }
 }

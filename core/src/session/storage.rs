@@ -124,6 +124,36 @@ pub const SAVE_STATS: &str = "INSERT INTO stats (kind, count, sum, min, max, las
 pub const SAVE_STATS_MARK: &str = "INSERT INTO stats_mark (k, through_seq) VALUES (0, ?) \
   ON CONFLICT(k) DO UPDATE SET through_seq = excluded.through_seq";
 
+// The outboxes keep the ids the core gave their entries (its `Outbox`):
+// a receiver can tell a redelivery by its id, and a wake-up goes on with
+// ids above every stored one.
+/// Puts a presence entry in: `id, user_id, conn_id, online`.
+pub const INSERT_PRESENCE_OUTBOX: &str =
+    "INSERT OR REPLACE INTO presence_outbox (id, user_id, conn_id, online) VALUES (?, ?, ?, ?)";
+
+/// Puts a settlement in: `id, owner, plan, day, used, returned`.
+pub const INSERT_SETTLE_OUTBOX: &str = "INSERT OR REPLACE INTO settle_outbox \
+  (id, owner, plan, day, used, returned) VALUES (?, ?, ?, ?, ?, ?)";
+
+/// Takes a delivered presence entry out: `id`.
+pub const DELETE_PRESENCE_OUTBOX: &str = "DELETE FROM presence_outbox WHERE id = ?";
+
+/// Takes a delivered settlement out: `id`.
+pub const DELETE_SETTLE_OUTBOX: &str = "DELETE FROM settle_outbox WHERE id = ?";
+
+/// The highest id each outbox ever gave (`AUTOINCREMENT` keeps it even
+/// when the outbox is empty): `name, seq`.
+pub const OUTBOX_LAST_IDS: &str = "SELECT name, seq FROM sqlite_sequence \
+  WHERE name IN ('presence_outbox', 'settle_outbox')";
+
+/// The undelivered presence entries: `id, user_id, conn_id, online`.
+pub const LOAD_PRESENCE_OUTBOX: &str =
+    "SELECT id, user_id, conn_id, online FROM presence_outbox ORDER BY id";
+
+/// The undelivered settlements: `id, owner, plan, day, used, returned`.
+pub const LOAD_SETTLE_OUTBOX: &str =
+    "SELECT id, owner, plan, day, used, returned FROM settle_outbox ORDER BY id";
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
@@ -224,6 +254,63 @@ mod tests {
             .unwrap();
         assert_eq!(units, (9, 1));
         assert_eq!(tail(&c, 0), vec![("hr".to_owned(), 70.0)]);
+    }
+
+    #[test]
+    fn outbox_entries_keep_the_ids_they_were_given() {
+        let c = db();
+        // Storage of the previous version numbered its entries itself.
+        c.execute(
+            "INSERT INTO presence_outbox (user_id, conn_id, online) VALUES ('u', 'c0', 1)",
+            [],
+        )
+        .unwrap();
+        c.execute(INSERT_PRESENCE_OUTBOX, (5, "u", "c1", 1))
+            .unwrap();
+        c.execute(INSERT_PRESENCE_OUTBOX, (5, "u", "c1", 1))
+            .unwrap();
+        c.execute(INSERT_SETTLE_OUTBOX, (2, "o", "pro", 7, 3, 4))
+            .unwrap();
+        c.execute(DELETE_PRESENCE_OUTBOX, [1]).unwrap();
+        let ids: Vec<(i64, String)> = c
+            .prepare(LOAD_PRESENCE_OUTBOX)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            ids,
+            vec![(5, "c1".to_owned())],
+            "written once, under its id"
+        );
+        let settle: (i64, i64, i64) = c
+            .query_row(LOAD_SETTLE_OUTBOX, [], |r| {
+                Ok((r.get(0)?, r.get(4)?, r.get(5)?))
+            })
+            .unwrap();
+        assert_eq!(settle, (2, 3, 4));
+        c.execute(DELETE_SETTLE_OUTBOX, [2]).unwrap();
+        let last: Vec<(String, i64)> = c
+            .prepare(OUTBOX_LAST_IDS)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            last.contains(&("presence_outbox".to_owned(), 5)),
+            "{last:?}"
+        );
+        assert!(last.contains(&("settle_outbox".to_owned(), 2)), "{last:?}");
+        assert!(c
+            .prepare(LOAD_SETTLE_OUTBOX)
+            .unwrap()
+            .query([])
+            .unwrap()
+            .next()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

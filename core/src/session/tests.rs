@@ -39,9 +39,16 @@ fn created(meta: Meta, cfg: Config) -> SessionCore {
 
 /// A core with plenty of points units of T0's day in hand.
 fn funded(mut c: SessionCore) -> SessionCore {
-    c.add_units(1_000_000, day_of(T0), T0);
+    fund(&mut c, 1_000_000, day_of(T0), T0);
     drain(&mut c);
     c
+}
+
+/// Puts `n` units of `day` in hand, as a grant would, without a
+/// reservation being out.
+fn fund(c: &mut SessionCore, n: u64, day: Millis, now: Millis) {
+    c.tick_clock(now);
+    c.take_grant(n, day);
 }
 
 /// Every decision, with each write stored successfully (as the adapter
@@ -113,16 +120,44 @@ fn send_point(c: &mut SessionCore, conn: &str, text: &str, now: Millis) -> Optio
     stored_points(&drain(c)).pop()
 }
 
+/// An HTTP batch, its writes stored: its answer (which must come without a
+/// reservation), and every other decision.
+fn http_with(
+    c: &mut SessionCore,
+    user: &str,
+    points: Vec<NewPoint>,
+    now: Millis,
+) -> (Result<Vec<u64>, SessionError>, Vec<Decision>) {
+    let batch = match c.append(user, points, now, &mut NoIds) {
+        Ok(b) => b,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let mut answer = None;
+    let mut rest = Vec::new();
+    for d in drain(c) {
+        match d {
+            Decision::Appended { batch: b, result } if b == batch => answer = Some(result),
+            other => rest.push(other),
+        }
+    }
+    (answer.expect("answered without a reservation"), rest)
+}
+
 fn http(
     c: &mut SessionCore,
     user: &str,
     points: Vec<NewPoint>,
     now: Millis,
 ) -> Result<Vec<u64>, SessionError> {
-    match c.append(user, points, false, now, &mut NoIds)? {
-        Append::Seqs(s) => Ok(s),
-        other => panic!("{other:?}"),
-    }
+    http_with(c, user, points, now).0
+}
+
+/// The answer to HTTP batch `batch` among `ds`.
+fn appended(ds: &[Decision], batch: u64) -> Option<Result<Vec<u64>, SessionError>> {
+    ds.iter().find_map(|d| match d {
+        Decision::Appended { batch: b, result } if *b == batch => Some(result.clone()),
+        _ => None,
+    })
 }
 
 #[test]
@@ -151,29 +186,26 @@ fn presence_hears_of_every_join_and_leave() {
     let mut c = core();
     c.join("c1", "bob", T0);
     let a = drain(&mut c);
-    assert!(a.contains(&Decision::Presence {
-        user: "bob".into(),
-        conn: "c1".into(),
-        online: true
-    }));
+    assert!(a.iter().any(
+        |d| matches!(d, Decision::Presence { user, conn, online: true, .. }
+        if user == "bob" && conn == "c1")
+    ));
     c.leave("c1", T0);
     let a = drain(&mut c);
-    assert!(a.contains(&Decision::Presence {
-        user: "bob".into(),
-        conn: "c1".into(),
-        online: false
-    }));
+    assert!(a.iter().any(
+        |d| matches!(d, Decision::Presence { user, conn, online: false, .. }
+        if user == "bob" && conn == "c1")
+    ));
     assert!(!c.leave("c1", T0));
     assert!(drain(&mut c).is_empty(), "a second leave says nothing");
     c.join("c2", "carol", T0);
     drain(&mut c);
     c.end("owner", T0).unwrap();
     let a = drain(&mut c);
-    assert!(a.contains(&Decision::Presence {
-        user: "carol".into(),
-        conn: "c2".into(),
-        online: false
-    }));
+    assert!(a.iter().any(
+        |d| matches!(d, Decision::Presence { user, conn, online: false, .. }
+        if user == "carol" && conn == "c2")
+    ));
 }
 
 #[test]
@@ -341,19 +373,15 @@ fn spare_units_go_back_when_idle_or_ended() {
 fn http_only_sessions_give_idle_units_back_from_the_alarm() {
     let mut c = created(meta(5), Config::default());
     drain(&mut c);
-    let Append::NeedUnits { want, .. } = c
-        .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
-        .unwrap()
-    else {
-        panic!("units needed");
-    };
-    assert_eq!(want, 200);
-    c.add_units(want, day_of(T0), T0);
-    assert_eq!(
-        http(&mut c, "bob", vec![NewPoint::new("k")], T0),
-        Ok(vec![1])
-    );
+    let batch = c
+        .append("bob", vec![NewPoint::new("k")], T0, &mut NoIds)
+        .unwrap();
     let a = drain(&mut c);
+    assert!(a.contains(&reserve(200)), "the socket path's reservation");
+    assert_eq!(appended(&a, batch), None, "the batch waits for it");
+    c.granted(200, day_of(T0), T0, &mut NoIds);
+    let a = drain(&mut c);
+    assert_eq!(appended(&a, batch), Some(Ok(vec![1])));
     let settle_at = T0 + Config::default().units_settle_ms as Millis;
     let idle_at = T0 + Config::default().units_idle_ms as Millis;
     assert!(a
@@ -730,12 +758,14 @@ fn a_failed_write_leaves_no_trace() {
             ..NewPoint::new("hr")
         },
     ];
-    assert_eq!(http(&mut c, "bob", batch.clone(), T0), Ok(vec![3, 4]));
+    let id = c.append("bob", batch.clone(), T0, &mut NoIds).unwrap();
     let Some(Decision::Store(w)) = c.poll() else {
         panic!("one write");
     };
     assert_eq!(w.points.len(), 2);
     c.stored(false, T0);
+    let e = appended(&drain(&mut c), id).expect("answered").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Internal, "answered only once stored");
     assert_eq!(c.last_seq(), 2);
     assert_eq!(
         http(&mut c, "bob", batch, T0),
@@ -751,11 +781,9 @@ fn a_repeat_within_one_batch_gets_the_first_seq() {
         id: Some("d".into()),
         ..NewPoint::new("k")
     };
-    assert_eq!(
-        http(&mut c, "bob", vec![p(), p(), NewPoint::new("k")], T0),
-        Ok(vec![1, 1, 2])
-    );
-    assert_eq!(stored_points(&drain(&mut c)).len(), 2);
+    let (answer, rest) = http_with(&mut c, "bob", vec![p(), p(), NewPoint::new("k")], T0);
+    assert_eq!(answer, Ok(vec![1, 1, 2]));
+    assert_eq!(stored_points(&rest).len(), 2);
 }
 
 #[test]
@@ -805,25 +833,41 @@ fn the_http_batch_reserves_what_it_needs_or_is_refused_until_tomorrow() {
     let mut c = created(meta(5), Config::default());
     drain(&mut c);
     let batch: Vec<NewPoint> = (0..300).map(|_| NewPoint::new("k")).collect();
-    let need = c
-        .append("bob", batch.clone(), true, T0, &mut NoIds)
-        .unwrap();
-    assert_eq!(
-        need,
-        Append::NeedUnits {
-            owner: "owner".into(),
-            plan: "pro".into(),
-            want: 300
-        }
-    );
-    c.add_units(120, day_of(T0), T0);
-    let e = c.append("bob", batch, false, T0, &mut NoIds).unwrap_err();
+    let id = c.append("bob", batch.clone(), T0, &mut NoIds).unwrap();
+    assert_eq!(drain(&mut c), vec![reserve(300)]);
+    c.granted(120, day_of(T0), T0, &mut NoIds);
+    let e = appended(&drain(&mut c), id).expect("refused").unwrap_err();
     assert_eq!(e.code(), ErrorCode::QuotaExceeded);
     assert_eq!(e.retry_after_ms(), Some((day_of(T0) + DAY - T0) as u64));
     assert_eq!(c.units().held, 120, "kept for later points");
+    // A batch the units in hand cover goes at once.
+    let small: Vec<NewPoint> = (0..100).map(|_| NewPoint::new("k")).collect();
+    let seqs = http(&mut c, "bob", small, T0).unwrap();
+    assert_eq!((seqs[0], seqs[99]), (1, 100));
+    // A full grant that still falls short (the units went meanwhile) is
+    // asked again; the quota unreachable is `unavailable`.
+    let id = c.append("bob", batch.clone(), T0, &mut NoIds).unwrap();
+    assert_eq!(drain(&mut c), vec![reserve(280)]);
+    c.granted(280, day_of(T0), T0, &mut NoIds);
+    let a = drain(&mut c);
+    let seqs = appended(&a, id).expect("numbered").unwrap();
+    assert_eq!((seqs[0], seqs[299]), (101, 400));
+    let id = c.append("bob", batch, T0, &mut NoIds).unwrap();
+    assert!(drain(&mut c)
+        .iter()
+        .any(|d| matches!(d, Decision::Reserve { .. })));
+    c.reserve_failed(T0);
+    let e = appended(&drain(&mut c), id).expect("refused").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable);
+    // A batch waiting when the session ends is refused as ended.
+    let id = c
+        .append("bob", vec![NewPoint::new("k"); 200], T0, &mut NoIds)
+        .unwrap();
+    drain(&mut c);
     c.end("owner", T0).unwrap();
+    assert_eq!(appended(&drain(&mut c), id), Some(Err(SessionError::Ended)));
     let e = c
-        .append("bob", vec![NewPoint::new("k")], true, T0, &mut NoIds)
+        .append("bob", vec![NewPoint::new("k")], T0, &mut NoIds)
         .unwrap_err();
     assert_eq!(
         e,
@@ -1121,7 +1165,7 @@ fn flush_when_batch_is_full_or_after_the_interval() {
     assert_eq!((j.batch.from, j.batch.to), (1, 0), "row only");
     c.flush_done(j.batch, true, T0 + 5);
     assert_eq!(c.next_flush_at(), None);
-    c.add_units(1_000_000, day_of(T0), T0);
+    fund(&mut c, 1_000_000, day_of(T0), T0);
     drain(&mut c);
 
     c.join("c1", "owner", T0);
@@ -1234,11 +1278,9 @@ fn http_points_are_broadcast_to_every_socket_and_members_only() {
     drain(&mut c);
     let e = http(&mut c, "mallory", vec![NewPoint::new("k")], T0).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Forbidden);
-    assert_eq!(
-        http(&mut c, "carol", vec![NewPoint::new("k")], T0),
-        Ok(vec![1])
-    );
-    let got = deliver(&drain(&mut c), &["c1"]);
+    let (answer, rest) = http_with(&mut c, "carol", vec![NewPoint::new("k")], T0);
+    assert_eq!(answer, Ok(vec![1]));
+    let got = deliver(&rest, &["c1"]);
     assert_eq!(got["c1"][0]["type"], "point");
     assert_eq!(got["c1"][0]["userId"], "carol");
 }
@@ -1259,6 +1301,7 @@ fn restore_continues_from_storage() {
         stats: [("hr".to_owned(), KindStats::of(60.0))].into(),
         stats_through: 5,
         stats_tail: vec![("hr".into(), 80.0), ("rr".into(), 12.0)],
+        ..Restored::default()
     };
     let mut c = SessionCore::restore(meta(5), Config::default(), r, T0 + 100);
     // The checkpoint and the points stored after it.
@@ -1374,7 +1417,7 @@ fn a_new_record_starts_at_its_v7_ids_time() {
 #[test]
 fn a_flush_never_starts_while_numbered_points_wait_to_be_stored() {
     let mut c = created(meta(5), Config::default());
-    c.add_units(20, day_of(T0), T0);
+    fund(&mut c, 20, day_of(T0), T0);
     c.join("c1", "owner", T0);
     drain(&mut c);
     let point = |c: &mut SessionCore, kind: &str| {
@@ -1402,4 +1445,265 @@ fn a_flush_never_starts_while_numbered_points_wait_to_be_stored() {
     assert_eq!((next.batch.from, next.batch.to), (11, 20));
     let kinds: Vec<&str> = next.stats.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["a"], "no figure of the failed write reaches D1");
+}
+
+fn deliveries(ds: &[Decision]) -> Vec<(EntryId, Outgoing)> {
+    ds.iter()
+        .filter_map(|d| match d {
+            Decision::Deliver { id, item } => Some((*id, item.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn presence_deliveries(ds: &[Decision]) -> Vec<(EntryId, Outgoing)> {
+    let mut out = deliveries(ds);
+    out.retain(|(id, _)| matches!(id, EntryId::Presence(_)));
+    out
+}
+
+#[test]
+fn outbox_entries_go_one_at_a_time_and_a_failed_one_is_retried_after_a_pause() {
+    let mut c = core();
+    c.join("c1", "bob", T0);
+    c.leave("c1", T0);
+    let a = drain(&mut c);
+    let persisted: Vec<u64> = a
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Presence { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(persisted, vec![1, 2], "both persisted, with their ids");
+    let out = presence_deliveries(&a);
+    assert_eq!(out.len(), 1, "one entry out at a time: {out:?}");
+    let (first, item) = out[0].clone();
+    assert_eq!(first, EntryId::Presence(1));
+    assert!(matches!(
+        item,
+        Outgoing::Presence(PresenceNote { online: true, .. })
+    ));
+    c.undeliverable(first, T0 + 10);
+    let a = drain(&mut c);
+    assert!(presence_deliveries(&a).is_empty(), "paused");
+    let retry = T0 + 10 + crate::outbox::RETRY_MS;
+    assert!(a.contains(&Decision::WakeAt(retry)), "{a:?}");
+    assert_eq!(c.next_wake(), Some(retry));
+    c.tick(retry);
+    let again = presence_deliveries(&drain(&mut c));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, first, "the same entry, under the same id");
+    c.delivered(first, retry);
+    let next = presence_deliveries(&drain(&mut c));
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, EntryId::Presence(2));
+    c.delivered(EntryId::Presence(2), retry);
+    assert_eq!(c.outbox_len().0, 0);
+    assert!(presence_deliveries(&drain(&mut c)).is_empty());
+}
+
+#[test]
+fn settlements_have_their_own_outbox_and_a_wake_up_delivers_what_storage_kept() {
+    let mut c = core();
+    c.end("owner", T0).unwrap();
+    let a = drain(&mut c);
+    let settle = a
+        .iter()
+        .find_map(|d| match d {
+            Decision::Settle { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("units go back at the end");
+    let out = deliveries(&a);
+    assert!(out.iter().any(|(id, _)| *id == EntryId::Settle(settle)));
+    // Evicted before the answer: the wake-up delivers the stored entry
+    // again, and new entries get new ids.
+    let note = SettleNote {
+        owner: "owner".into(),
+        plan: "pro".into(),
+        settlement: Settlement {
+            day: day_of(T0),
+            used: 0,
+            returned: 5,
+        },
+    };
+    let r = Restored {
+        presence_outbox: vec![(
+            4,
+            PresenceNote {
+                user: "bob".into(),
+                conn: "c9".into(),
+                online: false,
+            },
+        )],
+        settle_outbox: vec![(settle, note.clone())],
+        outbox_last_ids: (6, settle),
+        ..Restored::default()
+    };
+    let mut c = SessionCore::restore(meta(5), Config::default(), r, T0);
+    let out = deliveries(&drain(&mut c));
+    assert!(out.contains(&(EntryId::Settle(settle), Outgoing::Settle(note))));
+    assert!(out.iter().any(|(id, _)| *id == EntryId::Presence(4)));
+    c.join("c1", "bob", T0);
+    let ids: Vec<u64> = drain(&mut c)
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Presence { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![7], "above every id given before");
+}
+
+#[test]
+fn an_ended_session_retires_only_once_its_outboxes_are_delivered() {
+    let cfg = Config {
+        ended_retention_ms: 1_000,
+        ..Config::default()
+    };
+    let mut c = funded(created(meta(5), cfg));
+    c.join("c1", "bob", T0);
+    c.end("owner", T0).unwrap();
+    let a = drain(&mut c);
+    if let Some(job) = flush_job(&a) {
+        c.flush_done(job.batch, true, T0);
+    }
+    let mut out = deliveries(&a);
+    out.extend(deliveries(&drain(&mut c)));
+    let retire = T0 + 1_000;
+    c.tick(retire);
+    let a = drain(&mut c);
+    assert!(
+        !a.contains(&Decision::Retire),
+        "entries still to deliver: {a:?}"
+    );
+    assert_eq!(c.retire_at(), None);
+    // Every entry delivered, in turn: then it is due.
+    let mut guard = 0;
+    while let Some((id, _)) = out.pop() {
+        c.delivered(id, retire);
+        out.extend(deliveries(&drain(&mut c)));
+        guard += 1;
+        assert!(guard < 10);
+    }
+    assert_eq!(c.outbox_len(), (0, 0));
+    assert_eq!(c.retire_at(), Some(retire));
+    c.tick(retire);
+    assert!(drain(&mut c).contains(&Decision::Retire));
+    // A failed deletion is tried again from the alarm.
+    c.retire_failed(retire);
+    assert_eq!(
+        drain(&mut c),
+        vec![Decision::WakeAt(retire + crate::outbox::RETRY_MS)]
+    );
+    c.tick(retire + crate::outbox::RETRY_MS);
+    assert!(drain(&mut c).contains(&Decision::Retire));
+}
+
+#[test]
+fn the_owners_plan_comes_from_the_owners_token_or_is_asked() {
+    let plans = crate::config::Plans::default();
+    let mut c = core();
+    c.want_plan("owner", "free", &plans);
+    let a = drain(&mut c);
+    assert!(
+        !a.iter().any(|d| matches!(d, Decision::AskPlan { .. })),
+        "the owner's token tells it"
+    );
+    assert_eq!(c.meta().owner_plan, "free");
+    assert_eq!(
+        c.meta().max_participants,
+        plans.get("free").unwrap().participants_per_session
+    );
+    c.want_plan("bob", "enterprise", &plans);
+    assert_eq!(
+        drain(&mut c),
+        vec![Decision::AskPlan {
+            owner: "owner".into()
+        }],
+        "a member's own plan says nothing of the owner's"
+    );
+    c.plan_known(Some("pro"), &plans);
+    assert_eq!(c.meta().owner_plan, "pro");
+    assert_eq!(c.meta().max_participants, 25);
+    assert!(drain(&mut c)
+        .iter()
+        .any(|d| matches!(d, Decision::SaveMeta { .. })));
+    // A plan PLANS does not know, or no answer: the stored plan stands.
+    c.plan_known(Some("gold"), &plans);
+    assert_eq!(c.meta().owner_plan, "pro");
+    c.plan_known(None, &plans);
+    assert_eq!(c.meta().owner_plan, "pro");
+    assert!(drain(&mut c).is_empty(), "nothing changed");
+    // An HTTP call by the owner takes the owner's token's plan too.
+    assert!(c.caller_plan("owner", "enterprise", &plans));
+    assert!(!c.caller_plan("bob", "free", &plans));
+    assert_eq!(c.meta().owner_plan, "enterprise");
+}
+
+#[test]
+fn an_http_batch_short_of_units_waits_behind_a_socket_reservation() {
+    let mut c = created(meta(5), Config::default());
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"s","kind":"k"}"#,
+        T0,
+        &mut NoIds,
+    );
+    assert_eq!(drain(&mut c), vec![reserve(200)]);
+    let batch = c
+        .append("bob", vec![NewPoint::new("k"); 3], T0, &mut NoIds)
+        .unwrap();
+    assert!(
+        drain(&mut c).is_empty(),
+        "no second reservation while one is out"
+    );
+    c.granted(200, day_of(T0), T0, &mut NoIds);
+    let a = drain(&mut c);
+    assert_eq!(
+        stored_points(&a).len(),
+        4,
+        "the socket point, then the batch"
+    );
+    assert_eq!(appended(&a, batch), Some(Ok(vec![2, 3, 4])));
+}
+
+#[test]
+fn retired_sessions_keep_the_live_rules() {
+    let members = vec!["bob".to_owned()];
+    let read = RetiredCall::Read {
+        after_seq: 3,
+        limit: 10,
+    };
+    assert_eq!(
+        retired_call("owner", &members, "bob", read),
+        Ok(RetiredAnswer::Points {
+            after_seq: 3,
+            limit: 10
+        })
+    );
+    assert_eq!(
+        retired_call("owner", &members, "bob", RetiredCall::Get),
+        Ok(RetiredAnswer::Session)
+    );
+    assert_eq!(
+        retired_call("owner", &members, "owner", RetiredCall::End),
+        Ok(RetiredAnswer::Session)
+    );
+    let e = retired_call("owner", &members, "bob", RetiredCall::End).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Forbidden);
+    let e = retired_call("owner", &members, "mallory", RetiredCall::Get).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Forbidden);
+    assert_eq!(
+        retired_call("owner", &members, "owner", RetiredCall::Change),
+        Err(SessionError::Ended)
+    );
+    // The same membership rule as the live record's.
+    let mut live = meta(5);
+    live.members = members;
+    assert_eq!(live.is_member("bob"), live.is_member("bob"));
+    assert!(!live.is_member("mallory"));
 }

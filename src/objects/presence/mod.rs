@@ -18,7 +18,9 @@ use crate::edge::http::{self, internal, Caller, Hop};
 use crate::error::ApiError;
 use crate::time::{now_ms, Millis};
 use sesh_core::calls::{self, PresenceAnswer, PresenceCall, SessionAnswer, SessionCall};
-use sesh_core::presence::{shard_name, shard_of, Decision, PresenceCore, PresenceState, ShardCore};
+use sesh_core::presence::{
+    shard_name, shard_of, CheckAnswer, Decision, PresenceCore, PresenceState, ShardCore,
+};
 
 #[derive(Deserialize)]
 struct Row {
@@ -361,8 +363,8 @@ impl PresenceDO {
         }
     }
 
-    /// Whether `session` still has `conn`; `None` when it cannot be asked.
-    async fn ask_session(&self, user: &str, session: &str, conn: &str) -> Option<bool> {
+    /// What `session` answers about `conn`, as the core takes it.
+    async fn ask_session(&self, user: &str, session: &str, conn: &str) -> CheckAnswer {
         let caller = Caller::internal(user);
         let hop = Hop {
             env: &self.env,
@@ -372,20 +374,24 @@ impl PresenceDO {
         let call = SessionCall::HasConn {
             conn_id: conn.to_owned(),
         };
-        let mut resp = hop.session(session, call).await.ok()?;
+        let Ok(mut resp) = hop.session(session, call).await else {
+            return CheckAnswer::Unreachable;
+        };
         if resp.status_code() == 404 {
-            return Some(false);
+            return CheckAnswer::NoSuchSession;
         }
         if resp.status_code() != 200 {
-            return None;
+            return CheckAnswer::Unreachable;
         }
-        let text = resp.text().await.ok()?;
+        let Ok(text) = resp.text().await else {
+            return CheckAnswer::Unreachable;
+        };
         // A live session's answer that does not decode is a bug: logged.
         match calls::strict::<SessionAnswer>(&text) {
-            Ok(SessionAnswer::Live(live)) => Some(live),
+            Ok(SessionAnswer::Live(live)) => CheckAnswer::Has(live),
             Err(e) => {
                 http::log_error("PresenceDO", &e.into());
-                None
+                CheckAnswer::Unreachable
             }
         }
     }

@@ -1,59 +1,39 @@
 //! `ActiveSessionDO`: one object per session id. Feeds [`SessionCore`]
 //! events and carries out its decisions: SQLite writes (one transaction
-//! per write), socket sends, alarms, the durable outboxes to presence and
-//! quota, and the D1 flush the core planned.
+//! per write, `storage`), socket sends (`sockets`), alarms, outbox
+//! deliveries, reservations, the owner's plan and the D1 flush the core
+//! planned (`remote`). The adapter decides nothing itself.
+
+mod remote;
+mod sockets;
+mod storage;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
 
-use serde::{Deserialize, Serialize};
-use sesh_protocol::{
-    parse_body, parse_optional_body, CreateSession, KindStats, PointsAccepted, PointsBatch,
-};
+use sesh_protocol::{parse_body, parse_optional_body, CreateSession, PointsAccepted, PointsBatch};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::{
-    durable_object, DurableObject, Env, Request, Response, SqlStorage, SqlStorageValue, State,
-    WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    durable_object, DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
+    WebSocketIncomingMessage,
 };
 
-use crate::edge::http::{self, internal, Caller, Hop};
+use crate::edge::http::{self, internal, Caller};
 use crate::error::ApiError;
 use crate::ids;
 use crate::time::{now_ms, Millis};
-use sesh_core::calls::{PresenceCall, QuotaAnswer, QuotaCall, SessionAnswer, SessionCall};
+use sesh_core::calls::{SessionAnswer, SessionCall};
 use sesh_core::config::Plans;
-use sesh_core::data::d1;
 use sesh_core::lifecycle::LifecycleConfig;
-use sesh_core::quota::Reserved;
-use sesh_core::session::storage;
+use sesh_core::outbox::RETRY_MS;
 use sesh_core::session::{
-    point_frame, Append, Checkpoint, Config, ConnId, Decision, FlushJob, IdLookup, Meta, Restored,
-    SessionCore, Settlement, Units, Write,
+    Config, ConnId, Decision, EntryId, FlushJob, Meta, Outgoing, PresenceNote, SessionCore,
+    SessionError,
 };
-
-#[wasm_bindgen]
-extern "C" {
-    /// The object's `DurableObjectStorage`, for the one method `worker`
-    /// does not bind.
-    #[wasm_bindgen(extends = js_sys::Object)]
-    type TxStorage;
-
-    // `storage.transactionSync(fn)`: runs `fn` as one SQLite transaction,
-    // rolled back if it throws (DO SQL refuses BEGIN and SAVEPOINT).
-    #[wasm_bindgen(method, catch, js_name = transactionSync)]
-    fn transaction_sync(this: &TxStorage, work: &js_sys::Function) -> Result<JsValue, JsValue>;
-}
-
-/// What a socket carries across hibernation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Attachment {
-    conn_id: ConnId,
-    user_id: String,
-    joined_at: Millis,
-}
+use storage::{settle_stmt, stats_stmts, units_stmt, SqlIds};
 
 /// Whether the session was read from storage, and what it found.
 enum Loaded {
@@ -63,6 +43,15 @@ enum Loaded {
     Absent,
     /// The session.
     Live(Box<SessionCore>),
+}
+
+/// The core's answers to HTTP batches ([`Decision::Appended`]), for the
+/// requests that wait for them (a batch may be answered while another
+/// request carries out the reservation it waited for).
+#[derive(Default)]
+struct Answers {
+    ready: HashMap<u64, Result<Vec<u64>, SessionError>>,
+    waiting: HashMap<u64, Waker>,
 }
 
 /// A live, multi-participant session (CONTRACT.md section 5).
@@ -76,126 +65,24 @@ pub struct ActiveSessionDO {
     core: RefCell<Loaded>,
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     alarm_at: Cell<Option<Millis>>,
-    delivering: Cell<bool>,
-    settling: Cell<bool>,
+    answers: RefCell<Answers>,
     conn_ids: js_sys::WeakMap,
     send_fn: RefCell<Option<js_sys::Function>>,
     // What frames left to wait for (`frame_now`), until `finish` runs it.
     later: RefCell<Later>,
 }
 
-/// How long before an undelivered outbox entry is tried again.
-const OUTBOX_RETRY_MS: Millis = 2_000;
-
 const PING: &str = r#"{"type":"ping"}"#;
 const PONG: &str = r#"{"type":"pong"}"#;
-
-#[derive(Deserialize)]
-struct SessionRow {
-    meta: String,
-    meta_version: i64,
-    flushed_meta_version: i64,
-    flushed_seq: i64,
-}
-
-#[derive(Deserialize)]
-struct UnitsRow {
-    day: i64,
-    held: i64,
-    used: i64,
-}
-
-#[derive(Deserialize)]
-struct StatsRow {
-    kind: String,
-    count: i64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    last: f64,
-}
-
-#[derive(Deserialize)]
-struct MarkRow {
-    through_seq: i64,
-}
-
-#[derive(Deserialize)]
-struct TailRow {
-    kind: String,
-    value: f64,
-}
-
-#[derive(Deserialize)]
-struct BodyRow {
-    ts: i64,
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct SeqBodyRow {
-    seq: i64,
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct SeqRow {
-    seq: i64,
-}
-
-#[derive(Deserialize)]
-struct OutboxRow {
-    id: i64,
-    user_id: String,
-    conn_id: String,
-    online: i64,
-}
-
-#[derive(Deserialize)]
-struct SettleRow {
-    id: i64,
-    owner: String,
-    plan: String,
-    day: i64,
-    used: i64,
-    returned: i64,
-}
-
-#[derive(Deserialize)]
-struct MaxRow {
-    m: Option<i64>,
-}
-
-/// A seq as SQLite takes it: values past `i64::MAX` clamp rather than wrap.
-fn sql_seq(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-/// Client ids looked up through the `(user_id, client_id)` index.
-struct SqlIds<'a>(&'a SqlStorage);
-
-impl IdLookup for SqlIds<'_> {
-    fn seq_of(&mut self, user: &str, id: &str) -> Option<u64> {
-        let rows: Vec<SeqRow> = self
-            .0
-            .exec(
-                "SELECT seq FROM points WHERE user_id = ? AND client_id = ? LIMIT 1",
-                vec![user.into(), id.into()],
-            )
-            .and_then(|c| c.to_array())
-            .ok()?;
-        rows.first().map(|r| r.seq as u64)
-    }
-}
 
 /// Decisions that wait on something, carried out after the sends.
 #[derive(Default)]
 struct Later {
     wake: Option<Millis>,
-    presence: bool,
-    settle: bool,
     reserves: Vec<(String, String, u64)>,
+    plans: Vec<String>,
     flushes: Vec<FlushJob>,
+    deliveries: Vec<(EntryId, Outgoing)>,
     failed: Option<ApiError>,
     retire: bool,
 }
@@ -207,19 +94,19 @@ impl Later {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.presence |= other.presence;
-        self.settle |= other.settle;
         self.reserves.extend(other.reserves);
+        self.plans.extend(other.plans);
         self.flushes.extend(other.flushes);
+        self.deliveries.extend(other.deliveries);
         self.retire |= other.retire;
     }
 
     fn is_empty(&self) -> bool {
         self.wake.is_none()
-            && !self.presence
-            && !self.settle
             && self.reserves.is_empty()
+            && self.plans.is_empty()
             && self.flushes.is_empty()
+            && self.deliveries.is_empty()
             && !self.retire
     }
 }
@@ -267,8 +154,7 @@ impl DurableObject for ActiveSessionDO {
             core: RefCell::new(Loaded::Unread),
             sockets: RefCell::new(HashMap::new()),
             alarm_at: Cell::new(None),
-            delivering: Cell::new(false),
-            settling: Cell::new(false),
+            answers: RefCell::new(Answers::default()),
             conn_ids: js_sys::WeakMap::new(),
             send_fn: RefCell::new(None),
             later: RefCell::new(Later::default()),
@@ -360,7 +246,11 @@ impl ActiveSessionDO {
                 let batch: PointsBatch = parse_body(&body)?;
                 self.append(&caller, batch).await
             }
-            SessionCall::Read { after_seq, limit } => self.read_points(after_seq, limit),
+            SessionCall::Read { after_seq, limit } => {
+                let last_seq = self.feed(|c| c.last_seq())?;
+                let text = self.points_page(after_seq, limit, last_seq)?;
+                Ok(http::json_text(200, text))
+            }
             SessionCall::End => {
                 self.feed(|c| c.end(&caller.user, now_ms()))??;
                 // The core asks for the final flush at once; if D1 is down
@@ -380,34 +270,6 @@ impl ActiveSessionDO {
         match &mut *self.core.borrow_mut() {
             Loaded::Live(core) => Ok(f(core)),
             Loaded::Unread | Loaded::Absent => Err(ApiError::NotFound("no such session".into())),
-        }
-    }
-
-    /// The connection id of a socket. Read from the attachment once per
-    /// socket and object lifetime, then from a weak map keyed by the socket
-    /// (the attachment is a structured clone: costly on every frame).
-    fn conn_of(&self, ws: &WebSocket) -> Option<ConnId> {
-        let key: &js_sys::Object = ws.as_ref().as_ref();
-        if let Some(id) = self.conn_ids.get(key).as_string() {
-            return Some(id);
-        }
-        let id = attachment_conn(ws)?;
-        self.conn_ids.set(key, &JsValue::from_str(&id));
-        Some(id)
-    }
-
-    /// Sends an already converted JS string (`WebSocket.prototype.send`,
-    /// looked up once). A socket that closed meanwhile is skipped.
-    fn send_js(&self, ws: &WebSocket, text: &JsValue) {
-        let target: &JsValue = ws.as_ref().as_ref();
-        let mut cached = self.send_fn.borrow_mut();
-        if cached.is_none() {
-            *cached = js_sys::Reflect::get(target, &JsValue::from_str("send"))
-                .ok()
-                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        }
-        if let Some(send) = cached.as_ref() {
-            let _ = send.call1(target, text);
         }
     }
 
@@ -437,168 +299,27 @@ impl ActiveSessionDO {
         http::json(201, &view)
     }
 
-    /// Creates the tables (and migrates storage written before the
-    /// `user_id` column, the trigger columns and the stats checkpoint)
-    /// when they are missing.
-    fn prepare_schema(&self) -> Result<(), ApiError> {
-        self.sql.exec(storage::SCHEMA, None).map_err(internal)?;
-        if self.sql.exec(storage::HAS_USER_ID, None).is_err() {
-            self.sql
-                .exec(storage::MIGRATE_USER_ID, None)
-                .map_err(internal)?;
-        }
-        if self.sql.exec(storage::HAS_KIND, None).is_err() {
-            self.sql
-                .exec(storage::MIGRATE_KIND, None)
-                .map_err(internal)?;
-        }
-        self.sql
-            .exec(storage::INDEX_AND_TRIGGERS, None)
-            .map_err(internal)?;
-        Ok(())
-    }
-
     /// Loads the session from storage once per object lifetime (also after
-    /// hibernation, when the sockets are still there). Reads a bounded
-    /// number of rows whatever the number of points.
+    /// hibernation, when the sockets are still there).
     fn load(&self) -> Result<(), ApiError> {
         if !matches!(&*self.core.borrow(), Loaded::Unread) {
             return Ok(());
         }
-        // No tables: no session was ever created here, or it was retired.
-        // Reading creates nothing, so a retired object stays empty.
-        let tables: Vec<MaxRow> = self
-            .sql
-            .exec(
-                "SELECT count(*) AS m FROM sqlite_master WHERE type = 'table' AND name = 'session'",
-                None,
-            )
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        if tables.first().and_then(|r| r.m).unwrap_or(0) == 0 {
-            *self.core.borrow_mut() = Loaded::Absent;
-            return Ok(());
-        }
-        self.prepare_schema()?;
-        let rows: Vec<SessionRow> = self
-            .sql
-            .exec(
-                "SELECT meta, meta_version, flushed_meta_version, flushed_seq FROM session WHERE k = 0",
-                None,
-            )
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let Some(row) = rows.into_iter().next() else {
+        let Some((meta, mut restored)) = self.read_session()? else {
             *self.core.borrow_mut() = Loaded::Absent;
             return Ok(());
         };
-        let meta: Meta = serde_json::from_str(&row.meta).map_err(internal)?;
-        let last: Vec<MaxRow> = self
-            .sql
-            .exec("SELECT MAX(seq) AS m FROM points", None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let units: Vec<UnitsRow> = self
-            .sql
-            .exec(storage::LOAD_UNITS, None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let stats: Vec<StatsRow> = self
-            .sql
-            .exec(storage::LOAD_STATS, None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let mark: Vec<MarkRow> = self
-            .sql
-            .exec(storage::LOAD_STATS_MARK, None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let stats_through = mark.first().map_or(0, |m| m.through_seq.max(0) as u64);
-        // At most about `stats_every` rows: the points since the checkpoint.
-        let tail: Vec<TailRow> = self
-            .sql
-            .exec(storage::STATS_TAIL, vec![sql_seq(stats_through).into()])
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let mut sockets = HashMap::new();
-        let mut conns = Vec::new();
-        for ws in self.state.get_websockets() {
-            match ws.deserialize_attachment::<Attachment>() {
-                Ok(Some(a)) => {
-                    conns.push((a.conn_id.clone(), a.user_id, a.joined_at));
-                    sockets.insert(a.conn_id, ws);
-                }
-                _ => {
-                    let _ = ws.close(Some(1011), Some("lost connection state"));
-                }
-            }
-        }
-        let restored = Restored {
-            last_seq: last.first().and_then(|r| r.m).unwrap_or(0) as u64,
-            flushed_seq: row.flushed_seq as u64,
-            conns,
-            meta_version: row.meta_version as u64,
-            flushed_meta_version: row.flushed_meta_version as u64,
-            units: units
-                .first()
-                .map(|u| Units {
-                    day: u.day,
-                    held: u.held as u64,
-                    used: u.used as u64,
-                })
-                .unwrap_or_default(),
-            stats: stats
-                .into_iter()
-                .map(|s| {
-                    let figures = KindStats {
-                        count: s.count as u64,
-                        sum: s.sum,
-                        min: s.min,
-                        max: s.max,
-                        last: s.last,
-                    };
-                    (s.kind, figures)
-                })
-                .collect::<BTreeMap<_, _>>(),
-            stats_through,
-            stats_tail: tail.into_iter().map(|t| (t.kind, t.value)).collect(),
-        };
+        restored.conns = self.restore_sockets();
         let core = SessionCore::restore(meta, self.cfg, restored, now_ms());
-        *self.sockets.borrow_mut() = sockets;
         *self.core.borrow_mut() = Loaded::Live(Box::new(core));
         Ok(())
     }
 
-    /// The owner's current plan: the caller's own token if the caller is
-    /// the owner, else what the owner's quota object last saw, else the
-    /// plan stored with the session.
-    async fn current_plan(&self, caller: &Caller) -> Result<String, ApiError> {
-        let meta = self.feed(|c| c.meta().clone())?;
-        if caller.user == meta.owner_id {
-            return Ok(caller.plan.clone());
-        }
-        let asked = match self
-            .quota_call(&meta.owner_id, QuotaCall::CurrentPlan)
-            .await
-        {
-            Some(QuotaAnswer::Plan(plan)) => Some(plan),
-            _ => None,
-        };
-        Ok(asked.unwrap_or(meta.owner_plan))
-    }
-
-    /// Notes the owner's plan in the core, with its participants cap.
-    fn use_plan(&self, plan: &str) -> Result<(), ApiError> {
-        let Some(p) = self.plans.get(plan) else {
-            return Ok(());
-        };
-        let cap = p.participants_per_session;
-        self.feed(|c| c.set_plan(plan, cap))
-    }
-
     async fn upgrade(&self, req: &Request, caller: &Caller) -> Result<Response, ApiError> {
-        let plan = self.current_plan(caller).await?;
-        self.use_plan(&plan)?;
+        // The participants cap is the owner's current plan's: the core
+        // takes it from the owner's token or asks for it.
+        self.feed(|c| c.want_plan(&caller.user, &caller.plan, &self.plans))?;
+        self.run().await?;
         self.feed(|c| c.admit(&caller.user))??;
         let upgrade = req.headers().get("upgrade").ok().flatten();
         if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
@@ -606,23 +327,12 @@ impl ActiveSessionDO {
                 "this route takes a WebSocket upgrade".into(),
             ));
         }
-        let pair = WebSocketPair::new().map_err(internal)?;
         let now = now_ms();
         let conn = ids::new_random_id();
-        self.state.accept_web_socket(&pair.server);
-        pair.server
-            .serialize_attachment(Attachment {
-                conn_id: conn.clone(),
-                user_id: caller.user.clone(),
-                joined_at: now,
-            })
-            .map_err(internal)?;
-        let key: &js_sys::Object = pair.server.as_ref().as_ref();
-        self.conn_ids.set(key, &JsValue::from_str(&conn));
-        self.sockets.borrow_mut().insert(conn.clone(), pair.server);
+        let client = self.accept(&conn, &caller.user, now)?;
         self.feed(|c| c.join(&conn, &caller.user, now))?;
         self.run().await?;
-        Response::from_websocket(pair.client).map_err(internal)
+        Response::from_websocket(client).map_err(internal)
     }
 
     /// A frame, carried out as far as it goes without waiting (the core,
@@ -683,72 +393,49 @@ impl ActiveSessionDO {
         }
     }
 
+    /// `POST .../points`: the core takes the batch (the owner's token tells
+    /// the owner's plan); it is answered once its points are stored, or
+    /// refused, possibly after a reservation.
     async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
-        if self.feed(|c| c.meta().owner_id == caller.user)? {
-            self.use_plan(&caller.plan)?;
-        }
         let sql = &self.sql;
-        let points = batch.points;
-        let first = self.feed(|c| {
-            c.append(
-                &caller.user,
-                points.clone(),
-                true,
-                now_ms(),
-                &mut SqlIds(sql),
-            )
+        let id = self.feed(|c| {
+            c.caller_plan(&caller.user, &caller.plan, &self.plans);
+            c.append(&caller.user, batch.points, now_ms(), &mut SqlIds(sql))
         })??;
-        let answer = match first {
-            Append::Seqs(seqs) => Ok(seqs),
-            Append::NeedUnits { owner, plan, want } => {
-                let r = self
-                    .ask_units(&owner, &plan, want)
-                    .await
-                    .ok_or_else(|| ApiError::Unavailable("could not reserve points quota".into()));
-                match r {
-                    Ok(r) => self.feed(|c| {
-                        let now = now_ms();
-                        c.add_units(r.granted, r.day, now);
-                        c.append(&caller.user, points, false, now, &mut SqlIds(sql))
-                            .map_err(ApiError::from)
-                    })?,
-                    Err(e) => Err(e),
-                }
-                .and_then(|a| match a {
-                    Append::Seqs(seqs) => Ok(seqs),
-                    Append::NeedUnits { .. } => Err(ApiError::Internal(
-                        "units asked for twice in one batch".into(),
-                    )),
-                })
-            }
-        };
         // Granted units are kept even when the batch is refused.
-        self.run().await?;
+        let ran = self.run().await;
+        let answer = match ran {
+            Ok(()) => self.answer_of(id).await,
+            // What the run left undone may hold the answer back.
+            Err(e) => match self.answers.borrow_mut().ready.remove(&id) {
+                Some(answer) => answer,
+                None => return Err(e),
+            },
+        };
         http::json(200, &PointsAccepted { seqs: answer? })
     }
 
-    fn read_points(&self, after: u64, limit: u64) -> Result<Response, ApiError> {
-        let last_seq = self.feed(|c| c.last_seq())?;
-        let rows: Vec<BodyRow> = self
-            .sql
-            .exec(
-                "SELECT ts, body FROM points WHERE seq > ? ORDER BY seq LIMIT ?",
-                vec![sql_seq(after).into(), sql_seq(limit).into()],
-            )
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        // The stored bodies are already the wire form: no re-serialization.
-        let mut text =
-            String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 32);
-        text.push_str("{\"points\":[");
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
+    /// The core's answer to HTTP batch `id`, once it comes.
+    async fn answer_of(&self, id: u64) -> Result<Vec<u64>, SessionError> {
+        poll_fn(|cx| {
+            let mut answers = self.answers.borrow_mut();
+            match answers.ready.remove(&id) {
+                Some(answer) => Poll::Ready(answer),
+                None => {
+                    answers.waiting.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
             }
-            text.push_str(&r.body);
+        })
+        .await
+    }
+
+    fn answered(&self, batch: u64, result: Result<Vec<u64>, SessionError>) {
+        let mut answers = self.answers.borrow_mut();
+        answers.ready.insert(batch, result);
+        if let Some(waker) = answers.waiting.remove(&batch) {
+            waker.wake();
         }
-        text.push_str(&format!("],\"lastSeq\":{last_seq}}}"));
-        Ok(http::json_text(200, text))
     }
 
     async fn on_gone(&self, ws: &WebSocket) {
@@ -766,74 +453,41 @@ impl ActiveSessionDO {
         }
     }
 
-    /// Every step runs even when an earlier one failed, and the alarm is
-    /// armed again for whatever is still pending.
+    /// The core's tick carries out whatever is due (flushes, settlements,
+    /// outbox retries, retirement) and asks for the next wake-up; when the
+    /// adapter itself failed to carry that out, the alarm comes back soon.
     async fn on_alarm(&self) {
-        if let Err(e) = self.load() {
+        let ran = match self.load() {
+            Ok(()) => match self.feed(|c| c.tick(now_ms())) {
+                Ok(()) => self.run().await,
+                // No session (never created, or retired): nothing to do.
+                Err(_) => return,
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ran {
             log_error(&e);
-            let _ = self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
-            return;
-        }
-        let now = now_ms();
-        if self.feed(|c| c.tick(now)).is_err() {
-            return;
-        }
-        if let Err(e) = self.run().await {
-            log_error(&e);
-        }
-        if matches!(*self.core.borrow(), Loaded::Absent) {
-            // Retired: nothing is left to deliver or to wake for.
-            return;
-        }
-        if let Err(e) = self.deliver_presence().await {
-            log_error(&e);
-        }
-        if let Err(e) = self.deliver_settlements().await {
-            log_error(&e);
-        }
-        if let Err(e) = self.rearm().await {
-            log_error(&e);
-            let _ = self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
+            let _ = self.ensure_alarm(now_ms() + RETRY_MS).await;
         }
     }
 
-    /// Deletes the object's storage: the session ended long enough ago and
-    /// all of it is in D1 (reads are answered from there). Undelivered
-    /// outbox entries keep it, and the alarm tries again.
+    /// Deletes the object's storage, as the core decided; the session's
+    /// reads are answered from D1 afterwards. A failure goes back to the
+    /// core, which tries again.
     async fn retire(&self) -> Result<(), ApiError> {
-        if self.has_rows("presence_outbox")? || self.has_rows("settle_outbox")? {
-            return self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await;
-        }
         let storage = self.state.storage();
-        storage.delete_alarm().await.map_err(internal)?;
-        storage.delete_all().await.map_err(internal)?;
+        let deleted = match storage.delete_alarm().await {
+            Ok(()) => storage.delete_all().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            log_error(&internal(e));
+            return self.feed(|c| c.retire_failed(now_ms()));
+        }
         self.alarm_at.set(None);
         self.sockets.borrow_mut().clear();
         *self.core.borrow_mut() = Loaded::Absent;
         Ok(())
-    }
-
-    /// Arms the alarm for the core's next wake-up and any undelivered
-    /// outbox entry.
-    async fn rearm(&self) -> Result<(), ApiError> {
-        let mut at = self.feed(|c| c.next_wake())?;
-        if self.has_rows("presence_outbox")? || self.has_rows("settle_outbox")? {
-            let retry = now_ms() + OUTBOX_RETRY_MS;
-            at = Some(at.map_or(retry, |a| a.min(retry)));
-        }
-        match at {
-            Some(at) => self.ensure_alarm(at).await,
-            None => Ok(()),
-        }
-    }
-
-    fn has_rows(&self, table: &str) -> Result<bool, ApiError> {
-        let rows: Vec<MaxRow> = self
-            .sql
-            .exec(&format!("SELECT MAX(id) AS m FROM {table}"), None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        Ok(rows.first().and_then(|r| r.m).is_some())
     }
 
     /// Makes sure the alarm fires no later than `at`.
@@ -851,7 +505,8 @@ impl ActiveSessionDO {
     }
 
     /// Carries out `later`, then whatever that queued, until nothing is
-    /// left.
+    /// left. Every delivery and request is answered to the core, so none
+    /// stays out.
     async fn run_later(&self, mut later: Later) -> Result<(), ApiError> {
         let mut failed = None;
         loop {
@@ -864,25 +519,20 @@ impl ActiveSessionDO {
             for (owner, plan, want) in later.reserves {
                 self.reserve(&owner, &plan, want).await?;
             }
+            for owner in later.plans {
+                self.ask_plan(&owner).await?;
+            }
             for job in later.flushes {
                 self.flush(job).await?;
+            }
+            for (id, item) in later.deliveries {
+                self.deliver(id, item).await?;
             }
             if let Some(at) = later.wake {
                 self.ensure_alarm(at).await?;
             }
-            if later.presence {
-                if let Err(e) = self.deliver_presence().await {
-                    log_error(&e);
-                }
-            }
-            if later.settle {
-                if let Err(e) = self.deliver_settlements().await {
-                    log_error(&e);
-                }
-            }
             if later.retire {
                 self.retire().await?;
-                break;
             }
             later = self.run_sync()?;
         }
@@ -900,35 +550,15 @@ impl ActiveSessionDO {
             };
             let Some(decision) = decision else { break };
             match decision {
-                Decision::Send { to, text } => {
-                    if let Some(ws) = self.sockets.borrow().get(&to) {
-                        let _ = ws.send_with_str(&*text);
-                    }
-                }
-                Decision::Broadcast { except, text } => {
-                    // One JS string for every recipient, not one each.
-                    let js = JsValue::from_str(&text);
-                    for (id, ws) in self.sockets.borrow().iter() {
-                        if except.as_deref() != Some(id.as_str()) {
-                            self.send_js(ws, &js);
-                        }
-                    }
-                }
-                Decision::Close { conn, code, reason } => {
-                    if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
-                        let _ = ws.close(Some(code), Some(reason));
-                    }
-                }
+                Decision::Send { to, text } => self.send_to(&to, &text),
+                Decision::Broadcast { except, text } => self.broadcast(except.as_deref(), &text),
+                Decision::Close { conn, code, reason } => self.close(&conn, code, reason),
                 Decision::Replay {
                     conn,
                     after,
                     through,
                     then,
-                } => {
-                    if let Err(e) = self.replay(&conn, after, through, &then) {
-                        log_error(&e);
-                    }
-                }
+                } => self.replay(&conn, after, through, &then),
                 Decision::Store(w) => {
                     let result = self.store(&w);
                     if let Err(e) = &result {
@@ -948,27 +578,32 @@ impl ActiveSessionDO {
                     }
                     self.feed(|core| core.stats_saved(result.is_ok()))?;
                 }
-                Decision::Presence { user, conn, online } => {
-                    self.sql
-                        .exec(
-                            "INSERT INTO presence_outbox (user_id, conn_id, online) VALUES (?, ?, ?)",
-                            vec![user.into(), conn.into(), i64::from(online).into()],
-                        )
-                        .map_err(internal)?;
-                    later.presence = true;
+                Decision::Presence {
+                    id,
+                    user,
+                    conn,
+                    online,
+                } => {
+                    let note = PresenceNote { user, conn, online };
+                    // Not stored: still delivered from memory, only not
+                    // again after a wake-up.
+                    if let Err(e) = self.save_presence(id, &note) {
+                        log_error(&e);
+                    }
                 }
                 Decision::Settle {
+                    id,
                     owner,
                     plan,
                     settlement,
                     units,
-                } => {
-                    self.atomic(vec![
-                        settle_stmt(owner, plan, settlement),
-                        units_stmt(units),
-                    ])?;
-                    later.settle = true;
-                }
+                } => self.atomic(vec![
+                    settle_stmt(id, owner, plan, settlement),
+                    units_stmt(units),
+                ])?,
+                Decision::Deliver { id, item } => later.deliveries.push((id, item)),
+                Decision::AskPlan { owner } => later.plans.push(owner),
+                Decision::Appended { batch, result } => self.answered(batch, result),
                 Decision::Reserve { owner, plan, want } => later.reserves.push((owner, plan, want)),
                 Decision::Flush(job) => later.flushes.push(job),
                 // An alarm already armed as early leaves nothing to wait
@@ -980,354 +615,4 @@ impl ActiveSessionDO {
         }
         Ok(later)
     }
-
-    /// Runs statements as one SQLite transaction: all or nothing.
-    fn atomic(&self, stmts: Vec<(&'static str, Vec<SqlStorageValue>)>) -> Result<(), ApiError> {
-        let sql = self.sql.clone();
-        let work = Rc::new(RefCell::new(Some(stmts)));
-        let todo = Rc::clone(&work);
-        let f = Closure::<dyn FnMut() -> Result<(), JsValue>>::new(move || {
-            let stmts = todo.borrow_mut().take().unwrap_or_default();
-            for (q, params) in stmts {
-                sql.exec(q, params)
-                    .map_err(|e| JsValue::from_str(&e.to_string()))?;
-            }
-            Ok(())
-        });
-        let storage = self.state.storage();
-        let raw: &TxStorage = storage.as_raw().unchecked_ref();
-        raw.transaction_sync(f.as_ref().unchecked_ref())
-            .map(|_| ())
-            .map_err(|e| ApiError::Internal(format!("storage transaction failed: {e:?}")))
-    }
-
-    /// One write of the core: its points, in one statement (the triggers
-    /// spend their units and count their figures in the same statement).
-    fn store(&self, w: &Write) -> Result<(), ApiError> {
-        let stmt = match &w.points[..] {
-            [r] => {
-                let p = &r.point;
-                (
-                    storage::INSERT_POINT,
-                    vec![
-                        sql_seq(p.seq).into(),
-                        p.id.clone().into(),
-                        p.ts.into(),
-                        r.json.as_str().into(),
-                        p.user_id.as_str().into(),
-                        p.kind.as_str().into(),
-                        p.value.into(),
-                    ],
-                )
-            }
-            rows => (
-                storage::INSERT_POINTS,
-                vec![storage::points_json(rows).into()],
-            ),
-        };
-        #[cfg(feature = "test-faults")]
-        if w.points
-            .iter()
-            .any(|r| r.point.kind == crate::faults::FAIL_STORE_KIND)
-        {
-            // Fails after the points went in, in the same transaction, so
-            // the rollback is what a test sees.
-            return self.atomic(vec![
-                stmt,
-                (
-                    "INSERT INTO no_such_table_injected_fault VALUES (1)",
-                    Vec::new(),
-                ),
-            ]);
-        }
-        self.sql.exec(stmt.0, stmt.1).map(|_| ()).map_err(internal)
-    }
-
-    fn save_meta(&self, meta: &Meta, version: u64) -> Result<(), ApiError> {
-        let text = serde_json::to_string(meta).map_err(internal)?;
-        self.sql
-            .exec(
-                "INSERT INTO session (k, meta, meta_version) VALUES (0, ?, ?) \
-                 ON CONFLICT(k) DO UPDATE SET meta = excluded.meta, meta_version = excluded.meta_version",
-                vec![text.into(), (version as i64).into()],
-            )
-            .map_err(internal)?;
-        Ok(())
-    }
-
-    /// Replays one page to `conn`: stored points after `after` through
-    /// `through`, read in chunks that advance by the last seq read.
-    fn replay(&self, conn: &str, after: u64, through: u64, then: &str) -> Result<(), ApiError> {
-        let sockets = self.sockets.borrow();
-        let Some(ws) = sockets.get(conn) else {
-            return Ok(());
-        };
-        let mut from = after;
-        while from < through {
-            let rows: Vec<SeqBodyRow> = self
-                .sql
-                .exec(
-                    "SELECT seq, body FROM points WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 500",
-                    vec![sql_seq(from).into(), sql_seq(through).into()],
-                )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?;
-            let Some(last) = rows.last() else { break };
-            from = last.seq as u64;
-            for r in &rows {
-                let _ = ws.send_with_str(point_frame(&r.body));
-            }
-        }
-        let _ = ws.send_with_str(then);
-        Ok(())
-    }
-
-    /// Reserves points units of the owner and feeds the answer to the core.
-    async fn reserve(&self, owner: &str, plan: &str, want: u64) -> Result<(), ApiError> {
-        let got = self.ask_units(owner, plan, want).await;
-        let now = now_ms();
-        let sql = &self.sql;
-        self.feed(|c| match got {
-            Some(r) => c.granted(r.granted, r.day, now, &mut SqlIds(sql)),
-            None => c.reserve_failed(now),
-        })
-    }
-
-    /// Asks the owner's quota object for up to `want` points units.
-    async fn ask_units(&self, owner: &str, plan: &str, want: u64) -> Option<Reserved> {
-        let call = QuotaCall::Reserve {
-            plan: plan.to_owned(),
-            want,
-        };
-        match self.quota_call(owner, call).await? {
-            QuotaAnswer::Reserved(r) => Some(r),
-            _ => None,
-        }
-    }
-
-    async fn quota_call(&self, subject: &str, call: QuotaCall) -> Option<QuotaAnswer> {
-        let caller = Caller::internal(subject);
-        let hop = Hop {
-            env: &self.env,
-            caller: &caller,
-            request_id: None,
-        };
-        hop.quota(subject, call).await.ok()?.ok()
-    }
-
-    /// Writes one planned batch to D1 and feeds the outcome to the core.
-    async fn flush(&self, job: FlushJob) -> Result<(), ApiError> {
-        let ok = match self.write_d1(&job).await {
-            Ok(()) => self
-                .sql
-                .exec(
-                    "UPDATE session SET flushed_seq = max(flushed_seq, ?), \
-                     flushed_meta_version = max(flushed_meta_version, ?) WHERE k = 0",
-                    vec![
-                        sql_seq(job.batch.to).into(),
-                        sql_seq(job.batch.meta_version).into(),
-                    ],
-                )
-                .is_ok(),
-            Err(e) => {
-                log_error(&e);
-                false
-            }
-        };
-        self.feed(|c| c.flush_done(job.batch, ok, now_ms()))
-    }
-
-    /// Binds and runs the D1 plan of one flush as one `batch()`.
-    async fn write_d1(&self, job: &FlushJob) -> Result<(), ApiError> {
-        #[cfg(feature = "test-faults")]
-        if crate::faults::d1_failing() {
-            return Err(ApiError::Unavailable(
-                "D1 failure injected for tests".into(),
-            ));
-        }
-        let b = job.batch;
-        let rows: Vec<BodyRow> = if b.from <= b.to {
-            self.sql
-                .exec(
-                    "SELECT ts, body FROM points WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                    vec![sql_seq(b.from).into(), sql_seq(b.to).into()],
-                )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?
-        } else {
-            Vec::new()
-        };
-        let points: Vec<(Millis, String)> = rows.into_iter().map(|r| (r.ts, r.body)).collect();
-        let plan = d1::plan(
-            &job.meta.record(job.point_count),
-            &points,
-            &job.stats,
-            now_ms(),
-            super::partition_known,
-        )?;
-        let db = crate::db::database(&self.env)?;
-        crate::db::batch(&db, &plan.stmts).await?;
-        for table in plan.tables {
-            super::remember_partition(table);
-        }
-        Ok(())
-    }
-
-    /// Tells users' presence objects about sockets that came and went, in
-    /// order, from the outbox. An unreachable presence object does not hold
-    /// the session up: the rest waits in the outbox for the alarm.
-    async fn deliver_presence(&self) -> Result<(), ApiError> {
-        #[cfg(feature = "test-faults")]
-        if crate::faults::presence_failing() {
-            return Err(ApiError::Unavailable(
-                "presence delivery failure injected for tests".into(),
-            ));
-        }
-        if self.delivering.replace(true) {
-            return Ok(());
-        }
-        let result = self.deliver_outbox().await;
-        self.delivering.set(false);
-        if !result? {
-            self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await?;
-        }
-        Ok(())
-    }
-
-    async fn deliver_outbox(&self) -> Result<bool, ApiError> {
-        let session_id = self.feed(|c| c.meta().id.clone())?;
-        loop {
-            let rows: Vec<OutboxRow> = self
-                .sql
-                .exec(
-                    "SELECT id, user_id, conn_id, online FROM presence_outbox ORDER BY id LIMIT 50",
-                    None,
-                )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?;
-            if rows.is_empty() {
-                return Ok(true);
-            }
-            for r in rows {
-                let caller = Caller::internal(&r.user_id);
-                let hop = Hop {
-                    env: &self.env,
-                    caller: &caller,
-                    request_id: None,
-                };
-                let update = PresenceCall::Conn {
-                    user_id: r.user_id.clone(),
-                    conn_id: r.conn_id,
-                    session_id: session_id.clone(),
-                    online: r.online != 0,
-                };
-                let sent = hop.presence(&r.user_id, update).await;
-                if !matches!(sent, Ok(Ok(_))) {
-                    return Ok(false);
-                }
-                self.sql
-                    .exec(
-                        "DELETE FROM presence_outbox WHERE id = ?",
-                        vec![r.id.into()],
-                    )
-                    .map_err(internal)?;
-            }
-        }
-    }
-
-    /// Delivers settlements to the owner's quota object, in order, from
-    /// their outbox; what cannot be delivered now waits for the alarm.
-    async fn deliver_settlements(&self) -> Result<(), ApiError> {
-        if self.settling.replace(true) {
-            return Ok(());
-        }
-        let result = self.deliver_settle_outbox().await;
-        self.settling.set(false);
-        if !result? {
-            self.ensure_alarm(now_ms() + OUTBOX_RETRY_MS).await?;
-        }
-        Ok(())
-    }
-
-    async fn deliver_settle_outbox(&self) -> Result<bool, ApiError> {
-        loop {
-            let rows: Vec<SettleRow> = self
-                .sql
-                .exec(
-                    "SELECT id, owner, plan, day, used, returned FROM settle_outbox ORDER BY id LIMIT 50",
-                    None,
-                )
-                .and_then(|c| c.to_array())
-                .map_err(internal)?;
-            if rows.is_empty() {
-                return Ok(true);
-            }
-            for r in rows {
-                let call = QuotaCall::Settle {
-                    plan: r.plan,
-                    day: r.day,
-                    used: r.used as u64,
-                    returned: r.returned as u64,
-                };
-                if self.quota_call(&r.owner, call).await.is_none() {
-                    return Ok(false);
-                }
-                self.sql
-                    .exec("DELETE FROM settle_outbox WHERE id = ?", vec![r.id.into()])
-                    .map_err(internal)?;
-            }
-        }
-    }
-}
-
-fn units_stmt(u: Units) -> (&'static str, Vec<SqlStorageValue>) {
-    (
-        storage::SAVE_UNITS,
-        vec![u.day.into(), sql_seq(u.held).into(), sql_seq(u.used).into()],
-    )
-}
-
-fn stats_stmts(c: &Checkpoint) -> Vec<(&'static str, Vec<SqlStorageValue>)> {
-    let mut stmts: Vec<_> = c
-        .kinds
-        .iter()
-        .map(|(kind, s)| {
-            (
-                storage::SAVE_STATS,
-                vec![
-                    kind.as_str().into(),
-                    sql_seq(s.count).into(),
-                    s.sum.into(),
-                    s.min.into(),
-                    s.max.into(),
-                    s.last.into(),
-                ],
-            )
-        })
-        .collect();
-    stmts.push((
-        storage::SAVE_STATS_MARK,
-        vec![sql_seq(c.through_seq).into()],
-    ));
-    stmts
-}
-
-fn settle_stmt(owner: String, plan: String, s: Settlement) -> (&'static str, Vec<SqlStorageValue>) {
-    (
-        "INSERT INTO settle_outbox (owner, plan, day, used, returned) VALUES (?, ?, ?, ?, ?)",
-        vec![
-            owner.into(),
-            plan.into(),
-            s.day.into(),
-            sql_seq(s.used).into(),
-            sql_seq(s.returned).into(),
-        ],
-    )
-}
-
-fn attachment_conn(ws: &WebSocket) -> Option<ConnId> {
-    ws.deserialize_attachment::<Attachment>()
-        .ok()
-        .flatten()
-        .map(|a| a.conn_id)
 }

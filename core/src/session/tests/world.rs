@@ -1,11 +1,14 @@
 //! The property test: random interleavings of joins, leaves, socket and
 //! HTTP points (ids repeated within and across users), failed writes,
 //! partial and failed reservations, day changes, replays, successful and
-//! failed flushes and restarts, with the adapter simulated.
+//! failed flushes, outbox deliveries that fail, lose their answer or are
+//! cut off by a restart, the owner's plan asked or unknown, and restarts,
+//! with the adapter simulated.
 
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::config::Plans;
 
 fn world_cfg() -> Config {
     Config {
@@ -76,6 +79,14 @@ struct World {
     settled_returned: BTreeMap<Millis, u64>,
     fail_writes: bool,
     fail_flushes: bool,
+    fail_deliveries: bool,
+    // Outbox entries each receiver applied (a redelivery is told by its id).
+    applied: BTreeSet<EntryId>,
+    // Deliveries out and not answered yet.
+    in_flight: Vec<EntryId>,
+    // HTTP batches not answered yet: (user, points).
+    batches: HashMap<u64, (String, Vec<NewPoint>)>,
+    answered: u64,
     rng: Rng,
 }
 
@@ -104,6 +115,11 @@ impl World {
             settled_returned: BTreeMap::new(),
             fail_writes: true,
             fail_flushes: true,
+            fail_deliveries: true,
+            applied: BTreeSet::new(),
+            in_flight: Vec::new(),
+            batches: HashMap::new(),
+            answered: 0,
             rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
         };
         w.run_actions();
@@ -136,23 +152,48 @@ impl World {
                     );
                     assert!(self.live.is_empty(), "and nobody connected");
                 }
-                Decision::Presence { conn, online, .. } => {
-                    let n = self.presence.entry(conn).or_insert(0);
-                    *n += if online { 1 } else { -1 };
-                    assert!((0..=1).contains(n), "presence count of a connection");
+                Decision::Presence {
+                    id,
+                    user,
+                    conn,
+                    online,
+                } => {
+                    self.db
+                        .execute(
+                            storage::INSERT_PRESENCE_OUTBOX,
+                            rusqlite::params![id, user, conn, online],
+                        )
+                        .unwrap();
                 }
+                Decision::Deliver { id, item } => self.deliver(id, item),
+                Decision::AskPlan { owner } => {
+                    assert_eq!(owner, "owner");
+                    let plan = ["pro", "enterprise", "no-such-plan"][self.rng.below(3) as usize];
+                    let answer = (self.rng.below(4) != 0).then_some(plan);
+                    self.core.plan_known(answer, &Plans::default());
+                }
+                Decision::Appended { batch, result } => self.appended(batch, result),
                 Decision::Reserve { want, .. } => self.reservations.push(want),
                 Decision::Store(w) => self.store(w),
                 Decision::SaveMeta { version, .. } => self.meta_version = version,
                 Decision::SaveUnits(u) => self.save_units(u),
                 Decision::SaveStats(c) => self.save_stats(&c),
                 Decision::Settle {
-                    settlement, units, ..
+                    id,
+                    owner,
+                    plan,
+                    settlement: s,
+                    units,
                 } => {
-                    *self.settled_used.entry(settlement.day).or_default() += settlement.used;
-                    *self.settled_returned.entry(settlement.day).or_default() +=
-                        settlement.returned;
-                    self.save_units(units);
+                    let tx = self.db.transaction().unwrap();
+                    tx.execute(
+                        storage::INSERT_SETTLE_OUTBOX,
+                        rusqlite::params![id, owner, plan, s.day, s.used, s.returned],
+                    )
+                    .unwrap();
+                    tx.execute(storage::SAVE_UNITS, (units.day, units.held, units.used))
+                        .unwrap();
+                    tx.commit().unwrap();
                 }
                 Decision::Flush(job) => {
                     let ok = !self.fail_flushes || self.rng.below(3) != 0;
@@ -189,6 +230,97 @@ impl World {
             }
         }
         self.fresh.clear();
+    }
+
+    /// An outbox entry to its receiver: taken, refused, taken with the
+    /// answer lost, or left out to be answered later (or never, when the
+    /// object restarts first).
+    fn deliver(&mut self, id: EntryId, item: Outgoing) {
+        let pick = if self.fail_deliveries {
+            self.rng.below(6)
+        } else {
+            5
+        };
+        match pick {
+            0 => self.core.undeliverable(id, self.now),
+            1 => {
+                self.receive_entry(id, item);
+                self.core.undeliverable(id, self.now);
+            }
+            2 => {
+                self.receive_entry(id, item);
+                self.in_flight.push(id);
+            }
+            _ => {
+                self.receive_entry(id, item);
+                self.delivered(id);
+            }
+        }
+    }
+
+    fn delivered(&mut self, id: EntryId) {
+        let (q, n) = match id {
+            EntryId::Presence(n) => (storage::DELETE_PRESENCE_OUTBOX, n),
+            EntryId::Settle(n) => (storage::DELETE_SETTLE_OUTBOX, n),
+        };
+        self.db.execute(q, [n]).unwrap();
+        self.core.delivered(id, self.now);
+    }
+
+    /// The receiver applies each entry once, in order within its outbox.
+    fn receive_entry(&mut self, id: EntryId, item: Outgoing) {
+        if let Some(last) = self
+            .applied
+            .iter()
+            .rfind(|a| std::mem::discriminant(*a) == std::mem::discriminant(&id))
+        {
+            assert!(*last <= id, "{id:?} after {last:?}: out of order");
+        }
+        if !self.applied.insert(id) {
+            return;
+        }
+        match item {
+            Outgoing::Presence(p) => {
+                let n = self.presence.entry(p.conn).or_insert(0);
+                *n += if p.online { 1 } else { -1 };
+                assert!((0..=1).contains(n), "presence count of a connection");
+            }
+            Outgoing::Settle(s) => {
+                let s = s.settlement;
+                *self.settled_used.entry(s.day).or_default() += s.used;
+                *self.settled_returned.entry(s.day).or_default() += s.returned;
+            }
+        }
+    }
+
+    /// An HTTP batch's answer: its seqs are stored points of its own.
+    fn appended(&mut self, batch: u64, result: Result<Vec<u64>, SessionError>) {
+        let (user, points) = self.batches.remove(&batch).expect("one answer per batch");
+        self.answered += 1;
+        match result {
+            Ok(seqs) => {
+                assert_eq!(seqs.len(), points.len());
+                for (p, seq) in points.iter().zip(&seqs) {
+                    let sp = self.storage.get(seq).expect("answered once durable");
+                    assert_eq!(sp.user_id, user);
+                    if let Some(id) = &p.id {
+                        assert_eq!(sp.id.as_ref(), Some(id));
+                        let first = *self.acked.entry((user.clone(), id.clone())).or_insert(*seq);
+                        assert_eq!(first, *seq, "http repeat keeps its first seq");
+                    }
+                }
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.code(),
+                    ErrorCode::QuotaExceeded
+                        | ErrorCode::Unavailable
+                        | ErrorCode::Internal
+                        | ErrorCode::SessionEnded
+                ),
+                "{e:?}"
+            ),
+        }
     }
 
     /// One transaction: all of it, or (sometimes) nothing.
@@ -283,39 +415,13 @@ impl World {
             })
             .collect();
         let mut ids = StorageIds(&self.storage);
-        let mut answer = self
-            .core
-            .append(user, points.clone(), true, self.now, &mut ids);
-        if let Ok(Append::NeedUnits { want, .. }) = answer {
-            let n = [want, want / 2, 0][self.rng.below(3) as usize];
-            let day = day_of(self.now);
-            *self.granted.entry(day).or_default() += n;
-            self.core.add_units(n, day, self.now);
-            let mut ids = StorageIds(&self.storage);
-            answer = self
-                .core
-                .append(user, points.clone(), false, self.now, &mut ids);
+        match self.core.append(user, points.clone(), self.now, &mut ids) {
+            Ok(batch) => {
+                self.batches.insert(batch, (user.to_owned(), points));
+            }
+            Err(e) => assert_eq!(e.code(), ErrorCode::SessionEnded),
         }
         self.run_actions();
-        match answer {
-            Ok(Append::Seqs(seqs)) => {
-                assert_eq!(seqs.len(), points.len());
-                for (p, seq) in points.iter().zip(&seqs) {
-                    if let Some(id) = &p.id {
-                        if let Some(sp) = self.storage.get(seq) {
-                            assert_eq!((sp.user_id.as_str(), sp.id.as_ref()), (user, Some(id)));
-                            let first = *self
-                                .acked
-                                .entry((user.to_owned(), id.clone()))
-                                .or_insert(*seq);
-                            assert_eq!(first, *seq, "http repeat keeps its first seq");
-                        }
-                    }
-                }
-            }
-            Ok(Append::NeedUnits { .. }) => panic!("asked for units twice"),
-            Err(e) => assert_eq!(e.code(), ErrorCode::QuotaExceeded),
-        }
     }
 
     fn step(&mut self) {
@@ -329,11 +435,20 @@ impl World {
             // The adapter carries decisions out before the next event.
             self.run_actions();
         }
+        if !self.in_flight.is_empty() && self.rng.below(2) == 0 {
+            let id = self.in_flight.remove(0);
+            self.delivered(id);
+            self.run_actions();
+        }
         match self.rng.below(12) {
             0 if self.live.len() < 6 => {
                 self.next_conn += 1;
                 let conn = format!("c{}", self.next_conn);
                 let user = ["owner", "bob", "carol"][self.rng.below(3) as usize];
+                // The owner's token tells the plan; anyone else's join
+                // asks for it.
+                self.core.want_plan(user, "pro", &Plans::default());
+                self.run_actions();
                 if self.core.admit(user).is_ok() {
                     self.core.join(&conn, user, self.now);
                     self.joined_at_seq
@@ -391,6 +506,7 @@ impl World {
             stats: self.stored_stats(),
             stats_through: self.stats_mark(),
             stats_tail: self.stats_tail(),
+            ..Restored::default()
         };
         let (a, b) = (self.stored_units(), self.core.units());
         assert_eq!(
@@ -402,6 +518,15 @@ impl World {
             assert_eq!(a.day, b.day, "units persisted with their day");
         }
         self.reservations.clear();
+        // Deliveries out are lost with the instance; HTTP requests too.
+        self.in_flight.clear();
+        self.batches.clear();
+        let r = Restored {
+            presence_outbox: self.stored_presence(),
+            settle_outbox: self.stored_settlements(),
+            outbox_last_ids: self.outbox_last_ids(),
+            ..r
+        };
         self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
     }
 }
@@ -450,6 +575,51 @@ impl World {
             .unwrap();
         tx.commit().unwrap();
         self.core.stats_saved(true);
+    }
+
+    fn stored_presence(&self) -> Vec<(u64, PresenceNote)> {
+        let mut q = self.db.prepare(storage::LOAD_PRESENCE_OUTBOX).unwrap();
+        q.query_map([], |r| {
+            let note = PresenceNote {
+                user: r.get(1)?,
+                conn: r.get(2)?,
+                online: r.get(3)?,
+            };
+            Ok((r.get(0)?, note))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn stored_settlements(&self) -> Vec<(u64, SettleNote)> {
+        let mut q = self.db.prepare(storage::LOAD_SETTLE_OUTBOX).unwrap();
+        q.query_map([], |r| {
+            let note = SettleNote {
+                owner: r.get(1)?,
+                plan: r.get(2)?,
+                settlement: Settlement {
+                    day: r.get(3)?,
+                    used: r.get(4)?,
+                    returned: r.get(5)?,
+                },
+            };
+            Ok((r.get(0)?, note))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn outbox_last_ids(&self) -> (u64, u64) {
+        let mut q = self.db.prepare(storage::OUTBOX_LAST_IDS).unwrap();
+        let rows: Vec<(String, u64)> = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let of = |name: &str| rows.iter().find(|(n, _)| n == name).map_or(0, |r| r.1);
+        (of("presence_outbox"), of("settle_outbox"))
     }
 
     fn stats_mark(&self) -> u64 {
@@ -579,11 +749,25 @@ fn random_interleavings_keep_the_invariants() {
             w.run_actions();
         }
         w.fail_flushes = false;
+        w.fail_deliveries = false;
         for _ in 0..20 {
+            while let Some(id) = w.in_flight.pop() {
+                w.delivered(id);
+                w.run_actions();
+            }
             w.now = w.core.next_wake().unwrap_or(w.now).max(w.now);
             w.core.tick(w.now);
             w.run_actions();
         }
+        assert!(
+            w.batches.is_empty(),
+            "seed {seed}: every HTTP batch answered"
+        );
+        assert_eq!(
+            w.core.outbox_len(),
+            (0, 0),
+            "seed {seed}: outboxes delivered"
+        );
         assert_eq!(w.d1, (1..=last).collect::<BTreeSet<_>>(), "seed {seed}");
         // Units: every grant settled to its own day; each day's used units
         // are exactly the points stored that day.
@@ -619,5 +803,6 @@ fn random_interleavings_keep_the_invariants() {
             w.core.meta().ended_at.is_some(),
             "seed {seed}: an ended, settled, flushed session is due to retire"
         );
+        assert!(w.answered > 0, "seed {seed}: some HTTP batch was answered");
     }
 }
