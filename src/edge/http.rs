@@ -152,30 +152,15 @@ pub fn respond(r: Result<Response, ApiError>) -> Response {
     })
 }
 
-/// 413 for a request that says its body is over `limit` bytes, whatever
-/// the route: also one that reads no body (CONTRACT.md section 4). A body
-/// without a `Content-Length` is measured where it is read.
-pub fn refuse_declared_oversize(req: &Request, limit: usize) -> Result<(), ApiError> {
-    let declared = req.headers().get("content-length").ok().flatten();
-    match declared.and_then(|n| n.trim().parse::<usize>().ok()) {
-        Some(n) if n > limit => {
-            cancel_body(req);
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Tells the runtime that the rest of the body will not be read. A body
-/// left unread and uncancelled behind an early answer kept the local
-/// runtime waiting on it: after a chunked upload over the limit got its
-/// 413, the next request hung until the runtime restarted ("Your worker
-/// restarted mid-request").
-fn cancel_body(req: &Request) {
-    if let Some(body) = req.inner().body() {
-        // The promise settles once the stream is torn down; nothing waits
-        // on it.
-        let _ = body.cancel();
+/// Reads and drops a refused body before its 413 leaves. A large body left
+/// unread behind an early answer, or cancelled at once, wedged the local
+/// runtime (wrangler's proxy waits on the upload it forwards): the next
+/// request hung, or got "Your worker restarted mid-request".
+async fn discard_body(req: &Request) {
+    if let Some(stream) = req.inner().body() {
+        let reader: worker::web_sys::ReadableStreamDefaultReader =
+            stream.get_reader().unchecked_into();
+        drain(&reader).await;
     }
 }
 
@@ -217,7 +202,7 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiEr
     if let Ok(Some(len)) = req.headers().get("content-length") {
         match len.trim().parse::<usize>() {
             Ok(n) if n > limit => {
-                cancel_body(req);
+                discard_body(req).await;
                 return Err(too_large);
             }
             // A known length within the limit is read whole, in one step

@@ -24,7 +24,7 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     unknown_session_is_404_from_the_object,
     session_create_then_get_by_members_only,
     bad_bodies_are_400_413_422,
-    a_chunked_upload_over_the_limit_costs_only_its_413,
+    an_upload_over_the_limit_costs_only_its_413,
     bodies_whose_fields_are_all_optional_may_be_left_out,
     check_and_refund_need_a_service_token,
     cors_preflight_for_allowed_origins_only,
@@ -296,42 +296,63 @@ async fn bad_bodies_are_400_413_422() {
     );
 }
 
-/// A chunked body over 1 MiB, sent on a raw connection (a client that does
-/// not say its length up front): its answer is 413, and the next request,
-/// on a fresh connection, is answered at once. Before the refused body was
-/// drained, the local runtime answered nothing more until it restarted.
-async fn a_chunked_upload_over_the_limit_costs_only_its_413() {
+/// A body over 1 MiB, sent on a raw connection both with its length and
+/// chunked (a client that does not say its length up front), to a route
+/// that reads bodies and to one that does not: each answer is 413, and the
+/// next request, on a fresh connection, is answered at once. Before refused
+/// bodies were drained, the local runtime answered nothing more until it
+/// restarted, or "Your worker restarted mid-request".
+async fn an_upload_over_the_limit_costs_only_its_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let t = user_token(&unique("u"), "free");
+    let t = user_token(&unique("u"), "pro");
     let addr = base().trim_start_matches("http://").to_owned();
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v1/sessions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\
-         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let chunk = vec![b' '; 64 * 1024];
-    for _ in 0..32 {
-        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-        if s.write_all(&frame).await.is_err() {
-            break;
+    let id = create_session_at(base(), &t, &[]).await;
+    let body = vec![b' '; 2 << 20];
+    for path in ["/v1/sessions".to_owned(), format!("/v1/sessions/{id}/end")] {
+        for chunked in [true, false] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_owned()
+            } else {
+                format!("Content-Length: {}", body.len())
+            };
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\
+                 Content-Type: application/json\r\n{framing}\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            for part in body.chunks(64 * 1024) {
+                let frame = if chunked {
+                    [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat()
+                } else {
+                    part.to_vec()
+                };
+                if s.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            if chunked {
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            }
+            let mut answer = vec![0u8; 64];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut answer))
+                .await
+                .expect("an answer to the oversized upload")
+                .unwrap();
+            let status = String::from_utf8_lossy(&answer[..n]).to_string();
+            assert!(
+                status.starts_with("HTTP/1.1 413"),
+                "{path} chunked={chunked}: {status}"
+            );
+            drop(s);
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                call("GET", "/v1/quota", Some(&t), None, &[]).await
+            })
+            .await
+            .expect("the next request is answered promptly");
+            assert_eq!(next.status, 200, "{path} chunked={chunked}: {}", next.text);
         }
     }
-    let _ = s.write_all(b"0\r\n\r\n").await;
-    let mut answer = vec![0u8; 64];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut answer))
-        .await
-        .expect("an answer to the oversized upload")
-        .unwrap();
-    let status = String::from_utf8_lossy(&answer[..n]).to_string();
-    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
-    drop(s);
-    let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        call("GET", "/v1/quota", Some(&t), None, &[]).await
-    })
-    .await
-    .expect("the next request is answered promptly");
-    assert_eq!(next.status, 200);
 }
 
 async fn bodies_whose_fields_are_all_optional_may_be_left_out() {
