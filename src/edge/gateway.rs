@@ -110,14 +110,12 @@ struct Gateway<'a> {
 impl Gateway<'_> {
     /// Preflight, health, then for `/v1`: token, `api` charge, route, and
     /// the one hop to the object that owns the request's id.
-    async fn handle(&mut self, req: Request) -> Result<Response, ApiError> {
+    async fn handle(&mut self, mut req: Request) -> Result<Response, ApiError> {
         let method = req.method();
         if method == Method::Options {
             return self.preflight(&req);
         }
         let url = req.url().map_err(internal)?;
-        #[cfg(feature = "test-faults")]
-        let mut req = req;
         #[cfg(feature = "test-faults")]
         if let Some(answer) = self.test_hook(&mut req, &url).await {
             return answer;
