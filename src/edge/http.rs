@@ -191,7 +191,7 @@ const DRAIN_BYTES: usize = 64 << 20;
 /// `Content-Length` over the limit is refused before anything is read; a
 /// body without one (chunked) is read as a stream and refused as soon as it
 /// passes the limit, so no oversized body is ever held whole. Either way the
-/// rest of a refused body is cancelled.
+/// rest of a refused body is read and dropped ([`drain`]), not kept.
 pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     use worker::wasm_bindgen_futures::JsFuture;
     use worker::web_sys::ReadableStreamDefaultReader;
@@ -218,7 +218,7 @@ pub async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiEr
     let Some(stream) = req.inner().body() else {
         return Ok(Vec::new());
     };
-    // The runtime's own reader, so a refused body can be cancelled.
+    // The runtime's own reader, so a refused body can be drained.
     let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     let mut body = Vec::new();
     loop {
