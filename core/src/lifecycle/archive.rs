@@ -70,6 +70,11 @@ pub struct Archive {
     /// Sessions left for later because D1 does not hold all their points
     /// yet (a flush still pending).
     pub deferred: u32,
+    /// Sessions left unarchived because reading them takes more round
+    /// trips than a whole run has.
+    pub oversized: u32,
+    // The round trips of a whole run.
+    max_calls: u32,
     ex: Existing,
     tables: Vec<String>,
     after: String,
@@ -83,7 +88,9 @@ pub struct Archive {
 impl Archive {
     /// The archive step at `now`: sessions started before `cutoff` (the
     /// first millisecond of the first month not old enough) are cold.
-    pub fn new(now: Millis, cutoff: Millis, budget: Budget) -> Archive {
+    /// `max_calls` is a whole run's budget: a session that needs more is
+    /// passed over, so it does not hold back the sessions after it.
+    pub fn new(now: Millis, cutoff: Millis, budget: Budget, max_calls: u32) -> Archive {
         Archive {
             now,
             cutoff,
@@ -91,6 +98,8 @@ impl Archive {
             archived: 0,
             manifests: 0,
             deferred: 0,
+            oversized: 0,
+            max_calls,
             ex: Existing::default(),
             tables: Vec::new(),
             after: String::new(),
@@ -188,10 +197,16 @@ impl Driver for Archive {
                         self.state = State::List;
                         continue;
                     };
-                    if !self
-                        .budget
-                        .take(5 + u32::try_from(pages).unwrap_or(u32::MAX))
-                    {
+                    let need = u32::try_from(pages).unwrap_or(u32::MAX).saturating_add(5);
+                    if need > self.max_calls {
+                        // No run could read it whole; the sessions after
+                        // it go on.
+                        self.oversized += 1;
+                        self.after = id;
+                        self.state = State::NextSession;
+                        continue;
+                    }
+                    if !self.budget.take(need) {
                         return Ok(Poll::Done(false));
                     }
                     self.state =
@@ -399,9 +414,22 @@ impl Driver for ArchiveOne {
                     stored(answer)?;
                     let started = v7_time(&self.id).unwrap_or(0);
                     let record = Statement::new(
-                        "INSERT OR REPLACE INTO archives (session_id, key, quarter, started_ms, points, bytes, \
+                        // `pruned` is never lowered: a run that overlaps
+                        // one that pruned this session meanwhile must not
+                        // send reads back to D1. An object written again
+                        // with the same bytes keeps its verification and
+                        // manifest; new bytes need both again.
+                        "INSERT INTO archives (session_id, key, quarter, started_ms, points, bytes, \
                          sha256, verified, pruned, manifested, archived_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, 0, ?8)",
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, 0, ?8) \
+                         ON CONFLICT (session_id) DO UPDATE SET key = excluded.key, \
+                         quarter = excluded.quarter, started_ms = excluded.started_ms, \
+                         points = excluded.points, bytes = excluded.bytes, \
+                         verified = CASE WHEN archives.sha256 = excluded.sha256 \
+                         THEN archives.verified ELSE 0 END, \
+                         manifested = CASE WHEN archives.sha256 = excluded.sha256 \
+                         THEN archives.manifested ELSE 0 END, \
+                         sha256 = excluded.sha256, archived_at = excluded.archived_at",
                         vec![
                             Value::from(self.id.as_str()),
                             Value::from(key.as_str()),

@@ -136,6 +136,10 @@ pub struct Report {
     /// Sessions left for later because D1 does not hold all their points
     /// yet (a flush still pending).
     pub deferred: u32,
+    /// Sessions left unarchived because reading one takes more round trips
+    /// than a run's budget (`LIFECYCLE_MAX_CALLS`); they do not hold back
+    /// the others' archives or any pruning.
+    pub oversized: u32,
     /// Whether all work due at `now` is done; `false` when the run stopped
     /// at its budget.
     pub complete: bool,
@@ -154,13 +158,17 @@ pub fn cutoff_ms(now: Millis, months: u32) -> Millis {
 
 /// All lifecycle work due at `now` that the budget of
 /// [`LifecycleConfig::max_calls`] round trips allows: moves, then
-/// archives, then pruning, each step only once the one before is complete.
+/// archives, then pruning. Archiving and pruning start only once the moves
+/// are complete; pruning (of archives already verified) runs whatever is
+/// left of archiving, with what is left of the budget.
 /// Done with the run's [`Report`].
 #[derive(Debug)]
 pub struct Run {
     now: Millis,
     cfg: LifecycleConfig,
     report: Report,
+    // Whether the archive step finished all it had.
+    archived_all: bool,
     stage: Stage,
 }
 
@@ -179,6 +187,7 @@ impl Run {
             now,
             cfg: *cfg,
             report: Report::default(),
+            archived_all: false,
             stage: Stage::Moves(Moves::new(now, cfg.move_chunk, Budget::new(cfg.max_calls))),
         }
     }
@@ -205,7 +214,8 @@ impl Driver for Run {
                         self.report.archived = a.archived;
                         self.report.manifests = a.manifests;
                         self.report.deferred = a.deferred;
-                        (complete, a.budget)
+                        self.report.oversized = a.oversized;
+                        (complete && a.oversized == 0, a.budget)
                     }
                 },
                 Stage::Prune(p) => match p.poll()? {
@@ -222,16 +232,20 @@ impl Driver for Run {
                     self.now,
                     cutoff_ms(self.now, self.cfg.archive_after_months),
                     budget,
+                    self.cfg.max_calls,
                 )),
-                (Stage::Archive(_), true) => Stage::Prune(Prune::new(
-                    cutoff_ms(self.now, self.cfg.detail_retention_months),
-                    self.cfg.prune_chunk,
-                    budget,
-                )),
+                (Stage::Archive(_), _) => {
+                    self.archived_all = complete;
+                    Stage::Prune(Prune::new(
+                        cutoff_ms(self.now, self.cfg.detail_retention_months),
+                        self.cfg.prune_chunk,
+                        budget,
+                    ))
+                }
                 _ => {
                     self.stage = Stage::Done;
                     let mut report = std::mem::take(&mut self.report);
-                    report.complete = complete;
+                    report.complete = complete && self.archived_all;
                     return Ok(Poll::Done(report));
                 }
             };

@@ -2,8 +2,12 @@
 //! points of archived sessions whose start month is
 //! `DETAIL_RETENTION_MONTHS` or more back are deleted.
 //!
-//! For each verified archive past the cutoff: read the object back from R2
-//! and check count and checksum again; then set `pruned` 1 (reads now go
+//! For each verified archive past the cutoff: compare it with what D1
+//! holds now (count and highest seq of the session's points; a flush that
+//! landed after the archive was written makes D1 hold more, and the
+//! archive is then set unverified, so the archive step writes it again,
+//! manifest included, before anything is deleted); read the object back
+//! from R2 and check count and checksum again; then set `pruned` 1 (reads now go
 //! to the archive), delete the session's points from every points table in
 //! chunks, and set `pruned` 2. Sessions rows and metrics stay. An object
 //! that is not what was recorded is set unverified instead, so the archive
@@ -40,6 +44,9 @@ enum State {
     Listed,
     Existing,
     NextArchive,
+    // Count the session's points in D1 against the archive.
+    Check(String),
+    Checked(String),
     // The object read back for its check.
     ReadBack(String),
     // The object failed its check and is set unverified.
@@ -69,6 +76,10 @@ pub struct Prune {
     pub budget: Budget,
     /// Sessions whose D1 points were deleted.
     pub pruned: u32,
+    // Whether an archive was set unverified: it is written again by the
+    // next run's archive step, and pruned after, so this run is not the
+    // end of the work.
+    unverified: bool,
     ex: Existing,
     due: VecDeque<Due>,
     spans: VecDeque<Span>,
@@ -86,6 +97,7 @@ impl Prune {
             chunk: prune_chunk,
             budget,
             pruned: 0,
+            unverified: false,
             ex: Existing::default(),
             due: VecDeque::new(),
             spans: VecDeque::new(),
@@ -121,7 +133,7 @@ impl Driver for Prune {
                 State::Listed => {
                     let rows = first_rows(answer)?;
                     if rows.is_empty() {
-                        return Ok(Poll::Done(true));
+                        return Ok(Poll::Done(!self.unverified));
                     }
                     self.due = rows
                         .iter()
@@ -149,14 +161,45 @@ impl Driver for Prune {
                         self.state = State::Start;
                         continue;
                     };
-                    if d.pruned != 0 {
-                        self.state = State::Months(d.id);
-                        continue;
-                    }
-                    if !self.budget.take(2) {
+                    self.state = State::Months(d.id);
+                }
+                State::Check(id) => {
+                    // The check, the read back and the mark.
+                    if !self.budget.take(3) {
                         return Ok(Poll::Done(false));
                     }
-                    return self.io(State::ReadBack(d.id), Io::Get(d.key));
+                    if self.spans.is_empty() {
+                        let key = self.due.front().ok_or_else(finished)?.key.clone();
+                        return self.io(State::ReadBack(id), Io::Get(key));
+                    }
+                    let batch = self
+                        .spans
+                        .iter()
+                        .map(|s| {
+                            let t = TableKind::Points.table(*s);
+                            Statement::new(
+                                format!(
+                                    "SELECT count(*) AS n, coalesce(max(seq), 0) AS hi \
+                                     FROM {t} WHERE session_id = ?1"
+                                ),
+                                vec![Value::from(id.as_str())],
+                            )
+                        })
+                        .collect();
+                    return self.io(State::Checked(id), Io::Batch(batch));
+                }
+                State::Checked(id) => {
+                    let d = self.due.front().cloned().ok_or_else(finished)?;
+                    let (mut n, mut hi) = (0u64, 0u64);
+                    for r in rows(answer)?.iter().filter_map(|r| r.first()) {
+                        n += count(r, "n")?;
+                        hi = hi.max(count(r, "hi")?);
+                    }
+                    if n > d.points || hi > d.points {
+                        // Points reached D1 after the archive was written.
+                        return self.io(State::Unverified, one(unverify(&id)));
+                    }
+                    return self.io(State::ReadBack(id), Io::Get(d.key));
                 }
                 State::ReadBack(id) => {
                     let bytes = object(answer)?.unwrap_or_default();
@@ -164,11 +207,7 @@ impl Driver for Prune {
                     if verify(&bytes, d.points, &d.sha256).is_err() {
                         // The object is not what was recorded: archive it
                         // again (next run) before anything is deleted.
-                        let unverify = Statement::new(
-                            "UPDATE archives SET verified = 0 WHERE session_id = ?1",
-                            vec![Value::from(id.as_str())],
-                        );
-                        return self.io(State::Unverified, one(unverify));
+                        return self.io(State::Unverified, one(unverify(&id)));
                     }
                     let mark = Statement::new(
                         "UPDATE archives SET pruned = 1 WHERE session_id = ?1 AND pruned = 0",
@@ -178,12 +217,13 @@ impl Driver for Prune {
                 }
                 State::Unverified => {
                     rows(answer)?;
+                    self.unverified = true;
                     self.due.pop_front();
                     self.state = State::NextArchive;
                 }
                 State::Marked(id) => {
                     rows(answer)?;
-                    self.state = State::Months(id);
+                    self.state = State::NextChunk(id);
                 }
                 State::Months(id) => {
                     if !self.budget.take(1) {
@@ -202,7 +242,12 @@ impl Driver for Prune {
                     spans.sort();
                     spans.dedup();
                     self.spans = spans.into();
-                    self.state = State::NextChunk(id);
+                    let fresh = self.due.front().is_some_and(|d| d.pruned == 0);
+                    self.state = if fresh {
+                        State::Check(id)
+                    } else {
+                        State::NextChunk(id)
+                    };
                 }
                 State::NextChunk(id) => {
                     let Some(s) = self.spans.front().copied() else {
@@ -271,4 +316,13 @@ impl Driver for Prune {
     fn handle(&mut self, answer: Answer) {
         self.answer = Some(answer);
     }
+}
+
+// Sets an archive unverified, so the archive step writes it again before
+// anything is deleted; never one whose pruning has begun.
+fn unverify(id: &str) -> Statement {
+    Statement::new(
+        "UPDATE archives SET verified = 0 WHERE session_id = ?1 AND pruned = 0",
+        vec![Value::from(id)],
+    )
 }

@@ -3,6 +3,7 @@ use crate::data::partition::Statement;
 use crate::data::partition::{days_from_civil, DAY_MS};
 use crate::lifecycle::reads::EndedPoints;
 use crate::lifecycle::store::mem::{seed, sid, Kill, Mem};
+use serde_json::Value;
 
 pub(crate) fn ms(y: i64, m: u32, d: u32) -> Millis {
     days_from_civil(y, m, d) * DAY_MS
@@ -336,4 +337,127 @@ fn a_driver_fails_on_an_answer_that_is_not_to_its_request() {
         Poll::Io(io) => panic!("{io:?}"),
     }
     assert!(r.poll().is_err(), "polled after it was done");
+}
+
+fn archive_row(m: &Mem, id: &str) -> Value {
+    crate::lifecycle::store::mem::run(
+        &m.db,
+        &Statement::new(
+            "SELECT points, verified, pruned FROM archives WHERE session_id = ?1",
+            vec![Value::from(id)],
+        ),
+    )
+    .unwrap()
+    .into_iter()
+    .next()
+    .expect("an archives row")
+}
+
+#[test]
+fn points_that_reach_d1_after_the_archive_survive_pruning() {
+    let m = Mem::new();
+    let start = ms(2024, 2, 3);
+    let id = sid(start, 1);
+    let ts: Vec<Millis> = (1..=3).map(|k| start + k * 1000).collect();
+    seed(&m, &id, "alice", &[], &ts, true, start);
+    let cfg = LifecycleConfig::default();
+    // Archived (a year old), not yet pruned (two years).
+    run_until_complete(&m, ms(2025, 6, 15), &cfg);
+    assert_eq!(archive_row(&m, &id)["points"], 3);
+    // A flush backlog lands after the archive: two more points, the row's
+    // count with them.
+    let late: Vec<Millis> = (4..=5).map(|k| start + k * 1000).collect();
+    for (i, t) in late.iter().enumerate() {
+        m.db.execute_batch(&format!(
+            "INSERT INTO session_points_2024 (session_id, seq, user_id, kind, value, ts) \
+             VALUES ('{id}', {}, 'alice', 'k', 1, {t})",
+            i + 4
+        ))
+        .unwrap();
+    }
+    m.db.execute_batch(&format!(
+        "UPDATE sessions_2024 SET point_count = 5 WHERE id = '{id}'"
+    ))
+    .unwrap();
+    let reports = run_until_complete(&m, ms(2026, 7, 15), &cfg);
+    assert!(reports.iter().map(|r| r.archived).sum::<u32>() >= 1);
+    let row = archive_row(&m, &id);
+    assert_eq!(
+        (row["points"].clone(), row["pruned"].clone()),
+        (5.into(), 2.into())
+    );
+    let all: Vec<Millis> = ts.iter().chain(&late).copied().collect();
+    assert_eq!(read_all(&m, &id), expected(&all));
+}
+
+#[test]
+fn an_archive_run_overlapping_a_prune_never_lowers_pruned() {
+    let m = Mem::new();
+    let start = ms(2024, 2, 3);
+    let id = sid(start, 1);
+    let ts: Vec<Millis> = (1..=4).map(|k| start + k * 1000).collect();
+    seed(&m, &id, "alice", &[], &ts, true, start);
+    let now = ms(2026, 7, 15);
+    // The moves alone first, so both runs below see the same tables.
+    let moves_only = LifecycleConfig {
+        archive_after_months: 1000,
+        detail_retention_months: 1000,
+        ..LifecycleConfig::default()
+    };
+    run_until_complete(&m, now, &moves_only);
+    // A slow run has read the points and is about to write the object.
+    let mut slow = archive::Archive::new(now, cutoff_ms(now, 12), Budget::new(1000), 1000);
+    loop {
+        match slow.poll().unwrap() {
+            Poll::Io(io @ crate::lifecycle::store::Io::Put { .. }) => {
+                // Meanwhile another run archives and prunes the session.
+                run_until_complete(&m, now, &LifecycleConfig::default());
+                assert_eq!(archive_row(&m, &id)["pruned"], 2);
+                slow.handle(m.call(io).unwrap());
+                break;
+            }
+            Poll::Io(io) => slow.handle(m.call(io).unwrap()),
+            Poll::Done(_) => panic!("the slow run wrote nothing"),
+        }
+    }
+    m.drive(slow).unwrap();
+    let row = archive_row(&m, &id);
+    assert_eq!(
+        (row["verified"].clone(), row["pruned"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(read_all(&m, &id), expected(&ts));
+}
+
+#[test]
+fn a_session_too_large_for_a_run_holds_back_no_other() {
+    let m = Mem::new();
+    let big_start = ms(2024, 2, 3);
+    let big = sid(big_start, 1);
+    let big_ts: Vec<Millis> = (1..=25_000).map(|k| big_start + k * 10).collect();
+    seed(&m, &big, "alice", &[], &big_ts, true, big_start);
+    let small_start = ms(2024, 3, 3);
+    let small = sid(small_start, 2);
+    let small_ts: Vec<Millis> = (1..=5).map(|k| small_start + k * 1000).collect();
+    seed(&m, &small, "alice", &[], &small_ts, true, small_start);
+    let cfg = LifecycleConfig {
+        max_calls: 20,
+        ..LifecycleConfig::default()
+    };
+    let now = ms(2026, 7, 15);
+    let mut pruned = 0;
+    let mut last = Report::default();
+    for _ in 0..50 {
+        last = m.drive(Run::new(now, &cfg)).unwrap();
+        pruned += last.pruned;
+        if last.oversized > 0 && last.pruned == 0 && last.archived == 0 && last.moved.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pruned, 1, "{last:?}");
+    assert_eq!(archive_row(&m, &small)["pruned"], 2);
+    assert_eq!(last.oversized, 1);
+    assert!(!last.complete);
+    assert_eq!(read_all(&m, &small), expected(&small_ts));
+    assert_eq!(read_all(&m, &big).len(), big_ts.len());
 }
