@@ -126,6 +126,7 @@ impl DurableObject for ActiveSessionDO {
             waiting_max_bytes: usize::try_from(t.waiting_bytes_max).unwrap_or(usize::MAX),
             units_idle_ms: t.units_idle_ms,
             units_settle_ms: t.units_settle_ms,
+            max_kinds: usize::try_from(t.max_kinds).unwrap_or(usize::MAX),
             ended_retention_ms: LifecycleConfig::from_vars(|k| http::var(&env, k))
                 .map(|c| c.ended_retention_ms.max(0) as u64)
                 .unwrap_or_else(|e| {
