@@ -133,6 +133,10 @@ impl ActiveSessionDO {
                 "D1 failure injected for tests".into(),
             ));
         }
+        #[cfg(feature = "test-faults")]
+        if crate::faults::d1_slow() {
+            worker::Delay::from(std::time::Duration::from_millis(crate::faults::D1_SLOW_MS)).await;
+        }
         let points = self.flush_points(job.batch)?;
         let plan = d1::plan(
             &job.meta.record(job.point_count),
