@@ -409,17 +409,32 @@ impl ActiveSessionDO {
             c.caller_plan(&caller.user, &caller.plan, &self.plans);
             c.append(&caller.user, batch.points, now_ms(), &mut SqlIds(sql))
         })??;
-        let later = self.run_sync()?;
-        let ready = self.answers.borrow_mut().ready.remove(&id);
-        if let Some(answer) = ready {
-            // The points are stored (or the batch refused): answer now. The
-            // flush and the rest wait in `later` for `finish`, which
-            // `src/entry.mjs` runs after the answer.
+        let mut later = self.run_sync()?;
+        loop {
             if let Some(e) = &later.failed {
                 log_error(e);
             }
-            self.later.borrow_mut().merge(later);
-            return http::json(200, &PointsAccepted { seqs: answer? });
+            let ready = self.answers.borrow_mut().ready.remove(&id);
+            if let Some(answer) = ready {
+                // The points are stored (or the batch refused): answer now.
+                // The flush and the rest wait for `finish`, which
+                // `src/entry.mjs` runs after the answer.
+                self.later.borrow_mut().merge(later);
+                return http::json(200, &PointsAccepted { seqs: answer? });
+            }
+            if later.reserves.is_empty() && later.plans.is_empty() {
+                break;
+            }
+            // Only a reservation or the owner's plan can bring the answer.
+            for (owner, plan, want) in std::mem::take(&mut later.reserves) {
+                self.reserve(&owner, &plan, want).await?;
+            }
+            for owner in std::mem::take(&mut later.plans) {
+                self.ask_plan(&owner).await?;
+            }
+            let next = self.run_sync()?;
+            later.failed = next.failed.clone();
+            later.merge(next);
         }
         // Granted units are kept even when the batch is refused.
         let ran = self.run_later(later).await;
