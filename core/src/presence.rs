@@ -752,11 +752,11 @@ mod tests {
             }
             let state = drain(&mut user)
                 .into_iter()
-                .filter_map(|d| match d {
+                .rev()
+                .find_map(|d| match d {
                     Decision::Publish(s) => Some(s),
                     _ => None,
                 })
-                .last()
                 .unwrap();
             let name = format!("u{i}");
             assert!(shard.publish(&name, state.clone(), &mut |_| None));
