@@ -6,7 +6,8 @@
 //   runtime CPU of an RPC call carrying the same data (see `http::Hop`).
 // - ActiveSessionDO takes a WebSocket frame synchronously (`frame`) and
 //   returns a promise only when something is left to wait for (`finish`):
-//   most frames need none.
+//   most frames need none. A request's answer does not wait for what it
+//   left (a points batch's flush to D1): `finish` runs after it.
 import { DurableObject } from "cloudflare:workers";
 import * as rust from "../build/index.js";
 
@@ -47,8 +48,13 @@ export class ActiveSessionDO extends DurableObject {
     super(ctx, env);
     this.rust = new rust.ActiveSessionDO(ctx, env);
   }
-  fetch(request) {
-    return this.rust.fetch(request);
+  async fetch(request) {
+    const response = await this.rust.fetch(request);
+    // An answered points batch may leave its flush to D1: it runs after
+    // the answer (the object stays up for it; the alarm retries a flush
+    // cut short).
+    if (this.rust.pending()) this.rust.finish();
+    return response;
   }
   alarm() {
     return this.rust.alarm();

@@ -10,6 +10,21 @@ use sesh_core::lifecycle::store::{Answer, Io, LifecycleError};
 
 static D1_FAILING: AtomicBool = AtomicBool::new(false);
 static PRESENCE_FAILING: AtomicBool = AtomicBool::new(false);
+static D1_SLOW: AtomicBool = AtomicBool::new(false);
+
+/// Makes every session flush to D1 take [`D1_SLOW_MS`] longer (`true`),
+/// so tests see what waits for a flush.
+pub fn set_d1_slow(on: bool) {
+    D1_SLOW.store(on, Ordering::SeqCst);
+}
+
+/// Whether session flushes are to be slow now.
+pub fn d1_slow() -> bool {
+    D1_SLOW.load(Ordering::SeqCst)
+}
+
+/// The delay of a slow flush.
+pub const D1_SLOW_MS: u64 = 3_000;
 
 /// Makes every D1 write fail (`true`) or work again (`false`).
 pub fn set_d1_failing(on: bool) {

@@ -216,6 +216,8 @@ pub struct Tuning {
     /// (`UNITS_SETTLE_MS`, default 1000), and within this long of being
     /// spent.
     pub units_settle_ms: u64,
+    /// Distinct point kinds a session holds (`MAX_KINDS`, default 1000).
+    pub max_kinds: u64,
 }
 
 impl Default for Tuning {
@@ -232,6 +234,7 @@ impl Default for Tuning {
             waiting_bytes_max: 1 << 20,
             units_idle_ms: 60_000,
             units_settle_ms: 1_000,
+            max_kinds: 1_000,
         }
     }
 }
@@ -258,6 +261,7 @@ impl Tuning {
             waiting_bytes_max: positive(&var, "WAITING_BYTES_MAX", d.waiting_bytes_max)?,
             units_idle_ms: positive(&var, "UNITS_IDLE_MS", d.units_idle_ms)?,
             units_settle_ms: positive(&var, "UNITS_SETTLE_MS", d.units_settle_ms)?,
+            max_kinds: positive(&var, "MAX_KINDS", d.max_kinds)?,
         })
     }
 }

@@ -406,11 +406,21 @@ pub fn shard_name(n: u32) -> String {
 /// which it answers their presence exactly as their own objects would
 /// (the status follows from the state and the clock alone). Users it was
 /// never told of were never seen: `offline`.
+///
+/// Memory holds only the users seen lately: one offline for longer than
+/// the TTL is evicted ([`ShardCore::evict`]), and storage, which keeps
+/// every published state, answers for it (`stored`), so its `lastSeen`
+/// stays exact. Nothing is loaded at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardCore {
     ttl: u64,
     users: std::collections::HashMap<String, PresenceCore>,
+    // The last sweep: one per TTL at most, as a sweep visits every user.
+    swept: Millis,
 }
+
+/// The state storage holds for a user the shard's memory does not.
+pub type StoredState<'a> = &'a mut dyn FnMut(&str) -> Option<PresenceState>;
 
 impl ShardCore {
     /// An empty shard under a TTL of `ttl` ms.
@@ -418,28 +428,53 @@ impl ShardCore {
         ShardCore {
             ttl,
             users: std::collections::HashMap::new(),
+            swept: Millis::MIN,
         }
     }
 
     /// Takes `state` as `user`'s presence unless a newer version is
-    /// already here; answers whether it was taken (and must be stored).
-    pub fn publish(&mut self, user: &str, state: PresenceState) -> bool {
-        match self.users.get(user) {
-            Some(cur) if cur.state.version >= state.version => false,
-            _ => {
-                self.users
-                    .insert(user.to_owned(), PresenceCore::new(self.ttl, state));
-                true
-            }
+    /// already here (in memory or in storage, `stored`); answers whether
+    /// it was taken (and must be stored).
+    pub fn publish(&mut self, user: &str, state: PresenceState, stored: StoredState) -> bool {
+        let newest = match self.users.get(user) {
+            Some(cur) => Some(cur.state.version),
+            None => stored(user).map(|s| s.version),
+        };
+        if newest.is_some_and(|v| v >= state.version) {
+            return false;
         }
+        self.users
+            .insert(user.to_owned(), PresenceCore::new(self.ttl, state));
+        true
     }
 
     /// The presence of `user` at `now`.
-    pub fn view(&self, user: &str, now: Millis) -> Presence {
+    pub fn view(&self, user: &str, now: Millis, stored: StoredState) -> Presence {
         match self.users.get(user) {
             Some(core) => core.view(user, now),
-            None => PresenceCore::new(self.ttl, PresenceState::default()).view(user, now),
+            None => PresenceCore::new(self.ttl, stored(user).unwrap_or_default()).view(user, now),
         }
+    }
+
+    /// Drops from memory every user offline for longer than the TTL at
+    /// `now` (storage still answers for them), at most once per TTL.
+    pub fn evict(&mut self, now: Millis) {
+        let ttl = self.ttl;
+        if now.saturating_sub(self.swept) < ttl as Millis {
+            return;
+        }
+        self.swept = now;
+        self.users.retain(|_, c| {
+            c.present(now)
+                || c.state
+                    .last_seen
+                    .is_some_and(|t| now.saturating_sub(t) <= ttl as Millis)
+        });
+    }
+
+    /// How many users memory holds.
+    pub fn held(&self) -> usize {
+        self.users.len()
     }
 }
 
@@ -681,17 +716,69 @@ mod tests {
                 .expect("a stored change is published")
         };
         user.heartbeat(Some(HeartbeatStatus::Away), Some("run".into()), T0);
-        assert!(shard.publish("u", published(&mut user)));
+        assert!(shard.publish("u", published(&mut user), &mut |_| None));
         user.connect("c1", "s1", T0 + 10);
         let newer = published(&mut user);
         user.disconnect("c1", T0 + 20);
-        assert!(shard.publish("u", published(&mut user)));
-        assert!(!shard.publish("u", newer), "an older publication loses");
+        assert!(shard.publish("u", published(&mut user), &mut |_| None));
+        assert!(
+            !shard.publish("u", newer, &mut |_| None),
+            "an older publication loses"
+        );
         for now in [T0 + 20, T0 + 4_000, T0 + 59_999, T0 + 60_000, T0 + 90_000] {
-            assert_eq!(shard.view("u", now), user.view("u", now), "at {now}");
+            assert_eq!(
+                shard.view("u", now, &mut |_| None),
+                user.view("u", now),
+                "at {now}"
+            );
         }
-        assert_eq!(shard.view("nobody", T0).status, PresenceStatus::Offline);
-        assert_eq!(shard.view("nobody", T0).last_seen, None);
+        assert_eq!(
+            shard.view("nobody", T0, &mut |_| None).status,
+            PresenceStatus::Offline
+        );
+        assert_eq!(shard.view("nobody", T0, &mut |_| None).last_seen, None);
+    }
+
+    #[test]
+    fn shards_evict_users_offline_beyond_the_ttl_and_storage_answers_for_them() {
+        let mut shard = ShardCore::new(TTL);
+        let mut store: BTreeMap<String, PresenceState> = BTreeMap::new();
+        let mut users = Vec::new();
+        for i in 0..50 {
+            let mut user = PresenceCore::new(TTL, PresenceState::default());
+            user.connect("c", "s", T0 + i);
+            if i % 2 == 0 {
+                user.disconnect("c", T0 + i + 1);
+            }
+            let state = drain(&mut user)
+                .into_iter()
+                .rev()
+                .find_map(|d| match d {
+                    Decision::Publish(s) => Some(s),
+                    _ => None,
+                })
+                .unwrap();
+            let name = format!("u{i}");
+            assert!(shard.publish(&name, state.clone(), &mut |_| None));
+            store.insert(name.clone(), state);
+            users.push((name, user));
+        }
+        assert_eq!(shard.held(), 50);
+        let later = T0 + 3 * TTL as Millis;
+        shard.evict(later);
+        assert_eq!(shard.held(), 25, "only the connected users stay");
+        let mut stored = |u: &str| store.get(u).cloned();
+        for (name, user) in &users {
+            assert_eq!(
+                shard.view(name, later, &mut stored),
+                user.view(name, later),
+                "{name}"
+            );
+        }
+        // An older publication of an evicted user still loses to storage.
+        let mut old = store["u0"].clone();
+        old.version = 0;
+        assert!(!shard.publish("u0", old, &mut stored));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! denied check consumes nothing.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::rc::Rc;
 
@@ -237,15 +238,18 @@ impl QuotaState {
     /// A session settles units it reserved on the UTC day starting at
     /// `day`: `used` of them recorded points, `returned` go back. Units of a
     /// day that has passed go back to that day, which no longer counts.
-    pub fn settle(&mut self, plan: &Plan, day: Millis, used: u64, returned: u64, now: Millis) {
-        let (_, bounds) = self.calendar(plan, Resource::Points, now);
-        roll(&mut self.points, bounds.0);
+    /// Points counters are per UTC day whatever the plan, so settling
+    /// needs none: a plan removed from `PLANS` cannot wedge a settlement.
+    /// Answers whether it changed the day's counters.
+    pub fn settle(&mut self, day: Millis, used: u64, returned: u64, now: Millis) -> bool {
+        roll(&mut self.points, day_bounds(now).0);
         if self.points.start != day {
-            return;
+            return false;
         }
         let c = &mut self.points;
         c.reserved = c.reserved.saturating_sub(used.saturating_add(returned));
         c.used = c.used.saturating_sub(returned);
+        true
     }
 
     /// The state of `res` now, without taking anything.
@@ -422,6 +426,20 @@ pub struct QuotaCore {
     pub state: QuotaState,
     /// The plan of the subject's last charge or check.
     pub last_plan: Option<String>,
+    /// The settlements applied (id to the UTC day they settled), each
+    /// applied once however often it is delivered. Only today's are kept:
+    /// a settlement of a past day changes nothing anyway.
+    pub settled: BTreeMap<String, Millis>,
+}
+
+/// What a settlement did, for the object to store with the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The id is new: store it as applied on `day`.
+    pub record: Option<Millis>,
+    /// Ids of days before this one (ms at the day's start) can be
+    /// forgotten.
+    pub forget_before: Millis,
 }
 
 /// The outcome of one operation: its answer, and whether the state
@@ -580,20 +598,31 @@ impl QuotaCore {
     }
 
     /// A session settles units it reserved on the UTC day starting at
-    /// `day`: `used` recorded points, `returned` go back.
+    /// `day`: `used` recorded points, `returned` go back. `id` names the
+    /// settlement (the session's outbox entry): a redelivery of an applied
+    /// one changes nothing. No plan is needed.
     pub fn settle(
         &mut self,
-        plans: &Plans,
-        name: &str,
+        id: &str,
         day: Millis,
         used: u64,
         returned: u64,
         now: Millis,
-    ) -> Result<Applied<()>, QuotaError> {
-        let before = self.state;
-        let plan = Self::plan(plans, name)?;
-        self.state.settle(&plan, day, used, returned, now);
-        Ok(self.applied(before, false, ()))
+    ) -> Applied<Settled> {
+        let today = day_bounds(now).0;
+        self.settled.retain(|_, d| *d >= today);
+        let fresh = !self.settled.contains_key(id);
+        let record = (fresh && self.state.settle(day, used, returned, now)).then_some(day);
+        if let Some(d) = record {
+            self.settled.insert(id.to_owned(), d);
+        }
+        Applied {
+            changed: record.is_some(),
+            answer: Settled {
+                record,
+                forget_before: today,
+            },
+        }
     }
 
     /// The plan the subject was last seen under (`free` if never).

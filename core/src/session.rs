@@ -152,6 +152,9 @@ pub struct Config {
     /// Stored points between two checkpoints of the stats (a wake-up
     /// counts at most about this many points after the last one).
     pub stats_every: u64,
+    /// Distinct kinds of valued points a session holds (`MAX_KINDS`): the
+    /// stats, every checkpoint and every GET answer grow with them.
+    pub max_kinds: usize,
     /// Client ids remembered in memory; older ones are looked up.
     pub id_cache: usize,
     /// An ended session's storage is deleted this long after the end, once
@@ -179,6 +182,7 @@ impl Default for Config {
             units_idle_ms: 60_000,
             units_settle_ms: 1_000,
             stats_every: 100,
+            max_kinds: 1_000,
             id_cache: 10_000,
             ended_retention_ms: 7 * 86_400_000,
         }
@@ -855,6 +859,22 @@ impl SessionCore {
                 "ts lies more than 24 hours ahead of server time".into(),
             ));
         }
+        self.check_kinds(std::slice::from_ref(p))
+    }
+
+    // The kinds the session holds are capped: points that would take it
+    // beyond `max_kinds` are refused (a batch whole).
+    fn check_kinds(&self, points: &[NewPoint]) -> Result<(), SessionError> {
+        let valued = points
+            .iter()
+            .filter(|p| p.value.is_some())
+            .map(|p| p.kind.as_str());
+        if self.st.stats.kinds() + self.st.stats.new_kinds(valued) > self.cfg.max_kinds {
+            return Err(SessionError::Validation(format!(
+                "the session holds its most kinds ({}); no further kind is taken",
+                self.cfg.max_kinds
+            )));
+        }
         Ok(())
     }
 
@@ -1016,6 +1036,7 @@ impl SessionCore {
                 other => other,
             })?;
         }
+        self.check_kinds(&points)?;
         let id = self.next_batch;
         self.next_batch += 1;
         self.batches.push_back(Batch {
@@ -1041,6 +1062,11 @@ impl SessionCore {
                     None => true,
                 };
                 need += u64::from(new);
+            }
+            // Points numbered while this batch waited may have taken kinds.
+            if let Err(e) = self.check_kinds(&b.points) {
+                self.answer(b.id, Err(e));
+                continue;
             }
             let have = self.st.units.spendable(now);
             if need > have {

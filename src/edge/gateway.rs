@@ -320,7 +320,7 @@ impl Gateway<'_> {
         created
     }
 
-    /// Test builds only: the D1 fault switch, the lifecycle hang
+    /// Test builds only: the D1 fault switch (`d1=fail` or `d1=slow`), the lifecycle hang
     /// (`/__test/hang?after=N` arms it, every call answers whether a run
     /// is stopped at it), a route that runs one SQL statement on D1, so
     /// integration tests can see what reached D1, and one that lists the
@@ -331,13 +331,15 @@ impl Gateway<'_> {
             "/__test/faults" => {
                 let on = url.query_pairs().any(|(k, v)| k == "d1" && v == "fail");
                 crate::faults::set_d1_failing(on);
+                let slow = url.query_pairs().any(|(k, v)| k == "d1" && v == "slow");
+                crate::faults::set_d1_slow(slow);
                 let presence = url
                     .query_pairs()
                     .any(|(k, v)| k == "presence" && v == "fail");
                 crate::faults::set_presence_failing(presence);
                 Some(http::json(
                     200,
-                    &serde_json::json!({"d1Failing": on, "presenceFailing": presence}),
+                    &serde_json::json!({"d1Failing": on, "d1Slow": slow, "presenceFailing": presence}),
                 ))
             }
             "/__test/hang" => {

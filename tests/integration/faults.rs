@@ -32,8 +32,70 @@ async fn d1_table_exists(base: &str) -> bool {
 pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     "faults",
     sigkill_after_acks_loses_nothing_and_seq_goes_on,
-    d1_failures_keep_points_pending_until_they_land_once
+    d1_failures_keep_points_pending_until_they_land_once,
+    an_http_batch_that_completes_a_flush_batch_is_answered_before_the_flush
 );
+
+async fn set_d1_slow_at(base: &str, slow: bool) {
+    let q = if slow { "slow" } else { "ok" };
+    let a = call_at(
+        base,
+        "POST",
+        &format!("/__test/faults?d1={q}"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "fault switch: {}", a.text);
+}
+
+async fn an_http_batch_that_completes_a_flush_batch_is_answered_before_the_flush() {
+    // Flushes are due by batch size only (FLUSH_BATCH 10), and each one
+    // takes `D1_SLOW_MS` longer (the Worker's `faults::D1_SLOW_MS`).
+    const D1_SLOW_MS: u64 = 3_000;
+    let server = tokio::task::spawn_blocking(|| Server::start(&[("FLUSH_INTERVAL_MS", "600000")]))
+        .await
+        .unwrap();
+    let base = server.base.clone();
+    let a = unique("a");
+    let t = user_token(&a, "pro");
+    let id = create_session_at(&base, &t, &[]).await;
+    set_d1_slow_at(&base, true).await;
+    let points: Vec<Value> = (0..10)
+        .map(|i| json!({"kind": "k", "id": format!("p{i}")}))
+        .collect();
+    let started = std::time::Instant::now();
+    let r = call_at(
+        &base,
+        "POST",
+        &format!("/v1/sessions/{id}/points"),
+        Some(&t),
+        Some(json!({ "points": points }).to_string().into_bytes()),
+        &[],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["seqs"].as_array().map(Vec::len), Some(10));
+    assert!(
+        took.as_millis() < u128::from(D1_SLOW_MS) / 2,
+        "the answer waited for the flush: {took:?}"
+    );
+    set_d1_slow_at(&base, false).await;
+    // The flush still lands, after the answer.
+    let mut seqs = Vec::new();
+    for _ in 0..50 {
+        if d1_table_exists(&base).await {
+            seqs = d1_seqs(&base, &id).await;
+            if seqs.len() == 10 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+}
 
 async fn sigkill_after_acks_loses_nothing_and_seq_goes_on() {
     let mut server = tokio::task::spawn_blocking(|| Server::start(&[("PRESENCE_TTL_MS", "1500")]))

@@ -72,6 +72,7 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     seats_per_user_refuse_a_fourth_socket_before_the_upgrade,
     the_exact_ping_is_answered_by_the_runtime_and_others_too,
     a_ts_more_than_a_day_ahead_is_validation_failed,
+    kinds_beyond_max_kinds_are_validation_failed_and_a_batch_is_refused_whole,
     the_points_quota_refusal_carries_retry_after_until_the_next_utc_day,
     started_at_lies_in_the_month_of_the_id,
     live_stats_are_in_the_session_object,
@@ -281,6 +282,49 @@ async fn a_ts_more_than_a_day_ahead_is_validation_failed() {
     )
     .await;
     assert_eq!(r.body, json!({"seqs": [1]}), "{}", r.text);
+}
+
+async fn kinds_beyond_max_kinds_are_validation_failed_and_a_batch_is_refused_whole() {
+    let a = unique("a");
+    let id = session(&a, &[]).await;
+    let t = user_token(&a, "pro");
+    let url = format!("/v1/sessions/{id}/points");
+    // The default MAX_KINDS: 1000 kinds, in batches of 100.
+    for b in 0..10 {
+        let points: Vec<Value> = (0..100)
+            .map(|i| json!({"kind": format!("k{}", b * 100 + i), "value": 1}))
+            .collect();
+        let r = post(&url, &t, &json!({ "points": points })).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = post(
+        &url,
+        &t,
+        &json!({"points": [{"kind": "k1", "value": 2}, {"kind": "new", "value": 1}]}),
+    )
+    .await;
+    r.assert_error(422, "validation_failed");
+    let g = get(&format!("/v1/sessions/{id}"), &t).await;
+    assert_eq!(g.body["lastSeq"], 1000, "nothing of the batch is stored");
+    assert_eq!(g.body["stats"]["k1"]["count"], 1);
+    assert_eq!(g.body["stats"].as_object().map(|m| m.len()), Some(1000));
+    let mut ws = join_at(base(), &id, &a).await;
+    ws.send(&json!({"type": "point", "id": "f", "kind": "other", "value": 1}))
+        .await;
+    let f = ws.frame().await;
+    assert_eq!(
+        (f["code"].as_str(), f["ref"].as_str()),
+        (Some("validation_failed"), Some("f")),
+        "{f}"
+    );
+    // Known kinds, and points without a value, go on.
+    let r = post(
+        &url,
+        &t,
+        &json!({"points": [{"kind": "k5", "value": 2}, {"kind": "plain"}]}),
+    )
+    .await;
+    assert_eq!(r.body, json!({"seqs": [1001, 1002]}), "{}", r.text);
 }
 
 async fn the_points_quota_refusal_carries_retry_after_until_the_next_utc_day() {

@@ -53,8 +53,9 @@ pub enum QuotaCall {
     /// A session settles units it reserved: `used` recorded points,
     /// `returned` go back to the UTC day they came from.
     Settle {
-        /// The owner's plan.
-        plan: String,
+        /// The settlement's id, unique for ever (the session's id and its
+        /// outbox entry): the quota applies each id once.
+        id: String,
         /// The UTC day of the reservation (ms at its start).
         day: Millis,
         /// Units that recorded points.
@@ -121,7 +122,7 @@ mod tests {
                 want: 3200,
             },
             QuotaCall::Settle {
-                plan: "pro".into(),
+                id: "s1:4".into(),
                 day: 1_764_460_800_000,
                 used: 3,
                 returned: 10,

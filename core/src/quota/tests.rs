@@ -137,7 +137,7 @@ fn refund_and_reserve_of_counters() {
     assert_eq!(s.reserve(&free, 9_990, T0), (9_990, day));
     assert_eq!(s.reserve(&free, 100, T0), (10, day), "what remains");
     assert_eq!(s.reserve(&free, 100, T0), (0, day));
-    s.settle(&free, day, 0, 10_000, T0);
+    s.settle(day, 0, 10_000, T0);
     let d = s.check(&free, Resource::Points, 9_960, T0);
     assert!(d.allowed);
     let d = s.refund(&free, Resource::Points, 40, T0);
@@ -158,7 +158,7 @@ fn reserved_units_are_shown_apart_and_settle_to_their_day() {
         (0, Some(200), Some(9_800))
     );
     // 30 recorded, 170 back.
-    s.settle(&free, day, 30, 170, T0);
+    s.settle(day, 30, 170, T0);
     let u = s.usage(&free, Resource::Points, T0);
     assert_eq!(
         (u.used, u.reserved, u.remaining),
@@ -167,7 +167,7 @@ fn reserved_units_are_shown_apart_and_settle_to_their_day() {
     // Units of yesterday go back to yesterday: today's count is untouched.
     assert_eq!(s.reserve(&free, 100, T0).0, 100);
     s.check(&free, Resource::Points, 5, DEC_1);
-    s.settle(&free, day, 0, 100, DEC_1);
+    s.settle(day, 0, 100, DEC_1);
     let u = s.usage(&free, Resource::Points, DEC_1);
     assert_eq!((u.used, u.reserved), (5, Some(0)));
     assert_eq!(s.usage(&free, Resource::Api, T0).reserved, None);
@@ -292,10 +292,9 @@ fn reservations_settle_through_the_core() {
     let r = core.reserve(&plans, "free", 100, T0).unwrap();
     assert!(r.changed);
     assert_eq!(r.answer.granted, 100);
-    let s = core
-        .settle(&plans, "free", r.answer.day, 40, 60, T0)
-        .unwrap();
+    let s = core.settle("s:1", r.answer.day, 40, 60, T0);
     assert!(s.changed);
+    assert_eq!(s.answer.record, Some(r.answer.day));
     assert_eq!(
         (core.state.points.used, core.state.points.reserved),
         (40, 0)
@@ -307,4 +306,50 @@ fn reservations_settle_through_the_core() {
     assert!(!view.changed);
     assert_eq!(view.answer.points.used, 40);
     assert_eq!(view.answer.subject, "u");
+}
+
+#[test]
+fn a_settlement_is_applied_once_however_often_it_is_delivered() {
+    let plans = Plans::default();
+    let mut core = QuotaCore::default();
+    let r = core
+        .reserve(&plans, "free", 100, T0 - 60_000)
+        .unwrap()
+        .answer;
+    let first = core.settle("s:7", r.day, 10, 90, T0 - 60_000);
+    assert!(first.changed);
+    let used = core.state.points.used;
+    assert_eq!(used, 10);
+    // Redelivered (an answer lost, a restart): nothing changes, nothing to store.
+    let again = core.settle("s:7", r.day, 10, 90, T0 - 60_000);
+    assert!(!again.changed);
+    assert_eq!(again.answer.record, None);
+    assert_eq!(
+        core.state.points.used, used,
+        "returned is not credited twice"
+    );
+    // Another session's entry of the same number is another settlement.
+    let r2 = core.reserve(&plans, "free", 5, T0).unwrap().answer;
+    assert!(core.settle("t:7", r2.day, 0, 5, T0).changed);
+    assert_eq!(core.state.points.used, used);
+    // The next day forgets the past day's ids (their settlements change
+    // nothing any more).
+    let next = core.settle("u:1", DEC_1, 0, 0, DEC_1);
+    assert_eq!(next.answer.forget_before, DEC_1);
+    assert!(!core.settled.contains_key("s:7"));
+}
+
+#[test]
+fn settling_needs_no_plan() {
+    // The plan was removed from PLANS after the reservation: the
+    // settlement still lands (it names no plan).
+    let plans = Plans::default();
+    let mut core = QuotaCore::default();
+    let r = core.reserve(&plans, "pro", 50, T0).unwrap().answer;
+    let s = core.settle("s:1", r.day, 20, 30, T0);
+    assert!(s.changed);
+    assert_eq!(
+        (core.state.points.used, core.state.points.reserved),
+        (20, 0)
+    );
 }

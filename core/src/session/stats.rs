@@ -44,6 +44,22 @@ pub struct Checkpoint {
 }
 
 impl Stats {
+    /// How many of `kinds` (the kinds of valued points) are distinct and
+    /// not yet among the figures: what a batch would add to the session's
+    /// kinds.
+    pub fn new_kinds<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) -> usize {
+        kinds
+            .into_iter()
+            .filter(|k| !self.by_kind.contains_key(*k))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// The number of kinds with figures.
+    pub fn kinds(&self) -> usize {
+        self.by_kind.len()
+    }
+
     /// Figures as restored from storage: the checkpoint (`by_kind`, which
     /// counts through `mark`) and the valued points stored after it, in
     /// order.

@@ -924,6 +924,59 @@ fn stats_follow_what_was_stored() {
 }
 
 #[test]
+fn kinds_beyond_max_kinds_are_validation_failed_and_a_batch_holding_one_is_refused_whole() {
+    let cfg = Config {
+        max_kinds: 3,
+        ..Config::default()
+    };
+    let mut c = funded(created(meta(5), cfg));
+    c.join("c1", "owner", T0);
+    drain(&mut c);
+    let valued = |kind: &str| NewPoint {
+        value: Some(1.0),
+        ..NewPoint::new(kind)
+    };
+    assert_eq!(
+        http(
+            &mut c,
+            "bob",
+            vec![valued("a"), valued("b"), valued("a")],
+            T0
+        ),
+        Ok(vec![1, 2, 3])
+    );
+    // A batch of one known kind and two new ones: refused whole.
+    let e = http(
+        &mut c,
+        "bob",
+        vec![valued("a"), valued("c"), valued("d")],
+        T0,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ValidationFailed);
+    assert_eq!(c.view().summary.last_seq, 3, "nothing of it stored");
+    // Points without a value hold no kind; known kinds go on.
+    assert_eq!(
+        http(&mut c, "bob", vec![NewPoint::new("z"), valued("b")], T0),
+        Ok(vec![4, 5])
+    );
+    assert_eq!(
+        send_point(&mut c, "c1", r#"{"type":"point","kind":"c","value":2}"#, T0).map(|p| p.seq),
+        Some(6)
+    );
+    c.on_text(
+        "c1",
+        r#"{"type":"point","id":"x","kind":"d","value":2}"#,
+        T0,
+        &mut NoIds,
+    );
+    let got = deliver(&drain(&mut c), &["c1"]);
+    assert_eq!(got["c1"][0]["code"], "validation_failed");
+    assert_eq!(got["c1"][0]["ref"], "x");
+    assert_eq!(c.view().summary.stats.len(), 3);
+}
+
+#[test]
 fn bad_frames_get_error_frames_and_the_connection_stays() {
     let mut c = core();
     c.join("c1", "owner", T0);

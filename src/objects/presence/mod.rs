@@ -30,7 +30,6 @@ struct Row {
 
 #[derive(Deserialize)]
 struct ShardRow {
-    user_id: String,
     state: String,
 }
 
@@ -153,11 +152,19 @@ impl PresenceDO {
             }
             PresenceCall::Batch { users } => {
                 self.load_shard()?;
-                let shard = self.shard.borrow();
+                let mut shard = self.shard.borrow_mut();
                 let shard = shard
-                    .as_ref()
+                    .as_mut()
                     .ok_or_else(|| ApiError::Internal("shard not loaded".into()))?;
-                let views = users.iter().map(|u| shard.view(u, now)).collect();
+                shard.evict(now);
+                let mut failed = None;
+                let views = users
+                    .iter()
+                    .map(|u| shard.view(u, now, &mut |u| self.stored_shard_user(u, &mut failed)))
+                    .collect();
+                if let Some(e) = failed {
+                    return Err(e);
+                }
                 Ok(PresenceAnswer::Views(views))
             }
         }
@@ -188,7 +195,8 @@ impl PresenceDO {
         }
     }
 
-    /// A shard's users, loaded from its storage once per object lifetime.
+    /// A shard's table, made once per object lifetime; its users are read
+    /// when asked for (memory holds only the ones seen lately).
     fn load_shard(&self) -> Result<(), ApiError> {
         if self.shard.borrow().is_some() {
             return Ok(());
@@ -199,27 +207,54 @@ impl PresenceDO {
                 None,
             )
             .map_err(internal)?;
-        let rows: Vec<ShardRow> = self
-            .sql
-            .exec("SELECT user_id, state FROM shard_users", None)
-            .and_then(|c| c.to_array())
-            .map_err(internal)?;
-        let mut shard = ShardCore::new(self.ttl);
-        for r in rows {
-            let state = serde_json::from_str(&r.state).map_err(internal)?;
-            shard.publish(&r.user_id, state);
-        }
-        *self.shard.borrow_mut() = Some(shard);
+        *self.shard.borrow_mut() = Some(ShardCore::new(self.ttl));
         Ok(())
+    }
+
+    // The stored state of a user the shard's memory does not hold; a
+    // failed read is kept in `failed` for the caller to answer.
+    fn stored_shard_user(
+        &self,
+        user: &str,
+        failed: &mut Option<ApiError>,
+    ) -> Option<PresenceState> {
+        let read = || -> Result<Option<PresenceState>, ApiError> {
+            let rows: Vec<ShardRow> = self
+                .sql
+                .exec(
+                    "SELECT state FROM shard_users WHERE user_id = ?",
+                    vec![user.into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(internal)?;
+            match rows.into_iter().next() {
+                Some(r) => Ok(Some(serde_json::from_str(&r.state).map_err(internal)?)),
+                None => Ok(None),
+            }
+        };
+        match read() {
+            Ok(s) => s,
+            Err(e) => {
+                *failed = Some(e);
+                None
+            }
+        }
     }
 
     fn shard_publish(&self, user: &str, state: PresenceState) -> Result<(), ApiError> {
         self.load_shard()?;
         let text = serde_json::to_string(&state).map_err(internal)?;
+        let mut failed = None;
         let taken = match self.shard.borrow_mut().as_mut() {
-            Some(shard) => shard.publish(user, state),
+            Some(shard) => {
+                shard.evict(now_ms());
+                shard.publish(user, state, &mut |u| self.stored_shard_user(u, &mut failed))
+            }
             None => false,
         };
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if taken {
             self.sql
                 .exec(

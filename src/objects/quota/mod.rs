@@ -16,7 +16,13 @@ use crate::error::ApiError;
 use crate::time::{now_ms, Millis};
 use sesh_core::calls::{QuotaAnswer, QuotaCall};
 use sesh_core::config::Plans;
-use sesh_core::quota::{Applied, QuotaCore, QuotaError};
+use sesh_core::quota::{Applied, QuotaCore, QuotaError, Settled};
+
+#[derive(Deserialize)]
+struct SettledRow {
+    id: String,
+    day: f64,
+}
 
 #[derive(Deserialize)]
 struct Row {
@@ -74,9 +80,17 @@ impl QuotaDO {
         let core = guard
             .as_mut()
             .ok_or_else(|| ApiError::Internal("quota not loaded".into()))?;
-        let applied = apply(core, &caller.user, call, &self.plans, now_ms())?;
+        let mut settled = None;
+        let applied = apply(
+            core,
+            &caller.user,
+            call,
+            &self.plans,
+            now_ms(),
+            &mut settled,
+        )?;
         if applied.changed {
-            if let Err(e) = self.save(core) {
+            if let Err(e) = self.save(core, settled) {
                 // Memory must not run ahead of storage: read it again.
                 *guard = None;
                 return Err(e);
@@ -96,6 +110,21 @@ impl QuotaDO {
                 None,
             )
             .map_err(internal)?;
+        self.sql
+            .exec(
+                "CREATE TABLE IF NOT EXISTS settled (id TEXT PRIMARY KEY, day INTEGER NOT NULL)",
+                None,
+            )
+            .map_err(internal)?;
+        let settled: Vec<SettledRow> = self
+            .sql
+            .exec("SELECT id, day FROM settled", None)
+            .and_then(|c| c.to_array())
+            .map_err(internal)?;
+        let settled = settled
+            .into_iter()
+            .map(|r| (r.id, r.day as Millis))
+            .collect();
         let rows: Vec<Row> = self
             .sql
             .exec("SELECT state, plan FROM quota WHERE k = 0", None)
@@ -105,15 +134,37 @@ impl QuotaDO {
             Some(r) => QuotaCore {
                 state: serde_json::from_str(&r.state).map_err(internal)?,
                 last_plan: r.plan,
+                settled,
             },
-            None => QuotaCore::default(),
+            None => QuotaCore {
+                settled,
+                ..QuotaCore::default()
+            },
         };
         *self.core.borrow_mut() = Some(core);
         Ok(())
     }
 
-    fn save(&self, core: &QuotaCore) -> Result<(), ApiError> {
+    // The counters, and a settlement's id with them (the runtime commits
+    // the writes of one call together, before its answer leaves).
+    fn save(&self, core: &QuotaCore, settled: Option<(String, Settled)>) -> Result<(), ApiError> {
         let text = serde_json::to_string(&core.state).map_err(internal)?;
+        if let Some((id, s)) = settled {
+            self.sql
+                .exec(
+                    "DELETE FROM settled WHERE day < ?",
+                    vec![(s.forget_before as f64).into()],
+                )
+                .map_err(internal)?;
+            if let Some(day) = s.record {
+                self.sql
+                    .exec(
+                        "INSERT OR IGNORE INTO settled (id, day) VALUES (?, ?)",
+                        vec![id.into(), (day as f64).into()],
+                    )
+                    .map_err(internal)?;
+            }
+        }
         self.sql
             .exec(
                 "INSERT INTO quota (k, state, plan) VALUES (0, ?, ?) \
@@ -126,13 +177,14 @@ impl QuotaDO {
 }
 
 /// Turns a decoded call into the core's operation, and its outcome into
-/// the call's answer.
+/// the call's answer; a settlement also says what to store of its id.
 fn apply(
     core: &mut QuotaCore,
     subject: &str,
     call: QuotaCall,
     plans: &Plans,
     now: Millis,
+    settled: &mut Option<(String, Settled)>,
 ) -> Result<Applied<QuotaAnswer>, QuotaError> {
     fn map<T>(a: Applied<T>, f: impl FnOnce(T) -> QuotaAnswer) -> Applied<QuotaAnswer> {
         Applied {
@@ -163,13 +215,18 @@ fn apply(
             QuotaAnswer::Reserved,
         ),
         QuotaCall::Settle {
-            plan,
+            id,
             day,
             used,
             returned,
-        } => map(core.settle(plans, &plan, day, used, returned, now)?, |()| {
-            QuotaAnswer::Settled
-        }),
+        } => {
+            let a = core.settle(&id, day, used, returned, now);
+            *settled = Some((id, a.answer));
+            Applied {
+                answer: QuotaAnswer::Settled,
+                changed: a.changed,
+            }
+        }
         QuotaCall::CurrentPlan => Applied {
             answer: QuotaAnswer::Plan(core.current_plan().to_owned()),
             changed: false,

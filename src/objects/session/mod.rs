@@ -126,6 +126,7 @@ impl DurableObject for ActiveSessionDO {
             waiting_max_bytes: usize::try_from(t.waiting_bytes_max).unwrap_or(usize::MAX),
             units_idle_ms: t.units_idle_ms,
             units_settle_ms: t.units_settle_ms,
+            max_kinds: usize::try_from(t.max_kinds).unwrap_or(usize::MAX),
             ended_retention_ms: LifecycleConfig::from_vars(|k| http::var(&env, k))
                 .map(|c| c.ended_retention_ms.max(0) as u64)
                 .unwrap_or_else(|e| {
@@ -214,7 +215,13 @@ impl ActiveSessionDO {
         self.frame_now(&ws.into(), &message)
     }
 
-    /// Carries out what frames left to wait for.
+    /// Whether frames or an answered request left something to wait for
+    /// ([`ActiveSessionDO::finish`] then runs it).
+    pub fn pending(&self) -> bool {
+        !self.later.borrow().is_empty()
+    }
+
+    /// Carries out what frames (or an answered request) left to wait for.
     pub async fn finish(&self) {
         self.finish_frames().await;
     }
@@ -395,15 +402,42 @@ impl ActiveSessionDO {
 
     /// `POST .../points`: the core takes the batch (the owner's token tells
     /// the owner's plan); it is answered once its points are stored, or
-    /// refused, possibly after a reservation.
+    /// refused, possibly after a reservation, never after a flush to D1.
     async fn append(&self, caller: &Caller, batch: PointsBatch) -> Result<Response, ApiError> {
         let sql = &self.sql;
         let id = self.feed(|c| {
             c.caller_plan(&caller.user, &caller.plan, &self.plans);
             c.append(&caller.user, batch.points, now_ms(), &mut SqlIds(sql))
         })??;
+        let mut later = self.run_sync()?;
+        loop {
+            if let Some(e) = &later.failed {
+                log_error(e);
+            }
+            let ready = self.answers.borrow_mut().ready.remove(&id);
+            if let Some(answer) = ready {
+                // The points are stored (or the batch refused): answer now.
+                // The flush and the rest wait for `finish`, which
+                // `src/entry.mjs` runs after the answer.
+                self.later.borrow_mut().merge(later);
+                return http::json(200, &PointsAccepted { seqs: answer? });
+            }
+            if later.reserves.is_empty() && later.plans.is_empty() {
+                break;
+            }
+            // Only a reservation or the owner's plan can bring the answer.
+            for (owner, plan, want) in std::mem::take(&mut later.reserves) {
+                self.reserve(&owner, &plan, want).await?;
+            }
+            for owner in std::mem::take(&mut later.plans) {
+                self.ask_plan(&owner).await?;
+            }
+            let next = self.run_sync()?;
+            later.failed = next.failed.clone();
+            later.merge(next);
+        }
         // Granted units are kept even when the batch is refused.
-        let ran = self.run().await;
+        let ran = self.run_later(later).await;
         let answer = match ran {
             Ok(()) => self.answer_of(id).await,
             // What the run left undone may hold the answer back.

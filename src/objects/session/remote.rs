@@ -57,7 +57,7 @@ impl ActiveSessionDO {
     pub(super) async fn deliver(&self, id: EntryId, item: Outgoing) -> Result<(), ApiError> {
         let ok = match &item {
             Outgoing::Presence(note) => self.tell_presence(note).await,
-            Outgoing::Settle(note) => self.settle(note).await,
+            Outgoing::Settle(note) => self.settle(id, note).await,
         };
         let now = now_ms();
         if !ok {
@@ -94,11 +94,18 @@ impl ActiveSessionDO {
         matches!(hop.presence(&note.user, update).await, Ok(Ok(_)))
     }
 
-    /// Delivers a settlement to the owner's quota object.
-    async fn settle(&self, note: &SettleNote) -> bool {
+    /// Delivers a settlement to the owner's quota object, under an id
+    /// unique for ever (the session's and the entry's), so that a
+    /// redelivery is applied once.
+    async fn settle(&self, id: EntryId, note: &SettleNote) -> bool {
         let s = note.settlement;
+        // Outbox ids are never given twice (storage keeps the highest).
+        let (EntryId::Settle(n) | EntryId::Presence(n)) = id;
+        let Ok(session) = self.feed(|c| c.meta().id.clone()) else {
+            return false;
+        };
         let call = QuotaCall::Settle {
-            plan: note.plan.clone(),
+            id: format!("{session}:{n}"),
             day: s.day,
             used: s.used,
             returned: s.returned,
@@ -125,6 +132,10 @@ impl ActiveSessionDO {
             return Err(ApiError::Unavailable(
                 "D1 failure injected for tests".into(),
             ));
+        }
+        #[cfg(feature = "test-faults")]
+        if crate::faults::d1_slow() {
+            worker::Delay::from(std::time::Duration::from_millis(crate::faults::D1_SLOW_MS)).await;
         }
         let points = self.flush_points(job.batch)?;
         let plan = d1::plan(
