@@ -864,6 +864,15 @@ async fn one_export_at_a_time_and_files_expire() {
         again.text
     );
     assert_eq!(again.body["id"], export.as_str(), "{}", again.text);
+    assert_eq!(
+        count(
+            &base,
+            &format!("SELECT count(*) AS n FROM exports WHERE user_id = '{u}'")
+        )
+        .await,
+        1,
+        "one export row"
+    );
     let status_path = format!("{path}/{export}");
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut status = Value::Null;
