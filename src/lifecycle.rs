@@ -12,8 +12,9 @@ use crate::db;
 use crate::edge::http;
 use crate::error::ApiError;
 use sesh_core::data::partition::Statement;
+use sesh_core::lifecycle::export::Expire;
 use sesh_core::lifecycle::reads::{EndedPoints, EndedStats};
-use sesh_core::lifecycle::store::{Answer, Driver, Io, LifecycleError, Poll};
+use sesh_core::lifecycle::store::{Answer, Budget, Driver, Io, LifecycleError, Poll};
 use sesh_core::lifecycle::{LifecycleConfig, Report, Run};
 use sesh_core::time::Millis;
 
@@ -101,6 +102,13 @@ impl Cloud {
         self.r2.put(key, bytes).execute().await.map_err(store)?;
         Ok(())
     }
+
+    async fn delete(&self, keys: Vec<String>) -> Result<(), LifecycleError> {
+        if !keys.is_empty() {
+            self.r2.delete_multiple(keys).await.map_err(store)?;
+        }
+        Ok(())
+    }
 }
 
 impl Carrier for Cloud {
@@ -109,6 +117,7 @@ impl Carrier for Cloud {
             Io::Batch(statements) => self.batch(&statements).await.map(Answer::Rows),
             Io::Get(key) => self.get(&key).await.map(Answer::Object),
             Io::Put { key, bytes } => self.put(&key, bytes).await.map(|()| Answer::Stored),
+            Io::Delete(keys) => self.delete(keys).await.map(|()| Answer::Deleted),
         }
     }
 }
@@ -130,7 +139,16 @@ pub async fn run_lifecycle(env: &Env, now: Millis) -> Result<Report, ApiError> {
     let cloud = Cloud::new(env)?;
     #[cfg(feature = "test-faults")]
     let cloud = crate::faults::Hanging(cloud);
-    Ok(drive(&cloud, Run::new(now, &config(env))).await?)
+    let cfg = config(env);
+    let mut report = drive(&cloud, Run::new(now, &cfg)).await?;
+    // The exports' expiry has a budget of its own: it is small, and a
+    // backlog of moves or archives must not keep files past their time.
+    report.expired = drive(
+        &cloud,
+        Expire::new(now, cfg.export_retention_days, Budget::new(cfg.max_calls)),
+    )
+    .await?;
+    Ok(report)
 }
 
 /// A page of an ended session's points from D1 or, once its points are

@@ -18,13 +18,15 @@ use sesh_core::time::rfc3339;
 use sesh_protocol::{SessionStatus, SessionSummary};
 use sha2::{Digest, Sha256};
 
-use crate::client::{call_at, d1_at, d1_batch_at, unique, TestFn};
+use crate::client::{call_at, create_session_at, d1_at, d1_batch_at, unique, TestFn, Ws};
 use crate::harness::{service_token, user_token, Server};
 
 /// The tests of this module, by name.
 pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     "lifecycle",
     thirty_months_move_archive_prune_and_export,
+    a_run_400_days_ahead_while_sessions_write_loses_no_row,
+    one_export_at_a_time_and_files_expire,
     sigkill_mid_move_and_mid_archive_ends_as_an_uninterrupted_run
 );
 
@@ -672,4 +674,241 @@ async fn sigkill_test() {
         );
     }
     drop(victim);
+}
+
+// The distinct seqs of a session's points in D1, over every points table,
+// and how many distinct (seq) there are against how many rows.
+async fn d1_point_seqs(base: &str, id: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for t in tables(base)
+        .await
+        .into_iter()
+        .filter(|t| t.starts_with("session_points_"))
+    {
+        seqs.extend(
+            d1_at(
+                base,
+                &format!("SELECT seq FROM {t} WHERE session_id = '{id}'"),
+            )
+            .await
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap()),
+        );
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
+}
+
+// Points `from..=to` over the socket, each acked with its seq.
+async fn send_points(ws: &mut Ws, from: u64, to: u64) {
+    for i in from..=to {
+        ws.send(&serde_json::json!({"type": "point", "id": format!("p{i}"), "kind": "k"}))
+            .await;
+        assert_eq!(ws.frame().await["seq"], i);
+    }
+}
+
+// The session through the list, its GET and its points: each row once.
+async fn read_once(base: &str, id: &str, token: &str, n: u64) {
+    let list = call_at(
+        base,
+        "GET",
+        "/v1/sessions?limit=100",
+        Some(token),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let rows: Vec<&Value> = list.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s["id"] == id)
+        .collect();
+    assert_eq!(rows.len(), 1, "listed once: {}", list.text);
+    assert_eq!(rows[0]["status"], "ended", "{}", list.text);
+    assert_eq!(rows[0]["pointCount"], n, "{}", list.text);
+    let one = call_at(
+        base,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(token),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.body["pointCount"], n, "{}", one.text);
+    assert_eq!(one.body["status"], "ended", "{}", one.text);
+    let seqs: Vec<u64> = paged_points(base, id, token, 4)
+        .await
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+}
+
+// CONTRACT.md section 9: the scheduled handler as of ~400 days ahead moves
+// the month the live session still writes; its later flushes land all the
+// same (the isolate's partition cache forgets a table whose batch failed),
+// the session row stays one row, and the next run moves the stragglers.
+async fn a_run_400_days_ahead_while_sessions_write_loses_no_row() {
+    let server = tokio::task::spawn_blocking(|| Server::start(&[("FLUSH_INTERVAL_MS", "200")]))
+        .await
+        .unwrap();
+    let base = server.base.clone();
+    let a = unique("skew");
+    let t = user_token(&a, "pro");
+    let id = create_session_at(&base, &t, &[]).await;
+    let mut ws = Ws::join_at(&base, &id, &t).await;
+    ws.frame().await;
+    send_points(&mut ws, 1, 5).await;
+    let landed = |n: u64| {
+        let (base, id) = (base.clone(), id.clone());
+        async move {
+            for _ in 0..150 {
+                if d1_point_seqs(&base, &id).await.len() as u64 == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!(
+                "{n} points never reached D1: {:?}",
+                d1_point_seqs(&base, &id).await
+            );
+        }
+    };
+    landed(5).await;
+    let ahead = now_ms() + 400 * 86_400_000;
+    let month = Month::of(now_ms()).suffix();
+    for _ in 0..2 {
+        run_scheduled(&server, ahead).await;
+    }
+    let moved = tables(&base).await;
+    assert!(
+        !moved.iter().any(|n| n.ends_with(&month)),
+        "this month moved: {moved:?}"
+    );
+    send_points(&mut ws, 6, 10).await;
+    let end = call_at(
+        &base,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(end.status, 200, "{}", end.text);
+    landed(10).await;
+    read_once(&base, &id, &t, 10).await;
+    for _ in 0..2 {
+        run_scheduled(&server, ahead).await;
+    }
+    let after = tables(&base).await;
+    assert!(
+        !after.iter().any(|n| n.ends_with(&month)),
+        "the stragglers moved: {after:?}"
+    );
+    read_once(&base, &id, &t, 10).await;
+    drop(server);
+}
+
+// The R2 keys under `prefix` (the test build's listing).
+async fn r2_keys(base: &str, prefix: &str) -> Vec<String> {
+    let r2 = reqwest::get(format!("{base}/__test/r2?prefix={prefix}"))
+        .await
+        .expect("r2 listing");
+    assert_eq!(r2.status().as_u16(), 200);
+    let listing: Value = r2.json().await.expect("r2 listing JSON");
+    listing["objects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+// CONTRACT.md section 9: while a user's export is pending or running, a
+// POST (two at once too) answers it; a done export's file is deleted by
+// the scheduled run as of EXPORT_RETENTION_DAYS later: `expired`, 404.
+async fn one_export_at_a_time_and_files_expire() {
+    let server = tokio::task::spawn_blocking(|| {
+        Server::start(&[("EXPORT_STEP_POINTS", "5"), ("EXPORT_RETENTION_DAYS", "7")])
+    })
+    .await
+    .unwrap();
+    let base = server.base.clone();
+    let u = unique("exp-u");
+    let tu = user_token(&u, "enterprise");
+    let start = now_ms() - 3_600_000;
+    let id = sesh::ids::new_session_id(start);
+    let ts: Vec<i64> = (1..=200).map(|k| start + k).collect();
+    d1_batch_at(&base, &seed(&id, &u, &[], &ts, start)).await;
+    let path = format!("/v1/users/{u}/exports");
+    let (a, b) = tokio::join!(
+        call_at(&base, "POST", &path, Some(&tu), None, &[]),
+        call_at(&base, "POST", &path, Some(&tu), None, &[])
+    );
+    assert_eq!((a.status, b.status), (202, 202), "{} {}", a.text, b.text);
+    let export = a.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(b.body["id"], export.as_str(), "two at once give one export");
+    let again = call_at(&base, "POST", &path, Some(&tu), None, &[]).await;
+    assert_eq!(again.status, 202, "{}", again.text);
+    assert!(
+        again.body["status"] != "done",
+        "40 steps are still under way: {}",
+        again.text
+    );
+    assert_eq!(again.body["id"], export.as_str(), "{}", again.text);
+    assert_eq!(
+        count(
+            &base,
+            &format!("SELECT count(*) AS n FROM exports WHERE user_id = '{u}'")
+        )
+        .await,
+        1,
+        "one export row"
+    );
+    let status_path = format!("{path}/{export}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut status = Value::Null;
+    while Instant::now() < deadline {
+        let s = call_at(&base, "GET", &status_path, Some(&tu), None, &[]).await;
+        status = s.body.clone();
+        if status["status"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(status["status"], "done", "{status}\n{}", server.log_tail());
+    let prefix = format!("exports/{export}/");
+    assert!(!r2_keys(&base, &prefix).await.is_empty());
+    // A week less a few minutes after: kept.
+    run_scheduled(&server, now_ms() + 7 * 86_400_000 - 600_000).await;
+    let kept = call_at(&base, "GET", &status_path, Some(&tu), None, &[]).await;
+    assert_eq!(kept.body["status"], "done", "{}", kept.text);
+    run_scheduled(&server, now_ms() + 8 * 86_400_000).await;
+    let gone = call_at(&base, "GET", &status_path, Some(&tu), None, &[]).await;
+    assert_eq!(gone.status, 200, "{}", gone.text);
+    assert_eq!(gone.body["status"], "expired", "{}", gone.text);
+    call_at(
+        &base,
+        "GET",
+        &format!("{status_path}/download"),
+        Some(&tu),
+        None,
+        &[],
+    )
+    .await
+    .assert_error(404, "not_found");
+    assert_eq!(r2_keys(&base, &prefix).await, Vec::<String>::new());
+    // A new export may start now.
+    let next = call_at(&base, "POST", &path, Some(&tu), None, &[]).await;
+    assert_eq!(next.status, 202, "{}", next.text);
+    assert_ne!(next.body["id"], export.as_str());
+    drop(server);
 }

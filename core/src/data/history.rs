@@ -473,6 +473,13 @@ pub struct PartitionWrite {
 /// as the flush always did (the count never goes down); member rows are
 /// only ever added. An error: `started_at` is not RFC 3339 (a record this
 /// server did not make).
+///
+/// A monthly write also makes sure of its year's sessions table and
+/// updates the row there when the row is there, inserting into the month
+/// only when it is not: the lifecycle may have moved the month already,
+/// as of a later clock than the writer's (CONTRACT.md section 9), and the
+/// row must stay one row, the newest where readers prefer it (the yearly
+/// copy; see `partition`).
 pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite, RowError> {
     let started_ms = parse_time("startedAt", &rec.started_at).map_err(|_| RowError::Column {
         column: "started_at",
@@ -483,14 +490,27 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
     let placeholders: Vec<String> = (1..=TableKind::Sessions.columns().len())
         .map(|i| format!("?{i}"))
         .collect();
+    let yearly = match span {
+        Span::Month(m) => Some(Span::Year(m.year())),
+        Span::Year(_) => None,
+    };
+    // Into the month only while the year does not hold the row; a
+    // `SELECT` with a `WHERE` so SQLite parses the `ON CONFLICT`.
+    let source = match yearly {
+        Some(y) => format!(
+            "SELECT {placeholders} WHERE NOT EXISTS (SELECT 1 FROM {y} WHERE id = ?1)",
+            placeholders = placeholders.join(", "),
+            y = TableKind::Sessions.table(y),
+        ),
+        None => format!("VALUES ({})", placeholders.join(", ")),
+    };
     let upsert = format!(
-        "INSERT INTO {t} ({cols}) VALUES ({placeholders}) \
+        "INSERT INTO {t} ({cols}) {source} \
          ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
          metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
          point_count = max({t}.point_count, excluded.point_count)",
         t = sessions,
         cols = TableKind::Sessions.column_list(""),
-        placeholders = placeholders.join(", "),
     );
     let mut everyone: Vec<&str> = vec![rec.owner_id.as_str()];
     everyone.extend(rec.members.iter().map(String::as_str));
@@ -501,23 +521,44 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
         TableKind::Members.table(span),
         TableKind::Members.column_list("")
     );
-    let statements = vec![
-        // In the order of `TableKind::Sessions.columns()`, as
-        // `session_from_row` reads them back.
-        Statement::new(
-            upsert,
+    // In the order of `TableKind::Sessions.columns()`, as
+    // `session_from_row` reads them back.
+    let params = vec![
+        Value::from(rec.id.as_str()),
+        Value::from(rec.owner_id.as_str()),
+        rec.title.as_deref().map_or(Value::Null, Value::from),
+        Value::from(Value::from(rec.members.clone()).to_string()),
+        Value::from(Value::Object(rec.metadata.clone()).to_string()),
+        Value::from(rec.status.as_str()),
+        Value::from(rec.started_at.as_str()),
+        rec.ended_at.as_deref().map_or(Value::Null, Value::from),
+        Value::from(rec.point_count),
+    ];
+    let mut statements = Vec::new();
+    let mut ensure = ensure_sessions(span, now);
+    if let Some(y) = yearly {
+        let year = ensure_sessions(y, now);
+        ensure.tables.splice(0..0, year.tables);
+        ensure.statements.splice(0..0, year.statements);
+        statements.push(Statement::new(
+            format!(
+                "UPDATE {t} SET title = ?2, members = ?3, metadata = ?4, status = ?5, \
+                 ended_at = ?6, point_count = max(point_count, ?7) WHERE id = ?1",
+                t = TableKind::Sessions.table(y),
+            ),
             vec![
-                Value::from(rec.id.as_str()),
-                Value::from(rec.owner_id.as_str()),
-                rec.title.as_deref().map_or(Value::Null, Value::from),
-                Value::from(Value::from(rec.members.clone()).to_string()),
-                Value::from(Value::Object(rec.metadata.clone()).to_string()),
-                Value::from(rec.status.as_str()),
-                Value::from(rec.started_at.as_str()),
-                rec.ended_at.as_deref().map_or(Value::Null, Value::from),
-                Value::from(rec.point_count),
+                params[0].clone(),
+                params[2].clone(),
+                params[3].clone(),
+                params[4].clone(),
+                params[5].clone(),
+                params[7].clone(),
+                params[8].clone(),
             ],
-        ),
+        ));
+    }
+    statements.extend([
+        Statement::new(upsert, params),
         Statement::new(
             members_sql,
             vec![
@@ -526,10 +567,10 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
                 Value::from(Value::from(everyone).to_string()),
             ],
         ),
-    ];
+    ]);
     Ok(PartitionWrite {
         span,
-        ensure: ensure_sessions(span, now),
+        ensure,
         statements,
     })
 }

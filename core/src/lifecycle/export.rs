@@ -19,6 +19,20 @@
 //! reads the parts back in order for the file's size and SHA-256 and sets
 //! `status` `done`. The download streams the parts in order.
 //!
+//! **One at a time.** [`start`] is one D1 batch: the row is inserted only
+//! while none of the user's exports is pending or running, then the
+//! user's pending or running export is read back. D1 runs a batch as one
+//! transaction on its one writer, so of two concurrent starts exactly one
+//! inserts and both answer that export; the export's object steps only
+//! when the export answered is its own.
+//!
+//! **Expiry.** [`Expire`], a step of the scheduled run as of its event's
+//! time, marks `expired` every export done `EXPORT_RETENTION_DAYS` or more
+//! before (`updated_at` of a done row is when it was done: nothing writes
+//! a done row), then deletes the parts of expired exports and sets their
+//! `parts` to 0, so a run killed between the two finds the parts again.
+//! An expired export's download is 404 `not_found`.
+//!
 //! **Failures.** A step that fails is tried again after a wait that doubles
 //! from 1 s to a minute; after [`MAX_FAILURES`] in a row the export is
 //! marked `failed`. [`after_step`] decides, from the count of failures in a
@@ -41,7 +55,8 @@ use crate::data::partition::{
 use crate::lifecycle::format::{hex, NdjsonGz};
 use crate::lifecycle::reads::{archive_state, decoded, source, Source};
 use crate::lifecycle::store::{
-    finished, first_rows, object, one, rows, stored, Answer, Driver, Io, LifecycleError, Poll,
+    deleted, finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io,
+    LifecycleError, Poll,
 };
 use crate::time::{rfc3339, Millis};
 
@@ -62,6 +77,8 @@ pub enum Status {
     Done,
     /// Given up (its object's alarm failed too often).
     Failed,
+    /// Done, and its file deleted after the retention.
+    Expired,
 }
 
 impl Status {
@@ -72,6 +89,7 @@ impl Status {
             Status::Running => "running",
             Status::Done => "done",
             Status::Failed => "failed",
+            Status::Expired => "expired",
         }
     }
 
@@ -81,6 +99,7 @@ impl Status {
             Status::Running,
             Status::Done,
             Status::Failed,
+            Status::Expired,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -143,7 +162,7 @@ pub struct ExportRow {
 pub struct ExportStatus {
     /// Export id.
     pub id: String,
-    /// `pending`, `running`, `done` or `failed`.
+    /// `pending`, `running`, `done`, `failed` or `expired`.
     pub status: Status,
     /// Sessions in the file (so far, until done).
     pub sessions: u64,
@@ -171,12 +190,14 @@ impl ExportRow {
     }
 }
 
-/// Creates the export row (pending); repeating it changes nothing.
+/// Creates the export row (pending) unless one of the user's exports is
+/// pending or running; repeating it changes nothing.
 pub fn create(id: &str, user: &str, now: Millis) -> Statement {
     let state = serde_json::to_string(&Progress::default()).unwrap_or_default();
     Statement::new(
         "INSERT OR IGNORE INTO exports (id, user_id, status, state, created_at, updated_at) \
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
+         SELECT ?1, ?2, 'pending', ?3, ?4, ?4 WHERE NOT EXISTS (SELECT 1 FROM exports \
+         WHERE user_id = ?2 AND status IN ('pending', 'running'))",
         vec![
             Value::from(id),
             Value::from(user),
@@ -184,6 +205,22 @@ pub fn create(id: &str, user: &str, now: Millis) -> Statement {
             Value::from(now),
         ],
     )
+}
+
+/// The batch of `POST /v1/users/{userId}/exports` (see the module
+/// documentation): [`create`], then the export the POST answers, the
+/// user's pending or running one (else `id`'s own row); the second
+/// statement's rows go to [`ExportRow::from_rows`].
+pub fn start(id: &str, user: &str, now: Millis) -> Vec<Statement> {
+    vec![
+        create(id, user, now),
+        Statement::new(
+            "SELECT id, user_id, status, sessions, points, bytes, sha256, parts, state \
+             FROM exports WHERE user_id = ?2 AND (status IN ('pending', 'running') OR id = ?1) \
+             ORDER BY status IN ('pending', 'running') DESC, created_at LIMIT 1",
+            vec![Value::from(id), Value::from(user)],
+        ),
+    ]
 }
 
 /// Reads the export row; its rows go to [`ExportRow::from_rows`].
@@ -200,7 +237,7 @@ pub fn load(id: &str) -> Statement {
 pub fn fail(id: &str, error: &str, now: Millis) -> Statement {
     Statement::new(
         "UPDATE exports SET status = 'failed', error = ?2, updated_at = ?3 \
-         WHERE id = ?1 AND status != 'done'",
+         WHERE id = ?1 AND status IN ('pending', 'running')",
         vec![Value::from(id), Value::from(error), Value::from(now)],
     )
 }
@@ -432,7 +469,7 @@ impl ExportStep {
         }
         let done = Statement::new(
             "UPDATE exports SET status = 'done', parts = ?2, bytes = ?3, sha256 = ?4, updated_at = ?5 \
-             WHERE id = ?1 AND status != 'done'",
+             WHERE id = ?1 AND status IN ('pending', 'running')",
             vec![
                 Value::from(f.id.as_str()),
                 Value::from(f.parts),
@@ -470,7 +507,8 @@ impl ExportStep {
         let state = serde_json::to_string(&w.p).unwrap_or_default();
         let update = Statement::new(
             "UPDATE exports SET status = 'running', state = ?2, parts = ?3, sessions = ?4, \
-             points = ?5, updated_at = ?6 WHERE id = ?1 AND parts = ?7 AND status != 'done'",
+             points = ?5, updated_at = ?6 WHERE id = ?1 AND parts = ?7 \
+             AND status IN ('pending', 'running')",
             vec![
                 Value::from(w.row.id.as_str()),
                 Value::from(state),
@@ -530,7 +568,7 @@ impl Driver for ExportStep {
                     let Some(row) = ExportRow::from_rows(&first_rows(answer)?)? else {
                         return Ok(Poll::Done(Step::Finished));
                     };
-                    if matches!(row.status, Status::Done | Status::Failed) {
+                    if matches!(row.status, Status::Done | Status::Failed | Status::Expired) {
                         return Ok(Poll::Done(Step::Finished));
                     }
                     if row.progress.phase == Phase::Finish {
@@ -764,6 +802,116 @@ pub enum AfterStep {
         /// The statement that marks it failed, with the reason.
         write: Statement,
     },
+}
+
+/// Part objects deleted by one request (R2's limit for one delete).
+const DELETE_KEYS: u32 = 1_000;
+
+/// The expiry of done exports at `now` (see the module documentation),
+/// within `budget`; done with the number of exports whose files it
+/// deleted (a run out of budget leaves the rest to the next run).
+#[derive(Debug)]
+pub struct Expire {
+    now: Millis,
+    retention_ms: Millis,
+    budget: Budget,
+    deleted: u32,
+    state: ExpireState,
+    answer: Option<Answer>,
+}
+
+#[derive(Debug)]
+enum ExpireState {
+    Mark,
+    Marked,
+    // The parts above `left` of export `id` are being deleted.
+    Delete { id: String, left: u32 },
+    Done,
+}
+
+// The next expired export that still has parts.
+fn next_expired() -> Statement {
+    Statement::new(
+        "SELECT id, parts FROM exports WHERE status = 'expired' AND parts > 0 ORDER BY id LIMIT 1",
+        vec![],
+    )
+}
+
+impl Expire {
+    /// The expiry at `now` of exports done `retention_days` days before.
+    pub fn new(now: Millis, retention_days: u32, budget: Budget) -> Expire {
+        Expire {
+            now,
+            retention_ms: Millis::from(retention_days) * crate::data::partition::DAY_MS,
+            budget,
+            deleted: 0,
+            state: ExpireState::Mark,
+            answer: None,
+        }
+    }
+
+    fn io(&mut self, next: ExpireState, io: Io) -> Poll<u32> {
+        if !self.budget.take(1) {
+            self.state = ExpireState::Done;
+            return Poll::Done(self.deleted);
+        }
+        self.state = next;
+        Poll::Io(io)
+    }
+
+    // The parts of the export in `rows` (from [`next_expired`]), or done.
+    fn delete_next(&mut self, rows: &[Value]) -> Result<Poll<u32>, LifecycleError> {
+        let Some(r) = rows.first() else {
+            self.state = ExpireState::Done;
+            return Ok(Poll::Done(self.deleted));
+        };
+        let id = col_str(r, "id")?;
+        let parts = u32::try_from(col_int(r, "parts")?).unwrap_or(0);
+        let left = parts.saturating_sub(DELETE_KEYS);
+        let keys = (left..parts).map(|n| part_key(&id, n)).collect();
+        Ok(self.io(ExpireState::Delete { id, left }, Io::Delete(keys)))
+    }
+}
+
+impl Driver for Expire {
+    type Output = u32;
+
+    fn poll(&mut self) -> Result<Poll<u32>, LifecycleError> {
+        let answer = self.answer.take();
+        match std::mem::replace(&mut self.state, ExpireState::Done) {
+            ExpireState::Mark => {
+                let mark = Statement::new(
+                    "UPDATE exports SET status = 'expired', updated_at = ?1 \
+                     WHERE status = 'done' AND updated_at <= ?2",
+                    vec![
+                        Value::from(self.now),
+                        Value::from(self.now - self.retention_ms),
+                    ],
+                );
+                Ok(self.io(ExpireState::Marked, Io::Batch(vec![mark, next_expired()])))
+            }
+            ExpireState::Marked => {
+                let found = rows(answer)?;
+                self.delete_next(found.get(1).map_or(&[], Vec::as_slice))
+            }
+            ExpireState::Delete { id, left } => {
+                deleted(answer)?;
+                if left == 0 {
+                    self.deleted += 1;
+                }
+                let update = Statement::new(
+                    "UPDATE exports SET parts = ?2 WHERE id = ?1 AND status = 'expired'",
+                    vec![Value::from(id.as_str()), Value::from(left)],
+                );
+                Ok(self.io(ExpireState::Marked, Io::Batch(vec![update, next_expired()])))
+            }
+            ExpireState::Done => Err(finished()),
+        }
+    }
+
+    fn handle(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
 }
 
 /// The object's next move after a step of export `id` that ended at `now`

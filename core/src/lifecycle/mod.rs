@@ -61,6 +61,9 @@ pub struct LifecycleConfig {
     /// `EXPORT_STEP_POINTS`: points written by one export step (one alarm,
     /// one gzip member).
     pub export_step_points: u32,
+    /// `EXPORT_RETENTION_DAYS`: days after it is done that an export's
+    /// file is deleted (its status then `expired`).
+    pub export_retention_days: u32,
 }
 
 impl Default for LifecycleConfig {
@@ -73,6 +76,7 @@ impl Default for LifecycleConfig {
             prune_chunk: 5_000,
             max_calls: 500,
             export_step_points: 5_000,
+            export_retention_days: 7,
         }
     }
 }
@@ -117,6 +121,9 @@ impl LifecycleConfig {
         if let Some(n) = num("EXPORT_STEP_POINTS", 1, 100_000)? {
             c.export_step_points = n as u32;
         }
+        if let Some(n) = num("EXPORT_RETENTION_DAYS", 1, 3650)? {
+            c.export_retention_days = n as u32;
+        }
         Ok(c)
     }
 }
@@ -140,6 +147,8 @@ pub struct Report {
     /// than a run's budget (`LIFECYCLE_MAX_CALLS`); they do not hold back
     /// the others' archives or any pruning.
     pub oversized: u32,
+    /// Exports whose files were deleted after their retention.
+    pub expired: u32,
     /// Whether all work due at `now` is done; `false` when the run stopped
     /// at its budget.
     pub complete: bool,

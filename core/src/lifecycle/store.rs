@@ -49,6 +49,9 @@ pub enum Io {
         /// The whole object.
         bytes: Vec<u8>,
     },
+    /// Delete the R2 objects at these keys (missing ones are no error);
+    /// answered by [`Answer::Deleted`].
+    Delete(Vec<String>),
 }
 
 /// The answer to an [`Io`].
@@ -60,6 +63,8 @@ pub enum Answer {
     Object(Option<Vec<u8>>),
     /// The object is written.
     Stored,
+    /// The objects are deleted.
+    Deleted,
 }
 
 impl Answer {
@@ -68,6 +73,7 @@ impl Answer {
             Answer::Rows(_) => "rows",
             Answer::Object(_) => "an object",
             Answer::Stored => "stored",
+            Answer::Deleted => "deleted",
         }
     }
 }
@@ -143,6 +149,14 @@ pub fn stored(answer: Option<Answer>) -> Result<(), LifecycleError> {
     match answer {
         Some(Answer::Stored) => Ok(()),
         other => Err(mismatch("stored", other)),
+    }
+}
+
+/// That the objects of an [`Io::Delete`] are gone.
+pub fn deleted(answer: Option<Answer>) -> Result<(), LifecycleError> {
+    match answer {
+        Some(Answer::Deleted) => Ok(()),
+        other => Err(mismatch("deleted", other)),
     }
 }
 
@@ -301,6 +315,7 @@ pub(crate) mod mem {
                 Io::Batch(statements) => self.batch(&statements).map(Answer::Rows),
                 Io::Get(key) => self.get(&key).map(Answer::Object),
                 Io::Put { key, bytes } => self.put(&key, bytes).map(|()| Answer::Stored),
+                Io::Delete(keys) => self.delete(&keys).map(|()| Answer::Deleted),
             }
         }
 
@@ -346,6 +361,21 @@ pub(crate) mod mem {
                 return Err(killed());
             }
             self.blobs.borrow_mut().insert(key.to_owned(), bytes);
+            match kill {
+                Some(_) => Err(killed()),
+                None => Ok(()),
+            }
+        }
+
+        fn delete(&self, keys: &[String]) -> Result<(), LifecycleError> {
+            let kill = self.tick();
+            if kill == Some(Kill::Before) {
+                return Err(killed());
+            }
+            let mut blobs = self.blobs.borrow_mut();
+            for k in keys {
+                blobs.remove(k);
+            }
             match kill {
                 Some(_) => Err(killed()),
                 None => Ok(()),

@@ -461,3 +461,72 @@ fn a_session_too_large_for_a_run_holds_back_no_other() {
     assert_eq!(read_all(&m, &small), expected(&small_ts));
     assert_eq!(read_all(&m, &big).len(), big_ts.len());
 }
+
+// Every session row of `id` in every sessions table, as (table, status).
+fn session_rows(m: &Mem, id: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in tables(m).into_iter().filter(|t| t.starts_with("sessions_")) {
+        let mut stmt =
+            m.db.prepare(&format!("SELECT status FROM {t} WHERE id = ?1"))
+                .unwrap();
+        let found: Vec<String> = stmt
+            .query_map([id], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        out.extend(found.into_iter().map(|s| (t.clone(), s)));
+    }
+    out
+}
+
+#[test]
+fn a_flush_of_a_month_already_moved_lands_and_the_next_run_moves_it() {
+    use crate::data::d1;
+    use crate::time::rfc3339;
+    let m = Mem::new();
+    let start = ms(2025, 2, 3);
+    let id = sid(start, 1);
+    seed(&m, &id, "alice", &[], &[start + 1, start + 2], false, start);
+    // The scheduled run as of 17 months later moves February away while
+    // the session's own clock is still in February.
+    run_until_complete(&m, ms(2026, 7, 15), &LifecycleConfig::default());
+    assert!(!tables(&m).contains(&"sessions_2025_02".to_owned()));
+    let rec = sesh_protocol::SessionSummary {
+        id: id.clone(),
+        owner_id: "alice".into(),
+        title: Some("t".into()),
+        members: vec![],
+        metadata: serde_json::Map::new(),
+        status: sesh_protocol::SessionStatus::Ended,
+        started_at: rfc3339(start),
+        ended_at: Some(rfc3339(start + 10)),
+        point_count: 3,
+        last_seq: 3,
+        stats: Default::default(),
+    };
+    let point = serde_json::json!({"seq": 3, "userId": "alice", "kind": "k",
+        "value": 3, "data": {"i": 2}, "ts": start + 3});
+    let points = [(start + 3, point.to_string())];
+    // An isolate that created February's tables before the move fails
+    // once; the retry makes sure of its tables whatever it remembered.
+    let cached = d1::plan(&rec, &points, &[], start + 10, |_| true).unwrap();
+    assert!(m.batch(&cached.stmts).is_err());
+    let retry = d1::plan(&rec, &points, &[], start + 10, |_| false).unwrap();
+    m.batch(&retry.stmts).expect("the late flush lands");
+    // One row, the newest, where readers look first.
+    assert_eq!(
+        session_rows(&m, &id),
+        vec![("sessions_2025".to_owned(), "ended".to_owned())]
+    );
+    run_until_complete(&m, ms(2026, 7, 15), &LifecycleConfig::default());
+    assert!(
+        !tables(&m).iter().any(|t| t.ends_with("_2025_02")),
+        "{:?}",
+        tables(&m)
+    );
+    assert_eq!(session_rows(&m, &id).len(), 1);
+    assert_eq!(
+        read_all(&m, &id),
+        expected(&[start + 1, start + 2, start + 3])
+    );
+}

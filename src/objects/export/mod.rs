@@ -53,16 +53,21 @@ impl ExportDO {
         match call {
             ExportCall::Start { export_id, user_id } => {
                 let now = now_ms();
-                cloud
-                    .query(export::create(&export_id, &user_id, now))
+                let answers = cloud
+                    .batch(&export::start(&export_id, &user_id, now))
                     .await?;
-                self.state
-                    .storage()
-                    .put(K_ID, &export_id)
-                    .await
-                    .map_err(internal)?;
-                http::set_alarm(&self.state, now).await?;
-                let row = self.row(&cloud, &export_id, &user_id).await?;
+                let row = ExportRow::from_rows(answers.get(1).map_or(&[], Vec::as_slice))?
+                    .ok_or_else(|| ApiError::Internal("the started export is not in D1".into()))?;
+                // Only the export answered is stepped; when it is another
+                // one of the user's, that one's own object steps it.
+                if row.id == export_id {
+                    self.state
+                        .storage()
+                        .put(K_ID, &export_id)
+                        .await
+                        .map_err(internal)?;
+                    http::set_alarm(&self.state, now).await?;
+                }
                 http::json(202, &row.status())
             }
             ExportCall::Status { export_id, user_id } => {
@@ -71,6 +76,11 @@ impl ExportDO {
             }
             ExportCall::Download { export_id, user_id } => {
                 let row = self.row(&cloud, &export_id, &user_id).await?;
+                if row.status == Status::Expired {
+                    return Err(ApiError::NotFound(format!(
+                        "export {export_id} expired; its file is deleted"
+                    )));
+                }
                 if row.status != Status::Done {
                     return Err(ApiError::ExportNotReady(format!(
                         "export {export_id} is {}; download it once its status is done",

@@ -146,7 +146,10 @@ impl ActiveSessionDO {
             crate::objects::partition_known,
         )?;
         let db = crate::db::database(&self.env)?;
-        crate::db::batch(&db, &plan.stmts).await?;
+        if let Err(e) = crate::db::batch(&db, &plan.stmts).await {
+            crate::objects::forget_partitions(&plan.tables);
+            return Err(e);
+        }
         for table in plan.tables {
             crate::objects::remember_partition(table);
         }

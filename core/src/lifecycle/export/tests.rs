@@ -238,3 +238,76 @@ fn the_export_core_counts_failures_and_decides_retry_or_give_up() {
         Step::Finished
     );
 }
+
+// The export `start` answers.
+fn started(m: &Mem, id: &str, user: &str, now: Millis) -> ExportRow {
+    let answers = m.batch(&start(id, user, now)).unwrap();
+    ExportRow::from_rows(&answers[1])
+        .unwrap()
+        .expect("an export")
+}
+
+#[test]
+fn a_start_while_one_is_pending_or_running_answers_that_one() {
+    let (m, _) = world();
+    let second = "0190a6b2-7c3d-7e4f-8a5b-000000000002";
+    assert_eq!(started(&m, EXPORT, "alice", 1).id, EXPORT);
+    // Pending: the second start answers the first and inserts nothing.
+    assert_eq!(started(&m, second, "alice", 2).id, EXPORT);
+    assert!(m.query(load(second)).unwrap().is_empty());
+    // Another user is not held back.
+    assert_eq!(started(&m, second, "bob", 2).id, second);
+    // Running, then done: a new start is an export of its own.
+    assert_eq!(m.drive(ExportStep::new(EXPORT, 2, 3)).unwrap(), Step::More);
+    let third = "0190a6b2-7c3d-7e4f-8a5b-000000000003";
+    let running = started(&m, third, "alice", 3);
+    assert_eq!(
+        (running.id.as_str(), running.status),
+        (EXPORT, Status::Running)
+    );
+    while m.drive(ExportStep::new(EXPORT, 4, 1000)).unwrap() == Step::More {}
+    assert_eq!(started(&m, third, "alice", 5).id, third);
+    // Repeating a start answers its own export whatever its status.
+    assert_eq!(started(&m, EXPORT, "alice", 6).id, third);
+}
+
+#[test]
+fn exports_expire_after_the_retention_and_their_parts_are_deleted() {
+    let (m, _) = world();
+    let row = drive(&m, 7);
+    assert_eq!(row.status, Status::Done);
+    let parts = |m: &Mem| {
+        m.blobs
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(&format!("exports/{EXPORT}/")))
+            .count()
+    };
+    assert_eq!(parts(&m), row.parts as usize);
+    let day = crate::data::partition::DAY_MS;
+    // Done at 2 (the steps' time): not yet at 7 days less a millisecond.
+    let early = m
+        .drive(Expire::new(2 + 7 * day - 1, 7, Budget::new(100)))
+        .unwrap();
+    assert_eq!(early, 0);
+    assert_eq!(parts(&m), row.parts as usize);
+    // Killed at every call and run again, it ends with the parts gone.
+    for kill in 0..4 {
+        m.kill.set(Some((m.calls.get() + kill, Kill::After)));
+        let _ = m.drive(Expire::new(2 + 8 * day, 7, Budget::new(100)));
+        m.kill.set(None);
+    }
+    m.drive(Expire::new(2 + 8 * day, 7, Budget::new(100)))
+        .unwrap();
+    let after = ExportRow::from_rows(&m.query(load(EXPORT)).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.status, after.parts), (Status::Expired, 0));
+    assert_eq!(parts(&m), 0);
+    assert_eq!(after.status().status.as_str(), "expired");
+    // A step of an expired export does nothing.
+    assert_eq!(
+        m.drive(ExportStep::new(EXPORT, 3, 7)).unwrap(),
+        Step::Finished
+    );
+}
