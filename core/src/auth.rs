@@ -35,6 +35,12 @@ pub enum AuthError {
     /// No credentials were presented.
     #[error("missing bearer token")]
     Missing,
+    /// A WebSocket upgrade without credentials: it may carry the token as
+    /// `?token=` (browsers cannot set headers on a WebSocket), and says so.
+    #[error(
+        "missing token; a WebSocket upgrade takes `Authorization: Bearer <JWT>` or `?token=<JWT>`"
+    )]
+    MissingOnSocket,
     /// Not three base64url parts of JSON, or too long.
     #[error("malformed token")]
     Malformed,

@@ -28,6 +28,12 @@ pub enum RouteError {
 pub enum Route {
     /// `GET /health`.
     Health,
+    /// `GET /`: a page pointing to the console and the API documents.
+    Home,
+    /// `GET /openapi.json`: the OpenAPI document of the HTTP routes.
+    OpenApi,
+    /// `GET /asyncapi.json`: the AsyncAPI document of the session WebSocket.
+    AsyncApi,
     /// `POST /v1/sessions`.
     CreateSession,
     /// `GET /v1/sessions/{id}`.
@@ -69,6 +75,9 @@ impl Route {
     pub fn pattern(&self) -> &'static str {
         match self {
             Self::Health => "/health",
+            Self::Home => "/",
+            Self::OpenApi => "/openapi.json",
+            Self::AsyncApi => "/asyncapi.json",
             Self::CreateSession => "/v1/sessions",
             Self::GetSession(_) => "/v1/sessions/{id}",
             Self::SessionSocket(_) => "/v1/sessions/{id}/ws",
@@ -90,7 +99,10 @@ impl Route {
 
     /// Whether the route needs a token (everything under `/v1`).
     pub fn needs_auth(&self) -> bool {
-        !matches!(self, Self::Health)
+        !matches!(
+            self,
+            Self::Health | Self::Home | Self::OpenApi | Self::AsyncApi
+        )
     }
 }
 
@@ -106,6 +118,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         None => return Err(not_found()),
     };
     // Empty segments (`/v1/sessions/`, `//`) name nothing.
+    if path == "/" {
+        return match method {
+            "GET" | "HEAD" => Ok(Route::Home),
+            _ => Err(RouteError::MethodNotAllowed { allow: GET }),
+        };
+    }
     if segs.iter().any(|s| s.is_empty()) {
         return Err(not_found());
     }
@@ -121,6 +139,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
     };
     match segs.as_slice() {
         ["health"] => pick(GET, Route::Health),
+        ["openapi.json"] => pick(GET, Route::OpenApi),
+        ["asyncapi.json"] => pick(GET, Route::AsyncApi),
         ["v1", "sessions"] => match m {
             "GET" => Ok(Route::ListSessions),
             "POST" => Ok(Route::CreateSession),
@@ -282,6 +302,9 @@ mod tests {
         let s = SID.to_owned();
         let cases = [
             ("GET", "/health".to_owned(), Route::Health),
+            ("GET", "/".to_owned(), Route::Home),
+            ("GET", "/openapi.json".to_owned(), Route::OpenApi),
+            ("GET", "/asyncapi.json".to_owned(), Route::AsyncApi),
             ("POST", "/v1/sessions".to_owned(), Route::CreateSession),
             (
                 "GET",
@@ -360,8 +383,8 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_404() {
+        // `/` is the home page (issue 24), not a 404.
         for p in [
-            "/",
             "",
             "/v1",
             "/v2/sessions",
@@ -454,5 +477,21 @@ mod tests {
         assert_eq!(r.pattern(), "/v1/sessions/{id}/ws");
         assert!(!Route::Health.needs_auth());
         assert!(r.needs_auth());
+    }
+
+    #[test]
+    fn home_and_documents_need_no_token_and_take_only_get() {
+        for r in [Route::Home, Route::OpenApi, Route::AsyncApi] {
+            assert!(!r.needs_auth());
+        }
+        assert_eq!(route("HEAD", "/"), Ok(Route::Home));
+        assert!(matches!(
+            route("POST", "/"),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route("POST", "/openapi.json"),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
     }
 }

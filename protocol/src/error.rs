@@ -3,12 +3,13 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 /// Every error code the API answers with, over HTTP and in WebSocket
 /// `error` frames. On the wire it is a snake_case string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// `bad_request`: a malformed path id, query parameter or header (400).
@@ -96,7 +97,7 @@ impl fmt::Display for ErrorCode {
 }
 
 /// The inside of an error body: `{"code":..,"message":..}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct ErrorDetail {
     /// Machine-readable code.
@@ -116,7 +117,7 @@ impl ErrorDetail {
 }
 
 /// Every HTTP error answer: `{"error":{"code":..,"message":..}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct ErrorBody {
     /// The error.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, IgnoredAny, MapAccess};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,7 +17,7 @@ use crate::session::{NewPoint, Participant, StoredPoint};
 /// `{"type":"ping"}` or `{"type":"end"}`. Parse with [`ClientFrame::parse`],
 /// which classifies failures for the `error` frame; the `Deserialize` impl
 /// applies the same rules but reports every failure as a plain serde error.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(
     tag = "type",
     rename_all = "camelCase",
@@ -396,7 +397,7 @@ fn explain_data_error(text: &str, original: serde_json::Error) -> FrameError {
 
 /// A frame the server sends. Deserializing is strict: an unknown `type`
 /// or an unknown field is an error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     remote = "Self",
     tag = "type",

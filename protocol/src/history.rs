@@ -2,12 +2,13 @@
 //! ([`SessionList`]) and `GET /v1/users/{userId}/metrics`
 //! ([`MetricsAnswer`]).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::session::SessionSummary;
 
 /// The answer to `GET /v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionList {
     /// The page, newest first.
@@ -18,7 +19,7 @@ pub struct SessionList {
 }
 
 /// The answer to `GET /v1/users/{userId}/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetricsAnswer {
     /// The user.
@@ -30,7 +31,7 @@ pub struct MetricsAnswer {
 }
 
 /// One user's figures for one kind and bucket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Bucket {
     /// Start of the bucket, RFC 3339 UTC.

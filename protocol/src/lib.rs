@@ -48,6 +48,7 @@ macro_rules! object_only {
     )+};
 }
 
+pub mod api;
 pub mod error;
 pub mod frames;
 pub mod history;

@@ -1,12 +1,13 @@
 //! Presence (CONTRACT.md section 6).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Validate;
 use crate::limits::{char_len, MAX_ACTIVITY_CHARS};
 
 /// A user's presence as answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceStatus {
     /// `"online"`.
@@ -33,7 +34,7 @@ impl PresenceStatus {
 
 /// A status a client may set with a heartbeat (`offline` is only ever
 /// derived by the server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HeartbeatStatus {
     /// `"online"`.
@@ -55,7 +56,7 @@ impl From<HeartbeatStatus> for PresenceStatus {
 }
 
 /// Body of `POST /v1/presence/heartbeat`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Heartbeat {
     /// The status to set, if any.
@@ -80,7 +81,7 @@ impl Validate for Heartbeat {
 }
 
 /// A user's presence object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Presence {
     /// Whose presence.
@@ -111,7 +112,7 @@ impl Presence {
 }
 
 /// Answer to `GET /v1/presence?users=...`, in the order asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct PresenceBatch {
     /// One presence per user id asked for.

@@ -1,6 +1,7 @@
 //! Quota checks, refunds and the caller's quota overview (CONTRACT.md
 //! section 7).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorDetail, Validate};
@@ -8,7 +9,7 @@ use crate::ids::is_valid_user_id;
 use crate::limits::{char_len, MAX_PLAN_CHARS};
 
 /// A metered resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Resource {
     /// `"api"`: requests, per minute (GCRA with burst).
@@ -40,7 +41,7 @@ pub const DEFAULT_COST: u64 = 1;
 pub const DEFAULT_PLAN: &str = "free";
 
 /// Body of `POST /v1/quota/check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaCheck {
     /// The user id whose quota is checked.
@@ -90,7 +91,7 @@ impl Validate for QuotaCheck {
 }
 
 /// Body of `POST /v1/quota/refund`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaRefund {
     /// The user id whose units come back.
@@ -114,7 +115,7 @@ impl Validate for QuotaRefund {
 }
 
 /// Answer to `POST /v1/quota/check` (200 when allowed, 429 when not).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaDecision {
     /// Whether the units were taken.
@@ -134,7 +135,7 @@ pub struct QuotaDecision {
 }
 
 /// One resource in the `GET /v1/quota` overview.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceUsage {
     /// Limit in the window; `null` when unlimited.
@@ -154,7 +155,7 @@ pub struct ResourceUsage {
 }
 
 /// Answer to `GET /v1/quota`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaOverview {
     /// The caller.
@@ -170,7 +171,7 @@ pub struct QuotaOverview {
 }
 
 /// Answer to `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Health {
     /// `"ok"`.

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -15,7 +18,7 @@ use crate::limits::{
 };
 
 /// Body of `POST /v1/sessions`. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSession {
     /// Title, at most 200 characters.
@@ -60,7 +63,7 @@ impl Validate for CreateSession {
 }
 
 /// Whether a session still takes participants and points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     /// `"active"`: open for joins and points.
@@ -80,7 +83,7 @@ impl SessionStatus {
 }
 
 /// A live WebSocket connection in a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct Participant {
     /// Server-chosen id of the connection.
@@ -340,8 +343,77 @@ impl<'de> Deserialize<'de> for Session {
     }
 }
 
+// The schemas follow `RecordVisitor`, not a derive (which cannot see the
+// hand-written serde): exactly the record's fields, `title` and `endedAt`
+// optional and nullable, `stats` required in a summary and optional in a
+// session object, `participants` only (and required) in the latter.
+fn record_schema(generator: &mut SchemaGenerator, session: bool) -> Schema {
+    let string = generator.subschema_for::<String>();
+    let nullable = generator.subschema_for::<Option<String>>();
+    let mut properties = serde_json::json!({
+        "id": { "type": "string", "description": "Session id (UUID, lowercase)." },
+        "ownerId": { "type": "string", "description": "The user who created it." },
+        "title": nullable.clone(),
+        "members": generator.subschema_for::<Vec<String>>(),
+        "metadata": generator.subschema_for::<Map<String, Value>>(),
+        "status": generator.subschema_for::<SessionStatus>(),
+        "startedAt": string.clone(),
+        "endedAt": nullable,
+        "pointCount": generator.subschema_for::<u64>(),
+        "lastSeq": generator.subschema_for::<u64>(),
+        "stats": generator.subschema_for::<BTreeMap<String, KindStats>>(),
+    });
+    let mut required = vec![
+        "id",
+        "ownerId",
+        "members",
+        "metadata",
+        "status",
+        "startedAt",
+        "pointCount",
+        "lastSeq",
+    ];
+    if session {
+        properties["participants"] = generator.subschema_for::<Vec<Participant>>().to_value();
+        required.push("participants");
+    } else {
+        required.push("stats");
+    }
+    json_schema!({
+        "type": "object",
+        "description": if session {
+            "The session object: the record and its live connections."
+        } else {
+            "The session record (a session object without participants)."
+        },
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+impl JsonSchema for SessionSummary {
+    fn schema_name() -> Cow<'static, str> {
+        "SessionSummary".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        record_schema(generator, false)
+    }
+}
+
+impl JsonSchema for Session {
+    fn schema_name() -> Cow<'static, str> {
+        "Session".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        record_schema(generator, true)
+    }
+}
+
 /// Figures of one point `kind` over the points that carry a `value`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct KindStats {
     /// Points of this kind with a value.
@@ -379,7 +451,7 @@ impl KindStats {
 }
 
 /// A point as a client sends it, over HTTP or in a `point` frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewPoint {
     /// Client idempotency key, 1-64 characters: a repeated id is recorded once.
@@ -464,7 +536,7 @@ impl Validate for NewPoint {
 }
 
 /// A point as stored, read back and broadcast.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoredPoint {
     /// Position in the session: 1, 2, 3 … without gaps.
@@ -488,7 +560,7 @@ pub struct StoredPoint {
 }
 
 /// Body of `POST /v1/sessions/{id}/points`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct PointsBatch {
     /// 1-100 points, recorded in this order.
@@ -511,7 +583,7 @@ impl Validate for PointsBatch {
 }
 
 /// Answer to `POST /v1/sessions/{id}/points`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct PointsAccepted {
     /// The `seq` of each point, in the order sent (a repeated `id` gets the
@@ -520,7 +592,7 @@ pub struct PointsAccepted {
 }
 
 /// Answer to `GET /v1/sessions/{id}/points`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
 pub struct PointsPage {
     /// Points with `seq > afterSeq`, in `seq` order, at most `limit`.

@@ -10,6 +10,9 @@ pub type Asset = (&'static str, &'static str);
 
 const HTML: &str = "text/html; charset=utf-8";
 
+/// The page at `/`: where a person finds the console and the documents.
+pub const HOME: &str = include_str!("../../public/index.html");
+
 /// The console file at `path`, if there is one.
 pub fn asset(path: &str) -> Option<Asset> {
     match path {

@@ -26,6 +26,8 @@ use sesh_core::route::{self, Route};
 use sesh_core::session::{retired_call, RetiredAnswer, RetiredCall};
 
 /// Headers a browser may send cross-origin, and those it may read.
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
 const CORS_ALLOW_HEADERS: &str = "authorization, content-type, x-request-id";
 const CORS_EXPOSE_HEADERS: &str = "x-request-id, ratelimit, ratelimit-policy, retry-after";
 
@@ -136,12 +138,24 @@ impl Gateway<'_> {
             return Ok(resp);
         }
         if !route::is_api_path(path) {
-            // Outside /v1 there is only the health check.
-            self.pattern = route::route(method.as_ref(), path)?.pattern();
-            let health = Health {
-                status: "ok".into(),
+            // Outside /v1: the health check, the home page and the API
+            // documents, none of which needs a token.
+            let route = route::route(method.as_ref(), path)?;
+            self.pattern = route.pattern();
+            let document = match route {
+                Route::Home => (HTML, crate::edge::console::HOME),
+                Route::OpenApi => (JSON, sesh_protocol::api::OPENAPI_JSON),
+                Route::AsyncApi => (JSON, sesh_protocol::api::ASYNCAPI_JSON),
+                _ => {
+                    let health = Health {
+                        status: "ok".into(),
+                    };
+                    return http::json(200, &health);
+                }
             };
-            return http::json(200, &health);
+            let resp = http::json_text(200, document.1.to_owned());
+            let _ = resp.headers().set("content-type", document.0);
+            return Ok(resp);
         }
         // Every /v1 request is authenticated and charged before any other
         // work, routing included (CONTRACT.md section 7).
@@ -187,7 +201,9 @@ impl Gateway<'_> {
         let hop = self.hop(caller);
         let me = caller.user.as_str();
         match route {
-            Route::Health => Err(ApiError::NotFound("no such route".into())),
+            Route::Health | Route::Home | Route::OpenApi | Route::AsyncApi => {
+                Err(ApiError::NotFound("no such route".into()))
+            }
             Route::CreateSession => self.create_session(body, caller).await,
             Route::GetSession(id) => self.read_session(&id, SessionCall::Get, caller).await,
             Route::SessionSocket(id) => self.upgrade(&id, &req, caller).await,
@@ -482,7 +498,9 @@ impl Gateway<'_> {
         let header = req.headers().get("authorization").ok().flatten();
         let token = match header.as_deref() {
             Some(h) => auth::bearer(h).ok_or(AuthError::Malformed)?.to_owned(),
-            None if socket => query(url, "token").ok_or(AuthError::Missing)?.into_owned(),
+            None if socket => query(url, "token")
+                .ok_or(AuthError::MissingOnSocket)?
+                .into_owned(),
             None => return Err(AuthError::Missing.into()),
         };
         let secret = self

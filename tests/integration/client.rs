@@ -134,6 +134,7 @@ pub async fn call_at(
         }
         break (status, headers, text);
     };
+    crate::documents::check_answer(method.as_str(), path, status, &text);
     let body = if text.is_empty() {
         Value::Null
     } else {
@@ -300,7 +301,9 @@ impl Ws {
                 .expect("a frame within 10 s");
             match m {
                 Some(Ok(Message::Text(t))) => {
-                    return Next::Frame(serde_json::from_str(&t).expect("JSON frame"))
+                    let frame = serde_json::from_str(&t).expect("JSON frame");
+                    crate::documents::check_server_frame(&frame);
+                    return Next::Frame(frame);
                 }
                 Some(Ok(Message::Close(c))) => {
                     return Next::Closed(c.map(|c| u16::from(c.code)).unwrap_or(1005))

@@ -13,6 +13,7 @@ const UNKNOWN_SESSION: &str = "0190a6b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b";
 pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
     "gateway",
     health_needs_no_token,
+    home_page_and_api_documents_need_no_token,
     request_id_is_echoed_or_generated,
     unknown_routes_are_json_404,
     wrong_methods_are_json_405_with_allow,
@@ -37,6 +38,38 @@ async fn health_needs_no_token() {
     let a = call("GET", "/health", None, None, &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.body, json!({"status": "ok"}));
+}
+
+async fn home_page_and_api_documents_need_no_token() {
+    let client = reqwest::Client::new();
+    let home = client
+        .get(format!("{}/", base()))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(home.status().as_u16(), 200);
+    let ct = home.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    let page = home.text().await.expect("page");
+    for link in ["/console/", "/openapi.json", "/asyncapi.json"] {
+        assert!(
+            page.contains(&format!("href=\"{link}\"")),
+            "{link} in {page}"
+        );
+    }
+    // The documents served are the checked-in ones, byte for byte.
+    for (path, text) in [
+        ("/openapi.json", sesh_protocol::api::OPENAPI_JSON),
+        ("/asyncapi.json", sesh_protocol::api::ASYNCAPI_JSON),
+    ] {
+        let a = call("GET", path, None, None, &[]).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.header("content-type"), Some("application/json"), "{path}");
+        assert_eq!(a.text, text, "{path}");
+    }
 }
 
 async fn request_id_is_echoed_or_generated() {
@@ -65,7 +98,8 @@ async fn request_id_is_echoed_or_generated() {
 }
 
 async fn unknown_routes_are_json_404() {
-    for p in ["/", "/nope", "/v2/sessions", "/health/x"] {
+    // `/` is the home page (home_page_and_api_documents_need_no_token).
+    for p in ["/nope", "/v2/sessions", "/health/x"] {
         call("GET", p, None, None, &[])
             .await
             .assert_error(404, "not_found");
@@ -467,6 +501,8 @@ async fn websocket_upgrade_without_token_is_refused_401() {
     )
     .await;
     a.assert_error(401, "unauthorized");
+    let message = a.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("?token="), "{message}");
 }
 
 async fn websocket_upgrade_from_foreign_origin_is_refused_403() {

@@ -12,6 +12,9 @@ mod client;
 mod client_e2e;
 #[cfg(not(target_arch = "wasm32"))]
 mod console;
+// The one checker of every answer and frame against the API documents.
+#[cfg(not(target_arch = "wasm32"))]
+mod documents;
 #[cfg(not(target_arch = "wasm32"))]
 mod faults;
 #[cfg(not(target_arch = "wasm32"))]

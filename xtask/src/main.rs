@@ -218,6 +218,9 @@ fn test() -> Result<()> {
         run(&mut cargo_with(args))?;
     }
 
+    step("API documents: OpenAPI validator and @asyncapi/parser (tests/api-docs)");
+    api_document_checks(&root)?;
+
     step("wasm-bindgen tests (wasm32 in Node)");
     run(
         cargo_with("test -p sesh --target wasm32-unknown-unknown --test wasm")
@@ -245,6 +248,32 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// `npm ci` in `dir` when its node_modules is missing or older than its
+/// package-lock.json (npm writes node_modules/.package-lock.json on every
+/// install).
+fn npm_ci_if_stale(dir: &Path) -> Result<()> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let lock = modified(&dir.join("package-lock.json"));
+    let installed = modified(&dir.join("node_modules/.package-lock.json"))
+        .or_else(|| modified(&dir.join("node_modules")));
+    if installed.is_none() || installed < lock {
+        run(Command::new("npm")
+            .current_dir(dir)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    Ok(())
+}
+
+/// The checked-in API documents read by the tools their readers use: an
+/// OpenAPI 3.1 validator and `@asyncapi/parser` (tests/api-docs/check.mjs).
+fn api_document_checks(root: &Path) -> Result<()> {
+    let dir = root.join("tests/api-docs");
+    npm_ci_if_stale(&dir)?;
+    run(Command::new("npm")
+        .current_dir(&dir)
+        .args(["run", "--silent", "check"]))
+}
+
 /// The TypeScript client `@sesh/client`: `npm ci` when its node_modules is
 /// missing or older than its package-lock.json, the build (tsc), the state
 /// machine's unit tests, then its Node and Chromium tests, which start
@@ -252,16 +281,7 @@ fn test() -> Result<()> {
 /// kills and restarts it on the same port and state).
 fn typescript_client_tests(root: &Path, chromium: &Path) -> Result<()> {
     let dir = root.join("clients/typescript");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let lock = modified(&dir.join("package-lock.json"));
-    // npm writes node_modules/.package-lock.json on every install.
-    let installed = modified(&dir.join("node_modules/.package-lock.json"))
-        .or_else(|| modified(&dir.join("node_modules")));
-    if installed.is_none() || installed < lock {
-        run(Command::new("npm")
-            .current_dir(&dir)
-            .args(["ci", "--no-audit", "--no-fund"]))?;
-    }
+    npm_ci_if_stale(&dir)?;
     let npm_run = |script: &str| {
         let mut c = Command::new("npm");
         c.current_dir(&dir)
