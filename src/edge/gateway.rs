@@ -202,6 +202,15 @@ impl Gateway<'_> {
                 self.read_session(&id, call, caller).await
             }
             Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
+            Route::SetMember(id, user_id) => {
+                let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
+                let call = SessionCall::SetMember { user_id, body };
+                self.read_session(&id, call, caller).await
+            }
+            Route::RemoveMember(id, user_id) => {
+                let call = SessionCall::RemoveMember { user_id };
+                self.read_session(&id, call, caller).await
+            }
             Route::Heartbeat => {
                 let body = http::read_body(&mut req, MAX_BODY_BYTES).await?;
                 let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await?;
@@ -281,7 +290,7 @@ impl Gateway<'_> {
         let Some(s) = reads::ended_session(self.env, id).await? else {
             return Ok(live);
         };
-        match retired_call(&s.owner_id, &s.members, &caller.user, retired)? {
+        match retired_call(&s.owner_id, (&s.members, &s.viewers), &caller.user, retired)? {
             RetiredAnswer::Points { after_seq, limit } => {
                 reads::ended_points(self.env, &s, after_seq, limit).await
             }
@@ -533,7 +542,8 @@ impl Gateway<'_> {
         if resp.status_code() == 404 {
             // A retired session ended long ago: joining it is 409, as before.
             if let Some(s) = reads::ended_session(self.env, id).await? {
-                retired_call(&s.owner_id, &s.members, &caller.user, RetiredCall::Change)?;
+                let lists = (s.members.as_slice(), s.viewers.as_slice());
+                retired_call(&s.owner_id, lists, &caller.user, RetiredCall::Change)?;
             }
         }
         Ok(resp)

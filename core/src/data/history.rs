@@ -418,6 +418,12 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
         owner_id: col_str(row, "owner_id")?,
         title: col_opt_str(row, "title")?,
         members: json_col(row, "members")?,
+        // A row read without the column (a query of the record's older
+        // shape) has no viewers.
+        viewers: match row.get("viewers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => json_col(row, "viewers")?,
+        },
         metadata: json_col(row, "metadata")?,
         status,
         started_at: col_str(row, "started_at")?,
@@ -471,7 +477,8 @@ pub struct PartitionWrite {
 /// [`write_stats`] writes the figures of the kinds a flush changed); the
 /// partition is [`write_partition`]`(started_at, now)`. The row is upserted
 /// as the flush always did (the count never goes down); member rows are
-/// only ever added. An error: `started_at` is not RFC 3339 (a record this
+/// added for the owner, every writer and every viewer, and the rows of
+/// users no longer in the record are deleted. An error: `started_at` is not RFC 3339 (a record this
 /// server did not make).
 pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite, RowError> {
     let started_ms = parse_time("startedAt", &rec.started_at).map_err(|_| RowError::Column {
@@ -486,6 +493,7 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
     let upsert = format!(
         "INSERT INTO {t} ({cols}) VALUES ({placeholders}) \
          ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
+         viewers = excluded.viewers, \
          metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
          point_count = max({t}.point_count, excluded.point_count)",
         t = sessions,
@@ -494,6 +502,7 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
     );
     let mut everyone: Vec<&str> = vec![rec.owner_id.as_str()];
     everyone.extend(rec.members.iter().map(String::as_str));
+    everyone.extend(rec.viewers.iter().map(String::as_str));
     everyone.sort_unstable();
     everyone.dedup();
     let members_sql = format!(
@@ -501,6 +510,13 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
         TableKind::Members.table(span),
         TableKind::Members.column_list("")
     );
+    // Removed users' rows go in the same batch, so their list stops showing
+    // the session with the flush that stores the change.
+    let removed_sql = format!(
+        "DELETE FROM {} WHERE session_id = ?1 AND user_id NOT IN (SELECT m.value FROM json_each(?2) AS m)",
+        TableKind::Members.table(span),
+    );
+    let everyone_json = Value::from(everyone).to_string();
     let statements = vec![
         // In the order of `TableKind::Sessions.columns()`, as
         // `session_from_row` reads them back.
@@ -511,6 +527,7 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
                 Value::from(rec.owner_id.as_str()),
                 rec.title.as_deref().map_or(Value::Null, Value::from),
                 Value::from(Value::from(rec.members.clone()).to_string()),
+                Value::from(Value::from(rec.viewers.clone()).to_string()),
                 Value::from(Value::Object(rec.metadata.clone()).to_string()),
                 Value::from(rec.status.as_str()),
                 Value::from(rec.started_at.as_str()),
@@ -523,8 +540,12 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
             vec![
                 Value::from(rec.id.as_str()),
                 Value::from(started_ms),
-                Value::from(Value::from(everyone).to_string()),
+                Value::from(everyone_json.as_str()),
             ],
+        ),
+        Statement::new(
+            removed_sql,
+            vec![Value::from(rec.id.as_str()), Value::from(everyone_json)],
         ),
     ];
     Ok(PartitionWrite {
