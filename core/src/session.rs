@@ -37,7 +37,9 @@ use sesh_protocol::{
 
 pub use flush::{retry_backoff_ms, FlushBatch};
 pub use ids::{IdCache, IdKey, IdLookup, NoIds};
-pub use membership::{retired_call, Change, ConnId, RetiredAnswer, RetiredCall};
+pub use membership::{
+    check_owner_not_listed, retired_call, Change, ConnId, RetiredAnswer, RetiredCall,
+};
 pub use units::{day_of, until_next_day, Settlement, Units};
 
 use crate::clock::VirtualClock;

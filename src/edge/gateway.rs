@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
     parse_body, parse_optional_body, CreateSession, Health, Presence, QuotaCheck, QuotaRefund,
-    Resource, DEFAULT_COST, DEFAULT_PLAN,
+    Resource, SessionStatus, DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
@@ -287,7 +287,10 @@ impl Gateway<'_> {
         if live.status_code() != 404 {
             return Ok(live);
         }
-        let Some(s) = reads::ended_session(self.env, id).await? else {
+        // Only an ended record is a retired session; the live object's own
+        // 404 (a member who is not one) is its answer.
+        let ended = reads::ended_session(self.env, id).await?;
+        let Some(s) = ended.filter(|s| s.status == SessionStatus::Ended) else {
             return Ok(live);
         };
         match retired_call(&s.owner_id, (&s.members, &s.viewers), &caller.user, retired)? {

@@ -69,7 +69,10 @@ async fn listed_becomes(user: &str, id: &str, want: bool) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    panic!("{user}'s list never {} {id}", if want { "showed" } else { "dropped" });
+    panic!(
+        "{user}'s list never {} {id}",
+        if want { "showed" } else { "dropped" }
+    );
 }
 
 /// The tests of this module, by name.
@@ -88,7 +91,12 @@ pub const TESTS: &[(&str, TestFn)] = crate::test_list!(
 async fn viewers_at_creation_are_validated_and_answered() {
     let (o, w, v) = (unique("o"), unique("w"), unique("v"));
     let t = tok(&o);
-    let both = post("/v1/sessions", &t, &json!({"members": [&w], "viewers": [&w]})).await;
+    let both = post(
+        "/v1/sessions",
+        &t,
+        &json!({"members": [&w], "viewers": [&w]}),
+    )
+    .await;
     both.assert_error(422, "validation_failed");
     let owner_in = post("/v1/sessions", &t, &json!({"viewers": [&o]})).await;
     owner_in.assert_error(422, "validation_failed");
@@ -96,7 +104,12 @@ async fn viewers_at_creation_are_validated_and_answered() {
     let (m, vs) = many.split_at(60);
     let over = post("/v1/sessions", &t, &json!({"members": m, "viewers": vs})).await;
     over.assert_error(422, "validation_failed");
-    let a = post("/v1/sessions", &t, &json!({"members": [&w], "viewers": [&v]})).await;
+    let a = post(
+        "/v1/sessions",
+        &t,
+        &json!({"members": [&w], "viewers": [&v]}),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.text);
     assert_eq!(a.body["viewers"], json!([v]));
     let plain = post("/v1/sessions", &t, &json!({})).await;
@@ -140,7 +153,8 @@ async fn a_viewer_reads_and_joins_but_writes_nothing_until_made_writer() {
     let (mut wo, _) = join(&id, &o).await;
     let (mut wv, _) = join(&id, &v).await;
     wo.until("joined").await;
-    wv.send(&json!({"type": "point", "id": "p1", "kind": "k"})).await;
+    wv.send(&json!({"type": "point", "id": "p1", "kind": "k"}))
+        .await;
     let e = wv.frame().await;
     assert_eq!(e["type"], "error", "{e}");
     assert_eq!(e["code"], "forbidden");
@@ -155,7 +169,8 @@ async fn a_viewer_reads_and_joins_but_writes_nothing_until_made_writer() {
     .await;
     http.assert_error(403, "forbidden");
     // The owner's points reach the viewer.
-    wo.send(&json!({"type": "point", "id": "o1", "kind": "k"})).await;
+    wo.send(&json!({"type": "point", "id": "o1", "kind": "k"}))
+        .await;
     assert_eq!(wo.frame().await["type"], "ack");
     assert_eq!(wv.frame().await["type"], "point");
     // Made writer: the same socket writes.
@@ -163,13 +178,15 @@ async fn a_viewer_reads_and_joins_but_writes_nothing_until_made_writer() {
     let m = wv.frame().await;
     assert_eq!(m, json!({"type": "members", "members": [v], "viewers": []}));
     assert_eq!(wo.frame().await, m, "every participant hears it");
-    wv.send(&json!({"type": "point", "id": "p1", "kind": "k"})).await;
+    wv.send(&json!({"type": "point", "id": "p1", "kind": "k"}))
+        .await;
     let ack = wv.frame().await;
     assert_eq!(ack, json!({"type": "ack", "id": "p1", "seq": 2}));
     // Made viewer again: the socket is kept.
     assert_eq!(set_role(base(), &id, &o, &v, "viewer").await.status, 200);
     assert_eq!(wv.frame().await["type"], "members");
-    wv.send(&json!({"type": "point", "id": "p2", "kind": "k"})).await;
+    wv.send(&json!({"type": "point", "id": "p2", "kind": "k"}))
+        .await;
     assert_eq!(wv.frame().await["code"], "forbidden");
 }
 
@@ -190,7 +207,10 @@ async fn a_removed_user_gets_removed_then_1008_and_is_locked_out() {
     assert_eq!(left["userId"], w.as_str());
     let (m, _) = wo.until("members").await;
     assert_eq!(m["members"], json!([]));
-    assert_eq!(Ws::try_join_at(base(), &id, &tok(&w)).await.err(), Some(403));
+    assert_eq!(
+        Ws::try_join_at(base(), &id, &tok(&w)).await.err(),
+        Some(403)
+    );
     get(&format!("/v1/sessions/{id}"), &tok(&w))
         .await
         .assert_error(403, "forbidden");
@@ -230,24 +250,29 @@ async fn signals_and_states_reach_the_others() {
     assert_eq!(wel_v["participants"][0]["state"], Value::Null);
     wo.until("joined").await;
     // A viewer signals; nothing is stored.
-    wv.send(&json!({"type": "signal", "data": {"cursor": [1, 2]}})).await;
+    wv.send(&json!({"type": "signal", "data": {"cursor": [1, 2]}}))
+        .await;
     let s = wo.frame().await;
     assert_eq!(
         s,
         json!({"type": "signal", "from": conn_v, "userId": v, "data": {"cursor": [1, 2]}})
     );
-    wo.send(&json!({"type": "signal", "data": {"hi": 1}, "to": conn_v})).await;
+    wo.send(&json!({"type": "signal", "data": {"hi": 1}, "to": conn_v}))
+        .await;
     assert_eq!(wv.frame().await["from"], conn_o.as_str());
     let big = "x".repeat(4 * 1024);
-    wv.send(&json!({"type": "signal", "data": {"k": big}})).await;
+    wv.send(&json!({"type": "signal", "data": {"k": big}}))
+        .await;
     assert_eq!(wv.frame().await["code"], "validation_failed");
     // A state replaces the last one and is in the session object.
-    wv.send(&json!({"type": "state", "data": {"typing": true}})).await;
+    wv.send(&json!({"type": "state", "data": {"typing": true}}))
+        .await;
     assert_eq!(
         wo.frame().await,
         json!({"type": "state", "connId": conn_v, "userId": v, "data": {"typing": true}})
     );
-    wv.send(&json!({"type": "state", "data": {"typing": false}})).await;
+    wv.send(&json!({"type": "state", "data": {"typing": false}}))
+        .await;
     assert_eq!(wo.frame().await["data"]["typing"], false);
     let g = get(&format!("/v1/sessions/{id}"), &tok(&o)).await;
     let p = g.body["participants"].as_array().unwrap();
@@ -320,7 +345,15 @@ async fn a_change_survives_a_sigkill() {
     .await
     .unwrap();
     let b = server.base.clone();
-    let g = call_at(&b, "GET", &format!("/v1/sessions/{id}"), Some(&tok(&o)), None, &[]).await;
+    let g = call_at(
+        &b,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(&tok(&o)),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(g.status, 200, "{}", g.text);
     assert_eq!(g.body["members"], json!([v]));
     assert_eq!(g.body["viewers"], json!([w]));

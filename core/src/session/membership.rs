@@ -174,6 +174,21 @@ pub fn apply(meta: &mut Meta, caller: &str, change: &Change) -> Result<bool, Ses
     }
 }
 
+/// Checks the lists of a new session against its owner: the owner holds
+/// no role, so naming them in `members` or `viewers` is refused.
+pub fn check_owner_not_listed(
+    owner: &str,
+    members: &[String],
+    viewers: &[String],
+) -> Result<(), SessionError> {
+    if members.iter().chain(viewers).any(|m| m == owner) {
+        return Err(SessionError::Validation(
+            "the owner is a member already; leave them out of members and viewers".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `user` is the owner or one of `members` or `viewers`: the
 /// one rule for a live session's record and for an ended one's as D1
 /// keeps it.

@@ -306,6 +306,11 @@ impl ActiveSessionDO {
         if matches!(&*self.core.borrow(), Loaded::Live(_)) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
+        sesh_core::session::check_owner_not_listed(
+            &caller.user,
+            create.members.as_deref().unwrap_or_default(),
+            create.viewers.as_deref().unwrap_or_default(),
+        )?;
         self.prepare_schema()?;
         let max_participants = self
             .plans
