@@ -241,6 +241,7 @@ impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Forbidden(m) => Self::Forbidden(m),
+            SessionError::NotFound(m) => Self::NotFound(m),
             SessionError::Ended => Self::SessionEnded,
             SessionError::Validation(m) => Self::Validation(m),
             SessionError::QuotaExceeded {

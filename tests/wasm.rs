@@ -122,6 +122,7 @@ fn session_flood_limit_runs_on_the_virtual_clock() {
         owner_id: "o".into(),
         title: None,
         members: vec![],
+        viewers: vec![],
         metadata: Default::default(),
         status: SessionStatus::Active,
         started_at: now,

@@ -193,6 +193,7 @@ pub(super) fn record(
         owner_id: user.to_owned(),
         title: Some("seeded".to_owned()),
         members: Vec::new(),
+        viewers: vec![],
         metadata: Map::new(),
         status,
         started_at: rfc3339(started_at),

@@ -46,6 +46,10 @@ pub enum Route {
     ReadPoints(String),
     /// `POST /v1/sessions/{id}/end`.
     EndSession(String),
+    /// `PUT /v1/sessions/{id}/members/{userId}`: (session, user).
+    SetMember(String, String),
+    /// `DELETE /v1/sessions/{id}/members/{userId}`: (session, user).
+    RemoveMember(String, String),
     /// `POST /v1/presence/heartbeat`.
     Heartbeat,
     /// `GET /v1/presence/{userId}`.
@@ -83,6 +87,7 @@ impl Route {
             Self::SessionSocket(_) => "/v1/sessions/{id}/ws",
             Self::AppendPoints(_) | Self::ReadPoints(_) => "/v1/sessions/{id}/points",
             Self::EndSession(_) => "/v1/sessions/{id}/end",
+            Self::SetMember(..) | Self::RemoveMember(..) => "/v1/sessions/{id}/members/{userId}",
             Self::Heartbeat => "/v1/presence/heartbeat",
             Self::GetPresence(_) => "/v1/presence/{userId}",
             Self::BatchPresence => "/v1/presence",
@@ -109,6 +114,7 @@ impl Route {
 const GET: &[&str] = &["GET"];
 const POST: &[&str] = &["POST"];
 const GET_POST: &[&str] = &["GET", "POST"];
+const PUT_DELETE: &[&str] = &["PUT", "DELETE"];
 
 /// Routes a request. Unknown paths are 404, known paths with another method
 /// 405 (with the allowed methods), malformed ids 400.
@@ -165,6 +171,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         ["v1", "sessions", id, "end"] => {
             let id = session_id(id)?;
             pick(POST, Route::EndSession(id))
+        }
+        ["v1", "sessions", id, "members", user] => {
+            let (id, user) = (session_id(id)?, user_id(user)?);
+            match m {
+                "PUT" => Ok(Route::SetMember(id, user)),
+                "DELETE" => Ok(Route::RemoveMember(id, user)),
+                _ => Err(RouteError::MethodNotAllowed { allow: PUT_DELETE }),
+            }
         }
         ["v1", "presence"] => pick(GET, Route::BatchPresence),
         ["v1", "presence", "heartbeat"] => pick(POST, Route::Heartbeat),
@@ -342,6 +356,16 @@ mod tests {
                 Route::GetPresence("bob".into()),
             ),
             ("GET", "/v1/presence".to_owned(), Route::BatchPresence),
+            (
+                "PUT",
+                format!("/v1/sessions/{s}/members/bob"),
+                Route::SetMember(s.clone(), "bob".into()),
+            ),
+            (
+                "DELETE",
+                format!("/v1/sessions/{s}/members/bob"),
+                Route::RemoveMember(s.clone(), "bob".into()),
+            ),
             ("GET", "/v1/quota".to_owned(), Route::GetQuota),
             ("POST", "/v1/quota/check".to_owned(), Route::CheckQuota),
             ("POST", "/v1/quota/refund".to_owned(), Route::RefundQuota),

@@ -37,7 +37,9 @@ use sesh_protocol::{
 
 pub use flush::{retry_backoff_ms, FlushBatch};
 pub use ids::{IdCache, IdKey, IdLookup, NoIds};
-pub use membership::{retired_call, ConnId, RetiredAnswer, RetiredCall};
+pub use membership::{
+    check_owner_not_listed, retired_call, Change, ConnId, RetiredAnswer, RetiredCall,
+};
 pub use units::{day_of, until_next_day, Settlement, Units};
 
 use crate::clock::VirtualClock;
@@ -64,8 +66,11 @@ pub struct Meta {
     pub owner_id: String,
     /// Optional title.
     pub title: Option<String>,
-    /// Other members.
+    /// Writers besides the owner.
     pub members: Vec<String>,
+    /// Viewers (a record stored before viewers existed has none).
+    #[serde(default)]
+    pub viewers: Vec<String>,
     /// Free-form metadata.
     pub metadata: Map<String, Value>,
     /// Active or ended.
@@ -97,6 +102,7 @@ impl Meta {
             owner_id: owner.to_owned(),
             title: create.title,
             members: create.members.unwrap_or_default(),
+            viewers: create.viewers.unwrap_or_default(),
             metadata: create.metadata.unwrap_or_default(),
             status: SessionStatus::Active,
             ended_at: None,
@@ -105,9 +111,14 @@ impl Meta {
         }
     }
 
-    /// Whether `user` may read, join and write.
+    /// Whether `user` may read and join.
     pub fn is_member(&self, user: &str) -> bool {
-        membership::check_member_of(&self.owner_id, &self.members, user).is_ok()
+        membership::check_member(self, user).is_ok()
+    }
+
+    /// Whether `user` may write points (the owner or a writer).
+    pub fn is_writer(&self, user: &str) -> bool {
+        membership::check_writer(self, user).is_ok()
     }
 }
 
@@ -272,6 +283,14 @@ pub enum Decision {
     },
     /// Persist the units in hand.
     SaveUnits(Units),
+    /// Keep connection `conn`'s live state with its socket (the
+    /// attachment), so it survives hibernation.
+    SaveState {
+        /// The connection.
+        conn: ConnId,
+        /// Its state.
+        state: Map<String, Value>,
+    },
     /// Persist a stats checkpoint (figures and mark in one transaction),
     /// then report with [`SessionCore::stats_saved`] before polling on.
     SaveStats(Checkpoint),
@@ -387,6 +406,9 @@ pub enum Outgoing {
     Settle(SettleNote),
 }
 
+/// A socket that survived hibernation: (conn, user, joined at, live state).
+pub type RestoredConn = (ConnId, String, Millis, Option<Map<String, Value>>);
+
 /// What storage holds, to rebuild a core after a wake-up.
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
@@ -394,8 +416,9 @@ pub struct Restored {
     pub last_seq: u64,
     /// Durable D1 watermark.
     pub flushed_seq: u64,
-    /// Live sockets that survived hibernation: (conn, user, joined at).
-    pub conns: Vec<(ConnId, String, Millis)>,
+    /// Live sockets that survived hibernation: (conn, user, joined at,
+    /// live state).
+    pub conns: Vec<RestoredConn>,
     /// Version of the stored session record.
     pub meta_version: u64,
     /// Version of the session record already in D1.
@@ -539,8 +562,9 @@ impl SessionCore {
             out: VecDeque::new(),
             cfg,
         };
-        for (conn, user, joined_at) in r.conns {
-            let c = core.new_conn(user, joined_at);
+        for (conn, user, joined_at, state) in r.conns {
+            let mut c = core.new_conn(user, joined_at);
+            c.state = state;
             core.conns.0.insert(conn, c);
         }
         core
@@ -552,6 +576,7 @@ impl SessionCore {
             joined_at,
             limiter: Gcra::new(self.cfg.flood_per_sec, self.cfg.flood_burst, &self.clock),
             strikes: Strikes::default(),
+            state: None,
         }
     }
 
@@ -705,6 +730,8 @@ impl SessionCore {
             ClientFrame::Point(p) => self.socket_point(conn, p, text.len(), now, ids),
             ClientFrame::Resume { after_seq } => self.resume(conn, after_seq),
             ClientFrame::Ping => self.send(conn, &ServerFrame::Pong),
+            ClientFrame::Signal { data, to } => self.signal(conn, data, to),
+            ClientFrame::State { data } => self.set_state(conn, data),
             ClientFrame::End => {
                 let user = self.conns.0.get(conn).map(|c| c.user_id.clone());
                 if let Some(user) = user {
@@ -731,6 +758,141 @@ impl SessionCore {
                     "binary frames are not supported; send JSON text",
                 ),
             );
+        }
+    }
+
+    // An ephemeral message: to one other connection or to everyone else;
+    // nothing stored, nothing charged (the flood limit was taken).
+    fn signal(&mut self, conn: &str, data: Map<String, Value>, to: Option<String>) {
+        let Some(user) = self.conns.0.get(conn).map(|c| c.user_id.clone()) else {
+            return;
+        };
+        let frame = ServerFrame::Signal {
+            from: conn.to_owned(),
+            user_id: user,
+            data,
+        };
+        match to {
+            Some(to) if to != conn && self.conns.0.contains_key(&to) => self.send(&to, &frame),
+            Some(to) => {
+                let e = SessionError::NotFound(format!(
+                    "no other live connection `{to}` in this session"
+                ));
+                self.send_error(conn, &e, None);
+            }
+            None => self.broadcast(Some(conn), &frame),
+        }
+    }
+
+    // The connection's live state: kept with the socket, announced to the
+    // others.
+    fn set_state(&mut self, conn: &str, data: Map<String, Value>) {
+        let Some(c) = self.conns.0.get_mut(conn) else {
+            return;
+        };
+        c.state = Some(data.clone());
+        let user = c.user_id.clone();
+        self.out.push_back(Decision::SaveState {
+            conn: conn.to_owned(),
+            state: data.clone(),
+        });
+        self.broadcast(
+            Some(conn),
+            &ServerFrame::State {
+                conn_id: conn.to_owned(),
+                user_id: user,
+                data,
+            },
+        );
+    }
+
+    /// A membership change by `caller` (`PUT` or `DELETE .../members/{user}`).
+    /// Applied to the record, which is stored ([`Decision::SaveMeta`])
+    /// before anything else of it goes out; then a removed user's sockets
+    /// get `removed` and close (1008), and every remaining participant gets
+    /// `members`. The record reaches D1 with the next flush. A change that
+    /// changes nothing (the role already held) decides nothing. Points
+    /// numbered before it (in flight) keep their seqs; from now on a
+    /// viewer's points are refused.
+    pub fn change_members(
+        &mut self,
+        caller: &str,
+        change: &Change,
+        now: Millis,
+    ) -> Result<(), SessionError> {
+        self.tick_clock(now);
+        if !membership::apply(&mut self.st.meta, caller, change)? {
+            return Ok(());
+        }
+        self.st.meta_version += 1;
+        self.save_meta();
+        self.st.flush.note(now);
+        if let Change::Remove { user } = change {
+            self.remove_user(user, now);
+        }
+        let frame = ServerFrame::Members {
+            members: self.st.meta.members.clone(),
+            viewers: self.st.meta.viewers.clone(),
+        };
+        self.broadcast(None, &frame);
+        // Waiting points of a user who is no longer a writer are refused
+        // now rather than numbered later.
+        self.refuse_non_writers();
+        self.schedule();
+        Ok(())
+    }
+
+    // Every socket of a removed user: `removed`, then the close, before
+    // anything else is sent (the adapter drops a socket at its close, so
+    // nothing reaches it afterwards); then `left` to the others.
+    fn remove_user(&mut self, user: &str, now: Millis) {
+        let conns: Vec<ConnId> = self
+            .conns
+            .0
+            .iter()
+            .filter(|(_, c)| c.user_id == user)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for conn in &conns {
+            self.send(conn, &ServerFrame::Removed);
+            self.out.push_back(Decision::Close {
+                conn: conn.clone(),
+                code: 1008,
+                reason: "removed from the session",
+            });
+        }
+        for conn in &conns {
+            self.leave(conn, now);
+        }
+    }
+
+    fn refuse_non_writers(&mut self) {
+        let meta = &self.st.meta;
+        let conns = &self.conns;
+        let (keep, refuse): (VecDeque<Waiting>, VecDeque<Waiting>) =
+            std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|w| {
+                    conns
+                        .0
+                        .get(&w.conn)
+                        .is_some_and(|c| meta.is_writer(&c.user_id))
+                });
+        self.waiting = keep;
+        self.waiting_bytes = self.waiting.iter().map(|w| w.bytes).sum();
+        let e = SessionError::Forbidden("viewers cannot write points in this session".into());
+        for w in refuse {
+            self.send_error(&w.conn, &e, w.point.id);
+        }
+        let (keep, refuse): (VecDeque<Batch>, VecDeque<Batch>) = std::mem::take(&mut self.batches)
+            .into_iter()
+            .partition(|b| self.st.meta.is_writer(&b.user));
+        self.batches = keep;
+        for b in refuse {
+            let e = membership::check_writer(&self.st.meta, &b.user)
+                .err()
+                .unwrap_or_else(|| e.clone());
+            self.answer(b.id, Err(e));
         }
     }
 
@@ -808,6 +970,10 @@ impl SessionCore {
             return;
         };
         let reference = p.id.clone();
+        if let Err(e) = membership::check_writer(&self.st.meta, &user) {
+            self.send_error(conn, &e, reference);
+            return;
+        }
         if let Err(e) = self.check_point(&p, now) {
             self.send_error(conn, &e, reference);
             return;
@@ -1027,7 +1193,7 @@ impl SessionCore {
         ids: &mut dyn IdLookup,
     ) -> Result<u64, SessionError> {
         self.tick_clock(now);
-        self.check_member(user)?;
+        membership::check_writer(&self.st.meta, user)?;
         for (i, p) in points.iter().enumerate() {
             self.check_point(p, now).map_err(|e| match e {
                 SessionError::Validation(m) => {

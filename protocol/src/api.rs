@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     ClientFrame, CreateSession, ErrorBody, Health, Heartbeat, MetricsAnswer, PointsAccepted,
     PointsBatch, PointsPage, Presence, PresenceBatch, QuotaCheck, QuotaDecision, QuotaOverview,
-    QuotaRefund, ServerFrame, Session, SessionList,
+    QuotaRefund, ServerFrame, Session, SessionList, SetMember,
 };
 
 /// The checked-in OpenAPI document, as the Worker serves it.
@@ -184,6 +184,24 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
             method: "post",
             path: "/v1/sessions/{id}/end",
             summary: "End a session (owner).",
+            query: &[],
+            body: None,
+            answers: one(schema::<Session>(g)),
+            auth: true,
+        },
+        Route {
+            method: "put",
+            path: "/v1/sessions/{id}/members/{userId}",
+            summary: "Add a member with a role, or change their role (owner).",
+            query: &[],
+            body: Some(schema::<SetMember>(g)),
+            answers: one(schema::<Session>(g)),
+            auth: true,
+        },
+        Route {
+            method: "delete",
+            path: "/v1/sessions/{id}/members/{userId}",
+            summary: "Remove a member (the owner, or the member to leave).",
             query: &[],
             body: None,
             answers: one(schema::<Session>(g)),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{first_json_byte, is_not_json, shape_message, ErrorCode, Validate};
-use crate::limits::{char_len, MAX_POINT_ID_CHARS};
+use crate::limits::{char_len, json_size, MAX_POINT_ID_CHARS, MAX_SIGNAL_BYTES, MAX_STATE_BYTES};
 use crate::session::{NewPoint, Participant, StoredPoint};
 
 /// A frame a client sends.
@@ -36,6 +36,20 @@ pub enum ClientFrame {
     Ping,
     /// End the session (owner only).
     End,
+    /// An ephemeral message to every other participant, or to connection
+    /// `to` only: never stored, acked or replayed, no points quota.
+    Signal {
+        /// At most 4 KiB as compact JSON.
+        data: Map<String, Value>,
+        /// The one connection to deliver to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// The connection's live state, replacing its previous one.
+    State {
+        /// At most 2 KiB as compact JSON.
+        data: Map<String, Value>,
+    },
 }
 
 /// Why a client frame was refused; each maps to an `error` frame code.
@@ -158,6 +172,8 @@ enum FrameType {
     Resume,
     Ping,
     End,
+    Signal,
+    State,
     Other(String),
 }
 
@@ -169,6 +185,8 @@ impl FrameType {
             FrameType::Resume => "resume",
             FrameType::Ping => "ping",
             FrameType::End => "end",
+            FrameType::Signal => "signal",
+            FrameType::State => "state",
             FrameType::Other(name) => name,
         }
     }
@@ -191,6 +209,8 @@ impl<'de> Deserialize<'de> for FrameType {
                     "resume" => FrameType::Resume,
                     "ping" => FrameType::Ping,
                     "end" => FrameType::End,
+                    "signal" => FrameType::Signal,
+                    "state" => FrameType::State,
                     other => FrameType::Other(other.to_owned()),
                 })
             }
@@ -229,12 +249,16 @@ struct RawFrame {
     ts: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
     after_seq: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    to: Option<Option<String>>,
 }
 
 /// Fields of each known frame type besides `type`, as serde would list them.
 const POINT_FIELDS: &str = "one of `type`, `id`, `kind`, `value`, `data`, `ts`";
 const RESUME_FIELDS: &str = "`type` or `afterSeq`";
 const BARE_FIELDS: &str = "`type`";
+const SIGNAL_FIELDS: &str = "one of `type`, `data`, `to`";
+const STATE_FIELDS: &str = "`type` or `data`";
 
 impl RawFrame {
     /// Checks the fields against the frame type and builds the frame.
@@ -257,7 +281,65 @@ impl RawFrame {
                 ty.name()
             ))
         };
+        if self.to.is_some() && ty != FrameType::Signal {
+            let expected = match ty {
+                FrameType::Point => POINT_FIELDS,
+                FrameType::Resume => RESUME_FIELDS,
+                FrameType::State => STATE_FIELDS,
+                _ => BARE_FIELDS,
+            };
+            return Err(unknown("to", expected));
+        }
         match ty {
+            FrameType::Signal | FrameType::State => {
+                let expected = if ty == FrameType::Signal {
+                    SIGNAL_FIELDS
+                } else {
+                    STATE_FIELDS
+                };
+                let others = [
+                    ("id", self.id.is_some()),
+                    ("kind", self.kind.is_some()),
+                    ("value", self.value.is_some()),
+                    ("ts", self.ts.is_some()),
+                    ("afterSeq", self.after_seq.is_some()),
+                ];
+                if let Some((field, _)) = others.iter().find(|(_, set)| *set) {
+                    return Err(unknown(field, expected));
+                }
+                let data = match self.data {
+                    Some(Some(data)) => data,
+                    Some(None) => {
+                        return Err(FrameError::Invalid(
+                            "invalid type: null, expected an object for `data`".to_owned(),
+                        ))
+                    }
+                    None => return Err(FrameError::Invalid("missing field `data`".to_owned())),
+                };
+                let max = if ty == FrameType::Signal {
+                    MAX_SIGNAL_BYTES
+                } else {
+                    MAX_STATE_BYTES
+                };
+                if json_size(&data) > max {
+                    return Err(FrameError::Invalid(format!(
+                        "data must be at most {max} bytes as compact JSON"
+                    )));
+                }
+                if ty == FrameType::State {
+                    return Ok(ClientFrame::State { data });
+                }
+                let to = match self.to {
+                    Some(Some(to)) if !to.is_empty() => Some(to),
+                    Some(_) => {
+                        return Err(FrameError::Invalid(
+                            "`to` must be a connection id".to_owned(),
+                        ))
+                    }
+                    None => None,
+                };
+                Ok(ClientFrame::Signal { data, to })
+            }
             FrameType::Point => {
                 if self.after_seq.is_some() {
                     return Err(unknown("afterSeq", POINT_FIELDS));
@@ -321,7 +403,7 @@ fn unknown_type(name: &str) -> FrameError {
         quoted.push('…');
     }
     FrameError::UnknownType(format!(
-        "unknown frame type `{quoted}`, expected one of `point`, `resume`, `ping`, `end`"
+        "unknown frame type `{quoted}`, expected one of `point`, `resume`, `ping`, `end`, `signal`, `state`"
     ))
 }
 
@@ -365,6 +447,27 @@ struct StrictResume {
     after_seq: u64,
 }
 
+/// A `signal` frame with exactly its own fields, for precise messages.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read only for the errors it reports
+struct StrictSignal {
+    #[serde(rename = "type")]
+    ty: IgnoredAny,
+    data: Map<String, Value>,
+    to: Option<String>,
+}
+
+/// A `state` frame with exactly its own fields, for precise messages.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read only for the errors it reports
+struct StrictState {
+    #[serde(rename = "type")]
+    ty: IgnoredAny,
+    data: Map<String, Value>,
+}
+
 /// A `ping` or `end` frame: nothing but `type`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -391,6 +494,8 @@ fn explain_data_error(text: &str, original: serde_json::Error) -> FrameError {
         FrameType::Point => serde_json::from_str::<StrictPoint>(text).err(),
         FrameType::Resume => serde_json::from_str::<StrictResume>(text).err(),
         FrameType::Ping | FrameType::End => serde_json::from_str::<StrictBare>(text).err(),
+        FrameType::Signal => serde_json::from_str::<StrictSignal>(text).err(),
+        FrameType::State => serde_json::from_str::<StrictState>(text).err(),
     };
     FrameError::Invalid(shape_message(&strict.unwrap_or(original)))
 }
@@ -471,6 +576,35 @@ pub enum ServerFrame {
         /// The final `seq`.
         last_seq: u64,
     },
+    /// The session's membership changed (every participant gets it).
+    Members {
+        /// The writers besides the owner.
+        members: Vec<String>,
+        /// The viewers.
+        viewers: Vec<String>,
+    },
+    /// The receiving user was removed from the session; the server closes
+    /// with 1008 next and sends nothing more.
+    #[serde(deserialize_with = "no_fields")]
+    Removed,
+    /// Another participant's ephemeral message.
+    Signal {
+        /// The sending connection.
+        from: String,
+        /// Its user.
+        user_id: String,
+        /// What it sent.
+        data: Map<String, Value>,
+    },
+    /// Another participant's live state changed.
+    State {
+        /// The connection.
+        conn_id: String,
+        /// Its user.
+        user_id: String,
+        /// The new state.
+        data: Map<String, Value>,
+    },
 }
 
 object_only!(ServerFrame: "a server frame object");
@@ -520,7 +654,15 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{MAX_SIGNAL_BYTES, MAX_STATE_BYTES};
     use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
 
     fn invalid(text: &str) -> String {
         match ClientFrame::parse(text) {
@@ -561,6 +703,7 @@ mod tests {
             conn_id: "c-1".into(),
             user_id: "alice".into(),
             joined_at: "2024-10-27T03:33:20Z".into(),
+            state: None,
         }
     }
 
@@ -821,11 +964,11 @@ mod tests {
         let wire: Vec<String> = frames.iter().map(ServerFrame::to_json).collect();
         assert_eq!(
             wire[0],
-            r#"{"type":"welcome","sessionId":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","connId":"c-1","userId":"alice","lastSeq":12,"participants":[{"connId":"c-1","userId":"alice","joinedAt":"2024-10-27T03:33:20Z"}]}"#
+            r#"{"type":"welcome","sessionId":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","connId":"c-1","userId":"alice","lastSeq":12,"participants":[{"connId":"c-1","userId":"alice","joinedAt":"2024-10-27T03:33:20Z","state":null}]}"#
         );
         assert_eq!(
             wire[1],
-            r#"{"type":"joined","connId":"c-1","userId":"alice","joinedAt":"2024-10-27T03:33:20Z"}"#
+            r#"{"type":"joined","connId":"c-1","userId":"alice","joinedAt":"2024-10-27T03:33:20Z","state":null}"#
         );
         assert_eq!(wire[2], r#"{"type":"left","connId":"c-2","userId":"bob"}"#);
         assert_eq!(
@@ -875,5 +1018,98 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<ServerFrame>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn signal_and_state_frames_parse_strictly() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"signal","data":{"x":1}}"#),
+            Ok(ClientFrame::Signal {
+                data: obj(json!({"x": 1})),
+                to: None
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"signal","data":{},"to":"c-2"}"#),
+            Ok(ClientFrame::Signal {
+                data: Map::new(),
+                to: Some("c-2".into())
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"state","data":{"typing":true}}"#),
+            Ok(ClientFrame::State {
+                data: obj(json!({"typing": true}))
+            })
+        );
+        for frame in [
+            ClientFrame::Signal {
+                data: obj(json!({"a": [1]})),
+                to: Some("c".into()),
+            },
+            ClientFrame::State { data: Map::new() },
+        ] {
+            let text = serde_json::to_string(&frame).expect("serialize");
+            assert_eq!(ClientFrame::parse(&text), Ok(frame.clone()));
+            let back: ClientFrame = serde_json::from_str(&text).expect("deserialize");
+            assert_eq!(back, frame);
+        }
+        assert!(invalid(r#"{"type":"signal"}"#).contains("missing field `data`"));
+        assert!(invalid(r#"{"type":"signal","data":null}"#).contains("null"));
+        invalid(r#"{"type":"signal","data":[1]}"#);
+        assert!(invalid(r#"{"type":"state","data":{},"to":"c"}"#).contains("`to`"));
+        assert!(invalid(r#"{"type":"point","kind":"k","to":"c"}"#).contains("`to`"));
+        assert!(invalid(r#"{"type":"signal","data":{},"kind":"k"}"#).contains("`kind`"));
+        assert!(invalid(r#"{"type":"signal","data":{},"to":""}"#).contains("`to`"));
+        let big = "x".repeat(MAX_SIGNAL_BYTES);
+        assert!(
+            invalid(&format!(r#"{{"type":"signal","data":{{"k":"{big}"}}}}"#))
+                .contains("4096 bytes")
+        );
+        let big = "x".repeat(MAX_STATE_BYTES);
+        assert!(
+            invalid(&format!(r#"{{"type":"state","data":{{"k":"{big}"}}}}"#))
+                .contains("2048 bytes")
+        );
+        let fits = "x".repeat(MAX_STATE_BYTES - 8);
+        assert!(
+            ClientFrame::parse(&format!(r#"{{"type":"state","data":{{"k":"{fits}"}}}}"#)).is_ok()
+        );
+    }
+
+    #[test]
+    fn members_removed_signal_and_state_server_frames_round_trip() {
+        let frames = [
+            ServerFrame::Members {
+                members: vec!["bob".into()],
+                viewers: vec!["vic".into()],
+            },
+            ServerFrame::Removed,
+            ServerFrame::Signal {
+                from: "c-1".into(),
+                user_id: "bob".into(),
+                data: obj(json!({"cursor": [1, 2]})),
+            },
+            ServerFrame::State {
+                conn_id: "c-1".into(),
+                user_id: "bob".into(),
+                data: Map::new(),
+            },
+        ];
+        for f in frames {
+            let text = f.to_json();
+            let back: ServerFrame = serde_json::from_str(&text).expect(&text);
+            assert_eq!(back, f);
+        }
+        assert_eq!(ServerFrame::Removed.to_json(), r#"{"type":"removed"}"#);
+        assert!(serde_json::from_str::<ServerFrame>(r#"{"type":"removed","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ServerFrame>(
+            r#"{"type":"members","members":[],"viewers":[],"x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<ServerFrame>(
+            r#"{"type":"signal","from":"c","userId":"u","data":{},"to":"d"}"#
+        )
+        .is_err());
     }
 }

@@ -73,6 +73,7 @@ mod tests {
                 owner_id: "ann".into(),
                 title: None,
                 members: vec!["bob".into()],
+                viewers: vec!["vic".into()],
                 metadata: Map::new(),
                 status: SessionStatus::Ended,
                 started_at: "2026-01-01T00:00:00.000Z".into(),

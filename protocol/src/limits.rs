@@ -14,8 +14,13 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Longest session title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
-/// Most user ids in a session's `members`.
+/// Most distinct user ids in a session's `members` and `viewers` together
+/// (the owner apart).
 pub const MAX_MEMBERS: usize = 100;
+/// Largest `signal` frame `data` object, in bytes of compact JSON (4 KiB).
+pub const MAX_SIGNAL_BYTES: usize = 4 * 1024;
+/// Largest `state` frame `data` object, in bytes of compact JSON (2 KiB).
+pub const MAX_STATE_BYTES: usize = 2 * 1024;
 /// Largest session `metadata` object, in bytes of compact JSON (16 KiB).
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Largest point `data` object, in bytes of compact JSON (16 KiB).

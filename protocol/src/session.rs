@@ -27,6 +27,10 @@ pub struct CreateSession {
     /// User ids allowed in besides the owner, at most 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<String>>,
+    /// User ids who may join, read and replay but write nothing; disjoint
+    /// from `members` and together with them at most 100 distinct ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<Vec<String>>,
     /// Free-form object, at most 16 KiB as compact JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
@@ -41,15 +45,27 @@ impl Validate for CreateSession {
                 ));
             }
         }
-        if let Some(members) = &self.members {
-            if members.len() > MAX_MEMBERS {
-                return Err(format!("members must list at most {MAX_MEMBERS} user ids"));
-            }
-            if let Some(i) = members.iter().position(|m| !is_valid_user_id(m)) {
+        let members = self.members.as_deref().unwrap_or_default();
+        let viewers = self.viewers.as_deref().unwrap_or_default();
+        for (field, list) in [("members", members), ("viewers", viewers)] {
+            if let Some(i) = list.iter().position(|m| !is_valid_user_id(m)) {
                 return Err(format!(
-                    "members[{i}] is not a valid user id (1-128 characters of A-Z a-z 0-9 _ . : @ -)"
+                    "{field}[{i}] is not a valid user id (1-128 characters of A-Z a-z 0-9 _ . : @ -)"
                 ));
             }
+        }
+        if let Some(v) = viewers.iter().find(|v| members.contains(v)) {
+            return Err(format!(
+                "user {v} is in both members and viewers; a user has one role"
+            ));
+        }
+        let mut distinct: Vec<&String> = members.iter().chain(viewers).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() > MAX_MEMBERS {
+            return Err(format!(
+                "members and viewers must list at most {MAX_MEMBERS} distinct user ids together"
+            ));
         }
         if let Some(metadata) = &self.metadata {
             if json_size(metadata) > MAX_METADATA_BYTES {
@@ -92,6 +108,34 @@ pub struct Participant {
     pub user_id: String,
     /// When the connection joined, RFC 3339 UTC.
     pub joined_at: String,
+    /// The connection's live state (a `state` frame's `data`), `null`
+    /// until it sends one.
+    #[serde(default)]
+    pub state: Option<Map<String, Value>>,
+}
+
+/// A member's role, the body of `PUT /v1/sessions/{id}/members/{userId}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// `"writer"`: joins, reads and sends points (listed in `members`).
+    Writer,
+    /// `"viewer"`: joins and reads, writes nothing (listed in `viewers`).
+    Viewer,
+}
+
+/// Body of `PUT /v1/sessions/{id}/members/{userId}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(remote = "Self", rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetMember {
+    /// The role the user gets.
+    pub role: Role,
+}
+
+impl Validate for SetMember {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The session record: the session object of the HTTP API without its
@@ -112,8 +156,11 @@ pub struct SessionSummary {
     pub owner_id: String,
     /// Title; `null` on the wire when there is none.
     pub title: Option<String>,
-    /// User ids allowed in besides the owner.
+    /// Writers: user ids allowed in besides the owner who send points.
     pub members: Vec<String>,
+    /// Viewers: user ids who join and read but write nothing (`[]` when
+    /// none; a record written before viewers existed reads as `[]`).
+    pub viewers: Vec<String>,
     /// Free-form object given at creation (`{}` when none).
     pub metadata: Map<String, Value>,
     /// Active or ended.
@@ -133,9 +180,11 @@ pub struct SessionSummary {
 }
 
 impl SessionSummary {
-    /// True when `user_id` is the owner or one of the members.
+    /// True when `user_id` is the owner, a writer or a viewer.
     pub fn is_member(&self, user_id: &str) -> bool {
-        self.owner_id == user_id || self.members.iter().any(|m| m == user_id)
+        self.owner_id == user_id
+            || self.members.iter().any(|m| m == user_id)
+            || self.viewers.iter().any(|m| m == user_id)
     }
 }
 
@@ -165,6 +214,7 @@ const SUMMARY_FIELDS: &[&str] = &[
     "ownerId",
     "title",
     "members",
+    "viewers",
     "metadata",
     "status",
     "startedAt",
@@ -179,6 +229,7 @@ const SESSION_FIELDS: &[&str] = &[
     "ownerId",
     "title",
     "members",
+    "viewers",
     "metadata",
     "status",
     "startedAt",
@@ -194,7 +245,7 @@ fn serialize_record<S: Serializer>(
     participants: Option<&[Participant]>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let len = 10 + usize::from(rec.ended_at.is_some()) + usize::from(participants.is_some());
+    let len = 11 + usize::from(rec.ended_at.is_some()) + usize::from(participants.is_some());
     let name = if participants.is_some() {
         "Session"
     } else {
@@ -205,6 +256,7 @@ fn serialize_record<S: Serializer>(
     st.serialize_field("ownerId", &rec.owner_id)?;
     st.serialize_field("title", &rec.title)?;
     st.serialize_field("members", &rec.members)?;
+    st.serialize_field("viewers", &rec.viewers)?;
     st.serialize_field("metadata", &rec.metadata)?;
     st.serialize_field("status", &rec.status)?;
     st.serialize_field("startedAt", &rec.started_at)?;
@@ -261,7 +313,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             (None, None, None::<Option<String>>, None, None);
         let (mut status, mut started_at, mut ended_at, mut point_count, mut last_seq) =
             (None, None, None::<Option<String>>, None, None);
-        let (mut participants, mut stats) = (None, None);
+        let (mut participants, mut stats, mut viewers) = (None, None, None);
         let fields = if self.session {
             SESSION_FIELDS
         } else {
@@ -273,6 +325,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 "ownerId" => once(&mut map, &mut owner_id, "ownerId")?,
                 "title" => once(&mut map, &mut title, "title")?,
                 "members" => once(&mut map, &mut members, "members")?,
+                "viewers" => once(&mut map, &mut viewers, "viewers")?,
                 "metadata" => once(&mut map, &mut metadata, "metadata")?,
                 "status" => once(&mut map, &mut status, "status")?,
                 "startedAt" => once(&mut map, &mut started_at, "startedAt")?,
@@ -301,6 +354,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             owner_id: required(owner_id, "ownerId")?,
             title: title.flatten(),
             members: required(members, "members")?,
+            viewers: viewers.unwrap_or_default(),
             metadata: required(metadata, "metadata")?,
             status: required(status, "status")?,
             started_at: required(started_at, "startedAt")?,
@@ -355,6 +409,7 @@ fn record_schema(generator: &mut SchemaGenerator, session: bool) -> Schema {
         "ownerId": { "type": "string", "description": "The user who created it." },
         "title": nullable.clone(),
         "members": generator.subschema_for::<Vec<String>>(),
+        "viewers": generator.subschema_for::<Vec<String>>(),
         "metadata": generator.subschema_for::<Map<String, Value>>(),
         "status": generator.subschema_for::<SessionStatus>(),
         "startedAt": string.clone(),
@@ -367,6 +422,7 @@ fn record_schema(generator: &mut SchemaGenerator, session: bool) -> Schema {
         "id",
         "ownerId",
         "members",
+        "viewers",
         "metadata",
         "status",
         "startedAt",
@@ -603,6 +659,7 @@ pub struct PointsPage {
 
 object_only!(
     CreateSession: "a session creation object",
+    SetMember: "an object with `role`",
     Participant: "a participant object",
     KindStats: "a stats object",
     StoredPoint: "a stored point object",
@@ -640,6 +697,7 @@ mod tests {
             owner_id: "alice".into(),
             title: None,
             members: vec!["bob".into()],
+            viewers: vec![],
             metadata: Map::new(),
             status: SessionStatus::Active,
             started_at: "2024-10-27T03:33:20Z".into(),
@@ -672,7 +730,7 @@ mod tests {
         let json = round_trip(&session());
         assert_eq!(
             json,
-            r#"{"id":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","ownerId":"alice","title":null,"members":["bob"],"metadata":{},"status":"active","startedAt":"2024-10-27T03:33:20Z","pointCount":0,"lastSeq":0,"participants":[],"stats":{}}"#
+            r#"{"id":"0192cc09-1400-7e5f-8a6b-7c8d9e0f1a2b","ownerId":"alice","title":null,"members":["bob"],"viewers":[],"metadata":{},"status":"active","startedAt":"2024-10-27T03:33:20Z","pointCount":0,"lastSeq":0,"participants":[],"stats":{}}"#
         );
     }
 
@@ -689,6 +747,7 @@ mod tests {
             conn_id: "c1".into(),
             user_id: "bob".into(),
             joined_at: "2024-10-27T03:34:00Z".into(),
+            state: None,
         }];
         let json = round_trip(&s);
         assert!(json.contains(r#""status":"ended""#), "{json}");
@@ -754,6 +813,7 @@ mod tests {
             conn_id: "c1".into(),
             user_id: "bob".into(),
             joined_at: "2024-10-27T03:34:00Z".into(),
+            state: None,
         }];
         let whole = round_trip(&s);
         let part = round_trip(&s.summary);
@@ -761,7 +821,7 @@ mod tests {
         assert_eq!(
             whole,
             format!(
-                r#"{head},"participants":[{{"connId":"c1","userId":"bob","joinedAt":"2024-10-27T03:34:00Z"}}]{stats}"#
+                r#"{head},"participants":[{{"connId":"c1","userId":"bob","joinedAt":"2024-10-27T03:34:00Z","state":null}}]{stats}"#
             )
         );
         assert!(head.ends_with(r#""endedAt":"2024-10-27T04:00:00Z","pointCount":0,"lastSeq":0"#));
@@ -848,10 +908,92 @@ mod tests {
     }
 
     #[test]
+    fn viewers_are_disjoint_from_members_and_share_their_limit() {
+        let both = CreateSession {
+            members: Some(vec!["bob".into()]),
+            viewers: Some(vec!["bob".into()]),
+            ..CreateSession::default()
+        };
+        assert!(both.validate().unwrap_err().contains("both"));
+        let split = CreateSession {
+            members: Some((0..60).map(|i| format!("w{i}")).collect()),
+            viewers: Some((0..40).map(|i| format!("v{i}")).collect()),
+            ..CreateSession::default()
+        };
+        assert_eq!(split.validate(), Ok(()));
+        let over = CreateSession {
+            viewers: Some((0..41).map(|i| format!("v{i}")).collect()),
+            ..split.clone()
+        };
+        assert!(over.validate().unwrap_err().contains("at most 100"));
+        let bad = CreateSession {
+            viewers: Some(vec!["no spaces".into()]),
+            ..CreateSession::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("viewers[0]"));
+    }
+
+    #[test]
+    fn viewers_and_state_on_the_wire() {
+        let mut s = session();
+        s.summary.viewers = vec!["vic".into()];
+        s.participants = vec![Participant {
+            conn_id: "c".into(),
+            user_id: "vic".into(),
+            joined_at: "2024-10-27T03:33:20Z".into(),
+            state: Some(obj(json!({"typing": true}))),
+        }];
+        let json = round_trip(&s);
+        assert!(
+            json.contains(r#""members":["bob"],"viewers":["vic"]"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""state":{"typing":true}"#), "{json}");
+        // `[]` and `null` are written, never left out.
+        let json = round_trip(&summary());
+        assert!(json.contains(r#""viewers":[]"#), "{json}");
+        s.participants[0].state = None;
+        assert!(round_trip(&s).contains(r#""state":null"#));
+        // A record from before viewers existed reads as having none.
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v.as_object_mut().expect("object").remove("viewers");
+        let old: SessionSummary = serde_json::from_value(v).expect("old record");
+        assert!(old.viewers.is_empty());
+        // Still strict: a repeated `viewers`, a wrong type.
+        let text =
+            round_trip(&summary()).replacen(r#""viewers":[]"#, r#""viewers":[],"viewers":[]"#, 1);
+        assert!(serde_json::from_str::<SessionSummary>(&text).is_err());
+        let mut v = serde_json::to_value(summary()).expect("serialize");
+        v["viewers"] = json!("vic");
+        assert!(serde_json::from_value::<SessionSummary>(v).is_err());
+        assert!(summary().is_member("bob"));
+        let mut with_viewer = summary();
+        with_viewer.viewers = vec!["vic".into()];
+        assert!(with_viewer.is_member("vic"));
+    }
+
+    #[test]
+    fn set_member_is_strict() {
+        let w: SetMember = parse_body(br#"{"role":"writer"}"#).expect("writer");
+        assert_eq!(w.role, Role::Writer);
+        let v: SetMember = parse_body(br#"{"role":"viewer"}"#).expect("viewer");
+        assert_eq!(round_trip(&v), r#"{"role":"viewer"}"#);
+        for bad in [
+            &br#"{"role":"owner"}"#[..],
+            br#"{}"#,
+            br#"{"role":"writer","x":1}"#,
+            br#"["writer"]"#,
+        ] {
+            assert!(parse_body::<SetMember>(bad).is_err());
+        }
+    }
+
+    #[test]
     fn create_session_round_trips_and_accepts_empty_object() {
         round_trip(&CreateSession {
             title: Some("t".into()),
             members: Some(vec!["bob".into(), "carol@x.io".into()]),
+            viewers: Some(vec!["vic".into()]),
             metadata: Some(obj(json!({"k": [1, 2]}))),
         });
         assert_eq!(round_trip(&CreateSession::default()), "{}");
@@ -864,6 +1006,7 @@ mod tests {
         let ok = CreateSession {
             title: Some("é".repeat(200)),
             members: Some((0..100).map(|i| format!("u{i}")).collect()),
+            viewers: None,
             metadata: None,
         };
         assert_eq!(ok.validate(), Ok(()));

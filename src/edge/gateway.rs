@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use sesh_protocol::limits::{MAX_BODY_BYTES, MAX_PRESENCE_BATCH};
 use sesh_protocol::{
     parse_body, parse_optional_body, CreateSession, Health, Presence, QuotaCheck, QuotaRefund,
-    Resource, DEFAULT_COST, DEFAULT_PLAN,
+    Resource, SessionStatus, DEFAULT_COST, DEFAULT_PLAN,
 };
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response, Url};
 
@@ -220,6 +220,14 @@ impl Gateway<'_> {
                 self.read_session(&id, call, caller).await
             }
             Route::EndSession(id) => self.read_session(&id, SessionCall::End, caller).await,
+            Route::SetMember(id, user_id) => {
+                let call = SessionCall::SetMember { user_id, body };
+                self.read_session(&id, call, caller).await
+            }
+            Route::RemoveMember(id, user_id) => {
+                let call = SessionCall::RemoveMember { user_id };
+                self.read_session(&id, call, caller).await
+            }
             Route::Heartbeat => {
                 let answer = hop.presence(me, PresenceCall::Heartbeat { body }).await?;
                 presence_response(answer)
@@ -294,10 +302,13 @@ impl Gateway<'_> {
         if live.status_code() != 404 {
             return Ok(live);
         }
-        let Some(s) = reads::ended_session(self.env, id).await? else {
+        // Only an ended record is a retired session; the live object's own
+        // 404 (a member who is not one) is its answer.
+        let ended = reads::ended_session(self.env, id).await?;
+        let Some(s) = ended.filter(|s| s.status == SessionStatus::Ended) else {
             return Ok(live);
         };
-        match retired_call(&s.owner_id, &s.members, &caller.user, retired)? {
+        match retired_call(&s.owner_id, (&s.members, &s.viewers), &caller.user, retired)? {
             RetiredAnswer::Points { after_seq, limit } => {
                 reads::ended_points(self.env, &s, after_seq, limit).await
             }
@@ -548,7 +559,8 @@ impl Gateway<'_> {
         if resp.status_code() == 404 {
             // A retired session ended long ago: joining it is 409, as before.
             if let Some(s) = reads::ended_session(self.env, id).await? {
-                retired_call(&s.owner_id, &s.members, &caller.user, RetiredCall::Change)?;
+                let lists = (s.members.as_slice(), s.viewers.as_slice());
+                retired_call(&s.owner_id, lists, &caller.user, RetiredCall::Change)?;
             }
         }
         Ok(resp)

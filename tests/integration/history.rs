@@ -47,6 +47,7 @@ async fn seed_sessions(sessions: &[(String, String, Vec<String>, i64, bool)]) {
                 owner_id: owner.clone(),
                 title: Some("seeded".into()),
                 members: members.clone(),
+                viewers: vec![],
                 metadata: Map::new(),
                 status: if *ended {
                     SessionStatus::Ended

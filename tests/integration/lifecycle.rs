@@ -49,6 +49,7 @@ fn seed(id: &str, owner: &str, members: &[String], ts: &[i64], write_now: i64) -
         owner_id: owner.to_owned(),
         title: Some("old".into()),
         members: members.to_vec(),
+        viewers: vec![],
         metadata: Map::new(),
         status: SessionStatus::Ended,
         started_at: rfc3339(started),

@@ -28,6 +28,8 @@ mod history;
 #[cfg(not(target_arch = "wasm32"))]
 mod lifecycle;
 #[cfg(not(target_arch = "wasm32"))]
+mod members;
+#[cfg(not(target_arch = "wasm32"))]
 mod presence;
 #[cfg(not(target_arch = "wasm32"))]
 mod quota;
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         client_e2e::TESTS,
         console::TESTS,
         hardening::TESTS,
+        members::TESTS,
     ];
     for (name, test) in all.into_iter().flatten() {
         trials.push(Trial::test(*name, move || {

@@ -61,6 +61,12 @@ mod app {
                     p.kind,
                     p.value.map(|v| v.to_string()).unwrap_or_default()
                 ),
+                Event::Members { members, viewers } => {
+                    println!("roles writers {members:?}, viewers {viewers:?}")
+                }
+                Event::Removed => println!("removed from the session"),
+                Event::Signal { user_id, data, .. } => println!("sig   {user_id} {data:?}"),
+                Event::State { user_id, data, .. } => println!("state {user_id} {data:?}"),
                 Event::Ended { last_seq } => println!("ended at seq {last_seq}"),
                 Event::Error(e) => println!("error {e}"),
                 Event::Disconnected { retry_in } => println!("drop  retry in {retry_in:?}"),

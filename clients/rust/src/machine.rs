@@ -119,6 +119,34 @@ pub enum Event {
     /// A point of another participant (or, in a replay, of another
     /// connection of the same user), once each and in `seq` order.
     Point(StoredPoint),
+    /// The session's membership changed.
+    Members {
+        /// The writers besides the owner.
+        members: Vec<String>,
+        /// The viewers.
+        viewers: Vec<String>,
+    },
+    /// This user was removed from the session; the handle is done and
+    /// does not reconnect.
+    Removed,
+    /// Another participant's signal.
+    Signal {
+        /// The sending connection.
+        from: String,
+        /// Its user.
+        user_id: String,
+        /// What it sent.
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Another participant's live state changed.
+    State {
+        /// The connection.
+        conn_id: String,
+        /// Its user.
+        user_id: String,
+        /// The new state.
+        data: serde_json::Map<String, serde_json::Value>,
+    },
     /// The session ended; the handle is done.
     Ended {
         /// The session's final `seq`.
@@ -206,6 +234,9 @@ pub struct Machine {
     last_ping: u64,
     ping_sent: Option<u64>,
     gap_since: Option<u64>,
+    /// The live state set with [`Machine::set_state`], sent again on every
+    /// `welcome` (a new connection starts with none).
+    state: Option<serde_json::Map<String, serde_json::Value>>,
     out: VecDeque<Output>,
 }
 
@@ -214,6 +245,7 @@ impl Machine {
     /// `seed` drives the jitter and the generated ids.
     pub fn new(cfg: LiveConfig, seed: u64) -> Self {
         Machine {
+            state: None,
             cfg,
             rng: fastrand::Rng::with_seed(seed),
             link: Link::Idle,
@@ -292,6 +324,27 @@ impl Machine {
         if matches!(self.link, Link::Open { welcomed: true, .. }) {
             self.out.push_back(Output::Send(to_json(&ClientFrame::End)));
         }
+    }
+
+    /// Sends an ephemeral signal to every other participant, or to
+    /// connection `to` only (dropped when not connected: signals are not
+    /// kept).
+    pub fn signal(&mut self, data: serde_json::Map<String, serde_json::Value>, to: Option<String>) {
+        if matches!(self.link, Link::Open { welcomed: true, .. }) {
+            self.out
+                .push_back(Output::Send(to_json(&ClientFrame::Signal { data, to })));
+        }
+    }
+
+    /// Sets this connection's live state (sent again after a reconnect).
+    pub fn set_state(&mut self, data: serde_json::Map<String, serde_json::Value>) {
+        if matches!(self.link, Link::Open { welcomed: true, .. }) {
+            self.out
+                .push_back(Output::Send(to_json(&ClientFrame::State {
+                    data: data.clone(),
+                })));
+        }
+        self.state = Some(data);
     }
 
     /// Closes for good: unacked points are refused with `closed`.
@@ -475,6 +528,10 @@ impl Machine {
                     last_seq,
                     participants,
                 }));
+                if let Some(data) = self.state.clone() {
+                    self.out
+                        .push_back(Output::Send(to_json(&ClientFrame::State { data })));
+                }
                 if last_seq > from {
                     self.ready = false;
                     self.resume_from(from);
@@ -547,6 +604,33 @@ impl Machine {
                     }
                     (None, _) => self.out.push_back(Output::Event(Event::Error(error))),
                 }
+            }
+            ServerFrame::Members { members, viewers } => self
+                .out
+                .push_back(Output::Event(Event::Members { members, viewers })),
+            ServerFrame::Signal {
+                from,
+                user_id,
+                data,
+            } => self.out.push_back(Output::Event(Event::Signal {
+                from,
+                user_id,
+                data,
+            })),
+            ServerFrame::State {
+                conn_id,
+                user_id,
+                data,
+            } => self.out.push_back(Output::Event(Event::State {
+                conn_id,
+                user_id,
+                data,
+            })),
+            ServerFrame::Removed => {
+                self.out.push_back(Output::Event(Event::Removed));
+                let mut e = Error::new("forbidden", "removed from the session");
+                e.status = Some(403);
+                self.stop(e);
             }
             ServerFrame::Ended { last_seq } => {
                 self.out.push_back(Output::Event(Event::Ended { last_seq }));

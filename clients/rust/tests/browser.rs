@@ -102,7 +102,12 @@ async fn read_until(live: &mut Live, seen: &mut Seen, what: &str, done: impl Fn(
             Some(Event::Disconnected { .. }) => seen.disconnects += 1,
             Some(Event::Ended { .. }) => seen.ended = true,
             Some(Event::Error(e)) => console_log!("{what}: error event: {e}"),
-            Some(Event::Joined(_)) | Some(Event::Left { .. }) => {}
+            Some(Event::Joined(_))
+            | Some(Event::Left { .. })
+            | Some(Event::Members { .. })
+            | Some(Event::Removed)
+            | Some(Event::Signal { .. })
+            | Some(Event::State { .. }) => {}
             None => panic!("{what}: the live session closed"),
         }
     }

@@ -43,6 +43,19 @@ pub enum SessionCall {
     },
     /// End the session.
     End,
+    /// Give `user_id` a role (the client's `SetMember` body).
+    SetMember {
+        /// Who.
+        user_id: String,
+        /// The client's body (the payload).
+        #[serde(skip)]
+        body: Vec<u8>,
+    },
+    /// Remove `user_id` from the session.
+    RemoveMember {
+        /// Who.
+        user_id: String,
+    },
     /// Whether connection `conn_id` is still live (asked by presence).
     HasConn {
         /// The connection asked about.
@@ -63,7 +76,9 @@ impl Call for SessionCall {
 
     fn payload(&mut self) -> Option<&mut Vec<u8>> {
         match self {
-            Self::Create { body, .. } | Self::Append { body } => Some(body),
+            Self::Create { body, .. } | Self::Append { body } | Self::SetMember { body, .. } => {
+                Some(body)
+            }
             _ => None,
         }
     }
@@ -96,6 +111,13 @@ mod tests {
                 limit: 1000,
             },
             SessionCall::End,
+            SessionCall::SetMember {
+                user_id: "bob".into(),
+                body: br#"{"role":"viewer"}"#.to_vec(),
+            },
+            SessionCall::RemoveMember {
+                user_id: "bob".into(),
+            },
             SessionCall::HasConn {
                 conn_id: "a&b=c d%".into(),
             },
@@ -124,6 +146,8 @@ mod tests {
             r#"{"read":{"afterSeq":1}}"#,
             r#"{"read":{"afterSeq":1,"limit":1,"more":2}}"#,
             r#"{"hasConn":{}}"#,
+            r#"{"removeMember":{}}"#,
+            r#"{"removeMember":{"userId":"bob","role":"viewer"}}"#,
             r#"{"get":{}}"#,
             r#""get" "#,
             r#""get""get""#,

@@ -79,6 +79,7 @@ mod tests {
             owner_id: "alice".into(),
             title: Some("t".into()),
             members: vec!["bob".into()],
+            viewers: vec![],
             metadata: serde_json::Map::new(),
             status: SessionStatus::Active,
             started_at: rfc3339(NOV),

@@ -418,6 +418,12 @@ fn session_from_row(row: &Value) -> Result<SessionSummary, RowError> {
         owner_id: col_str(row, "owner_id")?,
         title: col_opt_str(row, "title")?,
         members: json_col(row, "members")?,
+        // A row read without the column (a query of the record's older
+        // shape) has no viewers.
+        viewers: match row.get("viewers") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => json_col(row, "viewers")?,
+        },
         metadata: json_col(row, "metadata")?,
         status,
         started_at: col_str(row, "started_at")?,
@@ -471,7 +477,8 @@ pub struct PartitionWrite {
 /// [`write_stats`] writes the figures of the kinds a flush changed); the
 /// partition is [`write_partition`]`(started_at, now)`. The row is upserted
 /// as the flush always did (the count never goes down); member rows are
-/// only ever added. An error: `started_at` is not RFC 3339 (a record this
+/// added for the owner, every writer and every viewer, and the rows of
+/// users no longer in the record are deleted. An error: `started_at` is not RFC 3339 (a record this
 /// server did not make).
 ///
 /// A monthly write also makes sure of its year's sessions table and
@@ -507,6 +514,7 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
     let upsert = format!(
         "INSERT INTO {t} ({cols}) {source} \
          ON CONFLICT(id) DO UPDATE SET title = excluded.title, members = excluded.members, \
+         viewers = excluded.viewers, \
          metadata = excluded.metadata, status = excluded.status, ended_at = excluded.ended_at, \
          point_count = max({t}.point_count, excluded.point_count)",
         t = sessions,
@@ -514,13 +522,31 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
     );
     let mut everyone: Vec<&str> = vec![rec.owner_id.as_str()];
     everyone.extend(rec.members.iter().map(String::as_str));
+    everyone.extend(rec.viewers.iter().map(String::as_str));
     everyone.sort_unstable();
     everyone.dedup();
+    let everyone_json = Value::from(everyone).to_string();
     let members_sql = format!(
         "INSERT OR IGNORE INTO {} ({}) SELECT m.value, ?2, ?1 FROM json_each(?3) AS m",
         TableKind::Members.table(span),
         TableKind::Members.column_list("")
     );
+    // Removed users' rows go in the same batch, so their list stops showing
+    // the session with the flush that stores the change (in the year's
+    // table too, where a move may have put them).
+    let removed = |t: Span| {
+        Statement::new(
+            format!(
+                "DELETE FROM {} WHERE session_id = ?1 AND user_id NOT IN \
+                 (SELECT m.value FROM json_each(?2) AS m)",
+                TableKind::Members.table(t),
+            ),
+            vec![
+                Value::from(rec.id.as_str()),
+                Value::from(everyone_json.as_str()),
+            ],
+        )
+    };
     // In the order of `TableKind::Sessions.columns()`, as
     // `session_from_row` reads them back.
     let params = vec![
@@ -528,6 +554,7 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
         Value::from(rec.owner_id.as_str()),
         rec.title.as_deref().map_or(Value::Null, Value::from),
         Value::from(Value::from(rec.members.clone()).to_string()),
+        Value::from(Value::from(rec.viewers.clone()).to_string()),
         Value::from(Value::Object(rec.metadata.clone()).to_string()),
         Value::from(rec.status.as_str()),
         Value::from(rec.started_at.as_str()),
@@ -542,8 +569,8 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
         ensure.statements.splice(0..0, year.statements);
         statements.push(Statement::new(
             format!(
-                "UPDATE {t} SET title = ?2, members = ?3, metadata = ?4, status = ?5, \
-                 ended_at = ?6, point_count = max(point_count, ?7) WHERE id = ?1",
+                "UPDATE {t} SET title = ?2, members = ?3, viewers = ?4, metadata = ?5, \
+                 status = ?6, ended_at = ?7, point_count = max(point_count, ?8) WHERE id = ?1",
                 t = TableKind::Sessions.table(y),
             ),
             vec![
@@ -552,10 +579,12 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
                 params[3].clone(),
                 params[4].clone(),
                 params[5].clone(),
-                params[7].clone(),
+                params[6].clone(),
                 params[8].clone(),
+                params[9].clone(),
             ],
         ));
+        statements.push(removed(y));
     }
     statements.extend([
         Statement::new(upsert, params),
@@ -564,9 +593,10 @@ pub fn write_session(rec: &SessionSummary, now: Millis) -> Result<PartitionWrite
             vec![
                 Value::from(rec.id.as_str()),
                 Value::from(started_ms),
-                Value::from(Value::from(everyone).to_string()),
+                Value::from(everyone_json.as_str()),
             ],
         ),
+        removed(span),
     ]);
     Ok(PartitionWrite {
         span,

@@ -338,6 +338,7 @@ impl TableKind {
                 ("owner_id", "TEXT NOT NULL"),
                 ("title", "TEXT"),
                 ("members", "TEXT NOT NULL"),
+                ("viewers", "TEXT NOT NULL DEFAULT '[]'"),
                 ("metadata", "TEXT NOT NULL"),
                 ("status", "TEXT NOT NULL"),
                 ("started_at", "TEXT NOT NULL"),
@@ -959,14 +960,19 @@ mod tests {
     #[test]
     fn tables_are_created_as_d1_already_has_them() {
         // The text the partitions in D1 were created with before the
-        // columns were one list: a new partition must be the same table.
+        // columns were one list, with `viewers` (CONTRACT.md section 10,
+        // migrations/0005_viewers.sql) added: a new partition must be the
+        // same table.
         let m = Span::Month(month(2026, 1));
         assert_eq!(
             TableKind::Sessions.create(m),
-            vec!["CREATE TABLE IF NOT EXISTS sessions_2026_01 (id TEXT PRIMARY KEY, \
-                  owner_id TEXT NOT NULL, title TEXT, members TEXT NOT NULL, metadata TEXT NOT NULL, \
+            vec![
+                "CREATE TABLE IF NOT EXISTS sessions_2026_01 (id TEXT PRIMARY KEY, \
+                  owner_id TEXT NOT NULL, title TEXT, members TEXT NOT NULL, \
+                  viewers TEXT NOT NULL DEFAULT '[]', metadata TEXT NOT NULL, \
                   status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, \
-                  point_count INTEGER NOT NULL)"]
+                  point_count INTEGER NOT NULL)"
+            ]
         );
         assert_eq!(
             TableKind::Members.create(m),

@@ -417,6 +417,7 @@ pub(crate) mod mem {
             owner_id: owner.to_owned(),
             title: Some("t".to_owned()),
             members: members.to_vec(),
+            viewers: vec![],
             metadata: Map::new(),
             status: if ended {
                 sesh_protocol::SessionStatus::Ended

@@ -496,6 +496,7 @@ fn a_flush_of_a_month_already_moved_lands_and_the_next_run_moves_it() {
         owner_id: "alice".into(),
         title: Some("t".into()),
         members: vec![],
+        viewers: Vec::new(),
         metadata: serde_json::Map::new(),
         status: sesh_protocol::SessionStatus::Ended,
         started_at: rfc3339(start),

@@ -12,6 +12,9 @@ pub enum SessionError {
     /// The user may not do this (not a member, not the owner).
     #[error("{0}")]
     Forbidden(String),
+    /// The user asked about is not a member.
+    #[error("{0}")]
+    NotFound(String),
     /// The session has ended.
     #[error("the session has ended")]
     Ended,
@@ -41,6 +44,7 @@ impl SessionError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound(_) => ErrorCode::NotFound,
             Self::Ended => ErrorCode::SessionEnded,
             Self::Validation(_) => ErrorCode::ValidationFailed,
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,

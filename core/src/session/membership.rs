@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use sesh_protocol::{Participant, SessionStatus};
+use serde_json::{Map, Value};
+use sesh_protocol::{Participant, Role, SessionStatus};
 
 use super::flood::{Gcra, Strikes};
 use super::Meta;
@@ -24,6 +25,8 @@ pub struct Conn {
     pub limiter: Gcra,
     /// Its refusals.
     pub strikes: Strikes,
+    /// Its live state (the last `state` frame's data).
+    pub state: Option<Map<String, Value>>,
 }
 
 /// The live connections, in connection id order.
@@ -53,18 +56,149 @@ pub fn participant(id: &str, c: &Conn) -> Participant {
         conn_id: id.to_owned(),
         user_id: c.user_id.clone(),
         joined_at: rfc3339(c.joined_at),
+        state: c.state.clone(),
     }
 }
 
-/// Checks that `user` is a member.
+/// Checks that `user` is a member (owner, writer or viewer).
 pub fn check_member(meta: &Meta, user: &str) -> Result<(), SessionError> {
-    check_member_of(&meta.owner_id, &meta.members, user)
+    check_member_of(&meta.owner_id, &meta.members, &meta.viewers, user)
 }
 
-/// Checks that `user` is the owner or one of `members`: the one rule for a
-/// live session's record and for an ended one's as D1 keeps it.
-pub fn check_member_of(owner: &str, members: &[String], user: &str) -> Result<(), SessionError> {
-    if owner == user || members.iter().any(|m| m == user) {
+/// Checks that `user` may write points: the owner or a writer. A viewer
+/// is refused with `forbidden`, a non-member too.
+pub fn check_writer(meta: &Meta, user: &str) -> Result<(), SessionError> {
+    check_member(meta, user)?;
+    if meta.viewers.iter().any(|v| v == user) {
+        return Err(SessionError::Forbidden(
+            "viewers cannot write points in this session".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The role `user` holds besides the owner's, if any.
+pub fn role_of(meta: &Meta, user: &str) -> Option<Role> {
+    if meta.members.iter().any(|m| m == user) {
+        Some(Role::Writer)
+    } else if meta.viewers.iter().any(|v| v == user) {
+        Some(Role::Viewer)
+    } else {
+        None
+    }
+}
+
+/// What a membership change by `caller` does to the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `user` now holds `role` (added, or moved from the other list).
+    Set {
+        /// Who.
+        user: String,
+        /// The role.
+        role: Role,
+    },
+    /// `user` is no longer a member.
+    Remove {
+        /// Who.
+        user: String,
+    },
+}
+
+/// Checks a membership change against the record and applies it to
+/// `meta`; `Ok(false)` when it changes nothing (the role already held).
+/// Only the owner sets roles; the owner or the member themself removes;
+/// nothing changes an ended session; the owner holds no role; the lists
+/// stay within `MAX_MEMBERS` together.
+pub fn apply(meta: &mut Meta, caller: &str, change: &Change) -> Result<bool, SessionError> {
+    check_member(meta, caller)?;
+    let is_owner = caller == meta.owner_id;
+    match change {
+        Change::Set { user, role } => {
+            if !is_owner {
+                return Err(SessionError::Forbidden(
+                    "only the owner can add members or change roles".into(),
+                ));
+            }
+            if meta.status == SessionStatus::Ended {
+                return Err(SessionError::Ended);
+            }
+            if *user == meta.owner_id {
+                return Err(SessionError::Validation(
+                    "the owner has no role to change".into(),
+                ));
+            }
+            let current = role_of(meta, user);
+            if current == Some(*role) {
+                return Ok(false);
+            }
+            if current.is_none()
+                && meta.members.len() + meta.viewers.len() >= sesh_protocol::MAX_MEMBERS
+            {
+                return Err(SessionError::Validation(format!(
+                    "a session holds at most {} members and viewers besides the owner",
+                    sesh_protocol::MAX_MEMBERS
+                )));
+            }
+            meta.members.retain(|m| m != user);
+            meta.viewers.retain(|v| v != user);
+            match role {
+                Role::Writer => meta.members.push(user.clone()),
+                Role::Viewer => meta.viewers.push(user.clone()),
+            }
+            Ok(true)
+        }
+        Change::Remove { user } => {
+            if !is_owner && caller != user {
+                return Err(SessionError::Forbidden(
+                    "only the owner can remove another member".into(),
+                ));
+            }
+            if meta.status == SessionStatus::Ended {
+                return Err(SessionError::Ended);
+            }
+            if *user == meta.owner_id {
+                return Err(SessionError::Validation(
+                    "the owner cannot leave the session; end it instead".into(),
+                ));
+            }
+            if role_of(meta, user).is_none() {
+                return Err(SessionError::NotFound(format!(
+                    "{user} is not a member of this session"
+                )));
+            }
+            meta.members.retain(|m| m != user);
+            meta.viewers.retain(|v| v != user);
+            Ok(true)
+        }
+    }
+}
+
+/// Checks the lists of a new session against its owner: the owner holds
+/// no role, so naming them in `members` or `viewers` is refused.
+pub fn check_owner_not_listed(
+    owner: &str,
+    members: &[String],
+    viewers: &[String],
+) -> Result<(), SessionError> {
+    if members.iter().chain(viewers).any(|m| m == owner) {
+        return Err(SessionError::Validation(
+            "the owner is a member already; leave them out of members and viewers".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `user` is the owner or one of `members` or `viewers`: the
+/// one rule for a live session's record and for an ended one's as D1
+/// keeps it.
+pub fn check_member_of(
+    owner: &str,
+    members: &[String],
+    viewers: &[String],
+    user: &str,
+) -> Result<(), SessionError> {
+    if owner == user || members.iter().chain(viewers).any(|m| m == user) {
         Ok(())
     } else {
         Err(SessionError::Forbidden(
@@ -139,14 +273,15 @@ pub enum RetiredAnswer {
 }
 
 /// The rules for a retired session, the same as its live object applied:
-/// members read, only the owner ends (again), nothing changes it.
+/// members and viewers read, only the owner ends (again), nothing changes
+/// it.
 pub fn retired_call(
     owner: &str,
-    members: &[String],
+    (members, viewers): (&[String], &[String]),
     user: &str,
     call: RetiredCall,
 ) -> Result<RetiredAnswer, SessionError> {
-    check_member_of(owner, members, user)?;
+    check_member_of(owner, members, viewers, user)?;
     match call {
         RetiredCall::Read { after_seq, limit } => Ok(RetiredAnswer::Points { after_seq, limit }),
         RetiredCall::End if owner != user => Err(SessionError::Forbidden(

@@ -18,6 +18,7 @@ impl Meta {
             owner_id: self.owner_id.clone(),
             title: self.title.clone(),
             members: self.members.clone(),
+            viewers: self.viewers.clone(),
             metadata: self.metadata.clone(),
             status: self.status,
             started_at: rfc3339(self.started_at),
@@ -46,6 +47,7 @@ mod tests {
         let create = CreateSession {
             title: Some("run".into()),
             members: Some(vec!["bob".into()]),
+            viewers: None,
             metadata: serde_json::json!({"k": [1]}).as_object().cloned(),
         };
         let mut meta = Meta::new(id.clone(), ("ann", "pro", 25), create, start + 5);

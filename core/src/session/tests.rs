@@ -15,6 +15,7 @@ fn meta(max: u64) -> Meta {
         owner_id: "owner".into(),
         title: None,
         members: vec!["bob".into(), "carol".into()],
+        viewers: vec![],
         metadata: Map::new(),
         status: SessionStatus::Active,
         started_at: T0,
@@ -669,7 +670,7 @@ fn ids_beyond_the_cache_are_looked_up_in_storage() {
     };
     let r = Restored {
         last_seq: 500,
-        conns: vec![("c1".into(), "bob".into(), T0)],
+        conns: vec![("c1".into(), "bob".into(), T0, None)],
         units: Units {
             day: day_of(T0),
             held: 100,
@@ -1343,7 +1344,7 @@ fn restore_continues_from_storage() {
     let r = Restored {
         last_seq: 7,
         flushed_seq: 5,
-        conns: vec![("c1".into(), "bob".into(), T0)],
+        conns: vec![("c1".into(), "bob".into(), T0, None)],
         meta_version: 1,
         flushed_meta_version: 1,
         units: Units {
@@ -1443,6 +1444,7 @@ fn point_frames_built_from_stored_json_are_the_wire_point_frame() {
 
 // rusqlite, which runs the object's statements, is a native-only
 // dev-dependency.
+mod members;
 #[cfg(not(target_arch = "wasm32"))]
 mod world;
 
@@ -1451,6 +1453,7 @@ fn a_new_record_starts_at_its_v7_ids_time() {
     let create = CreateSession {
         title: Some("run".into()),
         members: Some(vec!["bob".into()]),
+        viewers: None,
         metadata: None,
     };
     let id = crate::testing::new_session_id(T0 - 5_000);
@@ -1732,26 +1735,26 @@ fn retired_sessions_keep_the_live_rules() {
         limit: 10,
     };
     assert_eq!(
-        retired_call("owner", &members, "bob", read),
+        retired_call("owner", (&members, &[]), "bob", read),
         Ok(RetiredAnswer::Points {
             after_seq: 3,
             limit: 10
         })
     );
     assert_eq!(
-        retired_call("owner", &members, "bob", RetiredCall::Get),
+        retired_call("owner", (&members, &[]), "bob", RetiredCall::Get),
         Ok(RetiredAnswer::Session)
     );
     assert_eq!(
-        retired_call("owner", &members, "owner", RetiredCall::End),
+        retired_call("owner", (&members, &[]), "owner", RetiredCall::End),
         Ok(RetiredAnswer::Session)
     );
-    let e = retired_call("owner", &members, "bob", RetiredCall::End).unwrap_err();
+    let e = retired_call("owner", (&members, &[]), "bob", RetiredCall::End).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Forbidden);
-    let e = retired_call("owner", &members, "mallory", RetiredCall::Get).unwrap_err();
+    let e = retired_call("owner", (&members, &[]), "mallory", RetiredCall::Get).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Forbidden);
     assert_eq!(
-        retired_call("owner", &members, "owner", RetiredCall::Change),
+        retired_call("owner", (&members, &[]), "owner", RetiredCall::Change),
         Err(SessionError::Ended)
     );
     // The same membership rule as the live record's.

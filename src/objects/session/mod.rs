@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-use sesh_protocol::{parse_body, parse_optional_body, CreateSession, PointsAccepted, PointsBatch};
+use sesh_protocol::{
+    parse_body, parse_optional_body, CreateSession, PointsAccepted, PointsBatch, SetMember,
+};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::{
@@ -30,7 +32,7 @@ use sesh_core::config::Plans;
 use sesh_core::lifecycle::LifecycleConfig;
 use sesh_core::outbox::RETRY_MS;
 use sesh_core::session::{
-    Config, ConnId, Decision, EntryId, FlushJob, Meta, Outgoing, PresenceNote, SessionCore,
+    Change, Config, ConnId, Decision, EntryId, FlushJob, Meta, Outgoing, PresenceNote, SessionCore,
     SessionError,
 };
 use storage::{settle_stmt, stats_stmts, units_stmt, SqlIds};
@@ -265,10 +267,31 @@ impl ActiveSessionDO {
                 self.run().await?;
                 http::json(200, &self.feed(|c| c.view())?)
             }
+            SessionCall::SetMember { user_id, body } => {
+                let set: SetMember = parse_body(&body)?;
+                let change = Change::Set {
+                    user: user_id,
+                    role: set.role,
+                };
+                self.change_members(&caller, change).await
+            }
+            SessionCall::RemoveMember { user_id } => {
+                self.change_members(&caller, Change::Remove { user: user_id })
+                    .await
+            }
             SessionCall::Create { .. } | SessionCall::HasConn { .. } => {
                 Err(ApiError::Internal("session call handled above".into()))
             }
         }
+    }
+
+    /// A membership change: the core stores the record (synchronously, in
+    /// this object's SQLite) before anything else of it goes out, and the
+    /// answer is the session as it is then.
+    async fn change_members(&self, caller: &Caller, change: Change) -> Result<Response, ApiError> {
+        self.feed(|c| c.change_members(&caller.user, &change, now_ms()))??;
+        self.run().await?;
+        http::json(200, &self.feed(|c| c.view())?)
     }
 
     /// Feeds the loaded core an event (or asks it something); a missing
@@ -290,6 +313,11 @@ impl ActiveSessionDO {
         if matches!(&*self.core.borrow(), Loaded::Live(_)) {
             return Err(ApiError::Internal(format!("session id collision {id}")));
         }
+        sesh_core::session::check_owner_not_listed(
+            &caller.user,
+            create.members.as_deref().unwrap_or_default(),
+            create.viewers.as_deref().unwrap_or_default(),
+        )?;
         self.prepare_schema()?;
         let max_participants = self
             .plans
@@ -601,7 +629,16 @@ impl ActiveSessionDO {
                     }
                     self.feed(|c| c.stored(result.is_ok(), now_ms()))?;
                 }
-                Decision::SaveMeta { meta, version } => self.save_meta(&meta, version)?,
+                Decision::SaveMeta { meta, version } => {
+                    if let Err(e) = self.save_meta(&meta, version) {
+                        // Storage is the truth: the change it did not keep
+                        // is forgotten with the core, which the next event
+                        // reads again; nothing of the change went out.
+                        *self.core.borrow_mut() = Loaded::Unread;
+                        return Err(e);
+                    }
+                }
+                Decision::SaveState { conn, state } => self.save_state(&conn, state),
                 Decision::SaveUnits(u) => self.atomic(vec![units_stmt(u)])?,
                 Decision::SaveStats(c) => {
                     // A failed checkpoint only lengthens the next wake-up's

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::{WebSocket, WebSocketPair};
@@ -13,7 +14,7 @@ use super::{log_error, ActiveSessionDO};
 use crate::edge::http::internal;
 use crate::error::ApiError;
 use crate::time::Millis;
-use sesh_core::session::ConnId;
+use sesh_core::session::{ConnId, RestoredConn};
 
 /// What a socket carries across hibernation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +23,9 @@ struct Attachment {
     conn_id: ConnId,
     user_id: String,
     joined_at: Millis,
+    // The connection's live state, so that it survives hibernation.
+    #[serde(default)]
+    state: Option<Map<String, Value>>,
 }
 
 fn attachment_conn(ws: &WebSocket) -> Option<ConnId> {
@@ -33,15 +37,15 @@ fn attachment_conn(ws: &WebSocket) -> Option<ConnId> {
 
 impl ActiveSessionDO {
     /// The sockets that survived hibernation, as the core's restored
-    /// connections `(conn, user, joined at)`. A socket whose attachment is
+    /// connections (with their live states). A socket whose attachment is
     /// lost is closed.
-    pub(super) fn restore_sockets(&self) -> Vec<(ConnId, String, Millis)> {
+    pub(super) fn restore_sockets(&self) -> Vec<RestoredConn> {
         let mut sockets = HashMap::new();
         let mut conns = Vec::new();
         for ws in self.state.get_websockets() {
             match ws.deserialize_attachment::<Attachment>() {
                 Ok(Some(a)) => {
-                    conns.push((a.conn_id.clone(), a.user_id, a.joined_at));
+                    conns.push((a.conn_id.clone(), a.user_id, a.joined_at, a.state));
                     sockets.insert(a.conn_id, ws);
                 }
                 _ => {
@@ -68,6 +72,7 @@ impl ActiveSessionDO {
                 conn_id: conn.to_owned(),
                 user_id: user.to_owned(),
                 joined_at: now,
+                state: None,
             })
             .map_err(internal)?;
         let key: &js_sys::Object = pair.server.as_ref().as_ref();
@@ -89,6 +94,19 @@ impl ActiveSessionDO {
         let id = attachment_conn(ws)?;
         self.conn_ids.set(key, &JsValue::from_str(&id));
         Some(id)
+    }
+
+    /// Keeps connection `conn`'s live state in its socket's attachment.
+    pub(super) fn save_state(&self, conn: &str, state: Map<String, Value>) {
+        if let Some(ws) = self.sockets.borrow().get(conn) {
+            let attachment = ws.deserialize_attachment::<Attachment>().ok().flatten();
+            if let Some(mut a) = attachment {
+                a.state = Some(state);
+                if let Err(e) = ws.serialize_attachment(a) {
+                    log_error(&internal(e));
+                }
+            }
+        }
     }
 
     /// Sends a frame to one connection; a socket that closed meanwhile is

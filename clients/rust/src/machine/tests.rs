@@ -153,6 +153,7 @@ impl Sim {
                         conn_id: format!("c{conn}"),
                         user_id: self.peers[i].user.clone(),
                         joined_at: "2026-01-01T00:00:00Z".into(),
+                        state: None,
                     });
                     self.broadcast(i, &joined);
                 } else {
@@ -238,6 +239,9 @@ impl Sim {
                     .to_client
                     .push_back(frame_text(&ServerFrame::Pong));
             }
+            // The fake server has no live room state; the clients here
+            // send none.
+            ClientFrame::Signal { .. } | ClientFrame::State { .. } => {}
             ClientFrame::End => {
                 let last_seq = self.server.points.len() as u64;
                 let ended = ServerFrame::Ended { last_seq };

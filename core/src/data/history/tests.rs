@@ -56,6 +56,7 @@ impl Sess {
             owner_id: self.owner.clone(),
             title: Some("t".into()),
             members: self.members.clone(),
+            viewers: vec![],
             metadata,
             status: self.status,
             started_at: rfc3339(self.started),

@@ -9,6 +9,7 @@ fn summary(id: &str, n: u64) -> SessionSummary {
         owner_id: "alice".into(),
         title: Some("t".into()),
         members: vec!["bob".into()],
+        viewers: vec![],
         metadata: serde_json::Map::new(),
         status: sesh_protocol::SessionStatus::Ended,
         started_at: rfc3339(ms(2024, 3, 1)),

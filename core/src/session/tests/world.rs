@@ -2,13 +2,16 @@
 //! HTTP points (ids repeated within and across users), failed writes,
 //! partial and failed reservations, day changes, replays, successful and
 //! failed flushes, outbox deliveries that fail, lose their answer or are
-//! cut off by a restart, the owner's plan asked or unknown, and restarts,
-//! with the adapter simulated.
+//! cut off by a restart, the owner's plan asked or unknown, membership
+//! changes (writers made viewers and back, members added and removed, by
+//! the owner or themselves), signals and live states, and restarts, with
+//! the adapter simulated.
 
 use std::collections::BTreeSet;
 
 use super::*;
 use crate::config::Plans;
+use sesh_protocol::Role;
 
 fn world_cfg() -> Config {
     Config {
@@ -87,6 +90,12 @@ struct World {
     // HTTP batches not answered yet: (user, points).
     batches: HashMap<u64, (String, Vec<NewPoint>)>,
     answered: u64,
+    // The session record as last stored (`SaveMeta`): what a restart reads.
+    stored_meta: Option<Meta>,
+    // Live states as kept with the sockets (`SaveState`).
+    states: HashMap<String, Map<String, Value>>,
+    // Connections that got `removed`: nothing may reach them afterwards.
+    removed: BTreeSet<String>,
     rng: Rng,
 }
 
@@ -120,6 +129,9 @@ impl World {
             in_flight: Vec::new(),
             batches: HashMap::new(),
             answered: 0,
+            stored_meta: None,
+            states: HashMap::new(),
+            removed: BTreeSet::new(),
             rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
         };
         w.run_actions();
@@ -174,8 +186,23 @@ impl World {
                 }
                 Decision::Appended { batch, result } => self.appended(batch, result),
                 Decision::Reserve { want, .. } => self.reservations.push(want),
-                Decision::Store(w) => self.store(w),
-                Decision::SaveMeta { version, .. } => self.meta_version = version,
+                Decision::Store(w) => {
+                    for r in &w.points {
+                        assert!(
+                            self.core.meta().is_writer(&r.point.user_id),
+                            "a point stored from {}, who is not a writer",
+                            r.point.user_id
+                        );
+                    }
+                    self.store(w)
+                }
+                Decision::SaveMeta { meta, version } => {
+                    self.meta_version = version;
+                    self.stored_meta = Some(meta);
+                }
+                Decision::SaveState { conn, state } => {
+                    self.states.insert(conn, state);
+                }
                 Decision::SaveUnits(u) => self.save_units(u),
                 Decision::SaveStats(c) => self.save_stats(&c),
                 Decision::Settle {
@@ -317,10 +344,57 @@ impl World {
                         | ErrorCode::Unavailable
                         | ErrorCode::Internal
                         | ErrorCode::SessionEnded
+                        | ErrorCode::Forbidden
                 ),
                 "{e:?}"
             ),
         }
+    }
+
+    /// A membership change: a role set by the owner (or tried by someone
+    /// else), or a removal by the owner or the member themself.
+    fn change_members(&mut self) {
+        let user = USERS[1 + self.rng.below(USERS.len() as u64 - 1) as usize].to_owned();
+        let caller = if self.rng.below(4) == 0 {
+            user.clone()
+        } else {
+            "owner".to_owned()
+        };
+        let change = match self.rng.below(3) {
+            0 => Change::Remove { user },
+            1 => Change::Set {
+                user,
+                role: Role::Viewer,
+            },
+            _ => Change::Set {
+                user,
+                role: Role::Writer,
+            },
+        };
+        let before = self.core.meta().clone();
+        match self.core.change_members(&caller, &change, self.now) {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.code(),
+                        ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::SessionEnded
+                    ),
+                    "{e:?}"
+                );
+                assert_eq!(
+                    self.core.meta(),
+                    &before,
+                    "a refused change changes nothing"
+                );
+            }
+        }
+        self.run_actions();
+        assert_eq!(
+            self.stored_meta.as_ref(),
+            Some(self.core.meta()),
+            "a change is stored before anything else of it"
+        );
     }
 
     /// One transaction: all of it, or (sometimes) nothing.
@@ -356,7 +430,14 @@ impl World {
 
     fn receive(&mut self, conn: &str, text: &str) {
         let v = json(text);
+        assert!(
+            !self.removed.contains(conn),
+            "{conn} received {text} after `removed`"
+        );
         match v["type"].as_str().unwrap() {
+            "removed" => {
+                self.removed.insert(conn.to_owned());
+            }
             "point" => {
                 let seq = v["seq"].as_u64().unwrap();
                 assert_ne!(
@@ -405,7 +486,7 @@ impl World {
     }
 
     fn http_batch(&mut self) {
-        let user = ["owner", "bob", "carol"][self.rng.below(3) as usize];
+        let user = USERS[self.rng.below(USERS.len() as u64) as usize];
         let n = 1 + self.rng.below(3);
         let points: Vec<NewPoint> = (0..n)
             .map(|_| NewPoint {
@@ -419,7 +500,10 @@ impl World {
             Ok(batch) => {
                 self.batches.insert(batch, (user.to_owned(), points));
             }
-            Err(e) => assert_eq!(e.code(), ErrorCode::SessionEnded),
+            Err(e) => assert!(
+                matches!(e.code(), ErrorCode::SessionEnded | ErrorCode::Forbidden),
+                "{e:?}"
+            ),
         }
         self.run_actions();
     }
@@ -444,7 +528,7 @@ impl World {
             0 if self.live.len() < 6 => {
                 self.next_conn += 1;
                 let conn = format!("c{}", self.next_conn);
-                let user = ["owner", "bob", "carol"][self.rng.below(3) as usize];
+                let user = USERS[self.rng.below(USERS.len() as u64) as usize];
                 // The owner's token tells the plan; anyone else's join
                 // asks for it.
                 self.core.want_plan(user, "pro", &Plans::default());
@@ -482,7 +566,21 @@ impl World {
                 let text = format!(r#"{{"type":"resume","afterSeq":{after}}}"#);
                 self.core.on_text(&conn, &text, self.now, &mut NoIds);
             }
-            9 | 10 => self.core.tick(self.now),
+            9 => self.core.tick(self.now),
+            10 => match self.rng.below(3) {
+                0 => self.change_members(),
+                _ if !self.live.is_empty() => {
+                    let i = self.rng.below(self.live.len() as u64) as usize;
+                    let conn = self.live[i].0.clone();
+                    let text = if self.rng.below(2) == 0 {
+                        r#"{"type":"signal","data":{"x":1}}"#.to_owned()
+                    } else {
+                        format!(r#"{{"type":"state","data":{{"n":{}}}}}"#, self.rng.below(9))
+                    };
+                    self.core.on_text(&conn, &text, self.now, &mut NoIds);
+                }
+                _ => self.core.tick(self.now),
+            },
             _ => self.restart(),
         }
         self.run_actions();
@@ -498,7 +596,7 @@ impl World {
             conns: self
                 .live
                 .iter()
-                .map(|(c, u)| (c.clone(), u.clone(), self.now))
+                .map(|(c, u)| (c.clone(), u.clone(), self.now, self.states.get(c).cloned()))
                 .collect(),
             meta_version: self.meta_version,
             flushed_meta_version: 0,
@@ -527,9 +625,31 @@ impl World {
             outbox_last_ids: self.outbox_last_ids(),
             ..r
         };
-        self.core = SessionCore::restore(self.core.meta().clone(), world_cfg(), r, self.now);
+        let meta = self
+            .stored_meta
+            .clone()
+            .expect("the record is stored at creation");
+        assert_eq!(&meta, self.core.meta(), "the record as stored");
+        let states = |c: &SessionCore| -> Vec<_> {
+            c.view()
+                .participants
+                .into_iter()
+                .map(|p| (p.conn_id, p.user_id, p.state))
+                .collect()
+        };
+        let before = states(&self.core);
+        self.core = SessionCore::restore(meta, world_cfg(), r, self.now);
+        assert_eq!(
+            states(&self.core),
+            before,
+            "live states survive hibernation"
+        );
     }
 }
+
+/// The users of the world: the owner, two writers, and two who start as
+/// strangers (made viewers or writers, and removed, as the test goes).
+const USERS: [&str; 5] = ["owner", "bob", "carol", "vic", "dave"];
 
 fn storage_db() -> rusqlite::Connection {
     let db = rusqlite::Connection::open_in_memory().unwrap();

@@ -1,0 +1,15 @@
+-- Viewers (CONTRACT.md section 10): a session's record gains `viewers`, a
+-- JSON array of user ids, beside `members`. The session tables are
+-- partitioned and created on their first write from the partition module's
+-- one column list (core/src/data/partition.rs), which now declares
+--   viewers TEXT NOT NULL DEFAULT '[]'
+-- after `members`, so every partition has the column from its creation.
+-- SQLite has no dynamic DDL, so a migration cannot name partitions that
+-- exist already; a database holding sessions_* tables made before this
+-- change needs `ALTER TABLE <t> ADD COLUMN viewers TEXT NOT NULL DEFAULT
+-- '[]'` for each sessions_* table listed in `partitions`.
+-- Viewers get rows in `session_members_*` (the list's membership filter)
+-- like writers, and the flush deletes the rows of removed users in the
+-- same batch. This file keeps the migration numbering in step with that
+-- schema change; it has nothing to run on a fresh database.
+SELECT 1;
