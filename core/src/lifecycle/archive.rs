@@ -26,8 +26,8 @@ use crate::lifecycle::format::{
 };
 use crate::lifecycle::reads::AllPoints;
 use crate::lifecycle::store::{
-    finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io, LifecycleError,
-    Poll,
+    ask, finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io,
+    LifecycleError, Poll,
 };
 use crate::time::{rfc3339, Millis};
 
@@ -110,11 +110,6 @@ impl Archive {
         }
     }
 
-    fn io(&mut self, next: State, io: Io) -> Result<Poll<bool>, LifecycleError> {
-        self.state = next;
-        Ok(Poll::Io(io))
-    }
-
     // One statement per table (D1 allows only a few terms in a compound
     // SELECT), one batch; the first 20 ids of all.
     fn list(&self) -> Vec<Statement> {
@@ -145,7 +140,8 @@ impl Driver for Archive {
                     if !self.budget.take(1) {
                         return Ok(Poll::Done(false));
                     }
-                    return self.io(
+                    return ask(
+                        &mut self.state,
                         State::Existing,
                         one(Statement::new(LIST_PARTITIONS, vec![])),
                     );
@@ -170,7 +166,7 @@ impl Driver for Archive {
                     if !self.budget.take(1) {
                         return Ok(Poll::Done(false));
                     }
-                    return self.io(State::Listed, Io::Batch(list));
+                    return ask(&mut self.state, State::Listed, Io::Batch(list));
                 }
                 State::Listed => {
                     let mut rows: Vec<Value> = rows(answer)?.into_iter().flatten().collect();
@@ -217,7 +213,7 @@ impl Driver for Archive {
                         one.handle(a);
                     }
                     match one.poll()? {
-                        Poll::Io(io) => return self.io(State::One(one), io),
+                        Poll::Io(io) => return ask(&mut self.state, State::One(one), io),
                         Poll::Done(outcome) => {
                             match outcome {
                                 Outcome::Archived => self.archived += 1,
@@ -233,7 +229,7 @@ impl Driver for Archive {
                     if !self.budget.take(1) {
                         return Ok(Poll::Done(false));
                     }
-                    return self.io(
+                    return ask(&mut self.state,
                         State::Quarters,
                         one(Statement::new(
                             "SELECT DISTINCT quarter FROM archives WHERE verified = 1 AND manifested = 0 \
@@ -266,7 +262,7 @@ impl Driver for Archive {
                          WHERE quarter = ?1 AND verified = 1 ORDER BY session_id",
                         vec![Value::from(q.as_str())],
                     );
-                    return self.io(State::QuarterRows(q), one(read));
+                    return ask(&mut self.state, State::QuarterRows(q), one(read));
                 }
                 State::QuarterRows(q) => {
                     let objects = first_rows(answer)?
@@ -288,11 +284,16 @@ impl Driver for Archive {
                     let manifest = Manifest::new(&q, objects);
                     let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
                     let key = manifest_key(&q);
-                    return self.io(State::ManifestPut(q, ids), Io::Put { key, bytes });
+                    return ask(
+                        &mut self.state,
+                        State::ManifestPut(q, ids),
+                        Io::Put { key, bytes },
+                    );
                 }
                 State::ManifestPut(q, ids) => {
                     stored(answer)?;
-                    return self.io(
+                    return ask(
+                        &mut self.state,
                         State::Manifested,
                         one(Statement::new(
                             "UPDATE archives SET manifested = 1 WHERE quarter = ?1 \
@@ -357,11 +358,6 @@ impl ArchiveOne {
             answer: None,
         }
     }
-
-    fn io(&mut self, next: OneState, io: Io) -> Result<Poll<Outcome>, LifecycleError> {
-        self.state = next;
-        Ok(Poll::Io(io))
-    }
 }
 
 impl Driver for ArchiveOne {
@@ -378,7 +374,7 @@ impl Driver for ArchiveOne {
                         return Ok(Poll::Done(Outcome::Skipped));
                     };
                     let batch = vec![point_months(&self.id), find];
-                    return self.io(OneState::Found, Io::Batch(batch));
+                    return ask(&mut self.state, OneState::Found, Io::Batch(batch));
                 }
                 OneState::Found => {
                     let rows = rows(answer)?;
@@ -395,7 +391,7 @@ impl Driver for ArchiveOne {
                         read.1.handle(a);
                     }
                     let points = match read.1.poll()? {
-                        Poll::Io(io) => return self.io(OneState::Points(read), io),
+                        Poll::Io(io) => return ask(&mut self.state, OneState::Points(read), io),
                         Poll::Done(points) => points,
                     };
                     let session = read.0;
@@ -408,7 +404,7 @@ impl Driver for ArchiveOne {
                         key: key.clone(),
                         bytes: obj.bytes.clone(),
                     };
-                    return self.io(OneState::Put(key, obj), put);
+                    return ask(&mut self.state, OneState::Put(key, obj), put);
                 }
                 OneState::Put(key, obj) => {
                     stored(answer)?;
@@ -441,12 +437,12 @@ impl Driver for ArchiveOne {
                             Value::from(self.now),
                         ],
                     );
-                    return self.io(OneState::Recorded(key, obj), one(record));
+                    return ask(&mut self.state, OneState::Recorded(key, obj), one(record));
                 }
                 OneState::Recorded(key, obj) => {
                     rows(answer)?;
                     let get = Io::Get(key.clone());
-                    return self.io(OneState::ReadBack(key, obj), get);
+                    return ask(&mut self.state, OneState::ReadBack(key, obj), get);
                 }
                 OneState::ReadBack(key, obj) => {
                     let back = object(answer)?.unwrap_or_default();
@@ -460,7 +456,7 @@ impl Driver for ArchiveOne {
                             Value::from(obj.sha256.as_str()),
                         ],
                     );
-                    return self.io(OneState::Verified, one(mark));
+                    return ask(&mut self.state, OneState::Verified, one(mark));
                 }
                 OneState::Verified => {
                     rows(answer)?;

@@ -55,7 +55,7 @@ use crate::data::partition::{
 use crate::lifecycle::format::{hex, NdjsonGz};
 use crate::lifecycle::reads::{archive_state, decoded, source, Source};
 use crate::lifecycle::store::{
-    deleted, finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io,
+    ask, deleted, finished, first_rows, object, one, rows, stored, Answer, Budget, Driver, Io,
     LifecycleError, Poll,
 };
 use crate::time::{rfc3339, Millis};
@@ -451,11 +451,6 @@ impl ExportStep {
         }
     }
 
-    fn io(&mut self, next: State, io: Io) -> Result<Poll<Step>, LifecycleError> {
-        self.state = next;
-        Ok(Poll::Io(io))
-    }
-
     fn work(&mut self) -> Result<&mut Work, LifecycleError> {
         self.work.as_mut().ok_or_else(finished)
     }
@@ -465,7 +460,7 @@ impl ExportStep {
         let f = self.finish.as_ref().ok_or_else(finished)?;
         if n < f.parts {
             let key = part_key(&f.id, n);
-            return self.io(State::FinishPart(n), Io::Get(key));
+            return ask(&mut self.state, State::FinishPart(n), Io::Get(key));
         }
         let done = Statement::new(
             "UPDATE exports SET status = 'done', parts = ?2, bytes = ?3, sha256 = ?4, updated_at = ?5 \
@@ -478,7 +473,7 @@ impl ExportStep {
                 Value::from(self.now),
             ],
         );
-        self.io(State::FinishDone, one(done))
+        ask(&mut self.state, State::FinishDone, one(done))
     }
 
     // Stores the step's part (if it has lines), else advances the row.
@@ -487,7 +482,8 @@ impl ExportStep {
         if w.out.lines() > 0 {
             let out = std::mem::take(&mut w.out);
             let key = part_key(&w.row.id, w.row.parts);
-            return self.io(
+            return ask(
+                &mut self.state,
                 State::PartPut,
                 Io::Put {
                     key,
@@ -519,7 +515,7 @@ impl ExportStep {
                 Value::from(w.row.parts),
             ],
         );
-        self.io(State::Advanced, one(update))
+        ask(&mut self.state, State::Advanced, one(update))
     }
 
     // Takes the page of the current session's points.
@@ -562,7 +558,7 @@ impl Driver for ExportStep {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Load => {
                     let io = one(load(&self.id));
-                    return self.io(State::Loaded, io);
+                    return ask(&mut self.state, State::Loaded, io);
                 }
                 State::Loaded => {
                     let Some(row) = ExportRow::from_rows(&first_rows(answer)?)? else {
@@ -576,7 +572,8 @@ impl Driver for ExportStep {
                             // A user with nothing to export still gets a
                             // valid (empty) gzip file.
                             let key = part_key(&row.id, 0);
-                            return self.io(
+                            return ask(
+                                &mut self.state,
                                 State::FinishEmpty(row),
                                 Io::Put {
                                     key,
@@ -592,7 +589,8 @@ impl Driver for ExportStep {
                         });
                         return self.finish_from(0);
                     }
-                    return self.io(
+                    return ask(
+                        &mut self.state,
                         State::Existing(row),
                         one(Statement::new(LIST_PARTITIONS, vec![])),
                     );
@@ -623,12 +621,16 @@ impl Driver for ExportStep {
                                 self.state = State::NextSession;
                                 continue;
                             }
-                            return self.io(State::NextSession, Io::Batch(batch));
+                            return ask(&mut self.state, State::NextSession, Io::Batch(batch));
                         }
                         (Phase::Sessions, Some(cur)) => {
                             let limit = w.room.min(MAX_READ_LIMIT as u64);
                             let batch = vec![point_months(&cur.id), archive_state(&cur.id)];
-                            return self.io(State::Source(cur, limit), Io::Batch(batch));
+                            return ask(
+                                &mut self.state,
+                                State::Source(cur, limit),
+                                Io::Batch(batch),
+                            );
                         }
                         (Phase::Metrics, _) => {
                             let limit = w.room.min(1000);
@@ -647,7 +649,7 @@ impl Driver for ExportStep {
                                     Value::from(limit),
                                 ],
                             );
-                            return self.io(State::Metrics(limit), one(read));
+                            return ask(&mut self.state, State::Metrics(limit), one(read));
                         }
                         (Phase::Finish, _) => return self.write(),
                     }
@@ -660,7 +662,9 @@ impl Driver for ExportStep {
                         continue;
                     };
                     match find_session(&sid, &w.ex) {
-                        Some(st) => return self.io(State::Found(started_ms, sid), one(st)),
+                        Some(st) => {
+                            return ask(&mut self.state, State::Found(started_ms, sid), one(st))
+                        }
                         None => {
                             w.p.after = Some((started_ms, sid));
                             self.state = State::Lines;
@@ -694,7 +698,7 @@ impl Driver for ExportStep {
                     match from {
                         Source::Archive(key) => {
                             let get = Io::Get(key.clone());
-                            return self.io(State::ArchivePage(cur, limit, key), get);
+                            return ask(&mut self.state, State::ArchivePage(cur, limit, key), get);
                         }
                         Source::D1(months) => {
                             let w = self.work()?;
@@ -705,7 +709,11 @@ impl Driver for ExportStep {
                                 self.state = State::D1Page(cur, limit);
                                 continue;
                             }
-                            return self.io(State::D1Page(cur, limit), Io::Batch(stmts));
+                            return ask(
+                                &mut self.state,
+                                State::D1Page(cur, limit),
+                                Io::Batch(stmts),
+                            );
                         }
                     }
                 }

@@ -24,7 +24,7 @@ use crate::data::partition::{
     Span, Statement, TableKind, LIST_PARTITIONS,
 };
 use crate::lifecycle::store::{
-    finished, first_rows, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
+    ask, finished, first_rows, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
 };
 use crate::time::Millis;
 
@@ -252,11 +252,6 @@ impl Moves {
             answer: None,
         }
     }
-
-    fn io(&mut self, next: State, io: Io) -> Result<Poll<bool>, LifecycleError> {
-        self.state = next;
-        Ok(Poll::Io(io))
-    }
 }
 
 impl Driver for Moves {
@@ -270,7 +265,8 @@ impl Driver for Moves {
                     if !self.budget.take(1) {
                         return Ok(Poll::Done(false));
                     }
-                    return self.io(
+                    return ask(
+                        &mut self.state,
                         State::Existing,
                         one(Statement::new(LIST_PARTITIONS, vec![])),
                     );
@@ -288,7 +284,7 @@ impl Driver for Moves {
                         return Ok(Poll::Done(false));
                     }
                     let batch = start_month(month, &self.ex, self.now);
-                    return self.io(State::Started(month), Io::Batch(batch));
+                    return ask(&mut self.state, State::Started(month), Io::Batch(batch));
                 }
                 State::Started(month) => {
                     let rows = rows(answer)?.pop().unwrap_or_default();
@@ -321,7 +317,7 @@ impl Driver for Moves {
                         return Ok(Poll::Done(false));
                     }
                     let io = one(chunk_end(&self.states[i], self.chunk));
-                    return self.io(State::ChunkEnd(i), io);
+                    return ask(&mut self.state, State::ChunkEnd(i), io);
                 }
                 State::ChunkEnd(i) => {
                     let st = &self.states[i];
@@ -329,16 +325,20 @@ impl Driver for Moves {
                     if st.phase == Phase::Copy {
                         let (copy, next) = copy_chunk(st, end);
                         let save = save(&next, self.now);
-                        return self.io(State::Saved(i, next), Io::Batch(vec![copy, save]));
+                        return ask(
+                            &mut self.state,
+                            State::Saved(i, next),
+                            Io::Batch(vec![copy, save]),
+                        );
                     }
                     let check = check_chunk(st, &end);
-                    return self.io(State::Checked(i, end), one(check));
+                    return ask(&mut self.state, State::Checked(i, end), one(check));
                 }
                 State::Checked(i, end) => {
                     let row = first_rows(answer)?.first().cloned().unwrap_or(Value::Null);
                     let next = checked(&self.states[i], end, &row)?;
                     let save = save(&next, self.now);
-                    return self.io(State::Saved(i, next), one(save));
+                    return ask(&mut self.state, State::Saved(i, next), one(save));
                 }
                 State::Saved(i, next) => {
                     rows(answer)?;
@@ -356,7 +356,7 @@ impl Driver for Moves {
                             Statement::new(format!("SELECT count(*) AS n FROM {}", s.table), vec![])
                         })
                         .collect();
-                    return self.io(State::Counted, Io::Batch(counts));
+                    return ask(&mut self.state, State::Counted, Io::Batch(counts));
                 }
                 State::Counted => {
                     let got = rows(answer)?;
@@ -378,7 +378,7 @@ impl Driver for Moves {
                     }
                     if stale.is_empty() {
                         let batch = drop_month(&mut self.states, self.now);
-                        return self.io(State::Dropped, Io::Batch(batch));
+                        return ask(&mut self.state, State::Dropped, Io::Batch(batch));
                     }
                     self.state = State::Resetting(stale);
                 }
@@ -390,7 +390,7 @@ impl Driver for Moves {
                         return Ok(Poll::Done(false));
                     };
                     let save = save(&self.states[i], self.now);
-                    return self.io(State::Resetting(stale), one(save));
+                    return ask(&mut self.state, State::Resetting(stale), one(save));
                 }
                 State::Dropped => {
                     rows(answer)?;

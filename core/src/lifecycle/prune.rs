@@ -23,7 +23,7 @@ use crate::data::partition::{
 };
 use crate::lifecycle::format::{count, verify};
 use crate::lifecycle::store::{
-    finished, first_rows, object, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
+    ask, finished, first_rows, object, one, rows, Answer, Budget, Driver, Io, LifecycleError, Poll,
 };
 use crate::time::Millis;
 
@@ -105,11 +105,6 @@ impl Prune {
             answer: None,
         }
     }
-
-    fn io(&mut self, next: State, io: Io) -> Result<Poll<bool>, LifecycleError> {
-        self.state = next;
-        Ok(Poll::Io(io))
-    }
 }
 
 impl Driver for Prune {
@@ -128,7 +123,7 @@ impl Driver for Prune {
                          WHERE verified = 1 AND pruned < 2 AND started_ms < ?1 ORDER BY session_id LIMIT 20",
                         vec![Value::from(self.cutoff)],
                     );
-                    return self.io(State::Listed, one(list));
+                    return ask(&mut self.state, State::Listed, one(list));
                 }
                 State::Listed => {
                     let rows = first_rows(answer)?;
@@ -147,7 +142,8 @@ impl Driver for Prune {
                             })
                         })
                         .collect::<Result<_, LifecycleError>>()?;
-                    return self.io(
+                    return ask(
+                        &mut self.state,
                         State::Existing,
                         one(Statement::new(LIST_PARTITIONS, vec![])),
                     );
@@ -170,7 +166,7 @@ impl Driver for Prune {
                     }
                     if self.spans.is_empty() {
                         let key = self.due.front().ok_or_else(finished)?.key.clone();
-                        return self.io(State::ReadBack(id), Io::Get(key));
+                        return ask(&mut self.state, State::ReadBack(id), Io::Get(key));
                     }
                     let batch = self
                         .spans
@@ -186,7 +182,7 @@ impl Driver for Prune {
                             )
                         })
                         .collect();
-                    return self.io(State::Checked(id), Io::Batch(batch));
+                    return ask(&mut self.state, State::Checked(id), Io::Batch(batch));
                 }
                 State::Checked(id) => {
                     let d = self.due.front().cloned().ok_or_else(finished)?;
@@ -197,9 +193,9 @@ impl Driver for Prune {
                     }
                     if n > d.points || hi > d.points {
                         // Points reached D1 after the archive was written.
-                        return self.io(State::Unverified, one(unverify(&id)));
+                        return ask(&mut self.state, State::Unverified, one(unverify(&id)));
                     }
-                    return self.io(State::ReadBack(id), Io::Get(d.key));
+                    return ask(&mut self.state, State::ReadBack(id), Io::Get(d.key));
                 }
                 State::ReadBack(id) => {
                     let bytes = object(answer)?.unwrap_or_default();
@@ -207,13 +203,13 @@ impl Driver for Prune {
                     if verify(&bytes, d.points, &d.sha256).is_err() {
                         // The object is not what was recorded: archive it
                         // again (next run) before anything is deleted.
-                        return self.io(State::Unverified, one(unverify(&id)));
+                        return ask(&mut self.state, State::Unverified, one(unverify(&id)));
                     }
                     let mark = Statement::new(
                         "UPDATE archives SET pruned = 1 WHERE session_id = ?1 AND pruned = 0",
                         vec![Value::from(id.as_str())],
                     );
-                    return self.io(State::Marked(id), one(mark));
+                    return ask(&mut self.state, State::Marked(id), one(mark));
                 }
                 State::Unverified => {
                     rows(answer)?;
@@ -230,7 +226,7 @@ impl Driver for Prune {
                         return Ok(Poll::Done(false));
                     }
                     let io = one(point_months(&id));
-                    return self.io(State::MonthsRead(id), io);
+                    return ask(&mut self.state, State::MonthsRead(id), io);
                 }
                 State::MonthsRead(id) => {
                     let months = parse_point_months(&first_rows(answer)?)?;
@@ -271,7 +267,7 @@ impl Driver for Prune {
                             vec![Value::from(id.as_str())],
                         ),
                     ];
-                    return self.io(State::Deleted(id), Io::Batch(batch));
+                    return ask(&mut self.state, State::Deleted(id), Io::Batch(batch));
                 }
                 State::Deleted(id) => {
                     let rows = rows(answer)?;
@@ -300,7 +296,7 @@ impl Driver for Prune {
                             vec![Value::from(id.as_str())],
                         ),
                     ];
-                    return self.io(State::Pruned, Io::Batch(batch));
+                    return ask(&mut self.state, State::Pruned, Io::Batch(batch));
                 }
                 State::Pruned => {
                     rows(answer)?;

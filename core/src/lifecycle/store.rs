@@ -88,6 +88,13 @@ pub enum Poll<T> {
     Done(T),
 }
 
+/// A driver's step that asks for `io`: its state moves to `next`, where
+/// the answer will be taken up.
+pub fn ask<S, T>(state: &mut S, next: S, io: Io) -> Result<Poll<T>, LifecycleError> {
+    *state = next;
+    Ok(Poll::Io(io))
+}
+
 /// A lifecycle driver: a state machine that asks for one D1 or R2 round
 /// trip at a time and never waits itself (quinn-proto's `poll_transmit` /
 /// `handle_event`). The carrier calls [`poll`](Driver::poll); on
